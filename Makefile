@@ -1,0 +1,36 @@
+# fieldtrust: 'make run' starts the platform, 'make test' runs every test
+# (installing the system packages the tests need first).
+GO      ?= go
+BIN     := bin/fieldtrust
+DATA    ?= ./fieldtrust-data
+
+.PHONY: build run test deps vet fuzz bench clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/fieldtrust
+
+run: build
+	./$(BIN) up --data $(DATA)
+
+deps:
+	./scripts/deps.sh
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+# CI=true makes tests that need a real peer (openssl, mosquitto) fail
+# instead of skipping when it is missing.
+test: deps vet
+	CI=$${CI:-true} $(GO) test -race -count=1 ./...
+
+# Short fuzzing runs of every fuzz target (FUZZTIME per target).
+FUZZTIME ?= 30s
+fuzz:
+	./scripts/fuzz.sh $(FUZZTIME)
+
+bench:
+	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+clean:
+	rm -rf bin

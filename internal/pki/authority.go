@@ -1,0 +1,526 @@
+// Package pki runs fieldtrust's certificate authorities and answers the one
+// question every other part of the platform asks of a certificate chain:
+// whose is it?
+//
+// There are two trust domains, kept apart so that the compromise of one
+// (say the broker's TLS key) neither exposes payloads nor allows forged
+// commands: the transport PKI for mutually authenticated TLS, and the e2e
+// PKI for the keys that sign and seal payloads. Each has the same shape:
+//
+//	root CA (pathLen 2)
+//	├── services CA (pathLen 0) ── service leaves (ingest, firmware, admin, ...)
+//	└── master-account CA (pathLen 1)
+//	    ├── master-level leaf            identity ms-acc-1
+//	    └── account CA (pathLen 0)
+//	        ├── account-level leaf       identity ms-acc-1/acc-1
+//	        └── device leaf              identity ms-acc-1/acc-1/dev-1
+//
+// A CA's common name is its own path element; a leaf's common name is its
+// full identity path. IdentityFromChain accepts a leaf's path only if it
+// lies inside the namespace spelled by the CAs of its verified chain, so a
+// compromised account CA can mint identities only inside its own account.
+//
+// On disk, DIR/pki/<domain>/ holds root.{crt,key}, services.{crt,key} and
+// ca/<path with '/' as '+'>.{crt,key}; keys are 0600, optionally encrypted
+// (see PassphraseEnv). Every certificate issued is recorded in the store,
+// which is also the source of revocation state and CRL numbers.
+package pki
+
+import (
+	"context"
+	"crypto"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/fieldtrust/fieldtrust/internal/store"
+)
+
+// Domain names a trust domain.
+type Domain string
+
+// The trust domains.
+const (
+	Transport Domain = "transport"
+	E2E       Domain = "e2e"
+)
+
+// Certificate kinds as recorded in the store.
+const (
+	KindRoot       = "root"
+	KindServicesCA = "services-ca"
+	KindMasterCA   = "master-ca"
+	KindAccountCA  = "account-ca"
+	KindLeaf       = "leaf"
+	KindService    = "service"
+)
+
+// Lifetimes. A child never outlives its issuer: NotAfter is clamped.
+const (
+	RootValidity        = 20 * 365 * 24 * time.Hour
+	MasterCAValidity    = 10 * 365 * 24 * time.Hour
+	ServicesCAValidity  = 10 * 365 * 24 * time.Hour
+	AccountCAValidity   = 5 * 365 * 24 * time.Hour
+	DefaultLeafValidity = 90 * 24 * time.Hour
+	// backdate absorbs clock skew between the platform and the field.
+	backdate = 5 * time.Minute
+)
+
+// Records is the part of the store an Authority needs.
+type Records interface {
+	PutCertificate(ctx context.Context, c store.Certificate) error
+	Certificate(ctx context.Context, domain, serial string) (store.Certificate, error)
+	ListCertificates(ctx context.Context, f store.CertFilter) ([]store.Certificate, error)
+	RevokeCertificate(ctx context.Context, domain, serial string, reason int, at time.Time) error
+	NextCRLNumber(ctx context.Context, domain, issuerSerial string) (int64, error)
+}
+
+// Options configure an Authority.
+type Options struct {
+	// Passphrase encrypts CA keys created from now on and decrypts
+	// encrypted ones. Empty leaves new keys unencrypted.
+	Passphrase []byte
+	// Logger receives one line per CA created and certificate issued or
+	// revoked. Never key material.
+	Logger *slog.Logger
+}
+
+// Authority is the set of CAs of one trust domain. Its methods are safe for
+// concurrent use within a process and across processes sharing the data
+// directory: mutations hold an exclusive file lock.
+type Authority struct {
+	domain   Domain
+	dir      string
+	records  Records
+	pass     []byte
+	log      *slog.Logger
+	root     *x509.Certificate // non-nil after Open
+	services *x509.Certificate // non-nil after Open
+}
+
+// Open opens the domain's CAs under dataDir/pki/<domain>, creating the root
+// and services CAs on first use. It is idempotent.
+func Open(ctx context.Context, dataDir string, domain Domain, records Records, opts Options) (*Authority, error) {
+	if domain != Transport && domain != E2E {
+		return nil, fmt.Errorf("unknown trust domain %q", domain)
+	}
+	a := &Authority{
+		domain:  domain,
+		dir:     filepath.Join(dataDir, "pki", string(domain)),
+		records: records,
+		pass:    opts.Passphrase,
+		log:     opts.Logger,
+	}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	a.log = a.log.With("pki", string(domain))
+	if err := os.MkdirAll(filepath.Join(a.dir, "ca"), 0o700); err != nil {
+		return nil, fmt.Errorf("%s PKI: %w", domain, err)
+	}
+	unlock, err := a.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if a.root, err = a.loadOrCreateCA(ctx, "root", nil, nil, KindRoot, "", RootValidity); err != nil {
+		return nil, err
+	}
+	if a.services, err = a.loadOrCreateCA(ctx, "services", a.root, nil, KindServicesCA, "", ServicesCAValidity); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// Domain returns the authority's trust domain.
+func (a *Authority) Domain() Domain { return a.domain }
+
+// Root returns the root CA certificate.
+func (a *Authority) Root() *x509.Certificate { return a.root }
+
+// ServicesCA returns the CA that issues platform service certificates.
+func (a *Authority) ServicesCA() *x509.Certificate { return a.services }
+
+// LeafRequest asks for a leaf certificate. Exactly one of Path and Service
+// is set.
+type LeafRequest struct {
+	Path      Path   // account identity (1 to 3 elements)
+	Service   string // platform service name (an identity element)
+	PublicKey crypto.PublicKey
+	// Validity defaults to DefaultLeafValidity.
+	Validity time.Duration
+	// NotBefore defaults to now minus a few minutes of clock-skew slack.
+	NotBefore time.Time
+	// DNSNames and IPAddresses make a server certificate (transport only).
+	DNSNames    []string
+	IPAddresses []net.IP
+}
+
+// Issued is the result of issuing a leaf.
+type Issued struct {
+	Cert *x509.Certificate
+	// Chain is the leaf followed by its intermediates, root excluded: what a
+	// TLS peer sends.
+	Chain []*x509.Certificate
+	Root  *x509.Certificate
+	// CreatedCAs lists the CA paths created on the way, in order.
+	CreatedCAs []string
+}
+
+// Issue issues a leaf for req, creating the master-account and account CAs
+// the path needs if they do not exist yet.
+func (a *Authority) Issue(ctx context.Context, req LeafRequest) (*Issued, error) {
+	if (req.Path == nil) == (req.Service == "") {
+		return nil, errors.New("issue: set exactly one of an identity path and a service name")
+	}
+	if req.PublicKey == nil {
+		return nil, errors.New("issue: no public key")
+	}
+	if req.Service != "" {
+		if err := ValidateElement(req.Service); err != nil {
+			return nil, fmt.Errorf("issue: service name: %w", err)
+		}
+	} else if _, err := ParsePath(req.Path.String()); err != nil {
+		return nil, fmt.Errorf("issue: %w", err)
+	}
+	if (len(req.DNSNames) > 0 || len(req.IPAddresses) > 0) && a.domain != Transport {
+		return nil, errors.New("issue: server names only make sense in the transport PKI")
+	}
+	unlock, err := a.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	out := &Issued{Root: a.root}
+	var issuer *x509.Certificate
+	var issuerName string
+	var chain []*x509.Certificate
+	if req.Service != "" {
+		issuer, issuerName = a.services, "services"
+		chain = []*x509.Certificate{a.services}
+	} else {
+		ip := req.Path.issuerPath()
+		parent := a.root
+		for i := 1; i <= len(ip); i++ {
+			caPath := ip[:i]
+			kind, validity := KindMasterCA, MasterCAValidity
+			if i == 2 {
+				kind, validity = KindAccountCA, AccountCAValidity
+			}
+			name := caFileName(caPath)
+			created := !a.exists(name)
+			ca, err := a.loadOrCreateCA(ctx, name, parent, caPath, kind, caPath[i-1], validity)
+			if err != nil {
+				return nil, err
+			}
+			if created {
+				out.CreatedCAs = append(out.CreatedCAs, caPath.String())
+			}
+			if rec, err := a.records.Certificate(ctx, string(a.domain), SerialHex(ca.SerialNumber)); err == nil && rec.Revoked() {
+				return nil, fmt.Errorf("issue %s: CA %s is revoked; nothing can be issued below it", req.Path, caPath)
+			}
+			chain = append([]*x509.Certificate{ca}, chain...)
+			parent = ca
+		}
+		issuer, issuerName = parent, caFileName(ip)
+	}
+	signer, err := a.caKey(issuerName)
+	if err != nil {
+		return nil, err
+	}
+
+	tmpl, err := a.leafTemplate(req, issuer)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := a.sign(tmpl, issuer, req.PublicKey, signer)
+	if err != nil {
+		return nil, fmt.Errorf("issue %s: %w", tmpl.Subject.CommonName, err)
+	}
+	kind := KindLeaf
+	if req.Service != "" {
+		kind = KindService
+	}
+	if err := a.record(ctx, cert, kind, tmpl.Subject.CommonName, issuer); err != nil {
+		return nil, err
+	}
+	a.log.Info("certificate issued", "kind", kind, "name", tmpl.Subject.CommonName, "serial", SerialHex(cert.SerialNumber), "not_after", cert.NotAfter)
+	out.Cert = cert
+	out.Chain = append([]*x509.Certificate{cert}, chain...)
+	return out, nil
+}
+
+func (a *Authority) leafTemplate(req LeafRequest, issuer *x509.Certificate) (*x509.Certificate, error) {
+	validity := req.Validity
+	if validity == 0 {
+		validity = DefaultLeafValidity
+	}
+	if validity < 0 {
+		return nil, fmt.Errorf("issue: negative validity %v", validity)
+	}
+	notBefore := req.NotBefore
+	if notBefore.IsZero() {
+		notBefore = time.Now().Add(-backdate)
+	}
+	cn := req.Service
+	if req.Path != nil {
+		cn = req.Path.String()
+	}
+	t := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: cn, Organization: []string{"fieldtrust"}, OrganizationalUnit: []string{string(a.domain)}},
+		NotBefore:             notBefore,
+		NotAfter:              clamp(notBefore.Add(validity), issuer.NotAfter),
+		BasicConstraintsValid: true,
+		IsCA:                  false,
+		DNSNames:              req.DNSNames,
+		IPAddresses:           req.IPAddresses,
+	}
+	switch a.domain {
+	case Transport:
+		t.KeyUsage = x509.KeyUsageDigitalSignature
+		t.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		if len(req.DNSNames) > 0 || len(req.IPAddresses) > 0 {
+			t.ExtKeyUsage = append(t.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
+		}
+	case E2E:
+		// Signing and ECDH key agreement for CMS envelopes. No extended key
+		// usage: CMS peers (OpenSSL's smimesign check included) then accept
+		// the key for any purpose the key usage allows.
+		t.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyAgreement
+	}
+	return t, nil
+}
+
+// loadOrCreateCA returns the CA certificate stored under name, creating it
+// (signed by parent, or self-signed if parent is nil) if it does not exist.
+// The caller holds the lock.
+func (a *Authority) loadOrCreateCA(ctx context.Context, name string, parent *x509.Certificate, path Path, kind, cn string, validity time.Duration) (*x509.Certificate, error) {
+	certFile, keyFile := a.caFiles(name)
+	if a.exists(name) {
+		certs, err := ReadCertsFile(certFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s PKI is damaged: %w; restore %s from a backup", a.domain, err, a.dir)
+		}
+		if _, err := os.Stat(keyFile); err != nil {
+			return nil, fmt.Errorf("%s PKI is damaged: CA certificate %s has no key: %w; restore %s from a backup", a.domain, certFile, err, a.dir)
+		}
+		return certs[0], nil
+	}
+	if _, err := os.Stat(keyFile); err == nil {
+		return nil, fmt.Errorf("%s PKI is damaged: key %s has no certificate; restore %s from a backup", a.domain, keyFile, a.dir)
+	}
+	curve := elliptic.P384()
+	key, err := GenerateKey(curve)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now().Add(-backdate)
+	t := &x509.Certificate{
+		NotBefore:             now,
+		NotAfter:              now.Add(validity),
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	subject := pkix.Name{Organization: []string{"fieldtrust"}, OrganizationalUnit: []string{string(a.domain)}}
+	switch kind {
+	case KindRoot:
+		subject.CommonName = fmt.Sprintf("fieldtrust %s root CA", a.domain)
+		t.MaxPathLen = 2
+	case KindServicesCA:
+		subject.CommonName = fmt.Sprintf("fieldtrust %s services CA", a.domain)
+		t.MaxPathLen, t.MaxPathLenZero = 0, true
+	case KindMasterCA:
+		subject.CommonName = cn
+		t.MaxPathLen = 1
+	case KindAccountCA:
+		subject.CommonName = cn
+		t.MaxPathLen, t.MaxPathLenZero = 0, true
+	default:
+		return nil, fmt.Errorf("unknown CA kind %q", kind)
+	}
+	t.Subject = subject
+	signer := crypto.Signer(key)
+	issuerCert := t
+	if parent != nil {
+		issuerCert = parent
+		t.NotAfter = clamp(t.NotAfter, parent.NotAfter)
+		issuerName := "root"
+		if len(path) > 1 {
+			issuerName = caFileName(path[:len(path)-1])
+		}
+		if signer, err = a.caKey(issuerName); err != nil {
+			return nil, err
+		}
+	}
+	cert, err := a.sign(t, issuerCert, key.Public(), signer)
+	if err != nil {
+		return nil, fmt.Errorf("create %s CA %s: %w", kind, name, err)
+	}
+	// Key first: a certificate without its key marks a damaged directory.
+	if err := WriteKeyFile(keyFile, key, a.pass); err != nil {
+		return nil, fmt.Errorf("create CA %s: %w", name, err)
+	}
+	if err := writeNew(certFile, EncodeCertsPEM(cert), 0o644); err != nil {
+		return nil, fmt.Errorf("create CA %s: %w", name, err)
+	}
+	recName := name
+	if path != nil {
+		recName = path.String()
+	}
+	var parentCert *x509.Certificate
+	if parent != nil {
+		parentCert = parent
+	}
+	if err := a.record(ctx, cert, kind, recName, parentCert); err != nil {
+		return nil, err
+	}
+	a.log.Info("CA created", "kind", kind, "name", recName, "serial", SerialHex(cert.SerialNumber))
+	return cert, nil
+}
+
+// sign fills serial and key identifiers and signs t.
+func (a *Authority) sign(t, issuer *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) (*x509.Certificate, error) {
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	t.SerialNumber = serial
+	if t.SubjectKeyId, err = subjectKeyID(pub); err != nil {
+		return nil, err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, t, issuer, pub, signer)
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(der)
+}
+
+func (a *Authority) record(ctx context.Context, cert *x509.Certificate, kind, name string, issuer *x509.Certificate) error {
+	rec := store.Certificate{
+		Domain:    string(a.domain),
+		Serial:    SerialHex(cert.SerialNumber),
+		Kind:      kind,
+		Name:      name,
+		NotBefore: cert.NotBefore,
+		NotAfter:  cert.NotAfter,
+		DER:       cert.Raw,
+	}
+	if issuer != nil {
+		rec.IssuerSerial = SerialHex(issuer.SerialNumber)
+	}
+	if err := a.records.PutCertificate(ctx, rec); err != nil {
+		return fmt.Errorf("record certificate %s: %w", name, err)
+	}
+	return nil
+}
+
+// caKey loads the private key of the CA stored under name.
+func (a *Authority) caKey(name string) (crypto.Signer, error) {
+	_, keyFile := a.caFiles(name)
+	k, err := ReadKeyFile(keyFile, a.pass)
+	if err != nil {
+		return nil, fmt.Errorf("%s CA %s: %w", a.domain, name, err)
+	}
+	return k, nil
+}
+
+// caPathKey loads the key of the CA that issued the certificate.
+func (a *Authority) issuerKey(rec store.Certificate) (crypto.Signer, error) {
+	return a.caKey(a.caNameOfRecord(rec))
+}
+
+// caNameOfRecord maps a CA record to its file name.
+func (a *Authority) caNameOfRecord(rec store.Certificate) string {
+	switch rec.Kind {
+	case KindRoot:
+		return "root"
+	case KindServicesCA:
+		return "services"
+	default:
+		return strings.ReplaceAll(rec.Name, "/", "+")
+	}
+}
+
+func caFileName(p Path) string { return strings.Join(p, "+") }
+
+func (a *Authority) caFiles(name string) (certFile, keyFile string) {
+	dir := a.dir
+	if name != "root" && name != "services" {
+		dir = filepath.Join(a.dir, "ca")
+	}
+	return filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+}
+
+func (a *Authority) exists(name string) bool {
+	certFile, _ := a.caFiles(name)
+	_, err := os.Stat(certFile)
+	return !errors.Is(err, fs.ErrNotExist)
+}
+
+// lock takes the domain's exclusive lock, shared with other processes on the
+// same data directory (the operator CLI next to 'fieldtrust up').
+func (a *Authority) lock() (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(a.dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s PKI: %w", a.domain, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s PKI: %w", a.domain, err)
+	}
+	return func() {
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
+}
+
+// newSerial returns a random positive 128-bit serial number.
+func newSerial() (*big.Int, error) {
+	limit := new(big.Int).Lsh(big.NewInt(1), 128)
+	for {
+		n, err := rand.Int(rand.Reader, limit)
+		if err != nil {
+			return nil, fmt.Errorf("serial: %w", err)
+		}
+		if n.Sign() > 0 {
+			return n, nil
+		}
+	}
+}
+
+// SerialHex formats a serial the way the store keys it: lowercase hex of
+// whole bytes, as OpenSSL prints it (a leading zero where needed).
+func SerialHex(n *big.Int) string { return fmt.Sprintf("%x", n.Bytes()) }
+
+// ParseSerial accepts a serial as OpenSSL prints it: hex, any case, with or
+// without colons, with or without a 0x prefix.
+func ParseSerial(s string) (*big.Int, error) {
+	h := strings.ToLower(strings.ReplaceAll(strings.TrimSpace(s), ":", ""))
+	h = strings.TrimPrefix(h, "0x")
+	n, ok := new(big.Int).SetString(h, 16)
+	if !ok || h == "" || n.Sign() <= 0 {
+		return nil, fmt.Errorf("serial %q is not a positive hexadecimal number (as 'openssl x509 -serial' prints it)", s)
+	}
+	return n, nil
+}
+
+func clamp(t, limit time.Time) time.Time {
+	if t.After(limit) {
+		return limit
+	}
+	return t
+}

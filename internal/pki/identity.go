@@ -1,0 +1,88 @@
+package pki
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+)
+
+// ErrNotInNamespace is returned (wrapped) when a leaf claims an identity
+// outside the namespace of the CAs that issued it.
+var ErrNotInNamespace = errors.New("identity outside the issuing CA's namespace")
+
+// Identity is who a verified certificate chain belongs to: an account
+// identity (Path set) or a platform service (Service set), never both.
+type Identity struct {
+	Path    Path
+	Service string
+}
+
+// IsService reports whether the identity is a platform service.
+func (id Identity) IsService() bool { return id.Service != "" }
+
+// String returns the path of an account identity, or "service:NAME".
+func (id Identity) String() string {
+	if id.IsService() {
+		return "service:" + id.Service
+	}
+	return id.Path.String()
+}
+
+// IdentityFromChain derives the identity of a chain that has already been
+// verified against a fieldtrust root: chain[0] is the leaf, the last element
+// the root, as in x509.Certificate.Verify's result and
+// tls.ConnectionState.VerifiedChains. servicesCA is the domain's services CA.
+//
+// It is the one place where a certificate becomes an identity; the broker,
+// EST, ingest and the web API all call it (usually through Verifier). The
+// leaf's common name must be a valid identity path (or, below the services
+// CA, a service name), and that path must lie inside the namespace the CAs
+// of the chain spell out: a leaf issued by account CA ms-acc-1/acc-1 may be
+// ms-acc-1/acc-1 or ms-acc-1/acc-1/<device>, nothing else. Nothing the leaf
+// says about itself is trusted beyond what its issuers allow.
+func IdentityFromChain(chain []*x509.Certificate, servicesCA *x509.Certificate) (Identity, error) {
+	if len(chain) < 3 {
+		return Identity{}, fmt.Errorf("%w: chain of %d certificates; a leaf must be issued by an intermediate CA, not the root", ErrNotInNamespace, len(chain))
+	}
+	leaf, cas := chain[0], chain[1:len(chain)-1]
+	if leaf.IsCA {
+		return Identity{}, fmt.Errorf("%w: certificate %q is a CA, not a leaf", ErrNotInNamespace, leaf.Subject.CommonName)
+	}
+	for _, ca := range cas {
+		if !ca.IsCA {
+			return Identity{}, fmt.Errorf("%w: %q in the chain is not a CA", ErrNotInNamespace, ca.Subject.CommonName)
+		}
+	}
+	if servicesCA != nil && cas[0].Equal(servicesCA) {
+		if len(cas) != 1 {
+			return Identity{}, fmt.Errorf("%w: services CA below another CA", ErrNotInNamespace)
+		}
+		if err := ValidateElement(leaf.Subject.CommonName); err != nil {
+			return Identity{}, fmt.Errorf("service certificate: %w", err)
+		}
+		return Identity{Service: leaf.Subject.CommonName}, nil
+	}
+	if len(cas) > 2 {
+		return Identity{}, fmt.Errorf("%w: %d intermediate CAs; at most master and account", ErrNotInNamespace, len(cas))
+	}
+	// The namespace is spelled from the CA below the root downwards.
+	ns := make(Path, 0, len(cas))
+	for i := len(cas) - 1; i >= 0; i-- {
+		if servicesCA != nil && cas[i].Equal(servicesCA) {
+			return Identity{}, fmt.Errorf("%w: services CA inside an account chain", ErrNotInNamespace)
+		}
+		e := cas[i].Subject.CommonName
+		if err := ValidateElement(e); err != nil {
+			return Identity{}, fmt.Errorf("%w: CA name %q: %v", ErrNotInNamespace, e, err)
+		}
+		ns = append(ns, e)
+	}
+	p, err := ParsePath(leaf.Subject.CommonName)
+	if err != nil {
+		return Identity{}, fmt.Errorf("leaf identity: %w", err)
+	}
+	if !p.HasPrefix(ns) || len(p)-len(ns) > 1 {
+		return Identity{}, fmt.Errorf("%w: leaf %q issued by CA %q", ErrNotInNamespace, p, ns)
+	}
+	return Identity{Path: p}, nil
+}

@@ -1,0 +1,192 @@
+package pki
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"maps"
+	"sync/atomic"
+	"time"
+
+	"github.com/fieldtrust/fieldtrust/internal/store"
+)
+
+// ErrRevoked is returned (wrapped) when a certificate in a chain is revoked.
+var ErrRevoked = errors.New("certificate revoked")
+
+// ErrUntrusted is returned (wrapped) when a chain does not verify against
+// the domain's root.
+var ErrUntrusted = errors.New("certificate not trusted")
+
+// Verifier checks certificate chains of one trust domain: signature chain to
+// the root, validity, namespace (IdentityFromChain) and revocation. Its
+// revocation state is a snapshot that Refresh replaces atomically, so the
+// broker can keep verifying while the operator revokes from the CLI.
+type Verifier struct {
+	domain   Domain
+	root     *x509.Certificate
+	services *x509.Certificate
+	roots    *x509.CertPool
+	records  Records                        // nil for a verifier built from fixed state
+	revoked  atomic.Pointer[map[string]int] // serial hex -> CRL reason; never nil after construction
+}
+
+// Verifier returns a verifier for the authority's domain with the current
+// revocation state.
+func (a *Authority) Verifier(ctx context.Context) (*Verifier, error) {
+	v := NewVerifier(a.domain, a.root, a.services, nil)
+	v.records = a.records
+	if _, err := v.Refresh(ctx); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// NewVerifier returns a verifier for a domain from its root and services CA
+// and a fixed set of revoked serials (lowercase hex), as a field gateway
+// knows them from CRLs.
+func NewVerifier(domain Domain, root, services *x509.Certificate, revoked map[string]int) *Verifier {
+	v := &Verifier{domain: domain, root: root, services: services, roots: x509.NewCertPool()}
+	v.roots.AddCert(root)
+	r := maps.Clone(revoked)
+	if r == nil {
+		r = map[string]int{}
+	}
+	v.revoked.Store(&r)
+	return v
+}
+
+// Refresh reloads the revocation state from the store and reports whether
+// it changed.
+func (v *Verifier) Refresh(ctx context.Context) (changed bool, err error) {
+	if v.records == nil {
+		return false, nil
+	}
+	list, err := v.records.ListCertificates(ctx, store.CertFilter{Domain: string(v.domain), RevokedOnly: true})
+	if err != nil {
+		return false, fmt.Errorf("refresh %s revocations: %w", v.domain, err)
+	}
+	next := make(map[string]int, len(list))
+	for _, c := range list {
+		next[c.Serial] = c.Reason
+	}
+	if maps.Equal(next, *v.revoked.Load()) {
+		return false, nil
+	}
+	v.revoked.Store(&next)
+	return true, nil
+}
+
+// SetRevoked replaces the revocation state, e.g. from freshly received CRLs.
+func (v *Verifier) SetRevoked(revoked map[string]int) {
+	r := maps.Clone(revoked)
+	if r == nil {
+		r = map[string]int{}
+	}
+	v.revoked.Store(&r)
+}
+
+// Roots returns a pool holding the domain's root, for tls.Config.ClientCAs
+// and RootCAs.
+func (v *Verifier) Roots() *x509.CertPool { return v.roots }
+
+// Root returns the domain's root certificate.
+func (v *Verifier) Root() *x509.Certificate { return v.root }
+
+// CheckRevoked returns an error wrapping ErrRevoked if any certificate of
+// chain is revoked. Revoking a CA thus revokes everything below it.
+func (v *Verifier) CheckRevoked(chain []*x509.Certificate) error {
+	revoked := *v.revoked.Load()
+	for _, c := range chain {
+		if reason, ok := revoked[SerialHex(c.SerialNumber)]; ok {
+			return fmt.Errorf("%w: %q (serial %s, reason %s)", ErrRevoked, c.Subject.CommonName, SerialHex(c.SerialNumber), ReasonName(reason))
+		}
+	}
+	return nil
+}
+
+// Identify derives the identity of an already verified chain and checks
+// revocation.
+func (v *Verifier) Identify(chain []*x509.Certificate) (Identity, error) {
+	if len(chain) == 0 || !chain[len(chain)-1].Equal(v.root) {
+		return Identity{}, fmt.Errorf("%w: chain does not end at the %s root", ErrUntrusted, v.domain)
+	}
+	id, err := IdentityFromChain(chain, v.services)
+	if err != nil {
+		return Identity{}, err
+	}
+	if err := v.CheckRevoked(chain); err != nil {
+		return Identity{}, err
+	}
+	return id, nil
+}
+
+// Verify verifies leaf with the given intermediates at time at (zero: now)
+// for usage (x509.ExtKeyUsageAny to skip the check), then identifies it. It
+// returns the identity and the verified chain.
+func (v *Verifier) Verify(leaf *x509.Certificate, intermediates []*x509.Certificate, at time.Time, usage x509.ExtKeyUsage) (Identity, []*x509.Certificate, error) {
+	pool := x509.NewCertPool()
+	for _, c := range intermediates {
+		pool.AddCert(c)
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{
+		Roots:         v.roots,
+		Intermediates: pool,
+		CurrentTime:   at,
+		KeyUsages:     []x509.ExtKeyUsage{usage},
+	})
+	if err != nil {
+		return Identity{}, nil, fmt.Errorf("%w: %v", ErrUntrusted, err)
+	}
+	var firstErr error
+	for _, chain := range chains {
+		id, err := v.Identify(chain)
+		if err == nil {
+			return id, chain, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	return Identity{}, nil, firstErr
+}
+
+// VerifySigner verifies an end-to-end signer certificate at the signing
+// time and returns its identity as a string (see Identity.String).
+func (v *Verifier) VerifySigner(leaf *x509.Certificate, intermediates []*x509.Certificate, at time.Time) (string, error) {
+	id, _, err := v.Verify(leaf, intermediates, at, x509.ExtKeyUsageAny)
+	if err != nil {
+		return "", err
+	}
+	return id.String(), nil
+}
+
+// IdentifyTLS identifies the peer of a TLS connection whose client
+// certificate the handshake verified against v.Roots(). It checks
+// revocation, so calling it again later tells whether a live connection
+// must be dropped.
+func (v *Verifier) IdentifyTLS(cs tls.ConnectionState) (Identity, error) {
+	if len(cs.VerifiedChains) == 0 {
+		return Identity{}, fmt.Errorf("%w: no verified client certificate", ErrUntrusted)
+	}
+	var firstErr error
+	for _, chain := range cs.VerifiedChains {
+		id, err := v.Identify(chain)
+		if err == nil {
+			return id, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	return Identity{}, firstErr
+}
+
+// VerifyConnection is a tls.Config.VerifyConnection hook: it refuses
+// handshakes from revoked or out-of-namespace client certificates.
+func (v *Verifier) VerifyConnection(cs tls.ConnectionState) error {
+	_, err := v.IdentifyTLS(cs)
+	return err
+}

@@ -1,0 +1,169 @@
+package platform
+
+import (
+	"context"
+	"crypto/elliptic"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/fieldtrust/fieldtrust/internal/pki"
+)
+
+// serverCertValidity is the lifetime of the platform's TLS server
+// certificate; it is renewed after two thirds of it, so a platform that
+// runs for months keeps a valid certificate without an operator.
+const serverCertValidity = 30 * 24 * time.Hour
+
+// serverCert holds the platform's TLS server certificate, issued by the
+// transport services CA as service "platform", and renews it.
+type serverCert struct {
+	auth  *pki.Authority
+	dir   string // DIR/platform
+	dns   []string
+	ips   []net.IP
+	log   *slog.Logger
+	cur   atomic.Pointer[tls.Certificate] // non-nil after load
+	check time.Duration                   // renewal check interval
+}
+
+func newServerCert(auth *pki.Authority, dataDir string, dns []string, ips []net.IP, log *slog.Logger) *serverCert {
+	return &serverCert{auth: auth, dir: filepath.Join(dataDir, "platform"), dns: dns, ips: ips, log: log, check: time.Minute}
+}
+
+// GetCertificate implements tls.Config.GetCertificate.
+func (s *serverCert) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return s.cur.Load(), nil
+}
+
+// load reuses the certificate on disk if it is still fresh and names every
+// address; otherwise it issues a new one.
+func (s *serverCert) load(ctx context.Context) error {
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return err
+	}
+	certFile, keyFile := filepath.Join(s.dir, "server.crt"), filepath.Join(s.dir, "server.key")
+	if c, err := tls.LoadX509KeyPair(certFile, keyFile); err == nil && s.fresh(c.Leaf, time.Now()) {
+		s.cur.Store(&c)
+		return nil
+	}
+	return s.renew(ctx)
+}
+
+// fresh reports whether leaf may keep serving: before two thirds of its
+// life, covering every name and address, and chaining to the current root.
+func (s *serverCert) fresh(leaf *x509.Certificate, now time.Time) bool {
+	if leaf == nil {
+		return false
+	}
+	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	if now.After(leaf.NotBefore.Add(life * 2 / 3)) {
+		return false
+	}
+	for _, d := range s.dns {
+		if !slices.Contains(leaf.DNSNames, d) {
+			return false
+		}
+	}
+	for _, ip := range s.ips {
+		if !slices.ContainsFunc(leaf.IPAddresses, ip.Equal) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *serverCert) renew(ctx context.Context) error {
+	key, err := pki.GenerateKey(elliptic.P256())
+	if err != nil {
+		return err
+	}
+	iss, err := s.auth.Issue(ctx, pki.LeafRequest{
+		Service: "platform", PublicKey: key.Public(), Validity: serverCertValidity,
+		DNSNames: s.dns, IPAddresses: s.ips,
+	})
+	if err != nil {
+		return fmt.Errorf("issue platform server certificate: %w", err)
+	}
+	keyPEM, err := pki.MarshalKeyPEM(key, nil)
+	if err != nil {
+		return err
+	}
+	certPEM := pki.EncodeCertsPEM(iss.Chain...)
+	c, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return err
+	}
+	if err := replaceFile(filepath.Join(s.dir, "server.key"), keyPEM, 0o600); err != nil {
+		return err
+	}
+	if err := replaceFile(filepath.Join(s.dir, "server.crt"), certPEM, 0o644); err != nil {
+		return err
+	}
+	s.cur.Store(&c)
+	s.log.Info("platform server certificate issued", "serial", pki.SerialHex(iss.Cert.SerialNumber), "not_after", iss.Cert.NotAfter, "dns", s.dns, "ips", s.ips)
+	return nil
+}
+
+// run renews the certificate when it ages, until ctx is done.
+func (s *serverCert) run(ctx context.Context) {
+	t := time.NewTicker(s.check)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if s.fresh(s.cur.Load().Leaf, now) {
+				continue
+			}
+			if err := s.renew(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				s.log.Error("renewing the platform server certificate failed; retrying", "err", err)
+			}
+		}
+	}
+}
+
+// serverAddresses returns the IP addresses a certificate for a listener on
+// addr must name: the host itself, or for an unspecified host every local
+// interface address.
+func serverAddresses(addr string) ([]net.IP, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("address %q: %w", addr, err)
+	}
+	ip := net.ParseIP(host)
+	if host != "" && ip == nil {
+		return nil, nil // a DNS name; the caller adds it to the DNS names
+	}
+	if ip != nil && !ip.IsUnspecified() {
+		return []net.IP{ip}, nil
+	}
+	ifaddrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	var out []net.IP
+	for _, a := range ifaddrs {
+		if n, ok := a.(*net.IPNet); ok {
+			out = append(out, n.IP)
+		}
+	}
+	return out, nil
+}
+
+func replaceFile(file string, data []byte, mode os.FileMode) error {
+	tmp := file + ".tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, file)
+}

@@ -393,7 +393,7 @@ func TestDamagedDirectory(t *testing.T) {
 	issue(t, p.t, "ms-1/acc-1/dev-1")
 	ctx := context.Background()
 	tests := []struct {
-		name  string
+		name   string
 		break_ func(dir string) error
 	}{
 		{"garbage root certificate", func(dir string) error {

@@ -53,6 +53,7 @@ Start the platform with 'fieldtrust up'; manage certificates with 'fieldtrust pk
 	root.AddCommand(
 		newUpCmd(),
 		newPKICmd(),
+		newSealCmd(), newOpenCmd(),
 		// Further subcommands register here, one constructor per file.
 	)
 	return root

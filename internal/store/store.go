@@ -64,5 +64,7 @@ type Store interface {
 	// ServiceRoles returns every service's role.
 	ServiceRoles(ctx context.Context) (map[string]string, error)
 
+	Ledger
+
 	Close() error
 }

@@ -3,6 +3,7 @@
 package storetest
 
 import (
+	"crypto/sha256"
 	"errors"
 	"sync"
 	"testing"
@@ -17,6 +18,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("Revoke", func(t *testing.T) { testRevoke(t, open(t)) })
 	t.Run("CRLNumbers", func(t *testing.T) { testCRLNumbers(t, open(t)) })
 	t.Run("ServiceRoles", func(t *testing.T) { testServiceRoles(t, open(t)) })
+	t.Run("Ledger", func(t *testing.T) { testLedger(t, open(t)) })
 }
 
 func cert(domain, serial, name, issuer string) store.Certificate {
@@ -159,4 +161,9 @@ func testServiceRoles(t *testing.T, s store.Store) {
 	if len(roles) != 2 || roles["ingest"] != "snapshot-reader" || roles["ops"] != "firmware-writer" {
 		t.Fatalf("roles = %v", roles)
 	}
+}
+
+func sha256Sum(b []byte) []byte {
+	h := sha256.Sum256(b)
+	return h[:]
 }

@@ -1,0 +1,201 @@
+// Package ledger is the platform's tamper-evident record of what arrived: an
+// append-only Merkle log (RFC 6962 / RFC 9162 hashing, via
+// github.com/transparency-dev/merkle) of every accepted snapshot, with
+// periodically signed tree heads and inclusion and consistency proofs.
+//
+// A customer who keeps a signed tree head can later prove that a snapshot
+// was received (inclusion proof) and that the log was only ever appended
+// to, never rewritten (consistency proof between two heads), without
+// trusting the platform's database.
+//
+// # Leaves
+//
+// A leaf's data is LeafData(path, hash): the gateway identity path, a zero
+// byte, and the 32-byte SHA-256 of the snapshot's encoding (package
+// snapshot). The leaf hash is SHA-256(0x00 || data), the node hash
+// SHA-256(0x01 || left || right), as RFC 6962 §2.1 defines.
+//
+// # Storage
+//
+// The log keeps every leaf hash and every perfect subtree node it completes
+// (reported by the compact range as leaves are appended), so any inclusion
+// or consistency proof is a handful of node reads, never a recomputation
+// over the leaves. One process appends (the platform holds the data
+// directory's lock); readers may be many.
+package ledger
+
+import (
+	"context"
+	"crypto"
+	"fmt"
+	"sync"
+
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
+
+	"github.com/fieldtrust/fieldtrust/internal/store"
+)
+
+// Storage is what the log needs from the store.
+type Storage interface {
+	LedgerSize(ctx context.Context) (uint64, error)
+	AppendLedger(ctx context.Context, start uint64, leafData [][]byte, nodes []store.LedgerNode) error
+	LedgerNodes(ctx context.Context, ids []store.LedgerNode) ([][]byte, error)
+	LedgerLeaf(ctx context.Context, leafHash []byte) (uint64, []byte, error)
+}
+
+var hasher = rfc6962.New(crypto.SHA256)
+
+// LeafData is the data of the leaf recording a snapshot of identity path
+// with the given snapshot hash.
+func LeafData(path string, snapshotHash [32]byte) []byte {
+	b := make([]byte, 0, len(path)+1+len(snapshotHash))
+	b = append(b, path...)
+	b = append(b, 0)
+	return append(b, snapshotHash[:]...)
+}
+
+// LeafHash is the RFC 6962 hash of leaf data.
+func LeafHash(data []byte) []byte { return hasher.HashLeaf(data) }
+
+// Log is the append-only Merkle log.
+type Log struct {
+	st Storage
+	rf *compact.RangeFactory
+
+	mu  sync.Mutex
+	rng *compact.Range // [0, size); guarded by mu
+}
+
+// Open loads the log's compact range from storage.
+func Open(ctx context.Context, st Storage) (*Log, error) {
+	rf := &compact.RangeFactory{Hash: hasher.HashChildren}
+	size, err := st.LedgerSize(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ids := compact.RangeNodes(0, size, nil)
+	hashes, err := st.LedgerNodes(ctx, toStore(ids))
+	if err != nil {
+		return nil, fmt.Errorf("ledger: load compact range of size %d: %w", size, err)
+	}
+	rng, err := rf.NewRange(0, size, hashes)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: %w", err)
+	}
+	return &Log{st: st, rf: rf, rng: rng}, nil
+}
+
+// Append adds leaves (LeafData values) durably and returns the index of the
+// first one and the new size and root.
+func (l *Log) Append(ctx context.Context, leaves [][]byte) (first, size uint64, root []byte, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	start := l.rng.End()
+	next := l.rf.NewEmptyRange(start)
+	var nodes []store.LedgerNode
+	visit := func(id compact.NodeID, hash []byte) {
+		nodes = append(nodes, store.LedgerNode{Level: id.Level, Index: id.Index, Hash: hash})
+	}
+	for _, d := range leaves {
+		if err := next.Append(hasher.HashLeaf(d), visit); err != nil {
+			return 0, 0, nil, err
+		}
+	}
+	merged := l.rf.NewEmptyRange(0)
+	if err := merged.AppendRange(l.rng, nil); err != nil {
+		return 0, 0, nil, err
+	}
+	// Merging reports the perfect nodes that span the old and new leaves.
+	if err := merged.AppendRange(next, visit); err != nil {
+		return 0, 0, nil, err
+	}
+	if err := l.st.AppendLedger(ctx, start, leaves, nodes); err != nil {
+		return 0, 0, nil, fmt.Errorf("ledger append: %w", err)
+	}
+	l.rng = merged
+	root, err = l.root()
+	return start, merged.End(), root, err
+}
+
+// Size returns the number of leaves and the current root hash.
+func (l *Log) Size() (uint64, []byte, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	root, err := l.root()
+	return l.rng.End(), root, err
+}
+
+func (l *Log) root() ([]byte, error) {
+	if l.rng.End() == 0 {
+		return hasher.EmptyRoot(), nil
+	}
+	return l.rng.GetRootHash(nil)
+}
+
+// Find returns the index of the leaf with the given data.
+func (l *Log) Find(ctx context.Context, leafData []byte) (uint64, error) {
+	idx, _, err := l.st.LedgerLeaf(ctx, hasher.HashLeaf(leafData))
+	return idx, err
+}
+
+// InclusionProof proves that leaf index is in the tree of the given size.
+func (l *Log) InclusionProof(ctx context.Context, index, size uint64) ([][]byte, error) {
+	if err := l.checkSize(size); err != nil {
+		return nil, err
+	}
+	n, err := proof.Inclusion(index, size)
+	if err != nil {
+		return nil, err
+	}
+	return l.fetch(ctx, n)
+}
+
+// ConsistencyProof proves that the tree of size1 is a prefix of the tree of
+// size2.
+func (l *Log) ConsistencyProof(ctx context.Context, size1, size2 uint64) ([][]byte, error) {
+	if err := l.checkSize(size2); err != nil {
+		return nil, err
+	}
+	n, err := proof.Consistency(size1, size2)
+	if err != nil {
+		return nil, err
+	}
+	return l.fetch(ctx, n)
+}
+
+func (l *Log) checkSize(size uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if size > l.rng.End() {
+		return fmt.Errorf("tree size %d is larger than the ledger (%d)", size, l.rng.End())
+	}
+	return nil
+}
+
+func (l *Log) fetch(ctx context.Context, n proof.Nodes) ([][]byte, error) {
+	hashes, err := l.st.LedgerNodes(ctx, toStore(n.IDs))
+	if err != nil {
+		return nil, err
+	}
+	return n.Rehash(hashes, hasher.HashChildren)
+}
+
+// VerifyInclusion checks an inclusion proof of leaf data against a root.
+func VerifyInclusion(leafData []byte, index, size uint64, proofHashes [][]byte, root []byte) error {
+	return proof.VerifyInclusion(hasher, index, size, hasher.HashLeaf(leafData), proofHashes, root)
+}
+
+// VerifyConsistency checks that root1 (of size1) is a prefix of root2.
+func VerifyConsistency(size1, size2 uint64, proofHashes [][]byte, root1, root2 []byte) error {
+	return proof.VerifyConsistency(hasher, size1, size2, proofHashes, root1, root2)
+}
+
+func toStore(ids []compact.NodeID) []store.LedgerNode {
+	out := make([]store.LedgerNode, len(ids))
+	for i, id := range ids {
+		out[i] = store.LedgerNode{Level: id.Level, Index: id.Index}
+	}
+	return out
+}

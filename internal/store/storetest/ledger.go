@@ -1,0 +1,52 @@
+package storetest
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+
+	"github.com/fieldtrust/fieldtrust/internal/store"
+)
+
+func testLedger(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	if n, err := s.LedgerSize(ctx); err != nil || n != 0 {
+		t.Fatalf("empty ledger size = %d, %v", n, err)
+	}
+	if _, err := s.LatestTreeHead(ctx); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("LatestTreeHead on empty ledger: %v", err)
+	}
+	nodes := []store.LedgerNode{{Level: 0, Index: 0, Hash: []byte("h0")}, {Level: 0, Index: 1, Hash: []byte("h1")}, {Level: 1, Index: 0, Hash: []byte("h01")}}
+	if err := s.AppendLedger(ctx, 0, [][]byte{[]byte("a"), []byte("b")}, nodes); err != nil {
+		t.Fatal(err)
+	}
+	// A writer with a stale view of the size is refused, and nothing changes.
+	if err := s.AppendLedger(ctx, 1, [][]byte{[]byte("c")}, nil); err == nil {
+		t.Fatal("append at a stale size succeeded")
+	}
+	if n, _ := s.LedgerSize(ctx); n != 2 {
+		t.Fatalf("size = %d, want 2", n)
+	}
+	got, err := s.LedgerNodes(ctx, []store.LedgerNode{{Level: 1, Index: 0}, {Level: 0, Index: 1}})
+	if err != nil || string(got[0]) != "h01" || string(got[1]) != "h1" {
+		t.Fatalf("LedgerNodes = %q, %v", got, err)
+	}
+	if _, err := s.LedgerNodes(ctx, []store.LedgerNode{{Level: 3, Index: 0}}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("missing node: %v", err)
+	}
+	// Leaves are found by their RFC 6962 leaf hash.
+	lh := append([]byte{0}, 'b')
+	idx, data, err := s.LedgerLeaf(ctx, sha256Sum(lh))
+	if err != nil || idx != 1 || string(data) != "b" {
+		t.Fatalf("LedgerLeaf = %d %q %v", idx, data, err)
+	}
+	for _, size := range []uint64{1, 2} {
+		if err := s.PutTreeHead(ctx, store.TreeHead{Size: size, Root: []byte{byte(size)}, Checkpoint: []byte("cp"), Signature: []byte("sig"), CertChain: []byte("pem")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	th, err := s.LatestTreeHead(ctx)
+	if err != nil || th.Size != 2 || !bytes.Equal(th.Root, []byte{2}) || string(th.CertChain) != "pem" {
+		t.Fatalf("LatestTreeHead = %+v, %v", th, err)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -153,35 +154,8 @@ func TestPKIWorkflow(t *testing.T) {
 func TestUp(t *testing.T) {
 	data := t.TempDir()
 	addr := freeAddr(t)
-	cmd := exec.Command(binary, "up", "--data", data, "--http-addr", addr, "--log-format", "json")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	var logs bytes.Buffer
-	logDone := make(chan struct{})
-	up := make(chan struct{})
-	go func() {
-		defer close(logDone)
-		sc := bufio.NewScanner(stderr)
-		once := false
-		for sc.Scan() {
-			logs.WriteString(sc.Text() + "\n")
-			if !once && strings.Contains(sc.Text(), `"msg":"platform up"`) {
-				once = true
-				close(up)
-			}
-		}
-	}()
-	select {
-	case <-up:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("platform did not come up; logs:\n%s", logs.String())
-	}
+	p := startUp(t, data, addr, freeAddr(t))
+	cmd := p.cmd
 
 	rootPEM, err := os.ReadFile(filepath.Join(data, "pki", "transport", "root.crt"))
 	if err != nil {
@@ -229,19 +203,76 @@ func TestUp(t *testing.T) {
 	go func() { werr <- cmd.Wait() }()
 	select {
 	case err := <-werr:
-		<-logDone
+		logs := p.logs()
 		if err != nil {
-			t.Fatalf("up exited with %v after SIGTERM; logs:\n%s", err, logs.String())
+			t.Fatalf("up exited with %v after SIGTERM; logs:\n%s", err, logs)
+		}
+		if !strings.Contains(logs, "platform stopped") {
+			t.Fatalf("no clean-stop log line:\n%s", logs)
+		}
+		if strings.Contains(logs, "PRIVATE KEY") {
+			t.Fatal("logs contain key material")
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("up did not stop within 30 s of SIGTERM")
 	}
-	if !strings.Contains(logs.String(), "platform stopped") {
-		t.Fatalf("no clean-stop log line:\n%s", logs.String())
+}
+
+// upProcess is a 'fieldtrust up' child process.
+type upProcess struct {
+	cmd     *exec.Cmd
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	logDone chan struct{}
+}
+
+// logs returns what the process logged so far (all of it once it exited).
+func (p *upProcess) logs() string {
+	select {
+	case <-p.logDone:
+	case <-time.After(5 * time.Second):
 	}
-	if strings.Contains(logs.String(), "PRIVATE KEY") {
-		t.Fatal("logs contain key material")
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.buf.String()
+}
+
+// startUp starts 'fieldtrust up' and waits until it logs that it is up.
+func startUp(t *testing.T, data, httpAddr, mqttAddr string) *upProcess {
+	t.Helper()
+	p := &upProcess{logDone: make(chan struct{})}
+	p.cmd = exec.Command(binary, "up", "--data", data, "--http-addr", httpAddr, "--mqtt-addr", mqttAddr, "--log-format", "json")
+	stderr, err := p.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
 	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.cmd.Process.Kill(); p.cmd.Wait() })
+	up := make(chan struct{})
+	go func() {
+		defer close(p.logDone)
+		sc := bufio.NewScanner(stderr)
+		once := false
+		for sc.Scan() {
+			p.mu.Lock()
+			p.buf.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+			if !once && strings.Contains(sc.Text(), `"msg":"platform up"`) {
+				once = true
+				close(up)
+			}
+		}
+	}()
+	select {
+	case <-up:
+	case <-p.logDone:
+		t.Fatalf("platform exited before coming up; logs:\n%s", p.logs())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("platform did not come up; logs:\n%s", p.logs())
+	}
+	return p
 }
 
 func freeAddr(t *testing.T) string {

@@ -10,6 +10,7 @@ import (
 // flag of 'up'.
 type upFlags struct {
 	dataDir, httpAddr   string
+	mqttAddr            string
 	dnsNames            []string
 	logLevel, logFormat string
 }
@@ -17,6 +18,7 @@ type upFlags struct {
 func (f *upFlags) register(c *cobra.Command) {
 	addDataFlag(c, &f.dataDir)
 	c.Flags().StringVar(&f.httpAddr, "http-addr", "127.0.0.1:8443", "HTTPS listen address (health, CA certificates, EST, API)")
+	c.Flags().StringVar(&f.mqttAddr, "mqtt-addr", "127.0.0.1:8883", "MQTT over mutual TLS listen address (the broker)")
 	c.Flags().StringSliceVar(&f.dnsNames, "dns-name", nil, "extra DNS names for the platform's server certificate (repeatable)")
 	addLogFlags(c, &f.logLevel, &f.logFormat, "info")
 }
@@ -26,7 +28,7 @@ func (f *upFlags) config() (platform.Config, error) {
 	if err != nil {
 		return platform.Config{}, err
 	}
-	return platform.Config{DataDir: f.dataDir, HTTPAddr: f.httpAddr, DNSNames: f.dnsNames, Logger: log}, nil
+	return platform.Config{DataDir: f.dataDir, HTTPAddr: f.httpAddr, MQTTAddr: f.mqttAddr, DNSNames: f.dnsNames, Logger: log}, nil
 }
 
 func newUpCmd() *cobra.Command {

@@ -3,19 +3,9 @@ package broker
 import (
 	"crypto/tls"
 	"errors"
-)
 
-// tls12Suites are the only TLS 1.2 suites the broker negotiates: ECDHE for
-// forward secrecy, AEAD only (AES-GCM, ChaCha20-Poly1305). TLS 1.3 suites
-// are not configurable in crypto/tls and are all AEAD.
-var tls12Suites = []uint16{
-	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-}
+	"github.com/fieldtrust/fieldtrust/internal/tlspolicy"
+)
 
 // serverTLSConfig clones the caller's config and imposes the broker's
 // policy on it. The caller owns certificates and trust; the broker owns
@@ -34,7 +24,7 @@ func serverTLSConfig(in *tls.Config) (*tls.Config, error) {
 	c := in.Clone()
 	c.MinVersion = tls.VersionTLS12
 	c.MaxVersion = tls.VersionTLS13
-	c.CipherSuites = tls12Suites
+	c.CipherSuites = tlspolicy.CipherSuites
 	c.ClientAuth = tls.RequireAndVerifyClientCert
 	c.InsecureSkipVerify = false
 	c.Renegotiation = tls.RenegotiateNever

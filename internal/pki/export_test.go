@@ -1,5 +1,19 @@
 package pki
 
-import "github.com/fieldtrust/fieldtrust/internal/store"
+import (
+	"testing"
+
+	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
+)
 
 func storeFilter(name string) store.CertFilter { return store.CertFilter{Name: name} }
+
+func sqliteOpen(tb testing.TB, dir string) (*sqlite.Store, error) {
+	s, err := sqlite.Open(tb.Context(), dir+"/db")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s, nil
+}

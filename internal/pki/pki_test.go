@@ -526,3 +526,48 @@ func requireTool(t *testing.T, name string) string {
 	}
 	return p
 }
+
+// TestVerifyCacheKeepsChecks: a cached chain still honours revocation and
+// the validity window.
+func TestVerifyCacheKeepsChecks(t *testing.T) {
+	p := newTestPKI(t, Options{})
+	ctx := t.Context()
+	v, _ := p.e.Verifier(ctx)
+	key, _ := GenerateKey(elliptic.P256())
+	iss, err := p.e.Issue(ctx, LeafRequest{Path: mustPath(t, "ms-1/acc-1/dev-1"), PublicKey: key.Public(), Validity: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // fill and hit the cache
+		if _, err := v.VerifySigner(iss.Cert, iss.Chain[1:], time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := v.VerifySigner(iss.Cert, iss.Chain[1:], time.Now().Add(2*time.Hour)); !errors.Is(err, ErrUntrusted) {
+		t.Fatalf("after expiry: %v", err)
+	}
+	if _, err := p.e.RevokeName(ctx, "ms-1/acc-1/dev-1", false, 1); err != nil {
+		t.Fatal(err)
+	}
+	v.Refresh(ctx)
+	if _, err := v.VerifySigner(iss.Cert, iss.Chain[1:], time.Time{}); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("after revocation: %v", err)
+	}
+}
+
+func BenchmarkVerifySigner(b *testing.B) {
+	dir := b.TempDir()
+	db, _ := sqliteOpen(b, dir)
+	a, err := Open(b.Context(), dir, E2E, db, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	key, _ := GenerateKey(elliptic.P256())
+	iss, _ := a.Issue(b.Context(), LeafRequest{Path: Path{"ms-1", "acc-1", "dev-1"}, PublicKey: key.Public()})
+	v, _ := a.Verifier(b.Context())
+	for b.Loop() {
+		if _, err := v.VerifySigner(iss.Cert, iss.Chain[1:], time.Time{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -2,11 +2,13 @@ package pki
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"maps"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -31,6 +33,31 @@ type Verifier struct {
 	roots    *x509.CertPool
 	records  Records                        // nil for a verifier built from fixed state
 	revoked  atomic.Pointer[map[string]int] // serial hex -> CRL reason; never nil after construction
+
+	// chains caches x509 chain building, the expensive part of Verify
+	// (one ECDSA verification per link), per leaf + intermediates + usage.
+	// Only the signature chain is cached; revocation, namespace and the
+	// validity window are checked on every call. Guarded by mu.
+	mu     sync.Mutex
+	chains map[[32]byte]cachedChains
+
+	// cas holds the domain's intermediate CAs known from the store, so
+	// that signers named only by key id (their chain not embedded) verify.
+	cas atomic.Pointer[caSet]
+}
+
+type caSet struct {
+	pool    *x509.CertPool
+	serials map[string]bool
+}
+
+// maxCachedChains bounds the chain cache; past it the cache starts over.
+// A fleet's worth of signers (tens of thousands) fits.
+const maxCachedChains = 50_000
+
+type cachedChains struct {
+	chains              [][]*x509.Certificate
+	notBefore, notAfter time.Time // intersection of the chains' validity
 }
 
 // Verifier returns a verifier for the authority's domain with the current
@@ -64,6 +91,9 @@ func (v *Verifier) Refresh(ctx context.Context) (changed bool, err error) {
 	if v.records == nil {
 		return false, nil
 	}
+	if err := v.loadCAs(ctx); err != nil {
+		return false, err
+	}
 	list, err := v.records.ListCertificates(ctx, store.CertFilter{Domain: string(v.domain), RevokedOnly: true})
 	if err != nil {
 		return false, fmt.Errorf("refresh %s revocations: %w", v.domain, err)
@@ -77,6 +107,43 @@ func (v *Verifier) Refresh(ctx context.Context) (changed bool, err error) {
 	}
 	v.revoked.Store(&next)
 	return true, nil
+}
+
+// loadCAs adds intermediate CAs created since the last call.
+func (v *Verifier) loadCAs(ctx context.Context) error {
+	all, err := v.records.ListCertificates(ctx, store.CertFilter{Domain: string(v.domain)})
+	if err != nil {
+		return fmt.Errorf("load %s CAs: %w", v.domain, err)
+	}
+	old := v.cas.Load()
+	var added []*x509.Certificate
+	for _, c := range all {
+		if c.Kind != KindMasterCA && c.Kind != KindAccountCA && c.Kind != KindServicesCA {
+			continue
+		}
+		if old != nil && old.serials[c.Serial] {
+			continue
+		}
+		cert, err := x509.ParseCertificate(c.DER)
+		if err != nil {
+			return fmt.Errorf("CA %s in the store: %w", c.Name, err)
+		}
+		added = append(added, cert)
+	}
+	if len(added) == 0 && old != nil {
+		return nil
+	}
+	next := &caSet{pool: x509.NewCertPool(), serials: map[string]bool{}}
+	if old != nil {
+		next.pool = old.pool.Clone()
+		maps.Copy(next.serials, old.serials)
+	}
+	for _, c := range added {
+		next.pool.AddCert(c)
+		next.serials[SerialHex(c.SerialNumber)] = true
+	}
+	v.cas.Store(next)
+	return nil
 }
 
 // SetRevoked replaces the revocation state, e.g. from freshly received CRLs.
@@ -127,18 +194,9 @@ func (v *Verifier) Identify(chain []*x509.Certificate) (Identity, error) {
 // for usage (x509.ExtKeyUsageAny to skip the check), then identifies it. It
 // returns the identity and the verified chain.
 func (v *Verifier) Verify(leaf *x509.Certificate, intermediates []*x509.Certificate, at time.Time, usage x509.ExtKeyUsage) (Identity, []*x509.Certificate, error) {
-	pool := x509.NewCertPool()
-	for _, c := range intermediates {
-		pool.AddCert(c)
-	}
-	chains, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         v.roots,
-		Intermediates: pool,
-		CurrentTime:   at,
-		KeyUsages:     []x509.ExtKeyUsage{usage},
-	})
+	chains, err := v.buildChains(leaf, intermediates, at, usage)
 	if err != nil {
-		return Identity{}, nil, fmt.Errorf("%w: %v", ErrUntrusted, err)
+		return Identity{}, nil, err
 	}
 	var firstErr error
 	for _, chain := range chains {
@@ -151,6 +209,62 @@ func (v *Verifier) Verify(leaf *x509.Certificate, intermediates []*x509.Certific
 		}
 	}
 	return Identity{}, nil, firstErr
+}
+
+// buildChains returns the verified chains of leaf at time at, from the
+// cache when an earlier call built them and at lies in their validity.
+func (v *Verifier) buildChains(leaf *x509.Certificate, intermediates []*x509.Certificate, at time.Time, usage x509.ExtKeyUsage) ([][]*x509.Certificate, error) {
+	if at.IsZero() {
+		at = time.Now()
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%d|", usage)
+	for _, c := range append([]*x509.Certificate{leaf}, intermediates...) {
+		s := sha256.Sum256(c.Raw)
+		h.Write(s[:])
+	}
+	var key [32]byte
+	h.Sum(key[:0])
+	v.mu.Lock()
+	cached, ok := v.chains[key]
+	v.mu.Unlock()
+	if ok && !at.Before(cached.notBefore) && !at.After(cached.notAfter) {
+		return cached.chains, nil
+	}
+	pool := x509.NewCertPool()
+	if cas := v.cas.Load(); cas != nil {
+		pool = cas.pool.Clone()
+	}
+	for _, c := range intermediates {
+		pool.AddCert(c)
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{
+		Roots:         v.roots,
+		Intermediates: pool,
+		CurrentTime:   at,
+		KeyUsages:     []x509.ExtKeyUsage{usage},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUntrusted, err)
+	}
+	entry := cachedChains{chains: chains, notBefore: leaf.NotBefore, notAfter: leaf.NotAfter}
+	for _, chain := range chains {
+		for _, c := range chain {
+			if c.NotBefore.After(entry.notBefore) {
+				entry.notBefore = c.NotBefore
+			}
+			if c.NotAfter.Before(entry.notAfter) {
+				entry.notAfter = c.NotAfter
+			}
+		}
+	}
+	v.mu.Lock()
+	if v.chains == nil || len(v.chains) >= maxCachedChains {
+		v.chains = make(map[[32]byte]cachedChains)
+	}
+	v.chains[key] = entry
+	v.mu.Unlock()
+	return chains, nil
 }
 
 // VerifySigner verifies an end-to-end signer certificate at the signing

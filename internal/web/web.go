@@ -16,8 +16,10 @@ import (
 // Options configure the handler.
 type Options struct {
 	// Roots are the trust anchors published under /ca, by domain.
-	Roots  map[pki.Domain]*x509.Certificate
-	Logger *slog.Logger
+	Roots map[pki.Domain]*x509.Certificate
+	// Metrics serves /metrics (Prometheus); the caller guards access.
+	Metrics http.Handler
+	Logger  *slog.Logger
 }
 
 // New returns the platform's HTTP handler.
@@ -46,6 +48,9 @@ func New(opts Options) http.Handler {
 		}
 		writeError(w, http.StatusNotFound, "no such CA; use /ca/transport.pem or /ca/e2e.pem")
 	})
+	if opts.Metrics != nil {
+		mux.Handle("GET /metrics", opts.Metrics)
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

@@ -1,0 +1,87 @@
+package platform
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/fieldtrust/fieldtrust/internal/broker"
+	"github.com/fieldtrust/fieldtrust/internal/pki"
+)
+
+// revocationPoll is how often the platform rereads revocation state and
+// service roles that the operator CLI may have changed: well inside the
+// promise that a revocation takes effect within 5 seconds.
+const revocationPoll = time.Second
+
+// crlRepublish is how often CRLs are reissued without a revocation, well
+// before pki.CRLValidity runs out.
+const crlRepublish = 24 * time.Hour
+
+// revocation keeps the running platform's view of revocation live: it
+// refreshes the verifier, ends broker sessions that no longer verify, and
+// publishes each domain's CRL bundle retained for gateways.
+type revocation struct {
+	ids    *identities
+	broker *broker.Broker
+	auths  []*pki.Authority // transport first
+	log    *slog.Logger
+}
+
+func (r *revocation) run(ctx context.Context) {
+	poll := time.NewTicker(revocationPoll)
+	defer poll.Stop()
+	republish := time.NewTicker(crlRepublish)
+	defer republish.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-republish.C:
+			if err := r.publishCRLs(ctx); err != nil && ctx.Err() == nil {
+				r.log.Error("reissuing CRLs failed; retrying at the next change or in a day", "err", err)
+			}
+		case <-poll.C:
+			changed, err := r.ids.refresh(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					r.log.Warn("refreshing revocations failed", "err", err)
+				}
+				continue
+			}
+			if !changed {
+				continue
+			}
+			n := r.broker.Revalidate(ctx)
+			r.log.Info("revocation state changed", "sessions_ended", n)
+			if err := r.publishCRLs(ctx); err != nil && ctx.Err() == nil {
+				r.log.Error("publishing CRLs failed", "err", err)
+			}
+		}
+	}
+}
+
+// publishCRLs issues fresh CRLs for every CA and publishes each domain's
+// bundle retained (QoS 1) on pki/crl/<domain>.
+func (r *revocation) publishCRLs(ctx context.Context) error {
+	for _, a := range r.auths {
+		crls, err := a.CRLs(ctx)
+		if err != nil {
+			return fmt.Errorf("issue %s CRLs: %w", a.Domain(), err)
+		}
+		bundle, err := pki.EncodeCRLBundle(crls)
+		if err != nil {
+			return err
+		}
+		topic := TopicCRLTransport
+		if a.Domain() == pki.E2E {
+			topic = TopicCRLE2E
+		}
+		if err := r.broker.Publish(topic, bundle, true, 1); err != nil {
+			return err
+		}
+		r.log.Debug("CRLs published", "topic", topic, "crls", len(crls), "bytes", len(bundle))
+	}
+	return nil
+}

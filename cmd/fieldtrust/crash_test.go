@@ -36,7 +36,7 @@ func TestCrashKeepsQoS1(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		opts := mqtt.NewClientOptions().AddBroker("ssl://"+mqttAddr).SetClientID(id).SetCleanSession(clean).
+		opts := mqtt.NewClientOptions().AddBroker("ssl://" + mqttAddr).SetClientID(id).SetCleanSession(clean).
 			SetTLSConfig(&tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}}).
 			SetAutoReconnect(false).SetConnectTimeout(5 * time.Second).SetDefaultPublishHandler(onMsg)
 		return mqtt.NewClient(opts)

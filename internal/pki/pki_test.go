@@ -571,3 +571,24 @@ func BenchmarkVerifySigner(b *testing.B) {
 		}
 	}
 }
+
+func TestLeafBySKI(t *testing.T) {
+	p := newTestPKI(t, Options{})
+	ctx := t.Context()
+	v, _ := p.e.Verifier(ctx)
+	a, _ := issue(t, p.e, "ms-1/acc-1/dev-1")
+	got, err := v.LeafBySKI(ctx, a.Cert.SubjectKeyId)
+	if err != nil || !got.Equal(a.Cert) {
+		t.Fatalf("LeafBySKI = %v, %v", got, err)
+	}
+	if _, err := v.LeafBySKI(ctx, []byte("nope")); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("unknown key: %v", err)
+	}
+	// A certificate issued after the last scan is found once the rescan
+	// interval has passed.
+	b, _ := issue(t, p.e, "ms-1/acc-1/dev-2")
+	time.Sleep(leafRescan)
+	if got, err := v.LeafBySKI(ctx, b.Cert.SubjectKeyId); err != nil || !got.Equal(b.Cert) {
+		t.Fatalf("new leaf: %v, %v", got, err)
+	}
+}

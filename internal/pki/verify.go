@@ -44,7 +44,22 @@ type Verifier struct {
 	// cas holds the domain's intermediate CAs known from the store, so
 	// that signers named only by key id (their chain not embedded) verify.
 	cas atomic.Pointer[caSet]
+
+	leavesMu sync.Mutex
+	leaves   leafIndex // guarded by leavesMu
 }
+
+// leafIndex maps subject key IDs to the domain's leaf certificates, so
+// envelopes that name their signer only by key ID can be opened. Rebuilt
+// from the store on a miss, at most once per leafRescan.
+type leafIndex struct {
+	bySKI   map[string]*x509.Certificate
+	scanned time.Time
+}
+
+// leafRescan limits how often a lookup miss rescans the store, so a flood
+// of envelopes naming unknown keys costs one scan per interval, not one each.
+const leafRescan = time.Second
 
 type caSet struct {
 	pool    *x509.CertPool
@@ -144,6 +159,44 @@ func (v *Verifier) loadCAs(ctx context.Context) error {
 	}
 	v.cas.Store(next)
 	return nil
+}
+
+// ErrUnknownKey is returned by LeafBySKI when no certificate of the domain
+// has the key ID.
+var ErrUnknownKey = errors.New("no certificate with that key ID")
+
+// LeafBySKI returns the domain's leaf certificate with subject key ID ski
+// (the newest one, for a key that was re-certified), and its
+// intermediates, from what the store recorded.
+func (v *Verifier) LeafBySKI(ctx context.Context, ski []byte) (*x509.Certificate, error) {
+	v.leavesMu.Lock()
+	defer v.leavesMu.Unlock()
+	if c, ok := v.leaves.bySKI[string(ski)]; ok {
+		return c, nil
+	}
+	if v.records == nil || time.Since(v.leaves.scanned) < leafRescan {
+		return nil, ErrUnknownKey
+	}
+	all, err := v.records.ListCertificates(ctx, store.CertFilter{Domain: string(v.domain)})
+	if err != nil {
+		return nil, fmt.Errorf("look up signer key: %w", err)
+	}
+	idx := make(map[string]*x509.Certificate, len(all))
+	for _, rec := range all {
+		if rec.Kind != KindLeaf && rec.Kind != KindService {
+			continue
+		}
+		c, err := x509.ParseCertificate(rec.DER)
+		if err != nil {
+			continue
+		}
+		idx[string(c.SubjectKeyId)] = c // later records (renewals) win
+	}
+	v.leaves = leafIndex{bySKI: idx, scanned: time.Now()}
+	if c, ok := idx[string(ski)]; ok {
+		return c, nil
+	}
+	return nil, ErrUnknownKey
 }
 
 // SetRevoked replaces the revocation state, e.g. from freshly received CRLs.

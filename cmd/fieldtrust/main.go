@@ -54,6 +54,8 @@ Start the platform with 'fieldtrust up'; manage certificates with 'fieldtrust pk
 		newUpCmd(),
 		newPKICmd(),
 		newSealCmd(), newOpenCmd(),
+		newManufacturerCmd(), newDeviceCmd(),
+		newGatewayCmd(),
 		// Further subcommands register here, one constructor per file.
 	)
 	return root

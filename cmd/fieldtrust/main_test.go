@@ -23,6 +23,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 )
 
@@ -283,4 +284,13 @@ func freeAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+func openData(t *testing.T, dir string) *datadir.Dir {
+	t.Helper()
+	d, err := datadir.Open(t.Context(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"time"
+
 	"github.com/spf13/cobra"
 
+	"github.com/fieldtrust/fieldtrust/internal/est"
 	"github.com/fieldtrust/fieldtrust/internal/platform"
 )
 
@@ -12,6 +15,10 @@ type upFlags struct {
 	dataDir, httpAddr   string
 	mqttAddr            string
 	dnsNames            []string
+	brokerURLs          []string
+	publishInterval     time.Duration
+	estAllowReenroll    bool
+	estRequireBinding   bool
 	logLevel, logFormat string
 }
 
@@ -20,6 +27,10 @@ func (f *upFlags) register(c *cobra.Command) {
 	c.Flags().StringVar(&f.httpAddr, "http-addr", "127.0.0.1:8443", "HTTPS listen address (health, CA certificates, EST, API)")
 	c.Flags().StringVar(&f.mqttAddr, "mqtt-addr", "127.0.0.1:8883", "MQTT over mutual TLS listen address (the broker)")
 	c.Flags().StringSliceVar(&f.dnsNames, "dns-name", nil, "extra DNS names for the platform's server certificate (repeatable)")
+	c.Flags().StringSliceVar(&f.brokerURLs, "broker-url", nil, "broker endpoint handed to gateways, mqtts://host:port[;weight] (repeatable; default: the embedded broker)")
+	c.Flags().DurationVar(&f.publishInterval, "publish-interval", 10*time.Second, "how often gateways publish snapshots (bootstrap)")
+	c.Flags().BoolVar(&f.estAllowReenroll, "est-allow-reenroll", false, "let an onboarding certificate enroll again after its claim was used")
+	c.Flags().BoolVar(&f.estRequireBinding, "est-require-channel-binding", false, "refuse EST CSRs not bound to their TLS session (RFC 7030 §3.5); plain curl+openssl clients cannot send it")
 	addLogFlags(c, &f.logLevel, &f.logFormat, "info")
 }
 
@@ -28,7 +39,12 @@ func (f *upFlags) config() (platform.Config, error) {
 	if err != nil {
 		return platform.Config{}, err
 	}
-	return platform.Config{DataDir: f.dataDir, HTTPAddr: f.httpAddr, MQTTAddr: f.mqttAddr, DNSNames: f.dnsNames, Logger: log}, nil
+	return platform.Config{
+		DataDir: f.dataDir, HTTPAddr: f.httpAddr, MQTTAddr: f.mqttAddr, DNSNames: f.dnsNames,
+		BrokerURLs: f.brokerURLs, PublishInterval: f.publishInterval,
+		EST:    est.Policy{AllowReenroll: f.estAllowReenroll, RequireChannelBinding: f.estRequireBinding},
+		Logger: log,
+	}, nil
 }
 
 func newUpCmd() *cobra.Command {

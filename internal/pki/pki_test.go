@@ -592,3 +592,15 @@ func TestLeafBySKI(t *testing.T) {
 		t.Fatalf("new leaf: %v, %v", got, err)
 	}
 }
+
+// TestVerifierLearnsNewCAs: a verifier built before an account existed
+// verifies that account's certificates without an explicit Refresh.
+func TestVerifierLearnsNewCAs(t *testing.T) {
+	p := newTestPKI(t, Options{})
+	v, _ := p.e.Verifier(t.Context())
+	time.Sleep(leafRescan)
+	iss, _ := issue(t, p.e, "ms-new/acc-1/dev-1") // creates two new CAs
+	if _, err := v.VerifySigner(iss.Cert, nil, time.Time{}); err != nil {
+		t.Fatalf("leaf below CAs created after the verifier: %v", err)
+	}
+}

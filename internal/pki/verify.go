@@ -45,8 +45,9 @@ type Verifier struct {
 	// that signers named only by key id (their chain not embedded) verify.
 	cas atomic.Pointer[caSet]
 
-	leavesMu sync.Mutex
-	leaves   leafIndex // guarded by leavesMu
+	leavesMu  sync.Mutex
+	leaves    leafIndex // guarded by leavesMu
+	casLoaded time.Time // last on-miss CA reload; guarded by leavesMu
 }
 
 // leafIndex maps subject key IDs to the domain's leaf certificates, so
@@ -284,19 +285,15 @@ func (v *Verifier) buildChains(leaf *x509.Certificate, intermediates []*x509.Cer
 	if ok && !at.Before(cached.notBefore) && !at.After(cached.notAfter) {
 		return cached.chains, nil
 	}
-	pool := x509.NewCertPool()
-	if cas := v.cas.Load(); cas != nil {
-		pool = cas.pool.Clone()
+	chains, err := v.verifyWithCAs(leaf, intermediates, at, usage)
+	var unknown x509.UnknownAuthorityError
+	if errors.As(err, &unknown) && v.records != nil && v.casStale() {
+		// A CA created since the last refresh (a new account enrolled its
+		// first device): reload the domain's CAs once and try again.
+		if lerr := v.loadCAs(context.Background()); lerr == nil {
+			chains, err = v.verifyWithCAs(leaf, intermediates, at, usage)
+		}
 	}
-	for _, c := range intermediates {
-		pool.AddCert(c)
-	}
-	chains, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         v.roots,
-		Intermediates: pool,
-		CurrentTime:   at,
-		KeyUsages:     []x509.ExtKeyUsage{usage},
-	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUntrusted, err)
 	}
@@ -318,6 +315,34 @@ func (v *Verifier) buildChains(leaf *x509.Certificate, intermediates []*x509.Cer
 	v.chains[key] = entry
 	v.mu.Unlock()
 	return chains, nil
+}
+
+func (v *Verifier) verifyWithCAs(leaf *x509.Certificate, intermediates []*x509.Certificate, at time.Time, usage x509.ExtKeyUsage) ([][]*x509.Certificate, error) {
+	pool := x509.NewCertPool()
+	if cas := v.cas.Load(); cas != nil {
+		pool = cas.pool.Clone()
+	}
+	for _, c := range intermediates {
+		pool.AddCert(c)
+	}
+	return leaf.Verify(x509.VerifyOptions{
+		Roots:         v.roots,
+		Intermediates: pool,
+		CurrentTime:   at,
+		KeyUsages:     []x509.ExtKeyUsage{usage},
+	})
+}
+
+// casStale reports whether the CA set may be reloaded on a miss: at most
+// once per leafRescan, so unknown issuers cannot make every call scan.
+func (v *Verifier) casStale() bool {
+	v.leavesMu.Lock()
+	defer v.leavesMu.Unlock()
+	if time.Since(v.casLoaded) < leafRescan {
+		return false
+	}
+	v.casLoaded = time.Now()
+	return true
 }
 
 // VerifySigner verifies an end-to-end signer certificate at the signing

@@ -15,6 +15,8 @@ import (
 	"net/http"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,8 +24,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/fieldtrust/fieldtrust/internal/bootstrap"
 	"github.com/fieldtrust/fieldtrust/internal/broker"
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
+	"github.com/fieldtrust/fieldtrust/internal/est"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/tlspolicy"
@@ -36,7 +40,15 @@ type Config struct {
 	HTTPAddr string   // HTTPS listen address
 	MQTTAddr string   // MQTT over mTLS listen address
 	DNSNames []string // extra names for the server certificate
-	Logger   *slog.Logger
+	// BrokerURLs are the broker endpoints handed to gateways in bootstrap
+	// ("mqtts://host:port" or "mqtts://host:port;weight"); empty means the
+	// embedded broker's own listen address.
+	BrokerURLs []string
+	// PublishInterval is the gateways' snapshot interval (bootstrap).
+	PublishInterval time.Duration
+	// EST policy.
+	EST    est.Policy
+	Logger *slog.Logger
 	// Ready, if non-nil, is called once every listener is up, with the
 	// actual addresses (useful with port 0).
 	Ready func(httpAddr, mqttAddr string)
@@ -91,11 +103,29 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	ips = slices.CompactFunc(ips, net.IP.Equal)
-	cert := newServerCert(d.Transport, cfg.DataDir, dns, ips, log)
-	if err := cert.load(ctx); err != nil {
+	cert := newServiceCert(d.Transport, "platform", cfg.DataDir, dns, ips, log)
+	// The platform's own services and their certificates: the ingest
+	// service reads snapshots (transport, role snapshot-reader) and is a
+	// recipient of every sealed snapshot (e2e); the ledger signs tree
+	// heads and the platform signs commands (e2e).
+	ingestTLS := newServiceCert(d.Transport, "ingest", cfg.DataDir, nil, nil, log)
+	ingestE2E := newServiceCert(d.E2E, "ingest", cfg.DataDir, nil, nil, log)
+	ledgerE2E := newServiceCert(d.E2E, "ledger", cfg.DataDir, nil, nil, log)
+	commandE2E := newServiceCert(d.E2E, "platform", cfg.DataDir, nil, nil, log)
+	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E}
+	for _, c := range serviceCerts {
+		if err := c.load(ctx); err != nil {
+			return err
+		}
+	}
+	if err := d.Store.SetServiceRole(ctx, "ingest", tacs.RoleSnapshotReader); err != nil {
 		return err
 	}
 	verifier, err := d.Transport.Verifier(ctx)
+	if err != nil {
+		return err
+	}
+	e2eVerifier, err := d.E2E.Verifier(ctx)
 	if err != nil {
 		return err
 	}
@@ -120,20 +150,43 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("start broker on --mqtt-addr %s: %w", cfg.MQTTAddr, err)
 	}
 
-	// Client certificates are optional on HTTPS (health and CA download are
-	// public); where one is presented, it must verify and not be revoked.
-	httpTLS := tlspolicy.Server(cert.GetCertificate, verifier.Roots(), tls.VerifyClientCertIfGiven, func(cs tls.ConnectionState) error {
-		if len(cs.PeerCertificates) == 0 {
-			return nil
-		}
-		return verifier.VerifyConnection(cs)
+	estSrv, err := est.New(est.Options{Transport: d.Transport, E2E: d.E2E, Verifier: verifier, Records: d.Store, Policy: cfg.EST, Logger: log.With("component", "est")})
+	if err != nil {
+		return err
+	}
+	brokers, err := brokerList(cfg.BrokerURLs, brk.Addr())
+	if err != nil {
+		return err
+	}
+	interval := cfg.PublishInterval
+	if interval <= 0 {
+		interval = 10 * time.Second
+	}
+	bs, err := bootstrap.New(bootstrap.Config{
+		Brokers: brokers, PublishInterval: interval, RenewalFraction: 2.0 / 3, CRLTopic: TopicCRLTransport,
+		IngestE2E: func(context.Context) (*x509.Certificate, error) { return ingestE2E.Current().Leaf, nil },
+		Transport: verifier, E2E: e2eVerifier, Records: d.Store, Logger: log.With("component", "bootstrap"),
 	})
+	if err != nil {
+		return err
+	}
+	// HTTPS asks for a client certificate without requiring one or checking
+	// it at the TLS layer: EST must see manufacturer onboarding
+	// certificates, which do not chain to the transport root. Every other
+	// route is behind GuardOperational, which refuses any certificate that
+	// is not a valid, unrevoked transport certificate; requests without one
+	// reach only the public routes (/healthz, /ca).
+	mux := http.NewServeMux()
+	mux.Handle(est.PathPrefix, estSrv)
+	mux.Handle(bootstrap.Path, bs)
+	mux.Handle("/", est.GuardOperational(verifier, log, web.New(web.Options{
+		Roots:   map[pki.Domain]*x509.Certificate{pki.Transport: d.Transport.Root(), pki.E2E: d.E2E.Root()},
+		Metrics: requireRole(ids, tacs.RoleAdmin, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),
+		Logger:  log,
+	})))
+	httpTLS := tlspolicy.Server(cert.GetCertificate, nil, tls.RequestClientCert, nil)
 	srv := &http.Server{
-		Handler: web.New(web.Options{
-			Roots:   map[pki.Domain]*x509.Certificate{pki.Transport: d.Transport.Root(), pki.E2E: d.E2E.Root()},
-			Metrics: requireRole(ids, tacs.RoleAdmin, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),
-			Logger:  log,
-		}),
+		Handler:           mux,
 		TLSConfig:         httpTLS,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -143,10 +196,12 @@ func Run(ctx context.Context, cfg Config) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Go(func() { cert.run(ctx) })
+	for _, c := range serviceCerts {
+		wg.Go(func() { c.run(ctx) })
+	}
 	brokerErr := make(chan error, 1)
 	wg.Go(func() { brokerErr <- brk.Serve(ctx) })
-	rev := &revocation{ids: ids, broker: brk, auths: []*pki.Authority{d.Transport, d.E2E}, log: log}
+	rev := &revocation{ids: ids, e2e: e2eVerifier, broker: brk, auths: []*pki.Authority{d.Transport, d.E2E}, log: log}
 	if err := rev.publishCRLs(ctx); err != nil {
 		return err
 	}
@@ -197,4 +252,25 @@ func requireRole(ids *identities, role string, next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// brokerList parses the broker URLs for bootstrap; with none given, the
+// embedded broker's address.
+func brokerList(urls []string, embedded string) ([]bootstrap.Broker, error) {
+	if len(urls) == 0 {
+		return []bootstrap.Broker{{URL: "mqtts://" + embedded, Weight: 1}}, nil
+	}
+	var out []bootstrap.Broker
+	for _, u := range urls {
+		b := bootstrap.Broker{URL: u, Weight: 1}
+		if url, w, ok := strings.Cut(u, ";"); ok {
+			weight, err := strconv.ParseFloat(w, 64)
+			if err != nil || weight <= 0 {
+				return nil, fmt.Errorf("--broker-url %q: weight %q must be a positive number", u, w)
+			}
+			b = bootstrap.Broker{URL: url, Weight: weight}
+		}
+		out = append(out, b)
+	}
+	return out, nil
 }

@@ -24,6 +24,7 @@ const crlRepublish = 24 * time.Hour
 // publishes each domain's CRL bundle retained for gateways.
 type revocation struct {
 	ids    *identities
+	e2e    *pki.Verifier
 	broker *broker.Broker
 	auths  []*pki.Authority // transport first
 	log    *slog.Logger
@@ -44,6 +45,11 @@ func (r *revocation) run(ctx context.Context) {
 			}
 		case <-poll.C:
 			changed, err := r.ids.refresh(ctx)
+			if err == nil {
+				var e2eChanged bool
+				e2eChanged, err = r.e2e.Refresh(ctx)
+				changed = changed || e2eChanged
+			}
 			if err != nil {
 				if ctx.Err() == nil {
 					r.log.Warn("refreshing revocations failed", "err", err)

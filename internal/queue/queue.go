@@ -58,6 +58,7 @@ type Stats struct {
 var (
 	bucketItems = []byte("items")
 	bucketMeta  = []byte("meta")
+	bucketState = []byte("state")
 	keyBytes    = []byte("bytes")
 	keyCount    = []byte("count")
 	keyDropped  = []byte("dropped")
@@ -86,6 +87,9 @@ func Open(file string, opts Options) (*Queue, error) {
 		if _, err := tx.CreateBucketIfNotExists(bucketItems); err != nil {
 			return err
 		}
+		if _, err := tx.CreateBucketIfNotExists(bucketState); err != nil {
+			return err
+		}
 		_, err := tx.CreateBucketIfNotExists(bucketMeta)
 		return err
 	})
@@ -104,6 +108,21 @@ func (q *Queue) Close() error { return q.db.Close() }
 // ErrFull (RejectNew). An item larger than the byte bound is refused with
 // ErrFull under either policy.
 func (q *Queue) Put(data []byte) (dropped []Item, err error) {
+	return q.PutWithState(data, nil)
+}
+
+// KV is a key and value of the queue's state, which PutWithState updates in
+// the same transaction as the enqueue.
+type KV struct {
+	Key   string
+	Value []byte
+}
+
+// PutWithState is Put that also sets state keys atomically with the
+// enqueue: the gateway keeps each device's hash-chain head this way, so a
+// crash can never leave a queued snapshot without its head, or a head
+// without its snapshot (which would fork the device's chain).
+func (q *Queue) PutWithState(data []byte, state []KV) (dropped []Item, err error) {
 	if int64(len(data)) > q.opts.MaxBytes {
 		q.countDrop(1)
 		return nil, fmt.Errorf("%w: item of %d bytes exceeds the queue's %d-byte bound", ErrFull, len(data), q.opts.MaxBytes)
@@ -137,6 +156,12 @@ func (q *Queue) Put(data []byte) (dropped []Item, err error) {
 		if err := items.Put(key(id), data); err != nil {
 			return err
 		}
+		st := tx.Bucket(bucketState)
+		for _, kv := range state {
+			if err := st.Put([]byte(kv.Key), kv.Value); err != nil {
+				return err
+			}
+		}
 		putInt(meta, keyBytes, size+int64(len(data)))
 		putInt(meta, keyCount, int64(n+1))
 		if len(dropped) > 0 {
@@ -159,6 +184,32 @@ func (q *Queue) countDrop(n int64) {
 		putInt(meta, keyDropped, getInt(meta, keyDropped)+n)
 		return nil
 	})
+}
+
+// SetState sets state keys without queueing anything.
+func (q *Queue) SetState(state ...KV) error {
+	return q.db.Update(func(tx *bolt.Tx) error {
+		st := tx.Bucket(bucketState)
+		for _, kv := range state {
+			if err := st.Put([]byte(kv.Key), kv.Value); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// State returns the value of a state key, or nil if it was never set.
+func (q *Queue) State(k string) ([]byte, error) {
+	var v []byte
+	err := q.db.View(func(tx *bolt.Tx) error {
+		v = append([]byte(nil), tx.Bucket(bucketState).Get([]byte(k))...)
+		return nil
+	})
+	if len(v) == 0 {
+		v = nil
+	}
+	return v, err
 }
 
 // Peek returns up to n of the oldest items, oldest first, without removing

@@ -146,3 +146,27 @@ func BenchmarkPutAck(b *testing.B) {
 		q.Ack(items[0].ID)
 	}
 }
+
+func TestPutWithState(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "q.db")
+	q := open(t, file, Options{MaxItems: 1, Policy: RejectNew})
+	if _, err := q.PutWithState([]byte("a"), []KV{{"head/d", []byte("1")}}); err != nil {
+		t.Fatal(err)
+	}
+	// A refused put changes no state.
+	if _, err := q.PutWithState([]byte("b"), []KV{{"head/d", []byte("2")}}); !errors.Is(err, ErrFull) {
+		t.Fatal(err)
+	}
+	if v, _ := q.State("head/d"); string(v) != "1" {
+		t.Fatalf("state after refused put = %q", v)
+	}
+	q.Close()
+	q = open(t, file, Options{})
+	defer q.Close()
+	if v, _ := q.State("head/d"); string(v) != "1" {
+		t.Fatalf("state after reopen = %q", v)
+	}
+	if v, _ := q.State("missing"); v != nil {
+		t.Fatalf("missing key = %q", v)
+	}
+}

@@ -66,5 +66,7 @@ type Store interface {
 
 	Ledger
 
+	Enrollments
+
 	Close() error
 }

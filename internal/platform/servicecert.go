@@ -18,39 +18,56 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 )
 
-// serverCertValidity is the lifetime of the platform's TLS server
-// certificate; it is renewed after two thirds of it, so a platform that
-// runs for months keeps a valid certificate without an operator.
-const serverCertValidity = 30 * 24 * time.Hour
+// serviceCertValidity is the lifetime of the platform's own service
+// certificates; each is renewed after two thirds of it, so a platform that
+// runs for months keeps valid certificates without an operator.
+const serviceCertValidity = 30 * 24 * time.Hour
 
-// serverCert holds the platform's TLS server certificate, issued by the
-// transport services CA as service "platform", and renews it.
-type serverCert struct {
-	auth  *pki.Authority
-	dir   string // DIR/platform
-	dns   []string
-	ips   []net.IP
-	log   *slog.Logger
-	cur   atomic.Pointer[tls.Certificate] // non-nil after load
-	check time.Duration                   // renewal check interval
+// serviceCert holds one of the platform's own service certificates (its
+// TLS server certificate, the ingest service's client and e2e
+// certificates, the ledger and command signers), issued by the services CA
+// of its domain, kept in DIR/platform/<service>-<domain>.{crt,key}, and
+// renewed in place.
+type serviceCert struct {
+	auth    *pki.Authority
+	service string
+	dir     string   // DIR/platform
+	dns     []string // server certificates only
+	ips     []net.IP
+	log     *slog.Logger
+	cur     atomic.Pointer[tls.Certificate] // non-nil after load
+	check   time.Duration                   // renewal check interval
 }
 
-func newServerCert(auth *pki.Authority, dataDir string, dns []string, ips []net.IP, log *slog.Logger) *serverCert {
-	return &serverCert{auth: auth, dir: filepath.Join(dataDir, "platform"), dns: dns, ips: ips, log: log, check: time.Minute}
+func newServiceCert(auth *pki.Authority, service, dataDir string, dns []string, ips []net.IP, log *slog.Logger) *serviceCert {
+	return &serviceCert{auth: auth, service: service, dir: filepath.Join(dataDir, "platform"), dns: dns, ips: ips, log: log, check: time.Minute}
 }
 
 // GetCertificate implements tls.Config.GetCertificate.
-func (s *serverCert) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+func (s *serviceCert) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return s.cur.Load(), nil
+}
+
+// GetClientCertificate implements tls.Config.GetClientCertificate.
+func (s *serviceCert) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	return s.cur.Load(), nil
+}
+
+// Current returns the certificate (chain, key and parsed leaf).
+func (s *serviceCert) Current() *tls.Certificate { return s.cur.Load() }
+
+func (s *serviceCert) files() (certFile, keyFile string) {
+	base := filepath.Join(s.dir, s.service+"-"+string(s.auth.Domain()))
+	return base + ".crt", base + ".key"
 }
 
 // load reuses the certificate on disk if it is still fresh and names every
 // address; otherwise it issues a new one.
-func (s *serverCert) load(ctx context.Context) error {
+func (s *serviceCert) load(ctx context.Context) error {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return err
 	}
-	certFile, keyFile := filepath.Join(s.dir, "server.crt"), filepath.Join(s.dir, "server.key")
+	certFile, keyFile := s.files()
 	if c, err := tls.LoadX509KeyPair(certFile, keyFile); err == nil && s.fresh(c.Leaf, time.Now()) {
 		s.cur.Store(&c)
 		return nil
@@ -60,7 +77,7 @@ func (s *serverCert) load(ctx context.Context) error {
 
 // fresh reports whether leaf may keep serving: before two thirds of its
 // life, covering every name and address, and chaining to the current root.
-func (s *serverCert) fresh(leaf *x509.Certificate, now time.Time) bool {
+func (s *serviceCert) fresh(leaf *x509.Certificate, now time.Time) bool {
 	if leaf == nil {
 		return false
 	}
@@ -81,17 +98,17 @@ func (s *serverCert) fresh(leaf *x509.Certificate, now time.Time) bool {
 	return true
 }
 
-func (s *serverCert) renew(ctx context.Context) error {
+func (s *serviceCert) renew(ctx context.Context) error {
 	key, err := pki.GenerateKey(elliptic.P256())
 	if err != nil {
 		return err
 	}
 	iss, err := s.auth.Issue(ctx, pki.LeafRequest{
-		Service: "platform", PublicKey: key.Public(), Validity: serverCertValidity,
+		Service: s.service, PublicKey: key.Public(), Validity: serviceCertValidity,
 		DNSNames: s.dns, IPAddresses: s.ips,
 	})
 	if err != nil {
-		return fmt.Errorf("issue platform server certificate: %w", err)
+		return fmt.Errorf("issue %s certificate of service %s: %w", s.auth.Domain(), s.service, err)
 	}
 	keyPEM, err := pki.MarshalKeyPEM(key, nil)
 	if err != nil {
@@ -102,19 +119,20 @@ func (s *serverCert) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := replaceFile(filepath.Join(s.dir, "server.key"), keyPEM, 0o600); err != nil {
+	certFile, keyFile := s.files()
+	if err := replaceFile(keyFile, keyPEM, 0o600); err != nil {
 		return err
 	}
-	if err := replaceFile(filepath.Join(s.dir, "server.crt"), certPEM, 0o644); err != nil {
+	if err := replaceFile(certFile, certPEM, 0o644); err != nil {
 		return err
 	}
 	s.cur.Store(&c)
-	s.log.Info("platform server certificate issued", "serial", pki.SerialHex(iss.Cert.SerialNumber), "not_after", iss.Cert.NotAfter, "dns", s.dns, "ips", s.ips)
+	s.log.Info("service certificate issued", "service", s.service, "domain", s.auth.Domain(), "serial", pki.SerialHex(iss.Cert.SerialNumber), "not_after", iss.Cert.NotAfter)
 	return nil
 }
 
 // run renews the certificate when it ages, until ctx is done.
-func (s *serverCert) run(ctx context.Context) {
+func (s *serviceCert) run(ctx context.Context) {
 	t := time.NewTicker(s.check)
 	defer t.Stop()
 	for {
@@ -126,7 +144,7 @@ func (s *serverCert) run(ctx context.Context) {
 				continue
 			}
 			if err := s.renew(ctx); err != nil && !errors.Is(err, context.Canceled) {
-				s.log.Error("renewing the platform server certificate failed; retrying", "err", err)
+				s.log.Error("renewing a service certificate failed; retrying", "service", s.service, "domain", s.auth.Domain(), "err", err)
 			}
 		}
 	}

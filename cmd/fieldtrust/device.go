@@ -1,0 +1,397 @@
+package main
+
+import (
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/fieldtrust/fieldtrust/internal/datadir"
+	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/store"
+)
+
+func newDeviceCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "device",
+		Short: "Claim devices for zero-touch onboarding and list claims",
+		Long: `A claim pre-assigns a device, named by its manufacturer onboarding certificate
+(by serial number or by subject common name), to an identity path
+master/account/device. When the device first calls EST simpleenroll with that
+certificate, it receives a transport certificate for the path and the claim is
+consumed. See docs/onboarding.md.`,
+	}
+	c.AddCommand(newDeviceClaimCmd(), newDeviceListCmd())
+	return c
+}
+
+// CSV columns of 'device claim --csv'.
+const (
+	csvPath    = "path"
+	csvSerial  = "onboarding_serial"
+	csvSubject = "onboarding_subject"
+)
+
+func newDeviceClaimCmd() *cobra.Command {
+	var dir, subject, serial, path, csvFile string
+	c := &cobra.Command{
+		Use:   "claim (--onboarding-subject CN | --onboarding-serial HEX) --path MASTER/ACCOUNT/DEVICE | --csv FILE",
+		Short: "Pre-assign devices to identity paths by their onboarding certificate",
+		Long: `Claim one device with --path and either --onboarding-serial (the serial of its
+onboarding certificate, hex as openssl prints it: any case, colons optional) or
+--onboarding-subject (its subject common name, exact). A serial match is
+preferred when both kinds of claim could match a certificate.
+
+Claim many with --csv FILE: a header row naming the columns, then one device
+per line. Columns:
+
+  path                master/account/device (required)
+  onboarding_serial   serial in hex          } exactly one of the two
+  onboarding_subject  subject common name    } per line
+
+Every line is checked first; if any is wrong, each error is reported with its
+line number and nothing is written. Otherwise all claims are written at once.`,
+		Example: `  fieldtrust device claim --onboarding-serial 4A:1F:00:9C --path ms-acc-1/acc-1/gw-17
+  fieldtrust device claim --path ms-acc-1/acc-1/gw-18 --onboarding-subject ACME-GW-000018
+  fieldtrust device claim --csv devices.csv --data ./fieldtrust-data
+
+  devices.csv:
+    path,onboarding_serial,onboarding_subject
+    ms-acc-1/acc-1/gw-17,4A1F009C,
+    ms-acc-1/acc-1/gw-18,,ACME-GW-000018`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var claims []store.Claim
+			var lines []int // line of each claim, for --csv
+			if csvFile != "" {
+				if subject != "" || serial != "" || path != "" {
+					return usageError{errors.New("--csv cannot be combined with --path, --onboarding-serial or --onboarding-subject")}
+				}
+			} else {
+				if path == "" {
+					return usageError{errors.New("missing --path MASTER/ACCOUNT/DEVICE (or --csv FILE)")}
+				}
+				if (subject == "") == (serial == "") {
+					return usageError{errors.New("give exactly one of --onboarding-serial HEX and --onboarding-subject CN")}
+				}
+				cl, err := newClaim(path, serial, subject, time.Now())
+				if err != nil {
+					return usageError{err}
+				}
+				claims = []store.Claim{cl}
+			}
+			d, err := datadir.Open(cmd.Context(), dir, nil)
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			existing, err := d.Store.Claims(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if csvFile != "" {
+				var problems []string
+				claims, lines, problems, err = readClaimsCSV(csvFile, existing, cmd.ErrOrStderr())
+				if err != nil {
+					return err
+				}
+				if len(problems) > 0 {
+					w := cmd.ErrOrStderr()
+					const show = 50
+					for i, p := range problems {
+						if i == show {
+							fmt.Fprintf(w, "... and %d more\n", len(problems)-show)
+							break
+						}
+						fmt.Fprintln(w, p)
+					}
+					return fmt.Errorf("%s: %d bad line(s); nothing was written; fix them and run again", csvFile, len(problems))
+				}
+			} else if prev, ok := findClaim(existing, claims[0].Kind, claims[0].Value); ok {
+				return fmt.Errorf("onboarding %s %s is already claimed for %s; pick the device's other certificate field or check 'fieldtrust device list'", claims[0].Kind, claims[0].Value, prev.Path)
+			}
+			if err := d.Store.PutClaims(cmd.Context(), claims); err != nil {
+				if errors.Is(err, store.ErrExists) {
+					return fmt.Errorf("%w (claimed concurrently by another operator?); nothing was written", err)
+				}
+				return err
+			}
+			w := cmd.OutOrStdout()
+			if csvFile != "" {
+				fmt.Fprintf(w, "claimed %d device(s) from %s (lines %d-%d)\n", len(claims), csvFile, first(lines), last(lines))
+				return nil
+			}
+			fmt.Fprintf(w, "claimed %s: onboarding certificate with %s %s enrolls as %s\n", claims[0].Path, claims[0].Kind, claimValueText(claims[0]), claims[0].Path)
+			return nil
+		},
+	}
+	addDataFlag(c, &dir)
+	c.Flags().StringVar(&serial, "onboarding-serial", "", "serial number of the onboarding certificate, hex (any case, colons optional)")
+	c.Flags().StringVar(&subject, "onboarding-subject", "", "subject common name of the onboarding certificate")
+	c.Flags().StringVar(&path, "path", "", "identity path the device enrolls as: master/account/device")
+	c.Flags().StringVar(&csvFile, "csv", "", "claim many devices from a CSV file (see --help for the columns)")
+	return c
+}
+
+// newClaim validates one claim.
+func newClaim(path, serial, subject string, now time.Time) (store.Claim, error) {
+	p, err := pki.ParsePath(path)
+	if err != nil {
+		return store.Claim{}, err
+	}
+	if len(p) != pki.MaxPathElements {
+		return store.Claim{}, fmt.Errorf("path %q has %d element(s); a device path is master/account/device", path, len(p))
+	}
+	c := store.Claim{Path: p.String(), CreatedAt: now}
+	switch {
+	case serial != "" && subject != "":
+		return store.Claim{}, errors.New("give either an onboarding serial or an onboarding subject, not both")
+	case serial != "":
+		n, err := pki.ParseSerial(serial)
+		if err != nil {
+			return store.Claim{}, err
+		}
+		c.Kind, c.Value = store.ClaimBySerial, pki.SerialHex(n)
+	case subject != "":
+		if len(subject) > 64 || strings.IndexFunc(subject, unicode.IsControl) >= 0 || strings.TrimSpace(subject) != subject {
+			return store.Claim{}, fmt.Errorf("onboarding subject %q: a common name of 1 to 64 characters without control characters or surrounding spaces", subject)
+		}
+		c.Kind, c.Value = store.ClaimBySubject, subject
+	default:
+		return store.Claim{}, errors.New("no onboarding serial or subject")
+	}
+	return c, nil
+}
+
+// readClaimsCSV reads and checks a claims file. problems lists every bad
+// line ("line N: ..."); err is for a file that cannot be read at all.
+func readClaimsCSV(file string, existing []store.Claim, progress io.Writer) (claims []store.Claim, lines []int, problems []string, err error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	pr := newProgress(progress, st.Size(), "checking "+file)
+	defer pr.finish()
+	r := csv.NewReader(io.TeeReader(f, pr))
+	r.TrimLeadingSpace = true
+	r.Comment = '#'
+	header, err := r.Read()
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%s: no header row (want %s,%s,%s): %w", file, csvPath, csvSerial, csvSubject, err)
+	}
+	col := map[string]int{}
+	for i, h := range header {
+		h = strings.ToLower(strings.TrimSpace(strings.TrimPrefix(h, "\ufeff")))
+		switch h {
+		case csvPath, csvSerial, csvSubject:
+			if _, dup := col[h]; dup {
+				return nil, nil, nil, fmt.Errorf("%s line 1: column %q twice", file, h)
+			}
+			col[h] = i
+		default:
+			return nil, nil, nil, fmt.Errorf("%s line 1: unknown column %q; the columns are %s, %s and %s", file, h, csvPath, csvSerial, csvSubject)
+		}
+	}
+	if _, ok := col[csvPath]; !ok {
+		return nil, nil, nil, fmt.Errorf("%s line 1: no %q column", file, csvPath)
+	}
+	_, hasSerial := col[csvSerial]
+	_, hasSubject := col[csvSubject]
+	if !hasSerial && !hasSubject {
+		return nil, nil, nil, fmt.Errorf("%s line 1: need a %q or %q column", file, csvSerial, csvSubject)
+	}
+	field := func(rec []string, name string) string {
+		if i, ok := col[name]; ok && i < len(rec) {
+			return strings.TrimSpace(rec[i])
+		}
+		return ""
+	}
+	seen := map[string]int{} // kind+value -> line
+	for _, c := range existing {
+		seen[c.Kind+"\x00"+c.Value] = 0
+	}
+	now := time.Now()
+	for {
+		rec, err := r.Read()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			var pe *csv.ParseError
+			if errors.As(err, &pe) && pe.Err != csv.ErrFieldCount {
+				problems = append(problems, fmt.Sprintf("line %d: %v", pe.Line, pe.Err))
+				if pe.Err == csv.ErrQuote || pe.Err == csv.ErrBareQuote {
+					continue
+				}
+				return nil, nil, problems, nil
+			}
+			if errors.As(err, &pe) {
+				problems = append(problems, fmt.Sprintf("line %d: %d fields, the header has %d", pe.Line, len(rec), len(header)))
+				continue
+			}
+			return nil, nil, nil, err
+		}
+		line, _ := r.FieldPos(0)
+		c, err := newClaim(field(rec, csvPath), field(rec, csvSerial), field(rec, csvSubject), now)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("line %d: %v", line, err))
+			continue
+		}
+		key := c.Kind + "\x00" + c.Value
+		if prev, dup := seen[key]; dup {
+			if prev == 0 {
+				old, _ := findClaim(existing, c.Kind, c.Value)
+				problems = append(problems, fmt.Sprintf("line %d: onboarding %s %s is already claimed for %s", line, c.Kind, c.Value, old.Path))
+			} else {
+				problems = append(problems, fmt.Sprintf("line %d: onboarding %s %s is also on line %d", line, c.Kind, c.Value, prev))
+			}
+			continue
+		}
+		seen[key] = line
+		claims = append(claims, c)
+		lines = append(lines, line)
+	}
+	if len(claims) == 0 && len(problems) == 0 {
+		return nil, nil, nil, fmt.Errorf("%s: no claims after the header row", file)
+	}
+	return claims, lines, problems, nil
+}
+
+func findClaim(list []store.Claim, kind, value string) (store.Claim, bool) {
+	for _, c := range list {
+		if c.Kind == kind && c.Value == value {
+			return c, true
+		}
+	}
+	return store.Claim{}, false
+}
+
+func first(xs []int) int {
+	if len(xs) == 0 {
+		return 0
+	}
+	return xs[0]
+}
+
+func last(xs []int) int {
+	if len(xs) == 0 {
+		return 0
+	}
+	return xs[len(xs)-1]
+}
+
+// progress reports how far a long file has been read: a progress bar on a
+// terminal, otherwise a line every progressEvery (so logs of a CI job or a
+// redirected stderr stay readable). Short runs print nothing.
+type progress struct {
+	w     io.Writer
+	bar   *progressbar.ProgressBar // nil unless w is a terminal
+	total int64
+	done  int64
+	label string
+	start time.Time
+	last  time.Time
+}
+
+const progressEvery = 2 * time.Second
+
+func newProgress(w io.Writer, total int64, label string) *progress {
+	p := &progress{w: w, total: total, label: label, start: time.Now()}
+	p.last = p.start
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		p.bar = progressbar.NewOptions64(total,
+			progressbar.OptionSetWriter(w),
+			progressbar.OptionSetDescription(label),
+			progressbar.OptionShowBytes(true),
+			progressbar.OptionThrottle(100*time.Millisecond),
+			progressbar.OptionClearOnFinish(),
+		)
+	}
+	return p
+}
+
+// Write counts bytes read through it.
+func (p *progress) Write(b []byte) (int, error) {
+	p.done += int64(len(b))
+	if p.bar != nil {
+		p.bar.Add64(int64(len(b)))
+		return len(b), nil
+	}
+	if now := time.Now(); now.Sub(p.last) >= progressEvery {
+		p.last = now
+		fmt.Fprintf(p.w, "%s: %d%% (%d of %d bytes)\n", p.label, percent(p.done, p.total), p.done, p.total)
+	}
+	return len(b), nil
+}
+
+func (p *progress) finish() {
+	if p.bar != nil {
+		p.bar.Finish()
+		return
+	}
+	if p.last != p.start { // a progress line was printed: close the series
+		fmt.Fprintf(p.w, "%s: done (%d bytes)\n", p.label, p.done)
+	}
+}
+
+func percent(done, total int64) int64 {
+	if total <= 0 {
+		return 100
+	}
+	return done * 100 / total
+}
+
+func newDeviceListCmd() *cobra.Command {
+	var dir string
+	c := &cobra.Command{
+		Use:     "list",
+		Short:   "List device claims and whether they have enrolled",
+		Example: `  fieldtrust device list --data ./fieldtrust-data`,
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			d, err := datadir.Open(cmd.Context(), dir, nil)
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			list, err := d.Store.Claims(cmd.Context())
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "PATH\tONBOARDING\tCLAIMED\tSTATUS")
+			for _, c := range list {
+				status := "waiting for enrollment"
+				if c.Consumed() {
+					status = fmt.Sprintf("enrolled %s (onboarding serial %s)", c.ConsumedAt.Format(time.RFC3339), strings.ToUpper(c.ConsumedBy))
+				}
+				fmt.Fprintf(tw, "%s\t%s %s\t%s\t%s\n", c.Path, c.Kind, claimValueText(c), c.CreatedAt.Format(time.DateOnly), status)
+			}
+			return tw.Flush()
+		},
+	}
+	addDataFlag(c, &dir)
+	return c
+}
+
+// claimValueText shows a serial as 'pki list' does (upper case hex).
+func claimValueText(c store.Claim) string {
+	if c.Kind == store.ClaimBySerial {
+		return strings.ToUpper(c.Value)
+	}
+	return c.Value
+}

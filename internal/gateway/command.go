@@ -1,0 +1,137 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fieldtrust/fieldtrust/internal/envelope"
+	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/queue"
+)
+
+// Command is what the platform sends on {path}/commands: JSON, signed by
+// the platform's e2e "platform" service and sealed for this gateway's e2e
+// key, so neither the broker nor another tenant can forge or read it.
+type Command struct {
+	ID   string `json:"id"`
+	Type string `json:"type"` // "rebootstrap"
+	// RotateKeys asks for new keys and certificates before reconnecting.
+	RotateKeys bool `json:"rotate_keys,omitempty"`
+}
+
+// CommandResult is published (plain JSON) on {path}/commands/result.
+type CommandResult struct {
+	ID     string    `json:"id"`
+	Status string    `json:"status"` // "ok" or "error"
+	Error  string    `json:"error,omitempty"`
+	Time   time.Time `json:"time"`
+}
+
+// CommandSigner is the identity commands must be signed by.
+const CommandSigner = "service:platform"
+
+type rebootstrapOrder struct {
+	cmd Command
+}
+
+// handleCommand opens, verifies and dispatches a command. Replays are
+// refused: a command's signing time must be later than the last one
+// followed (kept in the queue's state, so across restarts too).
+func (g *Gateway) handleCommand(payload []byte) {
+	_, e2e := g.creds.current()
+	cas := g.creds.e2eCAs
+	if len(cas) < 2 {
+		g.log.Error("command refused: no e2e CA certificates to verify it with")
+		return
+	}
+	v := pki.NewVerifier(pki.E2E, cas[0], cas[1], g.crl.revokedOf("pki/crl/e2e"))
+	o, err := envelope.NewOpener(e2e.leaf(), e2e.key, envelope.OpenOptions{VerifyOptions: envelope.VerifyOptions{
+		Signers:  envelope.NewCertPool(cas...),
+		Verifier: v,
+	}})
+	if err != nil {
+		g.log.Error("command refused", "err", err)
+		return
+	}
+	opened, err := o.Open(context.Background(), payload)
+	if err != nil {
+		g.log.Warn("command refused: cannot open or verify it", "err", err)
+		return
+	}
+	if opened.Signer != CommandSigner {
+		g.log.Warn("command refused: not signed by the platform", "signer", opened.Signer)
+		return
+	}
+	last, _ := g.q.State("command/last")
+	var lastT time.Time
+	lastT.UnmarshalBinary(last)
+	if !opened.SigningTime.After(lastT) {
+		g.log.Warn("command refused: replayed or out of order", "signed", opened.SigningTime, "last", lastT)
+		return
+	}
+	var cmd Command
+	if err := json.Unmarshal(opened.Content, &cmd); err != nil {
+		g.log.Warn("command refused: not JSON", "err", err)
+		return
+	}
+	t, _ := opened.SigningTime.MarshalBinary()
+	if err := g.q.SetState(queue.KV{Key: "command/last", Value: t}); err != nil {
+		g.log.Error("recording the command failed", "err", err)
+		return
+	}
+	switch cmd.Type {
+	case "rebootstrap":
+		g.log.Info("re-bootstrap ordered by the platform", "id", cmd.ID, "rotate_keys", cmd.RotateKeys)
+		select {
+		case g.rebootstrap <- rebootstrapOrder{cmd: cmd}:
+		default:
+			g.log.Warn("a re-bootstrap is already pending", "id", cmd.ID)
+		}
+	default:
+		g.log.Warn("command refused: unknown type", "type", cmd.Type, "id", cmd.ID)
+	}
+}
+
+// doRebootstrap rotates keys if asked, fetches the bootstrap document
+// again and applies it; the caller then reconnects (possibly elsewhere).
+func (g *Gateway) doRebootstrap(ctx context.Context, o rebootstrapOrder) error {
+	if o.cmd.RotateKeys {
+		if err := g.creds.enrollTransport(ctx, false); err != nil {
+			return err
+		}
+		if err := g.creds.enrollE2E(ctx); err != nil {
+			return err
+		}
+	}
+	doc, err := g.creds.fetchBootstrap(ctx)
+	if err != nil {
+		return err
+	}
+	if doc.Identity != g.path {
+		return fmt.Errorf("bootstrap document is for %q, not %q", doc.Identity, g.path)
+	}
+	if err := g.applyBootstrap(doc); err != nil {
+		return err
+	}
+	g.mu.Lock()
+	g.doc = doc
+	g.mu.Unlock()
+	g.log.Info("re-bootstrapped", "brokers", doc.Brokers, "rotated_keys", o.cmd.RotateKeys)
+	return nil
+}
+
+func (g *Gateway) publishResult(c mqtt.Client, o rebootstrapOrder, err error) {
+	res := CommandResult{ID: o.cmd.ID, Status: "ok", Time: time.Now().UTC()}
+	if err != nil {
+		res.Status, res.Error = "error", err.Error()
+	}
+	b, _ := json.Marshal(res)
+	if tok := c.Publish(g.path+"/commands/result", 1, false, b); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		g.log.Warn("could not publish the command result", "id", o.cmd.ID, "err", errors.Join(tok.Error()))
+	}
+}

@@ -1,0 +1,251 @@
+// Package gateway is the field gateway: it onboards itself over EST with
+// nothing but a manufacturer onboarding certificate, gets its configuration
+// from the platform's bootstrap service, reads measurements (a simulator
+// or a loopback HTTP input for real equipment), builds hash-chained
+// snapshots, signs and seals them for exactly the recipients the platform
+// names, and delivers them over mutually authenticated MQTT through a
+// durable store-and-forward queue. It renews its certificates before they
+// expire, applies CRLs pushed by the platform, and follows signed, sealed
+// re-bootstrap commands.
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/fieldtrust/fieldtrust/internal/bootstrap"
+	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/queue"
+)
+
+// Config configures a gateway.
+type Config struct {
+	Platform   string              // https://host:port of the platform
+	CA         []*x509.Certificate // the transport root(s): the trust anchor for the platform
+	Onboarding *tls.Certificate    // manufacturer onboarding certificate and key; nil once enrolled
+	StateDir   string              // keys, certificates, queue
+	Simulate   int                 // number of simulated devices
+	// SimulateEvery overrides the bootstrap publish interval for the
+	// simulator (0: use the platform's).
+	SimulateEvery time.Duration
+	ListenLocal   string // loopback address of the local HTTP input; "" disables it
+	Queue         queue.Options
+	// ReenrollExpired allows enrolling from scratch with the onboarding
+	// certificate when the operational certificate expired while offline.
+	ReenrollExpired bool
+	Logger          *slog.Logger
+	// Ready, if non-nil, is called once the gateway is connected the first
+	// time, with its identity path.
+	Ready func(path string)
+}
+
+// Gateway is a running gateway.
+type Gateway struct {
+	cfg   Config
+	log   *slog.Logger
+	creds *credentials
+	q     *queue.Queue
+	pipe  *pipeline
+	crl   *crlState
+
+	mu   sync.Mutex
+	doc  *bootstrap.Document // guarded by mu
+	path string              // identity path; set after enrollment
+
+	rebootstrap chan rebootstrapOrder
+}
+
+// Run runs the gateway until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if len(cfg.CA) == 0 {
+		return errors.New("gateway: no trust anchor (--ca)")
+	}
+	roots := x509.NewCertPool()
+	for _, c := range cfg.CA {
+		roots.AddCert(c)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("gateway state %s: %w", cfg.StateDir, err)
+	}
+	g := &Gateway{cfg: cfg, log: cfg.Logger, rebootstrap: make(chan rebootstrapOrder, 1)}
+	g.creds = &credentials{dir: cfg.StateDir, platform: cfg.Platform, roots: roots, anchors: cfg.CA, onboarding: cfg.Onboarding}
+	if err := g.creds.load(); err != nil {
+		return err
+	}
+	q, err := queue.Open(filepath.Join(cfg.StateDir, "queue.db"), cfg.Queue)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	g.q = q
+
+	if err := g.onboard(ctx); err != nil {
+		return err
+	}
+	g.crl = newCRLState(g.creds, g.log)
+	g.pipe = newPipeline(g.path, q, g.creds, g.log)
+	if err := g.applyBootstrap(g.docNow()); err != nil {
+		return err
+	}
+	if st, err := q.Stats(); err == nil && st.Items > 0 {
+		g.log.Info("queued snapshots from before the restart will be sent first", "queued", st.Items, "bytes", st.Bytes)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	if cfg.Simulate > 0 {
+		wg.Go(func() { g.simulate(ctx) })
+	}
+	if cfg.ListenLocal != "" {
+		ln, err := listenLoopback(cfg.ListenLocal)
+		if err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: localHandler(g.submitReading, g.log), ReadHeaderTimeout: 10 * time.Second}
+		wg.Go(func() { srv.Serve(ln) })
+		wg.Go(func() { <-ctx.Done(); srv.Close() })
+		g.log.Info("local input listening", "addr", "http://"+ln.Addr().String()+"/v1/readings")
+	}
+	wg.Go(func() { g.renewLoop(ctx) })
+	err = g.connectLoop(ctx)
+	cancel()
+	wg.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	st, _ := q.Stats()
+	g.log.Info("gateway stopped", "queued", st.Items, "sent", g.pipe.sent.Load(), "dropped", st.Dropped)
+	return err
+}
+
+// onboard makes sure the gateway has a valid transport and e2e identity
+// and a bootstrap document.
+func (g *Gateway) onboard(ctx context.Context) error {
+	now := time.Now()
+	tr, e2e := g.creds.current()
+	switch {
+	case tr == nil:
+		g.log.Info("enrolling with the onboarding certificate", "platform", g.cfg.Platform)
+		if err := retry(ctx, g.log, "enroll", func() error { return g.creds.enrollTransport(ctx, true) }); err != nil {
+			return err
+		}
+	case tr.expired(now):
+		if !g.cfg.ReenrollExpired {
+			return fmt.Errorf("the operational certificate expired at %s and re-enrollment from scratch is disabled; remove %s to enroll again", tr.leaf().NotAfter, filepath.Join(g.cfg.StateDir, "transport.crt"))
+		}
+		g.log.Warn("operational certificate expired while offline; enrolling again with the onboarding certificate", "expired", tr.leaf().NotAfter)
+		if err := retry(ctx, g.log, "re-enroll", func() error { return g.creds.enrollTransport(ctx, true) }); err != nil {
+			return err
+		}
+	}
+	tr, _ = g.creds.current()
+	id, err := identityOf(tr.chain)
+	if err != nil {
+		return err
+	}
+	g.path = id
+	if e2e == nil || e2e.expired(now) {
+		if err := retry(ctx, g.log, "enroll e2e", func() error { return g.creds.enrollE2E(ctx) }); err != nil {
+			return err
+		}
+	}
+	doc, err := g.creds.fetchBootstrap(ctx)
+	if err != nil {
+		saved, serr := g.creds.savedBootstrap()
+		if serr != nil {
+			g.log.Warn("bootstrap failed and none saved; retrying", "err", err)
+			if err := retry(ctx, g.log, "bootstrap", func() error { doc, err = g.creds.fetchBootstrap(ctx); return err }); err != nil {
+				return err
+			}
+		} else {
+			g.log.Warn("bootstrap failed; using the saved configuration", "err", err)
+			doc = saved
+		}
+	}
+	if doc.Identity != g.path {
+		return fmt.Errorf("bootstrap document is for %q, but this gateway is %q", doc.Identity, g.path)
+	}
+	g.mu.Lock()
+	g.doc = doc
+	g.mu.Unlock()
+	tr, e2e = g.creds.current()
+	g.log.Info("onboarded", "identity", g.path, "transport_expires", tr.leaf().NotAfter, "e2e_expires", e2e.leaf().NotAfter, "brokers", doc.Brokers)
+	return nil
+}
+
+func (g *Gateway) docNow() *bootstrap.Document {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.doc
+}
+
+// applyBootstrap takes the recipients from a bootstrap document.
+func (g *Gateway) applyBootstrap(doc *bootstrap.Document) error {
+	var rcpts []*x509.Certificate
+	for _, r := range doc.Recipients {
+		certs, err := pki.ParseCertsPEM([]byte(r.Certificate))
+		if err != nil {
+			return fmt.Errorf("bootstrap recipient %s: %w", r.Identity, err)
+		}
+		rcpts = append(rcpts, certs[0])
+	}
+	g.pipe.setRecipients(rcpts)
+	return nil
+}
+
+// identityOf is the identity path of the gateway's own transport chain,
+// as the platform assigned it (the leaf's common name).
+func identityOf(chain []*x509.Certificate) (string, error) {
+	p, err := pki.ParsePath(chain[0].Subject.CommonName)
+	if err != nil || len(p) != 3 {
+		return "", fmt.Errorf("operational certificate names %q, not a gateway identity master/account/gateway", chain[0].Subject.CommonName)
+	}
+	return p.String(), nil
+}
+
+func listenLoopback(addr string) (net.Listener, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("--listen-local %q: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return nil, fmt.Errorf("--listen-local %q: the local input is plain HTTP and must listen on a loopback address", addr)
+	}
+	return net.Listen("tcp", addr)
+}
+
+// retry runs f with exponential backoff (1 s to 1 min) until it succeeds,
+// fails permanently (a 4xx from the platform), or ctx ends.
+func retry(ctx context.Context, log *slog.Logger, what string, f func() error) error {
+	wait := time.Second
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if permanent(err) {
+			return err
+		}
+		log.Warn(what+" failed; retrying", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Minute)
+	}
+}

@@ -1,0 +1,192 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fieldtrust/fieldtrust/internal/est"
+	"github.com/fieldtrust/fieldtrust/internal/tlspolicy"
+)
+
+// Status is the retained message on {path}/status: the birth message when
+// the gateway connects, and its last will when it vanishes.
+type Status struct {
+	State   string    `json:"state"` // "online" or "offline"
+	Time    time.Time `json:"time"`
+	Devices int       `json:"devices,omitempty"`
+}
+
+// connectLoop keeps an MQTT session to the assigned broker (failing over
+// to the others in bootstrap order) and drains the queue over it, until ctx
+// ends.
+func (g *Gateway) connectLoop(ctx context.Context) error {
+	wait := time.Second
+	first := true
+	for {
+		err := g.session(ctx, first)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err == nil {
+			wait = time.Second // a clean end (re-bootstrap): reconnect at once
+			continue
+		}
+		g.log.Warn("broker session ended; snapshots stay queued", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 30*time.Second)
+		first = false
+	}
+}
+
+// session runs one MQTT connection: birth, subscriptions, drain. It returns
+// nil when a re-bootstrap asks to reconnect.
+func (g *Gateway) session(ctx context.Context, first bool) error {
+	doc := g.docNow()
+	tr, _ := g.creds.current()
+	tlsConf := tlspolicy.Client(g.creds.roots, tr.tlsCert())
+	tlsConf.VerifyConnection = g.crl.verifyPeer
+	offline, _ := json.Marshal(Status{State: "offline"})
+	opts := mqtt.NewClientOptions().
+		SetClientID(g.path).SetCleanSession(true).SetAutoReconnect(false).
+		SetConnectTimeout(15*time.Second).SetKeepAlive(30*time.Second).
+		SetTLSConfig(tlsConf).SetOrderMatters(false).
+		SetBinaryWill(g.path+"/status", offline, 1, true)
+	for _, b := range doc.Brokers {
+		opts.AddBroker(b)
+	}
+	lost := make(chan error, 1)
+	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		select {
+		case lost <- err:
+		default:
+		}
+	})
+	c := mqtt.NewClient(opts)
+	tok := c.Connect()
+	if !tok.WaitTimeout(30 * time.Second) {
+		return errors.New("connect: timed out")
+	}
+	if err := tok.Error(); err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer c.Disconnect(250)
+	birth, _ := json.Marshal(Status{State: "online", Time: time.Now().UTC(), Devices: g.cfg.Simulate})
+	c.Publish(g.path+"/status", 1, true, birth)
+	subs := map[string]byte{g.path + "/commands": 1, doc.CRLTopic: 1, "pki/crl/e2e": 1}
+	if tok := c.SubscribeMultiple(subs, g.onMessage); !tok.WaitTimeout(15*time.Second) || tok.Error() != nil {
+		return fmt.Errorf("subscribe: %v", tok.Error())
+	}
+	g.log.Info("connected to broker", "identity", g.path)
+	if first && g.cfg.Ready != nil {
+		g.cfg.Ready(g.path)
+	}
+
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	drained := make(chan error, 1)
+	go func() { drained <- g.pipe.drain(sctx, c) }()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case err := <-lost:
+		return fmt.Errorf("connection lost: %w", err)
+	case err := <-drained:
+		return err
+	case order := <-g.rebootstrap:
+		cancel()
+		<-drained
+		err := g.doRebootstrap(ctx, order)
+		g.publishResult(c, order, err)
+		return err
+	}
+}
+
+// onMessage handles commands and CRL bundles.
+func (g *Gateway) onMessage(c mqtt.Client, m mqtt.Message) {
+	switch m.Topic() {
+	case g.path + "/commands":
+		g.handleCommand(m.Payload())
+	default:
+		g.crl.apply(m.Topic(), m.Payload())
+	}
+}
+
+// renewLoop renews both certificates once the bootstrap's renewal fraction
+// of their lifetime has passed; a failure is retried at the next check.
+func (g *Gateway) renewLoop(ctx context.Context) {
+	t := time.NewTicker(renewCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			frac := g.docNow().RenewalFraction
+			tr, e2e := g.creds.current()
+			if tr.due(now, frac) {
+				if err := g.creds.enrollTransport(ctx, false); err != nil {
+					g.log.Error("renewing the transport certificate failed; retrying", "err", err, "expires", tr.leaf().NotAfter)
+				} else {
+					tr, _ = g.creds.current()
+					g.log.Info("transport certificate renewed", "expires", tr.leaf().NotAfter)
+				}
+			}
+			if e2e.due(now, frac) {
+				if err := g.creds.enrollE2E(ctx); err != nil {
+					g.log.Error("renewing the e2e certificate failed; retrying", "err", err, "expires", e2e.leaf().NotAfter)
+				} else {
+					_, e2e = g.creds.current()
+					g.log.Info("e2e certificate renewed", "expires", e2e.leaf().NotAfter)
+				}
+			}
+		}
+	}
+}
+
+// renewCheck is how often the gateway checks its certificates' age. Short
+// enough for test lifetimes of a minute; cheap (no I/O) otherwise.
+const renewCheck = time.Second
+
+// simulate feeds the pipeline from the simulated devices.
+func (g *Gateway) simulate(ctx context.Context) {
+	devs := newSimulator(g.cfg.Simulate, g.path)
+	every := g.cfg.SimulateEvery
+	if every <= 0 {
+		every = time.Duration(g.docNow().PublishIntervalSeconds * float64(time.Second))
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		for _, d := range devs {
+			if err := g.pipe.submit(d.id, d.typ, time.Now(), d.read()); err != nil && ctx.Err() == nil {
+				g.log.Warn("simulated reading not queued", "device", d.id, "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (g *Gateway) submitReading(r Reading) error {
+	return g.pipe.submit(r.Device, r.Type, time.Now(), r.Values)
+}
+
+// permanent reports whether an error from the platform will not go away by
+// retrying (a 4xx refusal: not claimed, not trusted, revoked).
+func permanent(err error) bool {
+	var se *est.StatusError
+	return errors.As(err, &se) && se.Code >= 400 && se.Code < 500 && se.Code != http.StatusTooManyRequests
+}

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/pki"
@@ -212,14 +213,18 @@ func (h *Handler) latestE2E(ctx context.Context, path pki.Path) (*x509.Certifica
 		return nil, fmt.Errorf("e2e certificates of %s: %w", path, err)
 	}
 	var inter []*x509.Certificate
+	revokedCA := map[string]bool{}
 	for i := 1; i <= len(path) && i <= 2; i++ {
 		cas, err := h.cfg.Records.ListCertificates(ctx, store.CertFilter{Domain: string(pki.E2E), Name: path[:i].String()})
 		if err != nil {
 			return nil, fmt.Errorf("e2e CAs of %s: %w", path, err)
 		}
 		for _, c := range cas {
-			// A revoked CA is left out, so nothing below it verifies, even
-			// if the verifier's revocation snapshot is older than the store.
+			// A revoked CA disqualifies everything below it, even if the
+			// verifier's revocation snapshot is older than the store.
+			if c.Revoked() {
+				revokedCA[c.Serial] = true
+			}
 			if (c.Kind == pki.KindMasterCA || c.Kind == pki.KindAccountCA) && !c.Revoked() {
 				if cert, err := x509.ParseCertificate(c.DER); err == nil {
 					inter = append(inter, cert)
@@ -238,8 +243,8 @@ func (h *Handler) latestE2E(ctx context.Context, path pki.Path) (*x509.Certifica
 			h.log.Error("stored e2e certificate does not parse", "path", path.String(), "serial", rec.Serial, "err", err)
 			continue
 		}
-		id, _, err := h.cfg.E2E.Verify(c, inter, now, x509.ExtKeyUsageAny)
-		if err != nil || !id.Path.Equal(path) {
+		id, chain, err := h.cfg.E2E.Verify(c, inter, now, x509.ExtKeyUsageAny)
+		if err != nil || !id.Path.Equal(path) || slices.ContainsFunc(chain, func(c *x509.Certificate) bool { return revokedCA[pki.SerialHex(c.SerialNumber)] }) {
 			continue
 		}
 		if best == nil || c.NotBefore.After(best.NotBefore) {

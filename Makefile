@@ -19,9 +19,11 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
-# CI=true makes tests that need a real peer (openssl, mosquitto) fail
-# instead of skipping when it is missing.
+# CI=true makes tests that need a real peer (openssl, mosquitto, PostgreSQL)
+# fail instead of skipping when it is missing. scripts/postgres-test.sh
+# starts (or reuses) a throwaway PostgreSQL cluster and prints its DSN.
 test: deps vet
+	FIELDTRUST_TEST_POSTGRES="$$(./scripts/postgres-test.sh)" && export FIELDTRUST_TEST_POSTGRES && \
 	CI=$${CI:-true} $(GO) test -race -count=1 ./...
 
 # Short fuzzing runs of every fuzz target (FUZZTIME per target).

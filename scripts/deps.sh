@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite talks to as real peers:
-# OpenSSL (chain, CRL and CMS interop) and Mosquitto (broker interop and
-# benchmark). Only what is missing is installed; nothing runs if all is there.
+# OpenSSL (chain, CRL and CMS interop), Mosquitto (broker interop and
+# benchmark) and PostgreSQL (the store's second implementation; see
+# scripts/postgres-test.sh). Only what is missing is installed; nothing runs
+# if all is there.
 set -euo pipefail
 
 need=()
@@ -9,6 +11,7 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v mosquitto >/dev/null || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v curl >/dev/null || need+=(curl)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

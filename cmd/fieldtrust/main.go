@@ -56,6 +56,7 @@ Start the platform with 'fieldtrust up'; manage certificates with 'fieldtrust pk
 		newSealCmd(), newOpenCmd(),
 		newManufacturerCmd(), newDeviceCmd(),
 		newGatewayCmd(),
+		newDemoCmd(),
 		// Further subcommands register here, one constructor per file.
 	)
 	return root

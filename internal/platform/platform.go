@@ -27,7 +27,10 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/bootstrap"
 	"github.com/fieldtrust/fieldtrust/internal/broker"
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
+	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/est"
+	"github.com/fieldtrust/fieldtrust/internal/ingest"
+	"github.com/fieldtrust/fieldtrust/internal/ledger"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/tlspolicy"
@@ -110,6 +113,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// heads and the platform signs commands (e2e).
 	ingestTLS := newServiceCert(d.Transport, "ingest", cfg.DataDir, nil, nil, log)
 	ingestE2E := newServiceCert(d.E2E, "ingest", cfg.DataDir, nil, nil, log)
+	ingestE2E.keepKey = true
 	ledgerE2E := newServiceCert(d.E2E, "ledger", cfg.DataDir, nil, nil, log)
 	commandE2E := newServiceCert(d.E2E, "platform", cfg.DataDir, nil, nil, log)
 	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E}
@@ -176,12 +180,28 @@ func Run(ctx context.Context, cfg Config) error {
 	// route is behind GuardOperational, which refuses any certificate that
 	// is not a valid, unrevoked transport certificate; requests without one
 	// reach only the public routes (/healthz, /ca).
+	lg, err := ledger.Open(ctx, d.Store)
+	if err != nil {
+		return err
+	}
+	api := &web.API{
+		Data: d.Store, Proofs: lg, Grants: tacs.DefaultGrants(), Logger: log.With("component", "api"),
+		Identify: func(r *http.Request) (tacs.Subject, bool) {
+			id, ok := est.IdentityFromContext(r.Context())
+			if !ok {
+				return tacs.Subject{}, false
+			}
+			subj, err := ids.subjectOf(id)
+			return subj, err == nil
+		},
+	}
 	mux := http.NewServeMux()
 	mux.Handle(est.PathPrefix, estSrv)
 	mux.Handle(bootstrap.Path, bs)
 	mux.Handle("/", est.GuardOperational(verifier, log, web.New(web.Options{
 		Roots:   map[pki.Domain]*x509.Certificate{pki.Transport: d.Transport.Root(), pki.E2E: d.E2E.Root()},
 		Metrics: requireRole(ids, tacs.RoleAdmin, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),
+		API:     api,
 		Logger:  log,
 	})))
 	httpTLS := tlspolicy.Server(cert.GetCertificate, nil, tls.RequestClientCert, nil)
@@ -206,6 +226,28 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	wg.Go(func() { rev.run(ctx) })
+
+	opener, err := envelope.NewOpener(ingestE2E.Current().Leaf, ingestE2E.Current().PrivateKey, envelope.OpenOptions{
+		VerifyOptions: envelope.VerifyOptions{Signers: ingest.SignerLookup{V: e2eVerifier}, Verifier: e2eVerifier},
+	})
+	if err != nil {
+		return err
+	}
+	transportRoots := x509.NewCertPool()
+	transportRoots.AddCert(d.Transport.Root())
+	ingestClient := tlspolicy.Client(transportRoots, nil)
+	ingestClient.GetClientCertificate = ingestTLS.GetClientCertificate
+	wg.Go(func() {
+		err := ingest.Run(ctx, ingest.Config{
+			Broker: "ssl://" + brk.Addr(), TLS: ingestClient, Opener: opener,
+			Store: d.Store, Ledger: lg, Logger: log.With("component", "ingest"), Registerer: reg,
+		})
+		if err != nil {
+			log.Error("ingest stopped", "err", err)
+		}
+	})
+	heads := &treeHeads{log: lg, store: d.Store, signer: ledgerE2E, logger: log}
+	wg.Go(func() { heads.run(ctx) })
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.ServeTLS(httpLn, "", "") }()

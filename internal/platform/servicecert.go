@@ -2,6 +2,7 @@ package platform
 
 import (
 	"context"
+	"crypto"
 	"crypto/elliptic"
 	"crypto/tls"
 	"crypto/x509"
@@ -37,6 +38,10 @@ type serviceCert struct {
 	log     *slog.Logger
 	cur     atomic.Pointer[tls.Certificate] // non-nil after load
 	check   time.Duration                   // renewal check interval
+	// keepKey renews the certificate on the same key. A recipient key must
+	// not change under gateways: they seal for the certificate their last
+	// bootstrap named, and queued envelopes must stay openable.
+	keepKey bool
 }
 
 func newServiceCert(auth *pki.Authority, service, dataDir string, dns []string, ips []net.IP, log *slog.Logger) *serviceCert {
@@ -55,6 +60,11 @@ func (s *serviceCert) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Ce
 
 // Current returns the certificate (chain, key and parsed leaf).
 func (s *serviceCert) Current() *tls.Certificate { return s.cur.Load() }
+
+func (s *serviceCert) keyFile() string {
+	_, k := s.files()
+	return k
+}
 
 func (s *serviceCert) files() (certFile, keyFile string) {
 	base := filepath.Join(s.dir, s.service+"-"+string(s.auth.Domain()))
@@ -99,9 +109,20 @@ func (s *serviceCert) fresh(leaf *x509.Certificate, now time.Time) bool {
 }
 
 func (s *serviceCert) renew(ctx context.Context) error {
-	key, err := pki.GenerateKey(elliptic.P256())
-	if err != nil {
-		return err
+	var key crypto.Signer
+	if cur := s.cur.Load(); s.keepKey && cur != nil {
+		key = cur.PrivateKey.(crypto.Signer)
+	} else if s.keepKey {
+		if k, err := pki.ReadKeyFile(s.keyFile(), nil); err == nil {
+			key = k
+		}
+	}
+	if key == nil {
+		k, err := pki.GenerateKey(elliptic.P256())
+		if err != nil {
+			return err
+		}
+		key = k
 	}
 	iss, err := s.auth.Issue(ctx, pki.LeafRequest{
 		Service: s.service, PublicKey: key.Public(), Validity: serviceCertValidity,

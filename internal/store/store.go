@@ -68,5 +68,7 @@ type Store interface {
 
 	Enrollments
 
+	Snapshots
+
 	Close() error
 }

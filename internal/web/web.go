@@ -19,7 +19,9 @@ type Options struct {
 	Roots map[pki.Domain]*x509.Certificate
 	// Metrics serves /metrics (Prometheus); the caller guards access.
 	Metrics http.Handler
-	Logger  *slog.Logger
+	// API, if set, serves /api/v1.
+	API    *API
+	Logger *slog.Logger
 }
 
 // New returns the platform's HTTP handler.
@@ -48,6 +50,9 @@ func New(opts Options) http.Handler {
 		}
 		writeError(w, http.StatusNotFound, "no such CA; use /ca/transport.pem or /ca/e2e.pem")
 	})
+	if opts.API != nil {
+		opts.API.register(mux)
+	}
 	if opts.Metrics != nil {
 		mux.Handle("GET /metrics", opts.Metrics)
 	}

@@ -1,0 +1,115 @@
+// Command brokerd runs fieldtrust's broker (internal/broker) as its own
+// process for the load harness in internal/broker/loadtest, wired the way
+// the platform wires it: a transport pki.Verifier checks every client
+// chain (VerifyConnection) and maps it to a TACS subject (IdentifyTLS).
+// The Verifier is built from the root and services CA files with an empty
+// revocation set (pki.NewVerifier, as a gateway builds one from CRLs); the
+// per-connection work is the platform's, which refreshes the same state
+// from its store only periodically.
+// A separate process makes its RSS measurable, keeps the harness's clients
+// out of its CPU profile and its GC, and mirrors how Mosquitto runs.
+//
+// It prints "ADDR host:port" once it accepts connections and stops on
+// SIGINT/SIGTERM or when its standard input closes (the harness died).
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"syscall"
+
+	"github.com/fieldtrust/fieldtrust/internal/broker"
+	"github.com/fieldtrust/fieldtrust/internal/broker/loadtest"
+	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
+	"github.com/fieldtrust/fieldtrust/internal/tlspolicy"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "brokerd:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	rootFile := flag.String("root", "", "transport root CA (PEM)")
+	servicesFile := flag.String("services", "", "transport services CA (PEM)")
+	certFile := flag.String("cert", "", "server certificate chain (PEM)")
+	keyFile := flag.String("key", "", "server key (PEM)")
+	stateDir := flag.String("state", "", "broker state directory")
+	addr := flag.String("addr", "127.0.0.1:0", "listen address")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.Parse()
+	if *rootFile == "" || *servicesFile == "" || *certFile == "" || *keyFile == "" || *stateDir == "" {
+		return errors.New("-root, -services, -cert, -key and -state are required")
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() { // the harness holds our stdin; EOF means it is gone
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		stop()
+	}()
+
+	root, err := readCert(*rootFile)
+	if err != nil {
+		return err
+	}
+	services, err := readCert(*servicesFile)
+	if err != nil {
+		return err
+	}
+	verifier := pki.NewVerifier(pki.Transport, root, services, nil)
+	cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+	if err != nil {
+		return err
+	}
+	getCert := func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }
+	b, err := broker.New(broker.Config{
+		Addr:     *addr,
+		TLS:      tlspolicy.Server(getCert, verifier.Roots(), tls.RequireAndVerifyClientCert, verifier.VerifyConnection),
+		Identify: loadtest.Identify(verifier),
+		Grants:   tacs.DefaultGrants(),
+		StateDir: *stateDir,
+		Logger:   slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
+	})
+	if err != nil {
+		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			_ = f.Close()
+		}()
+	}
+	fmt.Printf("ADDR %s\n", b.Addr())
+	return b.Serve(ctx)
+}
+
+func readCert(file string) (*x509.Certificate, error) {
+	certs, err := pki.ReadCertsFile(file)
+	if err != nil {
+		return nil, err
+	}
+	if len(certs) != 1 {
+		return nil, fmt.Errorf("%s: want one certificate, got %d", file, len(certs))
+	}
+	return certs[0], nil
+}

@@ -1,0 +1,359 @@
+package loadtest
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
+
+// Workload is one publish→deliver run, identical for every broker.
+//
+// Publisher i connects as device identity ms-1/acc-1/dev-i and publishes
+// to its own ms-1/acc-1/dev-i/snapshots; each subscriber connects as the
+// account identity ms-1/acc-1 and subscribes to ms-1/acc-1/+/snapshots, so
+// every message is delivered Subscribers times (the fan-out of an account
+// with several consumers). All clients are MQTT 3.1.1 over mutual TLS
+// (paho.mqtt.golang), clean sessions.
+type Workload struct {
+	Publishers  int
+	Subscribers int
+	// Messages is what each publisher sends in the measured phase, after
+	// Warmup messages that are delivered but not measured.
+	Messages, Warmup int
+	QoS              byte
+	// PayloadSize is the size of every message (about a sealed snapshot);
+	// at least payloadHeader bytes.
+	PayloadSize int
+	// Window bounds each publisher's unacknowledged publishes (QoS 1: no
+	// PUBACK yet; QoS 0: not yet written to the socket).
+	Window int
+	// Rate, if positive, paces the publishers to this many publishes per
+	// second in total (open loop: latency is measured from the scheduled
+	// send time, so a publisher that falls behind shows as latency);
+	// zero publishes as fast as the window allows.
+	Rate float64
+	// Drain bounds the wait for outstanding deliveries after the last
+	// publish; lost QoS 0 messages never arrive.
+	Drain time.Duration
+}
+
+// Result is what a run measured.
+type Result struct {
+	Broker    string
+	Workload  Workload
+	Published int // measured publishes
+	Expected  int // Published × Subscribers
+	Delivered int // measured deliveries (unique)
+	Dupes     int // deliveries of a message the subscriber already had
+	Elapsed   time.Duration
+	// Throughput is delivered messages per second: Delivered over the time
+	// from the first measured publish to the last measured delivery.
+	Throughput         float64
+	P50, P90, P99, Max time.Duration
+}
+
+// Lost is the number of expected deliveries that never arrived.
+func (r Result) Lost() int { return r.Expected - r.Delivered }
+
+// payload layout: send time (ns since the run's epoch, monotonic clock),
+// publisher index, sequence number, flags; the rest is filler.
+const (
+	payloadHeader = 17
+	flagWarmup    = 1
+)
+
+func encodePayload(buf []byte, sent time.Duration, pub, seq int, flags byte) {
+	binary.BigEndian.PutUint64(buf[0:], uint64(sent))
+	binary.BigEndian.PutUint32(buf[8:], uint32(pub))
+	binary.BigEndian.PutUint32(buf[12:], uint32(seq))
+	buf[16] = flags
+}
+
+func decodePayload(buf []byte) (sent time.Duration, pub, seq int, flags byte, ok bool) {
+	if len(buf) < payloadHeader {
+		return 0, 0, 0, 0, false
+	}
+	return time.Duration(binary.BigEndian.Uint64(buf[0:])), int(binary.BigEndian.Uint32(buf[8:])),
+		int(binary.BigEndian.Uint32(buf[12:])), buf[16], true
+}
+
+// runSeq makes client IDs unique per run. Reusing a client ID right after
+// the previous connection with it closed can lose that client's deliveries
+// on our broker (see docs/benchmarks.md, "Broker (issue 3)"); the
+// benchmark measures throughput, so every run uses fresh IDs.
+var runSeq atomic.Int64
+
+// subscriber collects what one subscriber receives. Only the paho router
+// goroutine of its client writes to it until the run is over.
+type subscriber struct {
+	client  mqtt.Client
+	lat     []time.Duration
+	seen    []uint64 // bitmap over pub*Messages+seq
+	dupes   int
+	last    time.Duration
+	warm    atomic.Int64
+	got     atomic.Int64
+	invalid atomic.Int64
+}
+
+// Run executes w against the broker at addr. Identities come from p.
+func (w Workload) Run(ctx context.Context, name, addr string, p *PKI) (Result, error) {
+	if w.PayloadSize < payloadHeader {
+		w.PayloadSize = payloadHeader
+	}
+	if w.Window <= 0 {
+		w.Window = 1
+	}
+	if w.Drain <= 0 {
+		w.Drain = 5 * time.Second
+	}
+	res := Result{Broker: name, Workload: w, Published: w.Publishers * w.Messages}
+	res.Expected = res.Published * w.Subscribers
+	run := runSeq.Add(1)
+	epoch := time.Now()
+	now := func() time.Duration { return time.Since(epoch) }
+	total := w.Publishers * w.Messages
+
+	subs := make([]*subscriber, w.Subscribers)
+	defer func() {
+		for _, s := range subs {
+			if s != nil && s.client != nil {
+				s.client.Disconnect(100)
+			}
+		}
+	}()
+	acct, err := p.Identity(ctx, Account)
+	if err != nil {
+		return res, err
+	}
+	for i := range subs {
+		s := &subscriber{lat: make([]time.Duration, 0, total), seen: make([]uint64, (total+63)/64)}
+		subs[i] = s
+		handler := func(_ mqtt.Client, m mqtt.Message) {
+			at := now()
+			sent, pub, seq, flags, ok := decodePayload(m.Payload())
+			if !ok || pub >= w.Publishers || seq >= w.Messages {
+				s.invalid.Add(1)
+				return
+			}
+			if flags&flagWarmup != 0 {
+				s.warm.Add(1)
+				return
+			}
+			k := pub*w.Messages + seq
+			if s.seen[k/64]&(1<<(k%64)) != 0 {
+				s.dupes++
+				return
+			}
+			s.seen[k/64] |= 1 << (k % 64)
+			s.lat = append(s.lat, at-sent)
+			s.last = at
+			s.got.Add(1)
+		}
+		c, err := connect(addr, fmt.Sprintf("r%d-sub-%d", run, i), p.ClientTLS(acct))
+		if err != nil {
+			return res, fmt.Errorf("subscriber %d: %w", i, err)
+		}
+		s.client = c
+		tok := c.Subscribe(Account+"/+/snapshots", w.QoS, handler)
+		if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+			return res, fmt.Errorf("subscribe %d: %v", i, tok.Error())
+		}
+		if st, ok := tok.(*mqtt.SubscribeToken); ok {
+			for _, code := range st.Result() {
+				if code > 2 {
+					return res, fmt.Errorf("subscriber %d: SUBACK 0x%02x (refused)", i, code)
+				}
+			}
+		}
+	}
+
+	pubs := make([]mqtt.Client, w.Publishers)
+	defer func() {
+		for _, c := range pubs {
+			if c != nil {
+				c.Disconnect(100)
+			}
+		}
+	}()
+	for i := range pubs {
+		cert, err := p.Identity(ctx, DevicePath(i))
+		if err != nil {
+			return res, err
+		}
+		if pubs[i], err = connect(addr, fmt.Sprintf("r%d-pub-%d", run, i), p.ClientTLS(cert)); err != nil {
+			return res, fmt.Errorf("publisher %d: %w", i, err)
+		}
+	}
+
+	// publishAll runs every publisher for n messages, paced if rate > 0.
+	publishAll := func(n int, flags byte, rate float64) error {
+		var wg sync.WaitGroup
+		errs := make([]error, len(pubs))
+		start := now()
+		for i, c := range pubs {
+			wg.Go(func() {
+				errs[i] = w.publish(ctx, c, i, n, flags, rate, start, now)
+			})
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	}
+
+	// Warm-up: connections, TLS, the brokers' caches and our allocations.
+	if w.Warmup > 0 {
+		if err := publishAll(w.Warmup, flagWarmup, 0); err != nil {
+			return res, fmt.Errorf("warm-up: %w", err)
+		}
+		want := int64(w.Warmup * w.Publishers)
+		waitFor(ctx, w.Drain, func() bool {
+			for _, s := range subs {
+				if s.warm.Load() < want {
+					return false
+				}
+			}
+			return true
+		})
+	}
+
+	start := now()
+	if err := publishAll(w.Messages, 0, w.Rate); err != nil {
+		return res, err
+	}
+	// Wait for every delivery, or until deliveries stop making progress
+	// for Drain (lost QoS 0 messages).
+	var last int64
+	lastProgress := time.Now()
+	waitFor(ctx, time.Hour, func() bool {
+		n := int64(0)
+		for _, s := range subs {
+			n += s.got.Load()
+		}
+		if n == int64(res.Expected) {
+			return true
+		}
+		if n != last {
+			last, lastProgress = n, time.Now()
+		}
+		return time.Since(lastProgress) > w.Drain
+	})
+	for _, s := range subs {
+		s.client.Disconnect(100) // stops its router: s is ours to read now
+		s.client = nil
+	}
+
+	var lat []time.Duration
+	var end time.Duration
+	for i, s := range subs {
+		if n := s.invalid.Load(); n > 0 {
+			return res, fmt.Errorf("subscriber %d received %d malformed messages", i, n)
+		}
+		lat = append(lat, s.lat...)
+		res.Dupes += s.dupes
+		end = max(end, s.last)
+	}
+	res.Delivered = len(lat)
+	res.Elapsed = end - start
+	if res.Elapsed > 0 {
+		res.Throughput = float64(res.Delivered) / res.Elapsed.Seconds()
+	}
+	slices.Sort(lat)
+	res.P50, res.P90, res.P99 = percentile(lat, 50), percentile(lat, 90), percentile(lat, 99)
+	if len(lat) > 0 {
+		res.Max = lat[len(lat)-1]
+	}
+	return res, ctx.Err()
+}
+
+// publish sends n messages from publisher i with at most w.Window
+// outstanding.
+func (w Workload) publish(ctx context.Context, c mqtt.Client, i, n int, flags byte, rate float64, start time.Duration, now func() time.Duration) error {
+	topic := DevicePath(i) + "/snapshots"
+	var interval time.Duration
+	if rate > 0 {
+		interval = time.Duration(float64(time.Second) * float64(w.Publishers) / rate)
+	}
+	// Stagger paced publishers over one interval so they do not fire in
+	// lockstep.
+	offset := time.Duration(0)
+	if w.Publishers > 0 {
+		offset = interval * time.Duration(i) / time.Duration(w.Publishers)
+	}
+	pending := make([]mqtt.Token, 0, w.Window)
+	wait := func(t mqtt.Token) error {
+		if !t.WaitTimeout(30 * time.Second) {
+			return fmt.Errorf("publisher %d: no acknowledgement within 30s", i)
+		}
+		return t.Error()
+	}
+	for seq := range n {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		sent := now()
+		if interval > 0 {
+			sent = start + offset + time.Duration(seq)*interval
+			if d := sent - now(); d > 0 {
+				time.Sleep(d)
+			}
+		}
+		buf := make([]byte, w.PayloadSize) // paho keeps it until acknowledged
+		encodePayload(buf, sent, i, seq, flags)
+		if len(pending) == w.Window {
+			if err := wait(pending[0]); err != nil {
+				return err
+			}
+			pending = append(pending[:0], pending[1:]...)
+		}
+		pending = append(pending, c.Publish(topic, w.QoS, false, buf))
+	}
+	for _, t := range pending {
+		if err := wait(t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func connect(addr, clientID string, tlsCfg *tls.Config) (mqtt.Client, error) {
+	o := mqtt.NewClientOptions().
+		AddBroker("ssl://" + addr).
+		SetClientID(clientID).
+		SetCleanSession(true).
+		SetProtocolVersion(4).
+		SetAutoReconnect(false).
+		SetConnectTimeout(30 * time.Second).
+		SetKeepAlive(60 * time.Second).
+		SetWriteTimeout(30 * time.Second)
+	o.SetTLSConfig(tlsCfg)
+	c := mqtt.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+		return nil, fmt.Errorf("connect %s: %v", addr, tok.Error())
+	}
+	return c, nil
+}
+
+func waitFor(ctx context.Context, limit time.Duration, done func() bool) {
+	deadline := time.Now().Add(limit)
+	for !done() && ctx.Err() == nil && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// percentile returns the q-th percentile (nearest rank) of sorted values.
+func percentile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(q/100*float64(len(sorted))+0.5) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}

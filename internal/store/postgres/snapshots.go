@@ -1,0 +1,674 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fieldtrust/fieldtrust/internal/snapshot"
+	"github.com/fieldtrust/fieldtrust/internal/store"
+)
+
+// The snapshot tables are described in migrations/0004_snapshots.sql.
+//
+// Names (device types, units, groups, channels, devices) map to ids that
+// never change once committed, so the Store caches them (names). Ids
+// created inside a transaction enter the cache only after it commits.
+
+type nameKey struct {
+	table string // device_types, units, channel_groups
+	name  string
+}
+
+type channelKey struct{ name, unit, group string }
+
+type deviceKey struct{ gateway, device string }
+
+// names caches name ↔ id mappings of committed rows. Safe for concurrent use.
+type names struct {
+	mu       sync.RWMutex
+	ids      map[nameKey]int32
+	channels map[channelKey]int32
+	devices  map[deviceKey]int32
+	typeName map[int32]string
+	channel  map[int32]snapshot.Value // Channel, Unit, Group set
+}
+
+func newNames() *names {
+	return &names{
+		ids: map[nameKey]int32{}, channels: map[channelKey]int32{}, devices: map[deviceKey]int32{},
+		typeName: map[int32]string{}, channel: map[int32]snapshot.Value{},
+	}
+}
+
+// staged holds the ids a transaction used; merged into names after commit.
+type staged struct {
+	ids      map[nameKey]int32
+	channels map[channelKey]int32
+	devices  map[deviceKey]int32
+}
+
+func newStaged() staged {
+	return staged{ids: map[nameKey]int32{}, channels: map[channelKey]int32{}, devices: map[deviceKey]int32{}}
+}
+
+func (n *names) merge(st *staged) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for k, id := range st.ids {
+		n.ids[k] = id
+		if k.table == "device_types" {
+			n.typeName[id] = k.name
+		}
+	}
+	for k, id := range st.channels {
+		n.channels[k] = id
+		n.channel[id] = snapshot.Value{Channel: k.name, Unit: k.unit, Group: k.group}
+	}
+	for k, id := range st.devices {
+		n.devices[k] = id
+	}
+}
+
+type inserter struct {
+	ctx   context.Context
+	tx    pgx.Tx
+	names *names
+	st    staged
+}
+
+func (in *inserter) nameID(table, name string) (int32, error) {
+	k := nameKey{table, name}
+	if id, ok := in.st.ids[k]; ok {
+		return id, nil
+	}
+	in.names.mu.RLock()
+	id, ok := in.names.ids[k]
+	in.names.mu.RUnlock()
+	if !ok {
+		// table is one of three constants, never input.
+		if _, err := in.tx.Exec(in.ctx, `INSERT INTO `+table+` (name) VALUES ($1) ON CONFLICT (name) DO NOTHING`, name); err != nil {
+			return 0, fmt.Errorf("%s %q: %w", table, name, err)
+		}
+		if err := in.tx.QueryRow(in.ctx, `SELECT id FROM `+table+` WHERE name = $1`, name).Scan(&id); err != nil {
+			return 0, fmt.Errorf("%s %q: %w", table, name, err)
+		}
+	}
+	in.st.ids[k] = id
+	return id, nil
+}
+
+func (in *inserter) channelID(v snapshot.Value) (int32, error) {
+	k := channelKey{v.Channel, v.Unit, v.Group}
+	if id, ok := in.st.channels[k]; ok {
+		return id, nil
+	}
+	in.names.mu.RLock()
+	id, ok := in.names.channels[k]
+	in.names.mu.RUnlock()
+	if !ok {
+		unit, err := in.nameID("units", v.Unit)
+		if err != nil {
+			return 0, err
+		}
+		group, err := in.nameID("channel_groups", v.Group)
+		if err != nil {
+			return 0, err
+		}
+		if _, err := in.tx.Exec(in.ctx, `INSERT INTO channels (name, unit_id, group_id) VALUES ($1, $2, $3)
+			ON CONFLICT (name, unit_id, group_id) DO NOTHING`, v.Channel, unit, group); err != nil {
+			return 0, fmt.Errorf("channel %q: %w", v.Channel, err)
+		}
+		if err := in.tx.QueryRow(in.ctx, `SELECT id FROM channels WHERE name = $1 AND unit_id = $2 AND group_id = $3`,
+			v.Channel, unit, group).Scan(&id); err != nil {
+			return 0, fmt.Errorf("channel %q: %w", v.Channel, err)
+		}
+	}
+	in.st.channels[k] = id
+	return id, nil
+}
+
+func (in *inserter) deviceID(gateway, device string, typeID int32) (int32, error) {
+	k := deviceKey{gateway, device}
+	if id, ok := in.st.devices[k]; ok {
+		return id, nil
+	}
+	in.names.mu.RLock()
+	id, ok := in.names.devices[k]
+	in.names.mu.RUnlock()
+	if !ok {
+		if _, err := in.tx.Exec(in.ctx, `INSERT INTO devices (gateway, device, type_id) VALUES ($1, $2, $3)
+			ON CONFLICT (gateway, device) DO NOTHING`, gateway, device, typeID); err != nil {
+			return 0, fmt.Errorf("device %s/%s: %w", gateway, device, err)
+		}
+		if err := in.tx.QueryRow(in.ctx, `SELECT id FROM devices WHERE gateway = $1 AND device = $2`, gateway, device).Scan(&id); err != nil {
+			return 0, fmt.Errorf("device %s/%s: %w", gateway, device, err)
+		}
+	}
+	in.st.devices[k] = id
+	return id, nil
+}
+
+type headUpdate struct {
+	count    int64
+	seq      uint64
+	hash     []byte
+	time     time.Time
+	typeID   int32
+	snapshot int64
+}
+
+// InsertSnapshots implements store.Snapshots. Names are resolved first
+// (from the cache, almost always); then every snapshot row, values
+// included, goes to the server in one pipelined batch.
+func (s *Store) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord) ([]bool, error) {
+	inserted := make([]bool, len(recs))
+	if len(recs) == 0 {
+		return inserted, nil
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("insert snapshots: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	in := &inserter{ctx: ctx, tx: tx, names: s.names, st: newStaged()}
+	devIDs := make([]int32, len(recs))
+	typeIDs := make([]int32, len(recs))
+	var b pgx.Batch
+	for i, r := range recs {
+		if r.Seq == 0 || r.Seq > math.MaxInt64 || r.LedgerIndex > math.MaxInt64 {
+			return nil, fmt.Errorf("snapshot %s seq %d: seq or ledger index out of range", r.Path(), r.Seq)
+		}
+		if typeIDs[i], err = in.nameID("device_types", r.DeviceType); err != nil {
+			return nil, fmt.Errorf("insert snapshot %s seq %d: %w", r.Path(), r.Seq, err)
+		}
+		if devIDs[i], err = in.deviceID(r.Gateway, r.Device, typeIDs[i]); err != nil {
+			return nil, fmt.Errorf("insert snapshot %s seq %d: %w", r.Path(), r.Seq, err)
+		}
+		chIDs := make([]int32, len(r.Values))
+		vals := make([]float64, len(r.Values))
+		for j, v := range r.Values {
+			if chIDs[j], err = in.channelID(v); err != nil {
+				return nil, fmt.Errorf("insert snapshot %s seq %d: %w", r.Path(), r.Seq, err)
+			}
+			vals[j] = v.Value
+		}
+		b.Queue(`INSERT INTO snapshots (device_id, seq, time, type_id, hash, prev, signer, signed_at, received_at, ledger_index, channel_ids, vals)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (device_id, seq) DO NOTHING RETURNING id`,
+			devIDs[i], int64(r.Seq), millis(r.Time), typeIDs[i], r.Hash, nullBytes(r.Prev), r.Signer,
+			millis(r.SignedAt), millis(r.ReceivedAt), int64(r.LedgerIndex), chIDs, vals)
+	}
+	ids := make([]int64, len(recs))
+	br := tx.SendBatch(ctx, &b)
+	for i, r := range recs {
+		err := br.QueryRow().Scan(&ids[i])
+		if errors.Is(err, pgx.ErrNoRows) {
+			continue // checked below
+		}
+		if err != nil {
+			br.Close()
+			return nil, fmt.Errorf("insert snapshot %s seq %d: %w", r.Path(), r.Seq, err)
+		}
+		inserted[i] = true
+	}
+	if err := br.Close(); err != nil {
+		return nil, fmt.Errorf("insert snapshots: %w", err)
+	}
+	heads := map[int32]*headUpdate{}
+	for i, r := range recs {
+		if !inserted[i] {
+			var hash []byte
+			if err := tx.QueryRow(ctx, `SELECT hash FROM snapshots WHERE device_id = $1 AND seq = $2`, devIDs[i], int64(r.Seq)).Scan(&hash); err != nil {
+				return nil, fmt.Errorf("insert snapshot %s seq %d: %w", r.Path(), r.Seq, err)
+			}
+			if string(hash) != string(r.Hash) {
+				return nil, fmt.Errorf("snapshot %s seq %d with hash %x: another hash (%x) is stored: %w", r.Path(), r.Seq, r.Hash, hash, store.ErrExists)
+			}
+			continue // a redelivery
+		}
+		h := heads[devIDs[i]]
+		if h == nil {
+			h = &headUpdate{}
+			heads[devIDs[i]] = h
+		}
+		h.count++
+		if r.Seq > h.seq {
+			h.seq, h.hash, h.time, h.typeID, h.snapshot = r.Seq, r.Hash, millis(r.Time), typeIDs[i], ids[i]
+		}
+	}
+	devs := make([]int32, 0, len(heads))
+	for id := range heads {
+		devs = append(devs, id)
+	}
+	slices.Sort(devs) // a fixed lock order between concurrent writers
+	var ub pgx.Batch
+	for _, id := range devs {
+		h := heads[id]
+		ub.Queue(`UPDATE devices SET snapshot_count = snapshot_count + $1,
+			type_id          = CASE WHEN $2 > head_seq THEN $3 ELSE type_id END,
+			head_hash        = CASE WHEN $2 > head_seq THEN $4 ELSE head_hash END,
+			head_time        = CASE WHEN $2 > head_seq THEN $5 ELSE head_time END,
+			head_snapshot_id = CASE WHEN $2 > head_seq THEN $6 ELSE head_snapshot_id END,
+			head_seq         = greatest(head_seq, $2)
+			WHERE id = $7`, h.count, int64(h.seq), h.typeID, h.hash, h.time, h.snapshot, id)
+	}
+	if err := tx.SendBatch(ctx, &ub).Close(); err != nil {
+		return nil, fmt.Errorf("insert snapshots: update device heads: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("insert snapshots: %w", err)
+	}
+	s.names.merge(&in.st)
+	return inserted, nil
+}
+
+func nullBytes(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
+}
+
+// DeviceHead implements store.Snapshots.
+func (s *Store) DeviceHead(ctx context.Context, gateway, device string) (uint64, []byte, error) {
+	var seq int64
+	var hash []byte
+	err := s.pool.QueryRow(ctx, `SELECT head_seq, head_hash FROM devices WHERE gateway = $1 AND device = $2 AND head_seq > 0`, gateway, device).Scan(&seq, &hash)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil, fmt.Errorf("head of device %s/%s: %w", gateway, device, store.ErrNotFound)
+	}
+	if err != nil {
+		return 0, nil, fmt.Errorf("head of device %s/%s: %w", gateway, device, err)
+	}
+	return uint64(seq), hash, nil
+}
+
+// RecordIntegrityEvent implements store.Snapshots.
+func (s *Store) RecordIntegrityEvent(ctx context.Context, e store.IntegrityEvent) error {
+	if e.Kind == "" || e.Gateway == "" {
+		return fmt.Errorf("integrity event: kind and gateway are required")
+	}
+	_, err := s.pool.Exec(ctx, `INSERT INTO integrity_events (gateway, device, kind, seq, expected_seq, hash, detail, at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, store.SafeText(e.Gateway), store.SafeText(e.Device), store.SafeText(e.Kind),
+		int64(e.Seq), int64(e.ExpectedSeq), nullBytes(e.Hash), store.SafeText(e.Detail), millis(e.At))
+	if err != nil {
+		return fmt.Errorf("record %s event of %s/%s: %w", e.Kind, e.Gateway, e.Device, err)
+	}
+	return nil
+}
+
+// RecordReject implements store.Snapshots.
+func (s *Store) RecordReject(ctx context.Context, r store.Reject) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO rejects (topic, gateway, reason, raw_hash, size, at) VALUES ($1, $2, $3, $4, $5, $6)`,
+		store.SafeText(r.Topic), store.SafeText(r.Gateway), store.SafeText(r.Reason), nullBytes(r.RawHash), int64(r.Size), millis(r.At))
+	if err != nil {
+		return fmt.Errorf("record reject on %s: %w", store.SafeText(r.Topic), err)
+	}
+	return nil
+}
+
+// query builds a statement with numbered parameters.
+type query struct {
+	b    strings.Builder
+	args []any
+}
+
+// arg adds a parameter and returns its placeholder.
+func (q *query) arg(v any) string {
+	q.args = append(q.args, v)
+	return fmt.Sprintf("$%d", len(q.args))
+}
+
+func (q *query) add(s ...string) {
+	for _, x := range s {
+		q.b.WriteString(x)
+	}
+}
+
+// scope adds the condition limiting column col to scope.
+func (q *query) scope(col, scope string) error {
+	lo, hi, err := store.ScopeRange(scope)
+	if err != nil {
+		return err
+	}
+	if scope == "" {
+		q.add("true")
+		return nil
+	}
+	q.add("(", col, " = ", q.arg(scope), " OR (", col, " >= ", q.arg(lo), " AND ", col, " < ", q.arg(hi), "))")
+	return nil
+}
+
+// timeRange adds from <= col < to (zero bounds open).
+func (q *query) timeRange(col string, from, to time.Time) {
+	if !from.IsZero() {
+		q.add(" AND ", col, " >= ", q.arg(millis(from)))
+	}
+	if !to.IsZero() {
+		q.add(" AND ", col, " < ", q.arg(millis(to)))
+	}
+}
+
+// ListDevices implements store.Snapshots.
+func (s *Store) ListDevices(ctx context.Context, scope string) ([]store.Device, error) {
+	var q query
+	q.add(`SELECT d.gateway, d.device, t.name, d.head_seq, d.head_hash, d.head_time, d.snapshot_count
+		FROM devices d JOIN device_types t ON t.id = d.type_id WHERE `)
+	if err := q.scope("d.gateway", scope); err != nil {
+		return nil, err
+	}
+	q.add(` AND d.head_seq > 0 ORDER BY d.gateway, d.device`)
+	rows, err := s.pool.Query(ctx, q.b.String(), q.args...)
+	if err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	defer rows.Close()
+	var out []store.Device
+	for rows.Next() {
+		var d store.Device
+		var seq, n int64
+		if err := rows.Scan(&d.Gateway, &d.Device, &d.DeviceType, &seq, &d.LastHash, &d.LastTime, &n); err != nil {
+			return nil, fmt.Errorf("list devices: %w", err)
+		}
+		d.LastSeq, d.LastTime, d.Snapshots = uint64(seq), d.LastTime.UTC(), uint64(n)
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+const snapshotColumns = `d.gateway, d.device, s.type_id, s.seq, s.time, s.hash, s.prev, s.signer, s.signed_at, s.received_at, s.ledger_index, s.channel_ids, s.vals`
+
+// readSnapshots runs q and turns its rows (snapshotColumns) into records,
+// keeping only the values of channels in keep (all if keep is nil).
+func (s *Store) readSnapshots(ctx context.Context, q *query, keep map[int32]bool) ([]store.SnapshotRecord, error) {
+	rows, err := s.pool.Query(ctx, q.b.String(), q.args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var recs []store.SnapshotRecord
+	var typeIDs []int32
+	var chIDs [][]int32
+	var vals [][]float64
+	for rows.Next() {
+		var r store.SnapshotRecord
+		var typeID int32
+		var seq, ledger int64
+		var ch []int32
+		var vs []float64
+		if err := rows.Scan(&r.Gateway, &r.Device, &typeID, &seq, &r.Time, &r.Hash, &r.Prev, &r.Signer, &r.SignedAt, &r.ReceivedAt, &ledger, &ch, &vs); err != nil {
+			return nil, err
+		}
+		if len(ch) != len(vs) {
+			return nil, fmt.Errorf("snapshot %s/%s seq %d: %d channels, %d values", r.Gateway, r.Device, seq, len(ch), len(vs))
+		}
+		r.Seq, r.LedgerIndex = uint64(seq), uint64(ledger)
+		r.Time, r.SignedAt, r.ReceivedAt = r.Time.UTC(), r.SignedAt.UTC(), r.ReceivedAt.UTC()
+		recs = append(recs, r)
+		typeIDs = append(typeIDs, typeID)
+		chIDs = append(chIDs, ch)
+		vals = append(vals, vs)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for attempt := 0; ; attempt++ {
+		missing := false
+		s.names.mu.RLock()
+		for i := range recs {
+			typ, ok := s.names.typeName[typeIDs[i]]
+			recs[i].DeviceType = typ
+			missing = missing || !ok
+			values := make([]snapshot.Value, 0, len(chIDs[i]))
+			for j, c := range chIDs[i] {
+				if keep != nil && !keep[c] {
+					continue
+				}
+				v, ok := s.names.channel[c]
+				missing = missing || !ok
+				v.Value = vals[i][j]
+				values = append(values, v)
+			}
+			recs[i].Values = values
+		}
+		s.names.mu.RUnlock()
+		if !missing {
+			return recs, nil
+		}
+		if attempt > 0 {
+			return nil, fmt.Errorf("snapshot values: unknown channel or device type id")
+		}
+		if err := s.reloadNames(ctx); err != nil { // added by another process
+			return nil, fmt.Errorf("snapshot names: %w", err)
+		}
+	}
+}
+
+// reloadNames reads the channel and device type tables into the cache.
+func (s *Store) reloadNames(ctx context.Context) error {
+	st := newStaged()
+	rows, err := s.pool.Query(ctx, `SELECT id, name FROM device_types`)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var id int32
+		var name string
+		if err := rows.Scan(&id, &name); err != nil {
+			rows.Close()
+			return err
+		}
+		st.ids[nameKey{"device_types", name}] = id
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	rows, err = s.pool.Query(ctx, `SELECT c.id, c.name, u.name, g.name FROM channels c
+		JOIN units u ON u.id = c.unit_id JOIN channel_groups g ON g.id = c.group_id`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int32
+		var k channelKey
+		if err := rows.Scan(&id, &k.name, &k.unit, &k.group); err != nil {
+			return err
+		}
+		st.channels[k] = id
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	s.names.merge(&st)
+	return nil
+}
+
+// channelIDs returns the ids of every channel with one of the names (a
+// name may have several units or groups).
+func (s *Store) channelIDs(ctx context.Context, names []string) ([]int32, error) {
+	want := map[string]bool{}
+	for _, name := range names {
+		want[name] = true
+	}
+	find := func() (ids []int32, complete bool) {
+		found := map[string]bool{}
+		s.names.mu.RLock()
+		defer s.names.mu.RUnlock()
+		for k, id := range s.names.channels {
+			if want[k.name] {
+				ids = append(ids, id)
+				found[k.name] = true
+			}
+		}
+		return ids, len(found) == len(want)
+	}
+	ids, complete := find()
+	if !complete { // another process may have added channels
+		if err := s.reloadNames(ctx); err != nil {
+			return nil, err
+		}
+		ids, _ = find()
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// QuerySnapshots implements store.Snapshots.
+func (s *Store) QuerySnapshots(ctx context.Context, sq store.SnapshotQuery) ([]store.SnapshotRecord, error) {
+	if sq.Device != "" && sq.Gateway == "" {
+		return nil, fmt.Errorf("query snapshots: a device needs its gateway")
+	}
+	var q query
+	q.add(`SELECT `, snapshotColumns, ` FROM snapshots s JOIN devices d ON d.id = s.device_id WHERE `)
+	if err := q.scope("d.gateway", sq.Scope); err != nil {
+		return nil, err
+	}
+	var keep map[int32]bool
+	var chIDs []int32
+	if len(sq.Channels) > 0 {
+		var err error
+		if chIDs, err = s.channelIDs(ctx, sq.Channels); err != nil {
+			return nil, fmt.Errorf("query snapshots: %w", err)
+		}
+		if len(chIDs) == 0 {
+			return nil, nil
+		}
+		keep = map[int32]bool{}
+		for _, c := range chIDs {
+			keep[c] = true
+		}
+	}
+	order := ` ORDER BY s.time, d.gateway, d.device, s.seq`
+	if sq.Device != "" {
+		// One device: find it first, so the (device_id, time, seq) index
+		// gives the order without sorting.
+		var devID int32
+		err := s.pool.QueryRow(ctx, `SELECT id FROM devices WHERE gateway = $1 AND device = $2`, sq.Gateway, sq.Device).Scan(&devID)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("query snapshots: %w", err)
+		}
+		q.add(` AND s.device_id = `, q.arg(devID))
+		order = ` ORDER BY s.time, s.seq`
+	} else if sq.Gateway != "" {
+		q.add(` AND d.gateway = `, q.arg(sq.Gateway))
+	}
+	q.timeRange("s.time", sq.From, sq.To)
+	if a := sq.After; a != nil {
+		t, seq := millis(a.Time), int64(min(a.Seq, math.MaxInt64))
+		switch {
+		case sq.Device == "":
+			q.add(` AND (s.time, d.gateway, d.device, s.seq) > (`, q.arg(t), `, `, q.arg(a.Gateway), `, `, q.arg(a.Device), `, `, q.arg(seq), `)`)
+		case a.Gateway == sq.Gateway && a.Device == sq.Device:
+			q.add(` AND (s.time, s.seq) > (`, q.arg(t), `, `, q.arg(seq), `)`)
+		case a.Gateway < sq.Gateway || a.Gateway == sq.Gateway && a.Device < sq.Device:
+			q.add(` AND s.time >= `, q.arg(t)) // the cursor's device sorts first
+		default:
+			q.add(` AND s.time > `, q.arg(t))
+		}
+	}
+	if chIDs != nil {
+		q.add(` AND s.channel_ids && `, q.arg(chIDs))
+	}
+	q.add(order, ` LIMIT `, q.arg(store.EffectiveLimit(sq.Limit)))
+	recs, err := s.readSnapshots(ctx, &q, keep)
+	if err != nil {
+		return nil, fmt.Errorf("query snapshots: %w", err)
+	}
+	return recs, nil
+}
+
+// LatestSnapshots implements store.Snapshots.
+func (s *Store) LatestSnapshots(ctx context.Context, scope string) ([]store.SnapshotRecord, error) {
+	var q query
+	q.add(`SELECT `, snapshotColumns, ` FROM devices d JOIN snapshots s ON s.id = d.head_snapshot_id WHERE `)
+	if err := q.scope("d.gateway", scope); err != nil {
+		return nil, err
+	}
+	q.add(` ORDER BY d.gateway, d.device`)
+	recs, err := s.readSnapshots(ctx, &q, nil)
+	if err != nil {
+		return nil, fmt.Errorf("latest snapshots: %w", err)
+	}
+	return recs, nil
+}
+
+// SnapshotByHash implements store.Snapshots.
+func (s *Store) SnapshotByHash(ctx context.Context, scope string, hash []byte) (store.SnapshotRecord, error) {
+	var q query
+	q.add(`SELECT `, snapshotColumns, ` FROM snapshots s JOIN devices d ON d.id = s.device_id WHERE s.hash = `, q.arg(hash), ` AND `)
+	if err := q.scope("d.gateway", scope); err != nil {
+		return store.SnapshotRecord{}, err
+	}
+	q.add(` ORDER BY s.id LIMIT 1`)
+	recs, err := s.readSnapshots(ctx, &q, nil)
+	if err != nil {
+		return store.SnapshotRecord{}, fmt.Errorf("snapshot %x: %w", hash, err)
+	}
+	if len(recs) == 0 {
+		return store.SnapshotRecord{}, fmt.Errorf("snapshot %x: %w", hash, store.ErrNotFound)
+	}
+	return recs[0], nil
+}
+
+// IntegrityEvents implements store.Snapshots.
+func (s *Store) IntegrityEvents(ctx context.Context, scope string, from, to time.Time, limit int) ([]store.IntegrityEvent, error) {
+	var q query
+	q.add(`SELECT gateway, device, kind, seq, expected_seq, hash, detail, at FROM integrity_events WHERE `)
+	if err := q.scope("gateway", scope); err != nil {
+		return nil, err
+	}
+	q.timeRange("at", from, to)
+	q.add(` ORDER BY at, id LIMIT `, q.arg(store.EffectiveLimit(limit)))
+	rows, err := s.pool.Query(ctx, q.b.String(), q.args...)
+	if err != nil {
+		return nil, fmt.Errorf("integrity events: %w", err)
+	}
+	defer rows.Close()
+	var out []store.IntegrityEvent
+	for rows.Next() {
+		var e store.IntegrityEvent
+		var seq, exp int64
+		if err := rows.Scan(&e.Gateway, &e.Device, &e.Kind, &seq, &exp, &e.Hash, &e.Detail, &e.At); err != nil {
+			return nil, fmt.Errorf("integrity events: %w", err)
+		}
+		e.Seq, e.ExpectedSeq, e.At = uint64(seq), uint64(exp), e.At.UTC()
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// Rejects implements store.Snapshots.
+func (s *Store) Rejects(ctx context.Context, from, to time.Time, limit int) ([]store.Reject, error) {
+	var q query
+	q.add(`SELECT topic, gateway, reason, raw_hash, size, at FROM rejects WHERE true`)
+	q.timeRange("at", from, to)
+	q.add(` ORDER BY at, id LIMIT `, q.arg(store.EffectiveLimit(limit)))
+	rows, err := s.pool.Query(ctx, q.b.String(), q.args...)
+	if err != nil {
+		return nil, fmt.Errorf("rejects: %w", err)
+	}
+	defer rows.Close()
+	var out []store.Reject
+	for rows.Next() {
+		var r store.Reject
+		var size int64
+		if err := rows.Scan(&r.Topic, &r.Gateway, &r.Reason, &r.RawHash, &size, &r.At); err != nil {
+			return nil, fmt.Errorf("rejects: %w", err)
+		}
+		r.Size, r.At = int(size), r.At.UTC()
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}

@@ -13,6 +13,7 @@ import (
 // flag of 'up'.
 type upFlags struct {
 	dataDir, httpAddr   string
+	db                  string
 	mqttAddr            string
 	dnsNames            []string
 	brokerURLs          []string
@@ -24,6 +25,7 @@ type upFlags struct {
 
 func (f *upFlags) register(c *cobra.Command) {
 	addDataFlag(c, &f.dataDir)
+	c.Flags().StringVar(&f.db, "db", "", "database: postgres://... (remembered in the data directory), or empty for SQLite in the data directory")
 	c.Flags().StringVar(&f.httpAddr, "http-addr", "127.0.0.1:8443", "HTTPS listen address (health, CA certificates, EST, API)")
 	c.Flags().StringVar(&f.mqttAddr, "mqtt-addr", "127.0.0.1:8883", "MQTT over mutual TLS listen address (the broker)")
 	c.Flags().StringSliceVar(&f.dnsNames, "dns-name", nil, "extra DNS names for the platform's server certificate (repeatable)")
@@ -40,7 +42,7 @@ func (f *upFlags) config() (platform.Config, error) {
 		return platform.Config{}, err
 	}
 	return platform.Config{
-		DataDir: f.dataDir, HTTPAddr: f.httpAddr, MQTTAddr: f.mqttAddr, DNSNames: f.dnsNames,
+		DataDir: f.dataDir, DB: f.db, HTTPAddr: f.httpAddr, MQTTAddr: f.mqttAddr, DNSNames: f.dnsNames,
 		BrokerURLs: f.brokerURLs, PublishInterval: f.publishInterval,
 		EST:    est.Policy{AllowReenroll: f.estAllowReenroll, RequireChannelBinding: f.estRequireBinding},
 		Logger: log,

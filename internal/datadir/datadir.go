@@ -2,7 +2,8 @@
 // two trust domains, initialized on first use. 'fieldtrust up' and every
 // offline operator command open it the same way, so they agree on layout.
 //
-//	DIR/fieldtrust.db     SQLite database (WAL)
+//	DIR/fieldtrust.db     SQLite database (WAL), unless DIR/database.url names another
+//	DIR/database.url      the database DSN chosen at first use (PostgreSQL), 0600
 //	DIR/pki/transport/    transport PKI (see package pki)
 //	DIR/pki/e2e/          end-to-end PKI
 //	DIR/platform/         the running platform's own keys and certificates
@@ -21,20 +22,32 @@ import (
 	"syscall"
 
 	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/store/postgres"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
 )
 
 // Dir is an open data directory.
 type Dir struct {
 	Path      string
-	Store     *sqlite.Store
+	Store     store.Store
 	Transport *pki.Authority
 	E2E       *pki.Authority
 }
 
 // Open opens dir, creating and initializing it if needed. CA keys are
-// encrypted with the passphrase in pki.PassphraseEnv if that is set.
+// encrypted with the passphrase in pki.PassphraseEnv if that is set. The
+// database is the one the directory was first opened with (see OpenDB).
 func Open(ctx context.Context, dir string, log *slog.Logger) (*Dir, error) {
+	return OpenDB(ctx, dir, "", log)
+}
+
+// OpenDB is Open with a database: "" for the one the directory already
+// uses (SQLite by default), or a postgres:// DSN. The choice is recorded
+// in DIR/database.url at first use so that every later command, the
+// offline operator tools included, reaches the same database; opening with
+// a different one is refused rather than silently splitting the state.
+func OpenDB(ctx context.Context, dir, db string, log *slog.Logger) (*Dir, error) {
 	if dir == "" {
 		return nil, errors.New("no data directory given (--data)")
 	}
@@ -44,21 +57,58 @@ func Open(ctx context.Context, dir string, log *slog.Logger) (*Dir, error) {
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("data directory %s is not a directory", dir)
 	}
-	db, err := sqlite.Open(ctx, filepath.Join(dir, "fieldtrust.db"))
+	dsn, err := chooseDB(dir, db)
+	if err != nil {
+		return nil, err
+	}
+	var st store.Store
+	if dsn == "" {
+		st, err = sqlite.Open(ctx, filepath.Join(dir, "fieldtrust.db"))
+	} else {
+		st, err = postgres.Open(ctx, dsn)
+	}
 	if err != nil {
 		return nil, err
 	}
 	opts := pki.Options{Passphrase: []byte(os.Getenv(pki.PassphraseEnv)), Logger: log}
-	d := &Dir{Path: dir, Store: db}
-	if d.Transport, err = pki.Open(ctx, dir, pki.Transport, db, opts); err != nil {
-		db.Close()
+	d := &Dir{Path: dir, Store: st}
+	if d.Transport, err = pki.Open(ctx, dir, pki.Transport, st, opts); err != nil {
+		st.Close()
 		return nil, err
 	}
-	if d.E2E, err = pki.Open(ctx, dir, pki.E2E, db, opts); err != nil {
-		db.Close()
+	if d.E2E, err = pki.Open(ctx, dir, pki.E2E, st, opts); err != nil {
+		st.Close()
 		return nil, err
 	}
 	return d, nil
+}
+
+// chooseDB resolves the database of dir: "" for SQLite, else a DSN.
+func chooseDB(dir, db string) (string, error) {
+	file := filepath.Join(dir, "database.url")
+	saved, err := os.ReadFile(file)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	prev := strings.TrimSpace(string(saved))
+	if db == "sqlite" {
+		db = ""
+	}
+	if db != "" && !strings.HasPrefix(db, "postgres://") && !strings.HasPrefix(db, "postgresql://") {
+		return "", fmt.Errorf("--db %q: use a postgres:// URL, or leave it out for SQLite in the data directory", db)
+	}
+	_, sqliteErr := os.Stat(filepath.Join(dir, "fieldtrust.db"))
+	switch {
+	case db == "":
+		return prev, nil
+	case prev == db:
+		return db, nil
+	case prev != "":
+		return "", fmt.Errorf("data directory %s uses another database (see %s); pass the same --db or none", dir, file)
+	case sqliteErr == nil:
+		return "", fmt.Errorf("data directory %s already keeps its state in SQLite (fieldtrust.db); use a new --data directory for PostgreSQL", dir)
+	}
+	return db, os.WriteFile(file, []byte(db+"\n"), 0o600)
 }
 
 // Authority returns the authority of a domain.

@@ -40,6 +40,7 @@ import (
 // Config configures the platform.
 type Config struct {
 	DataDir  string
+	DB       string   // "" (SQLite in DataDir, or what DataDir was first used with) or postgres://...
 	HTTPAddr string   // HTTPS listen address
 	MQTTAddr string   // MQTT over mTLS listen address
 	DNSNames []string // extra names for the server certificate
@@ -78,7 +79,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer unlock()
-	d, err := datadir.Open(ctx, cfg.DataDir, log)
+	d, err := datadir.OpenDB(ctx, cfg.DataDir, cfg.DB, log)
 	if err != nil {
 		return err
 	}

@@ -1,15 +1,21 @@
-# fieldtrust: 'make run' starts the platform, 'make test' runs every test
-# (installing the system packages the tests need first).
+# fieldtrust: 'make run' starts the platform with a demo fleet, 'make test'
+# runs every test (installing the system packages the tests need first).
 GO      ?= go
 BIN     := bin/fieldtrust
 DATA    ?= ./fieldtrust-data
 
-.PHONY: build run test deps vet fuzz bench clean
+.PHONY: build run up test deps vet fuzz bench clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/fieldtrust
 
+# The platform plus a demo fleet: a device maker, two customers, three
+# gateways that onboard over EST and publish sealed snapshots.
 run: build
+	./$(BIN) demo --data $(DATA)
+
+# The platform alone.
+up: build
 	./$(BIN) up --data $(DATA)
 
 deps:

@@ -9,34 +9,14 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/fieldtrust/fieldtrust/internal/command"
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/queue"
 )
 
-// Command is what the platform sends on {path}/commands: JSON, signed by
-// the platform's e2e "platform" service and sealed for this gateway's e2e
-// key, so neither the broker nor another tenant can forge or read it.
-type Command struct {
-	ID   string `json:"id"`
-	Type string `json:"type"` // "rebootstrap"
-	// RotateKeys asks for new keys and certificates before reconnecting.
-	RotateKeys bool `json:"rotate_keys,omitempty"`
-}
-
-// CommandResult is published (plain JSON) on {path}/commands/result.
-type CommandResult struct {
-	ID     string    `json:"id"`
-	Status string    `json:"status"` // "ok" or "error"
-	Error  string    `json:"error,omitempty"`
-	Time   time.Time `json:"time"`
-}
-
-// CommandSigner is the identity commands must be signed by.
-const CommandSigner = "service:platform"
-
 type rebootstrapOrder struct {
-	cmd Command
+	cmd command.Command
 }
 
 // handleCommand opens, verifies and dispatches a command. Replays are
@@ -63,7 +43,7 @@ func (g *Gateway) handleCommand(payload []byte) {
 		g.log.Warn("command refused: cannot open or verify it", "err", err)
 		return
 	}
-	if opened.Signer != CommandSigner {
+	if opened.Signer != command.Signer {
 		g.log.Warn("command refused: not signed by the platform", "signer", opened.Signer)
 		return
 	}
@@ -74,7 +54,7 @@ func (g *Gateway) handleCommand(payload []byte) {
 		g.log.Warn("command refused: replayed or out of order", "signed", opened.SigningTime, "last", lastT)
 		return
 	}
-	var cmd Command
+	var cmd command.Command
 	if err := json.Unmarshal(opened.Content, &cmd); err != nil {
 		g.log.Warn("command refused: not JSON", "err", err)
 		return
@@ -85,7 +65,7 @@ func (g *Gateway) handleCommand(payload []byte) {
 		return
 	}
 	switch cmd.Type {
-	case "rebootstrap":
+	case command.Rebootstrap:
 		g.log.Info("re-bootstrap ordered by the platform", "id", cmd.ID, "rotate_keys", cmd.RotateKeys)
 		select {
 		case g.rebootstrap <- rebootstrapOrder{cmd: cmd}:
@@ -126,12 +106,12 @@ func (g *Gateway) doRebootstrap(ctx context.Context, o rebootstrapOrder) error {
 }
 
 func (g *Gateway) publishResult(c mqtt.Client, o rebootstrapOrder, err error) {
-	res := CommandResult{ID: o.cmd.ID, Status: "ok", Time: time.Now().UTC()}
+	res := command.Result{ID: o.cmd.ID, Status: "ok", Time: time.Now().UTC()}
 	if err != nil {
 		res.Status, res.Error = "error", err.Error()
 	}
 	b, _ := json.Marshal(res)
-	if tok := c.Publish(g.path+"/commands/result", 1, false, b); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if tok := c.Publish(command.ResultTopic(g.path), 1, false, b); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		g.log.Warn("could not publish the command result", "id", o.cmd.ID, "err", errors.Join(tok.Error()))
 	}
 }

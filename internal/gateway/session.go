@@ -10,6 +10,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/fieldtrust/fieldtrust/internal/command"
 	"github.com/fieldtrust/fieldtrust/internal/est"
 	"github.com/fieldtrust/fieldtrust/internal/tlspolicy"
 )
@@ -82,7 +83,7 @@ func (g *Gateway) session(ctx context.Context, first bool) error {
 	defer c.Disconnect(250)
 	birth, _ := json.Marshal(Status{State: "online", Time: time.Now().UTC(), Devices: g.cfg.Simulate})
 	c.Publish(g.path+"/status", 1, true, birth)
-	subs := map[string]byte{g.path + "/commands": 1, doc.CRLTopic: 1, "pki/crl/e2e": 1}
+	subs := map[string]byte{command.Topic(g.path): 1, doc.CRLTopic: 1, "pki/crl/e2e": 1}
 	if tok := c.SubscribeMultiple(subs, g.onMessage); !tok.WaitTimeout(15*time.Second) || tok.Error() != nil {
 		return fmt.Errorf("subscribe: %v", tok.Error())
 	}
@@ -114,7 +115,7 @@ func (g *Gateway) session(ctx context.Context, first bool) error {
 // onMessage handles commands and CRL bundles.
 func (g *Gateway) onMessage(c mqtt.Client, m mqtt.Message) {
 	switch m.Topic() {
-	case g.path + "/commands":
+	case command.Topic(g.path):
 		g.handleCommand(m.Payload())
 	default:
 		g.crl.apply(m.Topic(), m.Payload())

@@ -271,9 +271,17 @@ func (a *Authority) leafTemplate(req LeafRequest, issuer *x509.Certificate) (*x5
 	if validity < 0 {
 		return nil, fmt.Errorf("issue: negative validity %v", validity)
 	}
+	// NotAfter is validity from now; NotBefore is backdated for clock skew,
+	// but by at most a tenth of the validity, so that a short-lived
+	// certificate (tests, aggressive rotation) is not mostly in the past
+	// and renewal at a fraction of the lifetime stays meaningful.
+	now := time.Now()
 	notBefore := req.NotBefore
+	notAfter := now.Add(validity)
 	if notBefore.IsZero() {
-		notBefore = time.Now().Add(-backdate)
+		notBefore = now.Add(-min(backdate, validity/10))
+	} else {
+		notAfter = notBefore.Add(validity)
 	}
 	cn := req.Service
 	if req.Path != nil {
@@ -282,7 +290,7 @@ func (a *Authority) leafTemplate(req LeafRequest, issuer *x509.Certificate) (*x5
 	t := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: cn, Organization: []string{"fieldtrust"}, OrganizationalUnit: []string{string(a.domain)}},
 		NotBefore:             notBefore,
-		NotAfter:              clamp(notBefore.Add(validity), issuer.NotAfter),
+		NotAfter:              clamp(notAfter, issuer.NotAfter),
 		BasicConstraintsValid: true,
 		IsCA:                  false,
 		DNSNames:              req.DNSNames,

@@ -604,3 +604,16 @@ func TestVerifierLearnsNewCAs(t *testing.T) {
 		t.Fatalf("leaf below CAs created after the verifier: %v", err)
 	}
 }
+
+func TestShortLifetime(t *testing.T) {
+	p := newTestPKI(t, Options{})
+	key, _ := GenerateKey(elliptic.P256())
+	iss, err := p.t.Issue(t.Context(), LeafRequest{Path: mustPath(t, "ms-1/acc-1/dev-1"), PublicKey: key.Public(), Validity: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if !iss.Cert.NotAfter.After(now.Add(8*time.Second)) || iss.Cert.NotBefore.Before(now.Add(-2*time.Second)) {
+		t.Fatalf("10 s certificate valid %v .. %v at %v", iss.Cert.NotBefore, iss.Cert.NotAfter, now)
+	}
+}

@@ -199,6 +199,8 @@ func Run(ctx context.Context, cfg Config) error {
 	mux := http.NewServeMux()
 	mux.Handle(est.PathPrefix, estSrv)
 	mux.Handle(bootstrap.Path, bs)
+	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, records: d.Store, broker: brk, ids: ids, log: log.With("component", "commands")}
+	mux.Handle("POST /api/v1/gateways/{path...}", est.GuardOperational(verifier, log, cmds))
 	mux.Handle("/", est.GuardOperational(verifier, log, web.New(web.Options{
 		Roots:   map[pki.Domain]*x509.Certificate{pki.Transport: d.Transport.Root(), pki.E2E: d.E2E.Root()},
 		Metrics: requireRole(ids, tacs.RoleAdmin, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),

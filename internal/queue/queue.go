@@ -50,9 +50,10 @@ type Item struct {
 
 // Stats describe the queue.
 type Stats struct {
-	Items   int
-	Bytes   int64
-	Dropped uint64 // items evicted or refused since the queue was created
+	Items     int
+	Bytes     int64  // payload bytes queued
+	Dropped   uint64 // items evicted or refused since the queue was created
+	DiskBytes int64  // bytes of the file in use (the file may be larger: bbolt grows it ahead)
 }
 
 var (
@@ -149,6 +150,9 @@ func (q *Queue) PutWithState(data []byte, state []KV) (dropped []Item, err error
 				return err
 			}
 		}
+		// Keys only ever grow: fill pages completely when they split, or
+		// bbolt's default (half full) doubles the file for a FIFO.
+		items.FillPercent = 1.0
 		id, err := items.NextSequence()
 		if err != nil {
 			return err
@@ -255,6 +259,7 @@ func (q *Queue) Stats() (Stats, error) {
 		s.Items = int(getInt(meta, keyCount))
 		s.Bytes = getInt(meta, keyBytes)
 		s.Dropped = uint64(getInt(meta, keyDropped))
+		s.DiskBytes = tx.Size()
 		return nil
 	})
 	return s, err

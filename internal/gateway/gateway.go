@@ -77,6 +77,12 @@ func Run(ctx context.Context, cfg Config) error {
 	for _, c := range cfg.CA {
 		roots.AddCert(c)
 	}
+	// Configuration mistakes fail before anything is enrolled or sent.
+	if cfg.ListenLocal != "" {
+		if err := checkLoopback(cfg.ListenLocal); err != nil {
+			return err
+		}
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("gateway state %s: %w", cfg.StateDir, err)
 	}
@@ -218,14 +224,23 @@ func identityOf(chain []*x509.Certificate) (string, error) {
 }
 
 func listenLoopback(addr string) (net.Listener, error) {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, fmt.Errorf("--listen-local %q: %w", addr, err)
-	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return nil, fmt.Errorf("--listen-local %q: the local input is plain HTTP and must listen on a loopback address", addr)
+	if err := checkLoopback(addr); err != nil {
+		return nil, err
 	}
 	return net.Listen("tcp", addr)
+}
+
+// checkLoopback refuses a local-input address beyond loopback: the input
+// is plain HTTP and must never be reachable from the network.
+func checkLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--listen-local %q: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("--listen-local %q: the local input is plain HTTP and must listen on a loopback address", addr)
+	}
+	return nil
 }
 
 // retry runs f with exponential backoff (1 s to 1 min) until it succeeds,

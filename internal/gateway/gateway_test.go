@@ -6,9 +6,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -66,16 +68,18 @@ func startPlatform(t *testing.T, policy est.Policy) *env {
 }
 
 // runGateway runs the first demo gateway until the returned stop is called.
-func (e *env) runGateway(t *testing.T, state string) (stop func()) {
+func (e *env) runGateway(t *testing.T, state string, mod ...func(*gateway.Config)) (stop func()) {
 	t.Helper()
 	g := e.fleet.Gateways[0]
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	onb := g.Onboarding
-	go func() {
-		done <- gateway.Run(ctx, gateway.Config{Platform: "https://" + e.httpAddr, CA: []*x509.Certificate{e.d.Transport.Root()},
-			Onboarding: &onb, StateDir: state, Simulate: 1, SimulateEvery: 200 * time.Millisecond, ReenrollExpired: true, Logger: logger()})
-	}()
+	cfg := gateway.Config{Platform: "https://" + e.httpAddr, CA: []*x509.Certificate{e.d.Transport.Root()},
+		Onboarding: &onb, StateDir: state, Simulate: 1, SimulateEvery: 200 * time.Millisecond, ReenrollExpired: true, Logger: logger()}
+	for _, m := range mod {
+		m(&cfg)
+	}
+	go func() { done <- gateway.Run(ctx, cfg) }()
 	stopped := false
 	stop = func() {
 		if stopped {
@@ -229,4 +233,70 @@ func TestRebootstrapCommand(t *testing.T) {
 	if resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("rebootstrap by a device: %s", resp.Status)
 	}
+}
+
+// TestLocalInput: real equipment posts readings to the loopback HTTP
+// input; good ones become sealed snapshots in the platform, bad ones are
+// refused with a reason, and the input cannot listen beyond loopback.
+func TestLocalInput(t *testing.T) {
+	e := startPlatform(t, est.Policy{})
+	addr := freeAddr(t)
+	e.runGateway(t, t.TempDir(), func(c *gateway.Config) { c.Simulate = 0; c.ListenLocal = addr })
+	post := func(body string) int {
+		var resp *http.Response
+		var err error
+		for range 100 { // the input starts once the gateway is onboarded
+			resp, err = http.Post("http://"+addr+"/v1/readings", "application/json", strings.NewReader(body))
+			if err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	good := `{"device":"press-1","type":"press","values":[{"channel":"force","value":412.5,"unit":"kN","group":"mechanical"}]}`
+	for range 3 {
+		if code := post(good); code != http.StatusAccepted {
+			t.Fatalf("good reading: %d", code)
+		}
+	}
+	for body, want := range map[string]int{
+		`{"device":"press 1","values":[{"channel":"force","value":1}]}`:              400,
+		`{"device":"press-1","values":[]}`:                                           400,
+		`{"device":"press-1","values":[{"channel":"force","value":1}],"extra":true}`: 400,
+		`not json`: 400,
+		`{"device":"press-1","values":[{"channel":"f","value":1,"unit":"` + strings.Repeat("x", 2<<20) + `"}]}`: 413,
+	} {
+		if code := post(body); code != want {
+			t.Errorf("POST %.60s: %d, want %d", body, code, want)
+		}
+	}
+	waitUntil(t, 30*time.Second, "local readings stored", func() bool { return e.stored(t) >= 3 })
+	devs, _ := e.d.Store.ListDevices(t.Context(), "")
+	if len(devs) != 1 || devs[0].Device != "press-1" || devs[0].DeviceType != "press" {
+		t.Fatalf("devices = %+v", devs)
+	}
+
+	state := t.TempDir()
+	err := gateway.Run(t.Context(), gateway.Config{Platform: "https://" + e.httpAddr, CA: []*x509.Certificate{e.d.Transport.Root()},
+		StateDir: state, ListenLocal: "0.0.0.0:0", Onboarding: &e.fleet.Gateways[1].Onboarding, Logger: logger()})
+	if err == nil || !strings.Contains(err.Error(), "loopback") {
+		t.Fatalf("non-loopback local input: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(state, "transport.key")); err == nil {
+		t.Fatal("a misconfigured gateway enrolled before refusing its configuration")
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }

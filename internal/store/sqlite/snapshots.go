@@ -6,12 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"time"
-	"weak"
 
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
@@ -78,29 +76,8 @@ func (n *names) merge(st *staged) {
 	}
 }
 
-var (
-	namesMu sync.Mutex
-	namesOf = map[weak.Pointer[Store]]*names{}
-)
-
-// names returns the Store's name cache. (It lives beside the Store rather
-// than in it, keyed weakly, and goes away with the Store.)
-func (s *Store) names() *names {
-	k := weak.Make(s)
-	namesMu.Lock()
-	defer namesMu.Unlock()
-	n := namesOf[k]
-	if n == nil {
-		n = newNames()
-		namesOf[k] = n
-		runtime.AddCleanup(s, func(k weak.Pointer[Store]) {
-			namesMu.Lock()
-			delete(namesOf, k)
-			namesMu.Unlock()
-		}, k)
-	}
-	return n
-}
+// names returns the Store's cache of name ids.
+func (s *Store) names() *names { return s.nameCache }
 
 // inserter is the state of one InsertSnapshots transaction.
 type inserter struct {

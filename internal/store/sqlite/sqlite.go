@@ -29,6 +29,9 @@ var migrations embed.FS
 // Store is a store.Store backed by one SQLite file.
 type Store struct {
 	db *sql.DB
+	// nameCache maps device types, units, groups, channels and devices
+	// to their small ids, so inserts skip the lookups; non-nil after Open.
+	nameCache *names
 }
 
 var _ store.Store = (*Store)(nil)
@@ -41,7 +44,7 @@ func Open(ctx context.Context, file string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", file, err)
 	}
-	s := &Store{db: db}
+	s := &Store{db: db, nameCache: newNames()}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("database %s: %w (if the file is damaged, restore it from a backup)", file, err)

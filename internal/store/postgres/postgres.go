@@ -27,6 +27,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/store/idcache"
 )
 
 //go:embed migrations/*.sql
@@ -35,7 +36,7 @@ var migrations embed.FS
 // Store is a store.Store backed by a PostgreSQL database.
 type Store struct {
 	pool  *pgxpool.Pool
-	names *names
+	names *idcache.Cache[int32]
 }
 
 var _ store.Store = (*Store)(nil)
@@ -54,7 +55,7 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres %s: %w", cfg.ConnConfig.Host, err)
 	}
-	s := &Store{pool: pool, names: newNames()}
+	s := &Store{pool: pool, names: idcache.New[int32]()}
 	if err := s.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("postgres %s/%s: %w", cfg.ConnConfig.Host, cfg.ConnConfig.Database, err)

@@ -7,91 +7,34 @@ import (
 	"math"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/store/idcache"
 )
 
 // The snapshot tables are described in migrations/0004_snapshots.sql.
 //
 // Names (device types, units, groups, channels, devices) map to ids that
-// never change once committed, so the Store caches them (names). Ids
+// never change once committed, so the Store caches them (package idcache). Ids
 // created inside a transaction enter the cache only after it commits.
-
-type nameKey struct {
-	table string // device_types, units, channel_groups
-	name  string
-}
-
-type channelKey struct{ name, unit, group string }
-
-type deviceKey struct{ gateway, device string }
-
-// names caches name ↔ id mappings of committed rows. Safe for concurrent use.
-type names struct {
-	mu       sync.RWMutex
-	ids      map[nameKey]int32
-	channels map[channelKey]int32
-	devices  map[deviceKey]int32
-	typeName map[int32]string
-	channel  map[int32]snapshot.Value // Channel, Unit, Group set
-}
-
-func newNames() *names {
-	return &names{
-		ids: map[nameKey]int32{}, channels: map[channelKey]int32{}, devices: map[deviceKey]int32{},
-		typeName: map[int32]string{}, channel: map[int32]snapshot.Value{},
-	}
-}
-
-// staged holds the ids a transaction used; merged into names after commit.
-type staged struct {
-	ids      map[nameKey]int32
-	channels map[channelKey]int32
-	devices  map[deviceKey]int32
-}
-
-func newStaged() staged {
-	return staged{ids: map[nameKey]int32{}, channels: map[channelKey]int32{}, devices: map[deviceKey]int32{}}
-}
-
-func (n *names) merge(st *staged) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for k, id := range st.ids {
-		n.ids[k] = id
-		if k.table == "device_types" {
-			n.typeName[id] = k.name
-		}
-	}
-	for k, id := range st.channels {
-		n.channels[k] = id
-		n.channel[id] = snapshot.Value{Channel: k.name, Unit: k.unit, Group: k.group}
-	}
-	for k, id := range st.devices {
-		n.devices[k] = id
-	}
-}
 
 type inserter struct {
 	ctx   context.Context
 	tx    pgx.Tx
-	names *names
-	st    staged
+	names *idcache.Cache[int32]
+	st    *idcache.Staged[int32]
 }
 
 func (in *inserter) nameID(table, name string) (int32, error) {
-	k := nameKey{table, name}
-	if id, ok := in.st.ids[k]; ok {
+	k := idcache.Name{Table: table, Name: name}
+	if id, ok := in.st.Names[k]; ok {
 		return id, nil
 	}
-	in.names.mu.RLock()
-	id, ok := in.names.ids[k]
-	in.names.mu.RUnlock()
+	id, ok := in.names.Name(k)
 	if !ok {
 		// table is one of three constants, never input.
 		if _, err := in.tx.Exec(in.ctx, `INSERT INTO `+table+` (name) VALUES ($1) ON CONFLICT (name) DO NOTHING`, name); err != nil {
@@ -101,18 +44,16 @@ func (in *inserter) nameID(table, name string) (int32, error) {
 			return 0, fmt.Errorf("%s %q: %w", table, name, err)
 		}
 	}
-	in.st.ids[k] = id
+	in.st.Names[k] = id
 	return id, nil
 }
 
 func (in *inserter) channelID(v snapshot.Value) (int32, error) {
-	k := channelKey{v.Channel, v.Unit, v.Group}
-	if id, ok := in.st.channels[k]; ok {
+	k := idcache.Channel{Name: v.Channel, Unit: v.Unit, Group: v.Group}
+	if id, ok := in.st.Channels[k]; ok {
 		return id, nil
 	}
-	in.names.mu.RLock()
-	id, ok := in.names.channels[k]
-	in.names.mu.RUnlock()
+	id, ok := in.names.Channel(k)
 	if !ok {
 		unit, err := in.nameID("units", v.Unit)
 		if err != nil {
@@ -131,18 +72,16 @@ func (in *inserter) channelID(v snapshot.Value) (int32, error) {
 			return 0, fmt.Errorf("channel %q: %w", v.Channel, err)
 		}
 	}
-	in.st.channels[k] = id
+	in.st.Channels[k] = id
 	return id, nil
 }
 
 func (in *inserter) deviceID(gateway, device string, typeID int32) (int32, error) {
-	k := deviceKey{gateway, device}
-	if id, ok := in.st.devices[k]; ok {
+	k := idcache.Device{Gateway: gateway, Device: device}
+	if id, ok := in.st.Devices[k]; ok {
 		return id, nil
 	}
-	in.names.mu.RLock()
-	id, ok := in.names.devices[k]
-	in.names.mu.RUnlock()
+	id, ok := in.names.Device(k)
 	if !ok {
 		if _, err := in.tx.Exec(in.ctx, `INSERT INTO devices (gateway, device, type_id) VALUES ($1, $2, $3)
 			ON CONFLICT (gateway, device) DO NOTHING`, gateway, device, typeID); err != nil {
@@ -152,7 +91,7 @@ func (in *inserter) deviceID(gateway, device string, typeID int32) (int32, error
 			return 0, fmt.Errorf("device %s/%s: %w", gateway, device, err)
 		}
 	}
-	in.st.devices[k] = id
+	in.st.Devices[k] = id
 	return id, nil
 }
 
@@ -178,7 +117,7 @@ func (s *Store) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord
 		return nil, fmt.Errorf("insert snapshots: %w", err)
 	}
 	defer tx.Rollback(ctx)
-	in := &inserter{ctx: ctx, tx: tx, names: s.names, st: newStaged()}
+	in := &inserter{ctx: ctx, tx: tx, names: s.names, st: idcache.NewStaged[int32]()}
 	devIDs := make([]int32, len(recs))
 	typeIDs := make([]int32, len(recs))
 	var b pgx.Batch
@@ -265,7 +204,7 @@ func (s *Store) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord
 	if err := tx.Commit(ctx); err != nil {
 		return nil, fmt.Errorf("insert snapshots: %w", err)
 	}
-	s.names.merge(&in.st)
+	s.names.Merge(in.st)
 	return inserted, nil
 }
 
@@ -421,24 +360,23 @@ func (s *Store) readSnapshots(ctx context.Context, q *query, keep map[int32]bool
 	}
 	for attempt := 0; ; attempt++ {
 		missing := false
-		s.names.mu.RLock()
-		for i := range recs {
-			typ, ok := s.names.typeName[typeIDs[i]]
-			recs[i].DeviceType = typ
-			missing = missing || !ok
-			values := make([]snapshot.Value, 0, len(chIDs[i]))
-			for j, c := range chIDs[i] {
-				if keep != nil && !keep[c] {
-					continue
-				}
-				v, ok := s.names.channel[c]
+		s.names.Read(func(r idcache.Reader[int32]) {
+			for i := range recs {
+				typ, ok := r.TypeName(typeIDs[i])
+				recs[i].DeviceType = typ
 				missing = missing || !ok
-				v.Value = vals[i][j]
-				values = append(values, v)
+				values := make([]snapshot.Value, 0, len(chIDs[i]))
+				for j, c := range chIDs[i] {
+					if keep != nil && !keep[c] {
+						continue
+					}
+					v, ok := r.Value(c, vals[i][j])
+					missing = missing || !ok
+					values = append(values, v)
+				}
+				recs[i].Values = values
 			}
-			recs[i].Values = values
-		}
-		s.names.mu.RUnlock()
+		})
 		if !missing {
 			return recs, nil
 		}
@@ -453,7 +391,7 @@ func (s *Store) readSnapshots(ctx context.Context, q *query, keep map[int32]bool
 
 // reloadNames reads the channel and device type tables into the cache.
 func (s *Store) reloadNames(ctx context.Context) error {
-	st := newStaged()
+	st := idcache.NewStaged[int32]()
 	rows, err := s.pool.Query(ctx, `SELECT id, name FROM device_types`)
 	if err != nil {
 		return err
@@ -465,7 +403,7 @@ func (s *Store) reloadNames(ctx context.Context) error {
 			rows.Close()
 			return err
 		}
-		st.ids[nameKey{"device_types", name}] = id
+		st.Names[idcache.Name{Table: idcache.DeviceTypes, Name: name}] = id
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
@@ -479,16 +417,16 @@ func (s *Store) reloadNames(ctx context.Context) error {
 	defer rows.Close()
 	for rows.Next() {
 		var id int32
-		var k channelKey
-		if err := rows.Scan(&id, &k.name, &k.unit, &k.group); err != nil {
+		var k idcache.Channel
+		if err := rows.Scan(&id, &k.Name, &k.Unit, &k.Group); err != nil {
 			return err
 		}
-		st.channels[k] = id
+		st.Channels[k] = id
 	}
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	s.names.merge(&st)
+	s.names.Merge(st)
 	return nil
 }
 
@@ -499,24 +437,12 @@ func (s *Store) channelIDs(ctx context.Context, names []string) ([]int32, error)
 	for _, name := range names {
 		want[name] = true
 	}
-	find := func() (ids []int32, complete bool) {
-		found := map[string]bool{}
-		s.names.mu.RLock()
-		defer s.names.mu.RUnlock()
-		for k, id := range s.names.channels {
-			if want[k.name] {
-				ids = append(ids, id)
-				found[k.name] = true
-			}
-		}
-		return ids, len(found) == len(want)
-	}
-	ids, complete := find()
+	ids, complete := s.names.ChannelsNamed(want)
 	if !complete { // another process may have added channels
 		if err := s.reloadNames(ctx); err != nil {
 			return nil, err
 		}
-		ids, _ = find()
+		ids, _ = s.names.ChannelsNamed(want)
 	}
 	slices.Sort(ids)
 	return ids, nil

@@ -8,83 +8,26 @@ import (
 	"math"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/store/idcache"
 )
 
 // The snapshot tables are described in migrations/0004_snapshots.sql.
 //
 // Names (device types, units, groups, channels, devices) map to ids that
-// never change once committed, so each Store caches them (names). Ids
+// never change once committed, so each Store caches them (package idcache). Ids
 // created inside a transaction enter the cache only after it commits: a
 // rolled-back id may be reused for another name.
-
-// nameKey identifies a row of one of the name tables.
-type nameKey struct {
-	table string // device_types, units, channel_groups
-	name  string
-}
-
-type channelKey struct{ name, unit, group string }
-
-type deviceKey struct{ gateway, device string }
-
-// names caches name ↔ id mappings of committed rows. Safe for concurrent use.
-type names struct {
-	mu       sync.RWMutex
-	ids      map[nameKey]int64
-	channels map[channelKey]int64
-	devices  map[deviceKey]int64
-	// reverse maps, for reading
-	typeName map[int64]string
-	channel  map[int64]snapshot.Value // Channel, Unit, Group set; Value unused
-}
-
-func newNames() *names {
-	return &names{
-		ids: map[nameKey]int64{}, channels: map[channelKey]int64{}, devices: map[deviceKey]int64{},
-		typeName: map[int64]string{}, channel: map[int64]snapshot.Value{},
-	}
-}
-
-// staged holds the ids a transaction looked up or created; merge them into
-// names after commit.
-type staged struct {
-	ids      map[nameKey]int64
-	channels map[channelKey]int64
-	devices  map[deviceKey]int64
-}
-
-func (n *names) merge(st *staged) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for k, id := range st.ids {
-		n.ids[k] = id
-		if k.table == "device_types" {
-			n.typeName[id] = k.name
-		}
-	}
-	for k, id := range st.channels {
-		n.channels[k] = id
-		n.channel[id] = snapshot.Value{Channel: k.name, Unit: k.unit, Group: k.group}
-	}
-	for k, id := range st.devices {
-		n.devices[k] = id
-	}
-}
-
-// names returns the Store's cache of name ids.
-func (s *Store) names() *names { return s.nameCache }
 
 // inserter is the state of one InsertSnapshots transaction.
 type inserter struct {
 	ctx   context.Context
 	tx    *sql.Tx
-	names *names
-	st    staged
+	names *idcache.Cache[int64]
+	st    *idcache.Staged[int64]
 	// valueStmts[i] inserts valueChunks[i] rows.
 	valueStmts [len(valueChunks)]*sql.Stmt
 	args       []any
@@ -95,13 +38,11 @@ type inserter struct {
 var valueChunks = [...]int{128, 32, 8, 1}
 
 func (in *inserter) nameID(table, name string) (int64, error) {
-	k := nameKey{table, name}
-	if id, ok := in.st.ids[k]; ok {
+	k := idcache.Name{Table: table, Name: name}
+	if id, ok := in.st.Names[k]; ok {
 		return id, nil
 	}
-	in.names.mu.RLock()
-	id, ok := in.names.ids[k]
-	in.names.mu.RUnlock()
+	id, ok := in.names.Name(k)
 	if !ok {
 		// table is one of three constants, never input.
 		if _, err := in.tx.ExecContext(in.ctx, `INSERT INTO `+table+` (name) VALUES (?) ON CONFLICT (name) DO NOTHING`, name); err != nil {
@@ -111,18 +52,16 @@ func (in *inserter) nameID(table, name string) (int64, error) {
 			return 0, fmt.Errorf("%s %q: %w", table, name, err)
 		}
 	}
-	in.st.ids[k] = id
+	in.st.Names[k] = id
 	return id, nil
 }
 
 func (in *inserter) channelID(v snapshot.Value) (int64, error) {
-	k := channelKey{v.Channel, v.Unit, v.Group}
-	if id, ok := in.st.channels[k]; ok {
+	k := idcache.Channel{Name: v.Channel, Unit: v.Unit, Group: v.Group}
+	if id, ok := in.st.Channels[k]; ok {
 		return id, nil
 	}
-	in.names.mu.RLock()
-	id, ok := in.names.channels[k]
-	in.names.mu.RUnlock()
+	id, ok := in.names.Channel(k)
 	if !ok {
 		unit, err := in.nameID("units", v.Unit)
 		if err != nil {
@@ -141,18 +80,16 @@ func (in *inserter) channelID(v snapshot.Value) (int64, error) {
 			return 0, fmt.Errorf("channel %q: %w", v.Channel, err)
 		}
 	}
-	in.st.channels[k] = id
+	in.st.Channels[k] = id
 	return id, nil
 }
 
 func (in *inserter) deviceID(gateway, device string, typeID int64) (int64, error) {
-	k := deviceKey{gateway, device}
-	if id, ok := in.st.devices[k]; ok {
+	k := idcache.Device{Gateway: gateway, Device: device}
+	if id, ok := in.st.Devices[k]; ok {
 		return id, nil
 	}
-	in.names.mu.RLock()
-	id, ok := in.names.devices[k]
-	in.names.mu.RUnlock()
+	id, ok := in.names.Device(k)
 	if !ok {
 		if _, err := in.tx.ExecContext(in.ctx, `INSERT INTO devices (gateway, device, type_id) VALUES (?, ?, ?)
 			ON CONFLICT (gateway, device) DO NOTHING`, gateway, device, typeID); err != nil {
@@ -162,7 +99,7 @@ func (in *inserter) deviceID(gateway, device string, typeID int64) (int64, error
 			return 0, fmt.Errorf("device %s/%s: %w", gateway, device, err)
 		}
 	}
-	in.st.devices[k] = id
+	in.st.Devices[k] = id
 	return id, nil
 }
 
@@ -235,7 +172,7 @@ func (s *Store) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord
 		return nil, fmt.Errorf("insert snapshots: %w", err)
 	}
 	defer tx.Rollback()
-	in := &inserter{ctx: ctx, tx: tx, names: s.names(), st: staged{ids: map[nameKey]int64{}, channels: map[channelKey]int64{}, devices: map[deviceKey]int64{}}}
+	in := &inserter{ctx: ctx, tx: tx, names: s.nameCache, st: idcache.NewStaged[int64]()}
 	defer func() {
 		for _, st := range in.valueStmts {
 			if st != nil {
@@ -322,7 +259,7 @@ func (s *Store) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("insert snapshots: %w", err)
 	}
-	in.names.merge(&in.st)
+	in.names.Merge(in.st)
 	return inserted, nil
 }
 
@@ -430,8 +367,8 @@ func (s *Store) scanSnapshots(rows *sql.Rows) (recs []store.SnapshotRecord, ids 
 }
 
 // reloadNames reads the channel and device type tables into the cache.
-func (s *Store) reloadNames(ctx context.Context, n *names) error {
-	st := staged{ids: map[nameKey]int64{}, channels: map[channelKey]int64{}, devices: map[deviceKey]int64{}}
+func (s *Store) reloadNames(ctx context.Context) error {
+	st := idcache.NewStaged[int64]()
 	rows, err := s.db.QueryContext(ctx, `SELECT id, name FROM device_types`)
 	if err != nil {
 		return err
@@ -443,7 +380,7 @@ func (s *Store) reloadNames(ctx context.Context, n *names) error {
 			rows.Close()
 			return err
 		}
-		st.ids[nameKey{"device_types", name}] = id
+		st.Names[idcache.Name{Table: idcache.DeviceTypes, Name: name}] = id
 	}
 	rows.Close()
 	rows, err = s.db.QueryContext(ctx, `SELECT c.id, c.name, u.name, g.name FROM channels c
@@ -454,16 +391,16 @@ func (s *Store) reloadNames(ctx context.Context, n *names) error {
 	defer rows.Close()
 	for rows.Next() {
 		var id int64
-		var k channelKey
-		if err := rows.Scan(&id, &k.name, &k.unit, &k.group); err != nil {
+		var k idcache.Channel
+		if err := rows.Scan(&id, &k.Name, &k.Unit, &k.Group); err != nil {
 			return err
 		}
-		st.channels[k] = id
+		st.Channels[k] = id
 	}
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	n.merge(&st)
+	s.nameCache.Merge(st)
 	return nil
 }
 
@@ -523,32 +460,30 @@ func (s *Store) fillValues(ctx context.Context, recs []store.SnapshotRecord, ids
 			return fmt.Errorf("snapshot values: %w", err)
 		}
 	}
-	n := s.names()
 	for attempt := 0; ; attempt++ {
 		missing := false
-		n.mu.RLock()
-		for i := range recs {
-			typ, ok := n.typeName[typeIDs[i]]
-			recs[i].DeviceType = typ
-			missing = missing || !ok
-			vs := vals[i]
-			slices.SortFunc(vs, func(a, b ordValue) int { return int(a.ord - b.ord) })
-			recs[i].Values = make([]snapshot.Value, len(vs))
-			for j, ov := range vs {
-				c, ok := n.channel[ov.ch]
+		s.nameCache.Read(func(r idcache.Reader[int64]) {
+			for i := range recs {
+				typ, ok := r.TypeName(typeIDs[i])
+				recs[i].DeviceType = typ
 				missing = missing || !ok
-				c.Value = ov.v
-				recs[i].Values[j] = c
+				vs := vals[i]
+				slices.SortFunc(vs, func(a, b ordValue) int { return int(a.ord - b.ord) })
+				recs[i].Values = make([]snapshot.Value, len(vs))
+				for j, ov := range vs {
+					v, ok := r.Value(ov.ch, ov.v)
+					missing = missing || !ok
+					recs[i].Values[j] = v
+				}
 			}
-		}
-		n.mu.RUnlock()
+		})
 		if !missing {
 			return nil
 		}
 		if attempt > 0 {
 			return fmt.Errorf("snapshot values: unknown channel or device type id")
 		}
-		if err := s.reloadNames(ctx, n); err != nil { // added by another process
+		if err := s.reloadNames(ctx); err != nil { // added by another process
 			return fmt.Errorf("snapshot names: %w", err)
 		}
 	}
@@ -561,29 +496,16 @@ func placeholders(n int) string {
 // channelIDs returns the ids of every channel with one of the names (a
 // name may have several units or groups).
 func (s *Store) channelIDs(ctx context.Context, names []string) ([]int64, error) {
-	n := s.names()
 	want := map[string]bool{}
 	for _, name := range names {
 		want[name] = true
 	}
-	find := func() (ids []int64, complete bool) {
-		found := map[string]bool{}
-		n.mu.RLock()
-		defer n.mu.RUnlock()
-		for k, id := range n.channels {
-			if want[k.name] {
-				ids = append(ids, id)
-				found[k.name] = true
-			}
-		}
-		return ids, len(found) == len(want)
-	}
-	ids, complete := find()
+	ids, complete := s.nameCache.ChannelsNamed(want)
 	if !complete { // another process may have added channels
-		if err := s.reloadNames(ctx, n); err != nil {
+		if err := s.reloadNames(ctx); err != nil {
 			return nil, err
 		}
-		ids, _ = find()
+		ids, _ = s.nameCache.ChannelsNamed(want)
 	}
 	slices.Sort(ids)
 	return ids, nil

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/store/idcache"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
 
@@ -31,7 +32,7 @@ type Store struct {
 	db *sql.DB
 	// nameCache maps device types, units, groups, channels and devices
 	// to their small ids, so inserts skip the lookups; non-nil after Open.
-	nameCache *names
+	nameCache *idcache.Cache[int64]
 }
 
 var _ store.Store = (*Store)(nil)
@@ -44,7 +45,7 @@ func Open(ctx context.Context, file string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", file, err)
 	}
-	s := &Store{db: db, nameCache: newNames()}
+	s := &Store{db: db, nameCache: idcache.New[int64]()}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("database %s: %w (if the file is damaged, restore it from a backup)", file, err)

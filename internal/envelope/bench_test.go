@@ -161,12 +161,18 @@ func BenchmarkFloor(b *testing.B) {
 	digest := sha256.Sum256(content)
 	sig, _ := ecdsa.SignASN1(rand.Reader, signKey, digest[:])
 
+	compressed := compressPoint(eph.PublicKey().Bytes())
+
 	ops := map[string]func(){
 		"ecdh-keygen-p256": func() { _, _ = ecdh.P256().GenerateKey(rand.Reader) },
 		"ecdh-p256":        func() { _, _ = eph.ECDH(recipient.PublicKey()) },
-		"x963-kdf-sha256":  func() { _ = x963KDF(crypto.SHA256, z, si, 32) },
-		"aes-keywrap":      func() { _, _ = keywrap.Wrap(kek, cek) },
-		"aes-keyunwrap":    func() { _, _ = keywrap.Unwrap(kek, wrapped) },
+		// Open decompresses the originator's point (a field square
+		// root); not part of the floor sums below, which stay the raw
+		// cryptography of the uncompressed case.
+		"p256-point-decompress": func() { _, _ = parsePoint(ecdh.P256(), compressed) },
+		"x963-kdf-sha256":       func() { _ = x963KDF(crypto.SHA256, z, si, 32) },
+		"aes-keywrap":           func() { _, _ = keywrap.Wrap(kek, cek) },
+		"aes-keyunwrap":         func() { _, _ = keywrap.Unwrap(kek, wrapped) },
 		"aes-gcm-seal-100B": func() {
 			b, _ := aes.NewCipher(cek)
 			g, _ := cipher.NewGCM(b)
@@ -186,7 +192,7 @@ func BenchmarkFloor(b *testing.B) {
 			_ = ecdsa.VerifyASN1(&signKey.PublicKey, d[:], sig)
 		},
 	}
-	order := []string{"ecdh-keygen-p256", "ecdh-p256", "x963-kdf-sha256", "aes-keywrap", "aes-keyunwrap",
+	order := []string{"ecdh-keygen-p256", "ecdh-p256", "p256-point-decompress", "x963-kdf-sha256", "aes-keywrap", "aes-keyunwrap",
 		"aes-gcm-seal-100B", "aes-gcm-open-100B", "ecdsa-p256-sign", "ecdsa-p256-verify"}
 	for _, name := range order {
 		op := ops[name]

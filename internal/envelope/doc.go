@@ -30,8 +30,12 @@
 //	        originator [0]     originatorKey [1]: algorithm id-ecPublicKey
 //	                           (1.2.840.10045.2.1), parameters absent [NULL or
 //	                           the recipient's curve OID]; publicKey BIT STRING:
-//	                           uncompressed point (65 bytes P-256, 97 P-384),
-//	                           a fresh ephemeral key per message and curve
+//	                           compressed ECPoint, 02/03 || X (SEC 1 §2.3.3;
+//	                           33 bytes P-256, 49 P-384) [uncompressed
+//	                           04 || X || Y, 65/97 bytes, as OpenSSL and
+//	                           Seal before 2026-11 write; hybrid 06/07
+//	                           refused], a fresh ephemeral key per message
+//	                           and curve
 //	        ukm                absent [used as entityUInfo if present]
 //	        keyEncryptionAlgorithm
 //	                           dhSinglePass-stdDH-sha256kdf-scheme 1.3.132.1.11.1
@@ -102,10 +106,19 @@
 // sets OpenOptions.AllowUnsigned: an attacker who relabels a signed
 // envelope as id-data gets ErrUnsigned, not a plaintext.
 //
+// The envelope bytes are not unique to the content: a relay can re-encode
+// parts the GCM tag and the signature do not cover (absent vs NULL curve
+// parameters, the ephemeral point compressed or not, or negated: -P has the
+// same x, so it yields the same key) and the envelope still opens, to the
+// same, genuine content. Deduplicate on Opened.ContentHash or the content,
+// never on the envelope bytes.
+//
 // # Evolving the format
 //
 // Any change must keep `openssl cms -decrypt` working on what we write and
 // keep opening what older sealers wrote: add algorithms to the accepted
 // variations first, switch Seal to them a release later, never reuse an
-// OID for a different meaning. Bounds live in limits.go.
+// OID for a different meaning. (Compressed ephemeral points were accepted
+// and written in the same change, before any release: an Open from before
+// that change refuses them as ErrMalformed.) Bounds live in limits.go.
 package envelope

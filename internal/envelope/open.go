@@ -8,6 +8,7 @@ import (
 	"crypto/cipher"
 	"crypto/ecdh"
 	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -357,7 +358,7 @@ func (o *Opener) unwrap(kari *keyAgreeRecipientInfo, wrapped []byte) ([]byte, er
 	if opk.PublicKey.BitLength%8 != 0 {
 		return nil, fmt.Errorf("%w: originator key is not whole bytes", ErrMalformed)
 	}
-	eph, err := o.key.Curve().NewPublicKey(opk.PublicKey.Bytes)
+	eph, err := parsePoint(o.key.Curve(), opk.PublicKey.Bytes)
 	if err != nil {
 		return nil, fmt.Errorf("%w: originator key: %v", ErrMalformed, err)
 	}
@@ -374,6 +375,29 @@ func (o *Opener) unwrap(kari *keyAgreeRecipientInfo, wrapped []byte) ([]byte, er
 		return nil, fmt.Errorf("%w: content key does not unwrap: %v", ErrTampered, err)
 	}
 	return cek, nil
+}
+
+// parsePoint decodes an ECPoint in the uncompressed form (what OpenSSL
+// writes) or the compressed form (what Seal writes), SEC 1 §2.3.4, and
+// checks that it is on the curve. The hybrid form (06, 07) is refused.
+func parsePoint(curve ecdh.Curve, b []byte) (*ecdh.PublicKey, error) {
+	if len(b) > 0 && (b[0] == 2 || b[0] == 3) {
+		ec := elliptic.P256()
+		if curve == ecdh.P384() {
+			ec = elliptic.P384()
+		}
+		x, y := elliptic.UnmarshalCompressed(ec, b) // nil unless on the curve
+		if x == nil {
+			return nil, errors.New("compressed point is not on the curve")
+		}
+		size := (ec.Params().BitSize + 7) / 8
+		u := make([]byte, 1+2*size)
+		u[0] = 4
+		x.FillBytes(u[1 : 1+size])
+		y.FillBytes(u[1+size:])
+		b = u
+	}
+	return curve.NewPublicKey(b)
 }
 
 // checkCurveParams accepts id-ecPublicKey parameters that are absent or

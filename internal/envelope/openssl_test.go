@@ -71,7 +71,9 @@ func wrapSignedData(t *testing.T, sd []byte) []byte {
 }
 
 // TestOpenSSLOpensOurs: `openssl cms -decrypt` opens what Seal produces, for
-// each recipient (P-256 and P-384 share one envelope), and `openssl cms
+// each recipient (P-256 and P-384 share one envelope; the ephemeral keys are
+// compressed points and the originator key has no curve parameters, so
+// OpenSSL takes the curve from the recipient's key), and `openssl cms
 // -verify` checks the inner SignedData, with the signer by key id given on
 // the side or embedded.
 func TestOpenSSLOpensOurs(t *testing.T) {
@@ -101,6 +103,11 @@ func TestOpenSSLOpensOurs(t *testing.T) {
 				env, err := Seal(content, opts)
 				if err != nil {
 					t.Fatal(err)
+				}
+				// The ephemeral keys are compressed points (SEC 1 §2.3.3):
+				// what follows proves OpenSSL reads them on both curves.
+				if _, points := mapOriginators(t, env, nil); len(points) != 2 || len(points[0]) != 33 || len(points[1]) != 49 {
+					t.Fatalf("originator points %x, want compressed P-256 and P-384", points)
 				}
 				envPath := writeFile(t, dir, "env.der", env)
 				for i, r := range []*testLeaf{r256, r384} {
@@ -139,7 +146,7 @@ func TestOpenSSLOpensOurs(t *testing.T) {
 }
 
 // TestWeOpenOpenSSLs: Open opens what `openssl cms -encrypt -aes-256-gcm`
-// produces, for one and several recipients on both curves, with the SHA-1
+// produces (uncompressed ephemeral points), for one and several recipients on both curves, with the SHA-1
 // and SHA-256 X9.63 KDF, recipients named by issuer and serial (OpenSSL's
 // default) or by key id.
 func TestWeOpenOpenSSLs(t *testing.T) {
@@ -167,6 +174,14 @@ func TestWeOpenOpenSSLs(t *testing.T) {
 					}
 					openssl(t, args...)
 					env := readFile(t, out)
+					// OpenSSL writes uncompressed ephemeral points, which
+					// Open keeps reading.
+					_, points := mapOriginators(t, env, nil)
+					for _, p := range points {
+						if p[0] != 4 {
+							t.Fatalf("OpenSSL wrote originator point %x, expected the uncompressed form", p)
+						}
+					}
 					for i := 0; i < n; i++ {
 						got, err := leaves[i].opener(t, OpenOptions{AllowUnsigned: true}).Open(context.Background(), env)
 						if err != nil {

@@ -57,6 +57,7 @@ Start the platform with 'fieldtrust up'; manage certificates with 'fieldtrust pk
 		newManufacturerCmd(), newDeviceCmd(),
 		newGatewayCmd(),
 		newDemoCmd(),
+		newLedgerCmd(),
 		// Further subcommands register here, one constructor per file.
 	)
 	return root

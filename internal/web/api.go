@@ -59,6 +59,7 @@ func (a *API) register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/ledger/head", a.authed(a.head))
 	mux.HandleFunc("GET /api/v1/ledger/proof/{hash}", a.authed(a.proof))
 	mux.HandleFunc("GET /api/v1/ledger/consistency", a.authed(a.consistency))
+	mux.HandleFunc("GET /api/v1/export", a.authed(a.export))
 }
 
 type handler func(w http.ResponseWriter, r *http.Request, subj tacs.Subject, scope string)

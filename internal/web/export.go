@@ -1,0 +1,160 @@
+package web
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/fieldtrust/fieldtrust/internal/ledger"
+	"github.com/fieldtrust/fieldtrust/internal/snapshot"
+	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
+)
+
+// The API's JSON forms of heads and proofs are the ledger package's, which
+// 'fieldtrust ledger verify' reads: these conversions stop compiling if
+// their fields ever drift apart (export_test.go checks the JSON names).
+var (
+	_ = ledger.SignedHead(TreeHeadJSON{})
+	_ = ledger.InclusionProof(ProofJSON{})
+)
+
+// exportPage is the page size of the store queries behind an export: the
+// export holds at most one page of records in memory, whatever its size.
+const exportPage = 500
+
+// export serves GET /api/v1/export?from=&to=: every snapshot in the
+// caller's scope measured in [from, to), each with its exact encoding and
+// an inclusion proof against the latest signed tree head, as one JSON
+// document written as a stream (format: ledger.ExportHeader). Snapshots
+// that arrived after that head was signed are left out and counted in
+// not_yet_covered.
+//
+// Once the first bytes are out, the status is 200; a failure after that
+// aborts the connection, so the client sees a truncated document (which
+// 'fieldtrust ledger verify' refuses: it requires the closing count), never
+// a complete-looking partial one.
+func (a *API) export(w http.ResponseWriter, r *http.Request, subj tacs.Subject, scope string) {
+	ctx := r.Context()
+	from, err := parseTime(r.URL.Query().Get("from"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "from: "+err.Error())
+		return
+	}
+	to, err := parseTime(r.URL.Query().Get("to"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "to: "+err.Error())
+		return
+	}
+	if !from.IsZero() && !to.IsZero() && !from.Before(to) {
+		writeError(w, http.StatusBadRequest, "from must be before to")
+		return
+	}
+	if _, _, err := store.ScopeRange(scope); err != nil {
+		a.serverError(w, r, err)
+		return
+	}
+	th, err := a.Data.LatestTreeHead(ctx)
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusConflict, "no signed tree head yet; retry shortly")
+		return
+	}
+	if err != nil {
+		a.serverError(w, r, err)
+		return
+	}
+	hdr := ledger.ExportHeader{Version: ledger.ExportVersion, Scope: scope,
+		TreeHead: ledger.SignedHead{Size: th.Size, Root: hex.EncodeToString(th.Root), Checkpoint: string(th.Checkpoint),
+			Signature: base64.StdEncoding.EncodeToString(th.Signature), CertChain: string(th.CertChain)}}
+	if !from.IsZero() {
+		hdr.From = from.UTC().Format(time.RFC3339Nano)
+	}
+	if !to.IsZero() {
+		hdr.To = to.UTC().Format(time.RFC3339Nano)
+	}
+	head, err := json.Marshal(hdr)
+	if err != nil {
+		a.serverError(w, r, err)
+		return
+	}
+
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Disposition", `attachment; filename="fieldtrust-export.json"`)
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	abort := func(err error) {
+		if a.Logger != nil {
+			a.Logger.Error("export aborted", "path", r.URL.Path, "scope", scope, "err", err)
+		}
+		panic(http.ErrAbortHandler)
+	}
+	// The header object, left open for the snapshots.
+	bw.Write(bytes.TrimSuffix(head, []byte("}")))
+	bw.WriteString(`,"snapshots":[`)
+	var trailer ledger.ExportTrailer
+	q := store.SnapshotQuery{Scope: scope, From: from, To: to, Limit: exportPage}
+	for {
+		recs, err := a.Data.QuerySnapshots(ctx, q)
+		if err != nil {
+			abort(err)
+		}
+		for _, rec := range recs {
+			if !a.canRead(subj, rec.Gateway) {
+				continue // the scope already excludes it; TACS has the last word
+			}
+			if rec.LedgerIndex >= th.Size {
+				trailer.NotYetCovered++
+				continue
+			}
+			e, err := a.exportEntry(r, rec, th.Size)
+			if err != nil {
+				abort(err)
+			}
+			if trailer.Count > 0 {
+				bw.WriteByte(',')
+			}
+			bw.WriteByte('\n')
+			bw.Write(e)
+			trailer.Count++
+		}
+		if _, err := bw.Write(nil); err != nil || ctx.Err() != nil {
+			return // the client went away
+		}
+		if len(recs) < exportPage {
+			break
+		}
+		q.After = recs[len(recs)-1].Cursor()
+	}
+	tail, _ := json.Marshal(trailer)
+	bw.WriteString("\n],")
+	bw.Write(bytes.TrimPrefix(tail, []byte("{")))
+	bw.WriteByte('\n')
+	bw.Flush()
+}
+
+// exportEntry re-encodes a stored snapshot and proves its leaf.
+func (a *API) exportEntry(r *http.Request, rec store.SnapshotRecord, size uint64) ([]byte, error) {
+	enc, err := snapshot.Encode(rec.Snapshot())
+	if err != nil {
+		return nil, fmt.Errorf("re-encode %s seq %d: %w", rec.Path(), rec.Seq, err)
+	}
+	if h := sha256.Sum256(enc); !bytes.Equal(h[:], rec.Hash) {
+		// The store no longer re-encodes what was signed: serving it would
+		// hand the customer a snapshot that fails verification for a
+		// reason of ours.
+		return nil, fmt.Errorf("stored snapshot %s seq %d re-encodes to %x, not its hash %x", rec.Path(), rec.Seq, h, rec.Hash)
+	}
+	p, err := a.Proofs.InclusionProof(r.Context(), rec.LedgerIndex, size)
+	if err != nil {
+		return nil, fmt.Errorf("inclusion proof of leaf %d: %w", rec.LedgerIndex, err)
+	}
+	return json.Marshal(ledger.ExportSnapshot{Path: rec.Path(), Seq: rec.Seq, Hash: hex.EncodeToString(rec.Hash),
+		Snapshot: base64.StdEncoding.EncodeToString(enc), LeafIndex: rec.LedgerIndex, Proof: hexAll(p)})
+}

@@ -1,0 +1,254 @@
+package web
+
+import (
+	"encoding/json"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"reflect"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/fieldtrust/fieldtrust/internal/ledger"
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
+)
+
+// openAPIFile is the API's description. It is written as JSON, which is
+// YAML 1.2, so encoding/json reads it without a YAML dependency.
+const openAPIFile = "../../docs/openapi.yaml"
+
+type openAPIDoc struct {
+	OpenAPI    string                                `json:"openapi"`
+	Paths      map[string]map[string]json.RawMessage `json:"paths"`
+	Components struct {
+		SecuritySchemes map[string]struct {
+			Type string `json:"type"`
+		} `json:"securitySchemes"`
+		Schemas map[string]struct {
+			Properties map[string]json.RawMessage `json:"properties"`
+			Required   []string                   `json:"required"`
+		} `json:"schemas"`
+	} `json:"components"`
+	Security []map[string][]string `json:"security"`
+}
+
+func readOpenAPI(t *testing.T) (openAPIDoc, []byte) {
+	t.Helper()
+	raw, err := os.ReadFile(openAPIFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc openAPIDoc
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatalf("%s: %v", openAPIFile, err)
+	}
+	return doc, raw
+}
+
+// registeredRoutes returns the "METHOD /path" patterns that api.go
+// registers, and the /api/v1 routes the platform mounts itself
+// (bootstrap and gateway commands).
+func registeredRoutes(t *testing.T) []string {
+	t.Helper()
+	fset := token.NewFileSet()
+	f, err := parser.ParseFile(fset, "api.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var routes []string
+	ast.Inspect(f, func(n ast.Node) bool {
+		call, ok := n.(*ast.CallExpr)
+		if !ok || len(call.Args) == 0 {
+			return true
+		}
+		sel, ok := call.Fun.(*ast.SelectorExpr)
+		if !ok || (sel.Sel.Name != "HandleFunc" && sel.Sel.Name != "Handle") {
+			return true
+		}
+		lit, ok := call.Args[0].(*ast.BasicLit)
+		if !ok {
+			t.Errorf("%s: a route registered with a non-literal pattern; this test cannot see it", fset.Position(call.Pos()))
+			return true
+		}
+		p, _ := strconv.Unquote(lit.Value)
+		routes = append(routes, p)
+		return true
+	})
+	if len(routes) < 9 {
+		t.Fatalf("found only %d routes in api.go: %v", len(routes), routes)
+	}
+	src, err := os.ReadFile("../platform/platform.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`"((?:GET|POST|PUT|DELETE) /api/v1/[^"]*)"`).FindAllStringSubmatch(string(src), -1) {
+		routes = append(routes, m[1])
+	}
+	// Mounted by the platform as bootstrap.Path (package bootstrap imports
+	// nothing of web's, but naming the constant here would tie the tests
+	// together for one string).
+	return append(routes, "GET /api/v1/bootstrap")
+}
+
+// patternRegexp turns a ServeMux pattern's path into a regexp over
+// OpenAPI paths whose parameters are written {name}.
+func patternRegexp(path string) *regexp.Regexp {
+	var b strings.Builder
+	b.WriteString("^")
+	for _, seg := range strings.Split(strings.TrimPrefix(path, "/"), "/") {
+		b.WriteString("/")
+		switch {
+		case strings.HasPrefix(seg, "{") && strings.HasSuffix(seg, "...}"):
+			b.WriteString(".+")
+		case strings.HasPrefix(seg, "{"):
+			b.WriteString("[^/]+")
+		default:
+			b.WriteString(regexp.QuoteMeta(seg))
+		}
+	}
+	b.WriteString("$")
+	return regexp.MustCompile(b.String())
+}
+
+// TestOpenAPICoversRoutes: every /api/v1 route is documented with its
+// method, every documented route is served, every $ref resolves, and the
+// mTLS scheme applies to everything.
+func TestOpenAPICoversRoutes(t *testing.T) {
+	doc, raw := readOpenAPI(t)
+	if !strings.HasPrefix(doc.OpenAPI, "3.1.") {
+		t.Fatalf("openapi %q, want 3.1.x", doc.OpenAPI)
+	}
+	if doc.Components.SecuritySchemes["mutualTLS"].Type != "mutualTLS" || len(doc.Security) != 1 || doc.Security[0]["mutualTLS"] == nil {
+		t.Fatal("the mutualTLS security scheme is not defined and applied globally")
+	}
+	for _, route := range registeredRoutes(t) {
+		method, path, ok := strings.Cut(route, " ")
+		if !ok {
+			t.Errorf("route %q has no method", route)
+			continue
+		}
+		re := patternRegexp(path)
+		found := false
+		for p, ops := range doc.Paths {
+			if re.MatchString(p) && ops[strings.ToLower(method)] != nil {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("route %s is not in %s", route, openAPIFile)
+		}
+	}
+
+	// The other way round: the API serves every documented route (an
+	// unauthenticated request gets 401 from the route, not 404 or 405
+	// from the mux). Bootstrap and gateway commands are mounted by the
+	// platform, not this package.
+	api := &API{Identify: func(*http.Request) (tacs.Subject, bool) { return tacs.Subject{}, false }}
+	h := New(Options{API: api})
+	for p, ops := range doc.Paths {
+		if p == "/api/v1/bootstrap" || strings.HasPrefix(p, "/api/v1/gateways/") {
+			continue
+		}
+		url := regexp.MustCompile(`\{hash\}`).ReplaceAllString(p, strings.Repeat("0", 64))
+		url = regexp.MustCompile(`\{[a-z]+\}`).ReplaceAllString(url, "x")
+		for method := range ops {
+			if method == "parameters" {
+				continue
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest(strings.ToUpper(method), url, nil))
+			if rec.Code != http.StatusUnauthorized {
+				t.Errorf("%s %s (documented as %s): status %d, want 401 from the route", strings.ToUpper(method), url, p, rec.Code)
+			}
+		}
+	}
+
+	// Every $ref resolves.
+	var all map[string]any
+	json.Unmarshal(raw, &all)
+	var walk func(v any)
+	walk = func(v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			if ref, ok := x["$ref"].(string); ok {
+				parts := strings.Split(strings.TrimPrefix(ref, "#/"), "/")
+				var cur any = all
+				for _, p := range parts {
+					m, _ := cur.(map[string]any)
+					cur = m[p]
+				}
+				if cur == nil {
+					t.Errorf("$ref %s does not resolve", ref)
+				}
+			}
+			for _, e := range x {
+				walk(e)
+			}
+		case []any:
+			for _, e := range x {
+				walk(e)
+			}
+		}
+	}
+	walk(all)
+}
+
+// TestOpenAPISchemasMatchJSON: the documented schemas have exactly the
+// members the code emits, and require those it always emits.
+func TestOpenAPISchemasMatchJSON(t *testing.T) {
+	doc, _ := readOpenAPI(t)
+	tests := []struct {
+		schema string
+		types  []any
+		extra  []string // members written by hand, not from a struct
+	}{
+		{"Device", []any{deviceJSON{}}, nil},
+		{"Snapshot", []any{snapshotJSON{}}, nil},
+		{"Value", []any{valueJSON{}}, nil},
+		{"TreeHead", []any{TreeHeadJSON{}}, nil},
+		{"InclusionProof", []any{ProofJSON{}}, nil},
+		{"ConsistencyProof", []any{ledger.ConsistencyProof{}}, nil},
+		{"ExportSnapshot", []any{ledger.ExportSnapshot{}}, nil},
+		{"Export", []any{ledger.ExportHeader{}, ledger.ExportTrailer{}}, []string{"snapshots"}},
+	}
+	for _, tt := range tests {
+		s, ok := doc.Components.Schemas[tt.schema]
+		if !ok {
+			t.Errorf("schema %s missing", tt.schema)
+			continue
+		}
+		names, required := append([]string(nil), tt.extra...), append([]string(nil), tt.extra...)
+		for _, v := range tt.types {
+			typ := reflect.TypeOf(v)
+			for i := range typ.NumField() {
+				tag := typ.Field(i).Tag.Get("json")
+				name, opts, _ := strings.Cut(tag, ",")
+				names = append(names, name)
+				if !strings.Contains(opts, "omitempty") {
+					required = append(required, name)
+				}
+			}
+		}
+		var props []string
+		for p := range s.Properties {
+			props = append(props, p)
+		}
+		slices.Sort(names)
+		slices.Sort(props)
+		slices.Sort(required)
+		got := slices.Clone(s.Required)
+		slices.Sort(got)
+		if !slices.Equal(names, props) {
+			t.Errorf("schema %s has properties %v; the code emits %v", tt.schema, props, names)
+		}
+		if !slices.Equal(required, got) {
+			t.Errorf("schema %s requires %v; the code always emits %v", tt.schema, got, required)
+		}
+	}
+}

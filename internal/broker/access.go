@@ -179,6 +179,7 @@ func (h *accessHook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bo
 // the subject may no longer read are removed before they are inherited,
 // because mochi resends inherited inflight messages without any ACL check.
 func (h *accessHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	h.b.gate.acquire(cl) // released in OnSessionEstablished or when the connection ends
 	st := h.live(cl)
 	existing, ok := h.b.server.Clients.Get(cl.ID)
 	if st == nil || !ok || existing == cl {
@@ -217,13 +218,18 @@ func (h *accessHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 }
 
 func (h *accessHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	h.b.gate.release(cl.Net.Conn)
 	if h.live(cl) != nil {
 		h.b.metrics.connects.WithLabelValues().Inc()
 		h.b.metrics.connections.WithLabelValues().Inc()
 	}
 }
 
+// OnDisconnect takes the session gate for the rest of mochi's cleanup of
+// this connection (released by the listener when mochi is done), so a new
+// connection with the same ID cannot slip in between (see sessionGate).
 func (h *accessHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.b.gate.acquire(cl)
 	if _, ok := h.conns.LoadAndDelete(cl); ok {
 		h.b.metrics.connections.WithLabelValues().Dec()
 	}

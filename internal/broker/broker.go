@@ -81,6 +81,8 @@ type Broker struct {
 	server  *mqtt.Server
 	store   *store
 	access  *accessHook
+	flow    *flow
+	gate    *sessionGate
 	metrics *metrics
 	ln      *tlsListener
 
@@ -138,8 +140,9 @@ func New(cfg Config) (*Broker, error) {
 	caps.MaximumPacketSize = cfg.MaxPacketSize
 	caps.MaximumSessionExpiryInterval = uint32(cfg.SessionExpiry / time.Second)
 	caps.Compatibilities.ObscureNotAuthorized = false
+	caps.MaximumClientWritesPending = writeQueue
 
-	b := &Broker{cfg: cfg, grants: cfg.Grants, log: cfg.Logger, metrics: m}
+	b := &Broker{cfg: cfg, grants: cfg.Grants, log: cfg.Logger, metrics: m, gate: newSessionGate()}
 	b.server = mqtt.New(&mqtt.Options{
 		Capabilities:           caps,
 		Logger:                 cfg.Logger.With("component", "mochi"),
@@ -153,18 +156,27 @@ func New(cfg Config) (*Broker, error) {
 	}
 	b.store = st
 	b.access = &accessHook{b: b}
+	b.flow = &flow{b: b, maxInflight: int(caps.MaximumInflight)}
+	st.admit = b.flow.admit
 	// Order matters: mochi calls hooks in the order added and stops at
 	// the first OnPublish error, so access control runs before anything
-	// is persisted.
+	// is persisted (the store's OnPublish also runs flow control); the
+	// access hook's OnDisconnect takes the session gate before the store
+	// forgets anything.
 	if err := b.server.AddHook(b.access, nil); err != nil {
 		st.close()
 		return nil, fmt.Errorf("broker: access hook: %w", err)
+	}
+	if err := b.server.AddHook(b.flow, nil); err != nil {
+		st.close()
+		return nil, fmt.Errorf("broker: flow hook: %w", err)
 	}
 	if err := b.server.AddHook(st, nil); err != nil {
 		st.close()
 		return nil, fmt.Errorf("broker: store hook: %w", err)
 	}
 	b.ln = newTLSListener("mtls", cfg.Addr, tlsCfg, cfg.HandshakeTimeout, b.log, m)
+	b.ln.ended = b.gate.release
 	if err := b.server.AddListener(b.ln); err != nil {
 		st.close()
 		return nil, fmt.Errorf("broker: listen %s: %w", cfg.Addr, err)

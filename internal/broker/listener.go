@@ -25,6 +25,9 @@ type tlsListener struct {
 	timeout time.Duration
 	log     *slog.Logger
 	metrics *metrics
+	// ended, if set, is called once mochi is done with a connection
+	// (attachClient returned, cleanup included). Set before Serve.
+	ended func(net.Conn)
 
 	ln         net.Listener // set by Init
 	end        atomic.Bool
@@ -92,6 +95,9 @@ func (l *tlsListener) handle(conn net.Conn, establish listeners.EstablishFn) {
 	l.handshakes.Done()
 	if err := establish(l.id, tc); err != nil {
 		l.log.Debug("mqtt connection ended", "remote", conn.RemoteAddr().String(), "error", err)
+	}
+	if l.ended != nil {
+		l.ended(tc)
 	}
 }
 

@@ -10,11 +10,13 @@ import (
 // fixed sets (stages, tacs reasons, QoS levels), never from identities or
 // topics, so cardinality stays bounded.
 type metrics struct {
-	connections *prometheus.GaugeVec   // live authenticated connections
-	connects    *prometheus.CounterVec // accepted connections
-	refusals    *prometheus.CounterVec // stage, reason
-	messagesIn  *prometheus.CounterVec // qos
-	messagesOut *prometheus.CounterVec // qos
+	connections  *prometheus.GaugeVec   // live authenticated connections
+	connects     *prometheus.CounterVec // accepted connections
+	refusals     *prometheus.CounterVec // stage, reason
+	messagesIn   *prometheus.CounterVec // qos
+	messagesOut  *prometheus.CounterVec // qos
+	dropped      *prometheus.CounterVec // reason
+	backpressure *prometheus.CounterVec // publishes held back for a slow subscriber
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -39,6 +41,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "fieldtrust", Subsystem: "broker", Name: "messages_out_total",
 			Help: "PUBLISH packets written to clients.",
 		}, []string{"qos"}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "fieldtrust", Subsystem: "broker", Name: "dropped_total",
+			Help: "Messages not delivered to a subscriber because its queue was full: queue_full (QoS 1/2 queue of an offline or stalled session, mochi's MaximumInflight), write_queue_full (outbound write queue, any QoS).",
+		}, []string{"reason"}),
+		backpressure: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "fieldtrust", Subsystem: "broker", Name: "backpressure_waits_total",
+			Help: "Times a QoS 1/2 publish waited, before its acknowledgement, for a live subscriber to acknowledge its backlog.",
+		}, nil),
 	}
 	if reg == nil {
 		reg = prometheus.NewRegistry()
@@ -59,6 +69,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, err
 	}
 	if m.messagesOut, err = register(reg, m.messagesOut); err != nil {
+		return nil, err
+	}
+	if m.dropped, err = register(reg, m.dropped); err != nil {
+		return nil, err
+	}
+	if m.backpressure, err = register(reg, m.backpressure); err != nil {
 		return nil, err
 	}
 	return m, nil

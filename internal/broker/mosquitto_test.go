@@ -41,11 +41,22 @@ func TestMosquittoClients(t *testing.T) {
 		identity, filter string
 		allowed          bool
 	}{
+		// The whole of the design thesis's Table 4.1.
 		{"ms-acc-1", "ms-acc-1/#", true},
+		{"ms-acc-1", "ms-acc-1/acc-1/dev-1/snapshots", true},
 		{"ms-acc-1", "#", false},
+		{"ms-acc-1/acc-1", "ms-acc-1/#", false},
+		{"ms-acc-1/acc-1", "ms-acc-1/acc-1", true},
+		{"ms-acc-1/acc-1", "ms-acc-1/acc-1/#", true},
+		{"ms-acc-1/acc-1", "ms-acc-1/acc-1/dev-1/snapshots", true},
 		{"ms-acc-1/acc-1/dev-1", "ms-acc-1/acc-1/dev-1/#", true},
+		{"ms-acc-1/acc-1/dev-1", "ms-acc-2/acc-1/dev-1/#", false},
 		{"ms-acc-1/acc-1/dev-1", "ms-acc-1/acc-1/dev-2/snapshots", false},
+		{"ms-acc-1/acc-1/dev-1", "ms-acc-1/acc-1/#", false},
 		{"ms-acc-2", "ms-acc-1/#", false},
+		{"ms-acc-2", "ms-acc-2/acc-1/#", true},
+		{"ms-acc-2/acc-1/dev-2", "ms-acc-2/acc-1/dev-2/#", true},
+		{"ms-acc-2/acc-1/dev-2", "ms-acc-2/acc-1/dev-1/#", false},
 	}
 	for i, r := range rows {
 		t.Run(r.identity+"→"+r.filter, func(t *testing.T) {

@@ -1,19 +1,10 @@
 package ingest_test
 
 import (
-	"context"
 	"crypto/elliptic"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
-	"fmt"
-	"io"
-	"log/slog"
-	"net/http"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -24,119 +15,10 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/platform"
+	"github.com/fieldtrust/fieldtrust/internal/platform/platformtest"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/web"
 )
-
-type env struct {
-	dir, httpAddr, mqttAddr string
-	d                       *datadir.Dir
-	roots                   *x509.CertPool
-	ingestCert              *x509.Certificate
-}
-
-func startPlatform(t *testing.T) *env {
-	t.Helper()
-	dir := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan [2]string, 1)
-	done := make(chan error, 1)
-	log := slog.New(slog.DiscardHandler)
-	if os.Getenv("INGEST_TEST_LOG") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
-	go func() {
-		done <- platform.Run(ctx, platform.Config{DataDir: dir, HTTPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Logger: log,
-			Ready: func(h, m string) { ready <- [2]string{h, m} }})
-	}()
-	var a [2]string
-	select {
-	case a = <-ready:
-	case err := <-done:
-		t.Fatal(err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("platform did not start")
-	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("platform did not stop")
-		}
-	})
-	d, err := datadir.Open(t.Context(), dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	roots := x509.NewCertPool()
-	roots.AddCert(d.Transport.Root())
-	ic, err := pki.ReadCertsFile(filepath.Join(dir, "platform", "ingest-e2e.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &env{dir: dir, httpAddr: a[0], mqttAddr: a[1], d: d, roots: roots, ingestCert: ic[0]}
-}
-
-type identity struct {
-	tls    tls.Certificate
-	e2e    *envelope.Signer
-	e2eRec *x509.Certificate
-}
-
-func (e *env) identity(t *testing.T, path string, withE2E bool) identity {
-	t.Helper()
-	var id identity
-	key, _ := pki.GenerateKey(elliptic.P256())
-	p, _ := pki.ParsePath(path)
-	iss, err := e.d.Transport.Issue(t.Context(), pki.LeafRequest{Path: p, PublicKey: key.Public()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id.tls = tls.Certificate{PrivateKey: key, Leaf: iss.Cert}
-	for _, c := range iss.Chain {
-		id.tls.Certificate = append(id.tls.Certificate, c.Raw)
-	}
-	if withE2E {
-		ek, _ := pki.GenerateKey(elliptic.P256())
-		eiss, err := e.d.E2E.Issue(t.Context(), pki.LeafRequest{Path: p, PublicKey: ek.Public()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		id.e2e = &envelope.Signer{Cert: eiss.Cert, Key: ek, Chain: eiss.Chain[1:]}
-		id.e2eRec = eiss.Cert
-	}
-	return id
-}
-
-func (e *env) mqtt(t *testing.T, id identity) mqtt.Client {
-	t.Helper()
-	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("ssl://" + e.mqttAddr).SetClientID(fmt.Sprint(time.Now().UnixNano())).
-		SetTLSConfig(&tls.Config{RootCAs: e.roots, Certificates: []tls.Certificate{id.tls}}).SetAutoReconnect(false))
-	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("connect: %v", tok.Error())
-	}
-	t.Cleanup(func() { c.Disconnect(100) })
-	return c
-}
-
-func (e *env) get(t *testing.T, id identity, path string, out any) int {
-	t.Helper()
-	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: e.roots, Certificates: []tls.Certificate{id.tls}}}, Timeout: 10 * time.Second}
-	resp, err := c.Get("https://" + e.httpAddr + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode == 200 {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatalf("%s: %v\n%s", path, err, b)
-		}
-	}
-	return resp.StatusCode
-}
 
 func seal(t *testing.T, content []byte, signer *envelope.Signer, to ...*x509.Certificate) []byte {
 	t.Helper()
@@ -158,22 +40,14 @@ func publish(t *testing.T, c mqtt.Client, topic string, payload []byte) {
 // snapshots through the real broker, then reads the outcome through the
 // API as the operator, as the owning customer and as another customer.
 func TestIngestRejectsAndIsolation(t *testing.T) {
-	e := startPlatform(t)
+	e := platformtest.Start(t, platform.Config{})
 	ctx := t.Context()
-	if err := e.d.Store.SetServiceRole(ctx, "ops", "admin"); err != nil {
-		t.Fatal(err)
-	}
-	gw := e.identity(t, "ms-1/acc-1/gw-1", true)
-	gw2 := e.identity(t, "ms-1/acc-1/gw-2", true)
-	gw3 := e.identity(t, "ms-1/acc-1/gw-3", true)
-	customer := e.identity(t, "ms-1", false)
-	other := e.identity(t, "ms-2/acc-1", false)
-	adminKey, _ := pki.GenerateKey(elliptic.P256())
-	adminIss, err := e.d.Transport.Issue(ctx, pki.LeafRequest{Service: "ops", PublicKey: adminKey.Public()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin := identity{tls: tls.Certificate{PrivateKey: adminKey, Certificate: [][]byte{adminIss.Chain[0].Raw, adminIss.Chain[1].Raw}}}
+	gw := e.Identity(t, "ms-1/acc-1/gw-1", true)
+	gw2 := e.Identity(t, "ms-1/acc-1/gw-2", true)
+	gw3 := e.Identity(t, "ms-1/acc-1/gw-3", true)
+	customer := e.Identity(t, "ms-1", false)
+	other := e.Identity(t, "ms-2/acc-1", false)
+	admin := e.Service(t, "ops", "admin")
 	// A signer from a foreign PKI that copies gw-1's key id.
 	foreignDir := t.TempDir()
 	fdb, _ := datadir.Open(ctx, foreignDir, nil)
@@ -183,9 +57,9 @@ func TestIngestRejectsAndIsolation(t *testing.T) {
 	foreign := &envelope.Signer{Cert: fiss.Cert, Key: fk, Chain: fiss.Chain[1:], EmbedCerts: true}
 	time.Sleep(1500 * time.Millisecond) // the platform picks up the admin role
 
-	c := e.mqtt(t, gw)
-	c2 := e.mqtt(t, gw2)
-	c3 := e.mqtt(t, gw3)
+	c := e.MQTT(t, gw)
+	c2 := e.MQTT(t, gw2)
+	c3 := e.MQTT(t, gw3)
 	topic := "ms-1/acc-1/gw-1/snapshots"
 	b := &snapshot.Builder{Device: "pump-1", DeviceType: "pump"}
 	var encs [][]byte
@@ -198,26 +72,26 @@ func TestIngestRejectsAndIsolation(t *testing.T) {
 	}
 	fork, _, _ := (&snapshot.Builder{Device: "pump-1", Head: &snapshot.Head{Seq: 1, Hash: snapshot.Hash(encs[0])}}).Next(1, []snapshot.Value{{Channel: "pressure", Value: 99}})
 
-	good1 := seal(t, encs[0], gw.e2e, e.ingestCert)
+	good1 := seal(t, encs[0], gw.E2E, e.IngestCert)
 	publish(t, c, topic, good1)
-	publish(t, c, topic, seal(t, encs[1], gw.e2e, e.ingestCert))
+	publish(t, c, topic, seal(t, encs[1], gw.E2E, e.IngestCert))
 	publish(t, c, topic, good1)                                  // replayed envelope: stored once
-	publish(t, c, topic, seal(t, encs[3], gw.e2e, e.ingestCert)) // seq 4: a gap
-	tampered := seal(t, encs[2], gw.e2e, e.ingestCert)
+	publish(t, c, topic, seal(t, encs[3], gw.E2E, e.IngestCert)) // seq 4: a gap
+	tampered := seal(t, encs[2], gw.E2E, e.IngestCert)
 	tampered[len(tampered)-20] ^= 1
 	publish(t, c, topic, tampered)
-	publish(t, c2, "ms-1/acc-1/gw-2/snapshots", seal(t, encs[2], gw.e2e, e.ingestCert)) // gw-1's snapshot on gw-2's topic
-	publish(t, c, topic, seal(t, encs[2], foreign, e.ingestCert))                       // foreign PKI
-	publish(t, c, topic, seal(t, fork, gw.e2e, e.ingestCert))                           // another seq 2
-	publish(t, c, topic, seal(t, encs[2], gw.e2e, gw2.e2eRec))                          // not for ingest
+	publish(t, c2, "ms-1/acc-1/gw-2/snapshots", seal(t, encs[2], gw.E2E, e.IngestCert)) // gw-1's snapshot on gw-2's topic
+	publish(t, c, topic, seal(t, encs[2], foreign, e.IngestCert))                       // foreign PKI
+	publish(t, c, topic, seal(t, fork, gw.E2E, e.IngestCert))                           // another seq 2
+	publish(t, c, topic, seal(t, encs[2], gw.E2E, gw2.E2ECert))                         // not for ingest
 	publish(t, c, topic, []byte("garbage"))
-	if _, err := e.d.E2E.RevokeName(ctx, "ms-1/acc-1/gw-3", false, 1); err != nil {
+	if _, err := e.D.E2E.RevokeName(ctx, "ms-1/acc-1/gw-3", false, 1); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(1500 * time.Millisecond)
 	b3 := &snapshot.Builder{Device: "d"}
 	enc3, _, _ := b3.Next(1, []snapshot.Value{{Channel: "c", Value: 1}})
-	publish(t, c3, "ms-1/acc-1/gw-3/snapshots", seal(t, enc3, gw3.e2e, e.ingestCert))
+	publish(t, c3, "ms-1/acc-1/gw-3/snapshots", seal(t, enc3, gw3.E2E, e.IngestCert))
 
 	wantRejects := map[string]bool{"tampered": true, "wrong_device": true, "untrusted_signer": true, "fork": true, "not_for_me": true, "malformed_envelope": true, "revoked_signer": true}
 	var rej struct {
@@ -226,7 +100,7 @@ func TestIngestRejectsAndIsolation(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		rej.Rejects = nil
-		if code := e.get(t, admin, "/api/v1/rejects", &rej); code != 200 {
+		if code := e.Get(t, admin, "/api/v1/rejects", &rej); code != 200 {
 			t.Fatalf("rejects as admin: %d", code)
 		}
 		got := map[string]bool{}
@@ -257,14 +131,14 @@ func TestIngestRejectsAndIsolation(t *testing.T) {
 		}
 	}
 	dev := "/api/v1/devices/ms-1/acc-1/gw-1/pump-1/snapshots"
-	if code := e.get(t, customer, dev, &snaps); code != 200 {
+	if code := e.Get(t, customer, dev, &snaps); code != 200 {
 		t.Fatalf("owner reads its device: %d", code)
 	}
 	if len(snaps.Snapshots) != 3 || snaps.Snapshots[0].Seq != 1 || snaps.Snapshots[1].Seq != 2 || snaps.Snapshots[2].Seq != 4 {
 		t.Fatalf("stored snapshots = %+v, want seq 1, 2, 4 once each", snaps.Snapshots)
 	}
 	var evs struct{ Events []struct{ Kind string } }
-	e.get(t, customer, "/api/v1/integrity-events", &evs)
+	e.Get(t, customer, "/api/v1/integrity-events", &evs)
 	kinds := map[string]bool{}
 	for _, ev := range evs.Events {
 		kinds[ev.Kind] = true
@@ -275,27 +149,27 @@ func TestIngestRejectsAndIsolation(t *testing.T) {
 
 	// Another customer sees nothing of it, through any route.
 	var devs struct{ Devices []any }
-	if code := e.get(t, other, "/api/v1/devices", &devs); code != 200 || len(devs.Devices) != 0 {
+	if code := e.Get(t, other, "/api/v1/devices", &devs); code != 200 || len(devs.Devices) != 0 {
 		t.Fatalf("other customer's device list: %d %v", code, devs.Devices)
 	}
-	if code := e.get(t, other, dev, nil); code != 404 {
+	if code := e.Get(t, other, dev, nil); code != 404 {
 		t.Fatalf("other customer reading the device: %d", code)
 	}
-	if code := e.get(t, other, "/api/v1/status", &devs); code != 200 || len(devs.Devices) != 0 {
+	if code := e.Get(t, other, "/api/v1/status", &devs); code != 200 || len(devs.Devices) != 0 {
 		t.Fatalf("other customer's status: %d %v", code, devs.Devices)
 	}
 	evs.Events = nil
-	if e.get(t, other, "/api/v1/integrity-events", &evs); len(evs.Events) != 0 {
+	if e.Get(t, other, "/api/v1/integrity-events", &evs); len(evs.Events) != 0 {
 		t.Fatalf("other customer sees events: %v", evs.Events)
 	}
-	if code := e.get(t, other, "/api/v1/ledger/proof/"+snaps.Snapshots[0].Hash, nil); code != 404 {
+	if code := e.Get(t, other, "/api/v1/ledger/proof/"+snaps.Snapshots[0].Hash, nil); code != 404 {
 		t.Fatalf("other customer gets a proof: %d", code)
 	}
-	if code := e.get(t, other, "/api/v1/rejects", nil); code != 403 {
+	if code := e.Get(t, other, "/api/v1/rejects", nil); code != 403 {
 		t.Fatalf("customer reads rejects: %d", code)
 	}
 	for _, bad := range []string{"/api/v1/devices/ms-1/acc-1/gw-1/pump-1/snapshots?from=yesterday", "/api/v1/devices/ms-1/acc-1/gw-1/pump-1/snapshots?limit=0", "/api/v1/devices/ms-1/%2B/gw-1/pump-1/snapshots", "/api/v1/ledger/proof/zz"} {
-		if code := e.get(t, customer, bad, nil); code != 400 {
+		if code := e.Get(t, customer, bad, nil); code != 400 {
 			t.Errorf("%s: %d, want 400", bad, code)
 		}
 	}
@@ -307,7 +181,7 @@ func TestIngestRejectsAndIsolation(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no signed tree head covering the snapshots: %+v", head)
 		}
-		e.get(t, customer, "/api/v1/ledger/head", &head)
+		e.Get(t, customer, "/api/v1/ledger/head", &head)
 		time.Sleep(200 * time.Millisecond)
 	}
 	chain, err := pki.ParseCertsPEM([]byte(head.CertChain))
@@ -315,13 +189,13 @@ func TestIngestRejectsAndIsolation(t *testing.T) {
 		t.Fatal(err)
 	}
 	sig, _ := base64.StdEncoding.DecodeString(head.Signature)
-	ev, _ := e.d.E2E.Verifier(ctx)
+	ev, _ := e.D.E2E.Verifier(ctx)
 	cp, err := ledger.VerifyCheckpoint([]byte(head.Checkpoint), sig, chain, ev)
 	if err != nil {
 		t.Fatalf("signed head: %v", err)
 	}
 	var proof web.ProofJSON
-	if code := e.get(t, customer, "/api/v1/ledger/proof/"+snaps.Snapshots[0].Hash, &proof); code != 200 {
+	if code := e.Get(t, customer, "/api/v1/ledger/proof/"+snaps.Snapshots[0].Hash, &proof); code != 200 {
 		t.Fatalf("proof: %d", code)
 	}
 	var hashes [][]byte

@@ -13,10 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -25,11 +23,11 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/platform"
+	"github.com/fieldtrust/fieldtrust/internal/platform/platformtest"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
@@ -40,102 +38,16 @@ import (
 // The helpers below run the real platform in-process and act as gateways
 // and customers, as internal/ingest's tests do.
 
-type env struct {
-	dir, httpAddr, mqttAddr string
-	d                       *datadir.Dir
-	roots                   *x509.CertPool
-	ingestCert              *x509.Certificate
-}
+type env struct{ *platformtest.Env }
 
-func startPlatform(t *testing.T) *env {
-	t.Helper()
-	dir := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan [2]string, 1)
-	done := make(chan error, 1)
-	log := slog.New(slog.DiscardHandler)
-	if os.Getenv("WEB_TEST_LOG") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
-	go func() {
-		done <- platform.Run(ctx, platform.Config{DataDir: dir, HTTPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Logger: log,
-			Ready: func(h, m string) { ready <- [2]string{h, m} }})
-	}()
-	var a [2]string
-	select {
-	case a = <-ready:
-	case err := <-done:
-		t.Fatal(err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("platform did not start")
-	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("platform did not stop")
-		}
-	})
-	d, err := datadir.Open(t.Context(), dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	roots := x509.NewCertPool()
-	roots.AddCert(d.Transport.Root())
-	ic, err := pki.ReadCertsFile(filepath.Join(dir, "platform", "ingest-e2e.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &env{dir: dir, httpAddr: a[0], mqttAddr: a[1], d: d, roots: roots, ingestCert: ic[0]}
-}
+type identity = platformtest.Identity
 
-type identity struct {
-	tls tls.Certificate
-	e2e *envelope.Signer
-}
+func startPlatform(t *testing.T) *env { return &env{platformtest.Start(t, platform.Config{})} }
 
-func (e *env) identity(t *testing.T, path string, withE2E bool) identity {
-	t.Helper()
-	var id identity
-	key, _ := pki.GenerateKey(elliptic.P256())
-	p, _ := pki.ParsePath(path)
-	iss, err := e.d.Transport.Issue(t.Context(), pki.LeafRequest{Path: p, PublicKey: key.Public()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id.tls = tls.Certificate{PrivateKey: key, Leaf: iss.Cert}
-	for _, c := range iss.Chain {
-		id.tls.Certificate = append(id.tls.Certificate, c.Raw)
-	}
-	if withE2E {
-		ek, _ := pki.GenerateKey(elliptic.P256())
-		eiss, err := e.d.E2E.Issue(t.Context(), pki.LeafRequest{Path: p, PublicKey: ek.Public()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		id.e2e = &envelope.Signer{Cert: eiss.Cert, Key: ek, Chain: eiss.Chain[1:]}
-	}
-	return id
-}
-
-func (e *env) mqtt(t *testing.T, id identity) mqtt.Client {
-	t.Helper()
-	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("ssl://" + e.mqttAddr).SetClientID(fmt.Sprint(time.Now().UnixNano())).
-		SetTLSConfig(&tls.Config{RootCAs: e.roots, Certificates: []tls.Certificate{id.tls}}).SetAutoReconnect(false))
-	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("connect: %v", tok.Error())
-	}
-	t.Cleanup(func() { c.Disconnect(100) })
-	return c
-}
-
-// getRaw fetches path as id and returns the status and body.
 func (e *env) getRaw(t *testing.T, id identity, path string) (int, []byte) {
 	t.Helper()
-	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: e.roots, Certificates: []tls.Certificate{id.tls}}}, Timeout: 30 * time.Second}
-	resp, err := c.Get("https://" + e.httpAddr + path)
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: e.Roots, Certificates: []tls.Certificate{id.TLS}}}, Timeout: 30 * time.Second}
+	resp, err := c.Get("https://" + e.HTTPAddr + path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,17 +57,6 @@ func (e *env) getRaw(t *testing.T, id identity, path string) (int, []byte) {
 		t.Fatalf("%s: %v", path, err)
 	}
 	return resp.StatusCode, b
-}
-
-func (e *env) get(t *testing.T, id identity, path string, out any) int {
-	t.Helper()
-	code, b := e.getRaw(t, id, path)
-	if out != nil && code == 200 {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatalf("%s: %v\n%s", path, err, b)
-		}
-	}
-	return code
 }
 
 // publishSnapshots seals n consecutive snapshots of device dev (continuing
@@ -168,7 +69,7 @@ func (e *env) publishSnapshots(t *testing.T, c mqtt.Client, gw identity, gwPath 
 		if err != nil {
 			t.Fatal(err)
 		}
-		env, err := envelope.Seal(enc, envelope.SealOptions{Recipients: []*x509.Certificate{e.ingestCert}, Signer: gw.e2e})
+		env, err := envelope.Seal(enc, envelope.SealOptions{Recipients: []*x509.Certificate{e.IngestCert}, Signer: gw.E2E})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -184,7 +85,7 @@ func (e *env) waitHead(t *testing.T, id identity, size uint64) web.TreeHeadJSON 
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var h web.TreeHeadJSON
-		if e.get(t, id, "/api/v1/ledger/head", &h) == 200 && h.Size >= size {
+		if e.Get(t, id, "/api/v1/ledger/head", &h) == 200 && h.Size >= size {
 			return h
 		}
 		if time.Now().After(deadline) {
@@ -240,14 +141,14 @@ func (d exportDoc) bytes(t *testing.T) []byte {
 func TestExportVerifiesOffline(t *testing.T) {
 	e := startPlatform(t)
 	ctx := t.Context()
-	gw1 := e.identity(t, "ms-1/acc-1/gw-1", true)
-	gw2 := e.identity(t, "ms-1/acc-2/gw-1", true)
-	gwOther := e.identity(t, "ms-2/acc-1/gw-1", true)
-	customer := e.identity(t, "ms-1", false)
-	other := e.identity(t, "ms-2", false)
-	root := e.d.E2E.Root()
+	gw1 := e.Identity(t, "ms-1/acc-1/gw-1", true)
+	gw2 := e.Identity(t, "ms-1/acc-2/gw-1", true)
+	gwOther := e.Identity(t, "ms-2/acc-1/gw-1", true)
+	customer := e.Identity(t, "ms-1", false)
+	other := e.Identity(t, "ms-2", false)
+	root := e.D.E2E.Root()
 
-	c1, c2, c3 := e.mqtt(t, gw1), e.mqtt(t, gw2), e.mqtt(t, gwOther)
+	c1, c2, c3 := e.MQTT(t, gw1), e.MQTT(t, gw2), e.MQTT(t, gwOther)
 	pump := &snapshot.Builder{Device: "pump-1", DeviceType: "pump"}
 	valve := &snapshot.Builder{Device: "valve-1"}
 	meter := &snapshot.Builder{Device: "meter-1"}
@@ -286,7 +187,7 @@ func TestExportVerifiesOffline(t *testing.T) {
 			Hash string
 		}
 	}
-	e.get(t, customer, "/api/v1/devices/ms-1/acc-1/gw-1/pump-1/snapshots", &snaps)
+	e.Get(t, customer, "/api/v1/devices/ms-1/acc-1/gw-1/pump-1/snapshots", &snaps)
 	for _, s := range doc.Snapshots {
 		enc, _ := base64.StdEncoding.DecodeString(s.Snapshot)
 		h := snapshot.Hash(enc)
@@ -336,7 +237,7 @@ func TestExportVerifiesOffline(t *testing.T) {
 	auditor := signAs(t, e, "auditor", doc.TreeHead)
 	masterCA := func() string {
 		k, _ := pki.GenerateKey(elliptic.P256())
-		iss, err := e.d.E2E.Issue(ctx, pki.LeafRequest{Path: pki.Path{"ms-1", "acc-1", "x"}, PublicKey: k.Public()})
+		iss, err := e.D.E2E.Issue(ctx, pki.LeafRequest{Path: pki.Path{"ms-1", "acc-1", "x"}, PublicKey: k.Public()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -448,13 +349,13 @@ func TestExportVerifiesOffline(t *testing.T) {
 		}
 	}
 	// The wrong root: the transport root does not vouch for the signer.
-	if _, err := ledger.VerifyExport(bytes.NewReader(raw), ledger.ExportOptions{Root: e.d.Transport.Root()}); err == nil || !strings.Contains(err.Error(), "not directly under the e2e root") {
+	if _, err := ledger.VerifyExport(bytes.NewReader(raw), ledger.ExportOptions{Root: e.D.Transport.Root()}); err == nil || !strings.Contains(err.Error(), "not directly under the e2e root") {
 		t.Fatalf("export against the transport root: %v", err)
 	}
 
 	// One snapshot, with the proof route, against the same head.
 	var proof web.ProofJSON
-	if code := e.get(t, customer, fmt.Sprintf("/api/v1/ledger/proof/%s?size=%d", doc.Snapshots[mi].Hash, head.Size), &proof); code != 200 {
+	if code := e.Get(t, customer, fmt.Sprintf("/api/v1/ledger/proof/%s?size=%d", doc.Snapshots[mi].Hash, head.Size), &proof); code != 200 {
 		t.Fatalf("proof: %d", code)
 	}
 	cp, err := ledger.VerifyHead(ledger.SignedHead(head), root)
@@ -475,7 +376,7 @@ func TestExportVerifiesOffline(t *testing.T) {
 		t.Fatal(err)
 	}
 	var cons ledger.ConsistencyProof
-	if code := e.get(t, customer, fmt.Sprintf("/api/v1/ledger/consistency?from=%d&to=%d", early.Size, head.Size), &cons); code != 200 {
+	if code := e.Get(t, customer, fmt.Sprintf("/api/v1/ledger/consistency?from=%d&to=%d", early.Size, head.Size), &cons); code != 200 {
 		t.Fatalf("consistency: %d", code)
 	}
 	if err := ledger.VerifyHeadConsistency(oldCP, cp, cons); err != nil {
@@ -531,7 +432,7 @@ func mustSnap(t *testing.T, e ledger.ExportSnapshot) *snapshot.Snapshot {
 func signAs(t *testing.T, e *env, service string, head ledger.SignedHead) ledger.SignedHead {
 	t.Helper()
 	key, _ := pki.GenerateKey(elliptic.P256())
-	iss, err := e.d.E2E.Issue(t.Context(), pki.LeafRequest{Service: service, PublicKey: key.Public()})
+	iss, err := e.D.E2E.Issue(t.Context(), pki.LeafRequest{Service: service, PublicKey: key.Public()})
 	if err != nil {
 		t.Fatal(err)
 	}

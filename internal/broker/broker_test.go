@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"github.com/fieldtrust/fieldtrust/internal/tacs/tacstest"
+
 	"context"
 	"crypto/tls"
 	"strings"
@@ -14,29 +16,6 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 )
 
-// thesisTable is design thesis Table 4.1, run here through real SUBSCRIBEs
-// and real deliveries.
-var thesisTable = []struct {
-	identity, request string
-	allowed           bool
-}{
-	{"ms-acc-1", "ms-acc-1/#", true},
-	{"ms-acc-1", "ms-acc-1/acc-1/dev-1/snapshots", true},
-	{"ms-acc-1", "#", false},
-	{"ms-acc-1/acc-1", "ms-acc-1/#", false},
-	{"ms-acc-1/acc-1", "ms-acc-1/acc-1", true},
-	{"ms-acc-1/acc-1", "ms-acc-1/acc-1/#", true},
-	{"ms-acc-1/acc-1", "ms-acc-1/acc-1/dev-1/snapshots", true},
-	{"ms-acc-1/acc-1/dev-1", "ms-acc-1/acc-1/dev-1/#", true},
-	{"ms-acc-1/acc-1/dev-1", "ms-acc-2/acc-1/dev-1/#", false},
-	{"ms-acc-1/acc-1/dev-1", "ms-acc-1/acc-1/dev-2/snapshots", false},
-	{"ms-acc-1/acc-1/dev-1", "ms-acc-1/acc-1/#", false},
-	{"ms-acc-2", "ms-acc-1/#", false},
-	{"ms-acc-2", "ms-acc-2/acc-1/#", true},
-	{"ms-acc-2/acc-1/dev-2", "ms-acc-2/acc-1/dev-2/#", true},
-	{"ms-acc-2/acc-1/dev-2", "ms-acc-2/acc-1/dev-1/#", false},
-}
-
 // probeTopic is a concrete topic the filter matches.
 func probeTopic(filter string) string {
 	if filter == "#" {
@@ -49,24 +28,24 @@ func probeTopic(filter string) string {
 func TestThesisTableLive(t *testing.T) {
 	e := newEnv(t)
 	admin := e.v5(e.pki.service("admin"))
-	for _, tc := range thesisTable {
-		t.Run(tc.identity+"→"+tc.request, func(t *testing.T) {
-			sub := e.v5(e.pki.identity(tc.identity))
-			code := sub.subscribe(t, tc.request, 1)
-			if got := code < 0x80; got != tc.allowed {
-				t.Fatalf("SUBACK code 0x%02x; want allowed=%v", code, tc.allowed)
+	for _, tc := range tacstest.ThesisTable {
+		t.Run(tc.Identity+"→"+tc.Request, func(t *testing.T) {
+			sub := e.v5(e.pki.identity(tc.Identity))
+			code := sub.subscribe(t, tc.Request, 1)
+			if got := code < 0x80; got != tc.Allowed {
+				t.Fatalf("SUBACK code 0x%02x; want allowed=%v", code, tc.Allowed)
 			}
-			if !tc.allowed && code != 0x87 {
+			if !tc.Allowed && code != 0x87 {
 				t.Fatalf("SUBACK code 0x%02x; want 0x87 not authorized", code)
 			}
 			// A fence in the subscriber's own subtree.
-			own := tc.identity + "/fence"
+			own := tc.Identity + "/fence"
 			if c := sub.subscribe(t, own, 1); c >= 0x80 {
 				t.Fatalf("own subscription refused: 0x%02x", c)
 			}
-			probe := probeTopic(tc.request)
+			probe := probeTopic(tc.Request)
 			admin.publish(t, probe, "probe", 1, false)
-			if tc.allowed {
+			if tc.Allowed {
 				sub.expect(t, probe, "probe")
 			}
 			fence(t, admin, sub, own)

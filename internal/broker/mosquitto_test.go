@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"github.com/fieldtrust/fieldtrust/internal/tacs/tacstest"
+
 	"context"
 	"os"
 	"os/exec"
@@ -37,39 +39,19 @@ func TestMosquittoClients(t *testing.T) {
 	host, port, _ := strings.Cut(e.b.Addr(), ":")
 	admin := e.v5(e.pki.service("admin"))
 
-	rows := []struct {
-		identity, filter string
-		allowed          bool
-	}{
-		// The whole of the design thesis's Table 4.1.
-		{"ms-acc-1", "ms-acc-1/#", true},
-		{"ms-acc-1", "ms-acc-1/acc-1/dev-1/snapshots", true},
-		{"ms-acc-1", "#", false},
-		{"ms-acc-1/acc-1", "ms-acc-1/#", false},
-		{"ms-acc-1/acc-1", "ms-acc-1/acc-1", true},
-		{"ms-acc-1/acc-1", "ms-acc-1/acc-1/#", true},
-		{"ms-acc-1/acc-1", "ms-acc-1/acc-1/dev-1/snapshots", true},
-		{"ms-acc-1/acc-1/dev-1", "ms-acc-1/acc-1/dev-1/#", true},
-		{"ms-acc-1/acc-1/dev-1", "ms-acc-2/acc-1/dev-1/#", false},
-		{"ms-acc-1/acc-1/dev-1", "ms-acc-1/acc-1/dev-2/snapshots", false},
-		{"ms-acc-1/acc-1/dev-1", "ms-acc-1/acc-1/#", false},
-		{"ms-acc-2", "ms-acc-1/#", false},
-		{"ms-acc-2", "ms-acc-2/acc-1/#", true},
-		{"ms-acc-2/acc-1/dev-2", "ms-acc-2/acc-1/dev-2/#", true},
-		{"ms-acc-2/acc-1/dev-2", "ms-acc-2/acc-1/dev-1/#", false},
-	}
+	rows := tacstest.ThesisTable
 	for i, r := range rows {
-		t.Run(r.identity+"→"+r.filter, func(t *testing.T) {
-			cert, key := writePEM(t, dir, "id"+strconv.Itoa(i), e.pki.identity(r.identity))
+		t.Run(r.Identity+"→"+r.Request, func(t *testing.T) {
+			cert, key := writePEM(t, dir, "id"+strconv.Itoa(i), e.pki.identity(r.Identity))
 			ctx, cancel := context.WithTimeout(context.Background(), wait)
 			defer cancel()
 			// -C 1: exit after one message; -W: bounded wait.
 			args := []string{"-h", host, "-p", port, "--cafile", ca, "--cert", cert, "--key", key,
-				"-V", "mqttv311", "-t", r.filter, "-q", "1", "-C", "1", "-W", "8", "-v"}
-			if !r.allowed {
+				"-V", "mqttv311", "-t", r.Request, "-q", "1", "-C", "1", "-W", "8", "-v"}
+			if !r.Allowed {
 				// A refused row also listens on its own subtree, so it
 				// has something to exit on.
-				args = append(args, "-t", r.identity+"/fence")
+				args = append(args, "-t", r.Identity+"/fence")
 			}
 			cmd := exec.CommandContext(ctx, subBin, args...)
 			var out strings.Builder
@@ -80,15 +62,15 @@ func TestMosquittoClients(t *testing.T) {
 			// Publish until the subscriber is ready: it exits on its
 			// first message, which is the probe if allowed, else the
 			// fence in its own subtree.
-			probe := probeTopic(r.filter)
+			probe := probeTopic(r.Request)
 			doneCh := make(chan error, 1)
 			go func() { doneCh <- cmd.Wait() }()
 			var err error
 		loop:
 			for {
 				admin.publish(t, probe, "probe", 1, false)
-				if !r.allowed {
-					admin.publish(t, r.identity+"/fence", "fence", 1, false)
+				if !r.Allowed {
+					admin.publish(t, r.Identity+"/fence", "fence", 1, false)
 				}
 				select {
 				case err = <-doneCh:
@@ -100,8 +82,8 @@ func TestMosquittoClients(t *testing.T) {
 				t.Fatalf("mosquitto_sub: %v\n%s", err, out.String())
 			}
 			gotProbe := strings.HasPrefix(out.String(), probe+" probe")
-			if gotProbe != r.allowed {
-				t.Fatalf("mosquitto_sub output %q; want probe delivered=%v", out.String(), r.allowed)
+			if gotProbe != r.Allowed {
+				t.Fatalf("mosquitto_sub output %q; want probe delivered=%v", out.String(), r.Allowed)
 			}
 		})
 	}

@@ -1,6 +1,8 @@
 package tacs
 
 import (
+	"github.com/fieldtrust/fieldtrust/internal/tacs/tacstest"
+
 	"strings"
 	"testing"
 )
@@ -11,8 +13,8 @@ import (
 // its own must be allowed too. Together with the fixed tables this is what
 // "a filter is allowed only if every topic it can match is allowed" means.
 func FuzzAuthorize(f *testing.F) {
-	for _, tc := range thesisTable {
-		f.Add(tc.identity, "", "", tc.request, tc.request+"/x")
+	for _, tc := range tacstest.ThesisTable {
+		f.Add(tc.Identity, "", "", tc.Request, tc.Request+"/x")
 	}
 	f.Add("ms-acc-1", "", "", "ms-acc-1/+/#", "ms-acc-1/acc-1/dev-1/snapshots")
 	f.Add("", "ingest", RoleSnapshotReader, "$share/g/+/+/+/snapshots", "a/b/c/snapshots")

@@ -1,40 +1,19 @@
 package tacs
 
 import (
+	"github.com/fieldtrust/fieldtrust/internal/tacs/tacstest"
+
 	"strings"
 	"testing"
 )
 
-// thesisTable is design thesis Table 4.1; every "request" is a subscription
-// filter. It must hold exactly, here and through the real broker.
-var thesisTable = []struct {
-	identity, request string
-	allowed           bool
-}{
-	{"ms-acc-1", "ms-acc-1/#", true},
-	{"ms-acc-1", "ms-acc-1/acc-1/dev-1/snapshots", true},
-	{"ms-acc-1", "#", false},
-	{"ms-acc-1/acc-1", "ms-acc-1/#", false},
-	{"ms-acc-1/acc-1", "ms-acc-1/acc-1", true},
-	{"ms-acc-1/acc-1", "ms-acc-1/acc-1/#", true},
-	{"ms-acc-1/acc-1", "ms-acc-1/acc-1/dev-1/snapshots", true},
-	{"ms-acc-1/acc-1/dev-1", "ms-acc-1/acc-1/dev-1/#", true},
-	{"ms-acc-1/acc-1/dev-1", "ms-acc-2/acc-1/dev-1/#", false},
-	{"ms-acc-1/acc-1/dev-1", "ms-acc-1/acc-1/dev-2/snapshots", false},
-	{"ms-acc-1/acc-1/dev-1", "ms-acc-1/acc-1/#", false},
-	{"ms-acc-2", "ms-acc-1/#", false},
-	{"ms-acc-2", "ms-acc-2/acc-1/#", true},
-	{"ms-acc-2/acc-1/dev-2", "ms-acc-2/acc-1/dev-2/#", true},
-	{"ms-acc-2/acc-1/dev-2", "ms-acc-2/acc-1/dev-1/#", false},
-}
-
 func TestThesisTable(t *testing.T) {
 	g := DefaultGrants()
-	for _, tc := range thesisTable {
-		t.Run(tc.identity+"→"+tc.request, func(t *testing.T) {
-			d := Authorize(g, Account(tc.identity), Subscribe, tc.request)
-			if d.Allowed != tc.allowed {
-				t.Fatalf("Authorize(%s, subscribe, %s) = %+v; want allowed=%v", tc.identity, tc.request, d, tc.allowed)
+	for _, tc := range tacstest.ThesisTable {
+		t.Run(tc.Identity+"→"+tc.Request, func(t *testing.T) {
+			d := Authorize(g, Account(tc.Identity), Subscribe, tc.Request)
+			if d.Allowed != tc.Allowed {
+				t.Fatalf("Authorize(%s, subscribe, %s) = %+v; want allowed=%v", tc.Identity, tc.Request, d, tc.Allowed)
 			}
 		})
 	}

@@ -60,7 +60,7 @@ func (g *Gateway) session(ctx context.Context, first bool) error {
 	opts := mqtt.NewClientOptions().
 		SetClientID(g.path).SetCleanSession(true).SetAutoReconnect(false).
 		SetConnectTimeout(15*time.Second).SetKeepAlive(30*time.Second).
-		SetTLSConfig(tlsConf).SetOrderMatters(false).
+		SetTLSConfig(tlsConf).SetOrderMatters(true).
 		SetBinaryWill(g.path+"/status", offline, 1, true)
 	for _, b := range doc.Brokers {
 		opts.AddBroker(b)

@@ -132,7 +132,12 @@ func Run(ctx context.Context, cfg Config) error {
 	p := &processor{cfg: cfg, log: cfg.Logger, m: newMetrics(cfg.Registerer), heads: map[deviceKey]*snapshot.Head{}}
 	msgs := make(chan mqtt.Message, 4*cfg.BatchSize)
 	opts := mqtt.NewClientOptions().AddBroker(cfg.Broker).SetClientID(cfg.ClientID).
-		SetCleanSession(false).SetAutoAckDisabled(true).SetOrderMatters(false).
+		// OrderMatters: paho hands messages to the handler one at a time,
+		// in arrival order (with false it runs each in its own goroutine
+		// and they can overtake each other, which looks like a gap and a
+		// stale snapshot to the chain check). The handler only enqueues;
+		// a full queue holds the connection back.
+		SetCleanSession(false).SetAutoAckDisabled(true).SetOrderMatters(true).
 		SetTLSConfig(cfg.TLS).SetKeepAlive(30 * time.Second).
 		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(time.Second).SetMaxReconnectInterval(10 * time.Second).
 		SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { msgs <- m }).

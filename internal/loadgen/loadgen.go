@@ -23,6 +23,7 @@ import (
 
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
+	"github.com/fieldtrust/fieldtrust/internal/snapshot/synth"
 )
 
 // Shape is the fleet: Masters master accounts × Accounts accounts ×
@@ -86,56 +87,7 @@ func (s Shape) Gateway(g int) string {
 func (s Shape) Device(d int) string { return fmt.Sprintf("dev-%d", d) }
 
 // Channel names channel i.
-func Channel(i int) string { return fmt.Sprintf("ch-%03d", i) }
-
-// units of the 12 channel groups.
-var units = []string{"Cel", "bar", "l/min", "A", "V", "W", "Hz", "%", "mm/s", "rpm", "kPa", "m3/h"}
-
-// channelSet returns the channels, the same as the storage load test's:
-// analog channels with units in 12 groups, every tenth an integral counter
-// or status without a unit.
-func (s Shape) channelSet() []snapshot.Value {
-	out := make([]snapshot.Value, s.Channels)
-	for i := range out {
-		g := i % len(units)
-		out[i] = snapshot.Value{Channel: Channel(i), Unit: units[g], Group: fmt.Sprintf("group-%02d", g)}
-		if i%10 == 9 {
-			out[i].Unit = ""
-		}
-	}
-	return out
-}
-
-// fillValues sets the values of snapshot k of device d: smooth signals with
-// noise rounded to 0.001, as instruments report them; counters and status
-// values integral.
-func fillValues(vals []snapshot.Value, rng *xorshift, d, k int) {
-	for i := range vals {
-		switch {
-		case i%10 == 9 && i%20 == 19:
-			vals[i].Value = float64(rng.intn(4)) // status
-		case i%10 == 9:
-			vals[i].Value = float64(d*1000 + k*7 + i) // counter
-		default:
-			base := float64(10 + i%50)
-			v := base + 3*math.Sin(float64(k)/8+float64(i)) + rng.float()
-			vals[i].Value = math.Round(v*1000) / 1000
-		}
-	}
-}
-
-// xorshift is a small deterministic generator: every run sends the same
-// values.
-type xorshift struct{ s uint64 }
-
-func (r *xorshift) next() uint64 {
-	r.s ^= r.s << 13
-	r.s ^= r.s >> 7
-	r.s ^= r.s << 17
-	return r.s
-}
-func (r *xorshift) intn(n int) int { return int(r.next() % uint64(n)) }
-func (r *xorshift) float() float64 { return float64(r.next()>>11) / (1 << 53) }
+func Channel(i int) string { return synth.Channel(i) }
 
 // SealGateway writes the sealed snapshots of gateway g to w, in the order
 // the gateway sends them: snapshot k of each of its devices, then k+1.
@@ -147,13 +99,13 @@ func (s Shape) SealGateway(w io.Writer, g int, sealer *envelope.Sealer) (n int, 
 	for d := range builders {
 		builders[d] = &snapshot.Builder{Device: s.Device(d), DeviceType: "analyzer"}
 	}
-	rng := &xorshift{s: uint64(g)*0x9E3779B97F4A7C15 + 1}
-	vals := s.channelSet()
+	rng := synth.NewRand(uint64(g)*0x9E3779B97F4A7C15 + 1)
+	vals := synth.Channels(s.Channels)
 	var hdr [4]byte
 	for k := range s.PerDevice {
 		at := s.Start.Add(time.Duration(k) * s.Every).UnixMilli()
 		for d, b := range builders {
-			fillValues(vals, rng, g*s.Devices+d, k)
+			synth.Fill(vals, rng, g*s.Devices+d, k)
 			enc, _, err := b.Next(at, vals)
 			if err != nil {
 				return n, bytes, fmt.Errorf("snapshot %d of %s/%s: %w", k, s.Gateway(g), b.Device, err)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
+	"github.com/fieldtrust/fieldtrust/internal/snapshot/synth"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 )
 
@@ -627,55 +628,8 @@ const (
 	loadGateways = 5
 	loadDevices  = 5
 	loadChannels = 340
-	loadGroups   = 12
 	loadEvery    = 15 * time.Minute
 )
-
-// loadChannelSet returns the 340 channels: analog channels with units in
-// 12 groups, every tenth an integral counter or status.
-func loadChannelSet() []snapshot.Value {
-	units := []string{"Cel", "bar", "l/min", "A", "V", "W", "Hz", "%", "mm/s", "rpm", "kPa", "m3/h"}
-	out := make([]snapshot.Value, loadChannels)
-	for i := range out {
-		g := i % loadGroups
-		out[i] = snapshot.Value{Channel: fmt.Sprintf("ch-%03d", i), Unit: units[g], Group: fmt.Sprintf("group-%02d", g)}
-		if i%10 == 9 {
-			out[i].Unit = ""
-		}
-	}
-	return out
-}
-
-// loadValues fills values for snapshot k of device d: smooth signals with
-// noise, rounded to 0.001 as instruments report them; counters and status
-// values integral.
-func loadValues(vals []snapshot.Value, rng *mathrand, d, k int) {
-	for i := range vals {
-		switch {
-		case i%10 == 9 && i%20 == 19:
-			vals[i].Value = float64(rng.intn(4)) // status
-		case i%10 == 9:
-			vals[i].Value = float64(d*1000 + k*7 + i) // counter
-		default:
-			base := float64(10 + i%50)
-			v := base + 3*math.Sin(float64(k)/8+float64(i)) + rng.float()
-			vals[i].Value = math.Round(v*1000) / 1000
-		}
-	}
-}
-
-// mathrand is a small deterministic generator (xorshift), so the workload
-// is the same on every run and for every implementation.
-type mathrand struct{ s uint64 }
-
-func (r *mathrand) next() uint64 {
-	r.s ^= r.s << 13
-	r.s ^= r.s >> 7
-	r.s ^= r.s << 17
-	return r.s
-}
-func (r *mathrand) intn(n int) int { return int(r.next() % uint64(n)) }
-func (r *mathrand) float() float64 { return float64(r.next()>>11) / (1 << 53) }
 
 // loadGateway names gateway g of the fleet.
 func loadGateway(g int) (master, path string) {
@@ -694,13 +648,13 @@ func RunLoad(t *testing.T, s store.Store, shape LoadShape, diskBytes func() int6
 	gateways := shape.Masters * loadAccounts * loadGateways
 	devices := gateways * loadDevices
 	total := devices * shape.PerDevice
-	chans := loadChannelSet()
+	chans := synth.Channels(loadChannels)
 	builders := make([]*chain, devices)
 	for d := range builders {
 		_, gw := loadGateway(d / loadDevices)
 		builders[d] = newChain(gw, fmt.Sprintf("dev-%d", d%loadDevices), "test-bench")
 	}
-	rng := &mathrand{s: 0x9e3779b97f4a7c15}
+	rng := synth.NewRand(0x9e3779b97f4a7c15)
 	start := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	t.Logf("load: %d masters, %d gateways, %d devices, %d snapshots × %d values = %d values, batches of %d",
 		shape.Masters, gateways, devices, total, loadChannels, total*loadChannels, shape.Batch)
@@ -734,7 +688,7 @@ func RunLoad(t *testing.T, s store.Store, shape LoadShape, diskBytes func() int6
 	for k := range shape.PerDevice {
 		for d, c := range builders {
 			vals := slices.Clone(chans)
-			loadValues(vals, rng, d, k)
+			synth.Fill(vals, rng, d, k)
 			at := start.Add(time.Duration(k)*loadEvery + time.Duration(d%900)*time.Second)
 			batch = append(batch, c.next(t, at, vals...))
 			if len(batch) == shape.Batch {
@@ -757,7 +711,7 @@ func RunLoad(t *testing.T, s store.Store, shape LoadShape, diskBytes func() int6
 		lat := make([]time.Duration, runs)
 		n := 0
 		for i := range runs {
-			d := rng.intn(devices)
+			d := rng.Intn(devices)
 			t0 := time.Now()
 			n = f(d)
 			lat[i] = time.Since(t0)
@@ -776,7 +730,7 @@ func RunLoad(t *testing.T, s store.Store, shape LoadShape, diskBytes func() int6
 	row("one channel of one device over a day", func(d int) int {
 		master, gw := loadGateway(d / loadDevices)
 		recs, err := s.QuerySnapshots(ctx, store.SnapshotQuery{Scope: master, Gateway: gw, Device: fmt.Sprintf("dev-%d", d%loadDevices),
-			From: day, To: day.Add(24 * time.Hour), Channels: []string{fmt.Sprintf("ch-%03d", d%loadChannels)}})
+			From: day, To: day.Add(24 * time.Hour), Channels: []string{synth.Channel(d % loadChannels)}})
 		if err != nil || len(recs) == 0 || len(recs[0].Values) != 1 {
 			t.Fatalf("channel query: %d records, %v", len(recs), err)
 		}

@@ -33,6 +33,10 @@ type Ledger interface {
 	// LedgerLeaf returns the index and data of the leaf with the given leaf
 	// hash, or ErrNotFound.
 	LedgerLeaf(ctx context.Context, leafHash []byte) (uint64, []byte, error)
+	// LedgerLeafIndexes looks up many leaf hashes at once (one query, not
+	// one per hash): it returns the smallest index of each hash that is in
+	// the ledger, keyed by string(hash); hashes not found are absent.
+	LedgerLeafIndexes(ctx context.Context, leafHashes [][]byte) (map[string]uint64, error)
 	// PutTreeHead records a signed tree head; one per size.
 	PutTreeHead(ctx context.Context, th TreeHead) error
 	// LatestTreeHead returns the largest signed tree head, or ErrNotFound.

@@ -96,14 +96,35 @@ type IntegrityEvent struct {
 
 // Reject is a message ingest could not accept (it would not open, verify or
 // decode, or came from where it must not). Every arriving message is
-// either stored or recorded as a reject: nothing is lost silently.
+// either stored or counted in a reject: nothing is lost silently.
+//
+// One record may stand for several messages: repeats of the same message
+// (same Topic, Reason and RawHash) are aggregated into one record, and
+// ingest summarizes what it will not record one by one (a flood beyond a
+// device's reject budget) as a record without RawHash whose Count is the
+// number of messages, Size their total length.
 type Reject struct {
 	Topic   string
 	Gateway string // identity path, if the message revealed one; may be empty
 	Reason  string
-	RawHash []byte // SHA-256 of the message as received
-	Size    int    // its length in bytes
+	RawHash []byte // SHA-256 of the message as received; nil for a summary
+	Size    int    // its length in bytes (a summary: the total)
 	At      time.Time
+	// Count is the number of messages the record stands for; 0 means 1.
+	Count int
+	// LastAt is when the last of them arrived; zero means At.
+	LastAt time.Time
+}
+
+// N returns the number of messages r stands for (at least 1).
+func (r Reject) N() int { return max(r.Count, 1) }
+
+// Last returns when the last message r stands for arrived.
+func (r Reject) Last() time.Time {
+	if r.LastAt.IsZero() {
+		return r.At
+	}
+	return r.LastAt
 }
 
 // SnapshotQuery selects snapshots for QuerySnapshots.
@@ -171,10 +192,17 @@ type Snapshots interface {
 	// RecordIntegrityEvent records an integrity event. Kind and Gateway
 	// must not be empty; Detail is stored as SafeText of it.
 	RecordIntegrityEvent(ctx context.Context, e IntegrityEvent) error
-	// RecordReject records a rejected message. It accepts any content (a
-	// reject is evidence, not validated input); text is stored as
-	// SafeText of it.
+	// RecordReject records a rejected message (or r.N() of them). It
+	// accepts any content (a reject is evidence, not validated input);
+	// text is stored as SafeText of it. If the most recently recorded
+	// reject with the same Topic, Reason and RawHash (nil matching nil) is
+	// still stored, r is aggregated into it: its Count grows by r.N(), its
+	// Size by r.Size if RawHash is nil, and its LastAt becomes r.Last().
 	RecordReject(ctx context.Context, r Reject) error
+	// TrimRejects deletes the oldest reject records (in recording order)
+	// until at most keep remain, and returns how many it deleted: the
+	// table of evidence is bounded whatever arrives.
+	TrimRejects(ctx context.Context, keep int) (int, error)
 
 	// ListDevices returns the devices in scope ordered by gateway path,
 	// then device id.
@@ -194,7 +222,8 @@ type Snapshots interface {
 	// EffectiveLimit(limit).
 	IntegrityEvents(ctx context.Context, scope string, from, to time.Time, limit int) ([]IntegrityEvent, error)
 	// Rejects returns the rejects with from <= At < to (zero bounds are
-	// open), oldest first, at most EffectiveLimit(limit). Rejects may not
+	// open), oldest first, at most EffectiveLimit(limit); Count is at
+	// least 1 and LastAt is set in what it returns. Rejects may not
 	// name a gateway, so they have no scope: the API shows them to admins
 	// only.
 	Rejects(ctx context.Context, from, to time.Time, limit int) ([]Reject, error)

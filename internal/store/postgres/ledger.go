@@ -113,6 +113,31 @@ func (s *Store) LedgerLeaf(ctx context.Context, hash []byte) (uint64, []byte, er
 	return uint64(idx), data, nil
 }
 
+// LedgerLeafIndexes implements store.Ledger.
+func (s *Store) LedgerLeafIndexes(ctx context.Context, hashes [][]byte) (map[string]uint64, error) {
+	out := make(map[string]uint64, len(hashes))
+	if len(hashes) == 0 {
+		return out, nil
+	}
+	rows, err := s.pool.Query(ctx, `SELECT leaf_hash, min(idx) FROM ledger_leaves WHERE leaf_hash = ANY($1) GROUP BY leaf_hash`, hashes)
+	if err != nil {
+		return nil, fmt.Errorf("ledger leaves: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var h []byte
+		var idx int64
+		if err := rows.Scan(&h, &idx); err != nil {
+			return nil, fmt.Errorf("ledger leaves: %w", err)
+		}
+		out[string(h)] = uint64(idx)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("ledger leaves: %w", err)
+	}
+	return out, nil
+}
+
 // PutTreeHead implements store.Ledger.
 func (s *Store) PutTreeHead(ctx context.Context, th store.TreeHead) error {
 	_, err := s.pool.Exec(ctx, `INSERT INTO tree_heads (size, root, checkpoint, signature, cert_chain) VALUES ($1, $2, $3, $4, $5)

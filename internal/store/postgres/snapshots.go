@@ -245,12 +245,48 @@ func (s *Store) RecordIntegrityEvent(ctx context.Context, e store.IntegrityEvent
 
 // RecordReject implements store.Snapshots.
 func (s *Store) RecordReject(ctx context.Context, r store.Reject) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO rejects (topic, gateway, reason, raw_hash, size, at) VALUES ($1, $2, $3, $4, $5, $6)`,
-		store.SafeText(r.Topic), store.SafeText(r.Gateway), store.SafeText(r.Reason), nullBytes(r.RawHash), int64(r.Size), millis(r.At))
+	topic, gateway, reason := store.SafeText(r.Topic), store.SafeText(r.Gateway), store.SafeText(r.Reason)
+	tx, err := s.pool.Begin(ctx)
 	if err != nil {
-		return fmt.Errorf("record reject on %s: %w", store.SafeText(r.Topic), err)
+		return fmt.Errorf("record reject on %s: %w", topic, err)
+	}
+	defer tx.Rollback(ctx)
+	// The latest record with the same key takes the repeat (a summary's
+	// key has no hash: "raw_hash IS NULL", which the index serves too).
+	var id int64
+	if r.RawHash == nil {
+		err = tx.QueryRow(ctx, `SELECT id FROM rejects WHERE topic = $1 AND reason = $2 AND raw_hash IS NULL ORDER BY id DESC LIMIT 1`, topic, reason).Scan(&id)
+	} else {
+		err = tx.QueryRow(ctx, `SELECT id FROM rejects WHERE topic = $1 AND reason = $2 AND raw_hash = $3 ORDER BY id DESC LIMIT 1`, topic, reason, r.RawHash).Scan(&id)
+	}
+	switch {
+	case err == nil:
+		size := int64(0)
+		if r.RawHash == nil {
+			size = int64(r.Size)
+		}
+		_, err = tx.Exec(ctx, `UPDATE rejects SET count = count + $1, size = size + $2, last_at = greatest(coalesce(last_at, at), $3) WHERE id = $4`,
+			int64(r.N()), size, millis(r.Last()), id)
+	case errors.Is(err, pgx.ErrNoRows):
+		_, err = tx.Exec(ctx, `INSERT INTO rejects (topic, gateway, reason, raw_hash, size, at, count, last_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			topic, gateway, reason, nullBytes(r.RawHash), int64(r.Size), millis(r.At), int64(r.N()), millis(r.Last()))
+	}
+	if err == nil {
+		err = tx.Commit(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("record reject on %s: %w", topic, err)
 	}
 	return nil
+}
+
+// TrimRejects implements store.Snapshots.
+func (s *Store) TrimRejects(ctx context.Context, keep int) (int, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM rejects WHERE id <= (SELECT id FROM rejects ORDER BY id DESC LIMIT 1 OFFSET $1)`, int64(max(keep, 0)))
+	if err != nil {
+		return 0, fmt.Errorf("trim rejects to %d: %w", keep, err)
+	}
+	return int(tag.RowsAffected()), nil
 }
 
 // query builds a statement with numbered parameters.
@@ -578,7 +614,7 @@ func (s *Store) IntegrityEvents(ctx context.Context, scope string, from, to time
 // Rejects implements store.Snapshots.
 func (s *Store) Rejects(ctx context.Context, from, to time.Time, limit int) ([]store.Reject, error) {
 	var q query
-	q.add(`SELECT topic, gateway, reason, raw_hash, size, at FROM rejects WHERE true`)
+	q.add(`SELECT topic, gateway, reason, raw_hash, size, at, count, coalesce(last_at, at) FROM rejects WHERE true`)
 	q.timeRange("at", from, to)
 	q.add(` ORDER BY at, id LIMIT `, q.arg(store.EffectiveLimit(limit)))
 	rows, err := s.pool.Query(ctx, q.b.String(), q.args...)
@@ -589,11 +625,11 @@ func (s *Store) Rejects(ctx context.Context, from, to time.Time, limit int) ([]s
 	var out []store.Reject
 	for rows.Next() {
 		var r store.Reject
-		var size int64
-		if err := rows.Scan(&r.Topic, &r.Gateway, &r.Reason, &r.RawHash, &size, &r.At); err != nil {
+		var size, count int64
+		if err := rows.Scan(&r.Topic, &r.Gateway, &r.Reason, &r.RawHash, &size, &r.At, &count, &r.LastAt); err != nil {
 			return nil, fmt.Errorf("rejects: %w", err)
 		}
-		r.Size, r.At = int(size), r.At.UTC()
+		r.Size, r.Count, r.At, r.LastAt = int(size), int(count), r.At.UTC(), r.LastAt.UTC()
 		out = append(out, r)
 	}
 	return out, rows.Err()

@@ -96,6 +96,37 @@ func (s *Store) LedgerLeaf(ctx context.Context, hash []byte) (uint64, []byte, er
 	return uint64(idx), data, err
 }
 
+// LedgerLeafIndexes implements store.Ledger.
+func (s *Store) LedgerLeafIndexes(ctx context.Context, hashes [][]byte) (map[string]uint64, error) {
+	out := make(map[string]uint64, len(hashes))
+	const chunk = 500 // well below SQLite's 32766 variables
+	for start := 0; start < len(hashes); start += chunk {
+		part := hashes[start:min(start+chunk, len(hashes))]
+		args := make([]any, len(part))
+		for i, h := range part {
+			args[i] = h
+		}
+		rows, err := s.db.QueryContext(ctx, `SELECT leaf_hash, min(idx) FROM ledger_leaves WHERE leaf_hash IN (`+placeholders(len(part))+`) GROUP BY leaf_hash`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("ledger leaves: %w", err)
+		}
+		for rows.Next() {
+			var h []byte
+			var idx int64
+			if err := rows.Scan(&h, &idx); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("ledger leaves: %w", err)
+			}
+			out[string(h)] = uint64(idx)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("ledger leaves: %w", err)
+		}
+	}
+	return out, nil
+}
+
 // PutTreeHead implements store.Ledger.
 func (s *Store) PutTreeHead(ctx context.Context, th store.TreeHead) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO tree_heads (size, root, checkpoint, signature, cert_chain) VALUES (?, ?, ?, ?, ?)

@@ -299,12 +299,46 @@ func (s *Store) RecordIntegrityEvent(ctx context.Context, e store.IntegrityEvent
 
 // RecordReject implements store.Snapshots.
 func (s *Store) RecordReject(ctx context.Context, r store.Reject) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO rejects (topic, gateway, reason, raw_hash, size, at) VALUES (?, ?, ?, ?, ?, ?)`,
-		store.SafeText(r.Topic), store.SafeText(r.Gateway), store.SafeText(r.Reason), nullBytes(r.RawHash), r.Size, r.At.UnixMilli())
+	topic, gateway, reason := store.SafeText(r.Topic), store.SafeText(r.Gateway), store.SafeText(r.Reason)
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("record reject on %s: %w", r.Topic, err)
+		return fmt.Errorf("record reject on %s: %w", topic, err)
+	}
+	defer tx.Rollback()
+	// The latest record with the same key takes the repeat. "IS" matches
+	// NULL with NULL (a summary) and uses the index like "=".
+	var id int64
+	err = tx.QueryRowContext(ctx, `SELECT id FROM rejects WHERE topic = ? AND reason = ? AND raw_hash IS ? ORDER BY id DESC LIMIT 1`,
+		topic, reason, nullBytes(r.RawHash)).Scan(&id)
+	switch {
+	case err == nil:
+		size := 0
+		if r.RawHash == nil {
+			size = r.Size
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE rejects SET count = count + ?, size = size + ?, last_at = max(coalesce(last_at, at), ?) WHERE id = ?`,
+			r.N(), size, r.Last().UnixMilli(), id)
+	case errors.Is(err, sql.ErrNoRows):
+		_, err = tx.ExecContext(ctx, `INSERT INTO rejects (topic, gateway, reason, raw_hash, size, at, count, last_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+			topic, gateway, reason, nullBytes(r.RawHash), r.Size, r.At.UnixMilli(), r.N(), r.Last().UnixMilli())
+	}
+	if err == nil {
+		err = tx.Commit()
+	}
+	if err != nil {
+		return fmt.Errorf("record reject on %s: %w", topic, err)
 	}
 	return nil
+}
+
+// TrimRejects implements store.Snapshots.
+func (s *Store) TrimRejects(ctx context.Context, keep int) (int, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM rejects WHERE id <= (SELECT id FROM rejects ORDER BY id DESC LIMIT 1 OFFSET ?)`, max(keep, 0))
+	if err != nil {
+		return 0, fmt.Errorf("trim rejects to %d: %w", keep, err)
+	}
+	n, err := res.RowsAffected()
+	return int(n), err
 }
 
 // scopeWhere returns the SQL condition (on column col) and arguments that
@@ -687,7 +721,7 @@ func (s *Store) IntegrityEvents(ctx context.Context, scope string, from, to time
 // Rejects implements store.Snapshots.
 func (s *Store) Rejects(ctx context.Context, from, to time.Time, limit int) ([]store.Reject, error) {
 	var b strings.Builder
-	b.WriteString(`SELECT topic, gateway, reason, raw_hash, size, at FROM rejects WHERE 1=1`)
+	b.WriteString(`SELECT topic, gateway, reason, raw_hash, size, at, count, coalesce(last_at, at) FROM rejects WHERE 1=1`)
 	args := timeRange(&b, nil, "at", from, to)
 	b.WriteString(` ORDER BY at, id LIMIT ?`)
 	args = append(args, store.EffectiveLimit(limit))
@@ -699,11 +733,11 @@ func (s *Store) Rejects(ctx context.Context, from, to time.Time, limit int) ([]s
 	var out []store.Reject
 	for rows.Next() {
 		var r store.Reject
-		var at int64
-		if err := rows.Scan(&r.Topic, &r.Gateway, &r.Reason, &r.RawHash, &r.Size, &at); err != nil {
+		var at, last int64
+		if err := rows.Scan(&r.Topic, &r.Gateway, &r.Reason, &r.RawHash, &r.Size, &at, &r.Count, &last); err != nil {
 			return nil, fmt.Errorf("rejects: %w", err)
 		}
-		r.At = time.UnixMilli(at).UTC()
+		r.At, r.LastAt = time.UnixMilli(at).UTC(), time.UnixMilli(last).UTC()
 		out = append(out, r)
 	}
 	return out, rows.Err()

@@ -40,6 +40,14 @@ func testLedger(t *testing.T, s store.Store) {
 	if err != nil || idx != 1 || string(data) != "b" {
 		t.Fatalf("LedgerLeaf = %d %q %v", idx, data, err)
 	}
+	// Many at once: present ones with their index, absent ones left out.
+	idxs, err := s.LedgerLeafIndexes(ctx, [][]byte{sha256Sum([]byte{0, 'a'}), sha256Sum([]byte{0, 'x'}), sha256Sum([]byte{0, 'b'})})
+	if err != nil || len(idxs) != 2 || idxs[string(sha256Sum([]byte{0, 'a'}))] != 0 || idxs[string(sha256Sum([]byte{0, 'b'}))] != 1 {
+		t.Fatalf("LedgerLeafIndexes = %v, %v", idxs, err)
+	}
+	if idxs, err := s.LedgerLeafIndexes(ctx, nil); err != nil || len(idxs) != 0 {
+		t.Fatalf("LedgerLeafIndexes(nil) = %v, %v", idxs, err)
+	}
 	for _, size := range []uint64{1, 2} {
 		if err := s.PutTreeHead(ctx, store.TreeHead{Size: size, Root: []byte{byte(size)}, Checkpoint: []byte("cp"), Signature: []byte("sig"), CertChain: []byte("pem")}); err != nil {
 			t.Fatal(err)

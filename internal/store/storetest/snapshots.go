@@ -25,6 +25,7 @@ func runSnapshots(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("SnapshotFilters", func(t *testing.T) { testSnapshotFilters(t, open(t)) })
 	t.Run("IntegrityEvents", func(t *testing.T) { testIntegrityEvents(t, open(t)) })
 	t.Run("Rejects", func(t *testing.T) { testRejects(t, open(t)) })
+	t.Run("RejectAggregation", func(t *testing.T) { testRejectAggregation(t, open(t)) })
 }
 
 // t0 is the suite's epoch: a whole millisecond, as stored.
@@ -608,6 +609,57 @@ func testRejects(t *testing.T, s store.Store) {
 	got, err = s.Rejects(ctx, t0.Add(time.Second), time.Time{}, 1)
 	if err != nil || len(got) != 1 || got[0].Reason != "no identity" {
 		t.Fatalf("rejects from 1s, limit 1: %+v, %v", got, err)
+	}
+}
+
+// testRejectAggregation: repeats of one message and summaries update one
+// record each instead of adding rows, and the table is trimmed to a bound.
+func testRejectAggregation(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	h := bytes.Repeat([]byte{7}, 32)
+	topic := "ms-1/acc-1/gw-1/snapshots"
+	for i := range 5 {
+		if err := s.RecordReject(ctx, store.Reject{Topic: topic, Gateway: "ms-1/acc-1/gw-1", Reason: "tampered", RawHash: h, Size: 100, At: t0.Add(time.Duration(i) * time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A summary of 40 messages (no hash), twice; another reason is its own record.
+	for i := range 2 {
+		if err := s.RecordReject(ctx, store.Reject{Topic: topic, Gateway: "ms-1/acc-1/gw-1", Reason: "tampered", Size: 4000, Count: 40, At: t0.Add(10 * time.Second), LastAt: t0.Add(time.Duration(20+i) * time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.RecordReject(ctx, store.Reject{Topic: topic, Reason: "malformed_envelope", RawHash: h, Size: 100, At: t0.Add(30 * time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Rejects(ctx, time.Time{}, time.Time{}, 0)
+	if err != nil || len(got) != 3 {
+		t.Fatalf("Rejects = %+v, %v; want 3 records", got, err)
+	}
+	if g := got[0]; g.Count != 5 || g.Size != 100 || !g.At.Equal(t0) || !g.LastAt.Equal(t0.Add(4*time.Second)) || !bytes.Equal(g.RawHash, h) {
+		t.Errorf("repeats = %+v, want count 5, size 100, from t0 to t0+4s", g)
+	}
+	if g := got[1]; g.Count != 80 || g.Size != 8000 || g.RawHash != nil || !g.At.Equal(t0.Add(10*time.Second)) || !g.LastAt.Equal(t0.Add(21*time.Second)) {
+		t.Errorf("summary = %+v, want count 80, size 8000, no hash, from t0+10s to t0+21s", g)
+	}
+	if g := got[2]; g.Count != 1 || g.Reason != "malformed_envelope" || !g.LastAt.Equal(g.At) {
+		t.Errorf("single = %+v, want count 1 and LastAt = At", g)
+	}
+	for i := range 10 {
+		if err := s.RecordReject(ctx, store.Reject{Topic: topic, Reason: "x", RawHash: []byte{byte(i)}, At: t0.Add(time.Minute + time.Duration(i)*time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := s.TrimRejects(ctx, 4)
+	if err != nil || n != 9 {
+		t.Fatalf("TrimRejects(4) = %d, %v; want 9 deleted", n, err)
+	}
+	got, _ = s.Rejects(ctx, time.Time{}, time.Time{}, 0)
+	if len(got) != 4 || got[0].RawHash[0] != 6 || got[3].RawHash[0] != 9 {
+		t.Fatalf("after trim: %+v; want the 4 newest", got)
+	}
+	if n, err := s.TrimRejects(ctx, 4); err != nil || n != 0 {
+		t.Fatalf("TrimRejects again = %d, %v", n, err)
 	}
 }
 

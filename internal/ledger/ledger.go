@@ -43,6 +43,7 @@ type Storage interface {
 	AppendLedger(ctx context.Context, start uint64, leafData [][]byte, nodes []store.LedgerNode) error
 	LedgerNodes(ctx context.Context, ids []store.LedgerNode) ([][]byte, error)
 	LedgerLeaf(ctx context.Context, leafHash []byte) (uint64, []byte, error)
+	LedgerLeafIndexes(ctx context.Context, leafHashes [][]byte) (map[string]uint64, error)
 }
 
 var hasher = rfc6962.New(crypto.SHA256)
@@ -66,32 +67,52 @@ type Log struct {
 
 	mu  sync.Mutex
 	rng *compact.Range // [0, size); guarded by mu
+	// stale is set when an append failed: the storage may or may not have
+	// committed it (a commit error does not say), so the range is reloaded
+	// from storage before the next append. Guarded by mu.
+	stale bool
 }
 
 // Open loads the log's compact range from storage.
 func Open(ctx context.Context, st Storage) (*Log, error) {
-	rf := &compact.RangeFactory{Hash: hasher.HashChildren}
-	size, err := st.LedgerSize(ctx)
-	if err != nil {
+	l := &Log{st: st, rf: &compact.RangeFactory{Hash: hasher.HashChildren}}
+	if err := l.load(ctx); err != nil {
 		return nil, err
 	}
+	return l, nil
+}
+
+// load reads the compact range of the stored log.
+func (l *Log) load(ctx context.Context) error {
+	size, err := l.st.LedgerSize(ctx)
+	if err != nil {
+		return fmt.Errorf("ledger: size: %w", err)
+	}
 	ids := compact.RangeNodes(0, size, nil)
-	hashes, err := st.LedgerNodes(ctx, toStore(ids))
+	hashes, err := l.st.LedgerNodes(ctx, toStore(ids))
 	if err != nil {
-		return nil, fmt.Errorf("ledger: load compact range of size %d: %w", size, err)
+		return fmt.Errorf("ledger: load compact range of size %d: %w", size, err)
 	}
-	rng, err := rf.NewRange(0, size, hashes)
+	rng, err := l.rf.NewRange(0, size, hashes)
 	if err != nil {
-		return nil, fmt.Errorf("ledger: %w", err)
+		return fmt.Errorf("ledger: %w", err)
 	}
-	return &Log{st: st, rf: rf, rng: rng}, nil
+	l.rng, l.stale = rng, false
+	return nil
 }
 
 // Append adds leaves (LeafData values) durably and returns the index of the
-// first one and the new size and root.
+// first one and the new size and root. After a failed append the next one
+// first reloads the log's state from storage, so a storage outage (or a
+// commit whose outcome was lost) never leaves the log unable to append.
 func (l *Log) Append(ctx context.Context, leaves [][]byte) (first, size uint64, root []byte, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.stale {
+		if err := l.load(ctx); err != nil {
+			return 0, 0, nil, err
+		}
+	}
 	start := l.rng.End()
 	next := l.rf.NewEmptyRange(start)
 	var nodes []store.LedgerNode
@@ -112,6 +133,7 @@ func (l *Log) Append(ctx context.Context, leaves [][]byte) (first, size uint64, 
 		return 0, 0, nil, err
 	}
 	if err := l.st.AppendLedger(ctx, start, leaves, nodes); err != nil {
+		l.stale = true
 		return 0, 0, nil, fmt.Errorf("ledger append: %w", err)
 	}
 	l.rng = merged
@@ -138,6 +160,27 @@ func (l *Log) root() ([]byte, error) {
 func (l *Log) Find(ctx context.Context, leafData []byte) (uint64, error) {
 	idx, _, err := l.st.LedgerLeaf(ctx, hasher.HashLeaf(leafData))
 	return idx, err
+}
+
+// FindAll returns the index of each leaf (LeafData values) that is in the
+// log, keyed by string(leafData); absent leaves are left out. One storage
+// query for the whole set.
+func (l *Log) FindAll(ctx context.Context, leaves [][]byte) (map[string]uint64, error) {
+	hashes := make([][]byte, len(leaves))
+	for i, d := range leaves {
+		hashes[i] = hasher.HashLeaf(d)
+	}
+	byHash, err := l.st.LedgerLeafIndexes(ctx, hashes)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]uint64, len(byHash))
+	for i, h := range hashes {
+		if idx, ok := byHash[string(h)]; ok {
+			out[string(leaves[i])] = idx
+		}
+	}
+	return out, nil
 }
 
 // InclusionProof proves that leaf index is in the tree of the given size.

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"context"
 	"crypto"
 	"crypto/elliptic"
 	"crypto/sha256"
@@ -13,6 +14,7 @@ import (
 	"github.com/transparency-dev/merkle/testonly"
 
 	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
 )
 
@@ -179,5 +181,69 @@ func TestSignedCheckpoint(t *testing.T) {
 		if _, err := ParseCheckpoint([]byte(bad)); err == nil {
 			t.Errorf("ParseCheckpoint(%q) succeeded", bad)
 		}
+	}
+}
+
+// lossyStorage plays a script of append outcomes: "lost" commits the
+// append but reports it failed (a commit acknowledgement lost on the
+// way), "down" fails without change (an outage); then it works.
+type lossyStorage struct {
+	*sqlite.Store
+	script []string
+}
+
+func (s *lossyStorage) AppendLedger(ctx context.Context, start uint64, leafData [][]byte, nodes []store.LedgerNode) error {
+	var next string
+	if len(s.script) > 0 {
+		next, s.script = s.script[0], s.script[1:]
+	}
+	if next == "down" {
+		return errors.New("database unavailable")
+	}
+	if err := s.Store.AppendLedger(ctx, start, leafData, nodes); err != nil {
+		return err
+	}
+	if next == "lost" {
+		return errors.New("commit outcome lost")
+	}
+	return nil
+}
+
+// TestAppendRecoversFromStorageFailure: after a failed append (an outage,
+// or a commit that happened but was reported failed) the log reloads its
+// state from storage and appends again, with the right tree; a leaf whose
+// append was reported failed but committed is found, not appended twice.
+func TestAppendRecoversFromStorageFailure(t *testing.T) {
+	_, db, _ := openLog(t)
+	st := &lossyStorage{Store: db, script: []string{"lost", "down", "down"}}
+	l, err := Open(t.Context(), st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	ref := testonly.New(hasher)
+	if _, _, _, err := l.Append(ctx, [][]byte{leaf(0), leaf(1)}); err == nil {
+		t.Fatal("append reported success although the commit outcome was lost")
+	}
+	// The caller looks the leaves up before retrying: they are there.
+	found, err := l.FindAll(ctx, [][]byte{leaf(0), leaf(1), leaf(2)})
+	if err != nil || len(found) != 2 || found[string(leaf(0))] != 0 || found[string(leaf(1))] != 1 {
+		t.Fatalf("FindAll after a lost commit = %v, %v", found, err)
+	}
+	ref.AppendData(leaf(0))
+	ref.AppendData(leaf(1))
+	for range 2 {
+		if _, _, _, err := l.Append(ctx, [][]byte{leaf(2)}); err == nil {
+			t.Fatal("append during the outage succeeded")
+		}
+	}
+	first, size, root, err := l.Append(ctx, [][]byte{leaf(2), leaf(3)})
+	if err != nil {
+		t.Fatalf("append after the outage: %v", err)
+	}
+	ref.AppendData(leaf(2))
+	ref.AppendData(leaf(3))
+	if first != 2 || size != 4 || string(root) != string(ref.Hash()) {
+		t.Fatalf("after recovery: first %d size %d root %x, want 2, 4, %x", first, size, root, ref.Hash())
 	}
 }

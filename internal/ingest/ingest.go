@@ -18,26 +18,85 @@
 // message's hash: nothing that arrives is lost without a record. The
 // message is acknowledged only after it was stored or recorded, so a crash
 // at any point leads to a redelivery, which steps 4 and 5 make idempotent.
+//
+// # MQTT 5, manual acknowledgements and Receive Maximum
+//
+// Ingest speaks MQTT 5 (github.com/eclipse/paho.golang) with a persistent
+// session (Clean Start 0, a week's Session Expiry) and acknowledges each
+// message by hand, in order, once its outcome is durable. Its CONNECT
+// carries a Receive Maximum: the broker never has more than that many QoS 1
+// messages outstanding (sent, not yet acknowledged) on the connection
+// (MQTT 5 §4.9). The queue between paho's router and the pipeline is at
+// least that large, so the router's handler never blocks: it only enqueues.
+// Backpressure is the broker holding back deliveries, not a stalled TCP
+// reader (which would also stall keepalives). QoS 0 deliveries, which the
+// Receive Maximum does not bound and which no gateway sends, get a small
+// share of the queue of their own and are dropped and counted beyond it; a
+// broker that exceeds the Receive Maximum gets its connection closed (it
+// redelivers after the reconnect) rather than a blocked handler.
+//
+// Every connection gets a fresh paho client and its own pipeline. Nothing
+// crosses connections: a packet identifier is acknowledged only on the
+// connection that delivered it, and what was in flight when a connection
+// ended is redelivered by the broker on the next one (idempotently stored).
+// With MQTT 3.1.1 the broker's in-flight window cannot be bounded by the
+// client, which is why the earlier paho.mqtt.golang client, whose handler
+// had to block to apply backpressure, stalled for good after its first
+// reconnect attempt on the same client.
+//
+// # Pipeline
+//
+// Messages are taken in batches (BatchSize, BatchWait). Opening and
+// decoding, ingest's CPU-bound work (ECDH, AES-GCM, ECDSA and the chain
+// check, CBOR), runs on Workers goroutines at once and independently per
+// message; results keep arrival order. One committer then classifies the
+// batch against the chain heads in arrival order (so per-device order and
+// the gap, stale and fork judgement are those of a single-threaded
+// ingest), looks all its ledger leaves up in one query, appends the new
+// ones, and inserts the batch in one transaction. While it commits a
+// batch, the next one is being opened.
+//
+// # Failures
+//
+// A batch whose store or ledger work fails is retried with exponential
+// backoff (RetryMin to RetryMax) on the same, working connection; its
+// messages stay unacknowledged, so the broker sends nothing beyond the
+// Receive Maximum meanwhile and redelivers them if ingest dies. Each
+// message's effects (stored snapshot, integrity events, reject) are made
+// durable once: a retry redoes only what had not succeeded. Status reports
+// the connection, the number of messages received but not yet acknowledged
+// and the age of the oldest (the ingest lag), and whether a batch is being
+// retried, for the platform's /healthz.
+//
+// # Rejects
+//
+// Every rejected message is counted, but a device cannot make ingest write
+// a row per garbage message: each gateway has a reject budget (a token
+// bucket of RejectBurst records refilled one per RejectEvery). Within it a
+// reject is recorded with its raw hash (the store aggregates exact
+// repeats); beyond it the rejects of a batch are summed up per topic and
+// reason into one summary record (count and total size, no hash) and
+// logged once per exhausted budget. The reject table is trimmed to
+// MaxRejects records.
 package ingest
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.golang/packets"
+	"github.com/eclipse/paho.golang/paho"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
-	"github.com/fieldtrust/fieldtrust/internal/ledger"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
-	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 )
 
@@ -47,18 +106,20 @@ type Store interface {
 	DeviceHead(ctx context.Context, gateway, device string) (uint64, []byte, error)
 	RecordIntegrityEvent(ctx context.Context, e store.IntegrityEvent) error
 	RecordReject(ctx context.Context, r store.Reject) error
+	TrimRejects(ctx context.Context, keep int) (int, error)
 	SnapshotByHash(ctx context.Context, scope string, hash []byte) (store.SnapshotRecord, error)
 }
 
 // Ledger is the append-only log snapshots are recorded in.
 type Ledger interface {
 	Append(ctx context.Context, leaves [][]byte) (first, size uint64, root []byte, err error)
-	Find(ctx context.Context, leafData []byte) (uint64, error)
+	// FindAll returns the indexes of the leaves already in the log.
+	FindAll(ctx context.Context, leaves [][]byte) (map[string]uint64, error)
 }
 
 // Config configures the ingest service.
 type Config struct {
-	Broker   string      // e.g. ssl://127.0.0.1:8883
+	Broker   string      // host:port of the broker's MQTT listener ("ssl://" or "mqtts://" prefix accepted)
 	TLS      *tls.Config // the service's transport identity and the trusted root
 	ClientID string      // default "ingest"; one per process for a persistent session
 	Group    string      // shared subscription group, default "ingest"
@@ -68,10 +129,35 @@ type Config struct {
 	Logger   *slog.Logger
 	// Registerer receives ingest metrics; nil keeps them private.
 	Registerer prometheus.Registerer
+	// Status, if set, receives ingest's state (for health checks).
+	Status *Status
+
 	// BatchSize and BatchWait bound how many messages are stored in one
 	// transaction and how long the first of them waits for company.
-	BatchSize int
-	BatchWait time.Duration
+	BatchSize int           // default 256
+	BatchWait time.Duration // default 20 ms
+	// Workers open and decode messages in parallel; default GOMAXPROCS.
+	Workers int
+	// ReceiveMaximum is the Receive Maximum ingest announces: QoS 1
+	// messages the broker may have outstanding; default 4 × BatchSize,
+	// at least 2 × BatchSize so that one batch is opened while another
+	// is committed.
+	ReceiveMaximum int
+	// RetryMin and RetryMax bound the backoff between attempts of a
+	// failed batch and between connection attempts; default 50 ms, 10 s.
+	RetryMin, RetryMax time.Duration
+	// StallAfter is the ingest lag beyond which Status reports ingest
+	// stalled; default 60 s.
+	StallAfter time.Duration
+	// RejectBurst and RejectEvery are each gateway's reject budget: up
+	// to RejectBurst rejects recorded one by one, refilled one per
+	// RejectEvery; default 20 and 3 s. MaxRejects bounds the reject
+	// table; default 100,000 records.
+	RejectBurst int
+	RejectEvery time.Duration
+	MaxRejects  int
+	// Now is the clock; default time.Now.
+	Now func() time.Time
 }
 
 // Reasons for rejects, a fixed vocabulary (metric labels).
@@ -87,30 +173,9 @@ const (
 	ReasonWrongDevice       = "wrong_device"
 	ReasonMalformedSnapshot = "malformed_snapshot"
 	ReasonFork              = "fork"
-	ReasonStoreFailed       = "store_failed"
 )
 
-type metrics struct {
-	received, accepted, duplicates prometheus.Counter
-	rejected, events               *prometheus.CounterVec
-}
-
-func newMetrics(reg prometheus.Registerer) *metrics {
-	m := &metrics{
-		received:   prometheus.NewCounter(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "messages_total", Help: "Snapshot messages received."}),
-		accepted:   prometheus.NewCounter(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "snapshots_stored_total", Help: "Snapshots stored."}),
-		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "duplicates_total", Help: "Redelivered snapshots stored once."}),
-		rejected:   prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "rejects_total", Help: "Messages rejected, by reason."}, []string{"reason"}),
-		events:     prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "integrity_events_total", Help: "Hash-chain integrity events, by kind."}, []string{"kind"}),
-	}
-	if reg != nil {
-		reg.MustRegister(m.received, m.accepted, m.duplicates, m.rejected, m.events)
-	}
-	return m
-}
-
-// Run runs the ingest service until ctx ends, reconnecting as needed.
-func Run(ctx context.Context, cfg Config) error {
+func (cfg *Config) defaults() error {
 	if cfg.Opener == nil || cfg.Store == nil || cfg.Ledger == nil || cfg.TLS == nil {
 		return errors.New("ingest: Opener, Store, Ledger and TLS are required")
 	}
@@ -129,316 +194,149 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.BatchWait <= 0 {
 		cfg.BatchWait = 20 * time.Millisecond
 	}
-	p := &processor{cfg: cfg, log: cfg.Logger, m: newMetrics(cfg.Registerer), heads: map[deviceKey]*snapshot.Head{}}
-	msgs := make(chan mqtt.Message, 4*cfg.BatchSize)
-	opts := mqtt.NewClientOptions().AddBroker(cfg.Broker).SetClientID(cfg.ClientID).
-		// OrderMatters: paho hands messages to the handler one at a time,
-		// in arrival order (with false it runs each in its own goroutine
-		// and they can overtake each other, which looks like a gap and a
-		// stale snapshot to the chain check). The handler only enqueues;
-		// a full queue holds the connection back.
-		SetCleanSession(false).SetAutoAckDisabled(true).SetOrderMatters(true).
-		SetTLSConfig(cfg.TLS).SetKeepAlive(30 * time.Second).
-		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(time.Second).SetMaxReconnectInterval(10 * time.Second).
-		SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { msgs <- m }).
-		SetOnConnectHandler(func(c mqtt.Client) {
-			filter := "$share/" + cfg.Group + "/+/+/+/snapshots"
-			tok := c.Subscribe(filter, 1, nil)
-			if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
-				cfg.Logger.Info("ingest subscribed", "filter", filter)
-			} else {
-				cfg.Logger.Error("ingest subscribe failed", "filter", filter, "err", tok.Error())
-			}
-		}).
-		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
-			cfg.Logger.Warn("ingest lost its broker connection; reconnecting", "err", err)
-		})
-	c := mqtt.NewClient(opts)
-	c.Connect() // ConnectRetry: returns at once and keeps trying
-	defer c.Disconnect(250)
+	if cfg.Workers <= 0 {
+		cfg.Workers = runtime.GOMAXPROCS(0)
+	}
+	if cfg.ReceiveMaximum <= 0 {
+		cfg.ReceiveMaximum = 4 * cfg.BatchSize
+	}
+	cfg.ReceiveMaximum = min(max(cfg.ReceiveMaximum, 2*cfg.BatchSize), 65535)
+	if cfg.RetryMin <= 0 {
+		cfg.RetryMin = 50 * time.Millisecond
+	}
+	if cfg.RetryMax < cfg.RetryMin {
+		cfg.RetryMax = max(10*time.Second, cfg.RetryMin)
+	}
+	if cfg.StallAfter <= 0 {
+		cfg.StallAfter = time.Minute
+	}
+	if cfg.RejectBurst <= 0 {
+		cfg.RejectBurst = 20
+	}
+	if cfg.RejectEvery <= 0 {
+		cfg.RejectEvery = 3 * time.Second
+	}
+	if cfg.MaxRejects <= 0 {
+		cfg.MaxRejects = 100_000
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Status == nil {
+		cfg.Status = &Status{}
+	}
+	cfg.Status.init(cfg.StallAfter, cfg.Now)
+	for _, prefix := range []string{"ssl://", "mqtts://", "tls://"} {
+		cfg.Broker = strings.TrimPrefix(cfg.Broker, prefix)
+	}
+	if cfg.Broker == "" {
+		return errors.New("ingest: Broker is required")
+	}
+	return nil
+}
 
-	batch := make([]mqtt.Message, 0, cfg.BatchSize)
+// Run runs the ingest service until ctx ends, reconnecting as needed. It
+// returns an error only for a configuration it cannot run with; broker,
+// store and ledger failures are retried.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.defaults(); err != nil {
+		return err
+	}
+	p := newProcessor(cfg)
+	delay := cfg.RetryMin
 	for {
+		start := cfg.Now()
+		err := p.connection(ctx)
+		if ctx.Err() != nil {
+			cfg.Status.disconnected()
+			return nil
+		}
+		cfg.Status.disconnected()
+		if cfg.Now().Sub(start) > cfg.RetryMax {
+			delay = cfg.RetryMin // it ran a while: a new outage
+		}
+		cfg.Logger.Warn("ingest: broker connection ended; reconnecting", "err", err, "in", delay)
 		select {
 		case <-ctx.Done():
 			return nil
-		case m := <-msgs:
-			batch = append(batch[:0], m)
+		case <-time.After(delay):
 		}
-		timer := time.NewTimer(cfg.BatchWait)
-	fill:
-		for len(batch) < cfg.BatchSize {
-			select {
-			case m := <-msgs:
-				batch = append(batch, m)
-			case <-timer.C:
-				break fill
-			case <-ctx.Done():
-				timer.Stop()
-				return nil
+		delay = min(2*delay, cfg.RetryMax)
+	}
+}
+
+// connection runs one MQTT connection with a fresh client and pipeline
+// until it ends (the broker goes, the connection breaks, ctx ends).
+func (p *processor) connection(ctx context.Context) error {
+	cfg := p.cfg
+	dialCtx, cancelDial := context.WithTimeout(ctx, 15*time.Second)
+	conn, err := (&tls.Dialer{Config: cfg.TLS}).DialContext(dialCtx, "tcp", cfg.Broker)
+	cancelDial()
+	if err != nil {
+		return fmt.Errorf("connect to broker %s: %w", cfg.Broker, err)
+	}
+	connCtx, lost := context.WithCancelCause(ctx)
+	defer lost(nil)
+	q := newQueue(cfg.ReceiveMaximum, cfg.BatchSize)
+	c := paho.NewClient(paho.ClientConfig{
+		ClientID:                   cfg.ClientID,
+		Conn:                       packets.NewThreadSafeConn(conn),
+		EnableManualAcknowledgment: true,
+		SendAcksInterval:           5 * time.Millisecond,
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			if err := p.enqueue(q, pr.Packet); err != nil {
+				lost(err)
 			}
-		}
-		timer.Stop()
-		if err := p.process(ctx, batch); err != nil {
-			// Not acknowledged: the broker redelivers after a reconnect.
-			cfg.Logger.Error("ingest batch failed; it will be redelivered", "messages", len(batch), "err", err)
-			c.Disconnect(0)
-			c.Connect()
-			continue
-		}
-		for _, m := range batch {
-			m.Ack()
-		}
-	}
-}
-
-type deviceKey struct{ gateway, device string }
-
-// processor holds the per-device chain heads (a cache of the store's).
-type processor struct {
-	cfg   Config
-	log   *slog.Logger
-	m     *metrics
-	heads map[deviceKey]*snapshot.Head // guarded by being used from one goroutine
-}
-
-// candidate is a verified snapshot on its way into the store.
-type candidate struct {
-	rec  store.SnapshotRecord
-	leaf []byte
-}
-
-// process handles one batch. It returns an error only for failures that
-// redelivery may cure (the store or ledger failing); bad messages are
-// recorded as rejects and count as handled.
-func (p *processor) process(ctx context.Context, batch []mqtt.Message) error {
-	var cands []candidate
-	for _, m := range batch {
-		p.m.received.Inc()
-		c, err := p.verify(ctx, m.Topic(), m.Payload())
-		if err != nil {
-			if rerr := p.reject(ctx, m.Topic(), m.Payload(), err); rerr != nil {
-				return rerr
+			return true, nil
+		}},
+		OnClientError: func(err error) { lost(fmt.Errorf("connection: %w", err)) },
+		OnServerDisconnect: func(d *paho.Disconnect) {
+			reason := ""
+			if d.Properties != nil {
+				reason = d.Properties.ReasonString
 			}
-			continue
-		}
-		if c != nil {
-			cands = append(cands, *c)
-		}
-	}
-	if len(cands) == 0 {
-		return nil
-	}
-	// Ledger first, idempotently: a redelivered snapshot finds its leaf.
-	var fresh [][]byte
-	var freshIdx []int
-	for i := range cands {
-		idx, err := p.cfg.Ledger.Find(ctx, cands[i].leaf)
-		switch {
-		case err == nil:
-			cands[i].rec.LedgerIndex = idx
-		case errors.Is(err, store.ErrNotFound):
-			fresh = append(fresh, cands[i].leaf)
-			freshIdx = append(freshIdx, i)
-		default:
-			return fmt.Errorf("ledger lookup: %w", err)
-		}
-	}
-	if len(fresh) > 0 {
-		first, _, _, err := p.cfg.Ledger.Append(ctx, fresh)
-		if err != nil {
-			return fmt.Errorf("ledger append: %w", err)
-		}
-		for k, i := range freshIdx {
-			cands[i].rec.LedgerIndex = first + uint64(k)
-		}
-	}
-	recs := make([]store.SnapshotRecord, len(cands))
-	for i := range cands {
-		recs[i] = cands[i].rec
-	}
-	inserted, err := p.cfg.Store.InsertSnapshots(ctx, recs)
-	if errors.Is(err, store.ErrExists) {
-		// Some snapshot conflicts with a stored one of the same seq (a
-		// fork the chain check could not see, e.g. below the head): store
-		// the rest one by one and reject the conflicting ones.
-		return p.insertEach(ctx, recs)
-	}
-	if err != nil {
-		p.heads = map[deviceKey]*snapshot.Head{} // the cache may be ahead of the store now
-		return fmt.Errorf("store snapshots: %w", err)
-	}
-	p.count(inserted)
-	return nil
-}
-
-func (p *processor) insertEach(ctx context.Context, recs []store.SnapshotRecord) error {
-	p.heads = map[deviceKey]*snapshot.Head{}
-	for _, rec := range recs {
-		inserted, err := p.cfg.Store.InsertSnapshots(ctx, []store.SnapshotRecord{rec})
-		if errors.Is(err, store.ErrExists) {
-			p.m.events.WithLabelValues(store.EventFork).Inc()
-			if err := p.cfg.Store.RecordIntegrityEvent(ctx, store.IntegrityEvent{
-				Gateway: rec.Gateway, Device: rec.Device, Kind: store.EventFork, Seq: rec.Seq, Hash: rec.Hash,
-				Detail: "another snapshot with this seq is stored", At: time.Now(),
-			}); err != nil {
-				return err
-			}
-			p.m.rejected.WithLabelValues(ReasonFork).Inc()
-			p.log.Warn("snapshot rejected", "reason", ReasonFork, "gateway", rec.Gateway, "device", rec.Device, "seq", rec.Seq)
-			if err := p.cfg.Store.RecordReject(ctx, store.Reject{Topic: rec.Gateway + "/snapshots", Gateway: rec.Gateway, Reason: ReasonFork, RawHash: rec.Hash, At: time.Now()}); err != nil {
-				return err
-			}
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("store snapshot: %w", err)
-		}
-		p.count(inserted)
-	}
-	return nil
-}
-
-func (p *processor) count(inserted []bool) {
-	for _, ok := range inserted {
-		if ok {
-			p.m.accepted.Inc()
-		} else {
-			p.m.duplicates.Inc()
-		}
-	}
-}
-
-// verify opens and checks one message. It returns (nil, nil) for a
-// redelivery of a stored snapshot, a candidate to store, or an error whose
-// reason (reasonOf) becomes the reject.
-func (p *processor) verify(ctx context.Context, topic string, payload []byte) (*candidate, error) {
-	gw, err := gatewayOf(topic)
-	if err != nil {
-		return nil, rejectErr{ReasonBadTopic, "", err}
-	}
-	opened, err := p.cfg.Opener.Open(ctx, payload)
-	if err != nil {
-		return nil, rejectErr{reasonOfOpen(err), gw, err}
-	}
-	if opened.Signer != gw {
-		return nil, rejectErr{ReasonWrongDevice, gw, fmt.Errorf("signed by %q but published on %s's topic", opened.Signer, gw)}
-	}
-	s, err := snapshot.Decode(opened.Content)
-	if err != nil {
-		return nil, rejectErr{ReasonMalformedSnapshot, gw, err}
-	}
-	hash := snapshot.Hash(opened.Content)
-	key := deviceKey{gw, s.Device}
-	head, err := p.head(ctx, key)
-	if err != nil {
-		return nil, err
-	}
-	link := snapshot.Classify(head, s, hash)
-	event := func(kind string, expected uint64, detail string) error {
-		p.m.events.WithLabelValues(kind).Inc()
-		p.log.Warn("integrity event", "kind", kind, "gateway", gw, "device", s.Device, "seq", s.Seq, "expected", expected, "detail", detail)
-		return p.cfg.Store.RecordIntegrityEvent(ctx, store.IntegrityEvent{
-			Gateway: gw, Device: s.Device, Kind: kind, Seq: s.Seq, ExpectedSeq: expected, Hash: hash[:], Detail: detail, At: time.Now(),
-		})
-	}
-	switch link {
-	case snapshot.LinkDuplicate:
-		p.m.duplicates.Inc()
-		return nil, nil
-	case snapshot.LinkFork:
-		if err := event(store.EventFork, expectedAfter(head), "conflicts with the stored chain"); err != nil {
-			return nil, err
-		}
-		return nil, rejectErr{ReasonFork, gw, fmt.Errorf("seq %d of %s forks the chain", s.Seq, s.Device)}
-	case snapshot.LinkGap:
-		if err := event(store.EventGap, expectedAfter(head), fmt.Sprintf("%d snapshot(s) missing", s.Seq-expectedAfter(head))); err != nil {
-			return nil, err
-		}
-	case snapshot.LinkStale:
-		// Below the head: a redelivery of a stored snapshot, or a late one
-		// that fills a gap (a conflicting one fails at insert: a fork).
-		if _, err := p.cfg.Store.SnapshotByHash(ctx, gw, hash[:]); err == nil {
-			p.m.duplicates.Inc()
-			return nil, nil
-		} else if !errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("look up snapshot: %w", err)
-		}
-		if err := event(store.EventStale, expectedAfter(head), "arrived after a later snapshot"); err != nil {
-			return nil, err
-		}
-	}
-	if link != snapshot.LinkStale {
-		p.heads[key] = &snapshot.Head{Seq: s.Seq, Hash: hash}
-	}
-	return &candidate{
-		rec: store.SnapshotRecord{
-			Gateway: gw, Device: s.Device, DeviceType: s.DeviceType, Seq: s.Seq, Time: s.Time(),
-			Hash: hash[:], Prev: s.Prev, Values: s.Values,
-			Signer: signerName(opened.SignerCert), SignedAt: opened.SigningTime, ReceivedAt: time.Now(),
+			lost(fmt.Errorf("broker disconnected ingest: reason code %#x %s", d.ReasonCode, reason))
 		},
-		leaf: ledger.LeafData(gw, hash),
-	}, nil
-}
-
-func expectedAfter(h *snapshot.Head) uint64 {
-	if h == nil {
-		return 1
-	}
-	return h.Seq + 1
-}
-
-func (p *processor) head(ctx context.Context, key deviceKey) (*snapshot.Head, error) {
-	if h, ok := p.heads[key]; ok {
-		return h, nil
-	}
-	seq, hash, err := p.cfg.Store.DeviceHead(ctx, key.gateway, key.device)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, nil
-	}
+	})
+	expiry := uint32(7 * 24 * 3600)
+	rm := uint16(cfg.ReceiveMaximum)
+	ca, err := c.Connect(connCtx, &paho.Connect{
+		ClientID: cfg.ClientID, KeepAlive: 30, CleanStart: false,
+		Properties: &paho.ConnectProperties{SessionExpiryInterval: &expiry, ReceiveMaximum: &rm},
+	})
 	if err != nil {
-		return nil, fmt.Errorf("device head: %w", err)
+		if ca != nil {
+			return fmt.Errorf("broker %s refused ingest's connection (reason code %#x): %w", cfg.Broker, ca.ReasonCode, err)
+		}
+		return fmt.Errorf("connect to broker %s: %w", cfg.Broker, err)
 	}
-	h := &snapshot.Head{Seq: seq}
-	copy(h.Hash[:], hash)
-	p.heads[key] = h
-	return h, nil
-}
-
-// rejectErr carries a reject's reason.
-type rejectErr struct {
-	reason  string
-	gateway string
-	err     error
-}
-
-func (e rejectErr) Error() string { return e.reason + ": " + e.err.Error() }
-func (e rejectErr) Unwrap() error { return e.err }
-
-// reject records a message that could not be accepted. A non-reject error
-// (the store failing) is returned for redelivery.
-func (p *processor) reject(ctx context.Context, topic string, payload []byte, err error) error {
-	var re rejectErr
-	if !errors.As(err, &re) {
+	context.AfterFunc(connCtx, func() {
+		if ctx.Err() != nil {
+			_ = c.Disconnect(&paho.Disconnect{ReasonCode: 0})
+		} else {
+			_ = conn.Close()
+		}
+	})
+	filter := "$share/" + cfg.Group + "/+/+/+/snapshots"
+	sa, err := c.Subscribe(connCtx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: 1}}})
+	if err != nil {
+		lost(err)
+		<-c.Done()
+		return fmt.Errorf("subscribe %s: %w", filter, err)
+	}
+	if len(sa.Reasons) != 1 || sa.Reasons[0] >= 0x80 {
+		lost(errors.New("subscription refused"))
+		<-c.Done()
+		return fmt.Errorf("subscribe %s: refused by the broker (reason codes %v); does the ingest service have the role snapshot-reader?", filter, sa.Reasons)
+	}
+	cfg.Logger.Info("ingest subscribed", "filter", filter, "session_present", ca.SessionPresent, "receive_maximum", rm)
+	cfg.Status.connected(q)
+	p.pipeline(ctx, connCtx, q, c)
+	<-c.Done()
+	if err := context.Cause(connCtx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
-	p.m.rejected.WithLabelValues(re.reason).Inc()
-	sum := sha256.Sum256(payload)
-	p.log.Warn("snapshot rejected", "reason", re.reason, "topic", topic, "bytes", len(payload), "sha256", fmt.Sprintf("%x", sum[:8]), "err", re.err)
-	return p.cfg.Store.RecordReject(ctx, store.Reject{Topic: topic, Gateway: re.gateway, Reason: re.reason, RawHash: sum[:], Size: len(payload), At: time.Now()})
-}
-
-// gatewayOf returns the gateway path of a snapshots topic.
-func gatewayOf(topic string) (string, error) {
-	parts := strings.Split(topic, "/")
-	if len(parts) != 4 || parts[3] != "snapshots" {
-		return "", fmt.Errorf("topic %q is not {master}/{account}/{gateway}/snapshots", topic)
-	}
-	p, err := pki.ParsePath(strings.Join(parts[:3], "/"))
-	if err != nil {
-		return "", err
-	}
-	return p.String(), nil
+	return ctx.Err()
 }
 
 func reasonOfOpen(err error) string {

@@ -1,0 +1,246 @@
+package ingest_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fieldtrust/fieldtrust/internal/envelope"
+	"github.com/fieldtrust/fieldtrust/internal/ingest"
+	"github.com/fieldtrust/fieldtrust/internal/ledger"
+	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/platform"
+	"github.com/fieldtrust/fieldtrust/internal/platform/platformtest"
+	"github.com/fieldtrust/fieldtrust/internal/snapshot"
+	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
+)
+
+// failing makes the calls of a real store fail on purpose while it is
+// switched on: InsertSnapshots (the store) and AppendLedger (under the
+// ledger).
+type failing struct {
+	*sqlite.Store
+	inserts, appends atomic.Bool
+	failed           atomic.Int64 // calls failed on purpose
+}
+
+func (f *failing) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord) ([]bool, error) {
+	if f.inserts.Load() {
+		f.failed.Add(1)
+		return nil, errors.New("store failing on purpose")
+	}
+	return f.Store.InsertSnapshots(ctx, recs)
+}
+
+func (f *failing) AppendLedger(ctx context.Context, start uint64, leaves [][]byte, nodes []store.LedgerNode) error {
+	if f.appends.Load() {
+		f.failed.Add(1)
+		return errors.New("ledger failing on purpose")
+	}
+	return f.Store.AppendLedger(ctx, start, leaves, nodes)
+}
+
+// ingestEnv is the platform with a second, separately stored ingest
+// (its own service identity and shared-subscription group) on its broker.
+type ingestEnv struct {
+	*platformtest.Env
+	db     *failing
+	cfg    ingest.Config
+	stored func() uint64
+}
+
+func newIngestEnv(t *testing.T) *ingestEnv {
+	t.Helper()
+	e := platformtest.Start(t, platform.Config{})
+	ctx := t.Context()
+	id := e.Service(t, "ingest-2", "snapshot-reader")
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "ingest-2.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	db := &failing{Store: st}
+	lg, err := ledger.Open(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := pki.ReadKeyFile(filepath.Join(e.Dir, "platform", "ingest-e2e.key"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := e.D.E2E.Verifier(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opener, err := envelope.NewOpener(e.IngestCert, key, envelope.OpenOptions{
+		VerifyOptions: envelope.VerifyOptions{Signers: ingest.SignerLookup{V: v}, Verifier: v},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := ingest.Config{
+		Broker: "ssl://" + e.MQTTAddr, TLS: &tls.Config{RootCAs: e.Roots, Certificates: []tls.Certificate{id.TLS}},
+		ClientID: "ingest-2", Group: "ingest-2", Opener: opener, Store: db, Ledger: lg, BatchSize: 4,
+	}
+	stored := func() uint64 {
+		devs, err := st.ListDevices(context.Background(), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n uint64
+		for _, d := range devs {
+			n += d.Snapshots
+		}
+		return n
+	}
+	return &ingestEnv{Env: e, db: db, cfg: cfg, stored: stored}
+}
+
+// run runs the ingest until the test ends.
+func (e *ingestEnv) run(t *testing.T, cfg ingest.Config) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ingest.Run(ctx, cfg) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("ingest: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("ingest did not stop")
+		}
+	})
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestIngestSurvivesStoreAndLedgerFailures: a store that fails, then a
+// ledger that fails, then both working again: ingest keeps its
+// connection, retries, and stores every snapshot exactly once, in chain
+// order (no integrity event), with every ledger leaf once. (Before, ingest
+// stopped for good after its first failed batch.)
+func TestIngestSurvivesStoreAndLedgerFailures(t *testing.T) {
+	e := newIngestEnv(t)
+	cfg := e.cfg
+	cfg.RetryMin, cfg.RetryMax = time.Millisecond, 20*time.Millisecond
+	e.run(t, cfg)
+	gw := e.Identity(t, "ms-1/acc-1/gw-1", true)
+	c := e.MQTT(t, gw)
+	builders := []*snapshot.Builder{{Device: "d1"}, {Device: "d2"}}
+	sent := 0
+	send := func(n int) {
+		for range n {
+			b := builders[sent%len(builders)]
+			enc, _, err := b.Next(int64(sent), []snapshot.Value{{Channel: "c", Value: float64(sent)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			publish(t, c, "ms-1/acc-1/gw-1/snapshots", seal(t, enc, gw.E2E, e.IngestCert))
+			sent++
+		}
+	}
+	// The role of ingest-2 reaches the broker within its poll: until
+	// then ingest-2 reconnects, and what is published before it
+	// subscribes is not for it. Probe with one-snapshot devices until it
+	// takes them.
+	probes := 0
+	waitFor(t, "ingest-2 subscribed", func() bool {
+		probes++
+		enc, _, _ := (&snapshot.Builder{Device: fmt.Sprintf("probe-%d", probes)}).Next(1, []snapshot.Value{{Channel: "c", Value: 1}})
+		publish(t, c, "ms-1/acc-1/gw-1/snapshots", seal(t, enc, gw.E2E, e.IngestCert))
+		time.Sleep(100 * time.Millisecond)
+		return e.stored() > 0
+	})
+	base := e.stored() // the probes stored
+	send(2)
+	waitFor(t, "the first snapshots stored", func() bool { return e.stored() == base+uint64(sent) })
+
+	for _, fail := range []*atomic.Bool{&e.db.inserts, &e.db.appends} {
+		before := e.db.failed.Load()
+		fail.Store(true)
+		send(6)
+		waitFor(t, "failed attempts", func() bool { return e.db.failed.Load() >= before+3 })
+		fail.Store(false)
+		waitFor(t, fmt.Sprintf("all %d snapshots stored after the failure", sent), func() bool { return e.stored() == base+uint64(sent) })
+	}
+	send(4)
+	waitFor(t, "snapshots after recovery", func() bool { return e.stored() == base+uint64(sent) })
+
+	ctx := t.Context()
+	evs, err := e.db.IntegrityEvents(ctx, "", time.Time{}, time.Time{}, 0)
+	if err != nil || len(evs) != 0 {
+		t.Fatalf("integrity events = %+v, %v; want none", evs, err)
+	}
+	size, err := e.db.LedgerSize(ctx)
+	if err != nil || size != e.stored() {
+		t.Fatalf("ledger size = %d, %v; want %d (one leaf per snapshot)", size, err, sent)
+	}
+	recs, err := e.db.QuerySnapshots(ctx, store.SnapshotQuery{Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaves := map[uint64]bool{}
+	for _, r := range recs {
+		if leaves[r.LedgerIndex] {
+			t.Fatalf("ledger index %d used twice", r.LedgerIndex)
+		}
+		leaves[r.LedgerIndex] = true
+	}
+}
+
+// TestIngestStatus: the status reports a failing store as "retrying"
+// (unhealthy) with the messages held, and "running" again once they are
+// stored; the lag is the age of the oldest held message, by the clock.
+func TestIngestStatus(t *testing.T) {
+	e := newIngestEnv(t)
+	var mu sync.Mutex
+	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	st := &ingest.Status{}
+	cfg := e.cfg
+	cfg.Status, cfg.Now, cfg.StallAfter = st, clock, time.Minute
+	cfg.RetryMin, cfg.RetryMax = time.Millisecond, 5*time.Millisecond
+	e.run(t, cfg)
+	waitFor(t, "ingest connected", func() bool { return st.Health().Connected })
+	if h := st.Health(); h.State != "running" || !h.Healthy() || h.Pending != 0 || h.Lag != 0 {
+		t.Fatalf("idle: %+v", h)
+	}
+	gw := e.Identity(t, "ms-1/acc-1/gw-1", true)
+	c := e.MQTT(t, gw)
+	b := &snapshot.Builder{Device: "d"}
+	e.db.inserts.Store(true)
+	for i := range 3 {
+		enc, _, _ := b.Next(int64(i), []snapshot.Value{{Channel: "c", Value: 1}})
+		publish(t, c, "ms-1/acc-1/gw-1/snapshots", seal(t, enc, gw.E2E, e.IngestCert))
+	}
+	waitFor(t, "retrying", func() bool { h := st.Health(); return h.State == "retrying" && h.Pending == 3 })
+	advance(90 * time.Second)
+	if h := st.Health(); h.Healthy() || h.Lag != 90*time.Second || h.Failures == 0 {
+		t.Fatalf("failing store: %+v; want unhealthy, lag 90s", h)
+	}
+	e.db.inserts.Store(false)
+	waitFor(t, "recovered", func() bool { h := st.Health(); return h.State == "running" && h.Pending == 0 })
+	if n := e.stored(); n != 3 {
+		t.Fatalf("stored %d, want 3", n)
+	}
+}

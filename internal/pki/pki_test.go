@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"math/big"
 	"os"
 	"os/exec"
@@ -602,6 +603,35 @@ func TestVerifierLearnsNewCAs(t *testing.T) {
 	iss, _ := issue(t, p.e, "ms-new/acc-1/dev-1") // creates two new CAs
 	if _, err := v.VerifySigner(iss.Cert, nil, time.Time{}); err != nil {
 		t.Fatalf("leaf below CAs created after the verifier: %v", err)
+	}
+}
+
+// TestVerifierLearnsNewCAsConcurrently: callers that miss a new CA at
+// the same time (ingest opens envelopes in parallel) all verify, not only
+// the one that reloaded the CAs.
+func TestVerifierLearnsNewCAsConcurrently(t *testing.T) {
+	p := newTestPKI(t, Options{})
+	v, _ := p.e.Verifier(t.Context())
+	time.Sleep(leafRescan)
+	var leaves []*x509.Certificate
+	for i := range 8 {
+		iss, _ := issue(t, p.e, fmt.Sprintf("ms-new/acc-1/dev-%d", i))
+		leaves = append(leaves, iss.Cert)
+	}
+	errs := make(chan error, len(leaves))
+	start := make(chan struct{})
+	for _, leaf := range leaves {
+		go func() {
+			<-start
+			_, err := v.VerifySigner(leaf, nil, time.Time{})
+			errs <- err
+		}()
+	}
+	close(start)
+	for range leaves {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent caller: %v", err)
+		}
 	}
 }
 

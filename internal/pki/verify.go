@@ -44,6 +44,9 @@ type Verifier struct {
 	// cas holds the domain's intermediate CAs known from the store, so
 	// that signers named only by key id (their chain not embedded) verify.
 	cas atomic.Pointer[caSet]
+	// casMu serializes on-miss CA reloads, so that a concurrent caller
+	// that missed waits for the reload and retries with its result.
+	casMu sync.Mutex
 
 	leavesMu  sync.Mutex
 	leaves    leafIndex // guarded by leavesMu
@@ -285,14 +288,13 @@ func (v *Verifier) buildChains(leaf *x509.Certificate, intermediates []*x509.Cer
 	if ok && !at.Before(cached.notBefore) && !at.After(cached.notAfter) {
 		return cached.chains, nil
 	}
+	seen := v.cas.Load()
 	chains, err := v.verifyWithCAs(leaf, intermediates, at, usage)
 	var unknown x509.UnknownAuthorityError
-	if errors.As(err, &unknown) && v.records != nil && v.casStale() {
+	if errors.As(err, &unknown) && v.records != nil && v.reloadCAs(seen) {
 		// A CA created since the last refresh (a new account enrolled its
-		// first device): reload the domain's CAs once and try again.
-		if lerr := v.loadCAs(context.Background()); lerr == nil {
-			chains, err = v.verifyWithCAs(leaf, intermediates, at, usage)
-		}
+		// first device): the domain's CAs were reloaded; try again.
+		chains, err = v.verifyWithCAs(leaf, intermediates, at, usage)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUntrusted, err)
@@ -331,6 +333,18 @@ func (v *Verifier) verifyWithCAs(leaf *x509.Certificate, intermediates []*x509.C
 		CurrentTime:   at,
 		KeyUsages:     []x509.ExtKeyUsage{usage},
 	})
+}
+
+// reloadCAs reloads the CA set after a miss with the set seen, unless
+// another caller did so meanwhile (then the new set is worth a retry too).
+// It reports whether the set changed or was reloaded.
+func (v *Verifier) reloadCAs(seen *caSet) bool {
+	v.casMu.Lock()
+	defer v.casMu.Unlock()
+	if v.cas.Load() != seen {
+		return true
+	}
+	return v.casStale() && v.loadCAs(context.Background()) == nil
 }
 
 // casStale reports whether the CA set may be reloaded on a miss: at most

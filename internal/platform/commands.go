@@ -14,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fieldtrust/fieldtrust/internal/broker"
 	"github.com/fieldtrust/fieldtrust/internal/command"
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/est"
@@ -35,7 +34,7 @@ type commander struct {
 	records interface {
 		ListCertificates(ctx context.Context, f store.CertFilter) ([]store.Certificate, error)
 	}
-	broker *broker.Broker
+	broker publisher
 	ids    *identities
 	log    *slog.Logger
 }

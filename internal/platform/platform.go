@@ -17,7 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,6 +32,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/ingest"
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/supervisor"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/tlspolicy"
 	"github.com/fieldtrust/fieldtrust/internal/web"
@@ -56,6 +57,17 @@ type Config struct {
 	// Ready, if non-nil, is called once every listener is up, with the
 	// actual addresses (useful with port 0).
 	Ready func(httpAddr, mqttAddr string)
+
+	// hooks let the package's tests break parts of the platform on purpose.
+	hooks *testHooks
+}
+
+// testHooks replace parts of the platform in tests; nil fields leave them.
+type testHooks struct {
+	ingestStore   func(ingest.Store) ingest.Store     // what ingest stores in
+	ledgerStorage func(ledger.Storage) ledger.Storage // what the ledger appends to
+	serveBroker   func(ctx context.Context, b *broker.Broker) error
+	policy        *supervisor.Policy
 }
 
 // shutdownGrace bounds how long in-flight requests may take once the
@@ -142,7 +154,7 @@ func Run(ctx context.Context, cfg Config) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	brk, err := broker.New(broker.Config{
+	brokerConfig := broker.Config{
 		Addr:       cfg.MQTTAddr,
 		TLS:        tlspolicy.Server(cert.GetCertificate, verifier.Roots(), tls.RequireAndVerifyClientCert, verifier.VerifyConnection),
 		Identify:   ids.Subject,
@@ -150,16 +162,19 @@ func Run(ctx context.Context, cfg Config) error {
 		StateDir:   filepath.Join(cfg.DataDir, "broker"),
 		Logger:     log.With("component", "broker"),
 		Registerer: reg,
-	})
+	}
+	brk, err := broker.New(brokerConfig)
 	if err != nil {
 		return fmt.Errorf("start broker on --mqtt-addr %s: %w", cfg.MQTTAddr, err)
 	}
+	brokers := &brokerRef{}
+	brokers.cur.Store(brk)
 
 	estSrv, err := est.New(est.Options{Transport: d.Transport, E2E: d.E2E, Verifier: verifier, Records: d.Store, Policy: cfg.EST, Logger: log.With("component", "est")})
 	if err != nil {
 		return err
 	}
-	brokers, err := brokerList(cfg.BrokerURLs, brk.Addr())
+	brokerURLs, err := brokerList(cfg.BrokerURLs, brk.Addr())
 	if err != nil {
 		return err
 	}
@@ -168,7 +183,7 @@ func Run(ctx context.Context, cfg Config) error {
 		interval = 10 * time.Second
 	}
 	bs, err := bootstrap.New(bootstrap.Config{
-		Brokers: brokers, PublishInterval: interval, RenewalFraction: 2.0 / 3, CRLTopic: TopicCRLTransport,
+		Brokers: brokerURLs, PublishInterval: interval, RenewalFraction: 2.0 / 3, CRLTopic: TopicCRLTransport,
 		IngestE2E: func(context.Context) (*x509.Certificate, error) { return ingestE2E.Current().Leaf, nil },
 		Transport: verifier, E2E: e2eVerifier, Records: d.Store, Logger: log.With("component", "bootstrap"),
 	})
@@ -181,10 +196,20 @@ func Run(ctx context.Context, cfg Config) error {
 	// route is behind GuardOperational, which refuses any certificate that
 	// is not a valid, unrevoked transport certificate; requests without one
 	// reach only the public routes (/healthz, /ca).
-	lg, err := ledger.Open(ctx, d.Store)
+	var ledgerStorage ledger.Storage = d.Store
+	var ingestStore ingest.Store = d.Store
+	if h := cfg.hooks; h != nil && h.ledgerStorage != nil {
+		ledgerStorage = h.ledgerStorage(ledgerStorage)
+	}
+	if h := cfg.hooks; h != nil && h.ingestStore != nil {
+		ingestStore = h.ingestStore(ingestStore)
+	}
+	lg, err := ledger.Open(ctx, ledgerStorage)
 	if err != nil {
 		return err
 	}
+	sup := supervisor.New(servicePolicy(cfg.hooks), log.With("component", "supervisor"))
+	ingestStatus := &ingest.Status{}
 	api := &web.API{
 		Data: d.Store, Proofs: lg, Grants: tacs.DefaultGrants(), Logger: log.With("component", "api"),
 		Identify: func(r *http.Request) (tacs.Subject, bool) {
@@ -199,37 +224,27 @@ func Run(ctx context.Context, cfg Config) error {
 	mux := http.NewServeMux()
 	mux.Handle(est.PathPrefix, estSrv)
 	mux.Handle(bootstrap.Path, bs)
-	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, records: d.Store, broker: brk, ids: ids, log: log.With("component", "commands")}
+	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, records: d.Store, broker: brokers, ids: ids, log: log.With("component", "commands")}
 	mux.Handle("POST /api/v1/gateways/{path...}", est.GuardOperational(verifier, log, cmds))
 	mux.Handle("/", est.GuardOperational(verifier, log, web.New(web.Options{
 		Roots:   map[pki.Domain]*x509.Certificate{pki.Transport: d.Transport.Root(), pki.E2E: d.E2E.Root()},
 		Metrics: requireRole(ids, tacs.RoleAdmin, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),
+		Health:  func() (bool, any) { return health(sup.Status(), ingestStatus.Health()) },
 		API:     api,
 		Logger:  log,
 	})))
 	httpTLS := tlspolicy.Server(cert.GetCertificate, nil, tls.RequestClientCert, nil)
-	srv := &http.Server{
-		Handler:           mux,
-		TLSConfig:         httpTLS,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	newServer := func() *http.Server {
+		return &http.Server{
+			Handler:           mux,
+			TLSConfig:         httpTLS,
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		}
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	for _, c := range serviceCerts {
-		wg.Go(func() { c.run(ctx) })
-	}
-	brokerErr := make(chan error, 1)
-	wg.Go(func() { brokerErr <- brk.Serve(ctx) })
-	rev := &revocation{ids: ids, e2e: e2eVerifier, broker: brk, auths: []*pki.Authority{d.Transport, d.E2E}, log: log}
-	if err := rev.publishCRLs(ctx); err != nil {
-		return err
-	}
-	wg.Go(func() { rev.run(ctx) })
-
+	rev := &revocation{ids: ids, e2e: e2eVerifier, broker: brokers, auths: []*pki.Authority{d.Transport, d.E2E}, log: log}
 	opener, err := envelope.NewOpener(ingestE2E.Current().Leaf, ingestE2E.Current().PrivateKey, envelope.OpenOptions{
 		VerifyOptions: envelope.VerifyOptions{Signers: ingest.SignerLookup{V: e2eVerifier}, Verifier: e2eVerifier},
 	})
@@ -240,46 +255,128 @@ func Run(ctx context.Context, cfg Config) error {
 	transportRoots.AddCert(d.Transport.Root())
 	ingestClient := tlspolicy.Client(transportRoots, nil)
 	ingestClient.GetClientCertificate = ingestTLS.GetClientCertificate
-	wg.Go(func() {
-		err := ingest.Run(ctx, ingest.Config{
-			Broker: "ssl://" + brk.Addr(), TLS: ingestClient, Opener: opener,
-			Store: d.Store, Ledger: lg, Logger: log.With("component", "ingest"), Registerer: reg,
-		})
-		if err != nil {
-			log.Error("ingest stopped", "err", err)
-		}
-	})
 	heads := &treeHeads{log: lg, store: d.Store, signer: ledgerE2E, logger: log}
-	wg.Go(func() { heads.run(ctx) })
+	mqttAddr, httpAddr := brk.Addr(), httpLn.Addr().String()
 
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.ServeTLS(httpLn, "", "") }()
-	log.Info("platform up", "https", "https://"+httpLn.Addr().String(), "mqtt", "mqtts://"+brk.Addr())
+	// Every service of the platform runs under the supervisor (restart
+	// policy: servicePolicy). The broker's first instance and the HTTPS
+	// listener exist already, so that Ready reports bound addresses; a
+	// restart binds the same addresses again.
+	serveBroker := func(ctx context.Context, b *broker.Broker) error { return b.Serve(ctx) }
+	if h := cfg.hooks; h != nil && h.serveBroker != nil {
+		serveBroker = h.serveBroker
+	}
+	services := []supervisor.Service{
+		{Name: "broker", Run: func(ctx context.Context) error {
+			b := brokers.cur.Load()
+			if b == nil {
+				bc := brokerConfig
+				bc.Addr = mqttAddr
+				var err error
+				if b, err = broker.New(bc); err != nil {
+					return fmt.Errorf("restart on %s: %w", mqttAddr, err)
+				}
+				brokers.cur.Store(b)
+				log.Info("broker restarted", "addr", mqttAddr)
+			}
+			err := serveBroker(ctx, b)
+			brokers.cur.CompareAndSwap(b, nil)
+			if ctx.Err() == nil {
+				return fmt.Errorf("stopped: %v", err)
+			}
+			return nil
+		}},
+		{Name: "ingest", Run: func(ctx context.Context) error {
+			return ingest.Run(ctx, ingest.Config{
+				Broker: mqttAddr, TLS: ingestClient, Opener: opener, Status: ingestStatus,
+				Store: ingestStore, Ledger: lg, Logger: log.With("component", "ingest"), Registerer: reg,
+			})
+		}},
+		{Name: "revocation", Run: rev.run, GiveUpAfter: 10},
+		{Name: "treeheads", Run: heads.run, GiveUpAfter: 10},
+		{Name: "https", Run: func(ctx context.Context) error {
+			ln := httpLn
+			httpLn = nil
+			if ln == nil {
+				var err error
+				if ln, err = net.Listen("tcp", httpAddr); err != nil {
+					return fmt.Errorf("listen on %s again: %w", httpAddr, err)
+				}
+			}
+			return serveHTTPS(ctx, newServer(), ln, log)
+		}},
+		{Name: "certificates", Run: func(ctx context.Context) error { return renewServiceCerts(ctx, serviceCerts) }, GiveUpAfter: -1},
+	}
+	if err := rev.publishCRLs(ctx); err != nil {
+		return err
+	}
+	log.Info("platform up", "https", "https://"+httpAddr, "mqtt", "mqtts://"+mqttAddr)
 	if cfg.Ready != nil {
-		cfg.Ready(httpLn.Addr().String(), brk.Addr())
+		cfg.Ready(httpAddr, mqttAddr)
 	}
-	var runErr error
-	select {
-	case err := <-serveErr:
-		runErr = fmt.Errorf("https server: %w", err)
-	case err := <-brokerErr:
-		runErr = fmt.Errorf("broker: %w", err)
-		brokerErr <- nil
-	case <-ctx.Done():
-	}
-	log.Info("shutting down")
-	cancel()
-	sctx, scancel := context.WithTimeout(context.Background(), shutdownGrace)
-	defer scancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		log.Warn("https shutdown", "err", err)
-	}
-	wg.Wait()
-	if err := <-brokerErr; err != nil && runErr == nil && !errors.Is(err, context.Canceled) {
-		runErr = fmt.Errorf("broker: %w", err)
+	runErr := sup.Run(ctx, services...)
+	if runErr != nil {
+		log.Error("platform stopping: a service keeps failing", "err", runErr)
 	}
 	log.Info("platform stopped")
 	return runErr
+}
+
+// servicePolicy is the platform's restart policy: a failed service is
+// restarted after 1 s, doubling to 30 s; the broker, ingest and HTTPS end
+// 'up' after 5 failures in a row (about 30 s of failing: a port taken, a
+// broken configuration), revocation and tree heads after 10 (about 3 min:
+// a database outage they cannot work without), and certificate renewal
+// never (a certificate outlives a long outage of its CA: 10 days of its
+// 30 remain when renewal starts). A run of a minute resets the count.
+func servicePolicy(h *testHooks) supervisor.Policy {
+	if h != nil && h.policy != nil {
+		return *h.policy
+	}
+	return supervisor.Policy{MinBackoff: time.Second, MaxBackoff: 30 * time.Second, StableAfter: time.Minute, GiveUpAfter: 5}
+}
+
+// serveHTTPS serves srv on ln until ctx ends, then shuts down with a grace
+// for the requests in flight.
+func serveHTTPS(ctx context.Context, srv *http.Server, ln net.Listener, log *slog.Logger) error {
+	served := make(chan error, 1)
+	go func() { served <- srv.ServeTLS(ln, "", "") }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Warn("https shutdown", "err", err)
+	}
+	<-served
+	return nil
+}
+
+// brokerRef is the running broker, replaced when the supervisor restarts
+// it; nil between the two.
+type brokerRef struct{ cur atomic.Pointer[broker.Broker] }
+
+var errNoBroker = errors.New("the broker is restarting")
+
+// Publish implements the publisher the platform's services use.
+func (r *brokerRef) Publish(topic string, payload []byte, retain bool, qos byte) error {
+	b := r.cur.Load()
+	if b == nil {
+		return errNoBroker
+	}
+	return b.Publish(topic, payload, retain, qos)
+}
+
+// Revalidate ends the live sessions that no longer verify.
+func (r *brokerRef) Revalidate(ctx context.Context) int {
+	b := r.cur.Load()
+	if b == nil {
+		return 0
+	}
+	return b.Revalidate(ctx)
 }
 
 // requireRole serves next only to a service client certificate whose

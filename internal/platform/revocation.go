@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/fieldtrust/fieldtrust/internal/broker"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 )
 
@@ -25,12 +24,22 @@ const crlRepublish = 24 * time.Hour
 type revocation struct {
 	ids    *identities
 	e2e    *pki.Verifier
-	broker *broker.Broker
+	broker publisher
 	auths  []*pki.Authority // transport first
 	log    *slog.Logger
 }
 
-func (r *revocation) run(ctx context.Context) {
+// publisher is what the platform's services need of the broker.
+type publisher interface {
+	Publish(topic string, payload []byte, retain bool, qos byte) error
+	Revalidate(ctx context.Context) int
+}
+
+// run polls revocation state until ctx ends. Refreshing fails only when
+// the store does: that is returned, for the supervisor to retry with
+// backoff (and to end the platform if it persists), so that revocations
+// are never silently ignored.
+func (r *revocation) run(ctx context.Context) error {
 	poll := time.NewTicker(revocationPoll)
 	defer poll.Stop()
 	republish := time.NewTicker(crlRepublish)
@@ -38,7 +47,7 @@ func (r *revocation) run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-republish.C:
 			if err := r.publishCRLs(ctx); err != nil && ctx.Err() == nil {
 				r.log.Error("reissuing CRLs failed; retrying at the next change or in a day", "err", err)
@@ -51,10 +60,10 @@ func (r *revocation) run(ctx context.Context) {
 				changed = changed || e2eChanged
 			}
 			if err != nil {
-				if ctx.Err() == nil {
-					r.log.Warn("refreshing revocations failed", "err", err)
+				if ctx.Err() != nil {
+					return nil
 				}
-				continue
+				return fmt.Errorf("refresh revocations: %w", err)
 			}
 			if !changed {
 				continue

@@ -6,7 +6,6 @@ import (
 	"crypto/elliptic"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -152,21 +151,32 @@ func (s *serviceCert) renew(ctx context.Context) error {
 	return nil
 }
 
-// run renews the certificate when it ages, until ctx is done.
-func (s *serviceCert) run(ctx context.Context) {
-	t := time.NewTicker(s.check)
+// renewServiceCerts renews each certificate when it ages, until ctx is
+// done; a failed renewal is returned (the supervisor retries it with
+// backoff while the certificate keeps serving).
+func renewServiceCerts(ctx context.Context, certs []*serviceCert) error {
+	check := time.Minute
+	for _, c := range certs {
+		check = min(check, c.check)
+	}
+	t := time.NewTicker(check)
 	defer t.Stop()
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			if s.fresh(s.cur.Load().Leaf, now) {
+		for _, c := range certs {
+			if c.fresh(c.cur.Load().Leaf, time.Now()) {
 				continue
 			}
-			if err := s.renew(ctx); err != nil && !errors.Is(err, context.Canceled) {
-				s.log.Error("renewing a service certificate failed; retrying", "service", s.service, "domain", s.auth.Domain(), "err", err)
+			if err := c.renew(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("renew the %s certificate of service %s: %w", c.auth.Domain(), c.service, err)
 			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -30,16 +31,18 @@ type treeHeads struct {
 	last   []byte // root of the last signed head
 }
 
-func (t *treeHeads) run(ctx context.Context) {
+// run signs heads every treeHeadInterval until ctx ends; a failure is
+// returned for the supervisor to retry with backoff.
+func (t *treeHeads) run(ctx context.Context) error {
 	tick := time.NewTicker(treeHeadInterval)
 	defer tick.Stop()
 	for {
 		if err := t.sign(ctx); err != nil && ctx.Err() == nil {
-			t.logger.Error("signing a tree head failed", "err", err)
+			return fmt.Errorf("sign a tree head: %w", err)
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-tick.C:
 		}
 	}

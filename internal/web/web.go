@@ -19,6 +19,10 @@ type Options struct {
 	Roots map[pki.Domain]*x509.Certificate
 	// Metrics serves /metrics (Prometheus); the caller guards access.
 	Metrics http.Handler
+	// Health, if set, judges /healthz: it returns whether the platform is
+	// healthy (200, else 503) and the body to serve as JSON. It is public:
+	// the body must not say more than states.
+	Health func() (healthy bool, body any)
 	// API, if set, serves /api/v1.
 	API    *API
 	Logger *slog.Logger
@@ -28,7 +32,17 @@ type Options struct {
 func New(opts Options) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		if opts.Health == nil {
+			writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+			return
+		}
+		w.Header().Set("Cache-Control", "no-store")
+		ok, body := opts.Health()
+		status := http.StatusOK
+		if !ok {
+			status = http.StatusServiceUnavailable
+		}
+		writeJSON(w, status, body)
 	})
 	// /ca serves every root, /ca/{domain}.pem one: what a client needs to
 	// verify the platform and what a customer needs to check e2e signatures.

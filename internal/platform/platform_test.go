@@ -28,9 +28,16 @@ type running struct {
 	d         *datadir.Dir // a second handle on the directory, as the operator CLI has
 	transport *x509.CertPool
 	stop      func() error
+	done      chan error // Run's result
 }
 
 func start(t *testing.T) *running {
+	t.Helper()
+	return startWith(t, nil)
+}
+
+// startWith starts the platform with test hooks.
+func startWith(t *testing.T, hooks *testHooks) *running {
 	t.Helper()
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -42,7 +49,7 @@ func start(t *testing.T) *running {
 	}
 	go func() {
 		done <- Run(ctx, Config{DataDir: dir, HTTPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Logger: log,
-			Ready: func(h, m string) { ready <- [2]string{h, m} }})
+			Ready: func(h, m string) { ready <- [2]string{h, m} }, hooks: hooks})
 	}()
 	var addrs [2]string
 	select {
@@ -60,7 +67,7 @@ func start(t *testing.T) *running {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(d.Transport.Root())
-	r := &running{dir: dir, httpAddr: addrs[0], mqttAddr: addrs[1], d: d, transport: pool}
+	r := &running{dir: dir, httpAddr: addrs[0], mqttAddr: addrs[1], d: d, transport: pool, done: done}
 	var stopped bool
 	r.stop = func() error {
 		if stopped {

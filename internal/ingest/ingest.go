@@ -139,9 +139,10 @@ type Config struct {
 	// Workers open and decode messages in parallel; default GOMAXPROCS.
 	Workers int
 	// ReceiveMaximum is the Receive Maximum ingest announces: QoS 1
-	// messages the broker may have outstanding; default 4 × BatchSize,
-	// at least 2 × BatchSize so that one batch is opened while another
-	// is committed.
+	// messages the broker may have outstanding, and the size of the
+	// queue behind paho's router. At least 2 × BatchSize, so that one
+	// batch is opened while another is committed; default 65,535 (see
+	// DefaultReceiveMaximum).
 	ReceiveMaximum int
 	// RetryMin and RetryMax bound the backoff between attempts of a
 	// failed batch and between connection attempts; default 50 ms, 10 s.
@@ -159,6 +160,20 @@ type Config struct {
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
+
+// DefaultReceiveMaximum is the largest Receive Maximum MQTT 5 allows. The
+// embedded broker (mochi-mqtt v2.7.9) mishandles a client's smaller one
+// once it is reached: it holds further messages and sends them one per
+// packet it reads from the client, deleting each from its in-flight set
+// as it sends it, so their PUBACKs match nothing and the broker's
+// backpressure (internal/broker/flow.go), which counts acknowledgements,
+// never drains: in the end-to-end benchmark every publisher stalled
+// after 33,645 snapshots. With the largest value that path is never
+// taken, and the broker's own flow control (512 unacknowledged messages
+// per live subscriber, mochi's in-flight limit of 8,192 beyond) is what
+// bounds the queue in practice: 8,192 sealed snapshots are ~100 MB.
+// Lower it with a broker that honours it.
+const DefaultReceiveMaximum = 65535
 
 // Reasons for rejects, a fixed vocabulary (metric labels).
 const (
@@ -198,7 +213,7 @@ func (cfg *Config) defaults() error {
 		cfg.Workers = runtime.GOMAXPROCS(0)
 	}
 	if cfg.ReceiveMaximum <= 0 {
-		cfg.ReceiveMaximum = 4 * cfg.BatchSize
+		cfg.ReceiveMaximum = DefaultReceiveMaximum
 	}
 	cfg.ReceiveMaximum = min(max(cfg.ReceiveMaximum, 2*cfg.BatchSize), 65535)
 	if cfg.RetryMin <= 0 {

@@ -272,13 +272,15 @@ func (a *API) rejects(w http.ResponseWriter, r *http.Request, subj tacs.Subject,
 		Topic   string    `json:"topic"`
 		Gateway string    `json:"gateway,omitempty"`
 		Reason  string    `json:"reason"`
-		SHA256  string    `json:"sha256"`
+		SHA256  string    `json:"sha256,omitempty"` // absent for a summary
 		Size    int       `json:"size"`
 		At      time.Time `json:"at"`
+		Count   int       `json:"count"`
+		LastAt  time.Time `json:"last_at"`
 	}
 	out := make([]rejectJSON, 0, len(rs))
 	for _, x := range rs {
-		out = append(out, rejectJSON{x.Topic, x.Gateway, x.Reason, hex.EncodeToString(x.RawHash), x.Size, x.At})
+		out = append(out, rejectJSON{x.Topic, x.Gateway, x.Reason, hex.EncodeToString(x.RawHash), x.Size, x.At, x.N(), x.Last()})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"rejects": out})
 }

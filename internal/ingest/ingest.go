@@ -19,30 +19,38 @@
 // message is acknowledged only after it was stored or recorded, so a crash
 // at any point leads to a redelivery, which steps 4 and 5 make idempotent.
 //
-// # MQTT 5, manual acknowledgements and Receive Maximum
+// # MQTT, acknowledgements and the queue
 //
-// Ingest speaks MQTT 5 (github.com/eclipse/paho.golang) with a persistent
-// session (Clean Start 0, a week's Session Expiry) and acknowledges each
-// message by hand, in order, once its outcome is durable. Its CONNECT
-// carries a Receive Maximum: the broker never has more than that many QoS 1
-// messages outstanding (sent, not yet acknowledged) on the connection
-// (MQTT 5 §4.9). The queue between paho's router and the pipeline is at
-// least that large, so the router's handler never blocks: it only enqueues.
-// Backpressure is the broker holding back deliveries, not a stalled TCP
-// reader (which would also stall keepalives). QoS 0 deliveries, which the
-// Receive Maximum does not bound and which no gateway sends, get a small
-// share of the queue of their own and are dropped and counted beyond it; a
-// broker that exceeds the Receive Maximum gets its connection closed (it
-// redelivers after the reconnect) rather than a blocked handler.
+// Ingest keeps a persistent session (client ID "ingest", clean session
+// off) and acknowledges each message by hand once its outcome is durable.
+// Paho's router hands messages to a handler that only enqueues: it never
+// blocks (a blocked handler stalls paho's router, and with it keepalives
+// and acknowledgements, which is how the earlier ingest stopped for good).
+// The queue holds Queue messages, at least the most QoS 1 messages the
+// broker can have outstanding on one connection (mochi's in-flight limit,
+// 8,192; its flow control keeps a live subscriber at 512), so backpressure
+// is the broker holding back deliveries, not a stalled reader. QoS 0
+// deliveries, which no gateway sends and nothing bounds, get a small share
+// of their own and are dropped and counted beyond it; a broker that sends
+// more than the queue holds gets its connection closed (it redelivers what
+// was not acknowledged on the next one) rather than a blocked handler.
 //
-// Every connection gets a fresh paho client and its own pipeline. Nothing
-// crosses connections: a packet identifier is acknowledged only on the
-// connection that delivered it, and what was in flight when a connection
-// ended is redelivered by the broker on the next one (idempotently stored).
-// With MQTT 3.1.1 the broker's in-flight window cannot be bounded by the
-// client, which is why the earlier paho.mqtt.golang client, whose handler
-// had to block to apply backpressure, stalled for good after its first
-// reconnect attempt on the same client.
+// MQTT 5 with a Receive Maximum would state that bound in the protocol
+// (github.com/eclipse/paho.golang has manual, in-order acknowledgements),
+// and ingest should switch to it once the broker serves MQTT 5 subscribers
+// reliably. The embedded broker (mochi-mqtt v2.7.9) does not: after every
+// packet from an MQTT 5 client with a send quota it calls
+// Inflight.NextImmediate, which read-locks the client's in-flight map and
+// calls GetAll, which read-locks it again; a publisher's Inflight.Set
+// waiting between the two deadlocks the map, and every publisher to the
+// subscriber with it. In the end-to-end benchmark an MQTT 5 ingest wedged
+// the broker within a minute, twice. MQTT 3.1.1 clients have no send quota
+// and never take that path.
+//
+// Every connection gets a fresh client and its own pipeline. Nothing
+// crosses connections: a message is acknowledged only on the connection
+// that delivered it, and what was in flight when a connection ended is
+// redelivered by the broker on the next one (idempotently stored).
 //
 // # Pipeline
 //
@@ -60,8 +68,8 @@
 //
 // A batch whose store or ledger work fails is retried with exponential
 // backoff (RetryMin to RetryMax) on the same, working connection; its
-// messages stay unacknowledged, so the broker sends nothing beyond the
-// Receive Maximum meanwhile and redelivers them if ingest dies. Each
+// messages stay unacknowledged, so the broker's flow control holds further
+// deliveries back meanwhile, and it redelivers them if ingest dies. Each
 // message's effects (stored snapshot, integrity events, reject) are made
 // durable once: a retry redoes only what had not succeeded. Status reports
 // the connection, the number of messages received but not yet acknowledged
@@ -91,8 +99,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/eclipse/paho.golang/packets"
-	"github.com/eclipse/paho.golang/paho"
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
@@ -138,12 +145,10 @@ type Config struct {
 	BatchWait time.Duration // default 20 ms
 	// Workers open and decode messages in parallel; default GOMAXPROCS.
 	Workers int
-	// ReceiveMaximum is the Receive Maximum ingest announces: QoS 1
-	// messages the broker may have outstanding, and the size of the
-	// queue behind paho's router. At least 2 × BatchSize, so that one
-	// batch is opened while another is committed; default 65,535 (see
-	// DefaultReceiveMaximum).
-	ReceiveMaximum int
+	// Queue is how many messages may wait between paho's router and the
+	// pipeline: at least what the broker can have outstanding on one
+	// connection, and 2 × BatchSize; default DefaultQueue.
+	Queue int
 	// RetryMin and RetryMax bound the backoff between attempts of a
 	// failed batch and between connection attempts; default 50 ms, 10 s.
 	RetryMin, RetryMax time.Duration
@@ -161,19 +166,10 @@ type Config struct {
 	Now func() time.Time
 }
 
-// DefaultReceiveMaximum is the largest Receive Maximum MQTT 5 allows. The
-// embedded broker (mochi-mqtt v2.7.9) mishandles a client's smaller one
-// once it is reached: it holds further messages and sends them one per
-// packet it reads from the client, deleting each from its in-flight set
-// as it sends it, so their PUBACKs match nothing and the broker's
-// backpressure (internal/broker/flow.go), which counts acknowledgements,
-// never drains: in the end-to-end benchmark every publisher stalled
-// after 33,645 snapshots. With the largest value that path is never
-// taken, and the broker's own flow control (512 unacknowledged messages
-// per live subscriber, mochi's in-flight limit of 8,192 beyond) is what
-// bounds the queue in practice: 8,192 sealed snapshots are ~100 MB.
-// Lower it with a broker that honours it.
-const DefaultReceiveMaximum = 65535
+// DefaultQueue is mochi's in-flight limit per client (MaximumInflight):
+// the embedded broker never has more QoS 1 messages outstanding on one
+// connection. 8,192 sealed snapshots of 340 values are ~100 MB.
+const DefaultQueue = 8192
 
 // Reasons for rejects, a fixed vocabulary (metric labels).
 const (
@@ -212,10 +208,10 @@ func (cfg *Config) defaults() error {
 	if cfg.Workers <= 0 {
 		cfg.Workers = runtime.GOMAXPROCS(0)
 	}
-	if cfg.ReceiveMaximum <= 0 {
-		cfg.ReceiveMaximum = DefaultReceiveMaximum
+	if cfg.Queue <= 0 {
+		cfg.Queue = DefaultQueue
 	}
-	cfg.ReceiveMaximum = min(max(cfg.ReceiveMaximum, 2*cfg.BatchSize), 65535)
+	cfg.Queue = max(cfg.Queue, 2*cfg.BatchSize)
 	if cfg.RetryMin <= 0 {
 		cfg.RetryMin = 50 * time.Millisecond
 	}
@@ -284,74 +280,64 @@ func Run(ctx context.Context, cfg Config) error {
 // until it ends (the broker goes, the connection breaks, ctx ends).
 func (p *processor) connection(ctx context.Context) error {
 	cfg := p.cfg
-	dialCtx, cancelDial := context.WithTimeout(ctx, 15*time.Second)
-	conn, err := (&tls.Dialer{Config: cfg.TLS}).DialContext(dialCtx, "tcp", cfg.Broker)
-	cancelDial()
-	if err != nil {
-		return fmt.Errorf("connect to broker %s: %w", cfg.Broker, err)
-	}
 	connCtx, lost := context.WithCancelCause(ctx)
 	defer lost(nil)
-	q := newQueue(cfg.ReceiveMaximum, cfg.BatchSize)
-	c := paho.NewClient(paho.ClientConfig{
-		ClientID:                   cfg.ClientID,
-		Conn:                       packets.NewThreadSafeConn(conn),
-		EnableManualAcknowledgment: true,
-		SendAcksInterval:           5 * time.Millisecond,
-		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
-			if err := p.enqueue(q, pr.Packet); err != nil {
+	q := newQueue(cfg.Queue, cfg.BatchSize)
+	opts := mqtt.NewClientOptions().AddBroker("ssl://" + cfg.Broker).SetClientID(cfg.ClientID).
+		SetTLSConfig(cfg.TLS).SetCleanSession(false).SetAutoAckDisabled(true).
+		// OrderMatters: the handler is called in arrival order from
+		// paho's router; it only enqueues.
+		SetOrderMatters(true).SetKeepAlive(30 * time.Second).SetConnectTimeout(15 * time.Second).
+		SetAutoReconnect(false).SetConnectRetry(false).
+		SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) {
+			if err := p.enqueue(q, m); err != nil {
 				lost(err)
 			}
-			return true, nil
-		}},
-		OnClientError: func(err error) { lost(fmt.Errorf("connection: %w", err)) },
-		OnServerDisconnect: func(d *paho.Disconnect) {
-			reason := ""
-			if d.Properties != nil {
-				reason = d.Properties.ReasonString
-			}
-			lost(fmt.Errorf("broker disconnected ingest: reason code %#x %s", d.ReasonCode, reason))
-		},
-	})
-	expiry := uint32(7 * 24 * 3600)
-	rm := uint16(cfg.ReceiveMaximum)
-	ca, err := c.Connect(connCtx, &paho.Connect{
-		ClientID: cfg.ClientID, KeepAlive: 30, CleanStart: false,
-		Properties: &paho.ConnectProperties{SessionExpiryInterval: &expiry, ReceiveMaximum: &rm},
-	})
-	if err != nil {
-		if ca != nil {
-			return fmt.Errorf("broker %s refused ingest's connection (reason code %#x): %w", cfg.Broker, ca.ReasonCode, err)
-		}
-		return fmt.Errorf("connect to broker %s: %w", cfg.Broker, err)
+		}).
+		SetConnectionLostHandler(func(_ mqtt.Client, err error) { lost(fmt.Errorf("connection lost: %w", err)) })
+	c := mqtt.NewClient(opts)
+	if tok := c.Connect(); !waitToken(connCtx, tok) {
+		return fmt.Errorf("connect to broker %s: %w", cfg.Broker, tokenErr(connCtx, tok))
 	}
-	context.AfterFunc(connCtx, func() {
-		if ctx.Err() != nil {
-			_ = c.Disconnect(&paho.Disconnect{ReasonCode: 0})
-		} else {
-			_ = conn.Close()
-		}
-	})
+	defer c.Disconnect(250)
 	filter := "$share/" + cfg.Group + "/+/+/+/snapshots"
-	sa, err := c.Subscribe(connCtx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: 1}}})
-	if err != nil {
-		lost(err)
-		<-c.Done()
-		return fmt.Errorf("subscribe %s: %w", filter, err)
+	tok := c.Subscribe(filter, 1, nil)
+	if !waitToken(connCtx, tok) {
+		return fmt.Errorf("subscribe %s: %w", filter, tokenErr(connCtx, tok))
 	}
-	if len(sa.Reasons) != 1 || sa.Reasons[0] >= 0x80 {
-		lost(errors.New("subscription refused"))
-		<-c.Done()
-		return fmt.Errorf("subscribe %s: refused by the broker (reason codes %v); does the ingest service have the role snapshot-reader?", filter, sa.Reasons)
+	if st, ok := tok.(*mqtt.SubscribeToken); ok && st.Result()[filter] >= 0x80 {
+		return fmt.Errorf("subscribe %s: refused by the broker; does the ingest service have the role snapshot-reader?", filter)
 	}
-	cfg.Logger.Info("ingest subscribed", "filter", filter, "session_present", ca.SessionPresent, "receive_maximum", rm)
+	cfg.Logger.Info("ingest subscribed", "filter", filter, "queue", cfg.Queue)
 	cfg.Status.connected(q)
-	p.pipeline(ctx, connCtx, q, c)
-	<-c.Done()
+	p.pipeline(ctx, connCtx, q)
 	if err := context.Cause(connCtx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return ctx.Err()
+}
+
+// waitToken waits for a paho token until ctx ends or 15 s pass; it
+// reports whether the token completed without error.
+func waitToken(ctx context.Context, tok mqtt.Token) bool {
+	select {
+	case <-tok.Done():
+		return tok.Error() == nil
+	case <-ctx.Done():
+		return false
+	case <-time.After(15 * time.Second):
+		return false
+	}
+}
+
+func tokenErr(ctx context.Context, tok mqtt.Token) error {
+	if err := tok.Error(); err != nil {
+		return err
+	}
+	if err := context.Cause(ctx); err != nil {
+		return err
+	}
+	return errors.New("timed out after 15 s")
 }
 
 func reasonOfOpen(err error) string {

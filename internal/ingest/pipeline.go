@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/eclipse/paho.golang/paho"
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
@@ -22,13 +22,17 @@ import (
 
 // message is one delivery, as received.
 type message struct {
-	pub *paho.Publish
-	at  time.Time
+	topic   string
+	payload []byte
+	qos     byte
+	ack     func()
+	at      time.Time
 }
 
 // queue carries deliveries from paho's router to the pipeline. It never
-// blocks the router: QoS 1 deliveries fit by the Receive Maximum, QoS 0
-// ones have a share of their own (qos0Cap) and are dropped beyond it.
+// blocks the router: QoS 1 deliveries fit by the broker's in-flight
+// bound, QoS 0 ones have a share of their own (qos0Cap) and are dropped
+// beyond it.
 type queue struct {
 	ch      chan *message
 	qos0    atomic.Int64 // QoS 0 messages in ch
@@ -39,8 +43,8 @@ type queue struct {
 	pending []time.Time
 }
 
-func newQueue(receiveMaximum, qos0 int) *queue {
-	return &queue{ch: make(chan *message, receiveMaximum+qos0), qos0Cap: int64(qos0)}
+func newQueue(size, qos0 int) *queue {
+	return &queue{ch: make(chan *message, size+qos0), qos0Cap: int64(qos0)}
 }
 
 // done removes the first n pending messages (acknowledged or abandoned).
@@ -61,20 +65,20 @@ func (q *queue) lag() (int, time.Time) {
 	return len(q.pending), q.pending[0]
 }
 
-// errReceiveMaximum ends a connection on which the broker sent more QoS 1
-// messages than the Receive Maximum allows.
-var errReceiveMaximum = errors.New("the broker exceeded ingest's Receive Maximum; reconnecting (it redelivers what was not acknowledged)")
+// errQueueFull ends a connection on which the broker sent more QoS 1
+// messages than ingest's queue holds.
+var errQueueFull = errors.New("the broker sent more unacknowledged messages than ingest's queue holds; reconnecting (it redelivers what was not acknowledged)")
 
 // enqueue is paho's handler: it must not block.
-func (p *processor) enqueue(q *queue, pub *paho.Publish) error {
+func (p *processor) enqueue(q *queue, in mqtt.Message) error {
 	p.m.received.Inc()
-	m := &message{pub: pub, at: p.cfg.Now()}
-	if pub.QoS == 0 {
+	m := &message{topic: in.Topic(), payload: in.Payload(), qos: in.Qos(), ack: in.Ack, at: p.cfg.Now()}
+	if m.qos == 0 {
 		if q.qos0.Add(1) > q.qos0Cap {
 			q.qos0.Add(-1)
 			p.m.dropped.Inc()
 			p.dropLog.Do(func() {
-				p.log.Warn("ingest drops QoS 0 snapshot messages beyond its queue; gateways publish QoS 1", "topic", pub.Topic)
+				p.log.Warn("ingest drops QoS 0 snapshot messages beyond its queue; gateways publish QoS 1", "topic", m.topic)
 			})
 			return nil
 		}
@@ -87,12 +91,12 @@ func (p *processor) enqueue(q *queue, pub *paho.Publish) error {
 		return nil
 	default:
 		q.mu.Unlock()
-		if pub.QoS == 0 {
+		if m.qos == 0 {
 			q.qos0.Add(-1)
 			p.m.dropped.Inc()
 			return nil
 		}
-		return errReceiveMaximum
+		return errQueueFull
 	}
 }
 
@@ -125,7 +129,7 @@ type batch struct {
 
 // pipeline runs one connection's batches: one goroutine opens, the caller
 // commits and acknowledges, until connCtx ends.
-func (p *processor) pipeline(ctx, connCtx context.Context, q *queue, c *paho.Client) {
+func (p *processor) pipeline(ctx, connCtx context.Context, q *queue) {
 	batches := make(chan *batch, 1)
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -149,11 +153,7 @@ func (p *processor) pipeline(ctx, connCtx context.Context, q *queue, c *paho.Cli
 			break
 		}
 		for _, it := range b.items {
-			if it.msg.pub.QoS > 0 {
-				if err := c.Ack(it.msg.pub); err != nil {
-					p.log.Debug("ingest: acknowledgement not sent (connection gone; the broker redelivers)", "err", err)
-				}
-			}
+			it.msg.ack() // a no-op for QoS 0, and on a lost connection (the broker redelivers)
 		}
 		q.done(len(b.items))
 	}
@@ -166,7 +166,7 @@ func (p *processor) pipeline(ctx, connCtx context.Context, q *queue, c *paho.Cli
 // the first; nil when connCtx ends.
 func (p *processor) collect(connCtx context.Context, q *queue) []*item {
 	take := func(m *message) *item {
-		if m.pub.QoS == 0 {
+		if m.qos == 0 {
 			q.qos0.Add(-1)
 		}
 		return &item{msg: m}
@@ -211,13 +211,13 @@ func (p *processor) openAll(ctx context.Context, batch []*item) {
 // signer, snapshot decoding.
 func (p *processor) open(ctx context.Context, it *item) {
 	reject := func(reason, gw string, err error) { it.rerr = &rejectErr{reason, gw, err} }
-	gw, err := gatewayOf(it.msg.pub.Topic)
+	gw, err := gatewayOf(it.msg.topic)
 	if err != nil {
 		reject(ReasonBadTopic, "", err)
 		return
 	}
 	it.gw = gw
-	opened, err := p.cfg.Opener.Open(ctx, it.msg.pub.Payload)
+	opened, err := p.cfg.Opener.Open(ctx, it.msg.payload)
 	if err != nil {
 		reject(reasonOfOpen(err), gw, err)
 		return
@@ -531,7 +531,7 @@ func (e rejectErr) Unwrap() error { return e.err }
 // summary when the gateway's reject budget is spent. It reports whether a
 // record was written.
 func (p *processor) reject(ctx context.Context, it *item, now time.Time) (bool, error) {
-	re, topic, payload := it.rerr, it.msg.pub.Topic, it.msg.pub.Payload
+	re, topic, payload := it.rerr, it.msg.topic, it.msg.payload
 	p.m.rejected.WithLabelValues(re.reason).Inc()
 	sum := sha256.Sum256(payload)
 	r := store.Reject{Topic: topic, Gateway: re.gateway, Reason: re.reason, RawHash: sum[:], Size: len(payload), At: it.msg.at}

@@ -28,14 +28,7 @@ type inserter struct {
 	tx    *sql.Tx
 	names *idcache.Cache[int64]
 	st    *idcache.Staged[int64]
-	// valueStmts[i] inserts valueChunks[i] rows.
-	valueStmts [len(valueChunks)]*sql.Stmt
-	args       []any
 }
-
-// valueChunks are the row counts of the multi-row INSERTs that write a
-// snapshot's values: 340 values take 2×128 + 2×32 + 2×8 + 4×1 statements.
-var valueChunks = [...]int{128, 32, 8, 1}
 
 func (in *inserter) nameID(table, name string) (int64, error) {
 	k := idcache.Name{Table: table, Name: name}
@@ -103,55 +96,6 @@ func (in *inserter) deviceID(gateway, device string, typeID int64) (int64, error
 	return id, nil
 }
 
-// sqlValue is how a value is written: integral values within ±2^53 as
-// INTEGER (compact, exact), everything else, including -0.0, as REAL.
-func sqlValue(v float64) any {
-	if v == math.Trunc(v) && math.Abs(v) <= 1<<53 && !(v == 0 && math.Signbit(v)) {
-		return int64(v)
-	}
-	return v
-}
-
-// floatValue reverses sqlValue.
-func floatValue(x any) (float64, error) {
-	switch x := x.(type) {
-	case int64:
-		return float64(x), nil
-	case float64:
-		return x, nil
-	}
-	return 0, fmt.Errorf("snapshot value of type %T", x)
-}
-
-func (in *inserter) insertValues(snapshotID int64, chIDs []int64, values []snapshot.Value) error {
-	for i := 0; i < len(values); {
-		c := 0
-		for len(values)-i < valueChunks[c] {
-			c++
-		}
-		n := valueChunks[c]
-		if in.valueStmts[c] == nil {
-			q := `INSERT INTO snapshot_values (snapshot_id, channel_id, ord, value) VALUES ` +
-				strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?), ", n), ", ")
-			stmt, err := in.tx.PrepareContext(in.ctx, q)
-			if err != nil {
-				return err
-			}
-			in.valueStmts[c] = stmt
-		}
-		args := in.args[:0]
-		for j := i; j < i+n; j++ {
-			args = append(args, snapshotID, chIDs[j], j, sqlValue(values[j].Value))
-		}
-		in.args = args
-		if _, err := in.valueStmts[c].ExecContext(in.ctx, args...); err != nil {
-			return err
-		}
-		i += n
-	}
-	return nil
-}
-
 type headUpdate struct {
 	count    int64
 	seq      uint64
@@ -173,22 +117,17 @@ func (s *Store) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord
 	}
 	defer tx.Rollback()
 	in := &inserter{ctx: ctx, tx: tx, names: s.nameCache, st: idcache.NewStaged[int64]()}
-	defer func() {
-		for _, st := range in.valueStmts {
-			if st != nil {
-				st.Close()
-			}
-		}
-	}()
 	snapStmt, err := tx.PrepareContext(ctx, `INSERT INTO snapshots
-		(device_id, seq, time, type_id, hash, prev, signer, signed_at, received_at, ledger_index)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING RETURNING id`)
+		(device_id, seq, time, type_id, hash, prev, signer, signed_at, received_at, ledger_index, vals)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING RETURNING id`)
 	if err != nil {
 		return nil, fmt.Errorf("insert snapshots: %w", err)
 	}
 	defer snapStmt.Close()
 	heads := map[int64]*headUpdate{}
 	var chIDs []int64
+	var vals []float64
+	var blob []byte
 	for i, r := range recs {
 		if r.Seq == 0 || r.Seq > math.MaxInt64 || r.LedgerIndex > math.MaxInt64 {
 			return nil, fmt.Errorf("snapshot %s seq %d: seq or ledger index out of range", r.Path(), r.Seq)
@@ -201,9 +140,18 @@ func (s *Store) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord
 		if err != nil {
 			return nil, fmt.Errorf("insert snapshot %s seq %d: %w", r.Path(), r.Seq, err)
 		}
+		chIDs, vals = chIDs[:0], vals[:0]
+		for _, v := range r.Values {
+			c, err := in.channelID(v)
+			if err != nil {
+				return nil, fmt.Errorf("insert snapshot %s seq %d: %w", r.Path(), r.Seq, err)
+			}
+			chIDs, vals = append(chIDs, c), append(vals, v.Value)
+		}
+		blob = appendValues(blob[:0], chIDs, vals)
 		var id int64
 		err = snapStmt.QueryRowContext(ctx, devID, int64(r.Seq), r.Time.UnixMilli(), typeID, r.Hash, nullBytes(r.Prev),
-			r.Signer, r.SignedAt.UnixMilli(), r.ReceivedAt.UnixMilli(), int64(r.LedgerIndex)).Scan(&id)
+			r.Signer, r.SignedAt.UnixMilli(), r.ReceivedAt.UnixMilli(), int64(r.LedgerIndex), blob).Scan(&id)
 		if errors.Is(err, sql.ErrNoRows) {
 			var hash []byte
 			if err := tx.QueryRowContext(ctx, `SELECT hash FROM snapshots WHERE device_id = ? AND seq = ?`, devID, int64(r.Seq)).Scan(&hash); err != nil {
@@ -216,17 +164,6 @@ func (s *Store) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord
 		}
 		if err != nil {
 			return nil, fmt.Errorf("insert snapshot %s seq %d: %w", r.Path(), r.Seq, err)
-		}
-		chIDs = chIDs[:0]
-		for _, v := range r.Values {
-			c, err := in.channelID(v)
-			if err != nil {
-				return nil, fmt.Errorf("insert snapshot %s seq %d: %w", r.Path(), r.Seq, err)
-			}
-			chIDs = append(chIDs, c)
-		}
-		if err := in.insertValues(id, chIDs, r.Values); err != nil {
-			return nil, fmt.Errorf("insert values of snapshot %s seq %d: %w", r.Path(), r.Seq, err)
 		}
 		inserted[i] = true
 		h := heads[devID]
@@ -380,24 +317,30 @@ func (s *Store) ListDevices(ctx context.Context, scope string) ([]store.Device, 
 	return out, rows.Err()
 }
 
-const snapshotColumns = `s.id, d.gateway, d.device, s.type_id, s.seq, s.time, s.hash, s.prev, s.signer, s.signed_at, s.received_at, s.ledger_index`
+const snapshotColumns = `d.gateway, d.device, s.type_id, s.seq, s.time, s.hash, s.prev, s.signer, s.signed_at, s.received_at, s.ledger_index, s.vals`
 
-// scanSnapshots reads rows of snapshotColumns; ids are the snapshot ids.
-func (s *Store) scanSnapshots(rows *sql.Rows) (recs []store.SnapshotRecord, ids []int64, typeIDs []int64, err error) {
+// scanned is a snapshot row before its names are resolved.
+type scanned struct {
+	typeID int64
+	vals   []byte
+}
+
+// scanSnapshots reads rows of snapshotColumns.
+func (s *Store) scanSnapshots(rows *sql.Rows) (recs []store.SnapshotRecord, raw []scanned, err error) {
 	defer rows.Close()
 	for rows.Next() {
 		var r store.SnapshotRecord
-		var id, typeID, seq, t, signed, received, ledger int64
-		if err := rows.Scan(&id, &r.Gateway, &r.Device, &typeID, &seq, &t, &r.Hash, &r.Prev, &r.Signer, &signed, &received, &ledger); err != nil {
-			return nil, nil, nil, err
+		var sc scanned
+		var seq, t, signed, received, ledger int64
+		if err := rows.Scan(&r.Gateway, &r.Device, &sc.typeID, &seq, &t, &r.Hash, &r.Prev, &r.Signer, &signed, &received, &ledger, &sc.vals); err != nil {
+			return nil, nil, err
 		}
 		r.Seq, r.Time, r.LedgerIndex = uint64(seq), time.UnixMilli(t).UTC(), uint64(ledger)
 		r.SignedAt, r.ReceivedAt = time.UnixMilli(signed).UTC(), time.UnixMilli(received).UTC()
 		recs = append(recs, r)
-		ids = append(ids, id)
-		typeIDs = append(typeIDs, typeID)
+		raw = append(raw, sc)
 	}
-	return recs, ids, typeIDs, rows.Err()
+	return recs, raw, rows.Err()
 }
 
 // reloadNames reads the channel and device type tables into the cache.
@@ -438,89 +381,53 @@ func (s *Store) reloadNames(ctx context.Context) error {
 	return nil
 }
 
-// fillValues reads the values (of channels chIDs, or all if nil) of the
-// snapshots ids into recs, in received order, and sets each device type.
-func (s *Store) fillValues(ctx context.Context, recs []store.SnapshotRecord, ids, typeIDs, chIDs []int64) error {
-	if len(recs) == 0 {
-		return nil
+// fillValues decodes the values (of channels keep, or all if keep is nil)
+// of the scanned rows into recs, in received order, and sets each device
+// type; it drops the records left without values when keep is set.
+func (s *Store) fillValues(ctx context.Context, recs []store.SnapshotRecord, raw []scanned, keep map[int64]bool) ([]store.SnapshotRecord, error) {
+	type chValue struct {
+		ch int64
+		v  float64
 	}
-	pos := make(map[int64]int, len(ids))
-	for i, id := range ids {
-		pos[id] = i
-	}
-	type ordValue struct {
-		ord int64
-		ch  int64
-		v   float64
-	}
-	vals := make([][]ordValue, len(recs))
-	var chFilter string
-	var chArgs []any
-	if chIDs != nil {
-		chFilter = ` AND channel_id IN (` + placeholders(len(chIDs)) + `)`
-		for _, c := range chIDs {
-			chArgs = append(chArgs, c)
-		}
-	}
-	const chunk = 500
-	for start := 0; start < len(ids); start += chunk {
-		part := ids[start:min(start+chunk, len(ids))]
-		args := make([]any, 0, len(part)+len(chArgs))
-		for _, id := range part {
-			args = append(args, id)
-		}
-		args = append(args, chArgs...)
-		rows, err := s.db.QueryContext(ctx, `SELECT snapshot_id, channel_id, ord, value FROM snapshot_values
-			WHERE snapshot_id IN (`+placeholders(len(part))+`)`+chFilter, args...)
-		if err != nil {
-			return fmt.Errorf("snapshot values: %w", err)
-		}
-		for rows.Next() {
-			var id int64
-			var ov ordValue
-			var raw any
-			if err := rows.Scan(&id, &ov.ch, &ov.ord, &raw); err != nil {
-				rows.Close()
-				return fmt.Errorf("snapshot values: %w", err)
+	vals := make([][]chValue, len(recs))
+	for i := range raw {
+		if err := decodeValues(raw[i].vals, func(ch int64, v float64) {
+			if keep == nil || keep[ch] {
+				vals[i] = append(vals[i], chValue{ch, v})
 			}
-			if ov.v, err = floatValue(raw); err != nil {
-				rows.Close()
-				return err
-			}
-			vals[pos[id]] = append(vals[pos[id]], ov)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("snapshot values: %w", err)
+		}); err != nil {
+			return nil, fmt.Errorf("snapshot %s seq %d: %w", recs[i].Path(), recs[i].Seq, err)
 		}
 	}
 	for attempt := 0; ; attempt++ {
 		missing := false
 		s.nameCache.Read(func(r idcache.Reader[int64]) {
 			for i := range recs {
-				typ, ok := r.TypeName(typeIDs[i])
+				typ, ok := r.TypeName(raw[i].typeID)
 				recs[i].DeviceType = typ
 				missing = missing || !ok
-				vs := vals[i]
-				slices.SortFunc(vs, func(a, b ordValue) int { return int(a.ord - b.ord) })
-				recs[i].Values = make([]snapshot.Value, len(vs))
-				for j, ov := range vs {
-					v, ok := r.Value(ov.ch, ov.v)
+				recs[i].Values = make([]snapshot.Value, len(vals[i]))
+				for j, cv := range vals[i] {
+					v, ok := r.Value(cv.ch, cv.v)
 					missing = missing || !ok
 					recs[i].Values[j] = v
 				}
 			}
 		})
 		if !missing {
-			return nil
+			break
 		}
 		if attempt > 0 {
-			return fmt.Errorf("snapshot values: unknown channel or device type id")
+			return nil, fmt.Errorf("snapshot values: unknown channel or device type id")
 		}
 		if err := s.reloadNames(ctx); err != nil { // added by another process
-			return fmt.Errorf("snapshot names: %w", err)
+			return nil, fmt.Errorf("snapshot names: %w", err)
 		}
 	}
+	if keep == nil {
+		return recs, nil
+	}
+	return slices.DeleteFunc(recs, func(r store.SnapshotRecord) bool { return len(r.Values) == 0 }), nil
 }
 
 func placeholders(n int) string {
@@ -545,31 +452,34 @@ func (s *Store) channelIDs(ctx context.Context, names []string) ([]int64, error)
 	return ids, nil
 }
 
-// QuerySnapshots implements store.Snapshots.
+// QuerySnapshots implements store.Snapshots. A channel filter is applied
+// to the decoded values (a snapshot's values are one blob): pages are read
+// in cursor order until the limit is filled or the range is exhausted.
 func (s *Store) QuerySnapshots(ctx context.Context, q store.SnapshotQuery) ([]store.SnapshotRecord, error) {
-	where, args, err := scopeWhere("d.gateway", q.Scope)
-	if err != nil {
+	if _, _, err := store.ScopeRange(q.Scope); err != nil {
 		return nil, err
 	}
 	if q.Device != "" && q.Gateway == "" {
 		return nil, fmt.Errorf("query snapshots: a device needs its gateway")
 	}
-	var chIDs []int64
+	var keep map[int64]bool
 	if len(q.Channels) > 0 {
-		if chIDs, err = s.channelIDs(ctx, q.Channels); err != nil {
+		chIDs, err := s.channelIDs(ctx, q.Channels)
+		if err != nil {
 			return nil, fmt.Errorf("query snapshots: %w", err)
 		}
 		if len(chIDs) == 0 {
 			return nil, nil
 		}
+		keep = map[int64]bool{}
+		for _, c := range chIDs {
+			keep[c] = true
+		}
 	}
-	var b strings.Builder
-	b.WriteString(`SELECT ` + snapshotColumns + ` FROM snapshots s JOIN devices d ON d.id = s.device_id WHERE ` + where)
-	order := ` ORDER BY s.time, d.gateway, d.device, s.seq`
+	var devID int64
 	if q.Device != "" {
 		// One device: find it first, so the (device_id, time, seq) index
 		// gives the order without sorting.
-		var devID int64
 		err := s.db.QueryRowContext(ctx, `SELECT id FROM devices WHERE gateway = ? AND device = ?`, q.Gateway, q.Device).Scan(&devID)
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, nil
@@ -577,6 +487,41 @@ func (s *Store) QuerySnapshots(ctx context.Context, q store.SnapshotQuery) ([]st
 		if err != nil {
 			return nil, fmt.Errorf("query snapshots: %w", err)
 		}
+	}
+	limit := store.EffectiveLimit(q.Limit)
+	var out []store.SnapshotRecord
+	for {
+		recs, raw, err := s.snapshotPage(ctx, q, devID, limit)
+		if err != nil {
+			return nil, fmt.Errorf("query snapshots: %w", err)
+		}
+		full := len(recs) == limit
+		var last *store.Cursor
+		if full {
+			last = recs[len(recs)-1].Cursor()
+		}
+		if recs, err = s.fillValues(ctx, recs, raw, keep); err != nil {
+			return nil, fmt.Errorf("query snapshots: %w", err)
+		}
+		out = append(out, recs...)
+		if len(out) >= limit || !full {
+			return out[:min(len(out), limit)], nil
+		}
+		q.After = last
+	}
+}
+
+// snapshotPage reads up to limit rows of q in cursor order (devID: q's
+// device, if it names one).
+func (s *Store) snapshotPage(ctx context.Context, q store.SnapshotQuery, devID int64, limit int) ([]store.SnapshotRecord, []scanned, error) {
+	where, args, err := scopeWhere("d.gateway", q.Scope)
+	if err != nil {
+		return nil, nil, err
+	}
+	var b strings.Builder
+	b.WriteString(`SELECT ` + snapshotColumns + ` FROM snapshots s JOIN devices d ON d.id = s.device_id WHERE ` + where)
+	order := ` ORDER BY s.time, d.gateway, d.device, s.seq`
+	if q.Device != "" {
 		b.WriteString(` AND s.device_id = ?`)
 		args = append(args, devID)
 		order = ` ORDER BY s.time, s.seq`
@@ -609,26 +554,13 @@ func (s *Store) QuerySnapshots(ctx context.Context, q store.SnapshotQuery) ([]st
 			args = append(args, t)
 		}
 	}
-	if chIDs != nil {
-		b.WriteString(` AND EXISTS (SELECT 1 FROM snapshot_values v WHERE v.snapshot_id = s.id AND v.channel_id IN (` + placeholders(len(chIDs)) + `))`)
-		for _, c := range chIDs {
-			args = append(args, c)
-		}
-	}
 	b.WriteString(order + ` LIMIT ?`)
-	args = append(args, store.EffectiveLimit(q.Limit))
+	args = append(args, limit)
 	rows, err := s.db.QueryContext(ctx, b.String(), args...)
 	if err != nil {
-		return nil, fmt.Errorf("query snapshots: %w", err)
+		return nil, nil, err
 	}
-	recs, ids, typeIDs, err := s.scanSnapshots(rows)
-	if err != nil {
-		return nil, fmt.Errorf("query snapshots: %w", err)
-	}
-	if err := s.fillValues(ctx, recs, ids, typeIDs, chIDs); err != nil {
-		return nil, fmt.Errorf("query snapshots: %w", err)
-	}
-	return recs, nil
+	return s.scanSnapshots(rows)
 }
 
 // LatestSnapshots implements store.Snapshots.
@@ -642,11 +574,11 @@ func (s *Store) LatestSnapshots(ctx context.Context, scope string) ([]store.Snap
 	if err != nil {
 		return nil, fmt.Errorf("latest snapshots: %w", err)
 	}
-	recs, ids, typeIDs, err := s.scanSnapshots(rows)
+	recs, raw, err := s.scanSnapshots(rows)
 	if err != nil {
 		return nil, fmt.Errorf("latest snapshots: %w", err)
 	}
-	if err := s.fillValues(ctx, recs, ids, typeIDs, nil); err != nil {
+	if recs, err = s.fillValues(ctx, recs, raw, nil); err != nil {
 		return nil, fmt.Errorf("latest snapshots: %w", err)
 	}
 	return recs, nil
@@ -663,14 +595,14 @@ func (s *Store) SnapshotByHash(ctx context.Context, scope string, hash []byte) (
 	if err != nil {
 		return store.SnapshotRecord{}, fmt.Errorf("snapshot %x: %w", hash, err)
 	}
-	recs, ids, typeIDs, err := s.scanSnapshots(rows)
+	recs, raw, err := s.scanSnapshots(rows)
 	if err != nil {
 		return store.SnapshotRecord{}, fmt.Errorf("snapshot %x: %w", hash, err)
 	}
 	if len(recs) == 0 {
 		return store.SnapshotRecord{}, fmt.Errorf("snapshot %x: %w", hash, store.ErrNotFound)
 	}
-	if err := s.fillValues(ctx, recs, ids, typeIDs, nil); err != nil {
+	if recs, err = s.fillValues(ctx, recs, raw, nil); err != nil {
 		return store.SnapshotRecord{}, fmt.Errorf("snapshot %x: %w", hash, err)
 	}
 	return recs[0], nil

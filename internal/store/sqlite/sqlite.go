@@ -58,7 +58,14 @@ func (s *Store) Close() error { return s.db.Close() }
 
 // migrate applies the embedded migrations in order, each in its own
 // transaction, and records the version reached.
-func (s *Store) migrate(ctx context.Context) error {
+func (s *Store) migrate(ctx context.Context) error { return s.migrateTo(ctx, 0) }
+
+// goSteps are migrations' steps in Go, run after the SQL file of the same
+// version, in its transaction.
+var goSteps = map[int]func(context.Context, *sql.Tx) error{8: packLegacyValues}
+
+// migrateTo applies the migrations up to version upTo (0: all).
+func (s *Store) migrateTo(ctx context.Context, upTo int) error {
 	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
@@ -72,6 +79,9 @@ func (s *Store) migrate(ctx context.Context) error {
 		version, err := strconv.Atoi(strings.SplitN(base, "_", 2)[0])
 		if err != nil {
 			return fmt.Errorf("migration %s: name must start with a number", base)
+		}
+		if upTo > 0 && version > upTo {
+			break
 		}
 		if err := s.apply(ctx, version, name); err != nil {
 			return fmt.Errorf("migration %s: %w", base, err)
@@ -99,6 +109,11 @@ func (s *Store) apply(ctx context.Context, version int, name string) error {
 	}
 	if _, err := tx.ExecContext(ctx, string(body)); err != nil {
 		return err
+	}
+	if step := goSteps[version]; step != nil {
+		if err := step(ctx, tx); err != nil {
+			return err
+		}
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`, version, time.Now().Unix()); err != nil {
 		return err

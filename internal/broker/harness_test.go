@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	paholog "github.com/eclipse/paho.golang/paho/log"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
@@ -166,7 +167,8 @@ func (e *env) dialV5(c tls.Certificate, o v5opts) (*v5, *paho.Connack, error) {
 	}
 	cl := &v5{msgs: make(chan *paho.Publish, 1000)}
 	cl.Client = paho.NewClient(paho.ClientConfig{
-		Conn: conn,
+		Conn:        conn,
+		PingHandler: noPings{},
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			cl.msgs <- pr.Packet
 			return true, nil
@@ -177,10 +179,13 @@ func (e *env) dialV5(c tls.Certificate, o v5opts) (*v5, *paho.Connack, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	// KeepAlive 0: paho.golang v0.23.0's pinger can write a PINGREQ in the
+	// No pings: paho.golang v0.23.0's pinger can write a PINGREQ in the
 	// middle of another packet's multi-buffer write (seen on the wire as
 	// "c0 00" inside a SUBSCRIBE), which the broker rightly rejects as
-	// malformed. Test connections are short, so no pinger is needed.
+	// malformed. The broker caps keepalive 0 to its maximum and says so in
+	// CONNACK (Server Keep Alive), which starts paho's pinger, so the
+	// pinger is replaced; test connections are far shorter than the
+	// keepalive.
 	cp := &paho.Connect{ClientID: o.clientID, CleanStart: o.clean, KeepAlive: 0, WillMessage: o.will,
 		Username: "ms-acc-1", UsernameFlag: true} // a lying username: ignored by the broker
 	if o.expiry > 0 {
@@ -252,3 +257,12 @@ func fence(t *testing.T, from, to *v5, topic string) {
 }
 
 var netDialer = net.Dialer{Timeout: wait}
+
+// noPings is a paho.golang Pinger that never pings (see dialV5).
+type noPings struct{}
+
+func (noPings) Run(ctx context.Context, _ net.Conn, _ uint16) error { <-ctx.Done(); return nil }
+func (noPings) PacketSent()                                         {}
+func (noPings) PacketReceived()                                     {}
+func (noPings) PingResp()                                           {}
+func (noPings) SetDebug(paholog.Logger)                             {}

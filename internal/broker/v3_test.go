@@ -6,10 +6,7 @@ import (
 	"io"
 
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
-	mqtt "github.com/mochi-mqtt/server/v2"
 )
-
-type mqttClient = mqtt.Client
 
 var ioReadFull = io.ReadFull
 

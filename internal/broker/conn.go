@@ -149,7 +149,9 @@ func (c *conn) serve() {
 		return
 	}
 	err = c.readLoop()
-	c.fail(err)
+	if !c.closing.Load() { // terminate's writer closes once its last bytes are out
+		c.fail(err)
+	}
 	c.ended(err)
 }
 

@@ -58,6 +58,7 @@ func (ti *testIdentify) revoke(c tls.Certificate) {
 
 type env struct {
 	t     *testing.T
+	tune  func(*Config) // applied to every broker the env starts
 	pki   *testPKI
 	id    *testIdentify
 	dir   string
@@ -70,9 +71,38 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvWith(t, nil)
+}
+
+func (e *env) logger() *slog.Logger {
+	if os.Getenv("BROKER_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func (e *env) config(addr string) Config {
+	c := Config{
+		Addr:       addr,
+		TLS:        &tls.Config{Certificates: []tls.Certificate{e.srvTL}, ClientCAs: e.pki.pool},
+		Identify:   e.id.identify,
+		StateDir:   e.dir,
+		Logger:     e.logger(),
+		Registerer: e.reg,
+	}
+	if e.tune != nil {
+		e.tune(&c)
+	}
+	return c
+}
+
+// newEnvWith starts a broker whose config tune adjusts.
+func newEnvWith(t *testing.T, tune func(*Config)) *env {
+	t.Helper()
 	e := &env{
-		t:   t,
-		pki: newTestPKI(t),
+		t:    t,
+		tune: tune,
+		pki:  newTestPKI(t),
 		id: &testIdentify{roles: map[string]string{
 			"admin": tacs.RoleAdmin, "ingest": tacs.RoleSnapshotReader, "ingest-2": tacs.RoleSnapshotReader,
 			"firmware": tacs.RoleFirmwareWriter,
@@ -84,24 +114,6 @@ func newEnv(t *testing.T) *env {
 	e.start()
 	t.Cleanup(e.shutdown)
 	return e
-}
-
-func (e *env) logger() *slog.Logger {
-	if os.Getenv("BROKER_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
-}
-
-func (e *env) config(addr string) Config {
-	return Config{
-		Addr:       addr,
-		TLS:        &tls.Config{Certificates: []tls.Certificate{e.srvTL}, ClientCAs: e.pki.pool},
-		Identify:   e.id.identify,
-		StateDir:   e.dir,
-		Logger:     e.logger(),
-		Registerer: e.reg,
-	}
 }
 
 // start runs a broker on the env's state dir, on the previous address if

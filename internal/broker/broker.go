@@ -119,7 +119,8 @@ type Broker struct {
 	retained       *retainedStore
 	messagesIn     atomic.Int64 // for $SYS
 	messagesOut    atomic.Int64
-	waitingPublish atomic.Int64 // publishers waiting on backpressure right now
+	waitingPublish atomic.Int64  // publishers waiting on backpressure right now
+	grantsGen      atomic.Uint64 // bumped by setGrants: invalidates cached read decisions
 
 	mu         sync.Mutex
 	sessions   map[string]*session  // key: identity|clientID; guarded by mu
@@ -329,7 +330,37 @@ func (b *Broker) Revalidate(ctx context.Context) int {
 		}
 		s.recheckWill(ctx)
 	}
+	b.recheckRetained(ctx)
 	return n
+}
+
+// recheckRetained deletes retained messages whose publisher's identity no
+// longer holds: a revoked (or stolen and then revoked) credential must not
+// keep speaking to every new subscriber through what it retained.
+func (b *Broker) recheckRetained(ctx context.Context) {
+	for _, rm := range b.retained.all() {
+		if ctx.Err() != nil {
+			return
+		}
+		if rm.cs == nil || rm.owner == sysOwner {
+			continue // the platform's own
+		}
+		subj, err := b.cfg.Identify(*rm.cs)
+		if err == nil && subj.String() == rm.owner {
+			continue
+		}
+		del := newMessage(rm.msg.topic, nil, 0, true, packet.Properties{}, "", time.Now())
+		if b.retained.deleteIf(rm) {
+			b.store.putRetainedFor(del, "", nil)
+			b.refuse(ctx, "revalidate", "retained_publisher_revoked", tacs.Subject{}, "owner", rm.owner, "topic", logTopic(rm.msg.topic))
+		}
+	}
+}
+
+// setGrants replaces the service grants (tests; configuration reloads).
+func (b *Broker) setGrants(g tacs.Grants) {
+	b.grants = g
+	b.grantsGen.Add(1)
 }
 
 // refuse counts one refusal and logs it. stage is where it happened

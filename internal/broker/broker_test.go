@@ -219,7 +219,7 @@ func TestRetainedDeliveryRechecked(t *testing.T) {
 	ingest.expect(t, "ms-acc-1/acc-1/dev-1/snapshots", "s1")
 
 	// Check the hook directly with grants that no longer cover the topic.
-	e.b.grants = tacs.Grants{tacs.RoleSnapshotReader: {{Filter: "ms-acc-2/+/+/snapshots", Read: true}}, tacs.RoleAdmin: tacs.DefaultGrants()[tacs.RoleAdmin]}
+	e.b.setGrants(tacs.Grants{tacs.RoleSnapshotReader: {{Filter: "ms-acc-2/+/+/snapshots", Read: true}}, tacs.RoleAdmin: tacs.DefaultGrants()[tacs.RoleAdmin]})
 	var cl = findClient(t, e, "service:ingest")
 	if e.b.mayRead(cl, "ms-acc-1/acc-1/dev-1/snapshots") {
 		t.Fatal("delivery allowed after grants narrowed")
@@ -227,7 +227,7 @@ func TestRetainedDeliveryRechecked(t *testing.T) {
 	if n := counter(t, e, "delivery", "foreign_topic"); n != 1 {
 		t.Errorf("refusals{delivery,foreign_topic} = %v; want 1", n)
 	}
-	e.b.grants = tacs.DefaultGrants()
+	e.b.setGrants(tacs.DefaultGrants())
 }
 
 func findClient(t *testing.T, e *env, identity string) *session {

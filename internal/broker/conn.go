@@ -603,7 +603,7 @@ func (c *conn) handlePublish(p *packet.Publish) error {
 		}
 		return c.refusePublish(p, reason, packet.NotAuthorized)
 	}
-	c.b.metrics.messagesIn.WithLabelValues(qosLabel[p.QoS]).Inc()
+	c.b.metrics.in[p.QoS].Inc()
 	c.b.messagesIn.Add(1)
 	now := time.Now()
 	m := newMessage(topic, p.Payload, p.QoS, p.Retain, p.Props, s.key, now)
@@ -626,6 +626,9 @@ func (c *conn) handlePublish(p *packet.Publish) error {
 	size := len(p.Payload)
 	if p.QoS == 2 {
 		s.mu.Lock()
+		if s.inQoS2 == nil {
+			s.inQoS2 = map[uint16]struct{}{}
+		}
 		s.inQoS2[p.PacketID] = struct{}{}
 		if s.persistent {
 			c.b.store.putInbound(s, p.PacketID)
@@ -741,6 +744,9 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) error {
 		if old := s.subs[req.Filter]; old != nil {
 			c.b.subs.remove(s, old)
 		}
+		if s.subs == nil {
+			s.subs = map[string]*subscription{}
+		}
 		s.subs[req.Filter] = sub
 		c.b.subs.add(s, sub)
 		if s.persistent {
@@ -763,7 +769,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) error {
 			}
 		}
 	}
-	c.send(func(dst []byte) []byte {
+	c.sendMax(smallPacket+len(codes), func(dst []byte) []byte {
 		return packet.AppendSuback(dst, c.version, &packet.Suback{PacketID: p.PacketID, Reasons: codes})
 	})
 	for _, g := range retainedFor {
@@ -789,7 +795,7 @@ func (c *conn) handleUnsubscribe(p *packet.Unsubscribe) error {
 		}
 	}
 	s.mu.Unlock()
-	c.send(func(dst []byte) []byte {
+	c.sendMax(smallPacket+len(codes), func(dst []byte) []byte {
 		return packet.AppendUnsuback(dst, c.version, &packet.Unsuback{PacketID: p.PacketID, Reasons: codes})
 	})
 	return nil

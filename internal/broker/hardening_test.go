@@ -543,3 +543,26 @@ func TestCertificateExpiryEndsSession(t *testing.T) {
 }
 
 var _ = tacs.RoleAdmin
+
+// TestRevokedPublisherRetainedPurged: what a revoked identity retained is
+// not delivered to anyone subscribing after the revocation.
+func TestRevokedPublisherRetainedPurged(t *testing.T) {
+	e := newEnv(t)
+	devCert := e.pki.identity("ms-acc-1/acc-1/dev-1")
+	dev := e.v5(devCert)
+	dev.publish(t, "ms-acc-1/acc-1/dev-1/status", "forged", 1, true)
+	other := e.v5(e.pki.identity("ms-acc-1/acc-1/dev-2"))
+	other.publish(t, "ms-acc-1/acc-1/dev-2/status", "fine", 1, true)
+	e.id.revoke(devCert)
+	e.b.Revalidate(context.Background())
+	if n := counter(t, e, "revalidate", "retained_publisher_revoked"); n != 1 {
+		t.Fatalf("refusals{revalidate,retained_publisher_revoked} = %v; want 1", n)
+	}
+	// Across a restart too (the purge is stored).
+	e.restart()
+	acct := e.v5(e.pki.identity("ms-acc-1/acc-1"))
+	acct.subscribe(t, "ms-acc-1/acc-1/+/status", 1)
+	acct.expect(t, "ms-acc-1/acc-1/dev-2/status", "fine")
+	acct.subscribe(t, "ms-acc-1/acc-1/fence", 1)
+	fence(t, acct, acct, "ms-acc-1/acc-1/fence")
+}

@@ -68,7 +68,14 @@ func (l *tlsListener) handle(nc net.Conn) {
 		return
 	}
 	_ = nc.SetWriteDeadline(time.Time{})
-	newConn(l.b, tc).serve()
+	// The connection lives on a fresh goroutine: the handshake (ECDSA,
+	// chain building) grew this one's stack to tens of KiB, which an idle
+	// connection would otherwise keep.
+	l.b.connWG.Add(1)
+	go func() {
+		defer l.b.connWG.Done()
+		newConn(l.b, tc).serve()
+	}()
 }
 
 func (l *tlsListener) close() {

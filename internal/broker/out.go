@@ -12,18 +12,24 @@ import (
 // acknowledgement callbacks); one writer at a time drains it. The writer
 // is a goroutine started when bytes arrive and ending when the outbox is
 // empty, so an idle connection costs no writer goroutine and no buffer,
-// and under load every write call carries everything that accumulated
-// while the previous one ran: many packets per TLS record and syscall,
-// instead of one write per packet.
+// and under load every write carries everything that accumulated while
+// the previous one ran: many packets per TLS record and syscall, instead
+// of one write per packet.
+//
+// Bytes are kept in chunks of chunkSize, the largest TLS record
+// plaintext, so a chunk is one record and one write, and a backlog never
+// re-grows (and copies) one large buffer.
 type outbox struct {
 	mu       sync.Mutex
-	buf      []byte // guarded by mu
-	spare    []byte // the writer's previous buffer, reused; guarded by mu
-	flushing bool   // a writer goroutine is running; guarded by mu
-	closed   bool   // guarded by mu; nothing more is written
-	closing  bool   // guarded by mu; the writer closes the socket once empty
-	size     int    // len(buf) plus what the writer holds; guarded by mu
+	chunks   [][]byte // guarded by mu; each of capacity chunkSize
+	flushing bool     // a writer goroutine is running; guarded by mu
+	closed   bool     // guarded by mu; nothing more is written
+	closing  bool     // guarded by mu; the writer closes the socket once empty
+	size     int      // bytes not yet written, including the writer's; guarded by mu
 }
+
+// chunkSize is TLS's maximum record plaintext (RFC 8446 §5.1).
+const chunkSize = 16 << 10
 
 // pending returns the bytes not yet written.
 func (o *outbox) pending() int {
@@ -32,38 +38,80 @@ func (o *outbox) pending() int {
 	return o.size
 }
 
-// maxSpare bounds the buffer an idle connection keeps for reuse.
-const maxSpare = 64 << 10
+// chunkPool recycles chunks between connections, so idle connections hold
+// none.
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, 0, chunkSize); return &b }}
 
-// bufPool recycles write buffers between connections, so idle connections
-// hold none.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
+func getChunk() []byte { return (*chunkPool.Get().(*[]byte))[:0] }
 
-func getBuf() []byte { return (*bufPool.Get().(*[]byte))[:0] }
-
-func putBuf(b []byte) {
-	if cap(b) == 0 || cap(b) > maxSpare {
+func putChunk(b []byte) {
+	if cap(b) != chunkSize {
 		return
 	}
 	b = b[:0]
-	bufPool.Put(&b)
+	chunkPool.Put(&b)
 }
 
-// send appends what fill writes and starts the writer if none runs. It
-// reports false if the connection is closed.
-func (c *conn) send(fill func([]byte) []byte) bool {
+// scratchPool holds buffers for packets that do not fit the current chunk.
+var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, chunkSize); return &b }}
+
+// appendLocked adds what fill encodes, at most max bytes, to the chunks.
+// The caller holds o.mu.
+func (o *outbox) appendLocked(max int, fill func([]byte) []byte) {
+	if max <= chunkSize {
+		n := len(o.chunks)
+		if n == 0 || chunkSize-len(o.chunks[n-1]) < max {
+			o.chunks = append(o.chunks, getChunk())
+			n++
+		}
+		last := o.chunks[n-1]
+		out := fill(last)
+		o.size += len(out) - len(last)
+		o.chunks[n-1] = out
+		return
+	}
+	sp := scratchPool.Get().(*[]byte)
+	b := fill((*sp)[:0])
+	o.spill(b)
+	if cap(b) <= 4*chunkSize {
+		*sp = b[:0]
+		scratchPool.Put(sp)
+	}
+}
+
+// spill copies b into the chunks, filling the last one first.
+func (o *outbox) spill(b []byte) {
+	o.size += len(b)
+	for len(b) > 0 {
+		n := len(o.chunks)
+		if n == 0 || len(o.chunks[n-1]) == chunkSize {
+			o.chunks = append(o.chunks, getChunk())
+			n++
+		}
+		last := o.chunks[n-1]
+		k := copy(last[len(last):chunkSize], b)
+		o.chunks[n-1] = last[:len(last)+k]
+		b = b[k:]
+	}
+}
+
+// smallPacket bounds what the broker's own control packets (CONNACK,
+// acknowledgements, SUBACK of a few filters, PINGRESP) encode to.
+const smallPacket = 512
+
+// send appends what fill writes (at most smallPacket bytes) and starts the
+// writer if none runs. It reports false if the connection is closed.
+func (c *conn) send(fill func([]byte) []byte) bool { return c.sendMax(smallPacket, fill) }
+
+// sendMax is send for a packet of at most max bytes.
+func (c *conn) sendMax(max int, fill func([]byte) []byte) bool {
 	o := &c.out
 	o.mu.Lock()
 	if o.closed || o.closing {
 		o.mu.Unlock()
 		return false
 	}
-	if o.buf == nil {
-		o.buf = getBuf()
-	}
-	n := len(o.buf)
-	o.buf = fill(o.buf)
-	o.size += len(o.buf) - n
+	o.appendLocked(max, fill)
 	start := !o.flushing
 	o.flushing = true
 	o.mu.Unlock()
@@ -76,14 +124,11 @@ func (c *conn) send(fill func([]byte) []byte) bool {
 // flush writes until the outbox is empty.
 func (c *conn) flush() {
 	o := &c.out
+	var batch [][]byte
 	for {
 		o.mu.Lock()
-		if o.closed || len(o.buf) == 0 {
+		if o.closed || len(o.chunks) == 0 {
 			o.flushing = false
-			if len(o.buf) == 0 {
-				putBuf(o.buf)
-				o.buf = nil
-			}
 			closing := o.closing
 			o.mu.Unlock()
 			if closing {
@@ -93,21 +138,24 @@ func (c *conn) flush() {
 			c.written()
 			return
 		}
-		w := o.buf
-		o.buf = o.spare
-		o.spare = nil
+		batch = append(batch[:0], o.chunks...)
+		clear(o.chunks)
+		o.chunks = o.chunks[:0]
 		o.mu.Unlock()
 
 		_ = c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-		_, err := c.nc.Write(w)
-
-		o.mu.Lock()
-		o.size -= len(w)
-		if o.spare == nil && cap(w) <= maxSpare {
-			o.spare = w[:0]
-		} else {
-			putBuf(w)
+		var err error
+		written := 0
+		for _, ch := range batch {
+			if err == nil {
+				_, err = c.nc.Write(ch)
+			}
+			written += len(ch)
+			putChunk(ch)
 		}
+		clear(batch)
+		o.mu.Lock()
+		o.size -= written
 		o.mu.Unlock()
 		if err != nil {
 			c.fail(err)
@@ -129,13 +177,12 @@ func (c *conn) finish(final []byte) bool {
 	}
 	o.closing = true
 	if len(final) > 0 {
-		o.buf = append(o.buf, final...)
-		o.size += len(final)
+		o.spill(final)
 	}
 	if o.flushing {
 		return true
 	}
-	if len(o.buf) == 0 {
+	if len(o.chunks) == 0 {
 		return false
 	}
 	o.flushing = true
@@ -149,11 +196,11 @@ func (c *conn) closeOut() {
 	o.mu.Lock()
 	o.closed = true
 	if !o.flushing {
-		putBuf(o.buf)
-		o.buf = nil
+		for _, ch := range o.chunks {
+			putChunk(ch)
+		}
+		o.chunks = nil
 	}
-	putBuf(o.spare)
-	o.spare = nil
 	o.mu.Unlock()
 }
 
@@ -191,7 +238,8 @@ func (c *conn) writePublish(d *delivery, dup bool) bool {
 		}
 	}
 	ok := true
-	sent := c.send(func(dst []byte) []byte {
+	// A topic alias adds at most 3 bytes (identifier and value).
+	sent := c.sendMax(packet.PublishSize(c.version, &p)+3, func(dst []byte) []byte {
 		// Topic aliases are assigned under the outbox lock, so their order
 		// on the wire is the order they were assigned in.
 		if c.version == packet.V5 && c.aliasMax > 0 {
@@ -216,7 +264,7 @@ func (c *conn) writePublish(d *delivery, dup bool) bool {
 		return packet.AppendPublish(dst, c.version, &p)
 	})
 	if ok && sent {
-		c.b.metrics.messagesOut.WithLabelValues(qosLabel[d.qos]).Inc()
+		c.b.metrics.out[d.qos].Inc()
 		c.b.messagesOut.Add(1)
 	}
 	return ok

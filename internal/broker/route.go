@@ -249,9 +249,31 @@ func (b *Broker) backpressure(ctx context.Context, s *session, ch chan struct{})
 // mayRead is the delivery check: every message written to a session,
 // live, queued or retained, is checked against the subscriber's current
 // rights, whatever the matcher decided at subscribe time.
+//
+// The decision depends only on the subject (fixed for a session), the
+// topic and the grants, so the topics last allowed are remembered per
+// session until the grants change (setGrants).
 func (b *Broker) mayRead(s *session, topic string) bool {
+	gen := b.grantsGen.Load()
+	s.limMu.Lock()
+	if s.readGen != gen {
+		s.readOK, s.readGen = [readCache]string{}, gen
+	}
+	for _, t := range s.readOK {
+		if t == topic {
+			s.limMu.Unlock()
+			return true
+		}
+	}
+	s.limMu.Unlock()
 	d := tacs.Authorize(b.grants, s.subject, tacs.Subscribe, topic)
 	if d.Allowed {
+		s.limMu.Lock()
+		if s.readGen == gen {
+			s.readOK[s.readNext%readCache] = topic
+			s.readNext++
+		}
+		s.limMu.Unlock()
 		return true
 	}
 	b.metrics.refusals.WithLabelValues("delivery", string(d.Reason)).Inc()
@@ -360,15 +382,13 @@ func (r *retainedStore) set(m *message, c *conn) bool {
 func (r *retainedStore) setFor(m *message, owner string, cs *tls.ConnectionState) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	levels := strings.Split(m.topic, "/")
+	if len(m.payload) == 0 {
+		return r.removeLocked(m.topic, nil)
+	}
 	n := &r.root
-	path := []*retNode{n}
-	for _, l := range levels {
+	for _, l := range strings.Split(m.topic, "/") {
 		next := n.children[l]
 		if next == nil {
-			if len(m.payload) == 0 {
-				return false
-			}
 			if n.children == nil {
 				n.children = map[string]*retNode{}
 			}
@@ -376,26 +396,52 @@ func (r *retainedStore) setFor(m *message, owner string, cs *tls.ConnectionState
 			n.children[l] = next
 		}
 		n = next
-		path = append(path, n)
 	}
 	if old := n.rm; old != nil {
 		r.account(old.owner, -1, -int64(old.msg.size))
 		r.count--
-		n.rm = nil
-	}
-	if len(m.payload) == 0 {
-		for i := len(path) - 1; i > 0; i-- {
-			p := path[i]
-			if len(p.children) > 0 || p.rm != nil {
-				break
-			}
-			delete(path[i-1].children, levels[i-1])
-		}
-		return true
 	}
 	n.rm = &retainedMsg{msg: m, owner: owner, cs: cs}
 	r.account(owner, 1, int64(m.size))
 	r.count++
+	return true
+}
+
+// deleteIf deletes the topic's retained message if it is still rm (a
+// newer one published meanwhile stays).
+func (r *retainedStore) deleteIf(rm *retainedMsg) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.removeLocked(rm.msg.topic, rm)
+}
+
+// removeLocked deletes topic's retained message (only if it is only, when
+// set) and prunes empty nodes. The caller holds r.mu.
+func (r *retainedStore) removeLocked(topic string, only *retainedMsg) bool {
+	levels := strings.Split(topic, "/")
+	path := make([]*retNode, 0, len(levels)+1)
+	n := &r.root
+	path = append(path, n)
+	for _, l := range levels {
+		if n = n.children[l]; n == nil {
+			return false
+		}
+		path = append(path, n)
+	}
+	old := n.rm
+	if old == nil || (only != nil && old != only) {
+		return false
+	}
+	r.account(old.owner, -1, -int64(old.msg.size))
+	r.count--
+	n.rm = nil
+	for i := len(path) - 1; i > 0; i-- {
+		p := path[i]
+		if len(p.children) > 0 || p.rm != nil {
+			break
+		}
+		delete(path[i-1].children, levels[i-1])
+	}
 	return true
 }
 

@@ -168,13 +168,20 @@ type session struct {
 	relief         atomic.Bool   // drained != nil || stalled: writers must call relieve
 	online         atomic.Bool   // conn != nil, readable without mu (shared-group choice)
 	load           atomic.Int64  // bytes, readable without mu
-	limMu          sync.Mutex    // guards drops; taken with or without mu
+	limMu          sync.Mutex    // guards drops and the read cache; taken with or without mu
 	drops          rateLimit
+	readOK         [readCache]string // topics mayRead allowed under grants generation readGen
+	readGen        uint64
+	readNext       int
 }
 
+// readCache is how many allowed topics a session remembers (see mayRead).
+const readCache = 8
+
 func newSession(b *Broker, key, clientID string, subj tacs.Subject, id *identity) *session {
-	return &session{b: b, key: key, clientID: clientID, subject: subj, id: id,
-		subs: map[string]*subscription{}, inflight: map[uint16]*delivery{}, inQoS2: map[uint16]struct{}{}}
+	// Maps are made on first use: most sessions of a fleet have one
+	// subscription and never an inbound QoS 2 flow.
+	return &session{b: b, key: key, clientID: clientID, subject: subj, id: id}
 }
 
 // window is how many QoS 1/2 messages may be unacknowledged on the live
@@ -302,6 +309,9 @@ func (s *session) fill() {
 		}
 		d.pid = s.newPID()
 		d.state = stateSent
+		if s.inflight == nil {
+			s.inflight = map[uint16]*delivery{}
+		}
 		s.inflight[d.pid] = d
 		if s.persistent {
 			s.b.store.putDelivery(s, d)

@@ -434,6 +434,9 @@ func (b *Broker) restore() error {
 					bad = append(bad, key)
 					continue
 				}
+				if l.s.subs == nil {
+					l.s.subs = map[string]*subscription{}
+				}
 				l.s.subs[filter] = &subscription{filter: filter, topic: topic, group: group, qos: rec.QoS, noLocal: rec.NoLocal,
 					retainAsPublished: rec.RAP, retainHandling: rec.RetainHandling, id: rec.ID}
 			case strings.HasPrefix(key, keyQueued):
@@ -469,6 +472,9 @@ func (b *Broker) restore() error {
 				if l == nil {
 					bad = append(bad, key)
 					continue
+				}
+				if l.s.inQoS2 == nil {
+					l.s.inQoS2 = map[uint16]struct{}{}
 				}
 				l.s.inQoS2[uint16(rest[len(rest)-2])<<8|uint16(rest[len(rest)-1])] = struct{}{}
 			case strings.HasPrefix(key, keyRetained):
@@ -520,6 +526,9 @@ func (b *Broker) restore() error {
 			if d.state == stateQueued {
 				s.queue.push(d)
 			} else {
+				if s.inflight == nil {
+					s.inflight = map[uint16]*delivery{}
+				}
 				s.inflight[d.pid] = d
 			}
 		}

@@ -139,7 +139,7 @@ func (b *Broker) sendWill(pw *pendingWill) {
 			b.refuse(ctx, "will", "retained_quota", pw.subject, "topic", logTopic(w.Topic))
 		}
 	}
-	b.metrics.messagesIn.WithLabelValues(qosLabel[w.QoS]).Inc()
+	b.metrics.in[w.QoS].Inc()
 	if b.route(ctx, m, nil) {
 		durable = true
 	}

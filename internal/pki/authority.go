@@ -144,6 +144,12 @@ func Open(ctx context.Context, dataDir string, domain Domain, records Records, o
 	return a, nil
 }
 
+// ServicesCAName is the common name of a domain's services CA. Verifiers
+// that have the CA itself recognize it by identity; only an offline
+// verifier that has nothing but the root relies on the name (see
+// IdentifyVerifiedChain).
+func ServicesCAName(d Domain) string { return fmt.Sprintf("fieldtrust %s services CA", d) }
+
 // Domain returns the authority's trust domain.
 func (a *Authority) Domain() Domain { return a.domain }
 
@@ -187,6 +193,9 @@ func (a *Authority) Issue(ctx context.Context, req LeafRequest) (*Issued, error)
 	}
 	if req.PublicKey == nil {
 		return nil, errors.New("issue: no public key")
+	}
+	if err := CheckKey(req.PublicKey, a.domain); err != nil {
+		return nil, fmt.Errorf("issue: %w", err)
 	}
 	if req.Service != "" {
 		if err := ValidateElement(req.Service); err != nil {
@@ -349,7 +358,7 @@ func (a *Authority) loadOrCreateCA(ctx context.Context, name string, parent *x50
 		subject.CommonName = fmt.Sprintf("fieldtrust %s root CA", a.domain)
 		t.MaxPathLen = 2
 	case KindServicesCA:
-		subject.CommonName = fmt.Sprintf("fieldtrust %s services CA", a.domain)
+		subject.CommonName = ServicesCAName(a.domain)
 		t.MaxPathLen, t.MaxPathLenZero = 0, true
 	case KindMasterCA:
 		subject.CommonName = cn

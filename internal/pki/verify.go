@@ -238,6 +238,9 @@ func (v *Verifier) Identify(chain []*x509.Certificate) (Identity, error) {
 	if err != nil {
 		return Identity{}, err
 	}
+	if err := CheckKey(chain[0].PublicKey, v.domain); err != nil {
+		return Identity{}, fmt.Errorf("certificate %q: %w", chain[0].Subject.CommonName, err)
+	}
 	if err := v.CheckRevoked(chain); err != nil {
 		return Identity{}, err
 	}

@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -276,4 +277,21 @@ func keyType(pub crypto.PublicKey) string {
 		return "Ed25519"
 	}
 	return fmt.Sprintf("%T", pub)
+}
+
+// KeyID identifies a CA by its public key: the SHA-256 of its DER
+// SubjectPublicKeyInfo, lowercase hex. Unlike a subject or a
+// subjectKeyIdentifier extension, which any CA can copy, it cannot be
+// claimed by a CA that lacks the key: a certificate verifies under a CA
+// only if that key signed it. Claims name manufacturer CAs by it.
+func KeyID(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+	return hex.EncodeToString(sum[:])
+}
+
+// Fingerprint is the SHA-256 of a certificate's DER, lowercase hex, as
+// 'openssl x509 -fingerprint -sha256' prints it without colons.
+func Fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:])
 }

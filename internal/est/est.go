@@ -10,8 +10,11 @@
 //
 //	/.well-known/est/simpleenroll        onboarding certificate that chains to a
 //	                                     trusted manufacturer CA and matches an
-//	                                     unconsumed claim -> transport leaf for
-//	                                     the claimed path; the claim is consumed
+//	                                     unconsumed claim of that CA -> transport
+//	                                     leaf for the claimed path; the claim is
+//	                                     consumed (a retry by the same
+//	                                     certificate for the same key gets the
+//	                                     same leaf)
 //	/.well-known/est/simplereenroll      current, unrevoked operational transport
 //	                                     certificate -> new transport leaf, same
 //	                                     identity (same or new key)
@@ -26,6 +29,10 @@
 // transport root, so the broker (which trusts only the transport root)
 // refuses it, and so does every platform route other than EST (see
 // GuardOperational).
+//
+// Enrollment answers hold only the issued certificate (RFC 7030 §4.2.3);
+// clients get the intermediates from cacerts. Every answer has a
+// Content-Length, and every 401 a WWW-Authenticate challenge.
 //
 // The identity of an issued certificate is decided by the platform (the
 // claim, or the certificate the client authenticated with), never by the

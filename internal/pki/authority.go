@@ -343,6 +343,9 @@ func (a *Authority) checkAuthority(ctx context.Context, req LeafRequest) (time.T
 		}
 	}
 	if wait := time.Until(rev.RevokedAt); wait > 0 {
+		if wait > 2*time.Second {
+			return time.Time{}, fmt.Errorf("issue %s: the path was revoked at %s, in the future; check the clock of the host that ran 'pki revoke'", req.Path, rev.RevokedAt.Format(time.RFC3339))
+		}
 		t := time.NewTimer(wait)
 		defer t.Stop()
 		select {

@@ -1,13 +1,18 @@
 package est_test
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -349,5 +354,55 @@ func TestRevokedPathStopsReenrollLoop(t *testing.T) {
 	}
 	if _, _, err := p.verifier.Verify(fresh[0], fresh[1:], time.Time{}, x509.ExtKeyUsageClientAuth); err != nil {
 		t.Fatalf("the new certificate: %v", err)
+	}
+}
+
+// TestGuardRefusesWeakKeysAndTwoCNs: what an account CA key can mint that
+// EST would never issue (an RSA-1024 key, a subject with two common names)
+// is refused on the HTTPS routes too: the guard, EST and bootstrap call
+// the same pki.Verifier as the broker's Identify and VerifyConnection.
+func TestGuardRefusesWeakKeysAndTwoCNs(t *testing.T) {
+	p := newPlatform(t, est.Policy{})
+	op := p.operational(t, "ms-1/acc-1/gw-1600") // creates the account CA
+	caKey, err := pki.ReadKeyFile(filepath.Join(p.d.Path, "pki", "transport", "ca", "ms-1+acc-1.key"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accountCA, masterCA := op.Leaf, op.Leaf // replaced below
+	for _, der := range op.Certificate[1:] {
+		c, _ := x509.ParseCertificate(der)
+		switch c.Subject.CommonName {
+		case "acc-1":
+			accountCA = c
+		case "ms-1":
+			masterCA = c
+		}
+	}
+	mint := func(subject pkix.Name, key crypto.Signer) tls.Certificate {
+		t.Helper()
+		leaf := sign(t, &x509.Certificate{Subject: subject, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+			NotAfter: time.Now().Add(time.Hour)}, accountCA, key.Public(), caKey)
+		return tlsCert([]*x509.Certificate{leaf, accountCA, masterCA}, key)
+	}
+	rsa1024, _ := rsa.GenerateKey(rand.Reader, 1024)
+	p256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	oidCN := asn1.ObjectIdentifier{2, 5, 4, 3}
+	for _, tt := range []struct {
+		name string
+		cert tls.Certificate
+		code int
+	}{
+		{"valid", op, 200},
+		{"RSA-1024", mint(pkix.Name{CommonName: "ms-1/acc-1/weak"}, rsa1024), 401},
+		{"two common names", mint(pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{{Type: oidCN, Value: "ms-1/acc-1/victim"}, {Type: oidCN, Value: "ms-1/acc-1/gw-1600"}}}, p256), 401},
+	} {
+		resp, err := p.httpClient(&tt.cert).Get(p.guarded)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.code {
+			t.Errorf("%s: %d, want %d", tt.name, resp.StatusCode, tt.code)
+		}
 	}
 }

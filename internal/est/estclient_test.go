@@ -21,13 +21,18 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/store"
 )
 
-// interopDir is where the third-party peers live: ../shared/interop next
-// to the repository (FIELDTRUST_INTEROP overrides it).
+// interopDir is where the third-party peers live: FIELDTRUST_INTEROP if
+// set, else ../shared/interop next to the repository, else the shared
+// folder of the development and CI machines.
 func interopDir() string {
 	if d := os.Getenv("FIELDTRUST_INTEROP"); d != "" {
 		return d
 	}
-	return filepath.Join("..", "..", "..", "shared", "interop")
+	next := filepath.Join("..", "..", "..", "shared", "interop")
+	if _, err := os.Stat(next); err == nil {
+		return next
+	}
+	return "/work/shared/interop"
 }
 
 // buildESTClient builds GlobalSign's estclient from its source (kept with

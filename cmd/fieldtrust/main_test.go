@@ -98,6 +98,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"pki", "issue", "--data", data, "ms//dev", "--out", t.TempDir()}, 2, "empty element"},
 		{[]string{"pki", "issue", "--data", data, "$SYS/x", "--out", t.TempDir()}, 2, "not allowed"},
 		{[]string{"pki", "issue", "--data", data, "+", "--out", t.TempDir()}, 2, "not allowed"},
+		// The topic scheme's own first levels are no identity (pki/crl/...).
+		{[]string{"pki", "issue", "--data", data, "pki", "--out", t.TempDir()}, 2, "reserved for the platform"},
+		{[]string{"pki", "issue", "--data", data, "pki/crl/transport", "--out", t.TempDir()}, 2, "reserved for the platform"},
 		{[]string{"pki", "issue", "--data", data, "ms/acc/dev"}, 2, "--out"},
 		{[]string{"pki", "issue", "--data", data, "--service", "x", "--role", "root", "--out", t.TempDir()}, 2, "admin, snapshot-reader, firmware-writer"},
 		{[]string{"pki", "revoke", "--data", data, "ms-9/acc-1/dev-1"}, 1, "pki list"},

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/fieldtrust/fieldtrust/internal/est"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 )
@@ -265,7 +266,5 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, status int, reaso
 		attrs = append(attrs, "err", err.Error())
 	}
 	h.log.Warn("bootstrap refused", attrs...)
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.WriteHeader(status)
-	fmt.Fprintln(w, reason)
+	est.RefuseText(w, status, reason)
 }

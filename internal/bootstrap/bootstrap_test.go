@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -14,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -260,4 +262,49 @@ type nilRecords struct{}
 
 func (nilRecords) ListCertificates(context.Context, store.CertFilter) ([]store.Certificate, error) {
 	return nil, nil
+}
+
+// TestBootstrapRefusesReservedNames: an identity named like the platform's
+// own topics (a master CA "pki", as the root key could have minted before
+// the names were reserved) gets no configuration; the broker refuses it
+// too. A 401 carries a WWW-Authenticate challenge.
+func TestBootstrapRefusesReservedNames(t *testing.T) {
+	e := newEnv(t, nil)
+	rootKey, err := pki.ReadKeyFile(filepath.Join(e.d.Path, "pki", "transport", "root.key"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caKey, _ := pki.GenerateKey(elliptic.P384())
+	sign := func(tmpl, parent *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) *x509.Certificate {
+		t.Helper()
+		tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
+		tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
+		tmpl.BasicConstraintsValid = true
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	ca := sign(&x509.Certificate{Subject: pkix.Name{CommonName: "pki"}, IsCA: true, MaxPathLen: 1, KeyUsage: x509.KeyUsageCertSign}, e.d.Transport.Root(), caKey.Public(), rootKey)
+	leafKey, _ := pki.GenerateKey(elliptic.P256())
+	leaf := sign(&x509.Certificate{Subject: pkix.Name{CommonName: "pki/crl"}, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, ca, leafKey.Public(), caKey)
+	reserved := tls.Certificate{Certificate: [][]byte{leaf.Raw, ca.Raw}, PrivateKey: leafKey, Leaf: leaf}
+	if code, body := e.get(t, &reserved); code != http.StatusUnauthorized || strings.Contains(string(body), `"identity"`) {
+		t.Fatalf("identity pki/crl: %d %s, want 401", code, body)
+	}
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: tlspolicy.Client(e.roots, nil)}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get(e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "TLS-Client-Certificate ") {
+		t.Fatalf("no certificate: %d, WWW-Authenticate %q", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+	}
 }

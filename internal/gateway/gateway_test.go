@@ -136,6 +136,13 @@ func TestRenewalAndReenroll(t *testing.T) {
 	stop := e.runGateway(t, state)
 	waitUntil(t, 30*time.Second, "first snapshots", func() bool { return e.stored(t) >= 3 })
 	tr0, e2e0 := serialOf(t, filepath.Join(state, "transport.crt")), serialOf(t, filepath.Join(state, "e2e.crt"))
+	// EST answers the leaf alone; the gateway completes its chains from
+	// cacerts, so mTLS sends leaf + account CA + master CA.
+	for _, f := range []string{"transport.crt", "e2e.crt"} {
+		if certs, err := pki.ReadCertsFile(filepath.Join(state, f)); err != nil || len(certs) != 3 {
+			t.Fatalf("%s holds %d certificates (%v); want leaf and two intermediates", f, len(certs), err)
+		}
+	}
 	waitUntil(t, 20*time.Second, "renewal of both certificates", func() bool {
 		return serialOf(t, filepath.Join(state, "transport.crt")) != tr0 && serialOf(t, filepath.Join(state, "e2e.crt")) != e2e0
 	})

@@ -121,7 +121,8 @@ func (r *running) mqttClient(t *testing.T, id string, cert tls.Certificate, lost
 }
 
 // TestLiveRevocation: a revoked device is disconnected and refused within
-// 5 s of 'pki revoke', and the retained CRL bundle lists it.
+// 5 s of 'pki revoke PATH' (a path revocation, polled through the store's
+// revocation version), and the retained CRL bundle lists it.
 func TestLiveRevocation(t *testing.T) {
 	r := start(t)
 	dev := r.credentials(t, pki.LeafRequest{Path: mustPath(t, "ms-1/acc-1/dev-1")})
@@ -152,7 +153,7 @@ func TestLiveRevocation(t *testing.T) {
 	<-crls2 // the retained one
 
 	revoked := time.Now()
-	if _, err := r.d.Transport.RevokeName(t.Context(), "ms-1/acc-1/dev-1", false, 1); err != nil {
+	if _, err := r.d.Transport.RevokePath(t.Context(), mustPath(t, "ms-1/acc-1/dev-1"), 1); err != nil {
 		t.Fatal(err)
 	}
 	select {

@@ -162,8 +162,9 @@ func MosquittoConfig(port int, p *PKI, dir string, o MosquittoOptions) string {
 }
 
 // MosquittoACL is the ACL file: every identity reads and writes its own
-// subtree, the rule TACS applies to account identities.
-const MosquittoACL = "pattern readwrite %u/#\n"
+// subtree and reads pki/crl/# (TACS rules 4 and 3); the admin service
+// writes pki/crl/# (its grant).
+const MosquittoACL = "pattern readwrite %u/#\npattern read pki/crl/#\n\nuser " + AdminService + "\ntopic readwrite pki/crl/#\n"
 
 // StartMosquitto runs Debian's mosquitto with a generated configuration
 // on a free loopback port.

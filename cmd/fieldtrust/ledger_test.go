@@ -26,6 +26,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/platform"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // TestLedgerVerifyCLI runs the platform in-process, publishes sealed
@@ -104,7 +105,7 @@ func TestLedgerVerifyCLI(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if tok := mc.Publish("ms-1/acc-1/gw-1/snapshots", 1, false, env); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			if tok := mc.Publish(topic.SnapshotsOf("ms-1/acc-1/gw-1"), 1, false, env); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 				t.Fatalf("publish: %v", tok.Error())
 			}
 		}

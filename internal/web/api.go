@@ -17,6 +17,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // Data is what the query API reads.
@@ -75,7 +76,7 @@ func (a *API) authed(h handler) http.HandlerFunc {
 		}
 		scope := subj.Path
 		if subj.IsService() {
-			if !tacs.Authorize(a.Grants, subj, tacs.Subscribe, "+/+/+/snapshots").Allowed {
+			if !tacs.Authorize(a.Grants, subj, tacs.Subscribe, topic.AllSnapshots).Allowed {
 				writeError(w, http.StatusForbidden, "service role "+subj.Role+" may not read snapshots")
 				return
 			}
@@ -87,7 +88,7 @@ func (a *API) authed(h handler) http.HandlerFunc {
 
 // canRead applies TACS: may subj read the snapshots of gateway path gw?
 func (a *API) canRead(subj tacs.Subject, gw string) bool {
-	return tacs.Authorize(a.Grants, subj, tacs.Subscribe, gw+"/snapshots").Allowed
+	return tacs.Authorize(a.Grants, subj, tacs.Subscribe, topic.SnapshotsOf(gw)).Allowed
 }
 
 type deviceJSON struct {
@@ -255,7 +256,9 @@ func (a *API) events(w http.ResponseWriter, r *http.Request, _ tacs.Subject, sco
 }
 
 func (a *API) rejects(w http.ResponseWriter, r *http.Request, subj tacs.Subject, _ string) {
-	if subj.Role != tacs.RoleAdmin {
+	// A reject may concern any tenant: reading rejects is for a service
+	// whose grants let it read every tenant's topics (admin, by default).
+	if !tacs.Authorize(a.Grants, subj, tacs.Subscribe, topic.Everything).Allowed {
 		writeError(w, http.StatusForbidden, "rejects are for admins: they may concern any tenant")
 		return
 	}

@@ -32,6 +32,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 	"github.com/fieldtrust/fieldtrust/internal/web"
 )
 
@@ -73,7 +74,7 @@ func (e *env) publishSnapshots(t *testing.T, c mqtt.Client, gw identity, gwPath 
 		if err != nil {
 			t.Fatal(err)
 		}
-		if tok := c.Publish(gwPath+"/snapshots", 1, false, env); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		if tok := c.Publish(topic.SnapshotsOf(gwPath), 1, false, env); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 			t.Fatalf("publish: %v", tok.Error())
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/store/postgres/pgtest"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 	"github.com/fieldtrust/fieldtrust/internal/web"
 )
 
@@ -50,6 +51,10 @@ func identifyByHeader(r *http.Request) (tacs.Subject, bool) {
 // apiFixture serves the API from a real store and ledger holding n
 // snapshots of ms-1/acc-1/gw-1/pump-1 under a tree head of their size.
 func apiFixture(t *testing.T, st apiStore, n int) *httptest.Server {
+	return apiFixtureWith(t, st, n, tacs.DefaultGrants())
+}
+
+func apiFixtureWith(t *testing.T, st apiStore, n int, grants tacs.Grants) *httptest.Server {
 	t.Helper()
 	ctx := t.Context()
 	lg, err := ledger.Open(ctx, st)
@@ -80,7 +85,7 @@ func apiFixture(t *testing.T, st apiStore, n int) *httptest.Server {
 	if err := st.PutTreeHead(ctx, store.TreeHead{Size: size, Root: root, Checkpoint: []byte("c"), Signature: []byte("s"), CertChain: []byte("p")}); err != nil {
 		t.Fatal(err)
 	}
-	api := &web.API{Data: st, Proofs: lg, Grants: tacs.DefaultGrants(), Identify: identifyByHeader}
+	api := &web.API{Data: st, Proofs: lg, Grants: grants, Identify: identifyByHeader}
 	srv := httptest.NewServer(web.New(web.Options{API: api}))
 	t.Cleanup(srv.Close)
 	return srv
@@ -222,5 +227,38 @@ func TestBadParametersAre400(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRejectsFollowGrants: rejects may concern any tenant, so they are for
+// a service whose role's grants read every tenant's topics, whatever the
+// role is called; a role without them is refused, as is every account.
+func TestRejectsFollowGrants(t *testing.T) {
+	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	grants := tacs.DefaultGrants()
+	grants["auditor"] = []tacs.Grant{{Filter: "#", Read: true}}
+	grants["tenant-reader"] = []tacs.Grant{{Filter: "ms-1/#", Read: true}, {Filter: topic.AllSnapshots, Read: true}}
+	srv := apiFixtureWith(t, st, 1, grants)
+	for who, want := range map[string]int{
+		"service:ops/" + tacs.RoleAdmin:             200,
+		"service:audit/auditor":                     200,
+		"service:ingest/" + tacs.RoleSnapshotReader: 403,
+		"service:t/tenant-reader":                   403,
+		"ms-1":                                      403,
+	} {
+		req, _ := http.NewRequest("GET", srv.URL+"/api/v1/rejects", nil)
+		req.Header.Set(subjectHeader, who)
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("rejects for %s: %d, want %d", who, resp.StatusCode, want)
+		}
 	}
 }

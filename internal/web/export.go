@@ -39,7 +39,7 @@ const (
 )
 
 func (a *API) exportGate() *exportGate {
-	a.gateOnce.Do(func() { a.gate = newExportGate(a.ExportLimits, a.Now) })
+	a.gateOnce.Do(func() { a.gate = newExportGate(a.ExportLimits, a.Now, a.Logger) })
 	return a.gate
 }
 

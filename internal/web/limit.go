@@ -2,6 +2,7 @@ package web
 
 import (
 	"fmt"
+	"log/slog"
 	"math"
 	"strings"
 	"sync"
@@ -56,21 +57,23 @@ func (e *limitError) retryAfterSeconds() string {
 type exportGate struct {
 	limits ExportLimits
 	now    func() time.Time
+	log    *slog.Logger
 
 	mu      sync.Mutex
 	tenants map[string]*tenantBudget // guarded by mu
 }
 
 type tenantBudget struct {
-	active int
-	bucket *rate.Limiter
+	active  int
+	bucket  *rate.Limiter
+	refused int // refusals since the last admitted page
 }
 
 // gateSweepAt is the number of tenants above which idle ones (nothing
 // streaming, bucket full) are forgotten, bounding the gate's memory.
 const gateSweepAt = 1024
 
-func newExportGate(l ExportLimits, now func() time.Time) *exportGate {
+func newExportGate(l ExportLimits, now func() time.Time, log *slog.Logger) *exportGate {
 	if l.Concurrent <= 0 {
 		l.Concurrent = DefaultExportConcurrent
 	}
@@ -83,7 +86,10 @@ func newExportGate(l ExportLimits, now func() time.Time) *exportGate {
 	if now == nil {
 		now = time.Now
 	}
-	return &exportGate{limits: l, now: now, tenants: map[string]*tenantBudget{}}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &exportGate{limits: l, now: now, log: log, tenants: map[string]*tenantBudget{}}
 }
 
 // tenantOf is the key a subject's exports are counted under.
@@ -97,6 +103,9 @@ func tenantOf(s tacs.Subject) string {
 
 // acquire admits one export page of subj's tenant, or refuses it with a
 // *limitError. The caller calls release when the page is done.
+//
+// Refusals are logged without amplification: the first of a run, then
+// their number when the tenant is admitted again.
 func (g *exportGate) acquire(subj tacs.Subject) (release func(), err error) {
 	key := tenantOf(subj)
 	now := g.now()
@@ -110,16 +119,26 @@ func (g *exportGate) acquire(subj tacs.Subject) (release func(), err error) {
 		b = &tenantBudget{bucket: rate.NewLimiter(rate.Every(g.limits.Every), g.limits.Burst)}
 		g.tenants[key] = b
 	}
+	refuse := func(e *limitError) (func(), error) {
+		if b.refused++; b.refused == 1 {
+			g.log.Warn("export refused: tenant over its limits", "tenant", key, "reason", e.msg)
+		}
+		return nil, e
+	}
 	if b.active >= g.limits.Concurrent {
-		return nil, &limitError{retryAfter: time.Second,
-			msg: fmt.Sprintf("%s already has %d exports in progress, the most it may have at once; retry when one has finished", key, b.active)}
+		return refuse(&limitError{retryAfter: time.Second,
+			msg: fmt.Sprintf("%s already has %d exports in progress, the most it may have at once; retry when one has finished", key, b.active)})
 	}
 	r := b.bucket.ReserveN(now, 1)
 	if d := r.DelayFrom(now); !r.OK() || d > 0 {
 		r.CancelAt(now)
-		return nil, &limitError{retryAfter: d,
-			msg: fmt.Sprintf("%s asked for export pages faster than one per %v (bursts of %d); retry in %v", key, g.limits.Every, g.limits.Burst, d.Round(time.Millisecond))}
+		return refuse(&limitError{retryAfter: d,
+			msg: fmt.Sprintf("%s asked for export pages faster than one per %v (bursts of %d); retry in %v", key, g.limits.Every, g.limits.Burst, d.Round(time.Millisecond))})
 	}
+	if b.refused > 1 {
+		g.log.Info("export admitted again", "tenant", key, "refused_meanwhile", b.refused)
+	}
+	b.refused = 0
 	b.active++
 	var once sync.Once
 	return func() {

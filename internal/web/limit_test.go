@@ -14,7 +14,7 @@ import (
 // busy ones kept.
 func TestExportGateForgetsIdleTenants(t *testing.T) {
 	now := time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
-	g := newExportGate(ExportLimits{}, func() time.Time { return now })
+	g := newExportGate(ExportLimits{}, func() time.Time { return now }, nil)
 	busy, err := g.acquire(tacs.Account("busy"))
 	if err != nil {
 		t.Fatal(err)

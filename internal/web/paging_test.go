@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -163,8 +164,9 @@ func TestExportLimits(t *testing.T) {
 	now := time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	var logs syncBuffer
 	api := &web.API{Data: f.data, Proofs: f.lg, Grants: tacs.DefaultGrants(), Identify: identifyByHeader, Now: clock,
-		ExportLimits: web.ExportLimits{Concurrent: 1, Every: 2 * time.Second, Burst: 2}}
+		ExportLimits: web.ExportLimits{Concurrent: 1, Every: 2 * time.Second, Burst: 2}, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 	srv := httptest.NewServer(web.New(web.Options{API: api}))
 	defer srv.Close()
 	type answer struct {
@@ -217,4 +219,31 @@ func TestExportLimits(t *testing.T) {
 	want(get("ms"), http.StatusTooManyRequests, "2", "faster")
 	// Services are tenants of their own.
 	want(get("service:ops/admin"), http.StatusOK, "", `"count":10`)
+
+	// Refusals are logged once per run, not once each: three runs.
+	out := logs.String()
+	if n := strings.Count(out, "export refused"); n != 3 {
+		t.Errorf("%d refusal log lines, want 3:\n%s", n, out)
+	}
+	if n := strings.Count(out, "refused_meanwhile=2"); n != 2 {
+		t.Errorf("%d admissions logged with 2 refusals before, want 2:\n%s", n, out)
+	}
+}
+
+// syncBuffer is a bytes.Buffer the server's goroutines may log to.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -18,11 +19,12 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
 )
 
-// serviceRoles are the roles 'pki issue --service' accepts; the broker maps
-// each to its topic grants.
-var serviceRoles = []string{"admin", "snapshot-reader", "firmware-writer"}
+// serviceRoles are the roles 'pki issue --service' accepts: those the
+// platform has grants for.
+var serviceRoles = slices.Sorted(maps.Keys(tacs.DefaultGrants()))
 
 func newPKICmd() *cobra.Command {
 	c := &cobra.Command{

@@ -19,6 +19,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/est"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // Path is where the handler is mounted.
@@ -32,7 +33,7 @@ const Path = "/api/v1/bootstrap"
 const SchemaVersion = 1
 
 // DefaultCRLTopic is the retained MQTT topic of the transport CRL bundle.
-const DefaultCRLTopic = "pki/crl/transport"
+const DefaultCRLTopic = topic.CRLTransport
 
 // Document is the bootstrap answer (JSON).
 type Document struct {

@@ -25,6 +25,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/tlspolicy"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 type env struct {
@@ -153,7 +154,7 @@ func TestBootstrap(t *testing.T) {
 		t.Fatal(err)
 	}
 	if doc.Version != bootstrap.SchemaVersion || doc.Identity != "ms-1/acc-1/gw-1" || len(doc.Brokers) != 2 ||
-		doc.PublishIntervalSeconds != 30 || doc.RenewalFraction < 0.66 || doc.RenewalFraction > 0.67 || doc.CRLTopic != "pki/crl/transport" {
+		doc.PublishIntervalSeconds != 30 || doc.RenewalFraction < 0.66 || doc.RenewalFraction > 0.67 || doc.CRLTopic != topic.CRLTransport {
 		t.Fatalf("document = %+v", doc)
 	}
 	if len(doc.Recipients) != 2 || doc.Recipients[0].Role != bootstrap.RoleIngest || doc.Recipients[1].Role != bootstrap.RoleAccount {

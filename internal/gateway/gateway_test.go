@@ -23,6 +23,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/platform"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 type env struct {
@@ -200,7 +201,7 @@ func TestRebootstrapCommand(t *testing.T) {
 		t.Fatal(tok.Error())
 	}
 	defer mc.Disconnect(100)
-	mc.Subscribe(path+"/commands", 1, func(_ mqtt.Client, m mqtt.Message) {
+	mc.Subscribe(topic.CommandsOf(path), 1, func(_ mqtt.Client, m mqtt.Message) {
 		captured = m.Payload()
 		got <- struct{}{}
 	}).Wait()
@@ -222,7 +223,7 @@ func TestRebootstrapCommand(t *testing.T) {
 
 	// Replay: the same signed envelope again must not rotate anything.
 	tr1 := serialOf(t, filepath.Join(state, "transport.crt"))
-	mc.Publish(path+"/commands", 1, false, captured).Wait()
+	mc.Publish(topic.CommandsOf(path), 1, false, captured).Wait()
 	time.Sleep(3 * time.Second)
 	if serialOf(t, filepath.Join(state, "transport.crt")) != tr1 {
 		t.Fatal("a replayed command was followed")

@@ -28,7 +28,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -39,6 +38,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // Store is what ingest needs from the store.
@@ -142,7 +142,7 @@ func Run(ctx context.Context, cfg Config) error {
 		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(time.Second).SetMaxReconnectInterval(10 * time.Second).
 		SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { msgs <- m }).
 		SetOnConnectHandler(func(c mqtt.Client) {
-			filter := "$share/" + cfg.Group + "/+/+/+/snapshots"
+			filter := topic.Shared(cfg.Group, topic.AllSnapshots)
 			tok := c.Subscribe(filter, 1, nil)
 			if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
 				cfg.Logger.Info("ingest subscribed", "filter", filter)
@@ -286,7 +286,7 @@ func (p *processor) insertEach(ctx context.Context, recs []store.SnapshotRecord)
 			}
 			p.m.rejected.WithLabelValues(ReasonFork).Inc()
 			p.log.Warn("snapshot rejected", "reason", ReasonFork, "gateway", rec.Gateway, "device", rec.Device, "seq", rec.Seq)
-			if err := p.cfg.Store.RecordReject(ctx, store.Reject{Topic: rec.Gateway + "/snapshots", Gateway: rec.Gateway, Reason: ReasonFork, RawHash: rec.Hash, At: time.Now()}); err != nil {
+			if err := p.cfg.Store.RecordReject(ctx, store.Reject{Topic: topic.SnapshotsOf(rec.Gateway), Gateway: rec.Gateway, Reason: ReasonFork, RawHash: rec.Hash, At: time.Now()}); err != nil {
 				return err
 			}
 			continue
@@ -429,17 +429,7 @@ func (p *processor) reject(ctx context.Context, topic string, payload []byte, er
 }
 
 // gatewayOf returns the gateway path of a snapshots topic.
-func gatewayOf(topic string) (string, error) {
-	parts := strings.Split(topic, "/")
-	if len(parts) != 4 || parts[3] != "snapshots" {
-		return "", fmt.Errorf("topic %q is not {master}/{account}/{gateway}/snapshots", topic)
-	}
-	p, err := pki.ParsePath(strings.Join(parts[:3], "/"))
-	if err != nil {
-		return "", err
-	}
-	return p.String(), nil
-}
+func gatewayOf(t string) (string, error) { return topic.ParseChannel(t, topic.Snapshots) }
 
 func reasonOfOpen(err error) string {
 	switch {

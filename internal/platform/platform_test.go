@@ -18,6 +18,7 @@ import (
 
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // running is a platform started in-process on free loopback ports.
@@ -133,7 +134,7 @@ func TestLiveRevocation(t *testing.T) {
 		t.Fatalf("device connect: %v", err)
 	}
 	crls := make(chan []byte, 4)
-	if tok := c.Subscribe("pki/crl/transport", 1, func(_ mqtt.Client, m mqtt.Message) { crls <- m.Payload() }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+	if tok := c.Subscribe(topic.CRLTransport, 1, func(_ mqtt.Client, m mqtt.Message) { crls <- m.Payload() }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("subscribe CRL topic: %v", tok.Error())
 	}
 	select {
@@ -149,7 +150,7 @@ func TestLiveRevocation(t *testing.T) {
 		t.Fatal(err)
 	}
 	crls2 := make(chan []byte, 4)
-	watcher.Subscribe("pki/crl/transport", 1, func(_ mqtt.Client, m mqtt.Message) { crls2 <- m.Payload() })
+	watcher.Subscribe(topic.CRLTransport, 1, func(_ mqtt.Client, m mqtt.Message) { crls2 <- m.Payload() })
 	<-crls2 // the retained one
 
 	revoked := time.Now()

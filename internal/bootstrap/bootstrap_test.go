@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	pathpkg "path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -293,10 +294,11 @@ func TestBootstrapRefusesReservedNames(t *testing.T) {
 	}
 	ca := sign(&x509.Certificate{Subject: pkix.Name{CommonName: "pki"}, IsCA: true, MaxPathLen: 1, KeyUsage: x509.KeyUsageCertSign}, e.d.Transport.Root(), caKey.Public(), rootKey)
 	leafKey, _ := pki.GenerateKey(elliptic.P256())
-	leaf := sign(&x509.Certificate{Subject: pkix.Name{CommonName: "pki/crl"}, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, ca, leafKey.Public(), caKey)
+	reservedPath := pathpkg.Dir(topic.CRLTransport) // an identity named like the platform's own topics
+	leaf := sign(&x509.Certificate{Subject: pkix.Name{CommonName: reservedPath}, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, ca, leafKey.Public(), caKey)
 	reserved := tls.Certificate{Certificate: [][]byte{leaf.Raw, ca.Raw}, PrivateKey: leafKey, Leaf: leaf}
 	if code, body := e.get(t, &reserved); code != http.StatusUnauthorized || strings.Contains(string(body), `"identity"`) {
-		t.Fatalf("identity pki/crl: %d %s, want 401", code, body)
+		t.Fatalf("identity %s: %d %s, want 401", reservedPath, code, body)
 	}
 	c := &http.Client{Transport: &http.Transport{TLSClientConfig: tlspolicy.Client(e.roots, nil)}}
 	defer c.CloseIdleConnections()

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // TestCrashKeepsQoS1 kills the platform with SIGKILL while a device
@@ -66,7 +68,7 @@ func TestCrashKeepsQoS1(t *testing.T) {
 	if err := connect(sub); err != nil {
 		t.Fatal(err)
 	}
-	if tok := sub.Subscribe("ms-1/acc-1/+/snapshots", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+	if tok := sub.Subscribe(topic.Of("ms-1/acc-1/+", topic.Snapshots), 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("subscribe: %v", tok.Error())
 	}
 	sub.Disconnect(250)
@@ -81,7 +83,7 @@ func TestCrashKeepsQoS1(t *testing.T) {
 		if i == total/2 && !killed {
 			// Keep a few publishes in flight while the process dies.
 			for j := i; j < i+5; j++ {
-				pub.Publish("ms-1/acc-1/dev-1/snapshots", 1, false, strconv.Itoa(j))
+				pub.Publish(topic.SnapshotsOf("ms-1/acc-1/dev-1"), 1, false, strconv.Itoa(j))
 			}
 			if err := p.cmd.Process.Kill(); err != nil {
 				t.Fatal(err)
@@ -97,7 +99,7 @@ func TestCrashKeepsQoS1(t *testing.T) {
 			}
 			continue // republish from i: the unacknowledged ones
 		}
-		tok := pub.Publish("ms-1/acc-1/dev-1/snapshots", 1, false, strconv.Itoa(i))
+		tok := pub.Publish(topic.SnapshotsOf("ms-1/acc-1/dev-1"), 1, false, strconv.Itoa(i))
 		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 			t.Fatalf("publish %d: %v", i, tok.Error())
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/x509"
 	"encoding/csv"
 	"errors"
 	"fmt"
@@ -25,31 +26,41 @@ func newDeviceCmd() *cobra.Command {
 		Use:   "device",
 		Short: "Claim devices for zero-touch onboarding and list claims",
 		Long: `A claim pre-assigns a device, named by its manufacturer onboarding certificate
-(by serial number or by subject common name), to an identity path
-master/account/device. When the device first calls EST simpleenroll with that
-certificate, it receives a transport certificate for the path and the claim is
-consumed. See docs/onboarding.md.`,
+(the manufacturer CA that issued it, and the certificate's serial number or
+subject common name), to an identity path master/account/device. When the
+device first calls EST simpleenroll with that certificate, it receives a
+transport certificate for the path and the claim is consumed. See
+docs/onboarding.md.`,
 	}
-	c.AddCommand(newDeviceClaimCmd(), newDeviceListCmd())
+	c.AddCommand(newDeviceClaimCmd(), newDeviceListCmd(), newDeviceAdoptClaimsCmd())
 	return c
 }
 
 // CSV columns of 'device claim --csv'.
 const (
-	csvPath    = "path"
-	csvSerial  = "onboarding_serial"
-	csvSubject = "onboarding_subject"
+	csvPath         = "path"
+	csvSerial       = "onboarding_serial"
+	csvSubject      = "onboarding_subject"
+	csvManufacturer = "manufacturer"
 )
 
+const manufacturerFlagHelp = "trusted manufacturer CA that issued the onboarding certificate: its SHA-256 fingerprint (or a unique prefix of 8+ hex digits) or subject, as 'fieldtrust manufacturer list' shows; may be omitted when only one manufacturer CA is trusted"
+
 func newDeviceClaimCmd() *cobra.Command {
-	var dir, subject, serial, path, csvFile string
+	var dir, subject, serial, path, csvFile, mfr string
 	c := &cobra.Command{
-		Use:   "claim (--onboarding-subject CN | --onboarding-serial HEX) --path MASTER/ACCOUNT/DEVICE | --csv FILE",
+		Use:   "claim (--onboarding-subject CN | --onboarding-serial HEX) --path MASTER/ACCOUNT/DEVICE [--manufacturer CA] | --csv FILE",
 		Short: "Pre-assign devices to identity paths by their onboarding certificate",
 		Long: `Claim one device with --path and either --onboarding-serial (the serial of its
 onboarding certificate, hex as openssl prints it: any case, colons optional) or
 --onboarding-subject (its subject common name, exact). A serial match is
 preferred when both kinds of claim could match a certificate.
+
+A claim names the trusted manufacturer CA the onboarding certificate must be
+issued by (--manufacturer, see 'fieldtrust manufacturer list'; it may be
+omitted while only one manufacturer CA is trusted). Serials and subjects are
+unique only per manufacturer: without this, one trusted manufacturer could
+mint a certificate with another's device serial and enroll as that device.
 
 Claim many with --csv FILE: a header row naming the columns, then one device
 per line. Columns:
@@ -57,17 +68,21 @@ per line. Columns:
   path                master/account/device (required)
   onboarding_serial   serial in hex          } exactly one of the two
   onboarding_subject  subject common name    } per line
+  manufacturer        as --manufacturer (optional; default --manufacturer)
 
 Every line is checked first; if any is wrong, each error is reported with its
-line number and nothing is written. Otherwise all claims are written at once.`,
+line number and nothing is written. Otherwise all claims are written at once.
+
+A device whose path was revoked ('fieldtrust pki revoke PATH') cannot enroll
+with its old claim; claiming it again is the deliberate step that lets it.`,
 		Example: `  fieldtrust device claim --onboarding-serial 4A:1F:00:9C --path ms-acc-1/acc-1/gw-17
-  fieldtrust device claim --path ms-acc-1/acc-1/gw-18 --onboarding-subject ACME-GW-000018
+  fieldtrust device claim --path ms-acc-1/acc-1/gw-18 --onboarding-subject ACME-GW-000018 --manufacturer 3f9a6c01
   fieldtrust device claim --csv devices.csv --data ./fieldtrust-data
 
   devices.csv:
-    path,onboarding_serial,onboarding_subject
-    ms-acc-1/acc-1/gw-17,4A1F009C,
-    ms-acc-1/acc-1/gw-18,,ACME-GW-000018`,
+    path,onboarding_serial,onboarding_subject,manufacturer
+    ms-acc-1/acc-1/gw-17,4A1F009C,,
+    ms-acc-1/acc-1/gw-18,,ACME-GW-000018,CN=Acme IDevID Issuing CA`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var claims []store.Claim
@@ -98,9 +113,13 @@ line number and nothing is written. Otherwise all claims are written at once.`,
 			if err != nil {
 				return err
 			}
+			mfrs, err := d.Store.Manufacturers(cmd.Context())
+			if err != nil {
+				return err
+			}
 			if csvFile != "" {
 				var problems []string
-				claims, lines, problems, err = readClaimsCSV(csvFile, existing, cmd.ErrOrStderr())
+				claims, lines, problems, err = readClaimsCSV(csvFile, existing, mfrs, mfr, cmd.ErrOrStderr())
 				if err != nil {
 					return err
 				}
@@ -116,8 +135,15 @@ line number and nothing is written. Otherwise all claims are written at once.`,
 					}
 					return fmt.Errorf("%s: %d bad line(s); nothing was written; fix them and run again", csvFile, len(problems))
 				}
-			} else if prev, ok := findClaim(existing, claims[0].Kind, claims[0].Value); ok {
-				return fmt.Errorf("onboarding %s %s is already claimed for %s; pick the device's other certificate field or check 'fieldtrust device list'", claims[0].Kind, claims[0].Value, prev.Path)
+			} else {
+				m, err := resolveManufacturer(mfrs, mfr)
+				if err != nil {
+					return err
+				}
+				claims[0].ManufacturerKeyID, claims[0].ManufacturerSubject = m.keyID, m.subject
+				if prev, ok := findClaim(existing, claims[0].ClaimKey); ok {
+					return fmt.Errorf("onboarding %s %s of %s is already claimed for %s; pick the device's other certificate field or check 'fieldtrust device list'", claims[0].Kind, claims[0].Value, m.subject, prev.Path)
+				}
 			}
 			if err := d.Store.PutClaims(cmd.Context(), claims); err != nil {
 				if errors.Is(err, store.ErrExists) {
@@ -130,11 +156,12 @@ line number and nothing is written. Otherwise all claims are written at once.`,
 				fmt.Fprintf(w, "claimed %d device(s) from %s (lines %d-%d)\n", len(claims), csvFile, first(lines), last(lines))
 				return nil
 			}
-			fmt.Fprintf(w, "claimed %s: onboarding certificate with %s %s enrolls as %s\n", claims[0].Path, claims[0].Kind, claimValueText(claims[0]), claims[0].Path)
+			fmt.Fprintf(w, "claimed %s: onboarding certificate with %s %s from %s enrolls as %s\n", claims[0].Path, claims[0].Kind, claimValueText(claims[0]), claims[0].ManufacturerSubject, claims[0].Path)
 			return nil
 		},
 	}
 	addDataFlag(c, &dir)
+	c.Flags().StringVar(&mfr, "manufacturer", "", manufacturerFlagHelp)
 	c.Flags().StringVar(&serial, "onboarding-serial", "", "serial number of the onboarding certificate, hex (any case, colons optional)")
 	c.Flags().StringVar(&subject, "onboarding-subject", "", "subject common name of the onboarding certificate")
 	c.Flags().StringVar(&path, "path", "", "identity path the device enrolls as: master/account/device")
@@ -172,9 +199,54 @@ func newClaim(path, serial, subject string, now time.Time) (store.Claim, error) 
 	return c, nil
 }
 
-// readClaimsCSV reads and checks a claims file. problems lists every bad
-// line ("line N: ..."); err is for a file that cannot be read at all.
-func readClaimsCSV(file string, existing []store.Claim, progress io.Writer) (claims []store.Claim, lines []int, problems []string, err error) {
+// manufacturerRef is the manufacturer CA a claim names.
+type manufacturerRef struct{ keyID, subject string }
+
+// resolveManufacturer finds the trusted manufacturer CA spec names: its
+// SHA-256 fingerprint (any case, colons optional, or a unique prefix of at
+// least 8 hex digits), its subject as 'manufacturer list' shows it, or its
+// common name. An empty spec means the only trusted one.
+func resolveManufacturer(list []store.Manufacturer, spec string) (manufacturerRef, error) {
+	if len(list) == 0 {
+		return manufacturerRef{}, errors.New("no manufacturer CA is trusted; trust the one that issued the onboarding certificates first ('fieldtrust manufacturer trust CA.pem')")
+	}
+	spec = strings.TrimSpace(spec)
+	var matches []store.Manufacturer
+	if spec == "" {
+		if len(list) > 1 {
+			return manufacturerRef{}, usageError{fmt.Errorf("%d manufacturer CAs are trusted; say which one issued the onboarding certificate with --manufacturer (fingerprint or subject, see 'fieldtrust manufacturer list')", len(list))}
+		}
+		matches = list
+	} else {
+		hex := strings.ToLower(strings.ReplaceAll(spec, ":", ""))
+		for _, m := range list {
+			cert, err := x509.ParseCertificate(m.DER)
+			if err != nil {
+				return manufacturerRef{}, fmt.Errorf("trusted manufacturer CA %s does not parse: %w", m.Subject, err)
+			}
+			if (len(hex) >= 8 && strings.HasPrefix(m.Fingerprint, hex)) || m.Subject == spec || cert.Subject.CommonName == spec {
+				matches = append(matches, m)
+			}
+		}
+	}
+	switch len(matches) {
+	case 0:
+		return manufacturerRef{}, usageError{fmt.Errorf("--manufacturer %q names no trusted manufacturer CA; see 'fieldtrust manufacturer list'", spec)}
+	case 1:
+	default:
+		return manufacturerRef{}, usageError{fmt.Errorf("--manufacturer %q names %d trusted manufacturer CAs; give more of the SHA-256 fingerprint", spec, len(matches))}
+	}
+	cert, err := x509.ParseCertificate(matches[0].DER)
+	if err != nil {
+		return manufacturerRef{}, fmt.Errorf("trusted manufacturer CA %s does not parse: %w", matches[0].Subject, err)
+	}
+	return manufacturerRef{keyID: pki.KeyID(cert), subject: matches[0].Subject}, nil
+}
+
+// readClaimsCSV reads and checks a claims file; mfr is the --manufacturer
+// default. problems lists every bad line ("line N: ..."); err is for a file
+// that cannot be read at all.
+func readClaimsCSV(file string, existing []store.Claim, mfrs []store.Manufacturer, mfr string, progress io.Writer) (claims []store.Claim, lines []int, problems []string, err error) {
 	f, err := os.Open(file)
 	if err != nil {
 		return nil, nil, nil, err
@@ -197,13 +269,13 @@ func readClaimsCSV(file string, existing []store.Claim, progress io.Writer) (cla
 	for i, h := range header {
 		h = strings.ToLower(strings.TrimSpace(strings.TrimPrefix(h, "\ufeff")))
 		switch h {
-		case csvPath, csvSerial, csvSubject:
+		case csvPath, csvSerial, csvSubject, csvManufacturer:
 			if _, dup := col[h]; dup {
 				return nil, nil, nil, fmt.Errorf("%s line 1: column %q twice", file, h)
 			}
 			col[h] = i
 		default:
-			return nil, nil, nil, fmt.Errorf("%s line 1: unknown column %q; the columns are %s, %s and %s", file, h, csvPath, csvSerial, csvSubject)
+			return nil, nil, nil, fmt.Errorf("%s line 1: unknown column %q; the columns are %s, %s, %s and %s", file, h, csvPath, csvSerial, csvSubject, csvManufacturer)
 		}
 	}
 	if _, ok := col[csvPath]; !ok {
@@ -220,10 +292,21 @@ func readClaimsCSV(file string, existing []store.Claim, progress io.Writer) (cla
 		}
 		return ""
 	}
-	seen := map[string]int{} // kind+value -> line
+	seen := map[store.ClaimKey]int{} // -> line
 	for _, c := range existing {
-		seen[c.Kind+"\x00"+c.Value] = 0
+		if !c.Revoked() { // a revoked claim is replaced
+			seen[c.ClaimKey] = 0
+		}
 	}
+	// The default manufacturer is resolved once, and only if a line needs
+	// it, so that a file naming one on every line works with several
+	// trusted.
+	var (
+		defaultMfr     manufacturerRef
+		defaultMfrErr  error
+		defaultMfrDone bool
+	)
+	byName := map[string]manufacturerRef{}
 	now := time.Now()
 	for {
 		rec, err := r.Read()
@@ -251,10 +334,32 @@ func readClaimsCSV(file string, existing []store.Claim, progress io.Writer) (cla
 			problems = append(problems, fmt.Sprintf("line %d: %v", line, err))
 			continue
 		}
-		key := c.Kind + "\x00" + c.Value
+		var m manufacturerRef
+		if name := field(rec, csvManufacturer); name != "" {
+			var ok bool
+			if m, ok = byName[name]; !ok {
+				if m, err = resolveManufacturer(mfrs, name); err != nil {
+					problems = append(problems, fmt.Sprintf("line %d: %v", line, err))
+					continue
+				}
+				byName[name] = m
+			}
+		} else {
+			if !defaultMfrDone {
+				defaultMfr, defaultMfrErr = resolveManufacturer(mfrs, mfr)
+				defaultMfrDone = true
+			}
+			if defaultMfrErr != nil {
+				problems = append(problems, fmt.Sprintf("line %d: %v", line, defaultMfrErr))
+				continue
+			}
+			m = defaultMfr
+		}
+		c.ManufacturerKeyID, c.ManufacturerSubject = m.keyID, m.subject
+		key := c.ClaimKey
 		if prev, dup := seen[key]; dup {
 			if prev == 0 {
-				old, _ := findClaim(existing, c.Kind, c.Value)
+				old, _ := findClaim(existing, key)
 				problems = append(problems, fmt.Sprintf("line %d: onboarding %s %s is already claimed for %s", line, c.Kind, c.Value, old.Path))
 			} else {
 				problems = append(problems, fmt.Sprintf("line %d: onboarding %s %s is also on line %d", line, c.Kind, c.Value, prev))
@@ -271,9 +376,10 @@ func readClaimsCSV(file string, existing []store.Claim, progress io.Writer) (cla
 	return claims, lines, problems, nil
 }
 
-func findClaim(list []store.Claim, kind, value string) (store.Claim, bool) {
+// findClaim returns the live (unrevoked) claim with key k.
+func findClaim(list []store.Claim, k store.ClaimKey) (store.Claim, bool) {
 	for _, c := range list {
-		if c.Kind == kind && c.Value == value {
+		if c.ClaimKey == k && !c.Revoked() {
 			return c, true
 		}
 	}
@@ -373,13 +479,22 @@ func newDeviceListCmd() *cobra.Command {
 				return err
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "PATH\tONBOARDING\tCLAIMED\tSTATUS")
+			fmt.Fprintln(tw, "PATH\tONBOARDING\tCLAIMED\tSTATUS\tMANUFACTURER")
 			for _, c := range list {
 				status := "waiting for enrollment"
-				if c.Consumed() {
+				switch {
+				case c.Revoked():
+					status = fmt.Sprintf("revoked %s (path revoked; claim the device again to re-enroll it)", c.RevokedAt.Format(time.RFC3339))
+				case c.Legacy():
+					status = "refused: no manufacturer (made before claims named one); run 'fieldtrust device adopt-claims'"
+				case c.Consumed():
 					status = fmt.Sprintf("enrolled %s (onboarding serial %s)", c.ConsumedAt.Format(time.RFC3339), strings.ToUpper(c.ConsumedBy))
 				}
-				fmt.Fprintf(tw, "%s\t%s %s\t%s\t%s\n", c.Path, c.Kind, claimValueText(c), c.CreatedAt.Format(time.DateOnly), status)
+				mfr := c.ManufacturerSubject
+				if mfr == "" {
+					mfr = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s %s\t%s\t%s\t%s\n", c.Path, c.Kind, claimValueText(c), c.CreatedAt.Format(time.DateOnly), status, mfr)
 			}
 			return tw.Flush()
 		},
@@ -394,4 +509,49 @@ func claimValueText(c store.Claim) string {
 		return strings.ToUpper(c.Value)
 	}
 	return c.Value
+}
+
+func newDeviceAdoptClaimsCmd() *cobra.Command {
+	var dir, mfr string
+	c := &cobra.Command{
+		Use:   "adopt-claims [--manufacturer CA]",
+		Short: "Assign claims made before claims named a manufacturer to a trusted manufacturer CA",
+		Long: `Claims made before claims named the manufacturer CA of the onboarding
+certificate are refused at enrollment: matching a serial or subject without
+its issuer would let any trusted manufacturer enroll as another's device.
+This assigns every such claim to one trusted manufacturer CA (--manufacturer,
+optional while only one is trusted), all or nothing. Claims of devices of
+another manufacturer must be made again with 'fieldtrust device claim
+--manufacturer' instead.`,
+		Example: `  fieldtrust device adopt-claims --data ./fieldtrust-data
+  fieldtrust device adopt-claims --manufacturer 3f9a6c01 --data ./fieldtrust-data`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			d, err := datadir.Open(cmd.Context(), dir, nil)
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			mfrs, err := d.Store.Manufacturers(cmd.Context())
+			if err != nil {
+				return err
+			}
+			m, err := resolveManufacturer(mfrs, mfr)
+			if err != nil {
+				return err
+			}
+			n, err := d.Store.AdoptLegacyClaims(cmd.Context(), m.keyID, m.subject)
+			if err != nil {
+				if errors.Is(err, store.ErrExists) {
+					return fmt.Errorf("%w; nothing was changed: claim the devices of other manufacturers again with 'fieldtrust device claim --manufacturer'", err)
+				}
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "assigned %d claim(s) to manufacturer CA %s\n", n, m.subject)
+			return nil
+		},
+	}
+	addDataFlag(c, &dir)
+	c.Flags().StringVar(&mfr, "manufacturer", "", manufacturerFlagHelp)
+	return c
 }

@@ -55,7 +55,7 @@ func TestManufacturerCommands(t *testing.T) {
 		t.Fatalf("trust again: exit %d\n%s", code, out)
 	}
 	out, code = run(t, "manufacturer", "list", "--data", data)
-	if code != 0 || !strings.Contains(out, "CN=Acme IDevID Root CA") || !strings.Contains(out, fingerprint(ca)) {
+	if code != 0 || !strings.Contains(out, "CN=Acme IDevID Root CA") || !strings.Contains(out, pki.Fingerprint(ca)) {
 		t.Fatalf("list: exit %d\n%s", code, out)
 	}
 	for _, tt := range []struct {
@@ -77,9 +77,17 @@ func TestManufacturerCommands(t *testing.T) {
 }
 
 func TestDeviceClaim(t *testing.T) {
-	data := t.TempDir()
+	data, dir := t.TempDir(), t.TempDir()
+	if out, code := run(t, "device", "claim", "--data", data, "--onboarding-serial", "01", "--path", "ms-1/acc-1/gw-0"); code != 1 || !strings.Contains(out, "no manufacturer CA is trusted") {
+		t.Fatalf("claim without a trusted manufacturer: exit %d\n%s", code, out)
+	}
+	acmeFile, acme := writeCA(t, dir, "Acme IDevID Root CA", true)
+	if out, code := run(t, "manufacturer", "trust", "--data", data, acmeFile); code != 0 {
+		t.Fatalf("trust: %s", out)
+	}
+	// One manufacturer trusted: claims name it without being told.
 	out, code := run(t, "device", "claim", "--data", data, "--onboarding-serial", "4a:1F:00:9c", "--path", "ms-1/acc-1/gw-1")
-	if code != 0 || !strings.Contains(out, "serial 4A1F009C") {
+	if code != 0 || !strings.Contains(out, "serial 4A1F009C from CN=Acme IDevID Root CA") {
 		t.Fatalf("claim by serial: exit %d\n%s", code, out)
 	}
 	out, code = run(t, "device", "claim", "--path", "ms-1/acc-1/gw-2", "--onboarding-subject", "ACME-GW-2", "--data", data)
@@ -109,13 +117,53 @@ func TestDeviceClaim(t *testing.T) {
 		}
 	}
 	out, code = run(t, "device", "list", "--data", data)
-	if code != 0 || !regexp.MustCompile(`ms-1/acc-1/gw-1\s+serial 4A1F009C\s+\S+\s+waiting for enrollment`).MatchString(out) || !strings.Contains(out, "subject ACME-GW-2") {
+	if code != 0 || !regexp.MustCompile(`ms-1/acc-1/gw-1\s+serial 4A1F009C\s+\S+\s+waiting for enrollment\s+CN=Acme IDevID Root CA`).MatchString(out) || !strings.Contains(out, "subject ACME-GW-2") {
 		t.Fatalf("list: exit %d\n%s", code, out)
+	}
+
+	// Two manufacturers trusted: a claim must say whose device it is, and
+	// the same serial of the other manufacturer is another device.
+	otherFile, other := writeCA(t, dir, "Other IDevID Root CA", true)
+	if out, code := run(t, "manufacturer", "trust", "--data", data, otherFile); code != 0 {
+		t.Fatalf("trust: %s", out)
+	}
+	for _, tt := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"--onboarding-serial", "4A1F009C", "--path", "ms-1/acc-1/gw-3"}, 2, "2 manufacturer CAs are trusted"},
+		{[]string{"--onboarding-serial", "4A1F009C", "--path", "ms-1/acc-1/gw-3", "--manufacturer", "Nobody"}, 2, "names no trusted manufacturer"},
+		{[]string{"--onboarding-serial", "4A1F009C", "--path", "ms-1/acc-1/gw-3", "--manufacturer", pki.Fingerprint(acme)[:12]}, 1, "already claimed"},
+		{[]string{"--onboarding-serial", "4A1F009C", "--path", "ms-1/acc-1/gw-3", "--manufacturer", strings.ToUpper(pki.Fingerprint(other)[:10])}, 0, "from CN=Other IDevID Root CA"},
+		{[]string{"--onboarding-subject", "ACME-GW-2", "--path", "ms-1/acc-1/gw-4", "--manufacturer", "CN=Other IDevID Root CA"}, 0, "from CN=Other IDevID Root CA"},
+		{[]string{"--onboarding-subject", "ACME-GW-5", "--path", "ms-1/acc-1/gw-5", "--manufacturer", "Acme IDevID Root CA"}, 0, "from CN=Acme IDevID Root CA"},
+	} {
+		args := append([]string{"device", "claim", "--data", data}, tt.args...)
+		out, code := run(t, args...)
+		if code != tt.code || !strings.Contains(out, tt.want) {
+			t.Errorf("%v: exit %d %q; want exit %d and %q", tt.args, code, out, tt.code, tt.want)
+		}
+	}
+	out, _ = run(t, "device", "list", "--data", data)
+	if !regexp.MustCompile(`ms-1/acc-1/gw-3\s+serial 4A1F009C\s+\S+\s+waiting for enrollment\s+CN=Other IDevID Root CA`).MatchString(out) {
+		t.Fatalf("list after claims of two manufacturers:\n%s", out)
+	}
+	// Legacy claims have nobody to adopt them while two are trusted.
+	if out, code := run(t, "device", "adopt-claims", "--data", data); code != 2 || !strings.Contains(out, "--manufacturer") {
+		t.Fatalf("adopt-claims with two manufacturers: exit %d\n%s", code, out)
+	}
+	if out, code := run(t, "device", "adopt-claims", "--data", data, "--manufacturer", pki.Fingerprint(acme)); code != 0 || !strings.Contains(out, "assigned 0 claim(s)") {
+		t.Fatalf("adopt-claims: exit %d\n%s", code, out)
 	}
 }
 
 func TestDeviceClaimCSV(t *testing.T) {
 	data, dir := t.TempDir(), t.TempDir()
+	acmeFile, _ := writeCA(t, dir, "Acme IDevID Root CA", true)
+	if out, code := run(t, "manufacturer", "trust", "--data", data, acmeFile); code != 0 {
+		t.Fatalf("trust: %s", out)
+	}
 	if _, code := run(t, "device", "claim", "--data", data, "--onboarding-subject", "OLD-1", "--path", "ms-1/acc-1/old"); code != 0 {
 		t.Fatal("setup claim failed")
 	}
@@ -182,6 +230,7 @@ ms-1/acc-1/gw-9
 	for _, tt := range []struct{ body, want string }{
 		{"", "no header row"},
 		{"path,serial\n", "unknown column \"serial\""},
+		{"path,onboarding_serial,manufacturer\nms-1/acc-3/gw-1,01,Nobody\n", "line 2: --manufacturer \"Nobody\" names no trusted manufacturer"},
 		{"onboarding_serial\n01\n", "no \"path\" column"},
 		{"path\na/b/c\n", "need a \"onboarding_serial\" or \"onboarding_subject\" column"},
 		{"path,onboarding_serial\n", "no claims"},

@@ -24,6 +24,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // manufacturer makes a manufacturer CA and one onboarding (IDevID)
@@ -72,7 +73,7 @@ type collector struct {
 }
 
 func (c *collector) handle(_ mqtt.Client, m mqtt.Message) {
-	if strings.HasSuffix(m.Topic(), "/status") {
+	if _, ch, err := topic.Parse(m.Topic()); err == nil && ch == topic.Status {
 		c.mu.Lock()
 		c.status = append(c.status, string(m.Payload()))
 		c.mu.Unlock()
@@ -159,7 +160,7 @@ func TestGatewayOnboardsAndSurvivesOutage(t *testing.T) {
 		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 			t.Fatalf("customer connect: %v", tok.Error())
 		}
-		if tok := c.SubscribeMultiple(map[string]byte{"ms-demo/acc-1/+/snapshots": 1, "ms-demo/acc-1/+/status": 1}, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		if tok := c.SubscribeMultiple(map[string]byte{topic.Of("ms-demo/acc-1/+", topic.Snapshots): 1, topic.Of("ms-demo/acc-1/+", topic.Status): 1}, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 			t.Fatalf("customer subscribe: %v", tok.Error())
 		}
 		return c

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -35,11 +36,12 @@ See docs/ledger.md for the walkthrough.`,
 
 func newLedgerVerifyCmd() *cobra.Command {
 	var (
-		rootFile, exportFile, headFile, proofFile, snapFile, prevHeadFile, consFile string
-		allowGaps, quiet                                                            bool
+		rootFile, headFile, proofFile, snapFile, prevHeadFile, consFile string
+		exportFiles                                                     []string
+		allowGaps, quiet                                                bool
 	)
 	c := &cobra.Command{
-		Use:   "verify --e2e-root ROOT.pem (--export FILE | --head HEAD.json [--proof PROOF.json --snapshot SNAP.cbor]) [--previous-head OLD.json --consistency PROOF.json]",
+		Use:   "verify --e2e-root ROOT.pem (--export FILE... | --head HEAD.json [--proof PROOF.json --snapshot SNAP.cbor]) [--previous-head OLD.json --consistency PROOF.json]",
 		Short: "Verify an export, or one snapshot, against a signed tree head",
 		Long: `Verify offline what the platform received.
 
@@ -47,7 +49,10 @@ func newLedgerVerifyCmd() *cobra.Command {
 signer must be the e2e services CA's "ledger" service, under ROOT.pem), then
 every snapshot: its encoding (strictly decoded), its hash and ledger leaf, its
 inclusion proof against the head, and that each device's snapshots chain by
-seq and prev hash. Gaps in a chain fail the check unless --allow-gaps.
+seq and prev hash. Gaps in a chain fail the check unless --allow-gaps. An
+export of several pages (each page's "next" is the next one's after=) is
+checked as one: repeat --export for every page, in order. A page that says
+more follow verifies, with a note that the export continues.
 
 --head HEAD.json (GET /api/v1/ledger/head) checks a signed tree head; with
 --proof PROOF.json (GET /api/v1/ledger/proof/{hash}?size=SIZE) and
@@ -60,6 +65,7 @@ removed since.
 
 Exits 0 when everything verifies, 1 naming the first failed check.`,
 		Example: `  fieldtrust ledger verify --e2e-root e2e.pem --export export.json
+  fieldtrust ledger verify --e2e-root e2e.pem --export page-1.json --export page-2.json --export page-3.json
   fieldtrust ledger verify --e2e-root e2e.pem --export export.json --previous-head head-june.json --consistency cons.json
   fieldtrust ledger verify --e2e-root e2e.pem --head head.json --proof proof.json --snapshot snap.cbor`,
 		Args: noArgs,
@@ -67,11 +73,11 @@ Exits 0 when everything verifies, 1 naming the first failed check.`,
 			switch {
 			case rootFile == "":
 				return usageError{errors.New("--e2e-root ROOT.pem is required (GET /ca/e2e.pem once, and keep it)")}
-			case (exportFile == "") == (headFile == ""):
+			case (len(exportFiles) == 0) == (headFile == ""):
 				return usageError{errors.New("give exactly one of --export FILE and --head HEAD.json")}
 			case (proofFile == "") != (snapFile == ""):
 				return usageError{errors.New("--proof and --snapshot go together")}
-			case proofFile != "" && exportFile != "":
+			case proofFile != "" && len(exportFiles) > 0:
 				return usageError{errors.New("--proof and --snapshot go with --head, not --export (an export carries its proofs)")}
 			case (prevHeadFile == "") != (consFile == ""):
 				return usageError{errors.New("--previous-head and --consistency go together")}
@@ -82,14 +88,18 @@ Exits 0 when everything verifies, 1 naming the first failed check.`,
 			}
 			out := cmd.OutOrStdout()
 			var head ledger.Checkpoint
-			if exportFile != "" {
-				rep, err := verifyExportFile(exportFile, root, allowGaps, quiet, cmd.ErrOrStderr())
+			if len(exportFiles) > 0 {
+				rep, err := verifyExportFiles(exportFiles, root, allowGaps, quiet, cmd.ErrOrStderr())
 				if err != nil {
 					return err
 				}
 				head = rep.Head
-				fmt.Fprintf(out, "verified %d snapshots of %d devices against tree head of size %d signed at %s by %s\n",
-					rep.Snapshots, rep.Devices, head.Size, head.Time.Format(time.RFC3339), ledger.SignerIdentity)
+				pages := ""
+				if rep.Pages > 1 {
+					pages = fmt.Sprintf(" in %d pages", rep.Pages)
+				}
+				fmt.Fprintf(out, "verified %d snapshots of %d devices%s against tree head of size %d signed at %s by %s\n",
+					rep.Snapshots, rep.Devices, pages, head.Size, head.Time.Format(time.RFC3339), ledger.SignerIdentity)
 				for _, g := range rep.Gaps {
 					fmt.Fprintf(out, "gap: %s\n", g)
 				}
@@ -98,6 +108,9 @@ Exits 0 when everything verifies, 1 naming the first failed check.`,
 				}
 				if rep.NotYetCovered > 0 {
 					fmt.Fprintf(out, "note: %d snapshots in range arrived after this head was signed and are not in the export; export again shortly for them\n", rep.NotYetCovered)
+				}
+				if rep.Next != "" {
+					fmt.Fprintf(out, "note: the export continues after %s: fetch the next page with after=%s and verify all pages together (repeat --export, in order)\n", exportFiles[len(exportFiles)-1], rep.Next)
 				}
 			} else {
 				var h ledger.SignedHead
@@ -149,7 +162,7 @@ Exits 0 when everything verifies, 1 naming the first failed check.`,
 	}
 	f := c.Flags()
 	f.StringVar(&rootFile, "e2e-root", "", "the platform's e2e root certificate (PEM), the trust anchor")
-	f.StringVar(&exportFile, "export", "", "an export (GET /api/v1/export) to verify completely")
+	f.StringArrayVar(&exportFiles, "export", nil, "an export (GET /api/v1/export) to verify completely; repeat for each page, in order")
 	f.StringVar(&headFile, "head", "", "a signed tree head (GET /api/v1/ledger/head)")
 	f.StringVar(&proofFile, "proof", "", "an inclusion proof (GET /api/v1/ledger/proof/{hash}?size=SIZE of --head)")
 	f.StringVar(&snapFile, "snapshot", "", "the snapshot's encoding (CBOR) that --proof proves")
@@ -160,21 +173,38 @@ Exits 0 when everything verifies, 1 naming the first failed check.`,
 	return c
 }
 
-func verifyExportFile(name string, root *x509.Certificate, allowGaps, quiet bool, progress io.Writer) (*ledger.ExportReport, error) {
-	f, err := os.Open(name)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
+// verifyExportFiles verifies the pages of one export, in order.
+func verifyExportFiles(names []string, root *x509.Certificate, allowGaps, quiet bool, progress io.Writer) (*ledger.ExportReport, error) {
 	opts := ledger.ExportOptions{Root: root, AllowGaps: allowGaps}
 	if !quiet {
 		opts.Progress = func(n int) { fmt.Fprintf(progress, "%d snapshots verified...\n", n) }
 	}
-	rep, err := ledger.VerifyExport(bufio.NewReaderSize(f, 1<<20), opts)
+	v, err := ledger.NewExportVerifier(opts)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+		return nil, err
+	}
+	for _, name := range names {
+		if err := verifyPage(v, name); err != nil {
+			return nil, err
+		}
+	}
+	rep, err := v.Finish()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", strings.Join(names, ", "), err)
 	}
 	return rep, nil
+}
+
+func verifyPage(v *ledger.ExportVerifier, name string) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := v.Page(bufio.NewReaderSize(f, 1<<20)); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
 }
 
 // readRoot reads the e2e root: one self-signed CA certificate.

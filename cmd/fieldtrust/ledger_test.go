@@ -26,6 +26,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/platform"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // TestLedgerVerifyCLI runs the platform in-process, publishes sealed
@@ -104,7 +105,7 @@ func TestLedgerVerifyCLI(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if tok := mc.Publish("ms-1/acc-1/gw-1/snapshots", 1, false, env); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			if tok := mc.Publish(topic.SnapshotsOf("ms-1/acc-1/gw-1"), 1, false, env); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 				t.Fatalf("publish: %v", tok.Error())
 			}
 		}
@@ -169,6 +170,26 @@ func TestLedgerVerifyCLI(t *testing.T) {
 	if doc.TreeHead != head || len(doc.Snapshots) != 7 {
 		t.Fatalf("export head %+v with %d snapshots; want the latest head %+v and 7", doc.TreeHead, len(doc.Snapshots), head)
 	}
+	// The same export in pages of 3, following next.
+	var pageFiles []string
+	for after := ""; ; {
+		q := "/api/v1/export?limit=3"
+		if after != "" {
+			q += "&after=" + after
+		}
+		raw := get(q)
+		pageFiles = append(pageFiles, write(fmt.Sprintf("page-%d.json", len(pageFiles)+1), raw))
+		var p struct{ Next string }
+		if err := json.Unmarshal(raw, &p); err != nil {
+			t.Fatal(err)
+		}
+		if after = p.Next; after == "" {
+			break
+		}
+	}
+	if len(pageFiles) != 3 {
+		t.Fatalf("%d pages of 3 of 7 snapshots; want 3", len(pageFiles))
+	}
 	third := doc.Snapshots[2]
 	proofFile := write("proof.json", get(fmt.Sprintf("/api/v1/ledger/proof/%s?size=%d", third.Hash, head.Size)))
 	snap3, _ := base64.StdEncoding.DecodeString(third.Snapshot)
@@ -224,6 +245,14 @@ func TestLedgerVerifyCLI(t *testing.T) {
 			0, []string{fmt.Sprintf("verified 7 snapshots of 1 devices against tree head of size %d signed at %s by service:ledger", head.Size, cp.Time.Format(time.RFC3339))}},
 		{"export and consistency", []string{"--export", exportFile, "--previous-head", oldFile, "--consistency", consFile},
 			0, []string{"verified 7 snapshots", fmt.Sprintf("previous tree head of size %d", old.Size), "nothing was altered or removed"}},
+		{"export in pages", []string{"--export", pageFiles[0], "--export", pageFiles[1], "--export", pageFiles[2]},
+			0, []string{"verified 7 snapshots of 1 devices in 3 pages against tree head"}},
+		{"first page", []string{"--export", pageFiles[0]},
+			0, []string{"verified 3 snapshots of 1 devices against", "note: the export continues after " + pageFiles[0] + ": fetch the next page with after="}},
+		{"pages out of order", []string{"--export", pageFiles[1], "--export", pageFiles[0], "--export", pageFiles[2]},
+			1, []string{"page-1.json: export: page 2 starts after", "pages are missing, repeated or out of order"}},
+		{"page missing", []string{"--export", pageFiles[0], "--export", pageFiles[2]},
+			1, []string{"page-3.json: export: page 2", "pages are missing"}},
 		{"head only", []string{"--head", headFile}, 0, []string{fmt.Sprintf("tree head of size %d", head.Size), "verifies"}},
 		{"one snapshot", []string{"--head", headFile, "--proof", proofFile, "--snapshot", snapFile},
 			0, []string{"verified snapshot ms-1/acc-1/gw-1/pump-1 seq 3"}},

@@ -23,6 +23,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 )
@@ -98,8 +99,11 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"pki", "issue", "--data", data, "ms//dev", "--out", t.TempDir()}, 2, "empty element"},
 		{[]string{"pki", "issue", "--data", data, "$SYS/x", "--out", t.TempDir()}, 2, "not allowed"},
 		{[]string{"pki", "issue", "--data", data, "+", "--out", t.TempDir()}, 2, "not allowed"},
+		// The topic scheme's own first levels are no identity (pki/crl/...).
+		{[]string{"pki", "issue", "--data", data, "pki", "--out", t.TempDir()}, 2, "reserved for the platform"},
+		{[]string{"pki", "issue", "--data", data, topic.CRLTransport, "--out", t.TempDir()}, 2, "reserved for the platform"},
 		{[]string{"pki", "issue", "--data", data, "ms/acc/dev"}, 2, "--out"},
-		{[]string{"pki", "issue", "--data", data, "--service", "x", "--role", "root", "--out", t.TempDir()}, 2, "admin, snapshot-reader, firmware-writer"},
+		{[]string{"pki", "issue", "--data", data, "--service", "x", "--role", "root", "--out", t.TempDir()}, 2, "admin, firmware-writer, snapshot-reader"},
 		{[]string{"pki", "revoke", "--data", data, "ms-9/acc-1/dev-1"}, 1, "pki list"},
 		{[]string{"pki", "revoke", "--data", data, "--serial", "xyz"}, 2, "hexadecimal"},
 		{[]string{"pki", "revoke", "--data", data, "--serial", "ab:cd", "--reason", "bored"}, 2, "keyCompromise"},

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"text/tabwriter"
@@ -73,7 +71,7 @@ trust stay apart.`,
 				if isFieldtrustCA(cmd, d, c) {
 					return fmt.Errorf("%s: %q is a fieldtrust CA of this platform; onboarding trust must come from the manufacturer", args[0], c.Subject)
 				}
-				fp := fingerprint(c)
+				fp := pki.Fingerprint(c)
 				err := d.Store.AddManufacturer(cmd.Context(), store.Manufacturer{
 					Fingerprint: fp, Subject: c.Subject.String(), NotAfter: c.NotAfter, DER: c.Raw, AddedAt: now,
 				})
@@ -120,13 +118,6 @@ func newManufacturerListCmd() *cobra.Command {
 	}
 	addDataFlag(c, &dir)
 	return c
-}
-
-// fingerprint is the SHA-256 of a certificate, lowercase hex, as
-// 'openssl x509 -fingerprint -sha256' prints it without colons.
-func fingerprint(c *x509.Certificate) string {
-	sum := sha256.Sum256(c.Raw)
-	return hex.EncodeToString(sum[:])
 }
 
 // isFieldtrustCA reports whether c is a certificate of this platform's own

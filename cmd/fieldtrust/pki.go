@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -18,11 +19,12 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
 )
 
-// serviceRoles are the roles 'pki issue --service' accepts; the broker maps
-// each to its topic grants.
-var serviceRoles = []string{"admin", "snapshot-reader", "firmware-writer"}
+// serviceRoles are the roles 'pki issue --service' accepts: those the
+// platform has grants for.
+var serviceRoles = slices.Sorted(maps.Keys(tacs.DefaultGrants()))
 
 func newPKICmd() *cobra.Command {
 	c := &cobra.Command{
@@ -187,8 +189,19 @@ func newPKIRevokeCmd() *cobra.Command {
 		e2e, ca                 bool
 	)
 	c := &cobra.Command{
-		Use:   "revoke (PATH | --serial HEX)",
-		Short: "Revoke certificates by identity path or serial; revoking a CA revokes everything below it",
+		Use:   "revoke (PATH | SERVICE | --serial HEX)",
+		Short: "Revoke an identity path, a service's certificates or a serial; revoking a CA revokes everything below it",
+		Long: `Revoke an identity path: every certificate of PATH issued until now is refused
+wherever it is presented (HTTPS, the broker, envelope signers), nothing is
+issued on its authority (re-enrollment), and the device's claim is revoked,
+so its onboarding certificate cannot buy the path again. Its valid
+certificates are put on the CRLs. To enroll the path again, claim the device
+again ('fieldtrust device claim'), a deliberate step.
+
+With --ca, revoke the CA of PATH instead, and with it every certificate below
+it. A service name revokes that service's valid certificates; --serial one
+certificate. A running 'fieldtrust up' applies every revocation within about
+a second.`,
 		Example: `  fieldtrust pki revoke ms-acc-1/acc-1/dev-1 --reason keyCompromise
   fieldtrust pki revoke --serial 3F:2A:...:9C
   fieldtrust pki revoke ms-acc-1/acc-2 --ca --reason cessationOfOperation`,
@@ -224,14 +237,33 @@ func newPKIRevokeCmd() *cobra.Command {
 				a = d.E2E
 			}
 			var done []store.Certificate
-			if sn != nil {
+			switch p, perr := pki.ParsePath(name); {
+			case sn != nil:
 				r, err := a.Revoke(cmd.Context(), sn, reason)
 				if err != nil {
 					return err
 				}
 				done = append(done, r)
-			} else if done, err = a.RevokeName(cmd.Context(), name, ca, reason); err != nil {
-				return err
+			case !ca && perr == nil:
+				done, err = a.RevokePath(cmd.Context(), p, reason)
+				if errors.Is(err, store.ErrNotFound) {
+					// No identity of that name: a service's certificates.
+					if done, err = a.RevokeName(cmd.Context(), name, false, reason); err != nil {
+						return err
+					}
+					break
+				}
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "revoked path %s (%s): every certificate of it issued until now is refused, and nothing is issued on their authority\n", p, a.Domain())
+				if a.Domain() == pki.Transport {
+					fmt.Fprintln(cmd.OutOrStdout(), "  its device claim is revoked; to enroll the device again, claim it again ('fieldtrust device claim')")
+				}
+			default:
+				if done, err = a.RevokeName(cmd.Context(), name, ca, reason); err != nil {
+					return err
+				}
 			}
 			for _, r := range done {
 				fmt.Fprintf(cmd.OutOrStdout(), "revoked %s %s (%s, serial %s, reason %s)\n", r.Kind, r.Name, a.Domain(), strings.ToUpper(r.Serial), pki.ReasonName(r.Reason))

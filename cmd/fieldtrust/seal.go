@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
+	"github.com/fieldtrust/fieldtrust/internal/pki"
 )
 
 // cmsPEMType is the PEM label OpenSSL uses for CMS (openssl cms -outform PEM).
@@ -140,7 +141,7 @@ there serve as intermediates).`,
 			}
 			opts := envelope.OpenOptions{AllowUnsigned: allowUnsigned}
 			if len(trust) > 0 {
-				v := &envelope.ChainVerifier{Roots: x509.NewCertPool(), RequireCRL: requireCRL}
+				v := &envelope.ChainVerifier{Roots: x509.NewCertPool(), RequireCRL: requireCRL, Identify: e2eSignerIdentity}
 				for _, p := range trust {
 					roots, err := readCertFile(p)
 					if err != nil {
@@ -218,6 +219,16 @@ there serve as intermediates).`,
 	f.StringVar(&out, "out", "-", "payload file; - for stdout")
 	f.BoolVar(&usePEM, "pem", false, "read PEM ("+cmsPEMType+") instead of DER")
 	return c
+}
+
+// e2eSignerIdentity names an envelope's signer from its verified chain with
+// the e2e PKI's namespace rule, as the platform's ingest does.
+func e2eSignerIdentity(chain []*x509.Certificate) (string, error) {
+	id, err := pki.IdentifyVerifiedChain(pki.E2E, chain)
+	if err != nil {
+		return "", err
+	}
+	return id.String(), nil
 }
 
 // openHint says what to do about an Open failure.

@@ -83,16 +83,24 @@ func runSealCmd(t *testing.T, c *cobra.Command, stdin []byte, args ...string) (s
 
 func TestSealOpenCLI(t *testing.T) {
 	dir := t.TempDir()
+	// An e2e PKI of fieldtrust's shape: root, master CA, account CA, device.
 	root, rootKey := sealTestCert(t, "e2e-root", elliptic.P256(), true, nil, nil)
-	acc, accKey := sealTestCert(t, "acc-1", elliptic.P256(), true, root, rootKey)
-	dev, devKey := sealTestCert(t, "dev-1", elliptic.P256(), false, acc, accKey)
+	master, masterKey := sealTestCert(t, "ms-1", elliptic.P256(), true, root, rootKey)
+	acc, accKey := sealTestCert(t, "acc-1", elliptic.P256(), true, master, masterKey)
+	dev, devKey := sealTestCert(t, "ms-1/acc-1/dev-1", elliptic.P256(), false, acc, accKey)
+	// What a compromised account CA can mint: a leaf that calls itself a
+	// device of another master account.
+	forged, forgedKey := sealTestCert(t, "ms-2/acc-1/dev-1", elliptic.P256(), false, acc, accKey)
 	vendor, vendorKey := sealTestCert(t, "vendor", elliptic.P384(), false, root, rootKey)
 	stranger, strangerKey := sealTestCert(t, "stranger", elliptic.P256(), false, root, rootKey)
 
 	rootPEM := sealTestWrite(t, filepath.Join(dir, "root.pem"), "CERTIFICATE", root.Raw)
-	devChain := sealTestWrite(t, filepath.Join(dir, "dev", "cert.pem"), "CERTIFICATE", dev.Raw, acc.Raw)
+	devChain := sealTestWrite(t, filepath.Join(dir, "dev", "cert.pem"), "CERTIFICATE", dev.Raw, acc.Raw, master.Raw)
 	sec1, _ := x509.MarshalECPrivateKey(devKey)
 	devKeyPEM := sealTestWrite(t, filepath.Join(dir, "dev", "key.pem"), "EC PRIVATE KEY", sec1)
+	forgedChain := sealTestWrite(t, filepath.Join(dir, "forged", "cert.pem"), "CERTIFICATE", forged.Raw, acc.Raw, master.Raw)
+	sec1, _ = x509.MarshalECPrivateKey(forgedKey)
+	forgedKeyPEM := sealTestWrite(t, filepath.Join(dir, "forged", "key.pem"), "EC PRIVATE KEY", sec1)
 	vendorPEM := sealTestWrite(t, filepath.Join(dir, "vendor.pem"), "CERTIFICATE", vendor.Raw)
 	p8, _ := x509.MarshalPKCS8PrivateKey(vendorKey)
 	vendorKeyPEM := sealTestWrite(t, filepath.Join(dir, "vendor.key"), "PRIVATE KEY", p8)
@@ -100,7 +108,8 @@ func TestSealOpenCLI(t *testing.T) {
 	p8, _ = x509.MarshalPKCS8PrivateKey(strangerKey)
 	strangerKeyPEM := sealTestWrite(t, filepath.Join(dir, "stranger.key"), "PRIVATE KEY", p8)
 	signers := filepath.Join(dir, "signers")
-	sealTestWrite(t, filepath.Join(signers, "dev-1.pem"), "CERTIFICATE", dev.Raw, acc.Raw)
+	sealTestWrite(t, filepath.Join(signers, "dev-1.pem"), "CERTIFICATE", dev.Raw, acc.Raw, master.Raw)
+	sealTestWrite(t, filepath.Join(signers, "forged.pem"), "CERTIFICATE", forged.Raw)
 
 	payload := []byte("reading 21.5")
 	for _, armour := range []bool{false, true} {
@@ -123,12 +132,16 @@ func TestSealOpenCLI(t *testing.T) {
 		if err != nil {
 			t.Fatalf("open: %v", err)
 		}
-		if out != string(payload) || !strings.Contains(info, "signer:  dev-1") || !strings.Contains(info, "sha256:") {
+		if out != string(payload) || !strings.Contains(info, "signer:  ms-1/acc-1/dev-1 ") || !strings.Contains(info, "sha256:") {
 			t.Fatalf("open: out %q info %q", out, info)
 		}
 	}
 
 	env, _, err := runSealCmd(t, newSealCmd(), payload, "--to", vendorPEM, "--sign-cert", devChain, "--sign-key", devKeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forgedEnv, _, err := runSealCmd(t, newSealCmd(), payload, "--to", vendorPEM, "--sign-cert", forgedChain, "--sign-key", forgedKeyPEM, "--embed-certs")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,6 +163,9 @@ func TestSealOpenCLI(t *testing.T) {
 		{"open by a stranger", newOpenCmd, []byte(env), []string{"--cert", strangerPEM, "--key", strangerKeyPEM, "--trust", rootPEM, "--signers", signers}, false, "not addressed"},
 		{"open with mismatched key", newOpenCmd, []byte(env), []string{"--cert", vendorPEM, "--key", strangerKeyPEM}, true, "does not match"},
 		{"open PEM without --pem", newOpenCmd, []byte("-----BEGIN CMS-----\n"), []string{"--cert", vendorPEM, "--key", vendorKeyPEM}, true, "--pem"},
+		// The signer's name comes from the chain (pki.IdentityFromChain), not
+		// from the leaf's say-so: account CA ms-1/acc-1 cannot vouch for ms-2.
+		{"open a signer outside its CA's namespace", newOpenCmd, []byte(forgedEnv), []string{"--cert", vendorPEM, "--key", vendorKeyPEM, "--trust", rootPEM, "--signers", signers}, false, "outside the issuing CA's namespace"},
 		{"open garbage", newOpenCmd, []byte("garbage"), []string{"--cert", vendorPEM, "--key", vendorKeyPEM, "--trust", rootPEM}, false, "malformed"},
 	}
 	for _, tt := range tests {

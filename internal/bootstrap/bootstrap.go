@@ -16,8 +16,10 @@ import (
 	"slices"
 	"time"
 
+	"github.com/fieldtrust/fieldtrust/internal/est"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // Path is where the handler is mounted.
@@ -31,7 +33,7 @@ const Path = "/api/v1/bootstrap"
 const SchemaVersion = 1
 
 // DefaultCRLTopic is the retained MQTT topic of the transport CRL bundle.
-const DefaultCRLTopic = "pki/crl/transport"
+const DefaultCRLTopic = topic.CRLTransport
 
 // Document is the bootstrap answer (JSON).
 type Document struct {
@@ -265,7 +267,5 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, status int, reaso
 		attrs = append(attrs, "err", err.Error())
 	}
 	h.log.Warn("bootstrap refused", attrs...)
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.WriteHeader(status)
-	fmt.Fprintln(w, reason)
+	est.RefuseText(w, status, reason)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -14,6 +15,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	pathpkg "path"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +26,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/tlspolicy"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 type env struct {
@@ -151,7 +155,7 @@ func TestBootstrap(t *testing.T) {
 		t.Fatal(err)
 	}
 	if doc.Version != bootstrap.SchemaVersion || doc.Identity != "ms-1/acc-1/gw-1" || len(doc.Brokers) != 2 ||
-		doc.PublishIntervalSeconds != 30 || doc.RenewalFraction < 0.66 || doc.RenewalFraction > 0.67 || doc.CRLTopic != "pki/crl/transport" {
+		doc.PublishIntervalSeconds != 30 || doc.RenewalFraction < 0.66 || doc.RenewalFraction > 0.67 || doc.CRLTopic != topic.CRLTransport {
 		t.Fatalf("document = %+v", doc)
 	}
 	if len(doc.Recipients) != 2 || doc.Recipients[0].Role != bootstrap.RoleIngest || doc.Recipients[1].Role != bootstrap.RoleAccount {
@@ -260,4 +264,50 @@ type nilRecords struct{}
 
 func (nilRecords) ListCertificates(context.Context, store.CertFilter) ([]store.Certificate, error) {
 	return nil, nil
+}
+
+// TestBootstrapRefusesReservedNames: an identity named like the platform's
+// own topics (a master CA "pki", as the root key could have minted before
+// the names were reserved) gets no configuration; the broker refuses it
+// too. A 401 carries a WWW-Authenticate challenge.
+func TestBootstrapRefusesReservedNames(t *testing.T) {
+	e := newEnv(t, nil)
+	rootKey, err := pki.ReadKeyFile(filepath.Join(e.d.Path, "pki", "transport", "root.key"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caKey, _ := pki.GenerateKey(elliptic.P384())
+	sign := func(tmpl, parent *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) *x509.Certificate {
+		t.Helper()
+		tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
+		tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
+		tmpl.BasicConstraintsValid = true
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	ca := sign(&x509.Certificate{Subject: pkix.Name{CommonName: "pki"}, IsCA: true, MaxPathLen: 1, KeyUsage: x509.KeyUsageCertSign}, e.d.Transport.Root(), caKey.Public(), rootKey)
+	leafKey, _ := pki.GenerateKey(elliptic.P256())
+	reservedPath := pathpkg.Dir(topic.CRLTransport) // an identity named like the platform's own topics
+	leaf := sign(&x509.Certificate{Subject: pkix.Name{CommonName: reservedPath}, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, ca, leafKey.Public(), caKey)
+	reserved := tls.Certificate{Certificate: [][]byte{leaf.Raw, ca.Raw}, PrivateKey: leafKey, Leaf: leaf}
+	if code, body := e.get(t, &reserved); code != http.StatusUnauthorized || strings.Contains(string(body), `"identity"`) {
+		t.Fatalf("identity %s: %d %s, want 401", reservedPath, code, body)
+	}
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: tlspolicy.Client(e.roots, nil)}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get(e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "TLS-Client-Certificate ") {
+		t.Fatalf("no certificate: %d, WWW-Authenticate %q", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+	}
 }

@@ -1,13 +1,29 @@
-// Package broker is fieldtrust's embedded MQTT broker: mochi-mqtt behind a
-// strict mutual-TLS listener, with every identity taken from the verified
-// certificate chain and every path a message can take (connect, subscribe,
-// publish, will, retained delivery, live delivery, session resumption)
-// checked by tacs.
+// Package broker is fieldtrust's embedded MQTT broker (MQTT 3.1.1 and 5):
+// a strict mutual-TLS listener, every identity taken from the verified
+// certificate chain, and every path a message can take (connect,
+// subscribe, publish, will, retained delivery, live delivery, session
+// resumption) checked by tacs.
 //
 // The broker does not know the PKI. It consumes an Identify function that
 // turns a verified TLS connection state into a tacs.Subject (and refuses
-// revoked or unknown chains), and Grants for service roles. See
-// docs/broker.md for the policy in prose.
+// revoked or unknown chains), and Grants for service roles.
+//
+// It is its own MQTT implementation (wire format in package packet), not a
+// library broker behind hooks: docs/broker.md, "Why our own data path",
+// records the profile and the defects that decided it. The parts:
+//
+//   - listener.go: TLS handshake under a deadline, then one goroutine per
+//     connection that reads and handles packets in order (conn.go);
+//   - out.go: each connection's outbound bytes, coalesced into as few TLS
+//     records and write calls as possible by a writer that runs only
+//     while there is something to write;
+//   - session.go: MQTT sessions (subscriptions, QoS 1/2 state, queues)
+//     keyed by identity and client ID, so no identity can reach another's;
+//   - route.go: the subscription tree, shared subscriptions, retained
+//     messages, and delivery with backpressure;
+//   - will.go: wills and their delays, re-checked against revocation;
+//   - store.go: persistence of what a persistent session needs, through
+//     one ordered, group-committing writer (journal.go).
 package broker
 
 import (
@@ -19,29 +35,34 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/fieldtrust/fieldtrust/internal/broker/packet"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 )
 
 // Defaults for the limits in Config. Each is justified in docs/broker.md.
 const (
-	DefaultMaxConnections   = 50_000
+	DefaultMaxConnections   = 200_000
 	DefaultMaxPacketSize    = 1 << 20 // 1 MiB: sealed snapshots are a few KiB; firmware travels by URL.
-	DefaultSessionExpiry    = 7 * 24 * time.Hour
 	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultMaxKeepAlive caps the keepalive a client may choose; a client
+	// asking for none (0) or more gets this one (MQTT 5: told in CONNACK's
+	// Server Keep Alive; MQTT 3.1.1 cannot be told and is held to it all
+	// the same). Without a cap a silent peer would hold its connection,
+	// session and will forever.
+	DefaultMaxKeepAlive = 60 * time.Second
 	// MaxClientIDLen bounds the client ID a CONNECT may carry. It keeps
 	// session keys, log lines and storage keys small.
 	MaxClientIDLen = 128
 )
 
 // IdentifyFunc derives the subject from a connection's verified chain. It
-// is called once per connection and again by Revalidate. Returning an
-// error refuses (or, on revalidation, ends) the connection.
+// is called once per connection, again by Revalidate, and before a will
+// is sent. Returning an error refuses (or ends) the connection.
 type IdentifyFunc func(cs tls.ConnectionState) (tacs.Subject, error)
 
 // Config is what the broker consumes from the platform.
@@ -58,9 +79,9 @@ type Config struct {
 	Identify IdentifyFunc
 	// Grants holds the service roles; nil means tacs.DefaultGrants().
 	Grants tacs.Grants
-	// StateDir holds the session, inflight and retained store; required.
+	// StateDir holds the session, queue and retained store; required.
 	StateDir string
-	// Logger receives the broker's and mochi's logs; nil discards them.
+	// Logger receives the broker's logs; nil discards them.
 	Logger *slog.Logger
 	// Registerer receives the broker's metrics; nil keeps them private.
 	Registerer prometheus.Registerer
@@ -68,29 +89,48 @@ type Config struct {
 	// Limits; zero means the Default* value.
 	MaxConnections   int
 	MaxPacketSize    uint32
-	SessionExpiry    time.Duration
 	HandshakeTimeout time.Duration
+	MaxKeepAlive     time.Duration
+	// AccountLimits apply to account identities (devices, customers),
+	// ServiceLimits to platform services; zero fields take
+	// DefaultAccountLimits and DefaultServiceLimits.
+	AccountLimits, ServiceLimits Limits
 }
 
 // Broker is a running or runnable MQTT broker. Create it with New, run it
 // with Serve.
 type Broker struct {
-	cfg     Config
-	grants  tacs.Grants
-	log     *slog.Logger
-	server  *mqtt.Server
-	store   *store
-	access  *accessHook
-	flow    *flow
-	gate    *sessionGate
-	metrics *metrics
-	ln      *tlsListener
+	cfg            Config
+	grants         tacs.Grants
+	log            *slog.Logger
+	metrics        *metrics
+	ln             *tlsListener
+	store          *store
+	accountLimits  Limits
+	serviceLimits  Limits
+	maxPacket      int
+	started        time.Time
+	closing        atomic.Bool
+	serveOnce      sync.Once
+	connWG         sync.WaitGroup // connection goroutines
+	timersCtx      context.Context
+	cancelTimers   context.CancelFunc
+	subs           *subscriptions
+	retained       *retainedStore
+	messagesIn     atomic.Int64 // for $SYS
+	messagesOut    atomic.Int64
+	waitingPublish atomic.Int64  // publishers waiting on backpressure right now
+	grantsGen      atomic.Uint64 // bumped by setGrants: invalidates cached read decisions
 
-	serveOnce sync.Once
+	mu         sync.Mutex
+	sessions   map[string]*session  // key: identity|clientID; guarded by mu
+	identities map[string]*identity // key: subject.String(); guarded by mu
+	conns      map[*conn]struct{}   // live connections; guarded by mu
 }
 
-// New validates cfg, opens the state store, binds the listener and wires
-// the hooks. The broker accepts no connection before Serve.
+// New validates cfg, opens the state store, restores persisted sessions
+// and retained messages, and binds the listener. The broker accepts no
+// connection before Serve.
 func New(cfg Config) (*Broker, error) {
 	if cfg.TLS == nil {
 		return nil, errors.New("broker: config: TLS is required")
@@ -116,11 +156,17 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.MaxPacketSize == 0 {
 		cfg.MaxPacketSize = DefaultMaxPacketSize
 	}
-	if cfg.SessionExpiry <= 0 {
-		cfg.SessionExpiry = DefaultSessionExpiry
+	if cfg.MaxPacketSize > packet.MaxRemainingLength {
+		return nil, fmt.Errorf("broker: config: MaxPacketSize %d exceeds MQTT's %d", cfg.MaxPacketSize, packet.MaxRemainingLength)
 	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.MaxKeepAlive <= 0 {
+		cfg.MaxKeepAlive = DefaultMaxKeepAlive
+	}
+	if cfg.MaxKeepAlive > 65535*time.Second {
+		return nil, fmt.Errorf("broker: config: MaxKeepAlive %v exceeds MQTT's 65535 s", cfg.MaxKeepAlive)
 	}
 	tlsCfg, err := serverTLSConfig(cfg.TLS)
 	if err != nil {
@@ -129,67 +175,49 @@ func New(cfg Config) (*Broker, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("broker: state dir: %w", err)
 	}
-
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("broker: metrics: %w", err)
 	}
-
-	caps := mqtt.NewDefaultServerCapabilities()
-	caps.MaximumClients = int64(cfg.MaxConnections)
-	caps.MaximumPacketSize = cfg.MaxPacketSize
-	caps.MaximumSessionExpiryInterval = uint32(cfg.SessionExpiry / time.Second)
-	caps.Compatibilities.ObscureNotAuthorized = false
-	caps.MaximumClientWritesPending = writeQueue
-
-	b := &Broker{cfg: cfg, grants: cfg.Grants, log: cfg.Logger, metrics: m, gate: newSessionGate()}
-	b.server = mqtt.New(&mqtt.Options{
-		Capabilities:           caps,
-		Logger:                 cfg.Logger.With("component", "mochi"),
-		InlineClient:           true,
-		SysTopicResendInterval: 10,
-	})
-
+	b := &Broker{
+		cfg:           cfg,
+		grants:        cfg.Grants,
+		log:           cfg.Logger,
+		metrics:       m,
+		accountLimits: cfg.AccountLimits.withDefaults(DefaultAccountLimits),
+		serviceLimits: cfg.ServiceLimits.withDefaults(DefaultServiceLimits),
+		maxPacket:     int(cfg.MaxPacketSize),
+		started:       time.Now(),
+		subs:          newSubscriptions(),
+		retained:      newRetainedStore(),
+		sessions:      map[string]*session{},
+		identities:    map[string]*identity{},
+		conns:         map[*conn]struct{}{},
+	}
+	b.timersCtx, b.cancelTimers = context.WithCancel(context.Background())
 	st, err := openStore(filepath.Join(cfg.StateDir, "broker.db"), b.log)
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	b.store = st
-	b.access = &accessHook{b: b}
-	b.flow = &flow{b: b, maxInflight: int(caps.MaximumInflight)}
-	st.admit = b.flow.admit
-	// Order matters: mochi calls hooks in the order added and stops at
-	// the first OnPublish error, so access control runs before anything
-	// is persisted (the store's OnPublish also runs flow control); the
-	// access hook's OnDisconnect takes the session gate before the store
-	// forgets anything.
-	if err := b.server.AddHook(b.access, nil); err != nil {
+	if err := b.restore(); err != nil {
 		st.close()
-		return nil, fmt.Errorf("broker: access hook: %w", err)
+		return nil, fmt.Errorf("broker: restore state: %w", err)
 	}
-	if err := b.server.AddHook(b.flow, nil); err != nil {
-		st.close()
-		return nil, fmt.Errorf("broker: flow hook: %w", err)
-	}
-	if err := b.server.AddHook(st, nil); err != nil {
-		st.close()
-		return nil, fmt.Errorf("broker: store hook: %w", err)
-	}
-	b.ln = newTLSListener("mtls", cfg.Addr, tlsCfg, cfg.HandshakeTimeout, b.log, m)
-	b.ln.ended = b.gate.release
-	if err := b.server.AddListener(b.ln); err != nil {
+	ln, err := newTLSListener(cfg.Addr, tlsCfg, cfg.HandshakeTimeout, b)
+	if err != nil {
 		st.close()
 		return nil, fmt.Errorf("broker: listen %s: %w", cfg.Addr, err)
 	}
+	b.ln = ln
 	return b, nil
 }
 
 // Addr returns the bound listen address (useful with port 0).
-func (b *Broker) Addr() string { return b.ln.Address() }
+func (b *Broker) Addr() string { return b.ln.Addr() }
 
-// Serve restores persisted state, accepts connections until ctx is done,
-// then disconnects every client, flushes the store and returns. It may be
-// called once.
+// Serve accepts connections until ctx is done, then disconnects every
+// client, flushes the store and returns. It may be called once.
 func (b *Broker) Serve(ctx context.Context) error {
 	err := errors.New("broker: Serve called twice")
 	b.serveOnce.Do(func() { err = b.serve(ctx) })
@@ -197,25 +225,43 @@ func (b *Broker) Serve(ctx context.Context) error {
 }
 
 func (b *Broker) serve(ctx context.Context) error {
-	if err := b.server.Serve(); err != nil {
-		b.ln.Close(func(string) {})
-		b.store.close()
-		return fmt.Errorf("broker: start: %w", err)
-	}
-	b.store.replayPending(b.server)
 	b.log.InfoContext(ctx, "broker serving", "addr", b.Addr())
-	<-ctx.Done()
-	b.log.Info("broker stopping", "addr", b.Addr())
-	if err := b.server.Close(); err != nil {
-		return fmt.Errorf("broker: stop: %w", err)
+	go b.sysLoop(ctx)
+	acceptErr := make(chan error, 1)
+	go func() { acceptErr <- b.ln.serve() }()
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-acceptErr:
+		if !b.closing.Load() {
+			runErr = fmt.Errorf("broker: accept: %w", err)
+		}
 	}
-	return nil
+	b.log.Info("broker stopping", "addr", b.Addr())
+	b.closing.Store(true)
+	b.ln.close()
+	b.cancelTimers()
+	b.mu.Lock()
+	live := make([]*conn, 0, len(b.conns))
+	for c := range b.conns {
+		live = append(live, c)
+	}
+	b.mu.Unlock()
+	for _, c := range live {
+		c.shutdown()
+	}
+	b.connWG.Wait()
+	if err := b.store.close(); err != nil && runErr == nil {
+		runErr = fmt.Errorf("broker: close state: %w", err)
+	}
+	return runErr
 }
 
 // Publish injects a message from the platform itself (for example the CRL,
 // retained on pki/crl/transport). It bypasses the write check, since the
 // platform is not a client, but every delivery is still read-checked per
-// subscriber.
+// subscriber. A QoS > 0 publish returns once it is durable for every
+// persistent session that queued it (and for the retained store).
 func (b *Broker) Publish(topic string, payload []byte, retain bool, qos byte) error {
 	if err := tacs.ValidateTopic(topic); err != nil {
 		return fmt.Errorf("broker: publish: %w", err)
@@ -223,8 +269,21 @@ func (b *Broker) Publish(topic string, payload []byte, retain bool, qos byte) er
 	if qos > 2 {
 		return fmt.Errorf("broker: publish %s: qos %d", topic, qos)
 	}
-	if err := b.server.Publish(topic, payload, retain, qos); err != nil {
-		return fmt.Errorf("broker: publish %s: %w", topic, err)
+	m := newMessage(topic, append([]byte(nil), payload...), qos, retain, packet.Properties{}, "", time.Now())
+	durable := false
+	if retain {
+		if b.retained.set(m, nil) {
+			b.store.putRetained(m, nil)
+			durable = true
+		}
+	}
+	if b.route(context.Background(), m, nil) {
+		durable = true
+	}
+	if durable && qos > 0 {
+		if err := b.store.barrier(); err != nil {
+			return fmt.Errorf("broker: publish %s: %w", topic, err)
+		}
 	}
 	return nil
 }
@@ -232,37 +291,82 @@ func (b *Broker) Publish(topic string, payload []byte, retain bool, qos byte) er
 // Revalidate runs Identify again on every live connection's TLS state and
 // disconnects those that now fail or map to a different subject (e.g. after
 // a CRL update). Their wills are dropped, not sent: a revoked identity must
-// not speak one last time. It returns how many connections it ended.
+// not speak one last time. Pending delayed wills of offline sessions are
+// re-checked the same way. It returns how many connections it ended.
 func (b *Broker) Revalidate(ctx context.Context) int {
+	b.mu.Lock()
+	live := make([]*conn, 0, len(b.conns))
+	for c := range b.conns {
+		live = append(live, c)
+	}
+	offline := make([]*session, 0)
+	for _, s := range b.sessions {
+		offline = append(offline, s)
+	}
+	b.mu.Unlock()
 	n := 0
-	for _, cl := range b.server.Clients.GetAll() {
+	for _, c := range live {
 		if ctx.Err() != nil {
 			break
 		}
-		st := b.access.live(cl)
-		if st == nil || cl.Closed() {
+		if c.closed.Load() {
 			continue
 		}
-		subj, err := b.cfg.Identify(st.tls)
+		subj, err := b.cfg.Identify(c.cs)
 		reason := "identify_failed"
 		if err == nil {
-			if subj == st.subject {
+			if subj == c.subject {
 				continue
 			}
 			reason = "identity_changed"
 		}
-		st.revoked.Store(true)
-		dropWill(cl)
-		b.refuse(ctx, "revalidate", reason, st.subject, "client", rawClientID(cl.ID), "error", err)
-		_ = b.server.DisconnectClient(cl, packets.ErrNotAuthorized)
+		b.refuse(ctx, "revalidate", reason, c.subject, "client", c.clientID, "error", err)
+		c.revoke(packet.NotAuthorized)
 		n++
 	}
+	for _, s := range offline {
+		if ctx.Err() != nil {
+			break
+		}
+		s.recheckWill(ctx)
+	}
+	b.recheckRetained(ctx)
 	return n
 }
 
-// refuse logs and counts one refusal. stage is where it happened (connect,
-// subscribe, publish, will, delivery, session_resume, revalidate); reason is
-// a small fixed vocabulary, mostly tacs.Reason values.
+// recheckRetained deletes retained messages whose publisher's identity no
+// longer holds: a revoked (or stolen and then revoked) credential must not
+// keep speaking to every new subscriber through what it retained.
+func (b *Broker) recheckRetained(ctx context.Context) {
+	for _, rm := range b.retained.all() {
+		if ctx.Err() != nil {
+			return
+		}
+		if rm.cs == nil || rm.owner == sysOwner {
+			continue // the platform's own
+		}
+		subj, err := b.cfg.Identify(*rm.cs)
+		if err == nil && subj.String() == rm.owner {
+			continue
+		}
+		del := newMessage(rm.msg.topic, nil, 0, true, packet.Properties{}, "", time.Now())
+		if b.retained.deleteIf(rm) {
+			b.store.putRetainedFor(del, "", nil)
+			b.refuse(ctx, "revalidate", "retained_publisher_revoked", tacs.Subject{}, "owner", rm.owner, "topic", logTopic(rm.msg.topic))
+		}
+	}
+}
+
+// setGrants replaces the service grants (tests; configuration reloads).
+func (b *Broker) setGrants(g tacs.Grants) {
+	b.grants = g
+	b.grantsGen.Add(1)
+}
+
+// refuse counts one refusal and logs it. stage is where it happened
+// (connect, subscribe, publish, will, delivery, session_resume,
+// revalidate); reason is a small fixed vocabulary, mostly tacs.Reason
+// values.
 func (b *Broker) refuse(ctx context.Context, stage, reason string, subj tacs.Subject, attrs ...any) {
 	b.metrics.refusals.WithLabelValues(stage, reason).Inc()
 	args := append([]any{"stage", stage, "reason", reason, "identity", subj.String()}, attrs...)

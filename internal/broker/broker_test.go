@@ -156,9 +156,11 @@ func TestWills(t *testing.T) {
 // DISCONNECT, the way a dead link looks.
 func breakConn(t *testing.T, e *env, identity string) {
 	t.Helper()
-	for _, cl := range e.b.server.Clients.GetAll() {
-		if strings.HasPrefix(cl.ID, identity+sessionSep) && !cl.Closed() {
-			_ = cl.Net.Conn.Close()
+	e.b.mu.Lock()
+	defer e.b.mu.Unlock()
+	for c := range e.b.conns {
+		if c.subject.String() == identity && !c.closed.Load() {
+			_ = c.nc.NetConn().Close()
 			return
 		}
 	}
@@ -217,25 +219,27 @@ func TestRetainedDeliveryRechecked(t *testing.T) {
 	ingest.expect(t, "ms-acc-1/acc-1/dev-1/snapshots", "s1")
 
 	// Check the hook directly with grants that no longer cover the topic.
-	e.b.grants = tacs.Grants{tacs.RoleSnapshotReader: {{Filter: "ms-acc-2/+/+/snapshots", Read: true}}, tacs.RoleAdmin: tacs.DefaultGrants()[tacs.RoleAdmin]}
+	e.b.setGrants(tacs.Grants{tacs.RoleSnapshotReader: {{Filter: "ms-acc-2/+/+/snapshots", Read: true}}, tacs.RoleAdmin: tacs.DefaultGrants()[tacs.RoleAdmin]})
 	var cl = findClient(t, e, "service:ingest")
-	if e.b.access.OnACLCheck(cl, "ms-acc-1/acc-1/dev-1/snapshots", false) {
+	if e.b.mayRead(cl, "ms-acc-1/acc-1/dev-1/snapshots") {
 		t.Fatal("delivery allowed after grants narrowed")
 	}
 	if n := counter(t, e, "delivery", "foreign_topic"); n != 1 {
 		t.Errorf("refusals{delivery,foreign_topic} = %v; want 1", n)
 	}
-	e.b.grants = tacs.DefaultGrants()
+	e.b.setGrants(tacs.DefaultGrants())
 }
 
-func findClient(t *testing.T, e *env, identity string) *mqttClient {
+func findClient(t *testing.T, e *env, identity string) *session {
 	t.Helper()
-	for _, cl := range e.b.server.Clients.GetAll() {
-		if strings.HasPrefix(cl.ID, identity+sessionSep) {
-			return cl
+	e.b.mu.Lock()
+	defer e.b.mu.Unlock()
+	for key, s := range e.b.sessions {
+		if strings.HasPrefix(key, identity+sessionSep) {
+			return s
 		}
 	}
-	t.Fatalf("no client for %s", identity)
+	t.Fatalf("no session for %s", identity)
 	return nil
 }
 

@@ -105,12 +105,16 @@ func (c *testCA) subCA(t testing.TB, cn string, pathLen int) *testCA {
 }
 
 func (c *testCA) leaf(t testing.TB, cn string, server bool) tls.Certificate {
+	return c.leafUntil(t, cn, server, time.Now().Add(24*time.Hour))
+}
+
+func (c *testCA) leafUntil(t testing.TB, cn string, server bool, notAfter time.Time) tls.Certificate {
 	key := newKey(t)
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(serialCounter.Add(1)),
 		Subject:               pkix.Name{CommonName: cn},
 		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
+		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
@@ -167,6 +171,15 @@ func (p *testPKI) identity(path string) tls.Certificate {
 }
 
 func (p *testPKI) service(name string) tls.Certificate { return p.services.leaf(p.t, name, false) }
+
+// identityUntil is identity with a chosen expiry.
+func (p *testPKI) identityUntil(path string, notAfter time.Time) tls.Certificate {
+	issuer := path
+	if strings.Count(path, "/") == 2 {
+		issuer = path[:strings.LastIndex(path, "/")]
+	}
+	return p.caFor(issuer).leafUntil(p.t, path, false, notAfter)
+}
 
 func (p *testPKI) server() tls.Certificate { return p.root.leaf(p.t, "broker", true) }
 

@@ -150,7 +150,7 @@ func TestReconnectSameClientID(t *testing.T) {
 
 // backpressured reports whether a publisher is waiting for a slow
 // subscriber right now.
-func backpressured(e *env) bool { return e.b.flow.waiting.Load() > 0 }
+func backpressured(e *env) bool { return e.b.waitingPublish.Load() > 0 }
 
 // droppedTotal sums fieldtrust_broker_dropped_total over its reasons.
 func droppedTotal(t *testing.T, e *env) float64 {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	paholog "github.com/eclipse/paho.golang/paho/log"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
@@ -57,6 +58,7 @@ func (ti *testIdentify) revoke(c tls.Certificate) {
 
 type env struct {
 	t     *testing.T
+	tune  func(*Config) // applied to every broker the env starts
 	pki   *testPKI
 	id    *testIdentify
 	dir   string
@@ -69,9 +71,38 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvWith(t, nil)
+}
+
+func (e *env) logger() *slog.Logger {
+	if os.Getenv("BROKER_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func (e *env) config(addr string) Config {
+	c := Config{
+		Addr:       addr,
+		TLS:        &tls.Config{Certificates: []tls.Certificate{e.srvTL}, ClientCAs: e.pki.pool},
+		Identify:   e.id.identify,
+		StateDir:   e.dir,
+		Logger:     e.logger(),
+		Registerer: e.reg,
+	}
+	if e.tune != nil {
+		e.tune(&c)
+	}
+	return c
+}
+
+// newEnvWith starts a broker whose config tune adjusts.
+func newEnvWith(t *testing.T, tune func(*Config)) *env {
+	t.Helper()
 	e := &env{
-		t:   t,
-		pki: newTestPKI(t),
+		t:    t,
+		tune: tune,
+		pki:  newTestPKI(t),
 		id: &testIdentify{roles: map[string]string{
 			"admin": tacs.RoleAdmin, "ingest": tacs.RoleSnapshotReader, "ingest-2": tacs.RoleSnapshotReader,
 			"firmware": tacs.RoleFirmwareWriter,
@@ -83,24 +114,6 @@ func newEnv(t *testing.T) *env {
 	e.start()
 	t.Cleanup(e.shutdown)
 	return e
-}
-
-func (e *env) logger() *slog.Logger {
-	if os.Getenv("BROKER_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
-}
-
-func (e *env) config(addr string) Config {
-	return Config{
-		Addr:       addr,
-		TLS:        &tls.Config{Certificates: []tls.Certificate{e.srvTL}, ClientCAs: e.pki.pool},
-		Identify:   e.id.identify,
-		StateDir:   e.dir,
-		Logger:     e.logger(),
-		Registerer: e.reg,
-	}
 }
 
 // start runs a broker on the env's state dir, on the previous address if
@@ -166,7 +179,8 @@ func (e *env) dialV5(c tls.Certificate, o v5opts) (*v5, *paho.Connack, error) {
 	}
 	cl := &v5{msgs: make(chan *paho.Publish, 1000)}
 	cl.Client = paho.NewClient(paho.ClientConfig{
-		Conn: conn,
+		Conn:        conn,
+		PingHandler: noPings{},
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			cl.msgs <- pr.Packet
 			return true, nil
@@ -177,10 +191,13 @@ func (e *env) dialV5(c tls.Certificate, o v5opts) (*v5, *paho.Connack, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	// KeepAlive 0: paho.golang v0.23.0's pinger can write a PINGREQ in the
+	// No pings: paho.golang v0.23.0's pinger can write a PINGREQ in the
 	// middle of another packet's multi-buffer write (seen on the wire as
 	// "c0 00" inside a SUBSCRIBE), which the broker rightly rejects as
-	// malformed. Test connections are short, so no pinger is needed.
+	// malformed. The broker caps keepalive 0 to its maximum and says so in
+	// CONNACK (Server Keep Alive), which starts paho's pinger, so the
+	// pinger is replaced; test connections are far shorter than the
+	// keepalive.
 	cp := &paho.Connect{ClientID: o.clientID, CleanStart: o.clean, KeepAlive: 0, WillMessage: o.will,
 		Username: "ms-acc-1", UsernameFlag: true} // a lying username: ignored by the broker
 	if o.expiry > 0 {
@@ -252,3 +269,12 @@ func fence(t *testing.T, from, to *v5, topic string) {
 }
 
 var netDialer = net.Dialer{Timeout: wait}
+
+// noPings is a paho.golang Pinger that never pings (see dialV5).
+type noPings struct{}
+
+func (noPings) Run(ctx context.Context, _ net.Conn, _ uint16) error { <-ctx.Done(); return nil }
+func (noPings) PacketSent()                                         {}
+func (noPings) PacketReceived()                                     {}
+func (noPings) PingResp()                                           {}
+func (noPings) SetDebug(paholog.Logger)                             {}

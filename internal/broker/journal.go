@@ -19,12 +19,11 @@ var errStoreClosed = errors.New("broker store closed")
 // transaction per batch: while one batch commits, the next accumulates.
 //
 // Order is the point: an asynchronous operation (submit with wait=false)
-// is durable no later than every operation submitted after it, so "put
-// the subscribers' inflight entries, then delete the pending entry" can
-// both be fire-and-forget and still never leave a state in which the
-// pending entry is gone but an inflight entry is missing. Callers that
-// must not go on before their write is durable (the pending entry before
-// a PUBACK) wait.
+// is durable no later than every operation submitted after it. So writers
+// never wait: a publish queues its subscribers' entries, and its
+// acknowledgement is a barrier callback (then) that runs once they — and
+// everything before them — are on disk. Many publishers' acknowledgements
+// share one fsync (group commit).
 type journal struct {
 	db  *bbolt.DB
 	log *slog.Logger
@@ -38,8 +37,9 @@ type journal struct {
 
 type journalOp struct {
 	what  string
-	apply func(b *bbolt.Bucket) error
-	done  chan error // nil for fire-and-forget
+	apply func(b *bbolt.Bucket) error // nil for a barrier
+	done  chan error                  // nil for fire-and-forget
+	then  func(error)                 // called once durable (or failed); may be nil
 }
 
 func newJournal(db *bbolt.DB, log *slog.Logger) *journal {
@@ -55,6 +55,19 @@ func (j *journal) submit(what string, fn func(b *bbolt.Bucket) error, wait bool)
 	if wait {
 		op.done = make(chan error, 1)
 	}
+	return j.enqueue(op)
+}
+
+// then queues a barrier whose callback runs, on the journal's goroutine,
+// once everything submitted before it is durable (or failed).
+func (j *journal) then(what string, cb func(error)) {
+	if err := j.enqueue(journalOp{what: what, then: cb}); err != nil {
+		cb(err)
+	}
+}
+
+func (j *journal) enqueue(op journalOp) error {
+	what := op.what
 	j.mu.Lock()
 	if j.closed {
 		j.mu.Unlock()
@@ -67,7 +80,7 @@ func (j *journal) submit(what string, fn func(b *bbolt.Bucket) error, wait bool)
 	case j.wake <- struct{}{}:
 	default:
 	}
-	if !wait {
+	if op.done == nil {
 		return nil
 	}
 	return <-op.done
@@ -114,9 +127,22 @@ func (j *journal) loop() {
 // retried in its own transaction so one bad op cannot take the others
 // down with it (bbolt's Batch does the same).
 func (j *journal) commit(batch []journalOp) {
+	writes := false
+	for _, op := range batch {
+		writes = writes || op.apply != nil
+	}
+	if !writes { // only barriers: what they wait for is already durable
+		for _, op := range batch {
+			op.finish(nil)
+		}
+		return
+	}
 	err := j.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket([]byte(bucketName))
 		for _, op := range batch {
+			if op.apply == nil {
+				continue
+			}
 			if err := op.apply(b); err != nil {
 				return err
 			}
@@ -125,19 +151,33 @@ func (j *journal) commit(batch []journalOp) {
 	})
 	if err == nil {
 		for _, op := range batch {
-			if op.done != nil {
-				op.done <- nil
-			}
+			op.finish(nil)
 		}
 		return
 	}
+	// Retry one by one so one bad op cannot take the others down; a
+	// barrier reports the first failure before it.
+	var failed error
 	for _, op := range batch {
-		err := j.db.Update(func(tx *bbolt.Tx) error { return op.apply(tx.Bucket([]byte(bucketName))) })
-		if err != nil {
-			j.log.Error("broker store write failed", "op", op.what, "error", err)
+		var err error
+		if op.apply != nil {
+			err = j.db.Update(func(tx *bbolt.Tx) error { return op.apply(tx.Bucket([]byte(bucketName))) })
+			if err != nil {
+				j.log.Error("broker store write failed", "op", op.what, "error", err)
+				failed = err
+			}
+		} else {
+			err = failed
 		}
-		if op.done != nil {
-			op.done <- err
-		}
+		op.finish(err)
+	}
+}
+
+func (op journalOp) finish(err error) {
+	if op.done != nil {
+		op.done <- err
+	}
+	if op.then != nil {
+		op.then(err)
 	}
 }

@@ -17,6 +17,8 @@ type metrics struct {
 	messagesOut  *prometheus.CounterVec // qos
 	dropped      *prometheus.CounterVec // reason
 	backpressure *prometheus.CounterVec // publishes held back for a slow subscriber
+
+	in, out [3]prometheus.Counter // by QoS; see resolve
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -43,11 +45,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"qos"}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "fieldtrust", Subsystem: "broker", Name: "dropped_total",
-			Help: "Messages not delivered to a subscriber because its queue was full: queue_full (QoS 1/2 queue of an offline or stalled session, mochi's MaximumInflight), write_queue_full (outbound write queue, any QoS).",
+			Help: "Messages not delivered to one subscriber because of its limits: queue_full (QoS 1/2 queue of a session at its byte limit, offline or stalled), write_queue_full (unwritten QoS 0 bytes of a stalled subscriber).",
 		}, []string{"reason"}),
 		backpressure: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "fieldtrust", Subsystem: "broker", Name: "backpressure_waits_total",
-			Help: "Times a QoS 1/2 publish waited, before its acknowledgement, for a live subscriber to acknowledge its backlog.",
+			Help: "Times a publish (any QoS) waited for a live subscriber's backlog to drain (backpressure).",
 		}, nil),
 	}
 	if reg == nil {
@@ -77,6 +79,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if m.backpressure, err = register(reg, m.backpressure); err != nil {
 		return nil, err
 	}
+	m.resolve()
 	return m, nil
 }
 
@@ -94,6 +97,15 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error)
 }
 
 var qosLabel = [3]string{"0", "1", "2"}
+
+// in and out are messagesIn and messagesOut resolved per QoS, so the hot
+// path does no label lookup.
+func (m *metrics) resolve() {
+	for q := range 3 {
+		m.in[q] = m.messagesIn.WithLabelValues(qosLabel[q])
+		m.out[q] = m.messagesOut.WithLabelValues(qosLabel[q])
+	}
+}
 
 func qosOf(q byte) string {
 	if q > 2 {

@@ -2,103 +2,140 @@ package broker
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/storage"
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/fxamacker/cbor/v2"
 	"go.etcd.io/bbolt"
+
+	"github.com/fieldtrust/fieldtrust/internal/broker/packet"
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
 )
 
-// Key prefixes. Client IDs are namespaced by identity ("path|id"), so a
-// prefix scan per client is unambiguous.
+// Storage layout (one bbolt bucket, keys by prefix; KEY is a session key
+// "identity|clientID", which contains no NUL):
+//
+//	v               format version (storeVersion)
+//	s/KEY           sessionRecord: a persistent session, its pending will
+//	u/KEY\0FILTER   subRecord: a granted subscription
+//	q/KEY\0SEQ      deliveryRecord: a QoS 1/2 message queued or inflight
+//	                (SEQ: 8 bytes big endian, the session's arrival order)
+//	i/KEY\0PID      inbound QoS 2 packet id awaiting PUBREL (2 bytes)
+//	r/TOPIC         retainedRecord
+//
+// Values are CBOR (deterministic encoding, integer keys); messages inside
+// them are MQTT 5 PUBLISH packets, so one fuzzed codec reads both the wire
+// and the disk. Only persistent sessions are stored: a session that ends
+// with its connection must not come back after a crash anyway.
 const (
 	bucketName    = "broker"
-	keyClient     = "cl/"
-	keySub        = "sub/"
-	keyInflight   = "if/"
-	keyRetained   = "ret/"
-	keyPending    = "pend/"
-	subKeySep     = "\x00" // cannot occur in a client ID or a filter
+	keyVersion    = "v"
+	keySession    = "s/"
+	keySub        = "u/"
+	keyQueued     = "q/"
+	keyInbound    = "i/"
+	keyRetained   = "r/"
+	sep           = "\x00"
+	storeVersion  = "2"
 	storeLockWait = 2 * time.Second
 )
 
-// store persists sessions, subscriptions, inflight QoS 1/2 messages and
-// retained messages in a bbolt file, so that a restart — including kill -9
-// — loses none of them.
-//
-// We do not use mochi's bolt hook: it persists refused subscriptions (with
-// the refusal code as QoS) which would come back after a restart, it races
-// Stop against in-flight writes, and it fsyncs every write separately. This
-// hook stores only granted subscriptions, serialises Stop, and writes
-// through a journal: one ordered writer that groups everything queued into
-// one fsync'd transaction.
-//
-// Only persistent sessions (MQTT 3.1.1 clean session false, MQTT 5 session
-// expiry > 0) are stored. A session that ends with its connection must not
-// come back after a crash anyway, and OnDisconnect forgets it.
-//
-// Durability gap closed by the pending log: mochi acknowledges a QoS 1/2
-// PUBLISH to the sender before it has queued (and persisted) the message
-// for offline subscribers. OnPublish (which runs before the acknowledgement)
-// therefore writes the message to a pending log, durably, if a persistent
-// session or a retained copy depends on it; the subscribers' inflight
-// entries and the removal of the pending entry (OnPublished) are queued
-// without waiting, in that order, so the journal's ordering guarantees the
-// pending entry outlives any missing inflight entry. On start every pending
-// message is published again: a crash can duplicate a delivery, never lose
-// an acknowledged one.
-type store struct {
-	mqtt.HookBase
-	log *slog.Logger
-	// admit runs flow control for a QoS > 0 publish before its
-	// acknowledgement and reports whether the publish must be in the
-	// pending log (a persistent session will queue it); nil logs every
-	// publish. Set before the broker serves.
-	admit func(pub *mqtt.Client, pk packets.Packet) (persistent bool)
+type sessionRecord struct {
+	Subject        string      `cbor:"1,keyasint"` // username form, see subjectKey
+	ClientID       string      `cbor:"2,keyasint"`
+	Version        byte        `cbor:"3,keyasint"`
+	Expiry         uint32      `cbor:"4,keyasint"` // seconds
+	DisconnectedAt int64       `cbor:"5,keyasint"` // unix ms; 0 while connected
+	NextSeq        uint64      `cbor:"6,keyasint"`
+	Will           *willRecord `cbor:"7,keyasint,omitempty"`
+}
 
-	mu     sync.RWMutex // guards db against close (scans); writes go through j
-	db     *bbolt.DB    // nil after close
-	j      *journal
-	logged sync.Map // pendingKey → struct{}: logged by OnPublish, not yet removed
+type willRecord struct {
+	Publish []byte   `cbor:"1,keyasint"` // MQTT 5 PUBLISH: topic, QoS, retain, properties, payload
+	Due     int64    `cbor:"2,keyasint"` // unix ms
+	Chain   [][]byte `cbor:"3,keyasint"` // verified chain of the connection that set it (DER)
+}
+
+type subRecord struct {
+	QoS            byte   `cbor:"1,keyasint"`
+	NoLocal        bool   `cbor:"2,keyasint,omitempty"`
+	RAP            bool   `cbor:"3,keyasint,omitempty"`
+	RetainHandling byte   `cbor:"4,keyasint,omitempty"`
+	ID             uint32 `cbor:"5,keyasint,omitempty"`
+}
+
+type deliveryRecord struct {
+	Publish []byte   `cbor:"1,keyasint"` // the message as an MQTT 5 PUBLISH
+	Origin  string   `cbor:"2,keyasint,omitempty"`
+	Created int64    `cbor:"3,keyasint"` // unix ms
+	Expires int64    `cbor:"4,keyasint,omitempty"`
+	QoS     byte     `cbor:"5,keyasint"` // delivery QoS
+	Retain  bool     `cbor:"6,keyasint,omitempty"`
+	SubIDs  []uint32 `cbor:"7,keyasint,omitempty"`
+	PID     uint16   `cbor:"8,keyasint,omitempty"`
+	State   uint8    `cbor:"9,keyasint,omitempty"`
+}
+
+type retainedRecord struct {
+	Publish []byte   `cbor:"1,keyasint"`
+	Owner   string   `cbor:"2,keyasint,omitempty"`
+	Chain   [][]byte `cbor:"3,keyasint,omitempty"`
+	Created int64    `cbor:"4,keyasint"`
+	Expires int64    `cbor:"5,keyasint,omitempty"`
+}
+
+var (
+	encMode, _ = cbor.CoreDetEncOptions().EncMode()
+	decMode, _ = cbor.DecOptions{DupMapKey: cbor.DupMapKeyEnforcedAPF, ExtraReturnErrors: cbor.ExtraDecErrorUnknownField}.DecMode()
+)
+
+// store persists what persistent sessions and retained messages need. All
+// writes are queued on the journal in order and never waited for by the
+// writer; barrier and afterDurable wait for (or run after) durability.
+type store struct {
+	log *slog.Logger
+
+	mu sync.RWMutex // guards db against close (scans); writes go through j
+	db *bbolt.DB    // nil after close
+	j  *journal
 }
 
 func openStore(path string, log *slog.Logger) (*store, error) {
 	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: storeLockWait})
 	if err != nil {
-		return nil, fmt.Errorf("open state %s: %w", path, err)
+		return nil, fmt.Errorf("open state %s: %w (is another broker using it?)", path, err)
 	}
-	if err := db.Update(func(tx *bbolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists([]byte(bucketName))
-		return err
-	}); err != nil {
+	err = db.Update(func(tx *bbolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists([]byte(bucketName))
+		if err != nil {
+			return err
+		}
+		v := b.Get([]byte(keyVersion))
+		switch {
+		case v == nil:
+			if err := migrateV1(b, log); err != nil {
+				return err
+			}
+			return b.Put([]byte(keyVersion), []byte(storeVersion))
+		case string(v) != storeVersion:
+			return fmt.Errorf("state format %q is newer than this broker understands (%s); run the newer fieldtrust", v, storeVersion)
+		}
+		return nil
+	})
+	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("init state %s: %w", path, err)
 	}
 	return &store{log: log, db: db, j: newJournal(db, log)}, nil
 }
-
-func (s *store) ID() string { return "fieldtrust-store" }
-
-func (s *store) Provides(e byte) bool {
-	switch e {
-	case mqtt.OnSessionEstablished, mqtt.OnWillSent, mqtt.OnDisconnect, mqtt.OnSubscribed,
-		mqtt.OnUnsubscribed, mqtt.OnRetainMessage, mqtt.OnQosPublish, mqtt.OnQosComplete,
-		mqtt.OnQosDropped, mqtt.OnClientExpired, mqtt.OnRetainedExpired, mqtt.OnPublish,
-		mqtt.OnPublished, mqtt.StoredClients, mqtt.StoredSubscriptions,
-		mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages:
-		return true
-	}
-	return false
-}
-
-// Stop is called by mochi after every client is gone.
-func (s *store) Stop() error { return s.close() }
 
 func (s *store) close() error {
 	s.mu.Lock()
@@ -112,45 +149,34 @@ func (s *store) close() error {
 	return err
 }
 
-// durability says whether a write must be durable before its caller goes
-// on (durable) or is only queued, committed before every later write
-// (ordered).
-type durability bool
+// barrier returns once everything written before it is durable.
+func (s *store) barrier() error { return s.j.submit("barrier", nil, true) }
 
-const (
-	durable durability = true
-	ordered durability = false
-)
+// afterDurable runs cb once everything written before it is durable.
+func (s *store) afterDurable(cb func(error)) { s.j.then("acknowledge", cb) }
 
-// write queues fn on the journal. Errors are logged by the journal:
-// mochi's hook signatures give them nowhere to go.
-func (s *store) write(what string, d durability, fn func(b *bbolt.Bucket) error) {
-	_ = s.j.submit(what, fn, bool(d))
-}
-
-func (s *store) put(what string, d durability, key string, v storage.Serializable) {
-	data, err := v.MarshalBinary()
+func (s *store) put(what, key string, v any) {
+	data, err := encMode.Marshal(v)
 	if err != nil {
 		s.log.Error("broker store encode failed", "op", what, "error", err)
 		return
 	}
-	s.write(what, d, func(b *bbolt.Bucket) error { return b.Put([]byte(key), data) })
+	_ = s.j.submit(what, func(b *bbolt.Bucket) error { return b.Put([]byte(key), data) }, false)
 }
 
-func (s *store) del(what string, d durability, keys ...string) {
-	s.write(what, d, func(b *bbolt.Bucket) error {
+func (s *store) del(what string, keys ...string) {
+	_ = s.j.submit(what, func(b *bbolt.Bucket) error {
 		for _, k := range keys {
 			if err := b.Delete([]byte(k)); err != nil {
 				return err
 			}
 		}
 		return nil
-	})
+	}, false)
 }
 
-// delPrefix deletes every key with one of the prefixes.
-func (s *store) delPrefix(what string, d durability, prefixes ...string) {
-	s.write(what, d, func(b *bbolt.Bucket) error {
+func (s *store) delPrefix(what string, prefixes ...string) {
+	_ = s.j.submit(what, func(b *bbolt.Bucket) error {
 		for _, p := range prefixes {
 			c := b.Cursor()
 			var doomed [][]byte
@@ -164,300 +190,390 @@ func (s *store) delPrefix(what string, d durability, prefixes ...string) {
 			}
 		}
 		return nil
-	})
+	}, false)
 }
 
-func (s *store) scan(prefix string, visit func(v []byte) error) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.db == nil {
-		return errors.New("broker store closed")
+func seqKey(sess string, seq uint64) string {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], seq)
+	return keyQueued + sess + sep + string(b[:])
+}
+
+func pidKey(sess string, pid uint16) string {
+	return keyInbound + sess + sep + string([]byte{byte(pid >> 8), byte(pid)})
+}
+
+// putSession records a persistent session and its pending will. The
+// caller holds s.mu.
+func (st *store) putSession(s *session) {
+	rec := sessionRecord{Subject: subjectKey(s.subject), ClientID: s.clientID, Version: s.version,
+		Expiry: uint32(s.expiry / time.Second), NextSeq: s.nextSeq}
+	if s.conn == nil {
+		rec.DisconnectedAt = s.disconnectedAt.UnixMilli()
 	}
-	return s.db.View(func(tx *bbolt.Tx) error {
+	if w := s.will; w != nil {
+		rec.Will = &willRecord{Publish: willPublish(w.will), Due: w.due.UnixMilli(), Chain: chainDER(w.cs)}
+	}
+	st.put("put session", keySession+s.key, rec)
+}
+
+// forgetSession deletes everything of a session.
+func (st *store) forgetSession(s *session) {
+	st.del("delete session", keySession+s.key)
+	st.delPrefix("delete session state", keySub+s.key+sep, keyQueued+s.key+sep, keyInbound+s.key+sep)
+}
+
+func (st *store) putSubscription(s *session, sub *subscription) {
+	st.put("put subscription", keySub+s.key+sep+sub.filter, subRecord{QoS: sub.qos, NoLocal: sub.noLocal,
+		RAP: sub.retainAsPublished, RetainHandling: sub.retainHandling, ID: sub.id})
+}
+
+func (st *store) deleteSubscription(s *session, filter string) {
+	st.del("delete subscription", keySub+s.key+sep+filter)
+}
+
+func (st *store) putDelivery(s *session, d *delivery) {
+	m := d.msg
+	rec := deliveryRecord{Publish: messagePublish(m), Origin: m.origin, Created: m.created.UnixMilli(),
+		QoS: d.qos, Retain: d.retain, SubIDs: d.subIDs, PID: d.pid, State: d.state}
+	if !m.expires.IsZero() {
+		rec.Expires = m.expires.UnixMilli()
+	}
+	st.put("put delivery", seqKey(s.key, d.seq), rec)
+}
+
+func (st *store) deleteDelivery(s *session, d *delivery) {
+	st.del("delete delivery", seqKey(s.key, d.seq))
+}
+
+func (st *store) putInbound(s *session, pid uint16) {
+	_ = st.j.submit("put inbound", func(b *bbolt.Bucket) error { return b.Put([]byte(pidKey(s.key, pid)), nil) }, false)
+}
+
+func (st *store) deleteInbound(s *session, pid uint16) { st.del("delete inbound", pidKey(s.key, pid)) }
+
+// putRetained records (or, for an empty payload, deletes) a retained
+// message and who retained it (c nil: the platform).
+func (st *store) putRetained(m *message, c *conn) {
+	if c == nil {
+		st.putRetainedFor(m, "", nil)
+		return
+	}
+	st.putRetainedFor(m, c.id.key, &c.cs)
+}
+
+func (st *store) putRetainedFor(m *message, owner string, cs *tls.ConnectionState) {
+	if len(m.payload) == 0 {
+		st.del("delete retained", keyRetained+m.topic)
+		return
+	}
+	rec := retainedRecord{Publish: messagePublish(m), Owner: owner, Created: m.created.UnixMilli()}
+	if cs != nil {
+		rec.Chain = chainDER(*cs)
+	}
+	if !m.expires.IsZero() {
+		rec.Expires = m.expires.UnixMilli()
+	}
+	st.put("put retained", keyRetained+m.topic, rec)
+}
+
+// messagePublish encodes a message as an MQTT 5 PUBLISH.
+func messagePublish(m *message) []byte {
+	p := packet.Publish{QoS: m.qos, Retain: m.retain, Topic: m.topic, Props: m.props, Payload: m.payload}
+	if p.QoS > 0 {
+		p.PacketID = 1
+	}
+	return packet.AppendPublish(nil, packet.V5, &p)
+}
+
+// willPublish encodes a will as an MQTT 5 PUBLISH (its delay is kept as
+// the record's due time).
+func willPublish(w *packet.Will) []byte {
+	p := packet.Publish{QoS: w.QoS, Retain: w.Retain, Topic: w.Topic, Payload: w.Payload}
+	for _, id := range []byte{packet.PropPayloadFormat, packet.PropMessageExpiry, packet.PropContentType,
+		packet.PropResponseTopic, packet.PropCorrelationData} {
+		if w.Props.Has(id) {
+			p.Props.Set(id)
+		}
+	}
+	p.Props.PayloadFormat, p.Props.MessageExpiry, p.Props.ContentType = w.Props.PayloadFormat, w.Props.MessageExpiry, w.Props.ContentType
+	p.Props.ResponseTopic, p.Props.CorrelationData, p.Props.User = w.Props.ResponseTopic, w.Props.CorrelationData, w.Props.User
+	if p.QoS > 0 {
+		p.PacketID = 1
+	}
+	return packet.AppendPublish(nil, packet.V5, &p)
+}
+
+func decodePublish(b []byte) (*packet.Publish, error) {
+	h, err := packet.ReadHeader(bytes.NewReader(b), 0)
+	if err != nil {
+		return nil, err
+	}
+	off := len(b) - h.Remaining
+	p, err := packet.Decode(packet.V5, h, b[off:], true)
+	if err != nil {
+		return nil, err
+	}
+	pub, ok := p.(*packet.Publish)
+	if !ok {
+		return nil, fmt.Errorf("stored packet is %s, not PUBLISH", h.Type)
+	}
+	return pub, nil
+}
+
+func chainDER(cs tls.ConnectionState) [][]byte {
+	if len(cs.VerifiedChains) == 0 {
+		return nil
+	}
+	out := make([][]byte, len(cs.VerifiedChains[0]))
+	for i, c := range cs.VerifiedChains[0] {
+		out[i] = c.Raw
+	}
+	return out
+}
+
+// chainState rebuilds the TLS state Identify needs from a stored verified
+// chain. The chain was verified when the connection was made; what
+// Identify decides again is revocation and identity.
+func chainState(ders [][]byte) (tls.ConnectionState, error) {
+	if len(ders) == 0 {
+		return tls.ConnectionState{}, errors.New("no stored chain")
+	}
+	chain := make([]*x509.Certificate, len(ders))
+	for i, d := range ders {
+		c, err := x509.ParseCertificate(d)
+		if err != nil {
+			return tls.ConnectionState{}, err
+		}
+		chain[i] = c
+	}
+	return tls.ConnectionState{HandshakeComplete: true, PeerCertificates: chain[:1], VerifiedChains: [][]*x509.Certificate{chain}}, nil
+}
+
+// subjectKey encodes a subject in a stored record: "PATH" or
+// "service:NAME:ROLE".
+func subjectKey(s tacs.Subject) string {
+	if s.IsService() {
+		return "service:" + s.Service + ":" + s.Role
+	}
+	return s.Path
+}
+
+func parseSubjectKey(k string) (tacs.Subject, bool) {
+	if rest, ok := strings.CutPrefix(k, "service:"); ok {
+		name, role, ok := strings.Cut(rest, ":")
+		subj := tacs.ServiceSubject(name, role)
+		return subj, ok && subj.Validate() == nil
+	}
+	subj := tacs.Account(k)
+	return subj, subj.Validate() == nil
+}
+
+// restore loads the stored sessions and retained messages. Sessions are
+// offline until their client reconnects; their expiry and pending wills
+// resume from what was recorded.
+func (b *Broker) restore() error {
+	st := b.store
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	now := time.Now()
+	type loaded struct {
+		s    *session
+		dels []*delivery
+		will *willRecord
+	}
+	sessions := map[string]*loaded{}
+	var bad []string
+	err := st.db.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket([]byte(bucketName)).Cursor()
-		for k, v := c.Seek([]byte(prefix)); k != nil && bytes.HasPrefix(k, []byte(prefix)); k, v = c.Next() {
-			if err := visit(v); err != nil {
-				return fmt.Errorf("decode %q: %w", k, err)
+		// Sessions first: the records that belong to them sort before
+		// them ("i/", "q/" < "s/").
+		var recs [][2][]byte
+		for _, prefix := range []string{keySession, keySub, keyQueued, keyInbound, keyRetained} {
+			for k, v := c.Seek([]byte(prefix)); k != nil && bytes.HasPrefix(k, []byte(prefix)); k, v = c.Next() {
+				recs = append(recs, [2][]byte{k, v})
+			}
+		}
+		for _, kv := range recs {
+			key, v := string(kv[0]), kv[1]
+			switch {
+			case strings.HasPrefix(key, keySession):
+				var rec sessionRecord
+				if err := decMode.Unmarshal(v, &rec); err != nil {
+					bad = append(bad, key)
+					continue
+				}
+				subj, ok := parseSubjectKey(rec.Subject)
+				if !ok {
+					bad = append(bad, key)
+					continue
+				}
+				skey := strings.TrimPrefix(key, keySession)
+				b.mu.Lock()
+				id := b.identityFor(subj)
+				id.persistent++
+				b.mu.Unlock()
+				s := newSession(b, skey, rec.ClientID, subj, id)
+				s.persistent, s.version, s.nextSeq = true, rec.Version, rec.NextSeq
+				s.expiry = time.Duration(rec.Expiry) * time.Second
+				s.disconnectedAt = now
+				if rec.DisconnectedAt > 0 {
+					s.disconnectedAt = time.UnixMilli(rec.DisconnectedAt)
+				}
+				sessions[skey] = &loaded{s: s, will: rec.Will}
+			case strings.HasPrefix(key, keySub):
+				skey, filter, _ := strings.Cut(strings.TrimPrefix(key, keySub), sep)
+				l := sessions[skey]
+				var rec subRecord
+				if l == nil || decMode.Unmarshal(v, &rec) != nil {
+					bad = append(bad, key)
+					continue
+				}
+				topic, group, ok := splitShared(filter)
+				if !ok {
+					bad = append(bad, key)
+					continue
+				}
+				if l.s.subs == nil {
+					l.s.subs = map[string]*subscription{}
+				}
+				l.s.subs[filter] = &subscription{filter: filter, topic: topic, group: group, qos: rec.QoS, noLocal: rec.NoLocal,
+					retainAsPublished: rec.RAP, retainHandling: rec.RetainHandling, id: rec.ID}
+			case strings.HasPrefix(key, keyQueued):
+				rest := strings.TrimPrefix(key, keyQueued)
+				if len(rest) < 9 {
+					bad = append(bad, key)
+					continue
+				}
+				skey, seq := rest[:len(rest)-9], binary.BigEndian.Uint64([]byte(rest[len(rest)-8:]))
+				l := sessions[skey]
+				var rec deliveryRecord
+				if l == nil || decMode.Unmarshal(v, &rec) != nil {
+					bad = append(bad, key)
+					continue
+				}
+				p, err := decodePublish(rec.Publish)
+				if err != nil {
+					bad = append(bad, key)
+					continue
+				}
+				m := newMessage(p.Topic, p.Payload, p.QoS, p.Retain, p.Props, rec.Origin, time.UnixMilli(rec.Created))
+				if rec.Expires > 0 {
+					m.expires = time.UnixMilli(rec.Expires)
+				}
+				l.dels = append(l.dels, &delivery{msg: m, qos: rec.QoS, retain: rec.Retain, subIDs: rec.SubIDs, pid: rec.PID, state: rec.State, seq: seq})
+			case strings.HasPrefix(key, keyInbound):
+				rest := strings.TrimPrefix(key, keyInbound)
+				if len(rest) < 3 {
+					bad = append(bad, key)
+					continue
+				}
+				l := sessions[rest[:len(rest)-3]]
+				if l == nil {
+					bad = append(bad, key)
+					continue
+				}
+				if l.s.inQoS2 == nil {
+					l.s.inQoS2 = map[uint16]struct{}{}
+				}
+				l.s.inQoS2[uint16(rest[len(rest)-2])<<8|uint16(rest[len(rest)-1])] = struct{}{}
+			case strings.HasPrefix(key, keyRetained):
+				var rec retainedRecord
+				if decMode.Unmarshal(v, &rec) != nil {
+					bad = append(bad, key)
+					continue
+				}
+				p, err := decodePublish(rec.Publish)
+				if err != nil {
+					bad = append(bad, key)
+					continue
+				}
+				m := newMessage(p.Topic, p.Payload, p.QoS, true, p.Props, "", time.UnixMilli(rec.Created))
+				if rec.Expires > 0 {
+					m.expires = time.UnixMilli(rec.Expires)
+				}
+				var cs *tls.ConnectionState
+				if len(rec.Chain) > 0 {
+					state, err := chainState(rec.Chain)
+					if err != nil {
+						bad = append(bad, key)
+						continue
+					}
+					cs = &state
+				}
+				b.retained.setFor(m, rec.Owner, cs)
 			}
 		}
 		return nil
 	})
-}
-
-func subKey(clientID, filter string) string { return keySub + clientID + subKeySep + filter }
-func inflightKey(clientID string, id uint16) string {
-	return keyInflight + clientID + subKeySep + strconv.Itoa(int(id))
-}
-
-func (s *store) deleteSubscription(clientID, filter string) {
-	s.del("delete subscription", ordered, subKey(clientID, filter))
-}
-
-func (s *store) deleteInflight(clientID string, pk packets.Packet) {
-	s.del("delete inflight", ordered, inflightKey(clientID, pk.PacketID))
-}
-
-// ephemeral reports whether a session ends with its connection (MQTT 3.1.1
-// clean session, MQTT 5 session expiry 0): the same rule mochi applies when
-// the connection ends. Nothing of such a session is stored.
-func ephemeral(cl *mqtt.Client) bool {
-	if cl.Properties.ProtocolVersion == 5 {
-		return cl.Properties.Props.SessionExpiryInterval == 0
-	}
-	return cl.Properties.Clean
-}
-
-func (s *store) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) { s.putClient(cl) }
-func (s *store) OnWillSent(cl *mqtt.Client, _ packets.Packet)           { s.putClient(cl) }
-
-func (s *store) putClient(cl *mqtt.Client) {
-	if cl.Net.Inline || ephemeral(cl) {
-		return
-	}
-	props := cl.Properties.Props.Copy(false)
-	s.put("put client", durable, keyClient+cl.ID, &storage.Client{
-		ID:              cl.ID,
-		T:               storage.ClientKey,
-		Remote:          cl.Net.Remote,
-		Listener:        cl.Net.Listener,
-		Username:        cl.Properties.Username,
-		Clean:           cl.Properties.Clean,
-		ProtocolVersion: cl.Properties.ProtocolVersion,
-		Properties: storage.ClientProperties{
-			SessionExpiryInterval:     props.SessionExpiryInterval,
-			SessionExpiryIntervalFlag: props.SessionExpiryIntervalFlag,
-			AuthenticationMethod:      props.AuthenticationMethod,
-			AuthenticationData:        props.AuthenticationData,
-			RequestProblemInfo:        props.RequestProblemInfo,
-			RequestProblemInfoFlag:    props.RequestProblemInfoFlag,
-			RequestResponseInfo:       props.RequestResponseInfo,
-			ReceiveMaximum:            props.ReceiveMaximum,
-			TopicAliasMaximum:         props.TopicAliasMaximum,
-			User:                      props.User,
-			MaximumPacketSize:         props.MaximumPacketSize,
-		},
-		Will: storage.ClientWill(cl.Properties.Will),
-	})
-}
-
-// OnDisconnect forgets a session that ends with the connection (clean
-// session / zero expiry), unless another connection took it over (then the
-// stored state, if any, is the new connection's). The session gate orders
-// this after a takeover's inheritance, so IsTakenOver is reliable here.
-func (s *store) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
-	if !expire || cl.Net.Inline || cl.IsTakenOver() || errors.Is(cl.StopCause(), packets.ErrSessionTakenOver) {
-		return
-	}
-	s.forget(cl.ID)
-}
-
-func (s *store) OnClientExpired(cl *mqtt.Client) { s.forget(cl.ID) }
-
-// forget is asynchronous: a crash before it lands leaves a session that
-// mochi expires again on start (its connection is gone).
-func (s *store) forget(clientID string) {
-	s.del("delete client", ordered, keyClient+clientID)
-	s.delPrefix("delete session", ordered, keySub+clientID+subKeySep, keyInflight+clientID+subKeySep)
-}
-
-// OnSubscribed persists granted subscriptions of persistent sessions, before
-// the SUBACK.
-func (s *store) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
-	if cl.Net.Inline || ephemeral(cl) {
-		return
-	}
-	for i, f := range pk.Filters {
-		if i >= len(codes) || codes[i] > packets.CodeGrantedQos2.Code {
-			continue
-		}
-		s.put("put subscription", durable, subKey(cl.ID, f.Filter), &storage.Subscription{
-			ID:                subKey(cl.ID, f.Filter),
-			T:                 storage.SubscriptionKey,
-			Client:            cl.ID,
-			Qos:               codes[i],
-			Filter:            f.Filter,
-			Identifier:        f.Identifier,
-			NoLocal:           f.NoLocal,
-			RetainHandling:    f.RetainHandling,
-			RetainAsPublished: f.RetainAsPublished,
-		})
-	}
-}
-
-func (s *store) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
-	if cl.Net.Inline || ephemeral(cl) {
-		return
-	}
-	keys := make([]string, 0, len(pk.Filters))
-	for _, f := range pk.Filters {
-		keys = append(keys, subKey(cl.ID, f.Filter))
-	}
-	s.del("delete subscription", ordered, keys...)
-}
-
-func message(t, key, client string, pk packets.Packet) *storage.Message {
-	props := pk.Properties.Copy(false)
-	return &storage.Message{
-		ID:          key,
-		T:           t,
-		Client:      client,
-		Origin:      pk.Origin,
-		FixedHeader: pk.FixedHeader,
-		TopicName:   pk.TopicName,
-		Payload:     pk.Payload,
-		PacketID:    pk.PacketID,
-		Created:     pk.Created,
-		Properties: storage.MessageProperties{
-			PayloadFormat:          props.PayloadFormat,
-			PayloadFormatFlag:      props.PayloadFormatFlag,
-			MessageExpiryInterval:  props.MessageExpiryInterval,
-			ContentType:            props.ContentType,
-			ResponseTopic:          props.ResponseTopic,
-			CorrelationData:        props.CorrelationData,
-			SubscriptionIdentifier: props.SubscriptionIdentifier,
-			User:                   props.User,
-		},
-	}
-}
-
-func (s *store) OnRetainMessage(_ *mqtt.Client, pk packets.Packet, r int64) {
-	key := keyRetained + pk.TopicName
-	if r == -1 {
-		s.del("delete retained", durable, key)
-		return
-	}
-	s.put("put retained", durable, key, message(storage.RetainedKey, key, "", pk))
-}
-
-func (s *store) OnRetainedExpired(topic string) { s.del("expire retained", ordered, keyRetained+topic) }
-
-// OnQosPublish stores a message queued for (or an inbound QoS 2 flow of) a
-// persistent session. It does not wait: for a fan-out, the publish's
-// pending entry is removed only after these writes (journal order); a
-// resend rewrites an entry that is already stored.
-//
-// The inbound PUBACK that mochi briefly keeps in the publisher's inflight
-// map is never stored: it lives only within processPublish, and the
-// pending log covers that window.
-func (s *store) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, _ int) {
-	if cl.Net.Inline || ephemeral(cl) || pk.FixedHeader.Type == packets.Puback {
-		return
-	}
-	key := inflightKey(cl.ID, pk.PacketID)
-	m := message(storage.InflightKey, key, cl.ID, pk)
-	m.Sent = sent
-	s.put("put inflight", ordered, key, m)
-}
-
-// OnQosComplete forgets a completed flow without waiting: if a crash loses
-// the delete, the message is delivered once more, which QoS 1 allows.
-func (s *store) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
-	if cl.Net.Inline || ephemeral(cl) {
-		return
-	}
-	s.del("delete inflight", ordered, inflightKey(cl.ID, pk.PacketID))
-}
-
-func (s *store) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { s.OnQosComplete(cl, pk) }
-
-// pendingKey identifies one accepted-but-not-yet-fanned-out publish. The
-// packet's Created field is set by mochi before OnPublish and survives to
-// OnPublished, but is only second-granular; origin and packet ID make it
-// unique per client, since a client cannot reuse a packet ID before the
-// acknowledgement.
-func pendingKey(pk packets.Packet) string {
-	return keyPending + pk.Origin + subKeySep + strconv.Itoa(int(pk.PacketID))
-}
-
-// OnPublish logs a QoS 1/2 publish durably before mochi acknowledges it,
-// if a persistent session will queue it. Publishes that only reach
-// sessions ending with their connections (or nobody) are not logged: a
-// crash ends those sessions too.
-func (s *store) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if cl.Net.Inline || pk.FixedHeader.Qos == 0 || (s.admit != nil && !s.admit(cl, pk)) {
-		return pk, nil
-	}
-	key := pendingKey(pk)
-	s.put("put pending", durable, key, message(keyPending, key, cl.ID, pk))
-	s.logged.Store(key, struct{}{})
-	return pk, nil
-}
-
-// OnPublished removes the pending entry after fan-out, without waiting
-// (the journal commits it after the inflight entries fan-out queued). A
-// publish by the platform itself (Broker.Publish) waits instead until the
-// fan-out is durable, since it has no pending entry.
-func (s *store) OnPublished(cl *mqtt.Client, pk packets.Packet) {
-	if pk.FixedHeader.Qos == 0 {
-		return
-	}
-	if cl.Net.Inline {
-		s.write("flush", durable, func(*bbolt.Bucket) error { return nil })
-		return
-	}
-	if key := pendingKey(pk); s.logged.CompareAndDelete(key, struct{}{}) {
-		s.del("delete pending", ordered, key)
-	}
-}
-
-// replayPending publishes again every message whose fan-out a crash
-// interrupted, then forgets them. It runs after mochi restored sessions and
-// before clients can act on them.
-func (s *store) replayPending(srv *mqtt.Server) {
-	var msgs []storage.Message
-	err := s.scan(keyPending, func(v []byte) error {
-		var m storage.Message
-		if err := m.UnmarshalBinary(v); err != nil {
-			return err
-		}
-		msgs = append(msgs, m)
-		return nil
-	})
 	if err != nil {
-		s.log.Error("broker store: reading pending publishes", "error", err)
+		return err
+	}
+	if len(bad) > 0 {
+		// Unreadable records are reported and skipped, never silently: the
+		// rest of the state is still restored.
+		b.log.Error("broker store: skipped unreadable records", "count", len(bad), "first", logTopic(bad[0]))
+	}
+	for _, l := range sessions {
+		s := l.s
+		sort.Slice(l.dels, func(i, j int) bool { return l.dels[i].seq < l.dels[j].seq })
+		for _, d := range l.dels {
+			if d.seq >= s.nextSeq {
+				s.nextSeq = d.seq + 1
+			}
+			s.bytes += int64(d.msg.size)
+			s.id.queued.Add(int64(d.msg.size))
+			if d.state == stateQueued {
+				s.queue.push(d)
+			} else {
+				if s.inflight == nil {
+					s.inflight = map[uint16]*delivery{}
+				}
+				s.inflight[d.pid] = d
+			}
+		}
+		s.load.Store(s.bytes)
+		for _, sub := range s.subs {
+			b.subs.add(s, sub)
+		}
+		b.sessions[s.key] = s
+		s.mu.Lock()
+		if w := l.will; w != nil {
+			b.restoreWill(s, w)
+		}
+		s.armExpiry()
+		s.mu.Unlock()
+	}
+	if n := len(sessions); n > 0 || b.retained.count > 0 {
+		b.log.Info("broker state restored", "sessions", n, "retained", b.retained.count)
+	}
+	return nil
+}
+
+// restoreWill re-arms a pending will from its record. The caller holds s.mu.
+func (b *Broker) restoreWill(s *session, w *willRecord) {
+	p, err := decodePublish(w.Publish)
+	if err != nil {
+		b.log.Error("broker store: unreadable will dropped", "client", s.clientID, "error", err)
 		return
 	}
-	replayer := srv.NewClient(nil, mqtt.LocalListener, "fieldtrust-replay", true)
-	for _, m := range msgs {
-		pk := m.ToPacket()
-		pk.FixedHeader.Retain = false // already retained before the acknowledgement
-		if err := srv.InjectPacket(replayer, pk); err != nil {
-			s.log.Error("broker store: replaying publish", "topic", pk.TopicName, "error", err)
-			continue
-		}
-		s.del("delete pending", ordered, m.ID)
-		s.log.Info("broker store: replayed publish interrupted by a crash", "topic", pk.TopicName, "origin", m.Origin)
+	cs, err := chainState(w.Chain)
+	if err != nil {
+		b.log.Error("broker store: will without a readable chain dropped (it cannot be re-identified)", "client", s.clientID, "error", err)
+		return
 	}
-}
-
-func decodeAll[T any, P interface {
-	*T
-	UnmarshalBinary([]byte) error
-}](s *store, prefix string) ([]T, error) {
-	var out []T
-	err := s.scan(prefix, func(v []byte) error {
-		var x T
-		if err := P(&x).UnmarshalBinary(v); err != nil {
-			return err
+	will := &packet.Will{QoS: p.QoS, Retain: p.Retain, Topic: p.Topic, Payload: p.Payload, Props: p.Props}
+	pw := &pendingWill{will: will, subject: s.subject, origin: s.key, cs: cs, due: time.UnixMilli(w.Due)}
+	s.will = pw
+	s.willTimer = time.AfterFunc(time.Until(pw.due), func() {
+		s.mu.Lock()
+		if s.will != pw {
+			s.mu.Unlock()
+			return
 		}
-		out = append(out, x)
-		return nil
+		s.will, s.willTimer = nil, nil
+		b.store.putSession(s)
+		s.mu.Unlock()
+		b.sendWill(pw)
 	})
-	return out, err
-}
-
-func (s *store) StoredClients() ([]storage.Client, error) {
-	return decodeAll[storage.Client](s, keyClient)
-}
-
-func (s *store) StoredSubscriptions() ([]storage.Subscription, error) {
-	return decodeAll[storage.Subscription](s, keySub)
-}
-
-func (s *store) StoredInflightMessages() ([]storage.Message, error) {
-	return decodeAll[storage.Message](s, keyInflight)
-}
-
-func (s *store) StoredRetainedMessages() ([]storage.Message, error) {
-	return decodeAll[storage.Message](s, keyRetained)
 }

@@ -4,12 +4,10 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"time"
 
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
-	mqtt "github.com/mochi-mqtt/server/v2"
 )
-
-type mqttClient = mqtt.Client
 
 var ioReadFull = io.ReadFull
 
@@ -21,7 +19,8 @@ type v3opts struct {
 	clientID  string
 	clean     bool
 	willTopic string
-	recv      chan string // payloads of every message received, if set
+	keepAlive time.Duration // 0: paho's default
+	recv      chan string   // payloads of every message received, if set
 }
 
 func (e *env) v3Options(c tls.Certificate, o v3opts) *pahov3.ClientOptions {
@@ -38,6 +37,9 @@ func (e *env) v3Options(c tls.Certificate, o v3opts) *pahov3.ClientOptions {
 		SetConnectRetry(false).
 		SetConnectTimeout(wait).
 		SetUsername("admin") // a lying username: ignored by the broker
+	if o.keepAlive > 0 {
+		opts.SetKeepAlive(o.keepAlive)
+	}
 	if o.willTopic != "" {
 		opts.SetWill(o.willTopic, "bye", 1, false)
 	}

@@ -1,8 +1,8 @@
 // Package command defines the commands the platform sends to gateways on
-// {path}/commands: JSON, signed by the platform's e2e "platform" service
-// key and sealed (package envelope) for the one gateway's e2e key, so that
-// neither the broker nor another tenant can read or forge them. Results
-// come back as plain JSON on {path}/commands/result.
+// topic.CommandsOf(path): JSON, signed by the platform's e2e "platform"
+// service key and sealed (package envelope) for the one gateway's e2e key,
+// so that neither the broker nor another tenant can read or forge them.
+// Results come back as plain JSON on topic.CommandResultsOf(path).
 //
 // A gateway follows a command only if it opens, verifies to Signer, and
 // carries a signing time later than the last command it followed (replay
@@ -36,7 +36,3 @@ type Result struct {
 	Error  string    `json:"error,omitempty"`
 	Time   time.Time `json:"time"`
 }
-
-// Topics of a gateway.
-func Topic(path string) string       { return path + "/commands" }
-func ResultTopic(path string) string { return path + "/commands/result" }

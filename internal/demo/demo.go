@@ -81,7 +81,10 @@ func Setup(ctx context.Context, d *datadir.Dir) (*Fleet, error) {
 			if err != nil {
 				return nil, err
 			}
-			err = d.Store.PutClaims(ctx, []store.Claim{{Kind: store.ClaimBySerial, Value: pki.SerialHex(serial), Path: path, CreatedAt: time.Now()}})
+			err = d.Store.PutClaims(ctx, []store.Claim{{
+				ClaimKey:            store.ClaimKey{ManufacturerKeyID: pki.KeyID(ca), Kind: store.ClaimBySerial, Value: pki.SerialHex(serial)},
+				ManufacturerSubject: ca.Subject.String(), Path: path, CreatedAt: time.Now(),
+			}})
 			if err != nil && !errors.Is(err, store.ErrExists) {
 				return nil, fmt.Errorf("claim %s: %w", path, err)
 			}

@@ -109,8 +109,16 @@ func (p *CertPool) LookupSigner(_ context.Context, id SignerID) (*x509.Certifica
 
 // ChainVerifier is the plain SignerVerifier: x509.Certificate.Verify against
 // Roots, then every certificate of the chain below the root against the CRLs
-// of its issuer. The identity is the leaf's Subject CommonName.
+// of its issuer. The identity is what Identify makes of the verified
+// chains, or without it the leaf's Subject CommonName.
 type ChainVerifier struct {
+	// Identify names the signer of a verified chain (leaf first, root
+	// last). Every chain the leaf verifies through must name the same
+	// identity. An error refuses the signer as untrusted. Nil means the
+	// leaf's common name, which says nothing about whether its issuers
+	// may vouch for that name: fieldtrust's tools set this to the PKI's
+	// namespace rule (pki.IdentifyVerifiedChain).
+	Identify func(chain []*x509.Certificate) (string, error)
 	// Roots are the trust anchors of the e2e PKI. Required.
 	Roots *x509.CertPool
 	// Intermediates are CA certificates known out of band, used besides
@@ -157,7 +165,21 @@ func (v *ChainVerifier) VerifySigner(leaf *x509.Certificate, intermediates []*x5
 			return "", err
 		}
 	}
-	return leaf.Subject.CommonName, nil
+	if v.Identify == nil {
+		return leaf.Subject.CommonName, nil
+	}
+	var id string
+	for i, chain := range chains {
+		name, err := v.Identify(chain)
+		if err != nil {
+			return "", fmt.Errorf("%w: %q: %v", ErrUntrustedSigner, leaf.Subject.CommonName, err)
+		}
+		if i > 0 && name != id {
+			return "", fmt.Errorf("%w: %q verifies as both %q and %q through different chains", ErrUntrustedSigner, leaf.Subject.CommonName, id, name)
+		}
+		id = name
+	}
+	return id, nil
 }
 
 func (v *ChainVerifier) checkRevocation(chain []*x509.Certificate, at time.Time) error {

@@ -4,12 +4,12 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/store"
 )
 
 // The platform's HTTPS listener requests client certificates without
@@ -31,29 +31,80 @@ func peerChain(r *http.Request) (*x509.Certificate, []*x509.Certificate, bool) {
 
 // operational authenticates the client by its operational transport
 // certificate: 401 if it has none or one that does not chain to the
-// transport root, 403 if it is revoked or a service.
-func operational(r *http.Request, v OperationalVerifier) (pki.Identity, *httpError) {
+// transport root, 403 if it is revoked or a service. It returns the
+// verified credential.
+func operational(r *http.Request, v OperationalVerifier) (*pki.Credential, *httpError) {
 	leaf, inter, ok := peerChain(r)
 	if !ok {
-		return pki.Identity{}, &httpError{http.StatusUnauthorized, "no client certificate; present your operational transport certificate", nil}
+		return nil, &httpError{http.StatusUnauthorized, "no client certificate; present your operational transport certificate", nil}
 	}
-	id, _, err := v.Verify(leaf, inter, time.Time{}, x509.ExtKeyUsageClientAuth)
+	id, chain, err := v.Verify(leaf, inter, time.Time{}, x509.ExtKeyUsageClientAuth)
 	switch {
 	case errors.Is(err, pki.ErrRevoked):
-		return pki.Identity{}, &httpError{http.StatusForbidden, "client certificate is revoked", err}
+		return nil, &httpError{http.StatusForbidden, "client certificate is revoked", err}
 	case err != nil:
-		return pki.Identity{}, &httpError{http.StatusUnauthorized, "client certificate is not a valid operational transport certificate", err}
+		return nil, &httpError{http.StatusUnauthorized, "client certificate is not a valid operational transport certificate", err}
 	case id.IsService():
-		return pki.Identity{}, &httpError{http.StatusForbidden, "service certificates are issued by the operator ('fieldtrust pki issue --service'), not over EST", nil}
+		return nil, &httpError{http.StatusForbidden, "service certificates are issued by the operator ('fieldtrust pki issue --service'), not over EST", nil}
 	}
-	return id, nil
+	return &pki.Credential{Domain: pki.Transport, Identity: id, Chain: chain}, nil
+}
+
+// onboardingCert is a verified manufacturer onboarding certificate and,
+// once findClaim found it, its claim.
+type onboardingCert struct {
+	leaf   *x509.Certificate
+	chains [][]*x509.Certificate // verified, each ending at a trusted manufacturer CA
+	claim  store.Claim
+}
+
+// manufacturerCAs returns the CAs the certificate verified through, each
+// once, its issuer first: a claim may name any of them (the trusted
+// manufacturer root, or the production line's intermediate).
+func (o *onboardingCert) manufacturerCAs() []*x509.Certificate {
+	var out []*x509.Certificate
+	seen := map[string]bool{}
+	for depth := 1; ; depth++ {
+		more := false
+		for _, chain := range o.chains {
+			if depth >= len(chain) {
+				continue
+			}
+			more = true
+			if k := pki.KeyID(chain[depth]); !seen[k] {
+				seen[k] = true
+				out = append(out, chain[depth])
+			}
+		}
+		if !more {
+			return out
+		}
+	}
+}
+
+// consumer names the certificate for ConsumeClaim.
+func (o *onboardingCert) consumer() store.Consumer {
+	return store.Consumer{Serial: pki.SerialHex(o.leaf.SerialNumber), Fingerprint: pki.Fingerprint(o.leaf)}
+}
+
+// consumed reports whether this very certificate consumed c: the same
+// DER, or for a claim consumed before fingerprints were recorded (and
+// since adopted by this manufacturer), the same serial.
+func (o *onboardingCert) consumed(c store.Claim) bool {
+	if !c.Consumed() {
+		return false
+	}
+	if c.ConsumedByCert != "" {
+		return c.ConsumedByCert == pki.Fingerprint(o.leaf)
+	}
+	return c.ConsumedBy == pki.SerialHex(o.leaf.SerialNumber)
 }
 
 // onboarding authenticates the client by a manufacturer onboarding
 // certificate, verified against the manufacturer CAs trusted right now
 // (read from the store on every enrollment, so 'fieldtrust manufacturer
 // trust' takes effect at once).
-func (s *Server) onboarding(ctx context.Context, r *http.Request) (*x509.Certificate, *httpError) {
+func (s *Server) onboarding(ctx context.Context, r *http.Request) (*onboardingCert, *httpError) {
 	leaf, inter, ok := peerChain(r)
 	if !ok {
 		return nil, &httpError{http.StatusUnauthorized, "no client certificate; present your manufacturer onboarding certificate (IDevID)", nil}
@@ -81,10 +132,14 @@ func (s *Server) onboarding(ctx context.Context, r *http.Request) (*x509.Certifi
 	if len(mfrs) == 0 {
 		return nil, &httpError{http.StatusForbidden, "onboarding certificate is not issued by a trusted manufacturer CA", errors.New("no manufacturer CA is trusted; add one with 'fieldtrust manufacturer trust'")}
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
 		return nil, &httpError{http.StatusForbidden, "onboarding certificate is not issued by a trusted manufacturer CA", err}
 	}
-	return leaf, nil
+	if err := pki.CheckKey(leaf.PublicKey, pki.Transport); err != nil {
+		return nil, &httpError{http.StatusForbidden, "onboarding certificate " + err.Error(), nil}
+	}
+	return &onboardingCert{leaf: leaf, chains: chains}, nil
 }
 
 type identityKey struct{}
@@ -122,9 +177,7 @@ func GuardOperational(v OperationalVerifier, log *slog.Logger, next http.Handler
 				status, reason = http.StatusForbidden, "client certificate is revoked"
 			}
 			log.Warn("request refused", "remote", r.RemoteAddr, "subject", peerSubject(r), "path", r.URL.Path, "status", status, "reason", reason, "err", err.Error())
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			w.WriteHeader(status)
-			fmt.Fprintln(w, reason)
+			RefuseText(w, status, reason)
 			return
 		}
 		// Downstream handlers written for a TLS layer that verifies (they
@@ -136,4 +189,24 @@ func GuardOperational(v OperationalVerifier, log *slog.Logger, next http.Handler
 		r2.TLS = &cs
 		next.ServeHTTP(w, r2)
 	})
+}
+
+// Challenge is the WWW-Authenticate value of every 401 (RFC 9110 §11.6.1:
+// a 401 must carry a challenge). The platform authenticates clients only by
+// TLS client certificate, so it offers no HTTP scheme a client could answer
+// with credentials (Basic would invite passwords that are never checked):
+// the scheme names what to do, and clients that do not know it (all of
+// them) report an authentication failure instead of a malformed answer.
+const Challenge = `TLS-Client-Certificate realm="fieldtrust", error="present a valid client certificate in the TLS handshake"`
+
+// RefuseText answers a refusal as text/plain with Content-Length, and for
+// 401 the WWW-Authenticate challenge. Every refusal of the platform's
+// HTTPS listener that is about the client certificate goes through it.
+func RefuseText(w http.ResponseWriter, status int, reason string) {
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", Challenge)
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	writeBody(w, status, []byte(reason+"\n"))
 }

@@ -32,7 +32,7 @@ func BenchmarkEnroll(b *testing.B) {
 		cn := fmt.Sprintf("ACME-GW-%06d", i)
 		devices[i] = acme.device(b, cn)
 		keys[i], _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		claims[i] = store.Claim{Kind: store.ClaimBySubject, Value: cn, Path: fmt.Sprintf("ms-1/acc-1/gw-%06d", i), CreatedAt: time.Now()}
+		claims[i] = store.Claim{ClaimKey: acme.key(store.ClaimBySubject, cn), Path: fmt.Sprintf("ms-1/acc-1/gw-%06d", i), CreatedAt: time.Now()}
 	}
 	if err := p.d.Store.PutClaims(b.Context(), claims); err != nil {
 		b.Fatal(err)

@@ -51,16 +51,78 @@ func (c *Client) CACerts(ctx context.Context) ([]*x509.Certificate, error) {
 }
 
 // Enroll sends a simpleenroll request for key and returns the issued leaf
-// followed by its intermediates. template may be nil: the platform decides
-// the identity.
+// followed by its intermediates (root excluded): what a TLS client sends.
+// template may be nil: the platform decides the identity.
+//
+// The enrollment answer holds only the issued certificate (RFC 7030
+// §4.2.3), so Enroll then fetches cacerts, which names the CAs of the
+// caller's path when it authenticates with its operational certificate: in
+// the transport PKI with the certificate just issued, in the e2e PKI (whose
+// leaves are no TLS client certificates) with c.TLS's.
 func (c *Client) Enroll(ctx context.Context, key crypto.Signer, template *x509.CertificateRequest) ([]*x509.Certificate, error) {
-	return c.do(ctx, http.MethodPost, opSimpleEnroll, &csrSpec{key, template})
+	return c.enroll(ctx, opSimpleEnroll, key, template)
 }
 
-// Reenroll sends a simplereenroll request; key may be the current key or a
-// new one.
+// Reenroll sends a simplereenroll request and returns the chain as Enroll
+// does; key may be the current key or a new one.
 func (c *Client) Reenroll(ctx context.Context, key crypto.Signer, template *x509.CertificateRequest) ([]*x509.Certificate, error) {
-	return c.do(ctx, http.MethodPost, opSimpleReenroll, &csrSpec{key, template})
+	return c.enroll(ctx, opSimpleReenroll, key, template)
+}
+
+func (c *Client) enroll(ctx context.Context, op string, key crypto.Signer, template *x509.CertificateRequest) ([]*x509.Certificate, error) {
+	certs, err := c.do(ctx, http.MethodPost, op, &csrSpec{key, template})
+	if err != nil {
+		return nil, err
+	}
+	leaf := certs[0]
+	if pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(key.Public()) {
+		return nil, fmt.Errorf("EST %s: the server issued a certificate for another key", op)
+	}
+	cc := *c
+	if c.Label == "" {
+		conf := &tls.Config{}
+		if c.TLS != nil {
+			conf = c.TLS.Clone()
+		}
+		conf.GetClientCertificate = nil
+		conf.Certificates = []tls.Certificate{{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}}
+		cc.TLS = conf
+	}
+	cas, err := cc.CACerts(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("EST %s: fetch the intermediates: %w", op, err)
+	}
+	chain, err := chainOf(leaf, append(certs[1:], cas...))
+	if err != nil {
+		return nil, fmt.Errorf("EST %s: %w", op, err)
+	}
+	return chain, nil
+}
+
+// chainOf returns leaf followed by its issuers from pool, up to and
+// excluding the self-signed root, by signature.
+func chainOf(leaf *x509.Certificate, pool []*x509.Certificate) ([]*x509.Certificate, error) {
+	chain := []*x509.Certificate{leaf}
+	for c := leaf; ; {
+		var issuer *x509.Certificate
+		for _, cand := range pool {
+			if cand.IsCA && bytes.Equal(cand.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(cand) == nil {
+				issuer = cand
+				break
+			}
+		}
+		if issuer == nil {
+			return nil, fmt.Errorf("cacerts does not hold the issuer %q of %q", c.Issuer.CommonName, c.Subject.CommonName)
+		}
+		if bytes.Equal(issuer.RawSubject, issuer.RawIssuer) && issuer.CheckSignatureFrom(issuer) == nil {
+			return chain, nil // the root: trusted, not sent
+		}
+		if len(chain) > 4 {
+			return nil, fmt.Errorf("the chain of %q is longer than fieldtrust's PKI allows", leaf.Subject.CommonName)
+		}
+		chain = append(chain, issuer)
+		c = issuer
+	}
 }
 
 type csrSpec struct {

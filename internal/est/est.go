@@ -10,8 +10,11 @@
 //
 //	/.well-known/est/simpleenroll        onboarding certificate that chains to a
 //	                                     trusted manufacturer CA and matches an
-//	                                     unconsumed claim -> transport leaf for
-//	                                     the claimed path; the claim is consumed
+//	                                     unconsumed claim of that CA -> transport
+//	                                     leaf for the claimed path; the claim is
+//	                                     consumed (a retry by the same
+//	                                     certificate for the same key gets the
+//	                                     same leaf)
 //	/.well-known/est/simplereenroll      current, unrevoked operational transport
 //	                                     certificate -> new transport leaf, same
 //	                                     identity (same or new key)
@@ -26,6 +29,10 @@
 // transport root, so the broker (which trusts only the transport root)
 // refuses it, and so does every platform route other than EST (see
 // GuardOperational).
+//
+// Enrollment answers hold only the issued certificate (RFC 7030 §4.2.3);
+// clients get the intermediates from cacerts. Every answer has a
+// Content-Length, and every 401 a WWW-Authenticate challenge.
 //
 // The identity of an issued certificate is decided by the platform (the
 // claim, or the certificate the client authenticated with), never by the
@@ -75,9 +82,9 @@ type OperationalVerifier interface {
 // SQLite store satisfies it.
 type Records interface {
 	Manufacturers(ctx context.Context) ([]store.Manufacturer, error)
-	Claim(ctx context.Context, kind, value string) (store.Claim, error)
-	ConsumeClaim(ctx context.Context, kind, value, by string, at time.Time) error
-	ReleaseClaim(ctx context.Context, kind, value string) error
+	Claim(ctx context.Context, k store.ClaimKey) (store.Claim, error)
+	ConsumeClaim(ctx context.Context, k store.ClaimKey, by store.Consumer, at time.Time) error
+	ReleaseClaim(ctx context.Context, k store.ClaimKey) error
 	ListCertificates(ctx context.Context, f store.CertFilter) ([]store.Certificate, error)
 }
 
@@ -85,10 +92,12 @@ type Records interface {
 // default.
 type Policy struct {
 	// AllowReenroll lets an onboarding certificate whose claim it already
-	// consumed enroll again (e.g. a gateway that lost its flash). Only the
-	// very certificate that consumed the claim may; default off: an
-	// onboarding certificate buys exactly one transport certificate, and a
-	// lost gateway needs a new claim from the operator.
+	// consumed enroll again with a new key (e.g. a gateway that lost its
+	// flash). Only the very certificate that consumed the claim may (same
+	// DER: same manufacturer CA, same serial); default off: an onboarding
+	// certificate buys exactly one transport certificate, and a lost
+	// gateway needs a new claim from the operator. A retry with the same
+	// key is always answered with the certificate already issued.
 	AllowReenroll bool
 	// RequireChannelBinding refuses CSRs that do not carry the TLS channel
 	// binding (see ChannelBinding) in their challengePassword. Off by
@@ -229,10 +238,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, label, op string, 
 		lvl = slog.LevelError
 	}
 	s.log.Log(r.Context(), lvl, "EST request refused", attrs...)
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(e.Status)
-	fmt.Fprintln(w, e.Reason)
+	RefuseText(w, e.Status, e.Reason)
 }
 
 // peerSubject names the client certificate for logs, or "-" if none.

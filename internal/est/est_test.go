@@ -36,7 +36,7 @@ func TestOnboardingFlow(t *testing.T) {
 			acme := newManufacturer(t, "Acme")
 			p.trust(t, acme)
 			idev := acme.device(t, "ACME-GW-0001")
-			p.claim(t, store.ClaimBySerial, pki.SerialHex(idev.Leaf.SerialNumber), "ms-1/acc-1/gw-1")
+			p.claim(t, acme, store.ClaimBySerial, pki.SerialHex(idev.Leaf.SerialNumber), "ms-1/acc-1/gw-1")
 
 			// cacerts needs no client certificate.
 			cas, err := p.client(nil, "").CACerts(ctx)
@@ -61,17 +61,22 @@ func TestOnboardingFlow(t *testing.T) {
 			if len(chain[0].DNSNames) != 0 || !publicKeyEqual(chain[0], key) {
 				t.Fatalf("issued certificate must carry the CSR key and no names from the CSR: %v", chain[0].DNSNames)
 			}
-			if c, err := p.d.Store.Claim(ctx, store.ClaimBySerial, pki.SerialHex(idev.Leaf.SerialNumber)); err != nil || !c.Consumed() || c.ConsumedBy != pki.SerialHex(idev.Leaf.SerialNumber) {
+			if c, err := p.d.Store.Claim(ctx, acme.key(store.ClaimBySerial, pki.SerialHex(idev.Leaf.SerialNumber))); err != nil || !c.Consumed() || c.ConsumedBy != pki.SerialHex(idev.Leaf.SerialNumber) || c.ConsumedByCert != pki.Fingerprint(idev.Leaf) {
 				t.Fatalf("claim after enrollment: %+v, %v", c, err)
 			}
 			op := tlsCert(chain, key)
 
-			// The onboarding certificate is spent.
+			// The onboarding certificate is spent: another key gets nothing,
+			// a retry with the same key the same certificate.
 			before := p.certCount(t)
-			_, err = p.client(&idev, "").Enroll(ctx, key, nil)
+			otherKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			_, err = p.client(&idev, "").Enroll(ctx, otherKey, nil)
 			wantStatus(t, err, http.StatusForbidden, "already used")
+			if again, err := p.client(&idev, "").Enroll(ctx, key, nil); err != nil || !again[0].Equal(chain[0]) {
+				t.Fatalf("retry with the enrolled key: %v", err)
+			}
 			if n := p.certCount(t); n != before {
-				t.Fatalf("certificates %d -> %d after a refused enrollment", before, n)
+				t.Fatalf("certificates %d -> %d after a refused and a repeated enrollment", before, n)
 			}
 
 			// Re-enroll with a new key, then with the same key: same identity.
@@ -208,11 +213,11 @@ func TestRefusals(t *testing.T) {
 	acme, rogue := newManufacturer(t, "Acme"), newManufacturer(t, "Rogue")
 	p.trust(t, acme)
 	claimed := acme.device(t, "ACME-GW-0100")
-	p.claim(t, store.ClaimBySubject, "ACME-GW-0100", "ms-1/acc-1/gw-100")
+	p.claim(t, acme, store.ClaimBySubject, "ACME-GW-0100", "ms-1/acc-1/gw-100")
 	unclaimed := acme.device(t, "ACME-GW-0101")
 	used := acme.device(t, "ACME-GW-0102")
-	p.claim(t, store.ClaimBySubject, "ACME-GW-0102", "ms-1/acc-1/gw-102")
-	if err := p.d.Store.ConsumeClaim(ctx, store.ClaimBySubject, "ACME-GW-0102", "01", time.Now()); err != nil {
+	p.claim(t, acme, store.ClaimBySubject, "ACME-GW-0102", "ms-1/acc-1/gw-102")
+	if err := p.d.Store.ConsumeClaim(ctx, acme.key(store.ClaimBySubject, "ACME-GW-0102"), store.Consumer{Serial: "01"}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	untrusted := rogue.device(t, "ACME-GW-0100") // same subject as a claimed device
@@ -310,7 +315,7 @@ func TestRefusals(t *testing.T) {
 		t.Fatalf("GET simpleenroll: %d Allow=%q", resp.StatusCode, resp.Header.Get("Allow"))
 	}
 	// The claimed device still has its claim: refusals consumed nothing.
-	if c, err := p.d.Store.Claim(ctx, store.ClaimBySubject, "ACME-GW-0100"); err != nil || c.Consumed() {
+	if c, err := p.d.Store.Claim(ctx, acme.key(store.ClaimBySubject, "ACME-GW-0100")); err != nil || c.Consumed() {
 		t.Fatalf("claim after refused requests: %+v, %v", c, err)
 	}
 	// Every refusal is logged with remote, subject and reason.
@@ -332,7 +337,7 @@ func TestChannelBindingRequired(t *testing.T) {
 	acme := newManufacturer(t, "Acme")
 	p.trust(t, acme)
 	idev := acme.device(t, "ACME-GW-0300")
-	p.claim(t, store.ClaimBySubject, "ACME-GW-0300", "ms-1/acc-1/gw-300")
+	p.claim(t, acme, store.ClaimBySubject, "ACME-GW-0300", "ms-1/acc-1/gw-300")
 	body, _ := csrBody(t, "x")
 	before := p.certCount(t)
 	if status, reason := p.post(t, &idev, "/.well-known/est/simpleenroll", est.ContentTypePKCS10, body); status != 403 || !strings.Contains(reason, "no channel binding") {
@@ -364,7 +369,7 @@ func TestClaimRace(t *testing.T) {
 	acme := newManufacturer(t, "Acme")
 	p.trust(t, acme)
 	idev := acme.device(t, "ACME-GW-0400")
-	p.claim(t, store.ClaimBySubject, "ACME-GW-0400", "ms-1/acc-1/gw-400")
+	p.claim(t, acme, store.ClaimBySubject, "ACME-GW-0400", "ms-1/acc-1/gw-400")
 	p.operational(t, "ms-1/acc-1/other") // create the CAs, so only leaves count
 	before := p.certCount(t)
 	const racers = 4
@@ -402,7 +407,7 @@ func TestAllowReenroll(t *testing.T) {
 	p.trust(t, acme)
 	idev := acme.device(t, "ACME-GW-0500")
 	clone := acme.device(t, "ACME-GW-0500")
-	p.claim(t, store.ClaimBySubject, "ACME-GW-0500", "ms-1/acc-1/gw-500")
+	p.claim(t, acme, store.ClaimBySubject, "ACME-GW-0500", "ms-1/acc-1/gw-500")
 	for i := range 2 {
 		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if _, err := p.client(&idev, "").Enroll(t.Context(), key, nil); err != nil {
@@ -421,7 +426,7 @@ func TestWireTolerance(t *testing.T) {
 	acme := newManufacturer(t, "Acme")
 	p.trust(t, acme)
 	idev := acme.device(t, "ACME-GW-0600")
-	p.claim(t, store.ClaimBySerial, pki.SerialHex(idev.Leaf.SerialNumber), "ms-1/acc-1/gw-600")
+	p.claim(t, acme, store.ClaimBySerial, pki.SerialHex(idev.Leaf.SerialNumber), "ms-1/acc-1/gw-600")
 	lines, _ := csrBody(t, "x")
 	oneLine := []byte(strings.ReplaceAll(string(lines), "\n", ""))
 	crlf := []byte(strings.ReplaceAll(string(lines), "\n", "\r\n"))

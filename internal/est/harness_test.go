@@ -176,12 +176,18 @@ func (p *platform) trust(t testing.TB, m *manufacturer) {
 	}
 }
 
-// claim pre-assigns a device by serial or subject.
-func (p *platform) claim(t testing.TB, kind, value, path string) {
+// claim pre-assigns a device of manufacturer m by serial or subject, as
+// 'fieldtrust device claim' does: under m's trusted CA.
+func (p *platform) claim(t testing.TB, m *manufacturer, kind, value, path string) {
 	t.Helper()
-	if err := p.d.Store.PutClaims(t.Context(), []store.Claim{{Kind: kind, Value: value, Path: path, CreatedAt: time.Now()}}); err != nil {
+	if err := p.d.Store.PutClaims(t.Context(), []store.Claim{{ClaimKey: m.key(kind, value), ManufacturerSubject: m.root.Subject.String(), Path: path, CreatedAt: time.Now()}}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// key is the key of a claim of m's device.
+func (m *manufacturer) key(kind, value string) store.ClaimKey {
+	return store.ClaimKey{ManufacturerKeyID: pki.KeyID(m.root), Kind: kind, Value: value}
 }
 
 // operational issues an operational transport certificate directly.
@@ -229,20 +235,29 @@ func newManufacturer(t testing.TB, name string) *manufacturer {
 // device issues an onboarding certificate for a device with serial number
 // cn, presented with the manufacturer's intermediate.
 func (m *manufacturer) device(t testing.TB, cn string) tls.Certificate {
+	return m.deviceWithSerial(t, cn, nil)
+}
+
+// deviceWithSerial is device with a chosen certificate serial (nil:
+// random), e.g. the serial of another manufacturer's device.
+func (m *manufacturer) deviceWithSerial(t testing.TB, cn string, serial *big.Int) tls.Certificate {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	leaf := sign(t, &x509.Certificate{
-		Subject:     pkix.Name{CommonName: cn, SerialNumber: cn, Organization: []string{m.root.Subject.Organization[0]}},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: cn, SerialNumber: cn, Organization: []string{m.root.Subject.Organization[0]}},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}, m.inter, key.Public(), m.interKey)
 	return tlsCert([]*x509.Certificate{leaf, m.inter}, key)
 }
 
 func sign(t testing.TB, tmpl, parent *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) *x509.Certificate {
 	t.Helper()
-	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
-	tmpl.SerialNumber = serial.Add(serial, big.NewInt(1))
+	if tmpl.SerialNumber == nil {
+		serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
+		tmpl.SerialNumber = serial.Add(serial, big.NewInt(1))
+	}
 	tmpl.NotBefore = time.Now().Add(-time.Hour)
 	if tmpl.NotAfter.IsZero() {
 		tmpl.NotAfter = time.Now().Add(20 * 365 * 24 * time.Hour)

@@ -25,7 +25,7 @@ func TestCurlOpenSSL(t *testing.T) {
 	acme := newManufacturer(t, "Acme")
 	p.trust(t, acme)
 	idev := acme.device(t, "ACME-GW-0700")
-	p.claim(t, store.ClaimBySerial, pki.SerialHex(idev.Leaf.SerialNumber), "ms-1/acc-1/gw-700")
+	p.claim(t, acme, store.ClaimBySerial, pki.SerialHex(idev.Leaf.SerialNumber), "ms-1/acc-1/gw-700")
 
 	dir := t.TempDir()
 	file := func(name string) string { return filepath.Join(dir, name) }
@@ -69,10 +69,22 @@ func TestCurlOpenSSL(t *testing.T) {
 		}
 		sh(`"$OPENSSL" base64 -d -in ` + out + `.b64 | "$OPENSSL" pkcs7 -inform DER -print_certs -out ` + out + `.pem`)
 	}
-	verify := func(root, certs string) {
-		out := sh(`"$OPENSSL" verify -CAfile ` + root + ` -untrusted ` + certs + ` ` + certs)
+	// cacerts fetches the CA certificates as the holder of cert (the
+	// enrollment answer is the leaf alone, RFC 7030 §4.2.3).
+	cacerts := func(cert, key, label, out string) {
+		sh(`"$CURL" -sS --fail --cacert root.pem --cert ` + cert + ` --key ` + key + ` "$EST/` + label + `cacerts" | "$OPENSSL" base64 -d | "$OPENSSL" pkcs7 -inform DER -print_certs -out ` + out)
+	}
+	verify := func(root, cas, cert string) {
+		data, err := os.ReadFile(file(cert))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(string(data), "BEGIN CERTIFICATE"); n != 1 {
+			t.Fatalf("%s holds %d certificates; an enrollment answer holds only the one issued", cert, n)
+		}
+		out := sh(`"$OPENSSL" verify -CAfile ` + root + ` -untrusted ` + cas + ` ` + cert)
 		if !strings.Contains(out, ": OK") {
-			t.Fatalf("openssl verify %s: %s", certs, out)
+			t.Fatalf("openssl verify %s: %s", cert, out)
 		}
 	}
 	subjectCN := func(certs string) string {
@@ -88,7 +100,8 @@ func TestCurlOpenSSL(t *testing.T) {
 	// 1. Enroll with the onboarding certificate.
 	newCSR("csr1")
 	post("onboarding.pem", "onboarding.key", "csr1", "simpleenroll", "op1")
-	verify("root.pem", "op1.pem")
+	cacerts("op1.pem", "csr1.key", "", "cas.pem")
+	verify("root.pem", "cas.pem", "op1.pem")
 	if cn := subjectCN("op1.pem"); cn != "ms-1/acc-1/gw-700" {
 		t.Fatalf("enrolled certificate CN %q", cn)
 	}
@@ -100,7 +113,7 @@ func TestCurlOpenSSL(t *testing.T) {
 	// 2. Re-enroll with the operational certificate and a new key.
 	newCSR("csr2")
 	post("op1.pem", "csr1.key", "csr2", "simplereenroll", "op2")
-	verify("root.pem", "op2.pem")
+	verify("root.pem", "cas.pem", "op2.pem")
 	if cn := subjectCN("op2.pem"); cn != "ms-1/acc-1/gw-700" {
 		t.Fatalf("re-enrolled certificate CN %q", cn)
 	}
@@ -108,7 +121,8 @@ func TestCurlOpenSSL(t *testing.T) {
 	// 3. The e2e twin, authenticated by the transport certificate.
 	newCSR("csr3")
 	post("op2.pem", "csr2.key", "csr3", "e2e/simpleenroll", "e2e")
-	verify("e2e-root.pem", "e2e.pem")
+	cacerts("op2.pem", "csr2.key", "e2e/", "e2e-cas.pem")
+	verify("e2e-root.pem", "e2e-cas.pem", "e2e.pem")
 
 	// 4. cacerts, no client certificate.
 	sh(`"$CURL" -sS --fail --cacert root.pem "$EST/cacerts" | "$OPENSSL" base64 -d | "$OPENSSL" pkcs7 -inform DER -print_certs -out cacerts.pem`)

@@ -10,7 +10,9 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
+	"math/big"
 	"testing"
+	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/est"
 )
@@ -130,6 +132,57 @@ func FuzzDecodeCSR(f *testing.F) {
 		again, err := est.DecodeCSR(est.EncodeCSRBody(csr.Raw))
 		if err != nil || string(again.Raw) != string(csr.Raw) {
 			t.Fatalf("re-decoding a decoded CSR: %v", err)
+		}
+	})
+}
+
+// FuzzChainOf feeds arbitrary certs-only bodies (what a server answers to
+// cacerts) through the client's chain building: nothing may panic or loop,
+// and a chain it returns starts at the leaf, links by signature and stays
+// within fieldtrust's depth.
+func FuzzChainOf(f *testing.F) {
+	rootKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	interKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	mk := func(cn string, ca bool, parent *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) *x509.Certificate {
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(len(cn))), Subject: pkix.Name{CommonName: cn}, IsCA: ca, BasicConstraintsValid: true,
+			NotBefore: time.Unix(0, 0), NotAfter: time.Unix(1<<32, 0), KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+		if parent == nil {
+			parent = tmpl
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
+		if err != nil {
+			f.Fatal(err)
+		}
+		c, _ := x509.ParseCertificate(der)
+		return c
+	}
+	root := mk("root", true, nil, rootKey.Public(), rootKey)
+	inter := mk("inter", true, root, interKey.Public(), rootKey)
+	leaf := mk("leaf", false, inter, leafKey.Public(), interKey)
+	for _, set := range [][]*x509.Certificate{{leaf, root, inter}, {leaf, inter}, {leaf}, {root, root}, {inter, inter, root}} {
+		body, err := est.EncodeCerts(set)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(body)
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		certs, err := est.DecodeCerts(body)
+		if err != nil {
+			return
+		}
+		chain, err := est.ChainOf(certs[0], certs[1:])
+		if err != nil {
+			return
+		}
+		if !chain[0].Equal(certs[0]) || len(chain) > 5 {
+			t.Fatalf("chain of %d starting at %q", len(chain), chain[0].Subject)
+		}
+		for i := 0; i+1 < len(chain); i++ {
+			if chain[i].CheckSignatureFrom(chain[i+1]) != nil {
+				t.Fatalf("link %d does not verify", i)
+			}
 		}
 	})
 }

@@ -80,8 +80,17 @@ func (c *credentials) current() (transport, e2e *credential) {
 	return c.transport, c.e2e
 }
 
+// cas returns the e2e CA certificates (root first), which verify commands.
+func (c *credentials) cas() []*x509.Certificate {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.e2eCAs
+}
+
 // load reads credentials saved by an earlier run; missing files leave the
-// credential nil (to be enrolled).
+// credential nil (to be enrolled). Files that exist but cannot be read
+// are an error: the e2e CA certificates decide which commands and CRLs
+// the gateway trusts, so it does not run on without them.
 func (c *credentials) load() error {
 	var err error
 	if c.transport, err = loadCredential(c.dir, "transport"); err != nil {
@@ -90,10 +99,16 @@ func (c *credentials) load() error {
 	if c.e2e, err = loadCredential(c.dir, "e2e"); err != nil {
 		return err
 	}
-	if data, err := os.ReadFile(filepath.Join(c.dir, "e2e-ca.pem")); err == nil {
-		if c.e2eCAs, err = pki.ParseCertsPEM(data); err != nil {
-			return fmt.Errorf("%s: %w", filepath.Join(c.dir, "e2e-ca.pem"), err)
-		}
+	file := filepath.Join(c.dir, "e2e-ca.pem")
+	data, err := os.ReadFile(file)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("gateway state is damaged: %w; remove %s, e2e.key and e2e.crt to enroll the e2e identity again", err, file)
+	}
+	if c.e2eCAs, err = pki.ParseCertsPEM(data); err != nil {
+		return fmt.Errorf("gateway state is damaged: %s: %w; remove it, e2e.key and e2e.crt to enroll the e2e identity again", file, err)
 	}
 	return nil
 }

@@ -13,7 +13,7 @@ import (
 )
 
 // crlState holds the revocation state the platform pushes as retained CRL
-// bundles (pki/crl/transport, pki/crl/e2e). A CRL is applied only if it is
+// bundles (topic.CRLTransport, topic.CRLE2E), by PKI domain. A CRL is applied only if it is
 // signed by a CA the gateway knows (from its trust anchor, its own chains,
 // EST cacerts or the platform's verified server chain), is current, and is
 // not older than one already applied (no rollback to a CRL that predates a
@@ -23,13 +23,13 @@ type crlState struct {
 	log   *slog.Logger
 
 	mu      sync.Mutex
-	cas     map[string]*x509.Certificate // by subject key ID
-	numbers map[string]int64             // issuer SKI -> highest CRL number applied
-	revoked map[string]map[string]int    // topic -> serial -> reason
+	cas     map[string]*x509.Certificate  // by subject key ID
+	numbers map[string]int64              // issuer SKI -> highest CRL number applied
+	revoked map[pki.Domain]map[string]int // domain -> serial -> reason
 }
 
 func newCRLState(creds *credentials, log *slog.Logger) *crlState {
-	s := &crlState{creds: creds, log: log, cas: map[string]*x509.Certificate{}, numbers: map[string]int64{}, revoked: map[string]map[string]int{}}
+	s := &crlState{creds: creds, log: log, cas: map[string]*x509.Certificate{}, numbers: map[string]int64{}, revoked: map[pki.Domain]map[string]int{}}
 	tr, e2e := creds.current()
 	for _, c := range append(append(append([]*x509.Certificate{}, creds.anchors...), tr.chain[1:]...), e2e.chain[1:]...) {
 		s.learn(c)
@@ -57,24 +57,24 @@ func (s *crlState) verifyPeer(cs tls.ConnectionState) error {
 	}
 	for _, c := range cs.VerifiedChains[0] {
 		s.learn(c)
-		if reason, ok := s.revoked["pki/crl/transport"][pki.SerialHex(c.SerialNumber)]; ok {
+		if reason, ok := s.revoked[pki.Transport][pki.SerialHex(c.SerialNumber)]; ok {
 			return fmt.Errorf("platform certificate %q is revoked (%s)", c.Subject.CommonName, pki.ReasonName(reason))
 		}
 	}
 	return nil
 }
 
-// apply verifies and applies a CRL bundle received on topic.
-func (s *crlState) apply(topic string, payload []byte) {
+// apply verifies and applies a CRL bundle of a domain's PKI.
+func (s *crlState) apply(domain pki.Domain, payload []byte) {
 	crls, err := pki.ParseCRLBundle(payload)
 	if err != nil {
-		s.log.Warn("ignoring a malformed CRL bundle", "topic", topic, "err", err)
+		s.log.Warn("ignoring a malformed CRL bundle", "domain", domain, "err", err)
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	next := map[string]int{}
-	for serial, reason := range s.revoked[topic] {
+	for serial, reason := range s.revoked[domain] {
 		next[serial] = reason
 	}
 	applied := 0
@@ -103,22 +103,22 @@ func (s *crlState) apply(topic string, payload []byte) {
 		}
 		applied++
 	}
-	s.revoked[topic] = next
+	s.revoked[domain] = next
 	tr, e2e := s.creds.current()
 	for _, own := range []*credential{tr, e2e} {
 		if _, ok := next[pki.SerialHex(own.leaf().SerialNumber)]; ok {
 			s.log.Error("this gateway's own certificate is revoked; the platform will refuse it", "subject", own.leaf().Subject.CommonName, "serial", pki.SerialHex(own.leaf().SerialNumber))
 		}
 	}
-	s.log.Info("CRLs applied", "topic", topic, "crls", applied, "revoked", len(next))
+	s.log.Info("CRLs applied", "domain", domain, "crls", applied, "revoked", len(next))
 }
 
-// revokedOf returns a copy of the revoked serials of a topic's domain.
-func (s *crlState) revokedOf(topic string) map[string]int {
+// revokedOf returns a copy of the revoked serials of a domain.
+func (s *crlState) revokedOf(domain pki.Domain) map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make(map[string]int, len(s.revoked[topic]))
-	for k, v := range s.revoked[topic] {
+	out := make(map[string]int, len(s.revoked[domain]))
+	for k, v := range s.revoked[domain] {
 		out[k] = v
 	}
 	return out

@@ -55,8 +55,11 @@ type Gateway struct {
 	log   *slog.Logger
 	creds *credentials
 	q     *queue.Queue
-	pipe  *pipeline
-	crl   *crlState
+	// replay holds the last command's signing time; the queue, except in
+	// tests that make it fail.
+	replay replayState
+	pipe   *pipeline
+	crl    *crlState
 
 	mu   sync.Mutex
 	doc  *bootstrap.Document // guarded by mu
@@ -96,7 +99,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer q.Close()
-	g.q = q
+	g.q, g.replay = q, q
 
 	if err := g.onboard(ctx); err != nil {
 		return err

@@ -23,6 +23,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/platform"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 type env struct {
@@ -136,6 +137,13 @@ func TestRenewalAndReenroll(t *testing.T) {
 	stop := e.runGateway(t, state)
 	waitUntil(t, 30*time.Second, "first snapshots", func() bool { return e.stored(t) >= 3 })
 	tr0, e2e0 := serialOf(t, filepath.Join(state, "transport.crt")), serialOf(t, filepath.Join(state, "e2e.crt"))
+	// EST answers the leaf alone; the gateway completes its chains from
+	// cacerts, so mTLS sends leaf + account CA + master CA.
+	for _, f := range []string{"transport.crt", "e2e.crt"} {
+		if certs, err := pki.ReadCertsFile(filepath.Join(state, f)); err != nil || len(certs) != 3 {
+			t.Fatalf("%s holds %d certificates (%v); want leaf and two intermediates", f, len(certs), err)
+		}
+	}
 	waitUntil(t, 20*time.Second, "renewal of both certificates", func() bool {
 		return serialOf(t, filepath.Join(state, "transport.crt")) != tr0 && serialOf(t, filepath.Join(state, "e2e.crt")) != e2e0
 	})
@@ -193,7 +201,7 @@ func TestRebootstrapCommand(t *testing.T) {
 		t.Fatal(tok.Error())
 	}
 	defer mc.Disconnect(100)
-	mc.Subscribe(path+"/commands", 1, func(_ mqtt.Client, m mqtt.Message) {
+	mc.Subscribe(topic.CommandsOf(path), 1, func(_ mqtt.Client, m mqtt.Message) {
 		captured = m.Payload()
 		got <- struct{}{}
 	}).Wait()
@@ -215,7 +223,7 @@ func TestRebootstrapCommand(t *testing.T) {
 
 	// Replay: the same signed envelope again must not rotate anything.
 	tr1 := serialOf(t, filepath.Join(state, "transport.crt"))
-	mc.Publish(path+"/commands", 1, false, captured).Wait()
+	mc.Publish(topic.CommandsOf(path), 1, false, captured).Wait()
 	time.Sleep(3 * time.Second)
 	if serialOf(t, filepath.Join(state, "transport.crt")) != tr1 {
 		t.Fatal("a replayed command was followed")

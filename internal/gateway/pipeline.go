@@ -16,6 +16,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/queue"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // A queue item is a small header followed by the sealed envelope:
@@ -48,7 +49,7 @@ func decodeItem(b []byte) (device string, seq uint64, env []byte, err error) {
 // pipeline turns readings into sealed snapshots in the queue, and drains
 // the queue to the broker.
 type pipeline struct {
-	topic string // {path}/snapshots
+	topic string // topic.SnapshotsOf(path)
 	q     *queue.Queue
 	creds *credentials
 	log   *slog.Logger
@@ -63,7 +64,7 @@ type pipeline struct {
 }
 
 func newPipeline(path string, q *queue.Queue, creds *credentials, log *slog.Logger) *pipeline {
-	return &pipeline{topic: path + "/snapshots", q: q, creds: creds, log: log, builders: map[string]*snapshot.Builder{}, wake: make(chan struct{}, 1)}
+	return &pipeline{topic: topic.SnapshotsOf(path), q: q, creds: creds, log: log, builders: map[string]*snapshot.Builder{}, wake: make(chan struct{}, 1)}
 }
 
 func (p *pipeline) setRecipients(certs []*x509.Certificate) { p.recipients.Store(&certs) }

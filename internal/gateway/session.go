@@ -10,12 +10,14 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/fieldtrust/fieldtrust/internal/command"
+	"github.com/fieldtrust/fieldtrust/internal/bootstrap"
 	"github.com/fieldtrust/fieldtrust/internal/est"
+	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/tlspolicy"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
-// Status is the retained message on {path}/status: the birth message when
+// Status is the retained message on topic.StatusOf(path): the birth message when
 // the gateway connects, and its last will when it vanishes.
 type Status struct {
 	State   string    `json:"state"` // "online" or "offline"
@@ -61,7 +63,7 @@ func (g *Gateway) session(ctx context.Context, first bool) error {
 		SetClientID(g.path).SetCleanSession(true).SetAutoReconnect(false).
 		SetConnectTimeout(15*time.Second).SetKeepAlive(30*time.Second).
 		SetTLSConfig(tlsConf).SetOrderMatters(true).
-		SetBinaryWill(g.path+"/status", offline, 1, true)
+		SetBinaryWill(topic.StatusOf(g.path), offline, 1, true)
 	for _, b := range doc.Brokers {
 		opts.AddBroker(b)
 	}
@@ -82,10 +84,11 @@ func (g *Gateway) session(ctx context.Context, first bool) error {
 	}
 	defer c.Disconnect(250)
 	birth, _ := json.Marshal(Status{State: "online", Time: time.Now().UTC(), Devices: g.cfg.Simulate})
-	c.Publish(g.path+"/status", 1, true, birth)
-	subs := map[string]byte{command.Topic(g.path): 1, doc.CRLTopic: 1, "pki/crl/e2e": 1}
-	if tok := c.SubscribeMultiple(subs, g.onMessage); !tok.WaitTimeout(15*time.Second) || tok.Error() != nil {
-		return fmt.Errorf("subscribe: %v", tok.Error())
+	c.Publish(topic.StatusOf(g.path), 1, true, birth)
+	subs := map[string]byte{topic.CommandsOf(g.path): 1, crlTopic(doc): 1, topic.CRLE2E: 1}
+	tok = c.SubscribeMultiple(subs, g.onMessage)
+	if err := subscribed(tok, subs); err != nil {
+		return err
 	}
 	g.log.Info("connected to broker", "identity", g.path)
 	if first && g.cfg.Ready != nil {
@@ -112,13 +115,53 @@ func (g *Gateway) session(ctx context.Context, first bool) error {
 	}
 }
 
-// onMessage handles commands and CRL bundles.
-func (g *Gateway) onMessage(c mqtt.Client, m mqtt.Message) {
+// subscribed waits for a SUBACK and fails unless the broker granted every
+// subscription: a gateway that silently missed its CRLs would keep
+// trusting revoked certificates, and one that missed its commands could
+// not be re-bootstrapped.
+func subscribed(tok mqtt.Token, subs map[string]byte) error {
+	if !tok.WaitTimeout(15 * time.Second) {
+		return errors.New("subscribe: no SUBACK within 15 s")
+	}
+	if err := tok.Error(); err != nil {
+		return fmt.Errorf("subscribe: %w", err)
+	}
+	st, ok := tok.(*mqtt.SubscribeToken)
+	if !ok {
+		return fmt.Errorf("subscribe: unexpected token %T", tok)
+	}
+	granted := st.Result()
+	for f := range subs {
+		if q, ok := granted[f]; !ok || q > 2 {
+			return fmt.Errorf("subscribe: the broker refused %s (return code %#x): the gateway does not run without its commands and CRLs", f, q)
+		}
+	}
+	return nil
+}
+
+// crlTopic is where the bootstrap document says the transport CRL bundle
+// is retained (the scheme's topic if it says nothing).
+func crlTopic(doc *bootstrap.Document) string {
+	if doc.CRLTopic == "" {
+		return topic.CRLTransport
+	}
+	return doc.CRLTopic
+}
+
+// onMessage handles commands and CRL bundles. A CRL bundle is applied to
+// the domain of the topic it came on, whatever that topic is called, so
+// that the revocation check of the platform's certificate (transport)
+// sees it.
+func (g *Gateway) onMessage(_ mqtt.Client, m mqtt.Message) {
 	switch m.Topic() {
-	case command.Topic(g.path):
+	case topic.CommandsOf(g.path):
 		g.handleCommand(m.Payload())
+	case topic.CRLE2E:
+		g.crl.apply(pki.E2E, m.Payload())
+	case crlTopic(g.docNow()):
+		g.crl.apply(pki.Transport, m.Payload())
 	default:
-		g.crl.apply(m.Topic(), m.Payload())
+		g.log.Warn("ignoring a message on a topic the gateway did not subscribe to", "topic", m.Topic(), "bytes", len(m.Payload()))
 	}
 }
 

@@ -26,26 +26,28 @@
 // Paho's router hands messages to a handler that only enqueues: it never
 // blocks (a blocked handler stalls paho's router, and with it keepalives
 // and acknowledgements, which is how the earlier ingest stopped for good).
-// The queue holds Queue messages, at least the most QoS 1 messages the
-// broker can have outstanding on one connection (mochi's in-flight limit,
-// 8,192; its flow control keeps a live subscriber at 512), so backpressure
-// is the broker holding back deliveries, not a stalled reader. QoS 0
-// deliveries, which no gateway sends and nothing bounds, get a small share
-// of their own and are dropped and counted beyond it; a broker that sends
-// more than the queue holds gets its connection closed (it redelivers what
-// was not acknowledged on the next one) rather than a blocked handler.
+// The queue holds Queue messages, more than the broker sends
+// unacknowledged on one connection (the embedded broker's send window for
+// an MQTT 3.1.1 client is 512, internal/broker/limits.go; Mosquitto's
+// default is 20), so backpressure is the broker holding back deliveries,
+// not a stalled reader. QoS 0 deliveries, which no gateway sends and no
+// window bounds, get a small share of their own and are dropped and
+// counted beyond it; a broker that sends more than the queue holds gets
+// its connection closed (it redelivers what was not acknowledged on the
+// next one) rather than a blocked handler.
 //
 // MQTT 5 with a Receive Maximum would state that bound in the protocol
-// (github.com/eclipse/paho.golang has manual, in-order acknowledgements),
-// and ingest should switch to it once the broker serves MQTT 5 subscribers
-// reliably. The embedded broker (mochi-mqtt v2.7.9) does not: after every
-// packet from an MQTT 5 client with a send quota it calls
-// Inflight.NextImmediate, which read-locks the client's in-flight map and
-// calls GetAll, which read-locks it again; a publisher's Inflight.Set
-// waiting between the two deadlocks the map, and every publisher to the
-// subscriber with it. In the end-to-end benchmark an MQTT 5 ingest wedged
-// the broker within a minute, twice. MQTT 3.1.1 clients have no send quota
-// and never take that path.
+// (github.com/eclipse/paho.golang has manual, in-order acknowledgements).
+// It was this package's first design, and was dropped on evidence: the
+// broker embedded at the time (mochi-mqtt v2.7.9) called
+// Inflight.NextImmediate after every packet from an MQTT 5 client with a
+// send quota, which read-locks the client's in-flight map and calls
+// GetAll, which read-locks it again; a publisher's Inflight.Set waiting
+// between the two deadlocked the map and every publisher with it. In the
+// end-to-end benchmark an MQTT 5 ingest wedged that broker within a
+// minute, twice. The broker's own data path that replaced mochi honours a
+// Receive Maximum (min(it, 512)); moving ingest to MQTT 5 is a follow-up
+// that changes only this file's connection code.
 //
 // Every connection gets a fresh client and its own pipeline. Nothing
 // crosses connections: a message is acknowledged only on the connection
@@ -105,6 +107,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // Store is what ingest needs from the store.
@@ -166,9 +169,10 @@ type Config struct {
 	Now func() time.Time
 }
 
-// DefaultQueue is mochi's in-flight limit per client (MaximumInflight):
-// the embedded broker never has more QoS 1 messages outstanding on one
-// connection. 8,192 sealed snapshots of 340 values are ~100 MB.
+// DefaultQueue is 16 times the embedded broker's send window for an MQTT
+// 3.1.1 client (512): room for any broker configured more generously, at
+// ~100 MB for 8,192 sealed snapshots of 340 values, and memory only ever
+// used if a broker sends that much.
 const DefaultQueue = 8192
 
 // Reasons for rejects, a fixed vocabulary (metric labels).
@@ -300,7 +304,7 @@ func (p *processor) connection(ctx context.Context) error {
 		return fmt.Errorf("connect to broker %s: %w", cfg.Broker, tokenErr(connCtx, tok))
 	}
 	defer c.Disconnect(250)
-	filter := "$share/" + cfg.Group + "/+/+/+/snapshots"
+	filter := topic.Shared(cfg.Group, topic.AllSnapshots)
 	tok := c.Subscribe(filter, 1, nil)
 	if !waitToken(connCtx, tok) {
 		return fmt.Errorf("subscribe %s: %w", filter, tokenErr(connCtx, tok))

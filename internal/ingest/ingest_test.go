@@ -17,6 +17,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/platform"
 	"github.com/fieldtrust/fieldtrust/internal/platform/platformtest"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 	"github.com/fieldtrust/fieldtrust/internal/web"
 )
 
@@ -60,7 +61,7 @@ func TestIngestRejectsAndIsolation(t *testing.T) {
 	c := e.MQTT(t, gw)
 	c2 := e.MQTT(t, gw2)
 	c3 := e.MQTT(t, gw3)
-	topic := "ms-1/acc-1/gw-1/snapshots"
+	topic, topic2, topic3 := topic.SnapshotsOf("ms-1/acc-1/gw-1"), topic.SnapshotsOf("ms-1/acc-1/gw-2"), topic.SnapshotsOf("ms-1/acc-1/gw-3")
 	b := &snapshot.Builder{Device: "pump-1", DeviceType: "pump"}
 	var encs [][]byte
 	for i := range 4 {
@@ -80,10 +81,10 @@ func TestIngestRejectsAndIsolation(t *testing.T) {
 	tampered := seal(t, encs[2], gw.E2E, e.IngestCert)
 	tampered[len(tampered)-20] ^= 1
 	publish(t, c, topic, tampered)
-	publish(t, c2, "ms-1/acc-1/gw-2/snapshots", seal(t, encs[2], gw.E2E, e.IngestCert)) // gw-1's snapshot on gw-2's topic
-	publish(t, c, topic, seal(t, encs[2], foreign, e.IngestCert))                       // foreign PKI
-	publish(t, c, topic, seal(t, fork, gw.E2E, e.IngestCert))                           // another seq 2
-	publish(t, c, topic, seal(t, encs[2], gw.E2E, gw2.E2ECert))                         // not for ingest
+	publish(t, c2, topic2, seal(t, encs[2], gw.E2E, e.IngestCert)) // gw-1's snapshot on gw-2's topic
+	publish(t, c, topic, seal(t, encs[2], foreign, e.IngestCert))  // foreign PKI
+	publish(t, c, topic, seal(t, fork, gw.E2E, e.IngestCert))      // another seq 2
+	publish(t, c, topic, seal(t, encs[2], gw.E2E, gw2.E2ECert))    // not for ingest
 	publish(t, c, topic, []byte("garbage"))
 	if _, err := e.D.E2E.RevokeName(ctx, "ms-1/acc-1/gw-3", false, 1); err != nil {
 		t.Fatal(err)
@@ -91,7 +92,7 @@ func TestIngestRejectsAndIsolation(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond)
 	b3 := &snapshot.Builder{Device: "d"}
 	enc3, _, _ := b3.Next(1, []snapshot.Value{{Channel: "c", Value: 1}})
-	publish(t, c3, "ms-1/acc-1/gw-3/snapshots", seal(t, enc3, gw3.E2E, e.IngestCert))
+	publish(t, c3, topic3, seal(t, enc3, gw3.E2E, e.IngestCert))
 
 	wantRejects := map[string]bool{"tampered": true, "wrong_device": true, "untrusted_signer": true, "fork": true, "not_for_me": true, "malformed_envelope": true, "revoked_signer": true}
 	var rej struct {

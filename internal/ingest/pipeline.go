@@ -15,9 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
-	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // message is one delivery, as received.
@@ -574,17 +574,7 @@ func budgetKey(topic string) string {
 }
 
 // gatewayOf returns the gateway path of a snapshots topic.
-func gatewayOf(topic string) (string, error) {
-	parts := strings.Split(topic, "/")
-	if len(parts) != 4 || parts[3] != "snapshots" {
-		return "", fmt.Errorf("topic %q is not {master}/{account}/{gateway}/snapshots", topic)
-	}
-	p, err := pki.ParsePath(strings.Join(parts[:3], "/"))
-	if err != nil {
-		return "", err
-	}
-	return p.String(), nil
-}
+func gatewayOf(t string) (string, error) { return topic.ParseChannel(t, topic.Snapshots) }
 
 type metrics struct {
 	received, accepted, duplicates, dropped, batchFailures prometheus.Counter

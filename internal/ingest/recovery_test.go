@@ -20,6 +20,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // failing makes the calls of a real store fail on purpose while it is
@@ -154,7 +155,7 @@ func TestIngestSurvivesStoreAndLedgerFailures(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			publish(t, c, "ms-1/acc-1/gw-1/snapshots", seal(t, enc, gw.E2E, e.IngestCert))
+			publish(t, c, topic.SnapshotsOf("ms-1/acc-1/gw-1"), seal(t, enc, gw.E2E, e.IngestCert))
 			sent++
 		}
 	}
@@ -166,7 +167,7 @@ func TestIngestSurvivesStoreAndLedgerFailures(t *testing.T) {
 	waitFor(t, "ingest-2 subscribed", func() bool {
 		probes++
 		enc, _, _ := (&snapshot.Builder{Device: fmt.Sprintf("probe-%d", probes)}).Next(1, []snapshot.Value{{Channel: "c", Value: 1}})
-		publish(t, c, "ms-1/acc-1/gw-1/snapshots", seal(t, enc, gw.E2E, e.IngestCert))
+		publish(t, c, topic.SnapshotsOf("ms-1/acc-1/gw-1"), seal(t, enc, gw.E2E, e.IngestCert))
 		time.Sleep(100 * time.Millisecond)
 		return e.stored() > 0
 	})
@@ -231,7 +232,7 @@ func TestIngestStatus(t *testing.T) {
 	e.db.inserts.Store(true)
 	for i := range 3 {
 		enc, _, _ := b.Next(int64(i), []snapshot.Value{{Channel: "c", Value: 1}})
-		publish(t, c, "ms-1/acc-1/gw-1/snapshots", seal(t, enc, gw.E2E, e.IngestCert))
+		publish(t, c, topic.SnapshotsOf("ms-1/acc-1/gw-1"), seal(t, enc, gw.E2E, e.IngestCert))
 	}
 	waitFor(t, "retrying", func() bool { h := st.Health(); return h.State == "retrying" && h.Pending == 3 })
 	advance(90 * time.Second)

@@ -11,6 +11,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/platform/platformtest"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // TestRejectFlood: a device flooding its own snapshots topic with garbage
@@ -29,17 +30,17 @@ func TestRejectFlood(t *testing.T) {
 	b := &snapshot.Builder{Device: "pump"}
 	good := 0
 	for i := range flood {
-		publish(t, c1, "ms-1/acc-1/gw-1/snapshots", fmt.Appendf(nil, "garbage %d", i))
+		publish(t, c1, topic.SnapshotsOf("ms-1/acc-1/gw-1"), fmt.Appendf(nil, "garbage %d", i))
 		if i%50 == 0 {
 			enc, _, _ := b.Next(int64(i), []snapshot.Value{{Channel: "c", Value: float64(i)}})
-			publish(t, c1, "ms-1/acc-1/gw-1/snapshots", seal(t, enc, gw1.E2E, e.IngestCert))
+			publish(t, c1, topic.SnapshotsOf("ms-1/acc-1/gw-1"), seal(t, enc, gw1.E2E, e.IngestCert))
 			good++
 		}
 	}
 	for range repeats {
-		publish(t, c2, "ms-1/acc-1/gw-2/snapshots", []byte("the same garbage"))
+		publish(t, c2, topic.SnapshotsOf("ms-1/acc-1/gw-2"), []byte("the same garbage"))
 	}
-	publish(t, c3, "ms-1/acc-1/gw-3/snapshots", []byte("one bad message"))
+	publish(t, c3, topic.SnapshotsOf("ms-1/acc-1/gw-3"), []byte("one bad message"))
 
 	var rejects []store.Reject
 	count := map[string]int{}
@@ -56,7 +57,7 @@ func TestRejectFlood(t *testing.T) {
 			count[r.Topic] += r.N()
 			rows[r.Topic]++
 		}
-		if count["ms-1/acc-1/gw-1/snapshots"] == flood && count["ms-1/acc-1/gw-2/snapshots"] == repeats && count["ms-1/acc-1/gw-3/snapshots"] == 1 {
+		if count[topic.SnapshotsOf("ms-1/acc-1/gw-1")] == flood && count[topic.SnapshotsOf("ms-1/acc-1/gw-2")] == repeats && count[topic.SnapshotsOf("ms-1/acc-1/gw-3")] == 1 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -65,13 +66,13 @@ func TestRejectFlood(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	// The default budget is 20 records per publisher, then one summary.
-	if n := rows["ms-1/acc-1/gw-1/snapshots"]; n > 21 {
+	if n := rows[topic.SnapshotsOf("ms-1/acc-1/gw-1")]; n > 21 {
 		t.Errorf("the flood of %d distinct messages took %d records; want at most 21 (budget + summary)", flood, n)
 	}
-	if n := rows["ms-1/acc-1/gw-2/snapshots"]; n > 2 {
+	if n := rows[topic.SnapshotsOf("ms-1/acc-1/gw-2")]; n > 2 {
 		t.Errorf("%d repeats of one message took %d records; want at most 2 (aggregated + summary)", repeats, n)
 	}
-	if n := rows["ms-1/acc-1/gw-3/snapshots"]; n != 1 {
+	if n := rows[topic.SnapshotsOf("ms-1/acc-1/gw-3")]; n != 1 {
 		t.Errorf("the other device's reject took %d records, want 1", n)
 	}
 	for _, r := range rejects {
@@ -81,7 +82,7 @@ func TestRejectFlood(t *testing.T) {
 		if r.RawHash != nil && len(r.RawHash) != 32 {
 			t.Errorf("reject with a bad hash: %+v", r)
 		}
-		if r.Topic == "ms-1/acc-1/gw-2/snapshots" && r.RawHash != nil && (r.Count < 2 || !bytes.Equal(r.RawHash, sha256Of("the same garbage"))) {
+		if r.Topic == topic.SnapshotsOf("ms-1/acc-1/gw-2") && r.RawHash != nil && (r.Count < 2 || !bytes.Equal(r.RawHash, sha256Of("the same garbage"))) {
 			t.Errorf("repeats not aggregated into one record: %+v", r)
 		}
 	}

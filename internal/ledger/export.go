@@ -59,31 +59,35 @@ type ConsistencyProof struct {
 // and reads.
 const ExportVersion = 1
 
-// ExportHeader is everything of an export except its snapshots.
+// ExportHeader is everything of an export page except its snapshots.
 //
 // # Export format (version 1)
 //
-// An export is one JSON object whose members come in this order, so that
-// it can be written and checked as a stream, one snapshot at a time:
+// An export is one or more pages. A page is one JSON object whose members
+// come in this order, so that it can be written and checked as a stream,
+// one snapshot at a time:
 //
 //	{
 //	  "version":   1,                  always first; a reader refuses any other
 //	  "scope":     "ms-1",             the caller's subtree; "" means everything (admin)
 //	  "from":      "2026-...Z",        the requested measurement-time bounds,
 //	  "to":        "2026-...Z",        RFC 3339; absent when open
-//	  "tree_head": { SignedHead },     the latest signed tree head when the export began
+//	  "after":     "<cursor>",         the previous page's "next"; absent on the first page
+//	  "tree_head": { SignedHead },     the latest signed tree head when the page began
 //	  "snapshots": [ ExportSnapshot, ... ],
 //	  "count":     N,                  the number of snapshots above: a truncated
-//	                                   export never passes for a complete one
-//	  "not_yet_covered": M             snapshots in range that arrived after
-//	                                   tree_head was signed and are left out;
-//	                                   export again a few seconds later for them
+//	                                   page never passes for a complete one
+//	  "not_yet_covered": M,            snapshots in range that arrived after the
+//	                                   first page's tree_head was signed and are
+//	                                   left out; export again later for them
+//	  "next":      "<cursor>"          present when more pages follow: ask for
+//	                                   the next one with after=<cursor>
 //	}
 //
 // Snapshots are in the order of the store's queries: ascending
-// measurement time, then gateway path, device and seq. Readers reject
-// unknown members, members out of order and trailing data; a change of
-// meaning gets a new version.
+// measurement time, then gateway path, device and seq, continuing from
+// page to page. Readers reject unknown members, members out of order and
+// trailing data; a change of meaning gets a new version.
 //
 // The header is not signed: from, to and scope say what was asked for.
 // Each snapshot is proved by its inclusion proof against tree_head, whose
@@ -97,6 +101,7 @@ type ExportHeader struct {
 	Scope    string     `json:"scope"`
 	From     string     `json:"from,omitempty"`
 	To       string     `json:"to,omitempty"`
+	After    string     `json:"after,omitempty"`
 	TreeHead SignedHead `json:"tree_head"`
 }
 
@@ -110,10 +115,11 @@ type ExportSnapshot struct {
 	Proof     []string `json:"proof"`      // hex inclusion proof against the export's tree head
 }
 
-// ExportTrailer ends an export.
+// ExportTrailer ends an export page.
 type ExportTrailer struct {
 	Count         uint64 `json:"count"`
 	NotYetCovered uint64 `json:"not_yet_covered"`
+	Next          string `json:"next,omitempty"`
 }
 
 // ServicesCAName is the common name of the e2e services CA, the only CA
@@ -290,15 +296,19 @@ func (g Gap) String() string {
 // has gaps and gaps are not allowed.
 var ErrGaps = errors.New("hash chain gaps")
 
-// ExportReport is what VerifyExport found.
+// ExportReport is what VerifyExport (or an ExportVerifier) found.
 type ExportReport struct {
-	Header        ExportHeader
-	Head          Checkpoint // the verified tree head
-	Snapshots     int
+	Header        ExportHeader // of the first page
+	Head          Checkpoint   // the verified tree head of the last page
+	Pages         int
+	Snapshots     int // in all pages
 	Devices       int
-	NotYetCovered uint64
-	Gaps          []Gap // at most maxGapsReported
-	MoreGaps      int   // gaps beyond those in Gaps
+	NotYetCovered uint64 // in all pages
+	// Next is the last page's "next": not empty when the export continues
+	// beyond the pages verified (they verify, but are not all of it).
+	Next     string
+	Gaps     []Gap // at most maxGapsReported
+	MoreGaps int   // gaps beyond those in Gaps
 }
 
 // ExportOptions configure VerifyExport.
@@ -317,144 +327,229 @@ const ProgressEvery = 10000
 
 const maxGapsReported = 100
 
-// VerifyExport reads an export as a stream and checks it completely: the
-// tree head's signature and signer, every snapshot's encoding (strict
-// decoding), hash and inclusion proof, and that each device's snapshots
-// chain by seq and prev hash. Memory is bounded by the number of devices
-// (and snapshots that arrive ahead of their predecessor), not the size of
-// the export. Any failure is returned, as a *SnapshotError when it
-// concerns one snapshot.
+// VerifyExport reads a one-page export as a stream and checks it
+// completely; it is an ExportVerifier given one page.
 func VerifyExport(r io.Reader, opts ExportOptions) (*ExportReport, error) {
+	v, err := NewExportVerifier(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.Page(r); err != nil {
+		return nil, err
+	}
+	return v.Finish()
+}
+
+// ExportVerifier checks an export page by page, in order, as one: every
+// page's tree head (signature and signer), every snapshot's encoding
+// (strict decoding), hash and inclusion proof against its page's head,
+// that each page continues where the one before it ended (same scope and
+// bounds, after = the previous next), and, across all pages, that each
+// device's snapshots chain by seq and prev hash. Memory is bounded by the
+// number of devices (and snapshots that arrive ahead of their
+// predecessor), not the size of the export.
+type ExportVerifier struct {
+	opts   ExportOptions
+	rep    *ExportReport
+	chains *chainChecker
+}
+
+// NewExportVerifier returns a verifier for the pages of one export.
+func NewExportVerifier(opts ExportOptions) (*ExportVerifier, error) {
 	if opts.Root == nil {
 		return nil, errors.New("no e2e root certificate to verify against")
 	}
-	rep := &ExportReport{}
+	return &ExportVerifier{opts: opts, rep: &ExportReport{}}, nil
+}
+
+// Page verifies the next page. Any failure is returned, as a
+// *SnapshotError (whose Index counts within the page) when it concerns one
+// snapshot; the verifier must not be used after a failure.
+func (v *ExportVerifier) Page(r io.Reader) error {
+	rep := v.rep
+	if rep.Pages > 0 && rep.Next == "" {
+		return fmt.Errorf("export: page %d follows a page without \"next\": the export ended there", rep.Pages+1)
+	}
 	dec := json.NewDecoder(r)
 	dec.DisallowUnknownFields()
 	if err := expectDelim(dec, '{'); err != nil {
-		return nil, fmt.Errorf("export: %w", err)
+		return fmt.Errorf("export: %w", err)
 	}
 	var (
-		fromBounded bool
-		chains      *chainChecker
-		count       *uint64
-		seen        = map[string]bool{}
+		hdr   ExportHeader
+		head  Checkpoint
+		count *uint64
+		n     int // snapshots in this page
+		tr    ExportTrailer
+		seen  = map[string]bool{}
 	)
-	order := []string{"version", "scope", "from", "to", "tree_head", "snapshots", "count", "not_yet_covered"}
+	order := []string{"version", "scope", "from", "to", "after", "tree_head", "snapshots", "count", "not_yet_covered", "next"}
 	pos := 0
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
-			return nil, fmt.Errorf("export: %w", err)
+			return fmt.Errorf("export: %w", err)
 		}
 		key, _ := tok.(string)
 		i := slices.Index(order, key)
 		switch {
 		case i < 0:
-			return nil, fmt.Errorf("export: unknown member %q", key)
+			return fmt.Errorf("export: unknown member %q", key)
 		case i < pos:
-			return nil, fmt.Errorf("export: member %q repeated or out of order", key)
+			return fmt.Errorf("export: member %q repeated or out of order", key)
 		case pos == 0 && key != "version":
-			return nil, errors.New("export: the first member must be \"version\"")
+			return errors.New("export: the first member must be \"version\"")
 		}
 		seen[key], pos = true, i+1
 		switch key {
 		case "version":
-			if err := dec.Decode(&rep.Header.Version); err != nil {
-				return nil, fmt.Errorf("export version: %w", err)
+			if err := dec.Decode(&hdr.Version); err != nil {
+				return fmt.Errorf("export version: %w", err)
 			}
-			if rep.Header.Version != ExportVersion {
-				return nil, fmt.Errorf("export version %d; this verifier reads version %d", rep.Header.Version, ExportVersion)
+			if hdr.Version != ExportVersion {
+				return fmt.Errorf("export version %d; this verifier reads version %d", hdr.Version, ExportVersion)
 			}
 		case "scope":
-			err = dec.Decode(&rep.Header.Scope)
+			err = dec.Decode(&hdr.Scope)
 		case "from":
-			if err = dec.Decode(&rep.Header.From); err == nil {
-				_, err = time.Parse(time.RFC3339Nano, rep.Header.From)
+			if err = dec.Decode(&hdr.From); err == nil {
+				_, err = time.Parse(time.RFC3339Nano, hdr.From)
 			}
-			fromBounded = true
 		case "to":
-			if err = dec.Decode(&rep.Header.To); err == nil {
-				_, err = time.Parse(time.RFC3339Nano, rep.Header.To)
+			if err = dec.Decode(&hdr.To); err == nil {
+				_, err = time.Parse(time.RFC3339Nano, hdr.To)
+			}
+		case "after":
+			if err = dec.Decode(&hdr.After); err == nil && hdr.After == "" {
+				err = errors.New("empty")
 			}
 		case "tree_head":
-			if err := dec.Decode(&rep.Header.TreeHead); err != nil {
-				return nil, fmt.Errorf("export tree_head: %w", err)
+			if err := dec.Decode(&hdr.TreeHead); err != nil {
+				return fmt.Errorf("export tree_head: %w", err)
 			}
-			if rep.Head, err = VerifyHead(rep.Header.TreeHead, opts.Root); err != nil {
-				return nil, err
+			if head, err = VerifyHead(hdr.TreeHead, v.opts.Root); err != nil {
+				return err
 			}
 		case "snapshots":
 			if !seen["tree_head"] {
-				return nil, errors.New("export: snapshots before tree_head")
+				return errors.New("export: snapshots before tree_head")
 			}
-			chains = newChainChecker(!fromBounded)
-			if err := verifySnapshots(dec, rep, chains, opts); err != nil {
-				return nil, err
+			if err := v.continues(hdr); err != nil {
+				return err
+			}
+			if v.chains == nil {
+				// Chains must start at seq 1 only in an export that
+				// starts at the beginning: no from bound, first page.
+				v.chains = newChainChecker(hdr.From == "" && hdr.After == "")
+			}
+			if err := verifySnapshots(dec, head, v.chains, &n, v.opts.Progress, rep.Snapshots); err != nil {
+				return err
 			}
 		case "count":
 			count = new(uint64)
 			err = dec.Decode(count)
 		case "not_yet_covered":
-			err = dec.Decode(&rep.NotYetCovered)
+			err = dec.Decode(&tr.NotYetCovered)
+		case "next":
+			if err = dec.Decode(&tr.Next); err == nil && tr.Next == "" {
+				err = errors.New("empty")
+			}
 		}
 		if err != nil {
-			return nil, fmt.Errorf("export %s: %w", key, err)
+			return fmt.Errorf("export %s: %w", key, err)
 		}
 	}
 	if err := expectDelim(dec, '}'); err != nil {
-		return nil, fmt.Errorf("export: %w", err)
+		return fmt.Errorf("export: %w", err)
 	}
-	var err error
-	if _, err = dec.Token(); err != io.EOF {
-		return nil, errors.New("export: data after the end of the export")
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("export: data after the end of the export")
 	}
-	if chains == nil {
-		return nil, errors.New("export: no snapshots member")
+	if !seen["snapshots"] {
+		return errors.New("export: no snapshots member")
 	}
 	if count == nil {
-		return nil, errors.New("export: no count: the export is truncated")
+		return errors.New("export: no count: the export is truncated")
 	}
-	if *count != uint64(rep.Snapshots) {
-		return nil, fmt.Errorf("export: count says %d snapshots, the export holds %d: snapshots were added or removed", *count, rep.Snapshots)
+	if *count != uint64(n) {
+		return fmt.Errorf("export: count says %d snapshots, the export holds %d: snapshots were added or removed", *count, n)
 	}
-	rep.Devices = chains.devices()
-	if rep.Gaps, rep.MoreGaps, err = chains.finish(); err != nil {
+	if rep.Pages == 0 {
+		rep.Header = hdr
+	}
+	rep.Pages++
+	rep.Head = head
+	rep.Snapshots += n
+	rep.NotYetCovered += tr.NotYetCovered
+	rep.Next = tr.Next
+	return nil
+}
+
+// continues checks that a page's header follows the pages before it.
+func (v *ExportVerifier) continues(hdr ExportHeader) error {
+	rep := v.rep
+	if rep.Pages == 0 {
+		return nil
+	}
+	first := rep.Header
+	if hdr.Scope != first.Scope || hdr.From != first.From || hdr.To != first.To {
+		return fmt.Errorf("export: page %d is of scope %q from %q to %q; page 1 of scope %q from %q to %q: not the same export",
+			rep.Pages+1, hdr.Scope, hdr.From, hdr.To, first.Scope, first.From, first.To)
+	}
+	if hdr.After != rep.Next {
+		return fmt.Errorf("export: page %d starts after %q, but page %d ended with next %q: pages are missing, repeated or out of order", rep.Pages+1, hdr.After, rep.Pages, rep.Next)
+	}
+	return nil
+}
+
+// Finish resolves the device chains across all pages and returns the
+// report; gaps fail it unless allowed.
+func (v *ExportVerifier) Finish() (*ExportReport, error) {
+	rep := v.rep
+	if rep.Pages == 0 {
+		return nil, errors.New("export: no pages")
+	}
+	rep.Devices = v.chains.devices()
+	var err error
+	if rep.Gaps, rep.MoreGaps, err = v.chains.finish(); err != nil {
 		return rep, err
 	}
-	if len(rep.Gaps) > 0 && !opts.AllowGaps {
+	if len(rep.Gaps) > 0 && !v.opts.AllowGaps {
 		n := len(rep.Gaps) + rep.MoreGaps
 		return rep, fmt.Errorf("%w: %d in the export, first %s", ErrGaps, n, rep.Gaps[0])
 	}
 	return rep, nil
 }
 
-func verifySnapshots(dec *json.Decoder, rep *ExportReport, chains *chainChecker, opts ExportOptions) error {
+// verifySnapshots checks the snapshots array of a page, counting them in
+// *n; before is the number of snapshots of the pages before (for
+// progress).
+func verifySnapshots(dec *json.Decoder, head Checkpoint, chains *chainChecker, n *int, progress func(int), before int) error {
 	if err := expectDelim(dec, '['); err != nil {
 		return fmt.Errorf("export snapshots: %w", err)
 	}
 	for dec.More() {
 		var e ExportSnapshot
 		if err := dec.Decode(&e); err != nil {
-			return fmt.Errorf("export: snapshot #%d: %w", rep.Snapshots+1, err)
+			return fmt.Errorf("export: snapshot #%d: %w", *n+1, err)
 		}
 		fail := func(err error) error {
-			return &SnapshotError{Index: rep.Snapshots, Path: e.Path, Seq: e.Seq, Err: err}
+			return &SnapshotError{Index: *n, Path: e.Path, Seq: e.Seq, Err: err}
 		}
 		enc, err := base64.StdEncoding.DecodeString(e.Snapshot)
 		if err != nil {
 			return fail(errors.New("snapshot: not base64"))
 		}
-		s, err := verifyEntry(rep.Head, e.Path, e.Seq, e.Hash, e.LeafIndex, e.Proof, enc)
+		s, err := verifyEntry(head, e.Path, e.Seq, e.Hash, e.LeafIndex, e.Proof, enc)
 		if err != nil {
 			return fail(err)
 		}
 		if err := chains.add(e.Path, s, snapshot.Hash(enc)); err != nil {
 			return fail(fmt.Errorf("hash chain: %w", err))
 		}
-		rep.Snapshots++
-		if opts.Progress != nil && rep.Snapshots%ProgressEvery == 0 {
-			opts.Progress(rep.Snapshots)
+		*n++
+		if done := before + *n; progress != nil && done%ProgressEvery == 0 {
+			progress(done)
 		}
 	}
 	if err := expectDelim(dec, ']'); err != nil {

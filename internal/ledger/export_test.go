@@ -100,7 +100,7 @@ func newExportFixture(t testing.TB) *exportFixture {
 func (f *exportFixture) export(t testing.TB, members ...any) []byte {
 	t.Helper()
 	m := map[string]any{"version": ExportVersion, "scope": "ms", "from": nil, "to": nil, "tree_head": f.head, "snapshots": f.snap, "count": len(f.snap), "not_yet_covered": 0}
-	order := []string{"version", "scope", "from", "to", "tree_head", "snapshots", "count", "not_yet_covered"}
+	order := []string{"version", "scope", "from", "to", "after", "tree_head", "snapshots", "count", "not_yet_covered", "next"}
 	for i := 0; i+1 < len(members); i += 2 {
 		k := members[i].(string)
 		if !slices.Contains(order, k) {
@@ -159,6 +159,9 @@ func TestVerifyExportFormat(t *testing.T) {
 		{"path of two elements", f.export(t, "snapshots", []ExportSnapshot{{Path: "ms/a", Seq: 1, Snapshot: f.snap[0].Snapshot}}, "count", 1), "want master/account/gateway/device"},
 		{"snapshot of another device", f.export(t, "snapshots", []ExportSnapshot{{Path: "ms/acc/gw/b", Seq: 1, Snapshot: f.snap[0].Snapshot}}, "count", 1), `device "a", not "b"`},
 		{"seq disagrees", f.export(t, "snapshots", []ExportSnapshot{{Path: "ms/acc/gw/a", Seq: 2, Snapshot: f.snap[0].Snapshot}}, "count", 1), "has seq 1, not 2"},
+		{"empty after", f.export(t, "after", ""), "export after: empty"},
+		{"empty next", f.export(t, "next", ""), "export next: empty"},
+		{"next before count", bytes.Replace(f.export(t, "next", "n"), []byte(`"count"`), []byte(`"next":"m","count"`), 1), `"count" repeated or out of order`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -317,6 +320,8 @@ func FuzzVerifyExport(f *testing.F) {
 	f.Add(fx.export(f))
 	f.Add([]byte(`{"version":1,"snapshots":[]}`))
 	f.Add([]byte(`{"version":1,"tree_head":{},"snapshots":[{}],"count":1}`))
+	f.Add(fx.export(f, "after", "a", "next", "b"))
+	f.Add([]byte(`{"version":1,"scope":"","after":"","snapshots":[],"count":0,"next":""}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		rep, err := VerifyExport(bytes.NewReader(b), ExportOptions{Root: fx.root})
 		if err == nil && rep.Snapshots > 0 && rep.Head.Size == 0 {

@@ -27,6 +27,7 @@ package ledger
 import (
 	"context"
 	"crypto"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -208,11 +209,15 @@ func (l *Log) ConsistencyProof(ctx context.Context, size1, size2 uint64) ([][]by
 	return l.fetch(ctx, n)
 }
 
+// ErrBeyondTree is wrapped by the error of a proof asked for a tree larger
+// than the ledger: the asker's mistake, not the ledger's.
+var ErrBeyondTree = errors.New("beyond the ledger")
+
 func (l *Log) checkSize(size uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if size > l.rng.End() {
-		return fmt.Errorf("tree size %d is larger than the ledger (%d)", size, l.rng.End())
+		return fmt.Errorf("tree size %d is larger than the ledger (%d): %w", size, l.rng.End(), ErrBeyondTree)
 	}
 	return nil
 }

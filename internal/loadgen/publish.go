@@ -11,6 +11,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // Publisher sends the sealed snapshots of every gateway to the broker, one
@@ -37,7 +39,7 @@ type Publisher struct {
 
 // GatewayFeed is one gateway's connection identity and its envelopes.
 type GatewayFeed struct {
-	Path string // identity path; the topic is Path + "/snapshots"
+	Path string // identity path; the topic is topic.SnapshotsOf(Path)
 	TLS  *tls.Config
 	File string // written by SealGateway
 }
@@ -106,7 +108,7 @@ func (p *Publisher) runGateway(ctx context.Context, f GatewayFeed) error {
 		return fmt.Errorf("connect: %v", tok.Error())
 	}
 	defer c.Disconnect(250)
-	topic := f.Path + "/snapshots"
+	to := topic.SnapshotsOf(f.Path)
 	var inflight []mqtt.Token
 	wait := func(tok mqtt.Token) error {
 		select {
@@ -143,7 +145,7 @@ func (p *Publisher) runGateway(ctx context.Context, f GatewayFeed) error {
 				return ctx.Err()
 			}
 		}
-		inflight = append(inflight, c.Publish(topic, 1, false, env))
+		inflight = append(inflight, c.Publish(to, 1, false, env))
 	}
 	for _, tok := range inflight {
 		if err := wait(tok); err != nil {

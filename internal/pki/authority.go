@@ -87,6 +87,17 @@ type Records interface {
 	NextCRLNumber(ctx context.Context, domain, issuerSerial string) (int64, error)
 }
 
+// PathRecords is the part of the store that revokes identity paths.
+// store.Store has it; an Authority or Verifier whose records lack it cannot
+// revoke paths (RevokePath fails), so no path is ever revoked in them, and
+// a Verifier then rereads every revoked serial on each Refresh.
+type PathRecords interface {
+	RevokePath(ctx context.Context, r store.PathRevocation) error
+	PathRevocation(ctx context.Context, domain, path string) (store.PathRevocation, error)
+	PathRevocations(ctx context.Context, domain string) ([]store.PathRevocation, error)
+	RevocationVersion(ctx context.Context, domain string) (int64, error)
+}
+
 // Options configure an Authority.
 type Options struct {
 	// Passphrase encrypts CA keys created from now on and decrypts
@@ -144,6 +155,12 @@ func Open(ctx context.Context, dataDir string, domain Domain, records Records, o
 	return a, nil
 }
 
+// ServicesCAName is the common name of a domain's services CA. Verifiers
+// that have the CA itself recognize it by identity; only an offline
+// verifier that has nothing but the root relies on the name (see
+// IdentifyVerifiedChain).
+func ServicesCAName(d Domain) string { return fmt.Sprintf("fieldtrust %s services CA", d) }
+
 // Domain returns the authority's trust domain.
 func (a *Authority) Domain() Domain { return a.domain }
 
@@ -166,6 +183,27 @@ type LeafRequest struct {
 	// DNSNames and IPAddresses make a server certificate (transport only).
 	DNSNames    []string
 	IPAddresses []net.IP
+
+	// AuthenticatedBy is the verified credential the request was made
+	// with (EST re-enrollment and e2e enrollment), or nil (the operator,
+	// or an onboarding certificate, whose claim Authorize checks). Issue
+	// refuses, reading the store under the domain's lock, if any
+	// certificate of it is revoked, or if it was issued before its own
+	// path or Path was revoked (ErrRevoked): a stolen certificate cannot
+	// renew itself past a revocation, however fast it loops.
+	AuthenticatedBy *Credential
+	// Authorize, if set, is called under the domain's lock just before
+	// signing, so that what it checks cannot change before the
+	// certificate is recorded: RevokePath holds the same lock. EST
+	// re-reads the claim there. An error refuses the request.
+	Authorize func(ctx context.Context) error
+}
+
+// Credential is a verified certificate chain and the identity it proves.
+type Credential struct {
+	Domain   Domain
+	Identity Identity
+	Chain    []*x509.Certificate // leaf first, as Verifier.Verify returns it
 }
 
 // Issued is the result of issuing a leaf.
@@ -187,6 +225,9 @@ func (a *Authority) Issue(ctx context.Context, req LeafRequest) (*Issued, error)
 	}
 	if req.PublicKey == nil {
 		return nil, errors.New("issue: no public key")
+	}
+	if err := CheckKey(req.PublicKey, a.domain); err != nil {
+		return nil, fmt.Errorf("issue: %w", err)
 	}
 	if req.Service != "" {
 		if err := ValidateElement(req.Service); err != nil {
@@ -241,8 +282,17 @@ func (a *Authority) Issue(ctx context.Context, req LeafRequest) (*Issued, error)
 	if err != nil {
 		return nil, err
 	}
+	notBefore, err := a.checkAuthority(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if req.Authorize != nil {
+		if err := req.Authorize(ctx); err != nil {
+			return nil, err
+		}
+	}
 
-	tmpl, err := a.leafTemplate(req, issuer)
+	tmpl, err := a.leafTemplate(req, issuer, notBefore)
 	if err != nil {
 		return nil, err
 	}
@@ -263,7 +313,86 @@ func (a *Authority) Issue(ctx context.Context, req LeafRequest) (*Issued, error)
 	return out, nil
 }
 
-func (a *Authority) leafTemplate(req LeafRequest, issuer *x509.Certificate) (*x509.Certificate, error) {
+// checkAuthority checks, with the lock held, that nothing revoked since
+// stands behind req, and returns the earliest NotBefore the new leaf may
+// have: the revocation time of its path, if it was revoked (zero if not),
+// so that revokedByPath never catches a certificate issued afterwards. It
+// waits (at most a second) until that time has come, so the certificate
+// is valid when it is handed out.
+func (a *Authority) checkAuthority(ctx context.Context, req LeafRequest) (time.Time, error) {
+	pr, ok := a.records.(PathRecords)
+	if !ok || req.Path == nil {
+		if cred := req.AuthenticatedBy; cred != nil {
+			return time.Time{}, a.checkCredential(ctx, cred, nil)
+		}
+		return time.Time{}, nil
+	}
+	rev, err := pr.PathRevocation(ctx, string(a.domain), req.Path.String())
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		rev = store.PathRevocation{}
+	case err != nil:
+		return time.Time{}, fmt.Errorf("issue %s: %w", req.Path, err)
+	}
+	if cred := req.AuthenticatedBy; cred != nil {
+		if err := a.checkCredential(ctx, cred, pr); err != nil {
+			return time.Time{}, err
+		}
+		if !rev.RevokedAt.IsZero() && revokedByPath(cred.Chain[0], rev.RevokedAt) {
+			return time.Time{}, fmt.Errorf("issue %s: %w", req.Path, pathRevokedError(req.Path, cred.Chain[0], rev.RevokedAt))
+		}
+	}
+	if wait := time.Until(rev.RevokedAt); wait > 0 {
+		if wait > 2*time.Second {
+			return time.Time{}, fmt.Errorf("issue %s: the path was revoked at %s, in the future; check the clock of the host that ran 'pki revoke'", req.Path, rev.RevokedAt.Format(time.RFC3339))
+		}
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		}
+	}
+	return rev.RevokedAt, nil
+}
+
+// checkCredential refuses a credential any certificate of which the store
+// records as revoked, or whose leaf was issued before its path was revoked
+// (pr may be nil). It reads the store, not a Verifier's snapshot, which may
+// be a second old.
+func (a *Authority) checkCredential(ctx context.Context, cred *Credential, pr PathRecords) error {
+	if len(cred.Chain) == 0 {
+		return errors.New("issue: empty authenticating chain")
+	}
+	for _, c := range cred.Chain {
+		rec, err := a.records.Certificate(ctx, string(cred.Domain), SerialHex(c.SerialNumber))
+		if errors.Is(err, store.ErrNotFound) {
+			continue // the root of a fixed-state domain, or a certificate of another store
+		}
+		if err != nil {
+			return fmt.Errorf("issue: check the authenticating certificate: %w", err)
+		}
+		if rec.Revoked() {
+			return fmt.Errorf("issue: %w: %q (serial %s, reason %s)", ErrRevoked, rec.Name, rec.Serial, ReasonName(rec.Reason))
+		}
+	}
+	if pr == nil || cred.Identity.IsService() {
+		return nil
+	}
+	rev, err := pr.PathRevocation(ctx, string(cred.Domain), cred.Identity.Path.String())
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("issue: check the authenticating certificate: %w", err)
+	case revokedByPath(cred.Chain[0], rev.RevokedAt):
+		return fmt.Errorf("issue: %w", pathRevokedError(cred.Identity.Path, cred.Chain[0], rev.RevokedAt))
+	}
+	return nil
+}
+
+func (a *Authority) leafTemplate(req LeafRequest, issuer *x509.Certificate, earliest time.Time) (*x509.Certificate, error) {
 	validity := req.Validity
 	if validity == 0 {
 		validity = DefaultLeafValidity
@@ -282,6 +411,11 @@ func (a *Authority) leafTemplate(req LeafRequest, issuer *x509.Certificate) (*x5
 		notBefore = now.Add(-min(backdate, validity/10))
 	} else {
 		notAfter = notBefore.Add(validity)
+	}
+	if notBefore.Before(earliest) {
+		// After a path revocation the backdating must not reach behind
+		// it, or the new certificate would count as revoked.
+		notBefore = earliest
 	}
 	cn := req.Service
 	if req.Path != nil {
@@ -349,7 +483,7 @@ func (a *Authority) loadOrCreateCA(ctx context.Context, name string, parent *x50
 		subject.CommonName = fmt.Sprintf("fieldtrust %s root CA", a.domain)
 		t.MaxPathLen = 2
 	case KindServicesCA:
-		subject.CommonName = fmt.Sprintf("fieldtrust %s services CA", a.domain)
+		subject.CommonName = ServicesCAName(a.domain)
 		t.MaxPathLen, t.MaxPathLenZero = 0, true
 	case KindMasterCA:
 		subject.CommonName = cn

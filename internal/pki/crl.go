@@ -78,8 +78,63 @@ func (a *Authority) Revoke(ctx context.Context, serial *big.Int, reason int) (st
 	return a.records.Certificate(ctx, string(a.domain), rec.Serial)
 }
 
+// RevokePath revokes the identity path p, not just its certificates of
+// the moment: every certificate of p issued before now is refused wherever
+// it is presented (Verifier, from its next Refresh), Issue refuses to issue
+// on the authority of such a certificate (re-enrollment) from this call
+// on, reading the store, and in the transport domain p's device claims are
+// revoked, so the onboarding certificate cannot buy p again either. The
+// valid leaves of p are revoked too, so that CRLs (what gateways read) list
+// them. It returns them.
+//
+// Certificates issued later get a NotBefore no earlier than the revocation
+// (Issue waits for it, at most a second), so a path can be enrolled again
+// by a deliberate operator step: a new claim, or 'pki issue'. It holds the
+// domain's lock, as Issue does, so no issuance interleaves: a certificate
+// is either issued before (and revoked here) or refused after.
+func (a *Authority) RevokePath(ctx context.Context, p Path, reason int) ([]store.Certificate, error) {
+	pr, ok := a.records.(PathRecords)
+	if !ok {
+		return nil, fmt.Errorf("revoke %s: this store cannot record path revocations", p)
+	}
+	unlock, err := a.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	list, err := a.records.ListCertificates(ctx, store.CertFilter{Domain: string(a.domain), Name: p.String(), Kinds: []string{KindLeaf}})
+	if err != nil {
+		return nil, err
+	}
+	if len(list) == 0 {
+		return nil, fmt.Errorf("revoke: no leaf certificate was ever issued for %q in the %s PKI; see 'fieldtrust pki list': %w", p, a.domain, store.ErrNotFound)
+	}
+	// Every certificate issued until now has a NotBefore in a whole second
+	// before this one (x509 times have whole seconds).
+	at := time.Now().Truncate(time.Second).Add(time.Second)
+	if err := pr.RevokePath(ctx, store.PathRevocation{Domain: string(a.domain), Path: p.String(), RevokedAt: at, Reason: reason, RevokeClaims: a.domain == Transport}); err != nil {
+		return nil, err
+	}
+	a.log.Warn("identity path revoked", "path", p.String(), "reason", ReasonName(reason), "revoked_at", at)
+	var done []store.Certificate
+	now := time.Now()
+	for _, c := range list {
+		if c.Kind != KindLeaf || c.Revoked() || now.After(c.NotAfter) {
+			continue
+		}
+		n, _ := new(big.Int).SetString(c.Serial, 16)
+		r, err := a.Revoke(ctx, n, reason)
+		if err != nil {
+			return done, fmt.Errorf("revoked path %s, but putting certificate %s on the CRL failed: %w", p, c.Serial, err)
+		}
+		done = append(done, r)
+	}
+	return done, nil
+}
+
 // RevokeName revokes the valid (unrevoked, unexpired) certificates of an
 // identity or service name: leaves, or with ca set, the CA of that path.
+// For an identity path's leaves, RevokePath is what cuts a holder off.
 func (a *Authority) RevokeName(ctx context.Context, name string, ca bool, reason int) ([]store.Certificate, error) {
 	list, err := a.records.ListCertificates(ctx, store.CertFilter{Domain: string(a.domain), Name: name})
 	if err != nil {

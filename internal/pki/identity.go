@@ -2,6 +2,7 @@ package pki
 
 import (
 	"crypto/x509"
+	"encoding/asn1"
 	"errors"
 	"fmt"
 )
@@ -45,6 +46,11 @@ func IdentityFromChain(chain []*x509.Certificate, servicesCA *x509.Certificate) 
 		return Identity{}, fmt.Errorf("%w: chain of %d certificates; a leaf must be issued by an intermediate CA, not the root", ErrNotInNamespace, len(chain))
 	}
 	leaf, cas := chain[0], chain[1:len(chain)-1]
+	for _, c := range chain[:len(chain)-1] {
+		if n := commonNames(c); n != 1 {
+			return Identity{}, fmt.Errorf("%w: %q has %d common name attributes; exactly one names an identity", ErrNotInNamespace, c.Subject.CommonName, n)
+		}
+	}
 	if leaf.IsCA {
 		return Identity{}, fmt.Errorf("%w: certificate %q is a CA, not a leaf", ErrNotInNamespace, leaf.Subject.CommonName)
 	}
@@ -85,4 +91,44 @@ func IdentityFromChain(chain []*x509.Certificate, servicesCA *x509.Certificate) 
 		return Identity{}, fmt.Errorf("%w: leaf %q issued by CA %q", ErrNotInNamespace, p, ns)
 	}
 	return Identity{Path: p}, nil
+}
+
+// IdentifyVerifiedChain names the holder of a chain that was verified
+// against the domain's root (leaf first, root last) where nothing but the
+// root is known, as in an auditor's 'fieldtrust open': IdentityFromChain,
+// with the services CA recognized as the CA directly below the root whose
+// common name is ServicesCAName(domain), and the domain's key rule
+// (CheckKey). The name is safe to rely on: master-account CA names are
+// identity elements, which cannot contain the spaces of the services CA's
+// name, so no account CA can pass for it. Revocation is the caller's (CRLs).
+func IdentifyVerifiedChain(domain Domain, chain []*x509.Certificate) (Identity, error) {
+	var services *x509.Certificate
+	if len(chain) == 3 && chain[1].IsCA && chain[1].Subject.CommonName == ServicesCAName(domain) {
+		services = chain[1]
+	}
+	id, err := IdentityFromChain(chain, services)
+	if err != nil {
+		return Identity{}, err
+	}
+	if err := CheckKey(chain[0].PublicKey, domain); err != nil {
+		return Identity{}, fmt.Errorf("certificate %q: %w", chain[0].Subject.CommonName, err)
+	}
+	return id, nil
+}
+
+var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
+
+// commonNames counts the CN attributes of c's subject. Exactly one is
+// accepted: with two, Go's Subject.CommonName is the last while other
+// software (an external broker's use_identity_as_username, OpenSSL's
+// -subject output) may read the first, and the two would disagree about
+// whose certificate it is.
+func commonNames(c *x509.Certificate) int {
+	n := 0
+	for _, a := range c.Subject.Names {
+		if a.Type.Equal(oidCommonName) {
+			n++
+		}
+	}
+	return n
 }

@@ -3,12 +3,15 @@ package pki
 import (
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -215,4 +218,80 @@ func subjectKeyID(pub crypto.PublicKey) ([]byte, error) {
 	}
 	sum := sha256.Sum256(spki.PublicKey.Bytes)
 	return sum[:20], nil
+}
+
+// ErrKeyNotAccepted is returned (wrapped) for a public key of a type or
+// size the domain does not accept.
+var ErrKeyNotAccepted = errors.New("key not accepted")
+
+// MinRSABits is the smallest RSA modulus accepted anywhere: 112-bit
+// security (NIST SP 800-57), what EST has always required.
+const MinRSABits = 2048
+
+// CheckKey enforces the key types and sizes of a domain. It is the one
+// rule for CSRs (EST), for issuing (Issue) and for every certificate
+// presented to the platform (Verifier.Identify, and so the HTTPS guard, the
+// broker and envelope signers): a key that EST would refuse cannot enter
+// through a CA key, an old certificate or another listener either.
+//
+// Transport accepts ECDSA P-256/P-384/P-521, Ed25519 and RSA of at least
+// MinRSABits; e2e only ECDSA P-256 and P-384, since payloads are sealed
+// with ECDH (package envelope).
+func CheckKey(pub crypto.PublicKey, domain Domain) error {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256(), elliptic.P384():
+			return nil
+		case elliptic.P521():
+			if domain == Transport {
+				return nil
+			}
+		}
+		return fmt.Errorf("%w: a key on curve %s is not accepted for %s; use P-256 or P-384", ErrKeyNotAccepted, k.Curve.Params().Name, domain)
+	case *rsa.PublicKey:
+		if domain == Transport && k.N.BitLen() >= MinRSABits {
+			return nil
+		}
+		if domain == Transport {
+			return fmt.Errorf("%w: an RSA-%d key is not accepted; use ECDSA P-256/P-384/P-521, Ed25519 or RSA of at least %d bits", ErrKeyNotAccepted, k.N.BitLen(), MinRSABits)
+		}
+	case ed25519.PublicKey:
+		if domain == Transport {
+			return nil
+		}
+	}
+	if domain == E2E {
+		return fmt.Errorf("%w: a %s key is not accepted for e2e: use ECDSA P-256 or P-384 (payloads are sealed with ECDH)", ErrKeyNotAccepted, keyType(pub))
+	}
+	return fmt.Errorf("%w: a %s key is not accepted: use ECDSA P-256/P-384/P-521, Ed25519 or RSA of at least %d bits", ErrKeyNotAccepted, keyType(pub), MinRSABits)
+}
+
+func keyType(pub crypto.PublicKey) string {
+	switch pub.(type) {
+	case *ecdsa.PublicKey:
+		return "ECDSA"
+	case *rsa.PublicKey:
+		return "RSA"
+	case ed25519.PublicKey:
+		return "Ed25519"
+	}
+	return fmt.Sprintf("%T", pub)
+}
+
+// KeyID identifies a CA by its public key: the SHA-256 of its DER
+// SubjectPublicKeyInfo, lowercase hex. Unlike a subject or a
+// subjectKeyIdentifier extension, which any CA can copy, it cannot be
+// claimed by a CA that lacks the key: a certificate verifies under a CA
+// only if that key signed it. Claims name manufacturer CAs by it.
+func KeyID(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+	return hex.EncodeToString(sum[:])
+}
+
+// Fingerprint is the SHA-256 of a certificate's DER, lowercase hex, as
+// 'openssl x509 -fingerprint -sha256' prints it without colons.
+func Fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:])
 }

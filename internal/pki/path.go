@@ -1,82 +1,42 @@
 package pki
 
 import (
-	"errors"
-	"fmt"
 	"strings"
+
+	"github.com/fieldtrust/fieldtrust/internal/ident"
 )
 
 // MaxPathElements is the depth of the account hierarchy: master account,
 // account, device.
-const MaxPathElements = 3
+const MaxPathElements = ident.MaxPathElements
 
-// maxElementLen bounds one identity element. It keeps topics, file names and
-// certificate subjects short and predictable.
-const maxElementLen = 64
+// maxElementLen bounds one identity element.
+const maxElementLen = ident.MaxElementLen
 
-// ErrInvalidPath is wrapped by every error ParsePath and ValidateElement return.
-var ErrInvalidPath = errors.New("invalid identity path")
+// ErrInvalidPath is wrapped by every error ParsePath and ValidateElement
+// return. It is ident.ErrInvalid: the rule lives in package ident.
+var ErrInvalidPath = ident.ErrInvalid
 
 // Path is a validated identity path such as ms-acc-1/acc-1/dev-1: a master
-// account, optionally an account below it and a device below that. The zero
-// Path is not valid; obtain one from ParsePath.
-//
-// A Path is safe to use as an MQTT topic prefix, a file name component and a
-// URL path: its elements never contain '/', '+', '#', '$', NUL, whitespace or
-// non-ASCII bytes, and are never "." or "..".
+// account, optionally an account below it, optionally a device below that.
+// Construct it with ParsePath only.
 type Path []string
 
 // ParsePath parses and validates s. It is the only way untrusted text becomes
-// a Path; every caller (CLI, broker, EST, ingest, web) goes through it.
+// a Path; every caller (CLI, broker, EST, ingest, web) goes through it. The
+// syntax is ident.SplitPath's: 1 to 3 elements, each ValidateElement's, the
+// master not one of the platform's own first topic levels ("pki").
 func ParsePath(s string) (Path, error) {
-	if s == "" {
-		return nil, fmt.Errorf("%w: empty", ErrInvalidPath)
-	}
-	elems := strings.Split(s, "/")
-	if len(elems) > MaxPathElements {
-		return nil, fmt.Errorf("%w: %q has %d elements; at most %d (master/account/device)", ErrInvalidPath, s, len(elems), MaxPathElements)
-	}
-	for i, e := range elems {
-		if problem := elementProblem(e); problem != "" {
-			return nil, fmt.Errorf("%w: %q element %d: %s", ErrInvalidPath, s, i+1, problem)
-		}
+	elems, err := ident.SplitPath(s)
+	if err != nil {
+		return nil, err
 	}
 	return Path(elems), nil
 }
 
-// ValidateElement reports whether e may be one element of an identity path:
-// 1 to 64 characters from [A-Za-z0-9._-], and not "." or "..".
-//
-// "." and ".." match the character class but are refused: they would be
-// path traversal wherever an element names a file or a URL segment.
-func ValidateElement(e string) error {
-	if problem := elementProblem(e); problem != "" {
-		return fmt.Errorf("%w: %q: %s", ErrInvalidPath, e, problem)
-	}
-	return nil
-}
-
-// elementProblem says what is wrong with e, or "" if nothing is.
-func elementProblem(e string) string {
-	if e == "" {
-		return "empty element"
-	}
-	if len(e) > maxElementLen {
-		return fmt.Sprintf("element is %d characters long; at most %d", len(e), maxElementLen)
-	}
-	if e == "." || e == ".." {
-		return fmt.Sprintf("element %q is reserved", e)
-	}
-	for i := 0; i < len(e); i++ {
-		c := e[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '.', c == '_', c == '-':
-		default:
-			return fmt.Sprintf("character %q at offset %d is not allowed; use only A-Z a-z 0-9 . _ -", c, i)
-		}
-	}
-	return ""
-}
+// ValidateElement reports whether e may be one element of an identity path
+// or a service name: ident.ValidateElement.
+func ValidateElement(e string) error { return ident.ValidateElement(e) }
 
 // String returns the path in its canonical form, elements joined by '/'.
 func (p Path) String() string { return strings.Join(p, "/") }

@@ -36,6 +36,11 @@ func TestParsePath(t *testing.T) {
 		{"ms/../x", false, ""},
 		{strings.Repeat("a", 65), false, ""},
 		{"$share/g/x", false, ""},
+		// The platform's own first topic level is no identity.
+		{"pki", false, ""},
+		{"pki/crl/transport", false, ""},
+		{"PKI/crl", false, ""},
+		{"ms/pki/dev", true, "ms/pki/dev"},
 	}
 	for _, tt := range tests {
 		p, err := ParsePath(tt.in)

@@ -6,6 +6,7 @@ import (
 	"crypto"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
@@ -85,6 +86,31 @@ func signWith(t *testing.T, issuer *x509.Certificate, signer crypto.Signer, cn s
 		IsCA:                  isCA,
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, pub, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// signTemplate completes tmpl as a clientAuth certificate valid for an hour
+// and signs it with signer, bypassing Issue.
+func signTemplate(t *testing.T, issuer *x509.Certificate, signer crypto.Signer, tmpl *x509.Certificate, pub crypto.PublicKey) *x509.Certificate {
+	t.Helper()
+	serial, _ := newSerial()
+	tmpl.SerialNumber = serial
+	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
+	tmpl.BasicConstraintsValid = true
+	if tmpl.IsCA {
+		tmpl.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign
+	} else {
+		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, pub, signer)
 	if err != nil {
@@ -228,6 +254,42 @@ func TestIdentity(t *testing.T) {
 		want    string
 		wantErr error
 	}{"leaf signs a leaf", byLeaf, []*x509.Certificate{dev3, accountCA, masterCA}, "", ErrUntrusted})
+
+	// What the CA keys can mint that the identity rules must still refuse:
+	// a leaf with two CN attributes (Go reads the last, other brokers the
+	// first), an RSA key below EST's minimum, and identities below a
+	// master CA named like the platform's own topics (pki/crl/...).
+	accountKey := mustKey(t, p.t, "ms-acc-1+acc-1")
+	twoCNs := signTemplate(t, accountCA, accountKey, &x509.Certificate{Subject: pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{
+		{Type: oidCommonName, Value: "ms-acc-1/acc-1/victim"}, {Type: oidCommonName, Value: "ms-acc-1/acc-1/dev-1"},
+	}}}, k2.Public())
+	rsa1024, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	weak := signTemplate(t, accountCA, accountKey, &x509.Certificate{Subject: pkix.Name{CommonName: "ms-acc-1/acc-1/weak"}}, rsa1024.Public())
+	rsa2048, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	strong := signTemplate(t, accountCA, accountKey, &x509.Certificate{Subject: pkix.Name{CommonName: "ms-acc-1/acc-1/strong"}}, rsa2048.Public())
+	pkiCAKey, _ := GenerateKey(elliptic.P384())
+	pkiCA := signTemplate(t, p.t.Root(), mustKey(t, p.t, "root"), &x509.Certificate{Subject: pkix.Name{CommonName: "pki"}, IsCA: true, MaxPathLen: 1}, pkiCAKey.Public())
+	pkiLeaf := signTemplate(t, pkiCA, pkiCAKey, &x509.Certificate{Subject: pkix.Name{CommonName: "pki"}}, k2.Public())
+	for _, row := range []struct {
+		name    string
+		leaf    *x509.Certificate
+		inter   []*x509.Certificate
+		want    string
+		wantErr error
+	}{
+		{"two common names", twoCNs, dev.Chain[1:], "", ErrNotInNamespace},
+		{"RSA-1024 key", weak, dev.Chain[1:], "", ErrKeyNotAccepted},
+		{"RSA-2048 key", strong, dev.Chain[1:], "ms-acc-1/acc-1/strong", nil},
+		{"identity named like the CRL topics", pkiLeaf, []*x509.Certificate{pkiCA}, "", ErrInvalidPath},
+	} {
+		tests = append(tests, row)
+	}
 
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -645,5 +707,41 @@ func TestShortLifetime(t *testing.T) {
 	now := time.Now()
 	if !iss.Cert.NotAfter.After(now.Add(8*time.Second)) || iss.Cert.NotBefore.Before(now.Add(-2*time.Second)) {
 		t.Fatalf("10 s certificate valid %v .. %v at %v", iss.Cert.NotBefore, iss.Cert.NotAfter, now)
+	}
+}
+
+// TestIdentifyVerifiedChain: offline naming (what 'fieldtrust open' uses)
+// applies the namespace rule and recognizes the services CA below the root.
+func TestIdentifyVerifiedChain(t *testing.T) {
+	p := newTestPKI(t, Options{})
+	dev, _ := issue(t, p.e, "ms-acc-1/acc-1/dev-1")
+	svcKey, _ := GenerateKey(elliptic.P256())
+	svc, err := p.e.Issue(t.Context(), LeafRequest{Service: "ledger", PublicKey: svcKey.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	accountCA := dev.Chain[1]
+	outside := forge(t, p.e, "ms-acc-1+acc-1", accountCA, "ms-acc-2/acc-1/dev-1", false)
+	tests := []struct {
+		name  string
+		chain []*x509.Certificate
+		want  string
+	}{
+		{"device", append(dev.Chain, p.e.Root()), "ms-acc-1/acc-1/dev-1"},
+		{"service", append(svc.Chain, p.e.Root()), "service:ledger"},
+		{"outside the namespace", []*x509.Certificate{outside, dev.Chain[1], dev.Chain[2], p.e.Root()}, ""},
+		{"service name below an account", []*x509.Certificate{forge(t, p.e, "ms-acc-1+acc-1", accountCA, "ledger", false), dev.Chain[1], dev.Chain[2], p.e.Root()}, ""},
+	}
+	for _, tt := range tests {
+		id, err := IdentifyVerifiedChain(E2E, tt.chain)
+		if tt.want == "" {
+			if err == nil {
+				t.Errorf("%s: identity %q, want an error", tt.name, id)
+			}
+			continue
+		}
+		if err != nil || id.String() != tt.want {
+			t.Errorf("%s: %q, %v; want %q", tt.name, id, err, tt.want)
+		}
 	}
 }

@@ -23,16 +23,21 @@ var ErrRevoked = errors.New("certificate revoked")
 var ErrUntrusted = errors.New("certificate not trusted")
 
 // Verifier checks certificate chains of one trust domain: signature chain to
-// the root, validity, namespace (IdentityFromChain) and revocation. Its
-// revocation state is a snapshot that Refresh replaces atomically, so the
-// broker can keep verifying while the operator revokes from the CLI.
+// the root, validity, namespace (IdentityFromChain), key (CheckKey) and
+// revocation, of serials and of identity paths. Its revocation state is a
+// snapshot that Refresh replaces atomically, so the broker can keep
+// verifying while the operator revokes from the CLI.
 type Verifier struct {
 	domain   Domain
 	root     *x509.Certificate
 	services *x509.Certificate
 	roots    *x509.CertPool
-	records  Records                        // nil for a verifier built from fixed state
-	revoked  atomic.Pointer[map[string]int] // serial hex -> CRL reason; never nil after construction
+	records  Records                         // nil for a verifier built from fixed state
+	state    atomic.Pointer[revocationState] // never nil after construction
+	// version is the store's revocation version state was loaded at;
+	// -1 before the first load. Guarded by refreshMu.
+	refreshMu sync.Mutex
+	version   int64
 
 	// chains caches x509 chain building, the expensive part of Verify
 	// (one ECDSA verification per link), per leaf + intermediates + usage.
@@ -42,15 +47,13 @@ type Verifier struct {
 	chains map[[32]byte]cachedChains
 
 	// cas holds the domain's intermediate CAs known from the store, so
-	// that signers named only by key id (their chain not embedded) verify.
-	cas atomic.Pointer[caSet]
-	// casMu serializes on-miss CA reloads, so that a concurrent caller
-	// that missed waits for the reload and retries with its result.
+	// that signers named only by key id (their chain not embedded) and
+	// clients presenting their leaf alone verify. Written under casMu.
+	cas   atomic.Pointer[caSet]
 	casMu sync.Mutex
 
-	leavesMu  sync.Mutex
-	leaves    leafIndex // guarded by leavesMu
-	casLoaded time.Time // last on-miss CA reload; guarded by leavesMu
+	leavesMu sync.Mutex
+	leaves   leafIndex // guarded by leavesMu
 }
 
 // leafIndex maps subject key IDs to the domain's leaf certificates, so
@@ -64,6 +67,12 @@ type leafIndex struct {
 // leafRescan limits how often a lookup miss rescans the store, so a flood
 // of envelopes naming unknown keys costs one scan per interval, not one each.
 const leafRescan = time.Second
+
+// revocationState is what a Verifier knows about revocation.
+type revocationState struct {
+	serials map[string]int       // serial hex -> CRL reason
+	paths   map[string]time.Time // identity path -> revoked at (see revokedByPath)
+}
 
 type caSet struct {
 	pool    *x509.CertPool
@@ -94,21 +103,33 @@ func (a *Authority) Verifier(ctx context.Context) (*Verifier, error) {
 // and a fixed set of revoked serials (lowercase hex), as a field gateway
 // knows them from CRLs.
 func NewVerifier(domain Domain, root, services *x509.Certificate, revoked map[string]int) *Verifier {
-	v := &Verifier{domain: domain, root: root, services: services, roots: x509.NewCertPool()}
+	v := &Verifier{domain: domain, root: root, services: services, roots: x509.NewCertPool(), version: -1}
 	v.roots.AddCert(root)
-	r := maps.Clone(revoked)
-	if r == nil {
-		r = map[string]int{}
-	}
-	v.revoked.Store(&r)
+	v.SetRevoked(revoked)
 	return v
 }
 
 // Refresh reloads the revocation state from the store and reports whether
-// it changed.
+// it changed. It first reads the store's revocation version (one row) and
+// reloads only when that moved, so polling it every second costs one small
+// query however many certificates the domain has.
 func (v *Verifier) Refresh(ctx context.Context) (changed bool, err error) {
 	if v.records == nil {
 		return false, nil
+	}
+	v.refreshMu.Lock()
+	defer v.refreshMu.Unlock()
+	pr, paths := v.records.(PathRecords)
+	var version int64
+	if paths {
+		// Read the version before the state: a revocation in between is
+		// then loaded now and seen again (harmlessly) next time.
+		if version, err = pr.RevocationVersion(ctx, string(v.domain)); err != nil {
+			return false, fmt.Errorf("refresh %s revocations: %w", v.domain, err)
+		}
+		if version == v.version {
+			return false, nil
+		}
 	}
 	if err := v.loadCAs(ctx); err != nil {
 		return false, err
@@ -117,26 +138,66 @@ func (v *Verifier) Refresh(ctx context.Context) (changed bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("refresh %s revocations: %w", v.domain, err)
 	}
-	next := make(map[string]int, len(list))
+	next := &revocationState{serials: make(map[string]int, len(list)), paths: map[string]time.Time{}}
 	for _, c := range list {
-		next[c.Serial] = c.Reason
+		next.serials[c.Serial] = c.Reason
 	}
-	if maps.Equal(next, *v.revoked.Load()) {
+	if paths {
+		revs, err := pr.PathRevocations(ctx, string(v.domain))
+		if err != nil {
+			return false, fmt.Errorf("refresh %s path revocations: %w", v.domain, err)
+		}
+		for _, r := range revs {
+			next.paths[r.Path] = r.RevokedAt
+		}
+	}
+	v.version = version
+	old := v.state.Load()
+	if maps.Equal(next.serials, old.serials) && maps.EqualFunc(next.paths, old.paths, time.Time.Equal) {
 		return false, nil
 	}
-	v.revoked.Store(&next)
+	v.state.Store(next)
 	return true, nil
 }
 
+var caKinds = []string{KindMasterCA, KindAccountCA, KindServicesCA}
+
 // loadCAs adds intermediate CAs created since the last call.
 func (v *Verifier) loadCAs(ctx context.Context) error {
-	all, err := v.records.ListCertificates(ctx, store.CertFilter{Domain: string(v.domain)})
+	all, err := v.records.ListCertificates(ctx, store.CertFilter{Domain: string(v.domain), Kinds: caKinds})
 	if err != nil {
 		return fmt.Errorf("load %s CAs: %w", v.domain, err)
 	}
+	_, err = v.addCAs(all)
+	return err
+}
+
+// loadPathCAs adds the master-account and account CAs named by leaf's
+// common name, if it is an identity path, and reports whether any was new.
+func (v *Verifier) loadPathCAs(ctx context.Context, leaf *x509.Certificate) (bool, error) {
+	p, err := ParsePath(leaf.Subject.CommonName)
+	if err != nil {
+		return false, nil
+	}
+	var recs []store.Certificate
+	for i := 1; i <= len(p) && i <= 2; i++ {
+		list, err := v.records.ListCertificates(ctx, store.CertFilter{Domain: string(v.domain), Name: p[:i].String(), Kinds: caKinds})
+		if err != nil {
+			return false, fmt.Errorf("load %s CAs of %s: %w", v.domain, p, err)
+		}
+		recs = append(recs, list...)
+	}
+	return v.addCAs(recs)
+}
+
+// addCAs adds the CA records not known yet to the CA set (copy on write)
+// and reports whether there were any.
+func (v *Verifier) addCAs(recs []store.Certificate) (bool, error) {
+	v.casMu.Lock()
+	defer v.casMu.Unlock()
 	old := v.cas.Load()
 	var added []*x509.Certificate
-	for _, c := range all {
+	for _, c := range recs {
 		if c.Kind != KindMasterCA && c.Kind != KindAccountCA && c.Kind != KindServicesCA {
 			continue
 		}
@@ -145,12 +206,12 @@ func (v *Verifier) loadCAs(ctx context.Context) error {
 		}
 		cert, err := x509.ParseCertificate(c.DER)
 		if err != nil {
-			return fmt.Errorf("CA %s in the store: %w", c.Name, err)
+			return false, fmt.Errorf("CA %s in the store: %w", c.Name, err)
 		}
 		added = append(added, cert)
 	}
 	if len(added) == 0 && old != nil {
-		return nil
+		return false, nil
 	}
 	next := &caSet{pool: x509.NewCertPool(), serials: map[string]bool{}}
 	if old != nil {
@@ -162,7 +223,7 @@ func (v *Verifier) loadCAs(ctx context.Context) error {
 		next.serials[SerialHex(c.SerialNumber)] = true
 	}
 	v.cas.Store(next)
-	return nil
+	return len(added) > 0, nil
 }
 
 // ErrUnknownKey is returned by LeafBySKI when no certificate of the domain
@@ -203,13 +264,14 @@ func (v *Verifier) LeafBySKI(ctx context.Context, ski []byte) (*x509.Certificate
 	return nil, ErrUnknownKey
 }
 
-// SetRevoked replaces the revocation state, e.g. from freshly received CRLs.
+// SetRevoked replaces the revoked serials, e.g. from freshly received
+// CRLs. It forgets path revocations, which only the store knows.
 func (v *Verifier) SetRevoked(revoked map[string]int) {
 	r := maps.Clone(revoked)
 	if r == nil {
 		r = map[string]int{}
 	}
-	v.revoked.Store(&r)
+	v.state.Store(&revocationState{serials: r, paths: map[string]time.Time{}})
 }
 
 // Roots returns a pool holding the domain's root, for tls.Config.ClientCAs
@@ -222,13 +284,35 @@ func (v *Verifier) Root() *x509.Certificate { return v.root }
 // CheckRevoked returns an error wrapping ErrRevoked if any certificate of
 // chain is revoked. Revoking a CA thus revokes everything below it.
 func (v *Verifier) CheckRevoked(chain []*x509.Certificate) error {
-	revoked := *v.revoked.Load()
+	revoked := v.state.Load().serials
 	for _, c := range chain {
 		if reason, ok := revoked[SerialHex(c.SerialNumber)]; ok {
 			return fmt.Errorf("%w: %q (serial %s, reason %s)", ErrRevoked, c.Subject.CommonName, SerialHex(c.SerialNumber), ReasonName(reason))
 		}
 	}
 	return nil
+}
+
+// checkPathRevoked returns an error wrapping ErrRevoked if leaf, the
+// certificate of identity id, was issued before id's path was revoked.
+func (v *Verifier) checkPathRevoked(id Identity, leaf *x509.Certificate) error {
+	if id.IsService() {
+		return nil
+	}
+	if at, ok := v.state.Load().paths[id.Path.String()]; ok && revokedByPath(leaf, at) {
+		return pathRevokedError(id.Path, leaf, at)
+	}
+	return nil
+}
+
+// revokedByPath is the one rule of path revocation: a certificate of a path
+// revoked at time at is revoked if it was issued before at. Issue keeps
+// NotBefore of every certificate issued after a revocation at or after at
+// (see Authority.RevokePath), so NotBefore tells the two apart.
+func revokedByPath(c *x509.Certificate, at time.Time) bool { return c.NotBefore.Before(at) }
+
+func pathRevokedError(p Path, c *x509.Certificate, at time.Time) error {
+	return fmt.Errorf("%w: %q (serial %s) was issued before its path was revoked at %s", ErrRevoked, p, SerialHex(c.SerialNumber), at.UTC().Format(time.RFC3339))
 }
 
 // Identify derives the identity of an already verified chain and checks
@@ -241,7 +325,13 @@ func (v *Verifier) Identify(chain []*x509.Certificate) (Identity, error) {
 	if err != nil {
 		return Identity{}, err
 	}
+	if err := CheckKey(chain[0].PublicKey, v.domain); err != nil {
+		return Identity{}, fmt.Errorf("certificate %q: %w", chain[0].Subject.CommonName, err)
+	}
 	if err := v.CheckRevoked(chain); err != nil {
+		return Identity{}, err
+	}
+	if err := v.checkPathRevoked(id, chain[0]); err != nil {
 		return Identity{}, err
 	}
 	return id, nil
@@ -291,10 +381,15 @@ func (v *Verifier) buildChains(leaf *x509.Certificate, intermediates []*x509.Cer
 	seen := v.cas.Load()
 	chains, err := v.verifyWithCAs(leaf, intermediates, at, usage)
 	var unknown x509.UnknownAuthorityError
-	if errors.As(err, &unknown) && v.records != nil && v.reloadCAs(seen) {
+	if errors.As(err, &unknown) && v.records != nil {
 		// A CA created since the last refresh (a new account enrolled its
-		// first device): the domain's CAs were reloaded; try again.
-		chains, err = v.verifyWithCAs(leaf, intermediates, at, usage)
+		// first device, which presents its leaf alone): look up the CAs
+		// the leaf's path names, a couple of indexed reads, and try again;
+		// also when a concurrent caller added them meanwhile (ingest
+		// opens envelopes in parallel), or only the first would verify.
+		if added, lerr := v.loadPathCAs(context.Background(), leaf); lerr == nil && (added || v.cas.Load() != seen) {
+			chains, err = v.verifyWithCAs(leaf, intermediates, at, usage)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUntrusted, err)
@@ -333,30 +428,6 @@ func (v *Verifier) verifyWithCAs(leaf *x509.Certificate, intermediates []*x509.C
 		CurrentTime:   at,
 		KeyUsages:     []x509.ExtKeyUsage{usage},
 	})
-}
-
-// reloadCAs reloads the CA set after a miss with the set seen, unless
-// another caller did so meanwhile (then the new set is worth a retry too).
-// It reports whether the set changed or was reloaded.
-func (v *Verifier) reloadCAs(seen *caSet) bool {
-	v.casMu.Lock()
-	defer v.casMu.Unlock()
-	if v.cas.Load() != seen {
-		return true
-	}
-	return v.casStale() && v.loadCAs(context.Background()) == nil
-}
-
-// casStale reports whether the CA set may be reloaded on a miss: at most
-// once per leafRescan, so unknown issuers cannot make every call scan.
-func (v *Verifier) casStale() bool {
-	v.leavesMu.Lock()
-	defer v.leavesMu.Unlock()
-	if time.Since(v.casLoaded) < leafRescan {
-		return false
-	}
-	v.casLoaded = time.Now()
-	return true
 }
 
 // VerifySigner verifies an end-to-end signer certificate at the signing

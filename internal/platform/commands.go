@@ -20,6 +20,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // commander sends signed, sealed commands to gateways: the platform's side
@@ -27,7 +28,8 @@ import (
 //
 //	POST /api/v1/gateways/{master}/{account}/{gateway}/rebootstrap[?rotate_keys=true]
 //
-// with an admin service certificate.
+// with a service certificate whose role may publish on the gateway's
+// commands topic (admin, by default).
 type commander struct {
 	signer  *serviceCert // e2e "platform"
 	e2e     *pki.Verifier
@@ -36,14 +38,15 @@ type commander struct {
 	}
 	broker publisher
 	ids    *identities
+	grants tacs.Grants
 	log    *slog.Logger
 }
 
 func (c *commander) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id, ok := est.IdentityFromContext(r.Context())
 	subj, err := c.ids.subjectOf(id)
-	if !ok || err != nil || subj.Role != tacs.RoleAdmin {
-		http.Error(w, "forbidden: needs an admin service certificate", http.StatusForbidden)
+	if !ok || err != nil || !subj.IsService() {
+		http.Error(w, "forbidden: needs a service certificate whose role may send commands (admin)", http.StatusForbidden)
 		return
 	}
 	rest := strings.TrimSuffix(r.PathValue("path"), "/rebootstrap")
@@ -54,6 +57,12 @@ func (c *commander) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path, err := pki.ParsePath(rest)
 	if err != nil || len(path) != 3 {
 		http.Error(w, fmt.Sprintf("bad gateway path %q: want master/account/gateway", rest), http.StatusBadRequest)
+		return
+	}
+	// Ordering a gateway is publishing on its commands topic, through
+	// the platform's signature: the role's grants decide, as on MQTT.
+	if !tacs.Authorize(c.grants, subj, tacs.Publish, topic.CommandsOf(path.String())).Allowed {
+		http.Error(w, fmt.Sprintf("forbidden: service role %s may not publish on %s", subj.Role, topic.CommandsOf(path.String())), http.StatusForbidden)
 		return
 	}
 	cmd := command.Command{ID: newID(), Type: command.Rebootstrap, RotateKeys: r.URL.Query().Get("rotate_keys") == "true"}
@@ -121,7 +130,7 @@ func (c *commander) send(ctx context.Context, path string, cmd command.Command) 
 	if err != nil {
 		return err
 	}
-	return c.broker.Publish(command.Topic(path), env, false, 1)
+	return c.broker.Publish(topic.CommandsOf(path), env, false, 1)
 }
 
 func newID() string {

@@ -35,6 +35,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/supervisor"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/tlspolicy"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 	"github.com/fieldtrust/fieldtrust/internal/web"
 )
 
@@ -73,12 +74,6 @@ type testHooks struct {
 // shutdownGrace bounds how long in-flight requests may take once the
 // platform is told to stop.
 const shutdownGrace = 10 * time.Second
-
-// CRL topics: the retained CRL bundle (pki.EncodeCRLBundle) of each domain.
-const (
-	TopicCRLTransport = "pki/crl/transport"
-	TopicCRLE2E       = "pki/crl/e2e"
-)
 
 // Run runs the platform until ctx is done, then shuts down cleanly.
 func Run(ctx context.Context, cfg Config) error {
@@ -151,6 +146,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
+	// One set of grants decides for the broker, the API, commands and
+	// metrics alike.
+	grants := tacs.DefaultGrants()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -158,7 +156,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Addr:       cfg.MQTTAddr,
 		TLS:        tlspolicy.Server(cert.GetCertificate, verifier.Roots(), tls.RequireAndVerifyClientCert, verifier.VerifyConnection),
 		Identify:   ids.Subject,
-		Grants:     tacs.DefaultGrants(),
+		Grants:     grants,
 		StateDir:   filepath.Join(cfg.DataDir, "broker"),
 		Logger:     log.With("component", "broker"),
 		Registerer: reg,
@@ -183,7 +181,7 @@ func Run(ctx context.Context, cfg Config) error {
 		interval = 10 * time.Second
 	}
 	bs, err := bootstrap.New(bootstrap.Config{
-		Brokers: brokerURLs, PublishInterval: interval, RenewalFraction: 2.0 / 3, CRLTopic: TopicCRLTransport,
+		Brokers: brokerURLs, PublishInterval: interval, RenewalFraction: 2.0 / 3, CRLTopic: topic.CRLTransport,
 		IngestE2E: func(context.Context) (*x509.Certificate, error) { return ingestE2E.Current().Leaf, nil },
 		Transport: verifier, E2E: e2eVerifier, Records: d.Store, Logger: log.With("component", "bootstrap"),
 	})
@@ -211,7 +209,7 @@ func Run(ctx context.Context, cfg Config) error {
 	sup := supervisor.New(servicePolicy(cfg.hooks), log.With("component", "supervisor"))
 	ingestStatus := &ingest.Status{}
 	api := &web.API{
-		Data: d.Store, Proofs: lg, Grants: tacs.DefaultGrants(), Logger: log.With("component", "api"),
+		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"),
 		Identify: func(r *http.Request) (tacs.Subject, bool) {
 			id, ok := est.IdentityFromContext(r.Context())
 			if !ok {
@@ -224,11 +222,11 @@ func Run(ctx context.Context, cfg Config) error {
 	mux := http.NewServeMux()
 	mux.Handle(est.PathPrefix, estSrv)
 	mux.Handle(bootstrap.Path, bs)
-	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, records: d.Store, broker: brokers, ids: ids, log: log.With("component", "commands")}
+	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, records: d.Store, broker: brokers, ids: ids, grants: grants, log: log.With("component", "commands")}
 	mux.Handle("POST /api/v1/gateways/{path...}", est.GuardOperational(verifier, log, cmds))
 	mux.Handle("/", est.GuardOperational(verifier, log, web.New(web.Options{
 		Roots:   map[pki.Domain]*x509.Certificate{pki.Transport: d.Transport.Root(), pki.E2E: d.E2E.Root()},
-		Metrics: requireRole(ids, tacs.RoleAdmin, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),
+		Metrics: requireGrant(ids, grants, topic.System, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),
 		Health:  func() (bool, any) { return health(sup.Status(), ingestStatus.Health()) },
 		API:     api,
 		Logger:  log,
@@ -379,17 +377,18 @@ func (r *brokerRef) Revalidate(ctx context.Context) int {
 	return b.Revalidate(ctx)
 }
 
-// requireRole serves next only to a service client certificate whose
-// configured role is role.
-func requireRole(ids *identities, role string, next http.Handler) http.Handler {
+// requireGrant serves next only to a service client certificate whose
+// role's grants let it read filter: the HTTP face of what that service may
+// read over MQTT (metrics are the platform's $SYS).
+func requireGrant(ids *identities, grants tacs.Grants, filter string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
 			http.Error(w, "client certificate required", http.StatusUnauthorized)
 			return
 		}
 		subj, err := ids.Subject(*r.TLS)
-		if err != nil || subj.Role != role {
-			http.Error(w, "forbidden: needs a service certificate with role "+role, http.StatusForbidden)
+		if err != nil || !subj.IsService() || !tacs.Authorize(grants, subj, tacs.Subscribe, filter).Allowed {
+			http.Error(w, "forbidden: needs a service certificate whose role may read "+filter, http.StatusForbidden)
 			return
 		}
 		next.ServeHTTP(w, r)

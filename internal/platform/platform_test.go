@@ -18,6 +18,7 @@ import (
 
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // running is a platform started in-process on free loopback ports.
@@ -128,7 +129,8 @@ func (r *running) mqttClient(t *testing.T, id string, cert tls.Certificate, lost
 }
 
 // TestLiveRevocation: a revoked device is disconnected and refused within
-// 5 s of 'pki revoke', and the retained CRL bundle lists it.
+// 5 s of 'pki revoke PATH' (a path revocation, polled through the store's
+// revocation version), and the retained CRL bundle lists it.
 func TestLiveRevocation(t *testing.T) {
 	r := start(t)
 	dev := r.credentials(t, pki.LeafRequest{Path: mustPath(t, "ms-1/acc-1/dev-1")})
@@ -139,7 +141,7 @@ func TestLiveRevocation(t *testing.T) {
 		t.Fatalf("device connect: %v", err)
 	}
 	crls := make(chan []byte, 4)
-	if tok := c.Subscribe("pki/crl/transport", 1, func(_ mqtt.Client, m mqtt.Message) { crls <- m.Payload() }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+	if tok := c.Subscribe(topic.CRLTransport, 1, func(_ mqtt.Client, m mqtt.Message) { crls <- m.Payload() }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("subscribe CRL topic: %v", tok.Error())
 	}
 	select {
@@ -155,11 +157,11 @@ func TestLiveRevocation(t *testing.T) {
 		t.Fatal(err)
 	}
 	crls2 := make(chan []byte, 4)
-	watcher.Subscribe("pki/crl/transport", 1, func(_ mqtt.Client, m mqtt.Message) { crls2 <- m.Payload() })
+	watcher.Subscribe(topic.CRLTransport, 1, func(_ mqtt.Client, m mqtt.Message) { crls2 <- m.Payload() })
 	<-crls2 // the retained one
 
 	revoked := time.Now()
-	if _, err := r.d.Transport.RevokeName(t.Context(), "ms-1/acc-1/dev-1", false, 1); err != nil {
+	if _, err := r.d.Transport.RevokePath(t.Context(), mustPath(t, "ms-1/acc-1/dev-1"), 1); err != nil {
 		t.Fatal(err)
 	}
 	select {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // revocationPoll is how often the platform rereads revocation state and
@@ -78,7 +79,8 @@ func (r *revocation) run(ctx context.Context) error {
 }
 
 // publishCRLs issues fresh CRLs for every CA and publishes each domain's
-// bundle retained (QoS 1) on pki/crl/<domain>.
+// bundle retained (QoS 1) on its CRL topic (topic.CRLTransport,
+// topic.CRLE2E).
 func (r *revocation) publishCRLs(ctx context.Context) error {
 	for _, a := range r.auths {
 		crls, err := a.CRLs(ctx)
@@ -89,14 +91,14 @@ func (r *revocation) publishCRLs(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		topic := TopicCRLTransport
+		to := topic.CRLTransport
 		if a.Domain() == pki.E2E {
-			topic = TopicCRLE2E
+			to = topic.CRLE2E
 		}
-		if err := r.broker.Publish(topic, bundle, true, 1); err != nil {
+		if err := r.broker.Publish(to, bundle, true, 1); err != nil {
 			return err
 		}
-		r.log.Debug("CRLs published", "topic", topic, "crls", len(crls), "bytes", len(bundle))
+		r.log.Debug("CRLs published", "topic", to, "crls", len(crls), "bytes", len(bundle))
 	}
 	return nil
 }

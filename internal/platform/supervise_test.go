@@ -25,6 +25,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/supervisor"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // breakable wraps ingest's store and the ledger's storage so a test can
@@ -121,7 +122,7 @@ func (r *running) publishSnapshot(t *testing.T, c mqtt.Client, g *gateway, path 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tok := c.Publish(path+"/snapshots", 1, false, env); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+	if tok := c.Publish(topic.SnapshotsOf(path), 1, false, env); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("publish: %v", tok.Error())
 	}
 }

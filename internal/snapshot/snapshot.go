@@ -47,6 +47,8 @@ import (
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
+
+	"github.com/fieldtrust/fieldtrust/internal/ident"
 )
 
 // Version is the wire format version this package writes and reads.
@@ -205,24 +207,15 @@ func (s *Snapshot) Validate() error {
 	return nil
 }
 
-// checkName checks an identifier: [A-Za-z0-9._-]{1,64} (or empty if
-// optional), the same syntax as identity elements, so names are safe in
-// topics, URLs and file names.
+// checkName checks an identifier (or, if optional, the empty string):
+// the identity-element syntax of ident.ValidateElement, so names are safe in
+// topics, URLs and file names, and "." and ".." never name a directory.
 func checkName(what, s string, optional bool) error {
-	if s == "" {
-		if optional {
-			return nil
-		}
-		return fmt.Errorf("%w: %s is empty", ErrMalformed, what)
+	if s == "" && optional {
+		return nil
 	}
-	if len(s) > maxText {
-		return fmt.Errorf("%w: %s is %d bytes; at most %d", ErrMalformed, what, len(s), maxText)
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return fmt.Errorf("%w: %s %q: character %q not allowed", ErrMalformed, what, s, c)
-		}
+	if err := ident.ValidateElement(s); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrMalformed, what, err)
 	}
 	return nil
 }

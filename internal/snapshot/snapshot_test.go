@@ -100,6 +100,11 @@ func TestEncodeRejects(t *testing.T) {
 		{Version: 1, Device: "d", Seq: 1, Values: []Value{{Channel: "c", Value: math.Inf(1)}}},
 		{Version: 1, Device: "d", Seq: 1, Values: []Value{{Channel: "c", Unit: "a\x00b"}}},
 		{Version: 1, Device: strings.Repeat("d", 65), Seq: 1, Values: vals(1)},
+		// "." and ".." match the character class, but name a directory
+		// wherever a device name becomes a file or URL segment.
+		{Version: 1, Device: ".", Seq: 1, Values: vals(1)},
+		{Version: 1, Device: "..", Seq: 1, Values: vals(1)},
+		{Version: 1, Device: "d", Seq: 1, Values: []Value{{Channel: "..", Value: 1}}},
 		{Version: 1, Device: "d", Seq: 3, Prev: []byte{1, 2}, Values: vals(1)},
 	} {
 		if _, err := Encode(s); !errors.Is(err, ErrMalformed) {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fieldtrust/fieldtrust/internal/ident"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 )
 
@@ -241,14 +242,8 @@ func ScopeRange(scope string) (lo, hi string, err error) {
 	if scope == "" {
 		return "", "", nil
 	}
-	elems := strings.Split(scope, "/")
-	if len(elems) > 3 {
-		return "", "", fmt.Errorf("%w: %q has %d elements; at most 3", ErrInvalidScope, scope, len(elems))
-	}
-	for _, e := range elems {
-		if !validElement(e) {
-			return "", "", fmt.Errorf("%w: %q: bad element %q", ErrInvalidScope, scope, e)
-		}
+	if _, err := ident.SplitPath(scope); err != nil {
+		return "", "", fmt.Errorf("%w: %v", ErrInvalidScope, err)
 	}
 	return scope + "/", scope + "0", nil
 }
@@ -256,21 +251,6 @@ func ScopeRange(scope string) (lo, hi string, err error) {
 // InScope reports whether gateway path g is in scope (which must be valid).
 func InScope(scope, g string) bool {
 	return scope == "" || g == scope || strings.HasPrefix(g, scope+"/")
-}
-
-// validElement mirrors pki.ValidateElement (which this package cannot
-// import: pki depends on store).
-func validElement(e string) bool {
-	if e == "" || len(e) > 64 || e == "." || e == ".." {
-		return false
-	}
-	for i := 0; i < len(e); i++ {
-		c := e[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 // SafeText returns s as valid UTF-8 without NUL bytes, each invalid byte

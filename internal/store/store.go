@@ -38,6 +38,23 @@ type CertFilter struct {
 	Name         string
 	IssuerSerial string
 	RevokedOnly  bool
+	// Kinds, if set, selects certificates of any of these kinds.
+	Kinds []string
+}
+
+// PathRevocation records that an identity path was revoked: every
+// certificate of the path issued before RevokedAt is refused wherever it is
+// presented, and nothing is issued for the path on the authority of such a
+// certificate (see pki.Authority.RevokePath).
+type PathRevocation struct {
+	Domain    string
+	Path      string
+	RevokedAt time.Time // whole seconds
+	Reason    int       // RFC 5280 CRLReason
+	// RevokeClaims also marks every device claim of Path revoked, in the
+	// same transaction, so that the onboarding certificate that bought
+	// the identity cannot buy it again (transport). Not stored.
+	RevokeClaims bool
 }
 
 // Store is everything the platform persists. Implementations are safe for
@@ -58,6 +75,22 @@ type Store interface {
 	// NextCRLNumber returns a number larger than any it returned before for
 	// the same CA, starting at 1 (RFC 5280 §5.2.3: CRL numbers increase).
 	NextCRLNumber(ctx context.Context, domain, issuerSerial string) (int64, error)
+
+	// RevokePath records a path revocation. Revoking a revoked path again
+	// moves RevokedAt to the later time (it covers more certificates).
+	// With r.RevokeClaims, the path's claims are marked revoked in the
+	// same transaction.
+	RevokePath(ctx context.Context, r PathRevocation) error
+	// PathRevocation returns the revocation of path in domain, or
+	// ErrNotFound.
+	PathRevocation(ctx context.Context, domain, path string) (PathRevocation, error)
+	// PathRevocations returns every path revocation of domain.
+	PathRevocations(ctx context.Context, domain string) ([]PathRevocation, error)
+	// RevocationVersion is a number that changes (grows) whenever
+	// RevokeCertificate or RevokePath changes domain's revocation state,
+	// so that a running platform can poll one row instead of every
+	// certificate. 0 before the first revocation.
+	RevocationVersion(ctx context.Context, domain string) (int64, error)
 
 	// SetServiceRole records the role a platform service is granted.
 	SetServiceRole(ctx context.Context, service, role string) error

@@ -1,5 +1,7 @@
 package tacs
 
+import "github.com/fieldtrust/fieldtrust/internal/ident"
+
 // Role names of the default service roles.
 const (
 	RoleAdmin          = "admin"
@@ -46,7 +48,7 @@ func DefaultGrants() Grants {
 // nothing.
 func (g Grants) Validate() error {
 	for role, gs := range g {
-		if err := validateElement(role); err != nil {
+		if err := ident.ValidateElement(role); err != nil {
 			return &GrantError{Role: role, Reason: "role name " + err.Error()}
 		}
 		for _, gr := range gs {

@@ -24,7 +24,11 @@
 // cheap enough to call on every publish and delivery.
 package tacs
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/fieldtrust/fieldtrust/internal/ident"
+)
 
 // Action is what the subject wants to do.
 type Action uint8
@@ -98,7 +102,7 @@ func Authorize(g Grants, s Subject, a Action, topicOrFilter string) Decision {
 	case Subscribe:
 		filter := topicOrFilter
 		if group, inner, ok := splitShare(topicOrFilter); ok {
-			if validateElement(group) != nil || inner == "" {
+			if ident.ValidateElement(group) != nil || inner == "" {
 				return deny(ReasonInvalidShare)
 			}
 			filter = inner

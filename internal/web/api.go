@@ -4,19 +4,20 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // Data is what the query API reads.
@@ -48,6 +49,14 @@ type API struct {
 	Identify func(r *http.Request) (tacs.Subject, bool) // the verified caller
 	Grants   tacs.Grants
 	Logger   *slog.Logger
+	// ExportLimits bound each tenant's exports; zero fields take the
+	// defaults.
+	ExportLimits ExportLimits
+	// Now is the clock of the export limits; nil means time.Now.
+	Now func() time.Time
+
+	gateOnce sync.Once
+	gate     *exportGate
 }
 
 func (a *API) register(mux *http.ServeMux) {
@@ -75,7 +84,7 @@ func (a *API) authed(h handler) http.HandlerFunc {
 		}
 		scope := subj.Path
 		if subj.IsService() {
-			if !tacs.Authorize(a.Grants, subj, tacs.Subscribe, "+/+/+/snapshots").Allowed {
+			if !tacs.Authorize(a.Grants, subj, tacs.Subscribe, topic.AllSnapshots).Allowed {
 				writeError(w, http.StatusForbidden, "service role "+subj.Role+" may not read snapshots")
 				return
 			}
@@ -87,7 +96,7 @@ func (a *API) authed(h handler) http.HandlerFunc {
 
 // canRead applies TACS: may subj read the snapshots of gateway path gw?
 func (a *API) canRead(subj tacs.Subject, gw string) bool {
-	return tacs.Authorize(a.Grants, subj, tacs.Subscribe, gw+"/snapshots").Allowed
+	return tacs.Authorize(a.Grants, subj, tacs.Subscribe, topic.SnapshotsOf(gw)).Allowed
 }
 
 type deviceJSON struct {
@@ -133,19 +142,11 @@ func (a *API) deviceRoute(w http.ResponseWriter, r *http.Request, subj tacs.Subj
 		return
 	}
 	q := store.SnapshotQuery{Scope: scope, Gateway: gw.String(), Device: parts[3]}
+	var ok bool
+	if q.From, q.To, q.Limit, ok = rangeParams(w, r, store.DefaultLimit, store.MaxLimit); !ok {
+		return
+	}
 	vals := r.URL.Query()
-	if q.From, err = parseTime(vals.Get("from")); err != nil {
-		writeError(w, http.StatusBadRequest, "from: "+err.Error())
-		return
-	}
-	if q.To, err = parseTime(vals.Get("to")); err != nil {
-		writeError(w, http.StatusBadRequest, "to: "+err.Error())
-		return
-	}
-	if !q.From.IsZero() && !q.To.IsZero() && !q.From.Before(q.To) {
-		writeError(w, http.StatusBadRequest, "from must be before to")
-		return
-	}
 	for _, c := range vals["channel"] {
 		for _, name := range strings.Split(c, ",") {
 			if pki.ValidateElement(name) != nil {
@@ -155,17 +156,9 @@ func (a *API) deviceRoute(w http.ResponseWriter, r *http.Request, subj tacs.Subj
 			q.Channels = append(q.Channels, name)
 		}
 	}
-	if l := vals.Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil || n < 1 || n > store.MaxLimit {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit %q: a number from 1 to %d", l, store.MaxLimit))
-			return
-		}
-		q.Limit = n
-	}
 	if c := vals.Get("after"); c != "" {
 		if q.After, err = decodeCursor(c); err != nil {
-			writeError(w, http.StatusBadRequest, "after: not a cursor from a previous page")
+			writeError(w, http.StatusBadRequest, "after: "+err.Error())
 			return
 		}
 	}
@@ -179,7 +172,7 @@ func (a *API) deviceRoute(w http.ResponseWriter, r *http.Request, subj tacs.Subj
 		out = append(out, toJSON(rec))
 	}
 	resp := map[string]any{"snapshots": out}
-	if len(recs) == store.EffectiveLimit(q.Limit) {
+	if len(recs) == q.Limit {
 		resp["next"] = encodeCursor(recs[len(recs)-1].Cursor())
 	}
 	writeJSON(w, http.StatusOK, resp)
@@ -229,7 +222,7 @@ func (a *API) status(w http.ResponseWriter, r *http.Request, _ tacs.Subject, sco
 }
 
 func (a *API) events(w http.ResponseWriter, r *http.Request, _ tacs.Subject, scope string) {
-	from, to, limit, ok := rangeParams(w, r)
+	from, to, limit, ok := rangeParams(w, r, store.DefaultLimit, store.MaxLimit)
 	if !ok {
 		return
 	}
@@ -255,11 +248,13 @@ func (a *API) events(w http.ResponseWriter, r *http.Request, _ tacs.Subject, sco
 }
 
 func (a *API) rejects(w http.ResponseWriter, r *http.Request, subj tacs.Subject, _ string) {
-	if subj.Role != tacs.RoleAdmin {
+	// A reject may concern any tenant: reading rejects is for a service
+	// whose grants let it read every tenant's topics (admin, by default).
+	if !tacs.Authorize(a.Grants, subj, tacs.Subscribe, topic.Everything).Allowed {
 		writeError(w, http.StatusForbidden, "rejects are for admins: they may concern any tenant")
 		return
 	}
-	from, to, limit, ok := rangeParams(w, r)
+	from, to, limit, ok := rangeParams(w, r, store.DefaultLimit, store.MaxLimit)
 	if !ok {
 		return
 	}
@@ -337,17 +332,21 @@ func (a *API) proof(w http.ResponseWriter, r *http.Request, subj tacs.Subject, s
 		a.serverError(w, r, err)
 		return
 	}
-	size, ok := a.treeSize(w, r)
+	size, asked, ok := a.treeSize(w, r)
 	if !ok {
 		return
 	}
 	if rec.LedgerIndex >= size {
+		if asked {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("size %d: the snapshot is leaf %d, in trees of size %d and more; ask for the size of a later signed tree head", size, rec.LedgerIndex, rec.LedgerIndex+1))
+			return
+		}
 		writeError(w, http.StatusConflict, fmt.Sprintf("snapshot is leaf %d, not yet in a signed tree of size %d; retry shortly", rec.LedgerIndex, size))
 		return
 	}
 	p, err := a.Proofs.InclusionProof(r.Context(), rec.LedgerIndex, size)
 	if err != nil {
-		a.serverError(w, r, err)
+		a.proofError(w, r, err)
 		return
 	}
 	var h [32]byte
@@ -365,47 +364,65 @@ func (a *API) consistency(w http.ResponseWriter, r *http.Request, _ tacs.Subject
 	}
 	p, err := a.Proofs.ConsistencyProof(r.Context(), from, to)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		a.proofError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"from": from, "to": to, "proof": hexAll(p)})
 }
 
-// treeSize is ?size= or the latest signed head's size.
-func (a *API) treeSize(w http.ResponseWriter, r *http.Request) (uint64, bool) {
+// proofError answers a failed proof: a tree larger than the ledger is the
+// client's mistake (400), anything else the platform's.
+func (a *API) proofError(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, ledger.ErrBeyondTree) {
+		writeError(w, http.StatusBadRequest, err.Error()+"; ask for the size of a signed tree head (GET /api/v1/ledger/head)")
+		return
+	}
+	a.serverError(w, r, err)
+}
+
+// treeSize is ?size= (asked is true) or the latest signed head's size.
+func (a *API) treeSize(w http.ResponseWriter, r *http.Request) (size uint64, asked, ok bool) {
 	if s := r.URL.Query().Get("size"); s != "" {
 		n, err := strconv.ParseUint(s, 10, 64)
 		if err != nil || n == 0 {
 			writeError(w, http.StatusBadRequest, "size: a positive tree size")
-			return 0, false
+			return 0, true, false
 		}
-		return n, true
+		return n, true, true
 	}
 	th, err := a.Data.LatestTreeHead(r.Context())
 	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, http.StatusConflict, "no signed tree head yet; retry shortly")
-		return 0, false
+		return 0, false, false
 	}
 	if err != nil {
 		a.serverError(w, r, err)
-		return 0, false
+		return 0, false, false
 	}
-	return th.Size, true
+	return th.Size, false, true
 }
 
-func rangeParams(w http.ResponseWriter, r *http.Request) (from, to time.Time, limit int, ok bool) {
+// rangeParams reads the parameters every list shares: from and to (RFC
+// 3339, from before to) and limit (1 to maxLimit, default def).
+func rangeParams(w http.ResponseWriter, r *http.Request, def, maxLimit int) (from, to time.Time, limit int, ok bool) {
 	var err error
-	if from, err = parseTime(r.URL.Query().Get("from")); err != nil {
+	vals := r.URL.Query()
+	if from, err = parseTime(vals.Get("from")); err != nil {
 		writeError(w, http.StatusBadRequest, "from: "+err.Error())
 		return
 	}
-	if to, err = parseTime(r.URL.Query().Get("to")); err != nil {
+	if to, err = parseTime(vals.Get("to")); err != nil {
 		writeError(w, http.StatusBadRequest, "to: "+err.Error())
 		return
 	}
-	if l := r.URL.Query().Get("limit"); l != "" {
-		if limit, err = strconv.Atoi(l); err != nil || limit < 1 || limit > store.MaxLimit {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit %q: a number from 1 to %d", l, store.MaxLimit))
+	if !from.IsZero() && !to.IsZero() && !from.Before(to) {
+		writeError(w, http.StatusBadRequest, "from must be before to")
+		return
+	}
+	limit = def
+	if l := vals.Get("limit"); l != "" {
+		if limit, err = strconv.Atoi(l); err != nil || limit < 1 || limit > maxLimit {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit %q: a number from 1 to %d", l, maxLimit))
 			return
 		}
 	}
@@ -421,25 +438,6 @@ func parseTime(s string) (time.Time, error) {
 		return t, fmt.Errorf("%q is not an RFC 3339 time such as 2026-11-22T08:00:00Z", s)
 	}
 	return t, nil
-}
-
-func encodeCursor(c *store.Cursor) string {
-	b, _ := json.Marshal(c)
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-func decodeCursor(s string) (*store.Cursor, error) {
-	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) > 1024 {
-		return nil, errors.New("bad cursor")
-	}
-	var c store.Cursor
-	dec := json.NewDecoder(strings.NewReader(string(b)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
-		return nil, err
-	}
-	return &c, nil
 }
 
 func hexAll(hs [][]byte) []string {

@@ -30,12 +30,32 @@ var (
 // export holds at most one page of records in memory, whatever its size.
 const exportPage = 500
 
-// export serves GET /api/v1/export?from=&to=: every snapshot in the
-// caller's scope measured in [from, to), each with its exact encoding and
-// an inclusion proof against the latest signed tree head, as one JSON
-// document written as a stream (format: ledger.ExportHeader). Snapshots
-// that arrived after that head was signed are left out and counted in
+// Export pages: how many snapshots one response covers at most, unless
+// ?limit= asks for fewer (default) or more (up to the maximum). A page's
+// cost (a proof per snapshot, ~1.5 KB of JSON each) is bounded by these.
+const (
+	DefaultExportLimit = 10000
+	MaxExportLimit     = 50000
+)
+
+func (a *API) exportGate() *exportGate {
+	a.gateOnce.Do(func() { a.gate = newExportGate(a.ExportLimits, a.Now, a.Logger) })
+	return a.gate
+}
+
+// export serves GET /api/v1/export?from=&to=&limit=&after=: a page of the
+// snapshots in the caller's scope measured in [from, to), each with its
+// exact encoding and an inclusion proof against the latest signed tree
+// head, as one JSON document written as a stream (format:
+// ledger.ExportHeader). A page looks at up to limit snapshots; when more
+// follow, its trailer's "next" is the cursor to pass as after= for the
+// next page. Snapshots that arrived after the head the first page was
+// proved against are left out of every page and counted in
 // not_yet_covered.
+//
+// Each tenant may stream a bounded number of pages at once and ask for
+// them at a bounded rate (ExportLimits); beyond that it gets 429 with
+// Retry-After.
 //
 // Once the first bytes are out, the status is 200; a failure after that
 // aborts the connection, so the client sees a truncated document (which
@@ -43,24 +63,35 @@ const exportPage = 500
 // a complete-looking partial one.
 func (a *API) export(w http.ResponseWriter, r *http.Request, subj tacs.Subject, scope string) {
 	ctx := r.Context()
-	from, err := parseTime(r.URL.Query().Get("from"))
-	if err != nil {
-		writeError(w, http.StatusBadRequest, "from: "+err.Error())
+	from, to, limit, ok := rangeParams(w, r, DefaultExportLimit, MaxExportLimit)
+	if !ok {
 		return
 	}
-	to, err := parseTime(r.URL.Query().Get("to"))
-	if err != nil {
-		writeError(w, http.StatusBadRequest, "to: "+err.Error())
-		return
-	}
-	if !from.IsZero() && !to.IsZero() && !from.Before(to) {
-		writeError(w, http.StatusBadRequest, "from must be before to")
-		return
+	var after *exportCursor
+	if s := r.URL.Query().Get("after"); s != "" {
+		c, err := decodeExportCursor(s)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "after: "+err.Error())
+			return
+		}
+		after = &c
 	}
 	if _, _, err := store.ScopeRange(scope); err != nil {
 		a.serverError(w, r, err)
 		return
 	}
+	release, err := a.exportGate().acquire(subj)
+	if err != nil {
+		var le *limitError
+		if errors.As(err, &le) {
+			w.Header().Set("Retry-After", le.retryAfterSeconds())
+			writeError(w, http.StatusTooManyRequests, le.Error())
+			return
+		}
+		a.serverError(w, r, err)
+		return
+	}
+	defer release()
 	th, err := a.Data.LatestTreeHead(ctx)
 	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, http.StatusConflict, "no signed tree head yet; retry shortly")
@@ -70,6 +101,14 @@ func (a *API) export(w http.ResponseWriter, r *http.Request, subj tacs.Subject, 
 		a.serverError(w, r, err)
 		return
 	}
+	covered := th.Size
+	if after != nil {
+		if after.Covered > th.Size {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("after: %v (it covers %d leaves, the ledger's latest head %d)", errCursor, after.Covered, th.Size))
+			return
+		}
+		covered = after.Covered
+	}
 	hdr := ledger.ExportHeader{Version: ledger.ExportVersion, Scope: scope,
 		TreeHead: ledger.SignedHead{Size: th.Size, Root: hex.EncodeToString(th.Root), Checkpoint: string(th.Checkpoint),
 			Signature: base64.StdEncoding.EncodeToString(th.Signature), CertChain: string(th.CertChain)}}
@@ -78,6 +117,9 @@ func (a *API) export(w http.ResponseWriter, r *http.Request, subj tacs.Subject, 
 	}
 	if !to.IsZero() {
 		hdr.To = to.UTC().Format(time.RFC3339Nano)
+	}
+	if after != nil {
+		hdr.After = encodeToken(after)
 	}
 	head, err := json.Marshal(hdr)
 	if err != nil {
@@ -99,17 +141,34 @@ func (a *API) export(w http.ResponseWriter, r *http.Request, subj tacs.Subject, 
 	bw.Write(bytes.TrimSuffix(head, []byte("}")))
 	bw.WriteString(`,"snapshots":[`)
 	var trailer ledger.ExportTrailer
-	q := store.SnapshotQuery{Scope: scope, From: from, To: to, Limit: exportPage}
-	for {
+	q := store.SnapshotQuery{Scope: scope, From: from, To: to}
+	if after != nil {
+		q.After = &after.Cursor
+	}
+	for seen := 0; ; {
+		q.Limit = min(exportPage, limit-seen)
+		if q.Limit == 0 {
+			// The page is full: a next page only if there is more.
+			q.Limit = 1
+			more, err := a.Data.QuerySnapshots(ctx, q)
+			if err != nil {
+				abort(err)
+			}
+			if len(more) > 0 {
+				trailer.Next = encodeToken(exportCursor{Cursor: *q.After, Covered: covered})
+			}
+			break
+		}
 		recs, err := a.Data.QuerySnapshots(ctx, q)
 		if err != nil {
 			abort(err)
 		}
+		seen += len(recs)
 		for _, rec := range recs {
 			if !a.canRead(subj, rec.Gateway) {
 				continue // the scope already excludes it; TACS has the last word
 			}
-			if rec.LedgerIndex >= th.Size {
+			if rec.LedgerIndex >= covered {
 				trailer.NotYetCovered++
 				continue
 			}
@@ -127,7 +186,7 @@ func (a *API) export(w http.ResponseWriter, r *http.Request, subj tacs.Subject, 
 		if _, err := bw.Write(nil); err != nil || ctx.Err() != nil {
 			return // the client went away
 		}
-		if len(recs) < exportPage {
+		if len(recs) < q.Limit {
 			break
 		}
 		q.After = recs[len(recs)-1].Cursor()

@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -32,6 +33,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 	"github.com/fieldtrust/fieldtrust/internal/web"
 )
 
@@ -73,7 +75,7 @@ func (e *env) publishSnapshots(t *testing.T, c mqtt.Client, gw identity, gwPath 
 		if err != nil {
 			t.Fatal(err)
 		}
-		if tok := c.Publish(gwPath+"/snapshots", 1, false, env); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		if tok := c.Publish(topic.SnapshotsOf(gwPath), 1, false, env); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 			t.Fatalf("publish: %v", tok.Error())
 		}
 	}
@@ -453,16 +455,48 @@ func signAs(t *testing.T, e *env, service string, head ledger.SignedHead) ledger
 type pagedData struct {
 	web.Data // only the methods below are called
 	recs     []store.SnapshotRecord
-	head     store.TreeHead
-	limits   []int
 	failAt   int // fail the query after this many pages; 0: never
+
+	mu     sync.Mutex
+	head   store.TreeHead
+	limits []int
+	// hold, if set, is received from before a query of a caller whose
+	// scope is holdScope is answered; entered is sent to when it waits.
+	hold      chan struct{}
+	holdScope string
+	entered   chan struct{}
 }
 
-func (p *pagedData) LatestTreeHead(context.Context) (store.TreeHead, error) { return p.head, nil }
+func (p *pagedData) LatestTreeHead(context.Context) (store.TreeHead, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.head, nil
+}
 
-func (p *pagedData) QuerySnapshots(_ context.Context, q store.SnapshotQuery) ([]store.SnapshotRecord, error) {
+func (p *pagedData) setHead(th store.TreeHead) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.head = th
+}
+
+func (p *pagedData) QuerySnapshots(ctx context.Context, q store.SnapshotQuery) ([]store.SnapshotRecord, error) {
+	p.mu.Lock()
 	p.limits = append(p.limits, q.Limit)
-	if p.failAt > 0 && len(p.limits) > p.failAt {
+	fail := p.failAt > 0 && len(p.limits) > p.failAt
+	hold := p.hold
+	if q.Scope != p.holdScope {
+		hold = nil
+	}
+	p.mu.Unlock()
+	if hold != nil {
+		p.entered <- struct{}{}
+		select {
+		case <-hold:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if fail {
 		return nil, errors.New("database gone")
 	}
 	start := 0
@@ -473,17 +507,33 @@ func (p *pagedData) QuerySnapshots(_ context.Context, q store.SnapshotQuery) ([]
 	return p.recs[start:end], nil
 }
 
-// TestExportPages streams an export of more snapshots than one store page
-// holds, and checks that a failure in the middle of the stream leaves a
-// document that does not verify.
-func TestExportPages(t *testing.T) {
+func (p *pagedData) queries() []int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.limits)
+}
+
+// pagedFixture is n snapshots of one device in memory, recorded in a real
+// ledger, and an e2e PKI to sign tree heads with.
+type pagedFixture struct {
+	data *pagedData
+	lg   *ledger.Log
+	e2e  *pki.Authority
+	key  crypto.Signer
+	cert []byte // the ledger service's chain, PEM
+}
+
+// newPagedFixture appends the first covered leaves and signs a head of
+// them, then appends the rest.
+func newPagedFixture(t *testing.T, n, covered int) *pagedFixture {
+	t.Helper()
 	ctx := t.Context()
 	dir := t.TempDir()
 	db, err := sqlite.Open(ctx, filepath.Join(dir, "db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	t.Cleanup(func() { db.Close() })
 	e2e, err := pki.Open(ctx, dir, pki.E2E, db, pki.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -492,8 +542,7 @@ func TestExportPages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const n = 1234
-	data := &pagedData{}
+	f := &pagedFixture{data: &pagedData{}, lg: lg, e2e: e2e}
 	b := &snapshot.Builder{Device: "d"}
 	var leaves [][]byte
 	for i := range n {
@@ -502,29 +551,45 @@ func TestExportPages(t *testing.T) {
 			t.Fatal(err)
 		}
 		h := snapshot.Hash(enc)
-		data.recs = append(data.recs, store.SnapshotRecord{Gateway: "ms/acc/gw", Device: "d", Seq: s.Seq, Time: s.Time(), Hash: h[:], Prev: s.Prev,
+		f.data.recs = append(f.data.recs, store.SnapshotRecord{Gateway: "ms/acc/gw", Device: "d", Seq: s.Seq, Time: s.Time(), Hash: h[:], Prev: s.Prev,
 			Values: s.Values, LedgerIndex: uint64(i)})
 		leaves = append(leaves, ledger.LeafData("ms/acc/gw", h))
 	}
-	// The head covers all but the last 4 leaves, appended after signing.
-	if _, _, _, err := lg.Append(ctx, leaves[:n-4]); err != nil {
-		t.Fatal(err)
-	}
-	size, root, _ := lg.Size()
 	key, _ := pki.GenerateKey(elliptic.P256())
 	iss, err := e2e.Issue(ctx, pki.LeafRequest{Service: "ledger", PublicKey: key.Public()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	text, sig, err := ledger.Sign(ledger.Checkpoint{Size: size, Root: root, Time: time.Now().UTC().Truncate(time.Second)}, key)
+	f.key, f.cert = key, pki.EncodeCertsPEM(iss.Chain...)
+	if _, _, _, err := lg.Append(ctx, leaves[:covered]); err != nil {
+		t.Fatal(err)
+	}
+	f.data.setHead(f.sign(t))
+	if _, _, _, err := lg.Append(ctx, leaves[covered:]); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// sign signs a tree head of the ledger as it is now.
+func (f *pagedFixture) sign(t *testing.T) store.TreeHead {
+	t.Helper()
+	size, root, _ := f.lg.Size()
+	text, sig, err := ledger.Sign(ledger.Checkpoint{Size: size, Root: root, Time: time.Now().UTC().Truncate(time.Second)}, f.key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	data.head = store.TreeHead{Size: size, Root: root, Checkpoint: text, Signature: sig, CertChain: pki.EncodeCertsPEM(iss.Chain...)}
-	if _, _, _, err := lg.Append(ctx, leaves[n-4:]); err != nil {
-		t.Fatal(err)
-	}
-	api := &web.API{Data: data, Proofs: lg, Grants: tacs.DefaultGrants(),
+	return store.TreeHead{Size: size, Root: root, Checkpoint: text, Signature: sig, CertChain: f.cert}
+}
+
+// TestExportPages streams an export of more snapshots than one store page
+// holds, and checks that a failure in the middle of the stream leaves a
+// document that does not verify.
+func TestExportPages(t *testing.T) {
+	const n = 1234
+	f := newPagedFixture(t, n, n-4)
+	data := f.data
+	api := &web.API{Data: data, Proofs: f.lg, Grants: tacs.DefaultGrants(),
 		Identify: func(*http.Request) (tacs.Subject, bool) { return tacs.Account("ms"), true }}
 	srv := httptest.NewServer(web.New(web.Options{API: api}))
 	defer srv.Close()
@@ -540,19 +605,19 @@ func TestExportPages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rep, err := ledger.VerifyExport(bytes.NewReader(raw), ledger.ExportOptions{Root: e2e.Root()})
-	if err != nil || rep.Snapshots != n-4 || rep.NotYetCovered != 4 {
+	rep, err := ledger.VerifyExport(bytes.NewReader(raw), ledger.ExportOptions{Root: f.e2e.Root()})
+	if err != nil || rep.Snapshots != n-4 || rep.NotYetCovered != 4 || rep.Next != "" {
 		t.Fatalf("export of %d snapshots, 4 not yet under the head: %+v %v", n, rep, err)
 	}
-	if len(data.limits) != 3 || slices.Max(data.limits) > 500 {
-		t.Fatalf("store pages asked for: %v; want 3 bounded pages", data.limits)
+	if q := data.queries(); len(q) != 3 || slices.Max(q) > 500 {
+		t.Fatalf("store pages asked for: %v; want 3 bounded pages", q)
 	}
 	// The store fails after the first page: the client gets a truncated
 	// document, never one that passes for complete.
 	data.failAt = 1
 	raw, err = fetch()
 	if err == nil {
-		if _, verr := ledger.VerifyExport(bytes.NewReader(raw), ledger.ExportOptions{Root: e2e.Root()}); verr == nil {
+		if _, verr := ledger.VerifyExport(bytes.NewReader(raw), ledger.ExportOptions{Root: f.e2e.Root()}); verr == nil {
 			t.Fatal("an export cut short by a store failure verifies")
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
@@ -249,6 +250,72 @@ func TestOpenAPISchemasMatchJSON(t *testing.T) {
 		}
 		if !slices.Equal(required, got) {
 			t.Errorf("schema %s requires %v; the code always emits %v", tt.schema, got, required)
+		}
+	}
+}
+
+// TestOpenAPIExportLimits: the export's documented page size and rate
+// limits are the code's.
+func TestOpenAPIExportLimits(t *testing.T) {
+	doc, _ := readOpenAPI(t)
+	var op struct {
+		Description string `json:"description"`
+		Parameters  []struct {
+			Name        string `json:"name"`
+			Description string `json:"description"`
+			Schema      struct {
+				Maximum int `json:"maximum"`
+			} `json:"schema"`
+		} `json:"parameters"`
+		Responses map[string]json.RawMessage `json:"responses"`
+	}
+	if err := json.Unmarshal(doc.Paths["/api/v1/export"]["get"], &op); err != nil {
+		t.Fatal(err)
+	}
+	var limit, after bool
+	for _, p := range op.Parameters {
+		switch p.Name {
+		case "limit":
+			limit = p.Schema.Maximum == MaxExportLimit && strings.Contains(p.Description, "default "+strconv.Itoa(DefaultExportLimit))
+		case "after":
+			after = true
+		}
+	}
+	if !limit || !after {
+		t.Errorf("export parameters %+v: want limit (default %d, maximum %d) and after", op.Parameters, DefaultExportLimit, MaxExportLimit)
+	}
+	for _, want := range []string{
+		"default " + strconv.Itoa(DefaultExportLimit), "at most " + strconv.Itoa(MaxExportLimit),
+		"stream " + strconv.Itoa(DefaultExportConcurrent) + " pages at once", strconv.Itoa(int(time.Second/DefaultExportEvery)) + " page per second",
+		"bursts of " + strconv.Itoa(DefaultExportBurst), "429",
+	} {
+		if !strings.Contains(op.Description, want) {
+			t.Errorf("export description does not say %q: %s", want, op.Description)
+		}
+	}
+	if op.Responses["429"] == nil {
+		t.Error("export does not document 429")
+	}
+	// docs/ledger.md, the customer's walkthrough, states them too.
+	md, err := os.ReadFile("../../docs/ledger.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	grouped := func(n int) string { // 10000 -> "10 000", as the doc writes numbers
+		s := strconv.Itoa(n)
+		for i := len(s) - 3; i > 0; i -= 3 {
+			s = s[:i] + " " + s[i:]
+		}
+		return s
+	}
+	for _, want := range []string{
+		"default **" + grouped(DefaultExportLimit) + "**", "at most **" + grouped(MaxExportLimit) + "**",
+		"stream **" + strconv.Itoa(DefaultExportConcurrent) + "** export pages at once",
+		"**" + strconv.Itoa(int(time.Second/DefaultExportEvery)) + " page per second**", "bursts of **" + strconv.Itoa(DefaultExportBurst) + "**",
+		"429 Too Many Requests", "Retry-After",
+	} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("docs/ledger.md does not say %q", want)
 		}
 	}
 }

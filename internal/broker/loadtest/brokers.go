@@ -73,12 +73,14 @@ func BuildBrokerd(ctx context.Context, dir string) (string, error) {
 
 // StartFieldtrust runs brokerd (our broker) with its state under dir.
 // cpuProfile, if set, receives a CPU profile of the broker process.
-func StartFieldtrust(ctx context.Context, bin string, p *PKI, dir, cpuProfile string) (*Broker, error) {
+// extra are further brokerd flags (e.g. -debug-addr).
+func StartFieldtrust(ctx context.Context, bin string, p *PKI, dir, cpuProfile string, extra ...string) (*Broker, error) {
 	args := []string{"-root", p.RootFile, "-services", p.ServicesFile, "-cert", p.ServerCertFile,
 		"-key", p.ServerKeyFile, "-state", filepath.Join(dir, "state"), "-addr", "127.0.0.1:0"}
 	if cpuProfile != "" {
 		args = append(args, "-cpuprofile", cpuProfile)
 	}
+	args = append(args, extra...)
 	cmd := exec.Command(bin, args...)
 	b := &Broker{Name: "fieldtrust", cmd: cmd, done: make(chan error, 1)}
 	stdin, err := cmd.StdinPipe() // closed when we exit: brokerd then stops
@@ -160,8 +162,9 @@ func MosquittoConfig(port int, p *PKI, dir string, o MosquittoOptions) string {
 }
 
 // MosquittoACL is the ACL file: every identity reads and writes its own
-// subtree, the rule TACS applies to account identities.
-const MosquittoACL = "pattern readwrite %u/#\n"
+// subtree and reads pki/crl/# (TACS rules 4 and 3); the admin service
+// writes pki/crl/# (its grant).
+const MosquittoACL = "pattern readwrite %u/#\npattern read pki/crl/#\n\nuser " + AdminService + "\ntopic readwrite pki/crl/#\n"
 
 // StartMosquitto runs Debian's mosquitto with a generated configuration
 // on a free loopback port.

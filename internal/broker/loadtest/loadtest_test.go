@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/broker"
+	"github.com/fieldtrust/fieldtrust/internal/broker/packet"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 )
 
@@ -56,14 +57,28 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := startInProcess(t, p)
-	for _, qos := range []byte{0, 1} {
-		w := Workload{Publishers: 2, Subscribers: 2, Messages: 50, Warmup: 5, QoS: qos, PayloadSize: 1024, Window: 8, Drain: 5 * time.Second}
+	base := Workload{Publishers: 2, Subscribers: 2, Messages: 50, Warmup: 5, PayloadSize: 1024, Window: 8, Drain: 5 * time.Second}
+	for _, tc := range []struct {
+		name string
+		tune func(*Workload)
+	}{
+		{"QoS 0", func(w *Workload) {}},
+		{"QoS 1", func(w *Workload) { w.QoS = 1 }},
+		{"QoS 2", func(w *Workload) { w.QoS = 2 }},
+		{"QoS 1 MQTT 5", func(w *Workload) { w.QoS, w.Version = 1, packet.V5 }},
+		{"QoS 1 persistent", func(w *Workload) { w.QoS, w.Persistent = 1, true }},
+		{"QoS 2 MQTT 5 persistent", func(w *Workload) { w.QoS, w.Version, w.Persistent = 2, packet.V5, true }},
+		{"fan-out QoS 1", func(w *Workload) { w.QoS, w.FanOut, w.Subscribers = 1, true, 20 }},
+		{"paced QoS 1", func(w *Workload) { w.QoS, w.Rate = 1, 2000 }},
+	} {
+		w := base
+		tc.tune(&w)
 		r, err := w.Run(t.Context(), "fieldtrust", b.Address(), p)
 		if err != nil {
-			t.Fatalf("QoS %d: %v", qos, err)
+			t.Fatalf("%s: %v", tc.name, err)
 		}
 		if r.Delivered != r.Expected || r.Dupes != 0 {
-			t.Fatalf("QoS %d: delivered %d of %d, %d duplicates", qos, r.Delivered, r.Expected, r.Dupes)
+			t.Fatalf("%s: delivered %d of %d, %d duplicates", tc.name, r.Delivered, r.Expected, r.Dupes)
 		}
 	}
 	certs := []tls.Certificate{}
@@ -98,15 +113,13 @@ func TestForeignTopicRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := connect(b.Address(), "probe", p.ClientTLS(cert))
+	c, _, err := Dial(t.Context(), b.Address(), p.ClientTLS(cert), ClientOptions{ClientID: "probe", Clean: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Disconnect(100)
-	tok := c.Subscribe(DevicePath(2)+"/snapshots", 1, nil)
-	tok.WaitTimeout(10 * time.Second)
-	if codes := tok.(interface{ Result() map[string]byte }).Result(); codes[DevicePath(2)+"/snapshots"] != 0x80 {
-		t.Fatalf("SUBACK %v, want 0x80", codes)
+	defer c.Close()
+	if code, err := c.Subscribe(DevicePath(2)+"/snapshots", 1); err != nil || code != 0x80 {
+		t.Fatalf("SUBACK 0x%02x (%v), want 0x80", code, err)
 	}
 	if d := tacs.Authorize(tacs.DefaultGrants(), tacs.Account(Account), tacs.Subscribe, Account+"/+/snapshots"); !d.Allowed {
 		t.Fatalf("the workload's subscription is refused by TACS: %v", d.Reason)

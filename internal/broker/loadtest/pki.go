@@ -122,6 +122,37 @@ func (p *PKI) Identity(ctx context.Context, path string) (tls.Certificate, error
 	return c, nil
 }
 
+// AdminService is the service the fan-out publisher connects as (role
+// admin: it may write pki/crl/#).
+const AdminService = "admin"
+
+// Service returns a client certificate for a platform service.
+func (p *PKI) Service(ctx context.Context, name string) (tls.Certificate, error) {
+	key := "service:" + name
+	p.mu.Lock()
+	c, ok := p.certs[key]
+	p.mu.Unlock()
+	if ok {
+		return c, nil
+	}
+	k, err := pki.GenerateKey(elliptic.P256())
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	iss, err := p.auth.Issue(ctx, pki.LeafRequest{Service: name, PublicKey: k.Public()})
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("issue service %s: %w", name, err)
+	}
+	c = tls.Certificate{PrivateKey: k, Leaf: iss.Cert}
+	for _, cert := range iss.Chain {
+		c.Certificate = append(c.Certificate, cert.Raw)
+	}
+	p.mu.Lock()
+	p.certs[key] = c
+	p.mu.Unlock()
+	return c, nil
+}
+
 // ClientTLS returns the client configuration for an identity: the
 // platform's client policy, trusting the PKI's root.
 func (p *PKI) ClientTLS(c tls.Certificate) *tls.Config {
@@ -136,9 +167,10 @@ func (p *PKI) Verifier() *pki.Verifier {
 	return pki.NewVerifier(pki.Transport, p.auth.Root(), p.auth.ServicesCA(), nil)
 }
 
-// Identify is the platform's broker Identify (internal/platform) for
-// account identities: the verified chain's identity path becomes the TACS
-// subject. The benchmark has no service clients, so services are refused.
+// Identify is the platform's broker Identify (internal/platform): the
+// verified chain's identity path becomes the TACS subject; the one service
+// of the benchmark, AdminService, has the admin role (the platform reads
+// roles from its store).
 func Identify(v *pki.Verifier) broker.IdentifyFunc {
 	return func(cs tls.ConnectionState) (tacs.Subject, error) {
 		id, err := v.IdentifyTLS(cs)
@@ -146,6 +178,9 @@ func Identify(v *pki.Verifier) broker.IdentifyFunc {
 			return tacs.Subject{}, err
 		}
 		if id.IsService() {
+			if id.Service == AdminService {
+				return tacs.ServiceSubject(id.Service, tacs.RoleAdmin), nil
+			}
 			return tacs.Subject{}, fmt.Errorf("service %q has no role in the benchmark", id.Service)
 		}
 		return tacs.Account(id.Path.String()), nil

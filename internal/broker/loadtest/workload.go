@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/fieldtrust/fieldtrust/internal/broker/packet"
 )
 
 // Workload is one publish→deliver run, identical for every broker.
@@ -20,8 +20,10 @@ import (
 // to its own ms-1/acc-1/dev-i/snapshots; each subscriber connects as the
 // account identity ms-1/acc-1 and subscribes to ms-1/acc-1/+/snapshots, so
 // every message is delivered Subscribers times (the fan-out of an account
-// with several consumers). All clients are MQTT 3.1.1 over mutual TLS
-// (paho.mqtt.golang), clean sessions.
+// with several consumers). With FanOut, one admin service publishes on
+// FanOutTopic (as the platform publishes CRLs) and every subscriber is a
+// device identity of its own. Clients are the harness's own (Client), MQTT
+// 3.1.1 or 5 over mutual TLS.
 type Workload struct {
 	Publishers  int
 	Subscribers int
@@ -29,11 +31,20 @@ type Workload struct {
 	// Warmup messages that are delivered but not measured.
 	Messages, Warmup int
 	QoS              byte
+	// Version is the MQTT version of every client: packet.V311 (default)
+	// or packet.V5.
+	Version byte
+	// Persistent subscribers keep their sessions (clean session 0, or a
+	// session expiry): for our broker every QoS 1/2 delivery is then
+	// written to disk before the publisher's acknowledgement.
+	Persistent bool
+	// FanOut: one publisher (admin service), Subscribers device identities.
+	FanOut bool
 	// PayloadSize is the size of every message (about a sealed snapshot);
 	// at least payloadHeader bytes.
 	PayloadSize int
-	// Window bounds each publisher's unacknowledged publishes (QoS 1: no
-	// PUBACK yet; QoS 0: not yet written to the socket).
+	// Window bounds each publisher's unacknowledged publishes (QoS 1/2: no
+	// PUBACK/PUBCOMP yet; QoS 0: not yet flushed to the socket).
 	Window int
 	// Rate, if positive, paces the publishers to this many publishes per
 	// second in total (open loop: latency is measured from the scheduled
@@ -44,6 +55,10 @@ type Workload struct {
 	// publish; lost QoS 0 messages never arrive.
 	Drain time.Duration
 }
+
+// FanOutTopic is what the fan-out publisher publishes on: every identity
+// may read pki/crl/#, only a grant may write it (TACS rule 3).
+const FanOutTopic = "pki/crl/bench"
 
 // Result is what a run measured.
 type Result struct {
@@ -91,10 +106,10 @@ func decodePayload(buf []byte) (sent time.Duration, pub, seq int, flags byte, ok
 // tested by internal/broker TestReconnectSameClientID.)
 var runSeq atomic.Int64
 
-// subscriber collects what one subscriber receives. Only the paho router
-// goroutine of its client writes to it until the run is over.
+// subscriber collects what one subscriber receives. Only its client's
+// reader goroutine writes to it until the run is over.
 type subscriber struct {
-	client  mqtt.Client
+	client  *Client
 	lat     []time.Duration
 	seen    []uint64 // bitmap over pub*Messages+seq
 	dupes   int
@@ -115,6 +130,9 @@ func (w Workload) Run(ctx context.Context, name, addr string, p *PKI) (Result, e
 	if w.Drain <= 0 {
 		w.Drain = 5 * time.Second
 	}
+	if w.FanOut {
+		w.Publishers = 1
+	}
 	res := Result{Broker: name, Workload: w, Published: w.Publishers * w.Messages}
 	res.Expected = res.Published * w.Subscribers
 	run := runSeq.Add(1)
@@ -126,20 +144,20 @@ func (w Workload) Run(ctx context.Context, name, addr string, p *PKI) (Result, e
 	defer func() {
 		for _, s := range subs {
 			if s != nil && s.client != nil {
-				s.client.Disconnect(100)
+				s.client.Close()
 			}
 		}
 	}()
-	acct, err := p.Identity(ctx, Account)
-	if err != nil {
-		return res, err
+	filter := Account + "/+/snapshots"
+	if w.FanOut {
+		filter = FanOutTopic
 	}
 	for i := range subs {
 		s := &subscriber{lat: make([]time.Duration, 0, total), seen: make([]uint64, (total+63)/64)}
 		subs[i] = s
-		handler := func(_ mqtt.Client, m mqtt.Message) {
+		handler := func(m *packet.Publish) {
 			at := now()
-			sent, pub, seq, flags, ok := decodePayload(m.Payload())
+			sent, pub, seq, flags, ok := decodePayload(m.Payload)
 			if !ok || pub >= w.Publishers || seq >= w.Messages {
 				s.invalid.Add(1)
 				return
@@ -158,38 +176,48 @@ func (w Workload) Run(ctx context.Context, name, addr string, p *PKI) (Result, e
 			s.last = at
 			s.got.Add(1)
 		}
-		c, err := connect(addr, fmt.Sprintf("r%d-sub-%d", run, i), p.ClientTLS(acct))
+		id := Account
+		if w.FanOut {
+			id = DevicePath(i)
+		}
+		cert, err := p.Identity(ctx, id)
+		if err != nil {
+			return res, err
+		}
+		o := ClientOptions{Version: w.Version, ClientID: fmt.Sprintf("r%d-sub-%d", run, i), Clean: !w.Persistent,
+			SessionExpiry: 3600, Window: w.Window, OnPublish: handler}
+		c, _, err := Dial(ctx, addr, p.ClientTLS(cert), o)
 		if err != nil {
 			return res, fmt.Errorf("subscriber %d: %w", i, err)
 		}
 		s.client = c
-		tok := c.Subscribe(Account+"/+/snapshots", w.QoS, handler)
-		if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
-			return res, fmt.Errorf("subscribe %d: %v", i, tok.Error())
-		}
-		if st, ok := tok.(*mqtt.SubscribeToken); ok {
-			for _, code := range st.Result() {
-				if code > 2 {
-					return res, fmt.Errorf("subscriber %d: SUBACK 0x%02x (refused)", i, code)
-				}
-			}
+		code, err := c.Subscribe(filter, w.QoS)
+		if err != nil || code >= 0x80 {
+			return res, fmt.Errorf("subscriber %d: SUBACK 0x%02x: %v", i, code, err)
 		}
 	}
 
-	pubs := make([]mqtt.Client, w.Publishers)
+	pubs := make([]*Client, w.Publishers)
 	defer func() {
 		for _, c := range pubs {
 			if c != nil {
-				c.Disconnect(100)
+				c.Close()
 			}
 		}
 	}()
 	for i := range pubs {
-		cert, err := p.Identity(ctx, DevicePath(i))
+		var cert tls.Certificate
+		var err error
+		if w.FanOut {
+			cert, err = p.Service(ctx, AdminService)
+		} else {
+			cert, err = p.Identity(ctx, DevicePath(i))
+		}
 		if err != nil {
 			return res, err
 		}
-		if pubs[i], err = connect(addr, fmt.Sprintf("r%d-pub-%d", run, i), p.ClientTLS(cert)); err != nil {
+		o := ClientOptions{Version: w.Version, ClientID: fmt.Sprintf("r%d-pub-%d", run, i), Clean: true, Window: w.Window}
+		if pubs[i], _, err = Dial(ctx, addr, p.ClientTLS(cert), o); err != nil {
 			return res, fmt.Errorf("publisher %d: %w", i, err)
 		}
 	}
@@ -246,7 +274,7 @@ func (w Workload) Run(ctx context.Context, name, addr string, p *PKI) (Result, e
 		return time.Since(lastProgress) > w.Drain
 	})
 	for _, s := range subs {
-		s.client.Disconnect(100) // stops its router: s is ours to read now
+		s.client.Close() // its reader has ended: s is ours to read now
 		s.client = nil
 	}
 
@@ -275,8 +303,11 @@ func (w Workload) Run(ctx context.Context, name, addr string, p *PKI) (Result, e
 
 // publish sends n messages from publisher i with at most w.Window
 // outstanding.
-func (w Workload) publish(ctx context.Context, c mqtt.Client, i, n int, flags byte, rate float64, start time.Duration, now func() time.Duration) error {
+func (w Workload) publish(ctx context.Context, c *Client, i, n int, flags byte, rate float64, start time.Duration, now func() time.Duration) error {
 	topic := DevicePath(i) + "/snapshots"
+	if w.FanOut {
+		topic = FanOutTopic
+	}
 	var interval time.Duration
 	if rate > 0 {
 		interval = time.Duration(float64(time.Second) * float64(w.Publishers) / rate)
@@ -287,13 +318,7 @@ func (w Workload) publish(ctx context.Context, c mqtt.Client, i, n int, flags by
 	if w.Publishers > 0 {
 		offset = interval * time.Duration(i) / time.Duration(w.Publishers)
 	}
-	pending := make([]mqtt.Token, 0, w.Window)
-	wait := func(t mqtt.Token) error {
-		if !t.WaitTimeout(30 * time.Second) {
-			return fmt.Errorf("publisher %d: no acknowledgement within 30s", i)
-		}
-		return t.Error()
-	}
+	buf := make([]byte, w.PayloadSize) // the client copies it into its buffer
 	for seq := range n {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -305,41 +330,12 @@ func (w Workload) publish(ctx context.Context, c mqtt.Client, i, n int, flags by
 				time.Sleep(d)
 			}
 		}
-		buf := make([]byte, w.PayloadSize) // paho keeps it until acknowledged
 		encodePayload(buf, sent, i, seq, flags)
-		if len(pending) == w.Window {
-			if err := wait(pending[0]); err != nil {
-				return err
-			}
-			pending = append(pending[:0], pending[1:]...)
-		}
-		pending = append(pending, c.Publish(topic, w.QoS, false, buf))
-	}
-	for _, t := range pending {
-		if err := wait(t); err != nil {
-			return err
+		if err := c.Publish(topic, w.QoS, buf, interval > 0); err != nil {
+			return fmt.Errorf("publisher %d: %w", i, err)
 		}
 	}
-	return nil
-}
-
-func connect(addr, clientID string, tlsCfg *tls.Config) (mqtt.Client, error) {
-	o := mqtt.NewClientOptions().
-		AddBroker("ssl://" + addr).
-		SetClientID(clientID).
-		SetCleanSession(true).
-		SetProtocolVersion(4).
-		SetAutoReconnect(false).
-		SetConnectTimeout(30 * time.Second).
-		SetKeepAlive(60 * time.Second).
-		SetWriteTimeout(30 * time.Second)
-	o.SetTLSConfig(tlsCfg)
-	c := mqtt.NewClient(o)
-	tok := c.Connect()
-	if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
-		return nil, fmt.Errorf("connect %s: %v", addr, tok.Error())
-	}
-	return c, nil
+	return c.Drain(60 * time.Second)
 }
 
 func waitFor(ctx context.Context, limit time.Duration, done func() bool) {

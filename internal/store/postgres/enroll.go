@@ -51,8 +51,14 @@ func (s *Store) PutClaims(ctx context.Context, claims []store.Claim) error {
 	}
 	defer tx.Rollback(ctx)
 	for _, c := range claims {
-		_, err := tx.Exec(ctx, `INSERT INTO claims (kind, value, path, created_at, consumed_at, consumed_by) VALUES ($1, $2, $3, $4, $5, $6)`,
-			c.Kind, c.Value, c.Path, seconds(c.CreatedAt), nullSeconds(c.ConsumedAt), c.ConsumedBy)
+		// A revoked claim is replaced; a live one is a conflict.
+		if _, err := tx.Exec(ctx, `DELETE FROM claims WHERE manufacturer_key_id = $1 AND kind = $2 AND value = $3 AND revoked_at IS NOT NULL`,
+			c.ManufacturerKeyID, c.Kind, c.Value); err != nil {
+			return fmt.Errorf("put claim %s %s: %w", c.Kind, c.Value, err)
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO claims (manufacturer_key_id, manufacturer_subject, kind, value, path, created_at, consumed_at, consumed_by, consumed_by_cert, revoked_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+			c.ManufacturerKeyID, c.ManufacturerSubject, c.Kind, c.Value, c.Path, seconds(c.CreatedAt), nullSeconds(c.ConsumedAt), c.ConsumedBy, c.ConsumedByCert, nullSeconds(c.RevokedAt))
 		if err != nil {
 			if isUnique(err) {
 				return fmt.Errorf("claim %s %s: %w", c.Kind, c.Value, store.ErrExists)
@@ -66,15 +72,15 @@ func (s *Store) PutClaims(ctx context.Context, claims []store.Claim) error {
 	return nil
 }
 
-const claimColumns = `kind, value, path, created_at, consumed_at, consumed_by`
+const claimColumns = `manufacturer_key_id, manufacturer_subject, kind, value, path, created_at, consumed_at, consumed_by, consumed_by_cert, revoked_at`
 
 func scanClaim(r pgx.Row) (store.Claim, error) {
 	var c store.Claim
-	var consumed *time.Time
-	if err := r.Scan(&c.Kind, &c.Value, &c.Path, &c.CreatedAt, &consumed, &c.ConsumedBy); err != nil {
+	var consumed, revoked *time.Time
+	if err := r.Scan(&c.ManufacturerKeyID, &c.ManufacturerSubject, &c.Kind, &c.Value, &c.Path, &c.CreatedAt, &consumed, &c.ConsumedBy, &c.ConsumedByCert, &revoked); err != nil {
 		return c, err
 	}
-	c.CreatedAt, c.ConsumedAt = c.CreatedAt.UTC(), fromNull(consumed)
+	c.CreatedAt, c.ConsumedAt, c.RevokedAt = c.CreatedAt.UTC(), fromNull(consumed), fromNull(revoked)
 	return c, nil
 }
 
@@ -97,43 +103,65 @@ func (s *Store) Claims(ctx context.Context) ([]store.Claim, error) {
 }
 
 // Claim implements store.Enrollments.
-func (s *Store) Claim(ctx context.Context, kind, value string) (store.Claim, error) {
-	c, err := scanClaim(s.pool.QueryRow(ctx, `SELECT `+claimColumns+` FROM claims WHERE kind = $1 AND value = $2`, kind, value))
+func (s *Store) Claim(ctx context.Context, k store.ClaimKey) (store.Claim, error) {
+	c, err := scanClaim(s.pool.QueryRow(ctx, `SELECT `+claimColumns+` FROM claims WHERE manufacturer_key_id = $1 AND kind = $2 AND value = $3`, k.ManufacturerKeyID, k.Kind, k.Value))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return c, fmt.Errorf("claim %s %s: %w", kind, value, store.ErrNotFound)
+		return c, fmt.Errorf("claim %s %s: %w", k.Kind, k.Value, store.ErrNotFound)
 	}
 	if err != nil {
-		return c, fmt.Errorf("claim %s %s: %w", kind, value, err)
+		return c, fmt.Errorf("claim %s %s: %w", k.Kind, k.Value, err)
 	}
 	return c, nil
 }
 
 // ConsumeClaim implements store.Enrollments. The conditional UPDATE is the
 // atomic step: a concurrent UPDATE waits for the row lock and then
-// re-checks consumed_at IS NULL, so only one writer wins.
-func (s *Store) ConsumeClaim(ctx context.Context, kind, value, by string, at time.Time) error {
-	tag, err := s.pool.Exec(ctx, `UPDATE claims SET consumed_at = $1, consumed_by = $2
-		WHERE kind = $3 AND value = $4 AND consumed_at IS NULL`, seconds(at), by, kind, value)
+// re-checks consumed_at IS NULL, so only one writer wins, and none once the
+// claim is revoked.
+func (s *Store) ConsumeClaim(ctx context.Context, k store.ClaimKey, by store.Consumer, at time.Time) error {
+	tag, err := s.pool.Exec(ctx, `UPDATE claims SET consumed_at = $1, consumed_by = $2, consumed_by_cert = $3
+		WHERE manufacturer_key_id = $4 AND kind = $5 AND value = $6 AND consumed_at IS NULL AND revoked_at IS NULL`,
+		seconds(at), by.Serial, by.Fingerprint, k.ManufacturerKeyID, k.Kind, k.Value)
 	if err != nil {
-		return fmt.Errorf("consume claim %s %s: %w", kind, value, err)
+		return fmt.Errorf("consume claim %s %s: %w", k.Kind, k.Value, err)
 	}
 	if tag.RowsAffected() == 1 {
 		return nil
 	}
-	if _, err := s.Claim(ctx, kind, value); err != nil {
+	c, err := s.Claim(ctx, k)
+	if err != nil {
 		return err
 	}
-	return fmt.Errorf("claim %s %s: %w", kind, value, store.ErrConsumed)
+	if c.Revoked() {
+		return fmt.Errorf("claim %s %s: %w", k.Kind, k.Value, store.ErrClaimRevoked)
+	}
+	return fmt.Errorf("claim %s %s: %w", k.Kind, k.Value, store.ErrConsumed)
 }
 
 // ReleaseClaim implements store.Enrollments.
-func (s *Store) ReleaseClaim(ctx context.Context, kind, value string) error {
-	tag, err := s.pool.Exec(ctx, `UPDATE claims SET consumed_at = NULL, consumed_by = '' WHERE kind = $1 AND value = $2`, kind, value)
+func (s *Store) ReleaseClaim(ctx context.Context, k store.ClaimKey) error {
+	tag, err := s.pool.Exec(ctx, `UPDATE claims SET consumed_at = NULL, consumed_by = '', consumed_by_cert = ''
+		WHERE manufacturer_key_id = $1 AND kind = $2 AND value = $3`, k.ManufacturerKeyID, k.Kind, k.Value)
 	if err != nil {
-		return fmt.Errorf("release claim %s %s: %w", kind, value, err)
+		return fmt.Errorf("release claim %s %s: %w", k.Kind, k.Value, err)
 	}
 	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("claim %s %s: %w", kind, value, store.ErrNotFound)
+		return fmt.Errorf("claim %s %s: %w", k.Kind, k.Value, store.ErrNotFound)
 	}
 	return nil
+}
+
+// AdoptLegacyClaims implements store.Enrollments.
+func (s *Store) AdoptLegacyClaims(ctx context.Context, keyID, subject string) (int, error) {
+	if keyID == "" {
+		return 0, errors.New("adopt legacy claims: no manufacturer key ID")
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE claims SET manufacturer_key_id = $1, manufacturer_subject = $2 WHERE manufacturer_key_id = ''`, keyID, subject)
+	if err != nil {
+		if isUnique(err) {
+			return 0, fmt.Errorf("adopt legacy claims: a legacy claim names a device the manufacturer already has a claim for: %w", store.ErrExists)
+		}
+		return 0, fmt.Errorf("adopt legacy claims: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
 }

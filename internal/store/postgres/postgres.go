@@ -213,6 +213,10 @@ func (s *Store) ListCertificates(ctx context.Context, f store.CertFilter) ([]sto
 	if f.RevokedOnly {
 		q += ` AND revoked_at IS NOT NULL`
 	}
+	if len(f.Kinds) > 0 {
+		args = append(args, f.Kinds)
+		q += fmt.Sprintf(` AND kind = ANY($%d)`, len(args))
+	}
 	rows, err := s.pool.Query(ctx, q+` ORDER BY seq`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list certificates: %w", err)
@@ -229,17 +233,31 @@ func (s *Store) ListCertificates(ctx context.Context, f store.CertFilter) ([]sto
 	return out, rows.Err()
 }
 
-// RevokeCertificate implements store.Store.
+// RevokeCertificate implements store.Store. The revocation and the bump of
+// the domain's revocation version are one transaction.
 func (s *Store) RevokeCertificate(ctx context.Context, domain, serial string, reason int, at time.Time) error {
-	tag, err := s.pool.Exec(ctx, `UPDATE certificates SET revoked_at = $1, reason = $2
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("revoke %s/%s: %w", domain, serial, err)
+	}
+	defer tx.Rollback(ctx)
+	tag, err := tx.Exec(ctx, `UPDATE certificates SET revoked_at = $1, reason = $2
 		WHERE domain = $3 AND serial = $4 AND revoked_at IS NULL`, seconds(at), reason, domain, serial)
 	if err != nil {
 		return fmt.Errorf("revoke %s/%s: %w", domain, serial, err)
 	}
 	if tag.RowsAffected() == 0 {
+		tx.Rollback(ctx)
 		if _, err := s.Certificate(ctx, domain, serial); err != nil {
 			return err
 		}
+		return nil
+	}
+	if err := bumpRevocationVersion(ctx, tx, domain); err != nil {
+		return fmt.Errorf("revoke %s/%s: %w", domain, serial, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("revoke %s/%s: %w", domain, serial, err)
 	}
 	return nil
 }

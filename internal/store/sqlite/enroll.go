@@ -52,13 +52,25 @@ func (s *Store) PutClaims(ctx context.Context, claims []store.Claim) error {
 		return fmt.Errorf("put claims: %w", err)
 	}
 	defer tx.Rollback()
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO claims (kind, value, path, created_at, consumed_at, consumed_by) VALUES (?, ?, ?, ?, ?, ?)`)
+	// A revoked claim is replaced; a live one is a conflict (the INSERT's
+	// unique constraint reports it).
+	del, err := tx.PrepareContext(ctx, `DELETE FROM claims WHERE manufacturer_key_id = ? AND kind = ? AND value = ? AND revoked_at IS NOT NULL`)
 	if err != nil {
 		return fmt.Errorf("put claims: %w", err)
 	}
-	defer stmt.Close()
+	defer del.Close()
+	ins, err := tx.PrepareContext(ctx, `INSERT INTO claims (manufacturer_key_id, manufacturer_subject, kind, value, path, created_at, consumed_at, consumed_by, consumed_by_cert, revoked_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+	if err != nil {
+		return fmt.Errorf("put claims: %w", err)
+	}
+	defer ins.Close()
 	for _, c := range claims {
-		if _, err := stmt.ExecContext(ctx, c.Kind, c.Value, c.Path, c.CreatedAt.Unix(), nullTime(c.ConsumedAt), c.ConsumedBy); err != nil {
+		if _, err := del.ExecContext(ctx, c.ManufacturerKeyID, c.Kind, c.Value); err != nil {
+			return fmt.Errorf("put claim %s %s: %w", c.Kind, c.Value, err)
+		}
+		if _, err := ins.ExecContext(ctx, c.ManufacturerKeyID, c.ManufacturerSubject, c.Kind, c.Value, c.Path, c.CreatedAt.Unix(),
+			nullTime(c.ConsumedAt), c.ConsumedBy, c.ConsumedByCert, nullTime(c.RevokedAt)); err != nil {
 			if isUnique(err) {
 				return fmt.Errorf("claim %s %s: %w", c.Kind, c.Value, store.ErrExists)
 			}
@@ -71,7 +83,7 @@ func (s *Store) PutClaims(ctx context.Context, claims []store.Claim) error {
 	return nil
 }
 
-const claimColumns = `kind, value, path, created_at, consumed_at, consumed_by`
+const claimColumns = `manufacturer_key_id, manufacturer_subject, kind, value, path, created_at, consumed_at, consumed_by, consumed_by_cert, revoked_at`
 
 // Claims implements store.Enrollments.
 func (s *Store) Claims(ctx context.Context) ([]store.Claim, error) {
@@ -92,58 +104,84 @@ func (s *Store) Claims(ctx context.Context) ([]store.Claim, error) {
 }
 
 // Claim implements store.Enrollments.
-func (s *Store) Claim(ctx context.Context, kind, value string) (store.Claim, error) {
-	c, err := scanClaim(s.db.QueryRowContext(ctx, `SELECT `+claimColumns+` FROM claims WHERE kind = ? AND value = ?`, kind, value))
+func (s *Store) Claim(ctx context.Context, k store.ClaimKey) (store.Claim, error) {
+	c, err := scanClaim(s.db.QueryRowContext(ctx, `SELECT `+claimColumns+` FROM claims WHERE manufacturer_key_id = ? AND kind = ? AND value = ?`, k.ManufacturerKeyID, k.Kind, k.Value))
 	if errors.Is(err, sql.ErrNoRows) {
-		return c, fmt.Errorf("claim %s %s: %w", kind, value, store.ErrNotFound)
+		return c, fmt.Errorf("claim %s %s: %w", k.Kind, k.Value, store.ErrNotFound)
 	}
 	if err != nil {
-		return c, fmt.Errorf("claim %s %s: %w", kind, value, err)
+		return c, fmt.Errorf("claim %s %s: %w", k.Kind, k.Value, err)
 	}
 	return c, nil
 }
 
 // ConsumeClaim implements store.Enrollments. The conditional UPDATE is the
-// atomic step: only one writer can turn consumed_at from NULL to a time.
-func (s *Store) ConsumeClaim(ctx context.Context, kind, value, by string, at time.Time) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE claims SET consumed_at = ?, consumed_by = ?
-		WHERE kind = ? AND value = ? AND consumed_at IS NULL`, at.Unix(), by, kind, value)
+// atomic step: only one writer can turn consumed_at from NULL to a time,
+// and none once the claim is revoked.
+func (s *Store) ConsumeClaim(ctx context.Context, k store.ClaimKey, by store.Consumer, at time.Time) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE claims SET consumed_at = ?, consumed_by = ?, consumed_by_cert = ?
+		WHERE manufacturer_key_id = ? AND kind = ? AND value = ? AND consumed_at IS NULL AND revoked_at IS NULL`,
+		at.Unix(), by.Serial, by.Fingerprint, k.ManufacturerKeyID, k.Kind, k.Value)
 	if err != nil {
-		return fmt.Errorf("consume claim %s %s: %w", kind, value, err)
+		return fmt.Errorf("consume claim %s %s: %w", k.Kind, k.Value, err)
 	}
 	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("consume claim %s %s: %w", kind, value, err)
+		return fmt.Errorf("consume claim %s %s: %w", k.Kind, k.Value, err)
 	} else if n == 1 {
 		return nil
 	}
-	if _, err := s.Claim(ctx, kind, value); err != nil {
+	c, err := s.Claim(ctx, k)
+	if err != nil {
 		return err
 	}
-	return fmt.Errorf("claim %s %s: %w", kind, value, store.ErrConsumed)
+	if c.Revoked() {
+		return fmt.Errorf("claim %s %s: %w", k.Kind, k.Value, store.ErrClaimRevoked)
+	}
+	return fmt.Errorf("claim %s %s: %w", k.Kind, k.Value, store.ErrConsumed)
 }
 
 // ReleaseClaim implements store.Enrollments.
-func (s *Store) ReleaseClaim(ctx context.Context, kind, value string) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE claims SET consumed_at = NULL, consumed_by = '' WHERE kind = ? AND value = ?`, kind, value)
+func (s *Store) ReleaseClaim(ctx context.Context, k store.ClaimKey) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE claims SET consumed_at = NULL, consumed_by = '', consumed_by_cert = ''
+		WHERE manufacturer_key_id = ? AND kind = ? AND value = ?`, k.ManufacturerKeyID, k.Kind, k.Value)
 	if err != nil {
-		return fmt.Errorf("release claim %s %s: %w", kind, value, err)
+		return fmt.Errorf("release claim %s %s: %w", k.Kind, k.Value, err)
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("claim %s %s: %w", kind, value, store.ErrNotFound)
+		return fmt.Errorf("claim %s %s: %w", k.Kind, k.Value, store.ErrNotFound)
 	}
 	return nil
+}
+
+// AdoptLegacyClaims implements store.Enrollments.
+func (s *Store) AdoptLegacyClaims(ctx context.Context, keyID, subject string) (int, error) {
+	if keyID == "" {
+		return 0, errors.New("adopt legacy claims: no manufacturer key ID")
+	}
+	res, err := s.db.ExecContext(ctx, `UPDATE claims SET manufacturer_key_id = ?, manufacturer_subject = ? WHERE manufacturer_key_id = ''`, keyID, subject)
+	if err != nil {
+		if isUnique(err) {
+			return 0, fmt.Errorf("adopt legacy claims: a legacy claim names a device the manufacturer already has a claim for: %w", store.ErrExists)
+		}
+		return 0, fmt.Errorf("adopt legacy claims: %w", err)
+	}
+	n, err := res.RowsAffected()
+	return int(n), err
 }
 
 func scanClaim(r scanner) (store.Claim, error) {
 	var c store.Claim
 	var created int64
-	var consumed sql.NullInt64
-	if err := r.Scan(&c.Kind, &c.Value, &c.Path, &created, &consumed, &c.ConsumedBy); err != nil {
+	var consumed, revoked sql.NullInt64
+	if err := r.Scan(&c.ManufacturerKeyID, &c.ManufacturerSubject, &c.Kind, &c.Value, &c.Path, &created, &consumed, &c.ConsumedBy, &c.ConsumedByCert, &revoked); err != nil {
 		return c, err
 	}
 	c.CreatedAt = time.Unix(created, 0).UTC()
 	if consumed.Valid {
 		c.ConsumedAt = time.Unix(consumed.Int64, 0).UTC()
+	}
+	if revoked.Valid {
+		c.RevokedAt = time.Unix(revoked.Int64, 0).UTC()
 	}
 	return c, nil
 }

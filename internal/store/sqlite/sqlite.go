@@ -167,6 +167,12 @@ func (s *Store) ListCertificates(ctx context.Context, f store.CertFilter) ([]sto
 	if f.RevokedOnly {
 		q += ` AND revoked_at IS NOT NULL`
 	}
+	if len(f.Kinds) > 0 {
+		q += ` AND kind IN (?` + strings.Repeat(`, ?`, len(f.Kinds)-1) + `)`
+		for _, k := range f.Kinds {
+			args = append(args, k)
+		}
+	}
 	q += ` ORDER BY seq`
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
@@ -184,17 +190,31 @@ func (s *Store) ListCertificates(ctx context.Context, f store.CertFilter) ([]sto
 	return out, rows.Err()
 }
 
-// RevokeCertificate implements store.Store.
+// RevokeCertificate implements store.Store. The revocation and the bump of
+// the domain's revocation version are one transaction.
 func (s *Store) RevokeCertificate(ctx context.Context, domain, serial string, reason int, at time.Time) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE certificates SET revoked_at = ?, reason = ?
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("revoke %s/%s: %w", domain, serial, err)
+	}
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, `UPDATE certificates SET revoked_at = ?, reason = ?
 		WHERE domain = ? AND serial = ? AND revoked_at IS NULL`, at.Unix(), reason, domain, serial)
 	if err != nil {
 		return fmt.Errorf("revoke %s/%s: %w", domain, serial, err)
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
+		tx.Rollback()
 		if _, err := s.Certificate(ctx, domain, serial); err != nil {
 			return err
 		}
+		return nil
+	}
+	if err := bumpRevocationVersion(ctx, tx, domain); err != nil {
+		return fmt.Errorf("revoke %s/%s: %w", domain, serial, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("revoke %s/%s: %w", domain, serial, err)
 	}
 	return nil
 }

@@ -1,10 +1,12 @@
 package sqlite
 
 import (
+	"database/sql"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/storetest"
@@ -53,5 +55,60 @@ func TestCorruptFile(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), file) || !strings.Contains(err.Error(), "backup") {
 		t.Fatalf("error %q should name the file and say what to do", err)
+	}
+}
+
+// TestClaimsMigrateAsLegacy: a database written before claims named their
+// manufacturer keeps its claims, marked legacy (refused at enrollment until
+// adopted), consumption included.
+func TestClaimsMigrateAsLegacy(t *testing.T) {
+	ctx := t.Context()
+	file := filepath.Join(t.TempDir(), "old.db")
+	db, err := sql.Open("sqlite", "file:"+file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	for v, name := range map[int]string{1: "0001_pki.sql", 2: "0002_enroll.sql", 3: "0003_ledger.sql", 4: "0004_snapshots.sql"} {
+		body, err := migrations.ReadFile("migrations/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.ExecContext(ctx, string(body)); err != nil {
+			t.Fatal(name, err)
+		}
+		if _, err := db.ExecContext(ctx, `INSERT INTO schema_migrations VALUES (?, 0)`, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := db.ExecContext(ctx, `INSERT INTO claims (kind, value, path, created_at, consumed_at, consumed_by) VALUES
+		('serial', '0a1b', 'ms/acc/dev-1', 1700000000, NULL, ''), ('subject', 'SN-2', 'ms/acc/dev-2', 1700000000, 1700000100, 'beef')`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s, err := Open(ctx, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	list, err := s.Claims(ctx)
+	if err != nil || len(list) != 2 {
+		t.Fatalf("claims after migration: %+v, %v", list, err)
+	}
+	if c := list[0]; !c.Legacy() || c.Kind != "serial" || c.Value != "0a1b" || c.Path != "ms/acc/dev-1" || c.Consumed() {
+		t.Fatalf("first claim after migration: %+v", c)
+	}
+	if c := list[1]; !c.Legacy() || !c.Consumed() || c.ConsumedBy != "beef" || c.ConsumedByCert != "" {
+		t.Fatalf("consumed claim after migration: %+v", c)
+	}
+	// New claims keep counting after the old ones.
+	if err := s.PutClaims(ctx, []store.Claim{{ClaimKey: store.ClaimKey{ManufacturerKeyID: "ac", Kind: "serial", Value: "0a1b"}, Path: "ms/acc/dev-3", CreatedAt: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	if list, err := s.Claims(ctx); err != nil || len(list) != 3 || list[2].Path != "ms/acc/dev-3" {
+		t.Fatalf("claims after a new one: %+v, %v", list, err)
 	}
 }

@@ -20,6 +20,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("ServiceRoles", func(t *testing.T) { testServiceRoles(t, open(t)) })
 	t.Run("Ledger", func(t *testing.T) { testLedger(t, open(t)) })
 	runEnrollments(t, open)
+	runRevocations(t, open)
 	runSnapshots(t, open)
 }
 

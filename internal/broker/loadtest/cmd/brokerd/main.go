@@ -22,6 +22,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -49,6 +52,7 @@ func run() error {
 	stateDir := flag.String("state", "", "broker state directory")
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	debugAddr := flag.String("debug-addr", "", "serve net/http/pprof on this loopback address (memory and goroutine profiles of a run)")
 	flag.Parse()
 	if *rootFile == "" || *servicesFile == "" || *certFile == "" || *keyFile == "" || *stateDir == "" {
 		return errors.New("-root, -services, -cert, -key and -state are required")
@@ -98,6 +102,17 @@ func run() error {
 			pprof.StopCPUProfile()
 			_ = f.Close()
 		}()
+	}
+	if *debugAddr != "" {
+		ln, err := net.Listen("tcp", *debugAddr)
+		if err != nil {
+			return err
+		}
+		if !ln.Addr().(*net.TCPAddr).IP.IsLoopback() {
+			return fmt.Errorf("-debug-addr %s: loopback only", *debugAddr)
+		}
+		go func() { _ = http.Serve(ln, nil) }() // net/http/pprof registers on the default mux
+		fmt.Fprintf(os.Stderr, "pprof on http://%s/debug/pprof/\n", ln.Addr())
 	}
 	fmt.Printf("ADDR %s\n", b.Addr())
 	return b.Serve(ctx)

@@ -1,0 +1,4 @@
+package est
+
+// ChainOf is chainOf, for the fuzz test.
+var ChainOf = chainOf

@@ -228,6 +228,10 @@ func (b *Broker) endSessionLocked(s *session, replaced bool) {
 		return
 	}
 	s.ended = true
+	wasPersistent := s.persistent
+	if wasPersistent {
+		b.store.forgetSession(s) // before the deliveries go: it releases their messages
+	}
 	for _, sub := range s.subs {
 		b.subs.remove(s, sub)
 	}
@@ -245,12 +249,10 @@ func (b *Broker) endSessionLocked(s *session, replaced bool) {
 	}
 	will := s.takeWill()
 	prev := s.conn
-	wasPersistent := s.persistent
 	s.persistent = false
 	s.mu.Unlock()
 	if wasPersistent {
 		s.id.persistent--
-		b.store.forgetSession(s)
 	}
 	if !replaced && b.sessions[s.key] == s {
 		delete(b.sessions, s.key)

@@ -140,8 +140,8 @@ func TestBrokerBench(t *testing.T) {
 		{"QoS 2", "qos2", with(func(w *Workload) { w.QoS, w.Messages = 2, msgs1 }), []string{ours, mosquitto, persist}, false, false},
 		{"QoS 1, MQTT 5", "v5", with(func(w *Workload) { w.QoS, w.Messages, w.Version = 1, msgs1, packet.V5 }), []string{ours, mosquitto}, true, false},
 		{"QoS 1, persistent sessions", "persistent", with(func(w *Workload) { w.QoS, w.Messages, w.Persistent = 1, msgs1, true }), []string{ours, persist, mosquitto}, true, false},
-		{fmt.Sprintf("QoS 0, fan-out 1 → %d", fanout), "fanout0", with(func(w *Workload) { w.FanOut, w.Subscribers, w.Messages = true, fanout, msgs1 / 10 }), []string{ours, mosquitto}, false, false},
-		{fmt.Sprintf("QoS 1, fan-out 1 → %d", fanout), "fanout1", with(func(w *Workload) { w.FanOut, w.Subscribers, w.QoS, w.Messages = true, fanout, 1, msgs1 / 10 }), []string{ours, mosquitto}, false, false},
+		{fmt.Sprintf("QoS 0, fan-out 1 → %d", fanout), "fanout0", with(func(w *Workload) { w.FanOut, w.Subscribers, w.Messages = true, fanout, msgs1/10 }), []string{ours, mosquitto}, false, false},
+		{fmt.Sprintf("QoS 1, fan-out 1 → %d", fanout), "fanout1", with(func(w *Workload) { w.FanOut, w.Subscribers, w.QoS, w.Messages = true, fanout, 1, msgs1/10 }), []string{ours, mosquitto}, false, false},
 		{"QoS 1, persistent sessions resumed after a restart", "resume", with(func(w *Workload) { w.QoS, w.Messages = 1, resume }), []string{ours, persist}, false, true},
 	}
 	var scenarios []Scenario

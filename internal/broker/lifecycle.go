@@ -96,7 +96,7 @@ func (b *Broker) attach(c *conn, persistent bool, expiry time.Duration, clean bo
 	}
 	s.mu.Unlock()
 	if prev != nil {
-		go prev.terminate(packet.SessionTakenOver)
+		prev.terminate(packet.SessionTakenOver)
 	}
 	b.metrics.connects.WithLabelValues().Inc()
 	b.metrics.connections.WithLabelValues().Inc()
@@ -112,9 +112,6 @@ func (b *Broker) attach(c *conn, persistent bool, expiry time.Duration, clean bo
 // offline (persistent) or ends, and the will is sent, scheduled or dropped.
 func (c *conn) ended(cause error) {
 	b := c.b
-	if c.expiry != nil {
-		c.expiry.Stop()
-	}
 	b.metrics.connections.WithLabelValues().Dec()
 	s := c.sess.Load()
 	c.willMu.Lock()

@@ -216,7 +216,7 @@ func TestBrokerBench(t *testing.T) {
 		}
 		for _, name := range []string{ours, mosquitto} {
 			b := start(name, "idle")
-			r, err := Idle(ctx, b, p, certs, idleN, 2*runtime.GOMAXPROCS(0), 2*time.Second, func(s string) { t.Log(s) })
+			r, err := Idle(ctx, b, p, certs, IdleOptions{Conns: idleN, Workers: 2 * runtime.GOMAXPROCS(0), Settle: 2 * time.Second, Progress: func(s string) { t.Log(s) }})
 			if err != nil {
 				t.Fatal(err)
 			}

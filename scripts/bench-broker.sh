@@ -28,11 +28,11 @@ export FIELDTRUST_BROKER_BENCH_PROFILES="${FIELDTRUST_BROKER_BENCH_PROFILES:-$ou
 
 # The test fails (after the whole run) on QoS 1 loss; print the tables anyway.
 status=0
-go test -count=1 -run '^TestBrokerBench$' -v -timeout 30m ./internal/broker/loadtest >&2 || status=$?
+go test -count=1 -run '^TestBrokerBench$' -v -timeout 40m ./internal/broker/loadtest >&2 || status=$?
 
 [ -f "$out/tables.md" ] && cat "$out/tables.md"
 prof="$FIELDTRUST_BROKER_BENCH_PROFILES"
-for p in qos0 qos1 idle; do
+for p in qos0 qos1 qos2 v5 persistent fanout0 fanout1 resume idle; do
 	[ -f "$prof/$p.pprof" ] || continue
 	echo
 	echo "### brokerd CPU profile: $p (go tool pprof -top)"

@@ -29,6 +29,7 @@ package broker
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -65,6 +66,10 @@ const (
 // is sent. Returning an error refuses (or ends) the connection.
 type IdentifyFunc func(cs tls.ConnectionState) (tacs.Subject, error)
 
+// VerifyClientFunc verifies a client certificate and the intermediates it
+// presented, and returns the verified chain (leaf first, root last).
+type VerifyClientFunc func(leaf *x509.Certificate, intermediates []*x509.Certificate) ([]*x509.Certificate, error)
+
 // Config is what the broker consumes from the platform.
 type Config struct {
 	// Addr is the TCP listen address, e.g. "127.0.0.1:8883"; port 0 picks
@@ -77,6 +82,12 @@ type Config struct {
 	TLS *tls.Config
 	// Identify maps a verified chain to a subject; required.
 	Identify IdentifyFunc
+	// VerifyClient, if set, verifies client chains instead of the TLS
+	// layer's ClientCAs: with it, a client may present its leaf alone, as
+	// long as VerifyClient knows the intermediate CAs. Verification still
+	// happens during the handshake; the chain it returns is what Identify
+	// sees.
+	VerifyClient VerifyClientFunc
 	// Grants holds the service roles; nil means tacs.DefaultGrants().
 	Grants tacs.Grants
 	// StateDir holds the session, queue and retained store; required.
@@ -168,7 +179,7 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.MaxKeepAlive > 65535*time.Second {
 		return nil, fmt.Errorf("broker: config: MaxKeepAlive %v exceeds MQTT's 65535 s", cfg.MaxKeepAlive)
 	}
-	tlsCfg, err := serverTLSConfig(cfg.TLS)
+	tlsCfg, err := serverTLSConfig(cfg.TLS, cfg.VerifyClient)
 	if err != nil {
 		return nil, fmt.Errorf("broker: config: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -26,7 +27,6 @@ type conn struct {
 	b        *Broker
 	nc       *tls.Conn
 	cs       tls.ConnectionState
-	remote   string
 	subject  tacs.Subject
 	id       *identity
 	sess     atomic.Pointer[session]
@@ -47,10 +47,10 @@ type conn struct {
 	will     *packet.Will // nil once deleted (normal DISCONNECT, revocation)
 	takeover atomic.Bool  // replaced by a new connection of the same session
 
-	revoked atomic.Bool
-	closed  atomic.Bool // no more packets are handled
-	closing atomic.Bool // terminate ran
-	expiry  *time.Timer // certificate NotAfter
+	revoked  atomic.Bool
+	closed   atomic.Bool // no more packets are handled
+	closing  atomic.Bool // terminate ran
+	notAfter time.Time   // the chain's first expiry: the session ends then
 
 	// Inbound QoS 1/2 publishes not yet acknowledged (their
 	// acknowledgement may wait for the journal), and their bytes.
@@ -64,7 +64,7 @@ type conn struct {
 }
 
 func newConn(b *Broker, nc *tls.Conn) *conn {
-	return &conn{b: b, nc: nc, remote: nc.RemoteAddr().String(), inWake: make(chan struct{}, 1)}
+	return &conn{b: b, nc: nc, inWake: make(chan struct{}, 1)}
 }
 
 // refuse counts a refusal on this connection and logs it, at most one line
@@ -79,7 +79,7 @@ func (c *conn) refuse(stage, reason string, attrs ...any) {
 	if !ok {
 		return
 	}
-	args := append([]any{"stage", stage, "reason", reason, "identity", c.subject.String(), "client", c.clientID, "remote", c.remote}, attrs...)
+	args := append([]any{"stage", stage, "reason", reason, "identity", c.subject.String(), "client", c.clientID, "remote", c.nc.RemoteAddr().String()}, attrs...)
 	if n > 0 {
 		args = append(args, "suppressed_since_last_log", n)
 	}
@@ -122,7 +122,7 @@ const finalWait = time.Second
 func (c *conn) revoke(reason byte) {
 	c.revoked.Store(true)
 	c.dropWill()
-	go c.terminate(reason)
+	c.terminate(reason) // never blocks: the writer sends the DISCONNECT
 }
 
 // shutdown ends the connection because the broker stops. The will is not
@@ -137,18 +137,23 @@ func (c *conn) dropWill() {
 	c.willMu.Unlock()
 }
 
-// serve runs the connection: CONNECT, then packets until the connection
-// ends, then the session's and will's handling of the end.
-func (c *conn) serve() {
+// accept reads and answers CONNECT; it reports whether the connection was
+// attached to its session (then serve takes over).
+func (c *conn) accept() bool {
 	attached, err := c.connect()
 	if err != nil {
-		c.b.log.Debug("mqtt connection ended before CONNACK", "remote", c.remote, "error", err)
+		c.b.log.Debug("mqtt connection ended before CONNACK", "remote", c.nc.RemoteAddr().String(), "error", err)
 	}
 	if !attached {
 		c.terminate(packet.Success) // after a refusing CONNACK, if one was sent
-		return
 	}
-	err = c.readLoop()
+	return attached
+}
+
+// serve reads packets until the connection ends, then handles the end for
+// the session and the will.
+func (c *conn) serve() {
+	err := c.readLoop()
 	if !c.closing.Load() { // terminate's writer closes once its last bytes are out
 		c.fail(err)
 	}
@@ -165,7 +170,11 @@ func (c *conn) readLoop() error {
 		// quarter keepalive, which still leaves the client more than its
 		// keepalive after any packet.
 		if now := time.Now(); now.Sub(lastDeadline) > c.keepAlive/4 {
-			_ = c.nc.SetReadDeadline(now.Add(limit))
+			d := now.Add(limit)
+			if !c.notAfter.IsZero() && c.notAfter.Before(d) {
+				d = c.notAfter
+			}
+			_ = c.nc.SetReadDeadline(d)
 			lastDeadline = now
 		}
 		if err := c.waitInbound(); err != nil {
@@ -196,6 +205,7 @@ var (
 	errConnClosed  = errors.New("connection closed")
 	errDisconnect  = errors.New("client disconnected")
 	errKeepAlive   = errors.New("keepalive timeout")
+	errCertExpired = errors.New("client certificate expired")
 	errTakenOver   = errors.New("session taken over")
 	errProtocol    = errors.New("protocol violation")
 	errNotAllowed  = errors.New("refused")
@@ -218,6 +228,10 @@ func (c *conn) readError(h packet.Header, err error) error {
 		c.refuse("protocol", reasonOfPacketError(pe.Code), "error", pe.Msg)
 		c.terminate(pe.Code)
 		return fmt.Errorf("%w: %v", errProtocol, err)
+	case errors.As(err, &ne) && ne.Timeout() && !c.closed.Load() && !c.notAfter.IsZero() && !time.Now().Before(c.notAfter):
+		c.refuse("revalidate", "certificate_expired", "not_after", c.notAfter)
+		c.revoke(packet.NotAuthorized)
+		return errCertExpired
 	case errors.As(err, &ne) && ne.Timeout() && !c.closed.Load():
 		c.terminate(packet.KeepAliveTimeout)
 		return errKeepAlive
@@ -391,6 +405,15 @@ func (c *conn) connect() (bool, error) {
 		return false, nil
 	}
 	cs := c.nc.ConnectionState()
+	if v := c.b.cfg.VerifyClient; v != nil && cs.HandshakeComplete && len(cs.PeerCertificates) > 0 {
+		// Verified during the handshake; again here for the chain itself
+		// (the verifier caches built chains, so this is a lookup).
+		chain, err := v(cs.PeerCertificates[0], cs.PeerCertificates[1:])
+		if err != nil {
+			return refuse("unverified_chain", packet.NotAuthorized, "error", err)
+		}
+		cs.VerifiedChains = [][]*x509.Certificate{chain}
+	}
 	if !cs.HandshakeComplete || len(cs.VerifiedChains) == 0 {
 		return refuse("unverified_chain", packet.NotAuthorized)
 	}
@@ -501,13 +524,9 @@ func (c *conn) connect() (bool, error) {
 	}
 	_ = present
 	// The certificate's validity is part of the identity: the session ends
-	// when the first certificate of the chain expires.
-	if notAfter := chainNotAfter(cs); !notAfter.IsZero() {
-		c.expiry = time.AfterFunc(time.Until(notAfter), func() {
-			c.refuse("revalidate", "certificate_expired", "not_after", notAfter)
-			c.revoke(packet.NotAuthorized)
-		})
-	}
+	// when the first certificate of the chain expires (readLoop's deadline
+	// never lies beyond it).
+	c.notAfter = chainNotAfter(cs)
 	return true, nil
 }
 

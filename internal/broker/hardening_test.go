@@ -7,6 +7,8 @@ package broker
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -565,4 +567,74 @@ func TestRevokedPublisherRetainedPurged(t *testing.T) {
 	acct.expect(t, "ms-acc-1/acc-1/dev-2/status", "fine")
 	acct.subscribe(t, "ms-acc-1/acc-1/fence", 1)
 	fence(t, acct, acct, "ms-acc-1/acc-1/fence")
+}
+
+// TestVerifyClientLeafOnly: with Config.VerifyClient the broker verifies
+// client chains itself (the platform's verifier knows every account CA),
+// so a client may present its leaf alone — and everything the TLS layer
+// refused before is still refused during the handshake.
+func TestVerifyClientLeafOnly(t *testing.T) {
+	var e *env
+	e = newEnvWith(t, func(c *Config) {
+		c.TLS.ClientCAs = nil
+		c.VerifyClient = func(leaf *x509.Certificate, inter []*x509.Certificate) ([]*x509.Certificate, error) {
+			pool := x509.NewCertPool()
+			pool.AddCert(e.pki.services.cert)
+			e.pki.mu.Lock()
+			for _, ca := range e.pki.cas {
+				pool.AddCert(ca.cert)
+			}
+			e.pki.mu.Unlock()
+			for _, c := range inter {
+				pool.AddCert(c)
+			}
+			chains, err := leaf.Verify(x509.VerifyOptions{Roots: e.pki.pool, Intermediates: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+			if err != nil {
+				return nil, err
+			}
+			return chains[0], nil
+		}
+	})
+	full := e.pki.identity("ms-acc-1/acc-1/dev-1")
+	leafOnly := full
+	leafOnly.Certificate = full.Certificate[:1]
+	stranger := newTestPKI(t).identity("ms-acc-1/acc-1/dev-1")
+	strangerLeaf := stranger
+	strangerLeaf.Certificate = stranger.Certificate[:1]
+	for _, tc := range []struct {
+		name string
+		cert *tls.Certificate
+		ok   bool
+	}{
+		{"full chain", &full, true},
+		{"leaf only", &leafOnly, true},
+		{"foreign PKI, full chain", &stranger, false},
+		{"foreign PKI, leaf only", &strangerLeaf, false},
+		{"no certificate", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := e.clientTLS(full)
+			cfg.Certificates = nil
+			if tc.cert != nil {
+				cfg.Certificates = []tls.Certificate{*tc.cert}
+			}
+			conn, err := tls.DialWithDialer(&netDialer, "tcp", e.b.Addr(), cfg)
+			if err == nil {
+				_ = conn.SetDeadline(time.Now().Add(wait))
+				err = mqttConnect(conn)
+				_ = conn.Close()
+			}
+			if (err == nil) != tc.ok {
+				t.Fatalf("err = %v; want ok=%v", err, tc.ok)
+			}
+		})
+	}
+	// The leaf-only client has its identity and rights.
+	c := e.v5(leafOnly)
+	c.subscribe(t, "ms-acc-1/acc-1/dev-1/#", 1)
+	c.publish(t, "ms-acc-1/acc-1/dev-1/events", "hello", 1, false)
+	c.expect(t, "ms-acc-1/acc-1/dev-1/events", "hello")
+	if code := c.publish(t, "ms-acc-1/acc-1/dev-2/events", "x", 1, false); code != 0x87 {
+		t.Fatalf("foreign publish: 0x%02x", code)
+	}
 }

@@ -96,7 +96,7 @@ func (b *Broker) attach(c *conn, persistent bool, expiry time.Duration, clean bo
 	}
 	s.mu.Unlock()
 	if prev != nil {
-		go prev.terminate(packet.SessionTakenOver)
+		prev.terminate(packet.SessionTakenOver)
 	}
 	b.metrics.connects.WithLabelValues().Inc()
 	b.metrics.connections.WithLabelValues().Inc()
@@ -112,9 +112,6 @@ func (b *Broker) attach(c *conn, persistent bool, expiry time.Duration, clean bo
 // offline (persistent) or ends, and the will is sent, scheduled or dropped.
 func (c *conn) ended(cause error) {
 	b := c.b
-	if c.expiry != nil {
-		c.expiry.Stop()
-	}
 	b.metrics.connections.WithLabelValues().Dec()
 	s := c.sess.Load()
 	c.willMu.Lock()
@@ -228,6 +225,10 @@ func (b *Broker) endSessionLocked(s *session, replaced bool) {
 		return
 	}
 	s.ended = true
+	wasPersistent := s.persistent
+	if wasPersistent {
+		b.store.forgetSession(s) // before the deliveries go: it releases their messages
+	}
 	for _, sub := range s.subs {
 		b.subs.remove(s, sub)
 	}
@@ -245,12 +246,10 @@ func (b *Broker) endSessionLocked(s *session, replaced bool) {
 	}
 	will := s.takeWill()
 	prev := s.conn
-	wasPersistent := s.persistent
 	s.persistent = false
 	s.mu.Unlock()
 	if wasPersistent {
 		s.id.persistent--
-		b.store.forgetSession(s)
 	}
 	if !replaced && b.sessions[s.key] == s {
 		delete(b.sessions, s.key)

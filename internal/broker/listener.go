@@ -68,13 +68,17 @@ func (l *tlsListener) handle(nc net.Conn) {
 		return
 	}
 	_ = nc.SetWriteDeadline(time.Time{})
-	// The connection lives on a fresh goroutine: the handshake (ECDSA,
-	// chain building) grew this one's stack to tens of KiB, which an idle
-	// connection would otherwise keep.
+	c := newConn(l.b, tc)
+	if !c.accept() {
+		return
+	}
+	// The connection lives on a fresh goroutine: the handshake and CONNECT
+	// (ECDSA, chain building, identification) grew this one's stack to
+	// tens of KiB, which an idle connection would otherwise keep.
 	l.b.connWG.Add(1)
 	go func() {
 		defer l.b.connWG.Done()
-		newConn(l.b, tc).serve()
+		c.serve()
 	}()
 }
 

@@ -103,6 +103,7 @@ func migrateV1(b *bbolt.Bucket, log *slog.Logger) error {
 		old                            [][]byte
 		sessions, subs, queued, retain int
 		wills                          int
+		mid                            uint64
 		inflight                       = map[string][]v1Message{}
 		next                           = map[string]uint64{}
 	)
@@ -178,8 +179,11 @@ func migrateV1(b *bbolt.Bucket, log *slog.Logger) error {
 		for _, m := range msgs {
 			seq := next[client]
 			next[client] = seq + 1
-			if err := put(seqKey(client, seq), deliveryRecord{Publish: publish(m), Origin: m.Origin, Created: m.Created * 1000,
-				QoS: m.FixedHeader.Qos, PID: m.PacketID, State: stateSent}); err != nil {
+			mid++
+			if err := put(midKey(mid), messageRecord{Publish: publish(m), Origin: m.Origin, Created: m.Created * 1000}); err != nil {
+				return err
+			}
+			if err := put(seqKey(client, seq), deliveryRecord{MID: mid, QoS: m.FixedHeader.Qos, PID: m.PacketID, State: stateSent}); err != nil {
 				return err
 			}
 			queued++

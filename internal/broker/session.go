@@ -65,6 +65,9 @@ type message struct {
 	origin  string            // session key of the publisher ("" for the platform), for No Local
 	created time.Time
 	size    int // bytes accounted: topic, payload and properties
+
+	mid  uint64 // storage id while persistent sessions hold it; guarded by store.pmu
+	refs int    // stored deliveries referring to it; guarded by store.pmu
 }
 
 func newMessage(topic string, payload []byte, qos byte, retain bool, props packet.Properties, origin string, now time.Time) *message {
@@ -96,6 +99,7 @@ type delivery struct {
 	pid    uint16   // packet identifier once sent
 	state  uint8
 	seq    uint64 // order of arrival; storage key of persistent sessions
+	stored bool   // recorded in the store; guarded by store.pmu
 }
 
 // deliveryQueue is a FIFO of deliveries not yet sent.

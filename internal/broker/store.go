@@ -26,8 +26,10 @@ import (
 //	v               format version (storeVersion)
 //	s/KEY           sessionRecord: a persistent session, its pending will
 //	u/KEY\0FILTER   subRecord: a granted subscription
-//	q/KEY\0SEQ      deliveryRecord: a QoS 1/2 message queued or inflight
-//	                (SEQ: 8 bytes big endian, the session's arrival order)
+//	m/MID           messageRecord: a message queued for persistent sessions,
+//	                written once (MID: 8 bytes big endian)
+//	q/KEY\0SEQ      deliveryRecord: a session's reference to a message, queued
+//	                or inflight (SEQ: 8 bytes big endian, arrival order)
 //	i/KEY\0PID      inbound QoS 2 packet id awaiting PUBREL (2 bytes)
 //	r/TOPIC         retainedRecord
 //
@@ -41,6 +43,7 @@ const (
 	keySession    = "s/"
 	keySub        = "u/"
 	keyQueued     = "q/"
+	keyMessage    = "m/"
 	keyInbound    = "i/"
 	keyRetained   = "r/"
 	sep           = "\x00"
@@ -72,16 +75,23 @@ type subRecord struct {
 	ID             uint32 `cbor:"5,keyasint,omitempty"`
 }
 
+// messageRecord is a message queued for one or more persistent sessions,
+// stored once.
+type messageRecord struct {
+	Publish []byte `cbor:"1,keyasint"` // the message as an MQTT 5 PUBLISH
+	Origin  string `cbor:"2,keyasint,omitempty"`
+	Created int64  `cbor:"3,keyasint"` // unix ms
+	Expires int64  `cbor:"4,keyasint,omitempty"`
+}
+
+// deliveryRecord is one session's reference to a stored message.
 type deliveryRecord struct {
-	Publish []byte   `cbor:"1,keyasint"` // the message as an MQTT 5 PUBLISH
-	Origin  string   `cbor:"2,keyasint,omitempty"`
-	Created int64    `cbor:"3,keyasint"` // unix ms
-	Expires int64    `cbor:"4,keyasint,omitempty"`
-	QoS     byte     `cbor:"5,keyasint"` // delivery QoS
-	Retain  bool     `cbor:"6,keyasint,omitempty"`
-	SubIDs  []uint32 `cbor:"7,keyasint,omitempty"`
-	PID     uint16   `cbor:"8,keyasint,omitempty"`
-	State   uint8    `cbor:"9,keyasint,omitempty"`
+	MID    uint64   `cbor:"1,keyasint"`
+	QoS    byte     `cbor:"2,keyasint"` // delivery QoS
+	Retain bool     `cbor:"3,keyasint,omitempty"`
+	SubIDs []uint32 `cbor:"4,keyasint,omitempty"`
+	PID    uint16   `cbor:"5,keyasint,omitempty"`
+	State  uint8    `cbor:"6,keyasint,omitempty"`
 }
 
 type retainedRecord struct {
@@ -106,10 +116,27 @@ type store struct {
 	mu sync.RWMutex // guards db against close (scans); writes go through j
 	db *bbolt.DB    // nil after close
 	j  *journal
+
+	// Delivery records queued on the journal and not yet applied: a
+	// delivery acknowledged (or re-recorded) before its write reaches the
+	// disk updates or cancels that write instead of adding one. A live
+	// subscriber that keeps up thus costs no disk write at all, and a
+	// PUBACK still waits only for what is not yet delivered.
+	pmu     sync.Mutex
+	pending map[string]*pendingPut // guarded by pmu
+	nextMID uint64                 // last message id used; guarded by pmu
+}
+
+type pendingPut struct {
+	data              []byte // guarded by store.pmu
+	applied, canceled bool   // guarded by store.pmu
 }
 
 func openStore(path string, log *slog.Logger) (*store, error) {
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: storeLockWait})
+	// The freelist is rebuilt on open instead of written on every commit:
+	// the store churns (a record per queued message), and writing the
+	// freelist each time made commits grow with the file.
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: storeLockWait, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType})
 	if err != nil {
 		return nil, fmt.Errorf("open state %s: %w (is another broker using it?)", path, err)
 	}
@@ -134,7 +161,7 @@ func openStore(path string, log *slog.Logger) (*store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("init state %s: %w", path, err)
 	}
-	return &store{log: log, db: db, j: newJournal(db, log)}, nil
+	return &store{log: log, db: db, j: newJournal(db, log), pending: map[string]*pendingPut{}}, nil
 }
 
 func (s *store) close() error {
@@ -199,6 +226,12 @@ func seqKey(sess string, seq uint64) string {
 	return keyQueued + sess + sep + string(b[:])
 }
 
+func midKey(mid uint64) string {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], mid)
+	return keyMessage + string(b[:])
+}
+
 func pidKey(sess string, pid uint16) string {
 	return keyInbound + sess + sep + string([]byte{byte(pid >> 8), byte(pid)})
 }
@@ -217,8 +250,15 @@ func (st *store) putSession(s *session) {
 	st.put("put session", keySession+s.key, rec)
 }
 
-// forgetSession deletes everything of a session.
+// forgetSession deletes everything of a session, and the messages only it
+// referred to. The caller holds s.mu.
 func (st *store) forgetSession(s *session) {
+	for _, d := range s.inflight {
+		st.deleteDelivery(s, d)
+	}
+	for _, d := range s.queue.all() {
+		st.deleteDelivery(s, d)
+	}
 	st.del("delete session", keySession+s.key)
 	st.delPrefix("delete session state", keySub+s.key+sep, keyQueued+s.key+sep, keyInbound+s.key+sep)
 }
@@ -232,18 +272,88 @@ func (st *store) deleteSubscription(s *session, filter string) {
 	st.del("delete subscription", keySub+s.key+sep+filter)
 }
 
+// putDelivery records (or re-records, with a new state) one delivery of a
+// persistent session. The message itself is written once, however many
+// sessions queue it; each delivery is a small reference. The caller holds
+// s.mu.
 func (st *store) putDelivery(s *session, d *delivery) {
 	m := d.msg
-	rec := deliveryRecord{Publish: messagePublish(m), Origin: m.origin, Created: m.created.UnixMilli(),
-		QoS: d.qos, Retain: d.retain, SubIDs: d.subIDs, PID: d.pid, State: d.state}
-	if !m.expires.IsZero() {
-		rec.Expires = m.expires.UnixMilli()
+	st.pmu.Lock()
+	if m.mid == 0 {
+		st.nextMID++
+		m.mid = st.nextMID
+		rec := messageRecord{Publish: messagePublish(m), Origin: m.origin, Created: m.created.UnixMilli()}
+		if !m.expires.IsZero() {
+			rec.Expires = m.expires.UnixMilli()
+		}
+		st.putPendingLocked("put message", midKey(m.mid), rec)
 	}
-	st.put("put delivery", seqKey(s.key, d.seq), rec)
+	if !d.stored {
+		d.stored = true
+		m.refs++
+	}
+	st.putPendingLocked("put delivery", seqKey(s.key, d.seq), deliveryRecord{MID: m.mid, QoS: d.qos, Retain: d.retain,
+		SubIDs: d.subIDs, PID: d.pid, State: d.state})
+	st.pmu.Unlock()
 }
 
+// deleteDelivery forgets a stored delivery, and its message once no
+// session refers to it. The caller holds s.mu.
 func (st *store) deleteDelivery(s *session, d *delivery) {
-	st.del("delete delivery", seqKey(s.key, d.seq))
+	st.pmu.Lock()
+	defer st.pmu.Unlock()
+	if !d.stored {
+		return
+	}
+	d.stored = false
+	st.deletePendingLocked("delete delivery", seqKey(s.key, d.seq))
+	m := d.msg
+	if m.refs--; m.refs == 0 {
+		st.deletePendingLocked("delete message", midKey(m.mid))
+		m.mid = 0
+	}
+}
+
+// putPendingLocked queues a write that a later write or delete of the same
+// key may still replace or cancel while it waits for the journal. The
+// caller holds pmu.
+func (st *store) putPendingLocked(what, key string, v any) {
+	data, err := encMode.Marshal(v)
+	if err != nil {
+		st.log.Error("broker store encode failed", "op", what, "error", err)
+		return
+	}
+	if pp := st.pending[key]; pp != nil && !pp.applied {
+		pp.data = data // the queued write carries the newest state
+		return
+	}
+	pp := &pendingPut{data: data}
+	st.pending[key] = pp
+	_ = st.j.submit(what, func(b *bbolt.Bucket) error {
+		st.pmu.Lock()
+		if pp.canceled {
+			st.pmu.Unlock()
+			return nil
+		}
+		pp.applied = true
+		data := pp.data
+		if st.pending[key] == pp {
+			delete(st.pending, key)
+		}
+		st.pmu.Unlock()
+		return b.Put([]byte(key), data)
+	}, false)
+}
+
+// deletePendingLocked cancels a queued write of key, or queues its
+// deletion. The caller holds pmu.
+func (st *store) deletePendingLocked(what, key string) {
+	if pp := st.pending[key]; pp != nil && !pp.applied {
+		pp.canceled = true
+		delete(st.pending, key)
+		return
+	}
+	st.del(what, key)
 }
 
 func (st *store) putInbound(s *session, pid uint16) {
@@ -383,13 +493,14 @@ func (b *Broker) restore() error {
 		will *willRecord
 	}
 	sessions := map[string]*loaded{}
+	messages := map[uint64]*message{}
 	var bad []string
 	err := st.db.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket([]byte(bucketName)).Cursor()
 		// Sessions first: the records that belong to them sort before
 		// them ("i/", "q/" < "s/").
 		var recs [][2][]byte
-		for _, prefix := range []string{keySession, keySub, keyQueued, keyInbound, keyRetained} {
+		for _, prefix := range []string{keySession, keyMessage, keySub, keyQueued, keyInbound, keyRetained} {
 			for k, v := c.Seek([]byte(prefix)); k != nil && bytes.HasPrefix(k, []byte(prefix)); k, v = c.Next() {
 				recs = append(recs, [2][]byte{k, v})
 			}
@@ -439,16 +550,10 @@ func (b *Broker) restore() error {
 				}
 				l.s.subs[filter] = &subscription{filter: filter, topic: topic, group: group, qos: rec.QoS, noLocal: rec.NoLocal,
 					retainAsPublished: rec.RAP, retainHandling: rec.RetainHandling, id: rec.ID}
-			case strings.HasPrefix(key, keyQueued):
-				rest := strings.TrimPrefix(key, keyQueued)
-				if len(rest) < 9 {
-					bad = append(bad, key)
-					continue
-				}
-				skey, seq := rest[:len(rest)-9], binary.BigEndian.Uint64([]byte(rest[len(rest)-8:]))
-				l := sessions[skey]
-				var rec deliveryRecord
-				if l == nil || decMode.Unmarshal(v, &rec) != nil {
+			case strings.HasPrefix(key, keyMessage):
+				rest := strings.TrimPrefix(key, keyMessage)
+				var rec messageRecord
+				if len(rest) != 8 || decMode.Unmarshal(v, &rec) != nil {
 					bad = append(bad, key)
 					continue
 				}
@@ -461,7 +566,25 @@ func (b *Broker) restore() error {
 				if rec.Expires > 0 {
 					m.expires = time.UnixMilli(rec.Expires)
 				}
-				l.dels = append(l.dels, &delivery{msg: m, qos: rec.QoS, retain: rec.Retain, subIDs: rec.SubIDs, pid: rec.PID, state: rec.State, seq: seq})
+				m.mid = binary.BigEndian.Uint64([]byte(rest))
+				messages[m.mid] = m
+				st.nextMID = max(st.nextMID, m.mid)
+			case strings.HasPrefix(key, keyQueued):
+				rest := strings.TrimPrefix(key, keyQueued)
+				if len(rest) < 9 {
+					bad = append(bad, key)
+					continue
+				}
+				skey, seq := rest[:len(rest)-9], binary.BigEndian.Uint64([]byte(rest[len(rest)-8:]))
+				l := sessions[skey]
+				var rec deliveryRecord
+				if l == nil || decMode.Unmarshal(v, &rec) != nil || messages[rec.MID] == nil {
+					bad = append(bad, key)
+					continue
+				}
+				m := messages[rec.MID]
+				m.refs++
+				l.dels = append(l.dels, &delivery{msg: m, qos: rec.QoS, retain: rec.Retain, subIDs: rec.SubIDs, pid: rec.PID, state: rec.State, seq: seq, stored: true})
 			case strings.HasPrefix(key, keyInbound):
 				rest := strings.TrimPrefix(key, keyInbound)
 				if len(rest) < 3 {
@@ -508,6 +631,11 @@ func (b *Broker) restore() error {
 	})
 	if err != nil {
 		return err
+	}
+	for _, m := range messages {
+		if m.refs == 0 { // its deliveries were deleted and a crash lost its deletion
+			st.del("delete orphan message", midKey(m.mid))
+		}
 	}
 	if len(bad) > 0 {
 		// Unreadable records are reported and skipped, never silently: the
@@ -576,4 +704,22 @@ func (b *Broker) restoreWill(s *session, w *willRecord) {
 		s.mu.Unlock()
 		b.sendWill(pw)
 	})
+}
+
+// count returns how many records have prefix (tests, diagnostics).
+func (st *store) count(prefix string) (int, error) {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	if st.db == nil {
+		return 0, errStoreClosed
+	}
+	n := 0
+	err := st.db.View(func(tx *bbolt.Tx) error {
+		c := tx.Bucket([]byte(bucketName)).Cursor()
+		for k, _ := c.Seek([]byte(prefix)); k != nil && bytes.HasPrefix(k, []byte(prefix)); k, _ = c.Next() {
+			n++
+		}
+		return nil
+	})
+	return n, err
 }

@@ -190,6 +190,15 @@ func (v *Verifier) loadPathCAs(ctx context.Context, leaf *x509.Certificate) (boo
 	return v.addCAs(recs)
 }
 
+// AddCAs makes intermediate CAs of the domain known to a verifier built
+// from fixed state (NewVerifier), so clients that present only their leaf
+// verify. A verifier of an Authority learns its CAs from the store.
+func (v *Verifier) AddCAs(certs ...*x509.Certificate) {
+	v.casMu.Lock()
+	defer v.casMu.Unlock()
+	v.mergeCAsLocked(certs)
+}
+
 // addCAs adds the CA records not known yet to the CA set (copy on write)
 // and reports whether there were any.
 func (v *Verifier) addCAs(recs []store.Certificate) (bool, error) {
@@ -213,6 +222,13 @@ func (v *Verifier) addCAs(recs []store.Certificate) (bool, error) {
 	if len(added) == 0 && old != nil {
 		return false, nil
 	}
+	v.mergeCAsLocked(added)
+	return len(added) > 0, nil
+}
+
+// mergeCAsLocked stores a new CA set with added. The caller holds casMu.
+func (v *Verifier) mergeCAsLocked(added []*x509.Certificate) {
+	old := v.cas.Load()
 	next := &caSet{pool: x509.NewCertPool(), serials: map[string]bool{}}
 	if old != nil {
 		next.pool = old.pool.Clone()
@@ -223,7 +239,6 @@ func (v *Verifier) addCAs(recs []store.Certificate) (bool, error) {
 		next.serials[SerialHex(c.SerialNumber)] = true
 	}
 	v.cas.Store(next)
-	return len(added) > 0, nil
 }
 
 // ErrUnknownKey is returned by LeafBySKI when no certificate of the domain
@@ -417,7 +432,10 @@ func (v *Verifier) buildChains(leaf *x509.Certificate, intermediates []*x509.Cer
 func (v *Verifier) verifyWithCAs(leaf *x509.Certificate, intermediates []*x509.Certificate, at time.Time, usage x509.ExtKeyUsage) ([][]*x509.Certificate, error) {
 	pool := x509.NewCertPool()
 	if cas := v.cas.Load(); cas != nil {
-		pool = cas.pool.Clone()
+		pool = cas.pool // read-only use; the set is copied on write
+		if len(intermediates) > 0 {
+			pool = cas.pool.Clone()
+		}
 	}
 	for _, c := range intermediates {
 		pool.AddCert(c)

@@ -153,8 +153,17 @@ func Run(ctx context.Context, cfg Config) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	brokerConfig := broker.Config{
-		Addr:       cfg.MQTTAddr,
-		TLS:        tlspolicy.Server(cert.GetCertificate, verifier.Roots(), tls.RequireAndVerifyClientCert, verifier.VerifyConnection),
+		Addr: cfg.MQTTAddr,
+		TLS:  tlspolicy.Server(cert.GetCertificate, verifier.Roots(), tls.RequireAndVerifyClientCert, nil),
+		// The broker verifies chains with the transport verifier, which
+		// knows every account CA from the store: a device may present its
+		// leaf alone (less to send, and far less for the broker to hold
+		// per connection). Revocation, namespace and key rules are the
+		// verifier's, during the handshake.
+		VerifyClient: func(leaf *x509.Certificate, inter []*x509.Certificate) ([]*x509.Certificate, error) {
+			_, chain, err := verifier.Verify(leaf, inter, time.Time{}, x509.ExtKeyUsageClientAuth)
+			return chain, err
+		},
 		Identify:   ids.Subject,
 		Grants:     grants,
 		StateDir:   filepath.Join(cfg.DataDir, "broker"),

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fieldtrust/fieldtrust/internal/broker/packet"
 )
 
 // benchEnv reads an integer knob of the benchmark.
@@ -31,14 +33,17 @@ func benchEnv(t *testing.T, name string, def int) int {
 // platform's TLS policy, pki.Verifier and TACS) with Debian's mosquitto
 // configured the same way, on loopback, in one run:
 //
-//	FIELDTRUST_BROKER_BENCH=1 go test -run TestBrokerBench -v -timeout 30m ./internal/broker/loadtest
+//	FIELDTRUST_BROKER_BENCH=1 go test -run TestBrokerBench -v -timeout 40m ./internal/broker/loadtest
 //
 // scripts/bench-broker.sh runs it and prints the tables. Knobs
-// (FIELDTRUST_BROKER_BENCH_*): PUBLISHERS, SUBSCRIBERS, MESSAGES (per
-// publisher), WINDOW, PACED_PERCENT (paced rate as a percentage of the
-// slower broker's measured throughput), IDLE (connections), OUT (file for
-// the markdown tables), PROFILES (directory for brokerd CPU profiles).
-// It never checks timings: it reports them.
+// (FIELDTRUST_BROKER_BENCH_*): PUBLISHERS, SUBSCRIBERS, MESSAGES_QOS0 and
+// MESSAGES_QOS1 (per publisher; QoS 2 uses the QoS 1 count), WINDOW,
+// PACED_PERCENT (paced rate as a percentage of the slower broker's
+// measured throughput), PACED_SECONDS, FANOUT (subscribers of the fan-out
+// case), RESUME (messages per publisher queued across a restart), IDLE
+// (connections), ONLY (a substring: run only matching scenarios), OUT
+// (file for the markdown tables), PROFILES (directory for brokerd CPU
+// profiles). It never checks timings: it reports them.
 func TestBrokerBench(t *testing.T) {
 	if os.Getenv("FIELDTRUST_BROKER_BENCH") == "" {
 		t.Skip("set FIELDTRUST_BROKER_BENCH=1 (see scripts/bench-broker.sh)")
@@ -49,7 +54,7 @@ func TestBrokerBench(t *testing.T) {
 			t.Fatal("mosquitto not found: apt-get install -y mosquitto")
 		}
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 25*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 35*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
 	profiles := os.Getenv("FIELDTRUST_BROKER_BENCH_PROFILES")
@@ -77,27 +82,38 @@ func TestBrokerBench(t *testing.T) {
 	}
 	pubs := benchEnv(t, "PUBLISHERS", 16)
 	subs := benchEnv(t, "SUBSCRIBERS", 4)
-	msgsByQoS := [2]int{benchEnv(t, "MESSAGES_QOS0", 10_000), benchEnv(t, "MESSAGES_QOS1", 2_000)}
+	msgs0, msgs1 := benchEnv(t, "MESSAGES_QOS0", 10_000), benchEnv(t, "MESSAGES_QOS1", 2_000)
 	pacedSeconds := benchEnv(t, "PACED_SECONDS", 10)
 	window := benchEnv(t, "WINDOW", 16)
 	pacedPct := benchEnv(t, "PACED_PERCENT", 50)
+	fanout := benchEnv(t, "FANOUT", 1000)
+	resume := benchEnv(t, "RESUME", 200)
 	idleN := benchEnv(t, "IDLE", 10_000)
+	only := os.Getenv("FIELDTRUST_BROKER_BENCH_ONLY")
 
-	start := func(name string, qos string, mo MosquittoOptions) *Broker {
+	const (
+		ours      = "fieldtrust"
+		mosquitto = "mosquitto"
+		persist   = "mosquitto (persistence true)"
+	)
+	n := 0
+	start := func(name, tag string) *Broker {
 		t.Helper()
-		d := filepath.Join(dir, name+"-"+qos)
+		n++
+		d := filepath.Join(dir, fmt.Sprintf("%s-%d", tag, n))
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			t.Fatal(err)
 		}
 		var b *Broker
 		var err error
-		if name == "fieldtrust" {
-			b, err = StartFieldtrust(ctx, bin, p, d, profile(qos))
-		} else {
-			b, err = StartMosquitto(ctx, mosq, p, d, mo)
-			if mo.Persistence {
-				b.Name = "mosquitto (persistence true)"
-			}
+		switch name {
+		case ours:
+			b, err = StartFieldtrust(ctx, bin, p, d, profile(tag))
+		case mosquitto:
+			b, err = StartMosquitto(ctx, mosq, p, d, MosquittoOptions{})
+		default:
+			b, err = StartMosquitto(ctx, mosq, p, d, MosquittoOptions{Persistence: true})
+			b.Name = persist
 		}
 		if err != nil {
 			t.Fatal(err)
@@ -110,59 +126,87 @@ func TestBrokerBench(t *testing.T) {
 		}
 	}
 
+	base := Workload{Publishers: pubs, Subscribers: subs, PayloadSize: 1024, Window: window, Drain: 5 * time.Second}
+	with := func(f func(*Workload)) Workload { w := base; f(&w); return w }
+	cases := []struct {
+		name, tag string
+		w         Workload
+		brokers   []string
+		paced     bool // followed by a run at PACED_PERCENT of the slower broker's rate
+		resume    bool // Workload.Resume instead of Run
+	}{
+		{"QoS 0", "qos0", with(func(w *Workload) { w.Messages = msgs0 }), []string{ours, mosquitto}, true, false},
+		{"QoS 1", "qos1", with(func(w *Workload) { w.QoS, w.Messages = 1, msgs1 }), []string{ours, mosquitto, persist}, true, false},
+		{"QoS 2", "qos2", with(func(w *Workload) { w.QoS, w.Messages = 2, msgs1 }), []string{ours, mosquitto, persist}, false, false},
+		{"QoS 1, MQTT 5", "v5", with(func(w *Workload) { w.QoS, w.Messages, w.Version = 1, msgs1, packet.V5 }), []string{ours, mosquitto}, true, false},
+		{"QoS 1, persistent sessions", "persistent", with(func(w *Workload) { w.QoS, w.Messages, w.Persistent = 1, msgs1, true }), []string{ours, persist, mosquitto}, true, false},
+		{fmt.Sprintf("QoS 0, fan-out 1 → %d", fanout), "fanout0", with(func(w *Workload) { w.FanOut, w.Subscribers, w.Messages = true, fanout, msgs1/10 }), []string{ours, mosquitto}, false, false},
+		{fmt.Sprintf("QoS 1, fan-out 1 → %d", fanout), "fanout1", with(func(w *Workload) { w.FanOut, w.Subscribers, w.QoS, w.Messages = true, fanout, 1, msgs1/10 }), []string{ours, mosquitto}, false, false},
+		{"QoS 1, persistent sessions resumed after a restart", "resume", with(func(w *Workload) { w.QoS, w.Messages = 1, resume }), []string{ours, persist}, false, true},
+	}
 	var scenarios []Scenario
-	for _, qos := range []byte{0, 1} {
-		tag := fmt.Sprintf("qos%d", qos)
-		ours := start("fieldtrust", tag, MosquittoOptions{})
-		theirs := start("mosquitto", tag, MosquittoOptions{})
-		brokers := []*Broker{ours, theirs}
-		if qos == 1 {
-			brokers = append(brokers, start("mosquitto-persist", tag, MosquittoOptions{Persistence: true}))
+	for _, c := range cases {
+		if only != "" && !strings.Contains(c.name, only) {
+			continue
 		}
-		msgs := msgsByQoS[qos]
-		w := Workload{Publishers: pubs, Subscribers: subs, Messages: msgs, Warmup: max(msgs/10, 1), QoS: qos,
-			PayloadSize: 1024, Window: window, Drain: 5 * time.Second}
-		full := Scenario{Name: fmt.Sprintf("QoS %d, max rate", qos)}
-		slowest := 0.0
-		for _, b := range brokers {
-			r, err := w.Run(ctx, b.Name, b.Addr, p)
-			if err != nil {
-				t.Fatalf("%s %s: %v", b.Name, full.Name, err)
+		for i := range c.w.Subscribers * btoi(c.w.FanOut) { // fan-out subscribers are device identities
+			if _, err := p.Identity(ctx, DevicePath(i)); err != nil {
+				t.Fatal(err)
 			}
-			t.Logf("%s %s: %.0f msg/s p50 %v p99 %v delivered %d/%d", b.Name, full.Name, r.Throughput, r.P50, r.P99, r.Delivered, r.Expected)
-			checkLoss(t, b.Name, r)
+		}
+		c.w.Warmup = max(c.w.Messages/10, 1)
+		full := Scenario{Name: c.name + ", max rate"}
+		if c.resume {
+			full.Name = c.name
+		}
+		slowest := 0.0
+		for _, name := range c.brokers {
+			b := start(name, c.tag)
+			var r Result
+			var err error
+			if c.resume {
+				r, err = c.w.Resume(ctx, b.Name, b, p)
+			} else {
+				r, err = c.w.Run(ctx, b.Name, b.Addr, p)
+			}
+			stop(b)
+			if err != nil {
+				t.Fatalf("%s %s: %v", name, full.Name, err)
+			}
+			t.Logf("%s %s: %.0f msg/s p50 %v p99 %v delivered %d/%d", name, full.Name, r.Throughput, r.P50, r.P99, r.Delivered, r.Expected)
+			checkLoss(t, name, r)
 			full.Results = append(full.Results, r)
 			if slowest == 0 || r.Throughput < slowest {
 				slowest = r.Throughput
 			}
 		}
 		scenarios = append(scenarios, full)
-		if pacedPct > 0 && slowest > 0 {
-			// Same publish rate for every broker: a share of what the
-			// slower one sustained, so latency is not queueing.
-			w.Rate = slowest / float64(subs) * float64(pacedPct) / 100
-			// Bounded duration: about PACED_SECONDS per broker.
-			w.Messages = max(1, min(msgs, int(w.Rate*float64(pacedSeconds))/pubs))
-			w.Warmup = max(1, w.Messages/10)
-			paced := Scenario{Name: fmt.Sprintf("QoS %d, paced %.0f pub/s", qos, w.Rate)}
-			for _, b := range brokers {
-				r, err := w.Run(ctx, b.Name, b.Addr, p)
-				if err != nil {
-					t.Fatalf("%s %s: %v", b.Name, paced.Name, err)
-				}
-				t.Logf("%s %s: %.0f msg/s p50 %v p99 %v delivered %d/%d", b.Name, paced.Name, r.Throughput, r.P50, r.P99, r.Delivered, r.Expected)
-				checkLoss(t, b.Name, r)
-				paced.Results = append(paced.Results, r)
-			}
-			scenarios = append(scenarios, paced)
+		if !c.paced || pacedPct == 0 || slowest == 0 {
+			continue
 		}
-		for _, b := range brokers {
+		// Same publish rate for every broker: a share of what the slower
+		// one sustained, so latency is not queueing.
+		w := c.w
+		w.Rate = slowest / float64(w.Subscribers) * float64(pacedPct) / 100
+		w.Messages = max(1, min(w.Messages, int(w.Rate*float64(pacedSeconds))/w.Publishers))
+		w.Warmup = max(1, w.Messages/10)
+		ps := Scenario{Name: fmt.Sprintf("%s, paced %.0f pub/s", c.name, w.Rate)}
+		for _, name := range c.brokers {
+			b := start(name, c.tag+"-paced")
+			r, err := w.Run(ctx, b.Name, b.Addr, p)
 			stop(b)
+			if err != nil {
+				t.Fatalf("%s %s: %v", name, ps.Name, err)
+			}
+			t.Logf("%s %s: %.0f msg/s p50 %v p99 %v delivered %d/%d", name, ps.Name, r.Throughput, r.P50, r.P99, r.Delivered, r.Expected)
+			checkLoss(t, name, r)
+			ps.Results = append(ps.Results, r)
 		}
+		scenarios = append(scenarios, ps)
 	}
 
 	var idle []IdleResult
-	if idleN > 0 {
+	if idleN > 0 && (only == "" || strings.Contains("idle", only)) {
 		// One identity per connection, like a fleet.
 		certs := make([]tls.Certificate, idleN)
 		for i := range certs {
@@ -170,9 +214,9 @@ func TestBrokerBench(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		for _, name := range []string{"fieldtrust", "mosquitto"} {
-			b := start(name, "idle", MosquittoOptions{})
-			r, err := Idle(ctx, b, p, certs, idleN, 2*runtime.GOMAXPROCS(0), 2*time.Second, func(s string) { t.Log(s) })
+		for _, name := range []string{ours, mosquitto} {
+			b := start(name, "idle")
+			r, err := Idle(ctx, b, p, certs, IdleOptions{Conns: idleN, Workers: 2 * runtime.GOMAXPROCS(0), Settle: 2 * time.Second, Progress: func(s string) { t.Log(s) }})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -183,8 +227,8 @@ func TestBrokerBench(t *testing.T) {
 	}
 
 	var out strings.Builder
-	fmt.Fprintf(&out, "Workload: %d publishers (devices), %d subscribers (account, `%s/+/snapshots`), max rate: %d (QoS 0) / %d (QoS 1) measured messages per publisher after 10%% warm-up, paced: %d%% of the slower broker's rate for ~%d s; 1 KiB payload, publish window %d; %s, GOMAXPROCS %d, %s.\n\n",
-		pubs, subs, Account, msgsByQoS[0], msgsByQoS[1], pacedPct, pacedSeconds, window, runtime.Version(), runtime.GOMAXPROCS(0), MosquittoVersion(mosq))
+	fmt.Fprintf(&out, "Workload: %d publishers (devices), %d subscribers (account, `%s/+/snapshots`), max rate: %d (QoS 0) / %d (QoS 1 and 2) measured messages per publisher after 10%% warm-up, paced: %d%% of the slower broker's rate for ~%d s; fan-out: one admin publisher on `%s`, %d device subscribers; resume: %d messages per publisher queued for offline persistent sessions across a clean restart; 1 KiB payload, window %d; harness client `loadtest.Client` (MQTT 3.1.1 unless marked MQTT 5); %s, GOMAXPROCS %d, %s.\n\n",
+		pubs, subs, Account, msgs0, msgs1, pacedPct, pacedSeconds, FanOutTopic, fanout, resume, window, runtime.Version(), runtime.GOMAXPROCS(0), MosquittoVersion(mosq))
 	out.WriteString(ThroughputTable(scenarios))
 	if len(idle) > 0 {
 		out.WriteString("\n" + IdleTable(idle))
@@ -197,10 +241,24 @@ func TestBrokerBench(t *testing.T) {
 	}
 }
 
-// checkLoss fails the run (after it finishes) if a QoS 1 message was lost
-// or any message duplicated; QoS 0 loss is only reported.
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// checkLoss fails the run (after it finishes) if our broker lost a QoS 1/2
+// message or duplicated a QoS 0 one; QoS 0 loss is only reported, and so
+// is anything the reference brokers lose (it is in the table).
 func checkLoss(t *testing.T, broker string, r Result) {
 	t.Helper()
+	if broker != "fieldtrust" {
+		if r.Lost() > 0 || r.Dupes > 0 {
+			t.Logf("%s QoS %d: %d of %d deliveries lost, %d duplicated", broker, r.Workload.QoS, r.Lost(), r.Expected, r.Dupes)
+		}
+		return
+	}
 	if r.Workload.QoS > 0 && r.Lost() > 0 {
 		t.Errorf("%s QoS %d: %d of %d deliveries lost", broker, r.Workload.QoS, r.Lost(), r.Expected)
 	}

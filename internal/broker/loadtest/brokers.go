@@ -30,6 +30,25 @@ type Broker struct {
 	cmd  *exec.Cmd
 	done chan error
 	log  *os.File
+	// again starts the same broker on the same state (Restart).
+	again func(ctx context.Context) (*Broker, error)
+}
+
+// Restart stops the broker cleanly (SIGTERM: Mosquitto saves its
+// persistence file, ours closes its journal) and starts it again on the
+// same state; the address may change.
+func (b *Broker) Restart(ctx context.Context, timeout time.Duration) error {
+	if err := b.Stop(timeout); err != nil {
+		return err
+	}
+	nb, err := b.again(ctx)
+	if err != nil {
+		return err
+	}
+	name := b.Name
+	*b = *nb
+	b.Name = name
+	return nil
 }
 
 func (b *Broker) Label() string   { return b.Name }
@@ -81,8 +100,13 @@ func StartFieldtrust(ctx context.Context, bin string, p *PKI, dir, cpuProfile st
 		args = append(args, "-cpuprofile", cpuProfile)
 	}
 	args = append(args, extra...)
+	return startBrokerd(ctx, bin, dir, args)
+}
+
+func startBrokerd(ctx context.Context, bin, dir string, args []string) (*Broker, error) {
 	cmd := exec.Command(bin, args...)
-	b := &Broker{Name: "fieldtrust", cmd: cmd, done: make(chan error, 1)}
+	b := &Broker{Name: "fieldtrust", cmd: cmd, done: make(chan error, 1),
+		again: func(ctx context.Context) (*Broker, error) { return startBrokerd(ctx, bin, dir, args) }}
 	stdin, err := cmd.StdinPipe() // closed when we exit: brokerd then stops
 	if err != nil {
 		return nil, err
@@ -92,7 +116,7 @@ func StartFieldtrust(ctx context.Context, bin string, p *PKI, dir, cpuProfile st
 	if err != nil {
 		return nil, err
 	}
-	if b.log, err = os.Create(filepath.Join(dir, "brokerd.log")); err != nil {
+	if b.log, err = os.OpenFile(filepath.Join(dir, "brokerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err != nil {
 		return nil, err
 	}
 	cmd.Stderr = b.log
@@ -181,8 +205,9 @@ func StartMosquitto(ctx context.Context, bin string, p *PKI, dir string, o Mosqu
 		return nil, err
 	}
 	cmd := exec.Command(bin, "-c", conf)
-	b := &Broker{Name: "mosquitto", Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, done: make(chan error, 1)}
-	if b.log, err = os.Create(filepath.Join(dir, "mosquitto.log")); err != nil {
+	b := &Broker{Name: "mosquitto", Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, done: make(chan error, 1),
+		again: func(ctx context.Context) (*Broker, error) { return StartMosquitto(ctx, bin, p, dir, o) }}
+	if b.log, err = os.OpenFile(filepath.Join(dir, "mosquitto.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err != nil {
 		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = b.log, b.log

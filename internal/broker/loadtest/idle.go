@@ -7,19 +7,30 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
-// IdleResult is the broker memory cost of idle mutual-TLS MQTT connections.
+// IdleResult is what idle mutual-TLS MQTT connections cost a broker.
 type IdleResult struct {
-	Broker    string
-	Conns     int // connections open when RSSAfter was read
-	Failed    int
-	RSSBefore int64 // after start and a small warm-up
-	RSSAfter  int64 // with Conns idle connections open, after Settle
-	Elapsed   time.Duration
+	Broker      string
+	Conns       int // connections open when RSSAfter was read
+	Failed      int
+	RSSBefore   int64 // after start and a small warm-up
+	RSSAfter    int64 // with Conns idle connections open, after Settle
+	Elapsed     time.Duration
+	ConnectRate float64 // connections (TLS + CONNECT/CONNACK) per second
+	// CPUIdle is the broker's CPU time per second of wall time while the
+	// connections sat idle for Hold, pinging every KeepAlive.
+	CPUIdle   float64
+	Pings     int64
+	PingFails int64
+	LeafOnly  bool
 }
 
 // PerConn is the RSS growth per open connection in bytes.
@@ -30,51 +41,84 @@ func (r IdleResult) PerConn() float64 {
 	return float64(r.RSSAfter-r.RSSBefore) / float64(r.Conns)
 }
 
-// Idle opens n idle MQTT 3.1.1 connections over mutual TLS to t, each
-// with its own client ID and with the certificate certs[i%len(certs)],
-// using workers parallel dialers; measures t's RSS before and after; and
-// closes them. Each connection sends CONNECT (clean session, keepalive
-// 300 s, so no PINGREQ during the run), reads a successful CONNACK, then
-// stays silent. progress, if set, is called every 1000 connections.
-func Idle(ctx context.Context, b Target, p *PKI, certs []tls.Certificate, n, workers int, settle time.Duration, progress func(string)) (IdleResult, error) {
-	res := IdleResult{Broker: b.Label()}
+// IdleOptions shape an idle run.
+type IdleOptions struct {
+	Conns, Workers int
+	// LeafOnly clients present their leaf without intermediates (the
+	// broker must know the account CAs: brokerd -intermediates).
+	LeafOnly bool
+	// SourceIPs > 0 spreads connections over 127.0.0.2 … 127.0.0.(1+n):
+	// each source address has about 28,000 ephemeral ports towards one
+	// listener.
+	SourceIPs int
+	// KeepAlive is what the clients ask for and how often they ping while
+	// idle; Hold is how long they stay idle after Settle (CPU is measured
+	// over it; 0: no hold).
+	KeepAlive    time.Duration
+	Settle, Hold time.Duration
+	Progress     func(string)
+}
+
+// Idle opens o.Conns idle MQTT 3.1.1 connections over mutual TLS to b, each
+// with its own client ID and certificate certs[i%len(certs)], with
+// o.Workers parallel dialers; measures b's RSS before and after, and its
+// CPU while the connections idle with keepalive pings; then closes them.
+func Idle(ctx context.Context, b Target, p *PKI, certs []tls.Certificate, o IdleOptions) (IdleResult, error) {
+	res := IdleResult{Broker: b.Label(), LeafOnly: o.LeafOnly}
+	if o.KeepAlive <= 0 {
+		o.KeepAlive = 60 * time.Second
+	}
+	cfgs := make([]*tls.Config, len(certs))
+	for i, c := range certs {
+		if o.LeafOnly {
+			c = LeafOnly(c)
+		}
+		cfgs[i] = p.ClientTLS(c)
+	}
+	dial := func(i int, id string) (net.Conn, error) {
+		var src net.IP
+		if o.SourceIPs > 0 {
+			src = net.IPv4(127, 0, 0, byte(2+i%o.SourceIPs))
+		}
+		return dialIdle(ctx, b.Address(), cfgs[i%len(cfgs)], id, src, uint16(o.KeepAlive/time.Second))
+	}
 	// Warm-up: the first handshakes page in code and fill caches that
 	// every later connection shares; they are not per-connection costs.
 	for i := range 20 {
-		c, err := dialIdle(ctx, b.Address(), p.ClientTLS(certs[i%len(certs)]), fmt.Sprintf("warm-%d", i))
+		c, err := dial(i, fmt.Sprintf("warm-%d", i))
 		if err != nil {
 			return res, fmt.Errorf("warm-up: %w", err)
 		}
 		_ = c.Close()
 	}
-	time.Sleep(settle)
+	time.Sleep(o.Settle)
 	var err error
 	if res.RSSBefore, err = b.RSS(); err != nil {
 		return res, err
 	}
 
 	start := time.Now()
-	conns := make([]net.Conn, n)
+	conns := make([]net.Conn, o.Conns)
 	var next, done, failed atomic.Int64
 	var firstErr error
 	var errOnce sync.Once
 	var wg sync.WaitGroup
-	for range workers {
+	for range o.Workers {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
+				if i >= o.Conns || ctx.Err() != nil {
 					return
 				}
-				c, err := dialIdle(ctx, b.Address(), p.ClientTLS(certs[i%len(certs)]), fmt.Sprintf("idle-%d", i))
+				c, err := dial(i, fmt.Sprintf("idle-%d", i))
 				if err != nil {
 					failed.Add(1)
 					errOnce.Do(func() { firstErr = err })
 					continue
 				}
 				conns[i] = c
-				if d := done.Add(1); d%1000 == 0 && progress != nil {
-					progress(fmt.Sprintf("%s: %d/%d idle connections (%.0f/s)", b.Label(), d, n, float64(d)/time.Since(start).Seconds()))
+				if d := done.Add(1); d%5000 == 0 && o.Progress != nil {
+					o.Progress(fmt.Sprintf("%s: %d/%d idle connections (%.0f/s)", b.Label(), d, o.Conns, float64(d)/time.Since(start).Seconds()))
 				}
 			}
 		})
@@ -82,6 +126,7 @@ func Idle(ctx context.Context, b Target, p *PKI, certs []tls.Certificate, n, wor
 	wg.Wait()
 	res.Elapsed = time.Since(start)
 	res.Conns, res.Failed = int(done.Load()), int(failed.Load())
+	res.ConnectRate = float64(res.Conns) / res.Elapsed.Seconds()
 	defer func() {
 		for _, c := range conns {
 			if c != nil {
@@ -89,17 +134,33 @@ func Idle(ctx context.Context, b Target, p *PKI, certs []tls.Certificate, n, wor
 			}
 		}
 	}()
-	time.Sleep(settle)
+	if res.Failed > 0 {
+		return res, fmt.Errorf("%s: %d connections failed, first: %w", b.Label(), res.Failed, firstErr)
+	}
+	time.Sleep(o.Settle)
 	if res.RSSAfter, err = b.RSS(); err != nil {
 		return res, err
+	}
+	if o.Hold > 0 {
+		cpu0, err := cpuTime(b)
+		if err != nil {
+			return res, err
+		}
+		t0 := time.Now()
+		res.Pings, res.PingFails = ping(ctx, conns, o.Workers, o.KeepAlive/2, o.Hold)
+		cpu1, err := cpuTime(b)
+		if err != nil {
+			return res, err
+		}
+		res.CPUIdle = (cpu1 - cpu0).Seconds() / time.Since(t0).Seconds()
+		if res.PingFails > 0 {
+			return res, fmt.Errorf("%s: %d of %d keepalive pings failed", b.Label(), res.PingFails, res.Pings)
+		}
 	}
 	// Every connection must still be open: a broker that dropped some
 	// would look cheaper than it is.
 	alive := 0
 	for _, c := range conns {
-		if c == nil {
-			continue
-		}
 		_ = c.SetReadDeadline(time.Now().Add(time.Millisecond))
 		var one [1]byte
 		if _, err := c.Read(one[:]); err != nil {
@@ -112,17 +173,93 @@ func Idle(ctx context.Context, b Target, p *PKI, certs []tls.Certificate, n, wor
 	if alive != res.Conns {
 		return res, fmt.Errorf("%s: %d of %d idle connections were closed by the broker", b.Label(), res.Conns-alive, res.Conns)
 	}
-	if res.Failed > 0 {
-		return res, fmt.Errorf("%s: %d connections failed, first: %w", b.Label(), res.Failed, firstErr)
-	}
 	return res, nil
+}
+
+// ping sends PINGREQ on every connection every interval, for hold, with
+// workers goroutines (each pipelines its share: all writes, then all
+// reads), and counts pings and failures.
+func ping(ctx context.Context, conns []net.Conn, workers int, interval, hold time.Duration) (pings, fails int64) {
+	var n, f atomic.Int64
+	end := time.Now().Add(hold)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			var mine []net.Conn
+			for i := w; i < len(conns); i += workers {
+				mine = append(mine, conns[i])
+			}
+			for round := time.Now(); round.Before(end) && ctx.Err() == nil; round = round.Add(interval) {
+				for _, c := range mine {
+					_ = c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+					if _, err := c.Write([]byte{0xc0, 0}); err != nil {
+						f.Add(1)
+					}
+				}
+				for _, c := range mine {
+					_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+					var resp [2]byte
+					if _, err := io.ReadFull(c, resp[:]); err != nil || resp != [2]byte{0xd0, 0} {
+						f.Add(1)
+					}
+					n.Add(1)
+				}
+				if d := time.Until(round.Add(interval)); d > 0 {
+					select {
+					case <-time.After(min(d, time.Until(end))):
+					case <-ctx.Done():
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return n.Load(), f.Load()
+}
+
+// cpuTime returns the broker process's user+system CPU time.
+func cpuTime(b Target) (time.Duration, error) {
+	pb, ok := b.(interface{ PID() int })
+	if !ok {
+		return 0, errors.New("no process to measure")
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pb.PID()))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the parenthesised command: state is field 3; utime and
+	// stime are fields 14 and 15, in clock ticks (100 per second on Linux).
+	s := string(data)
+	rest := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(rest) < 13 {
+		return 0, fmt.Errorf("short /proc stat: %q", s)
+	}
+	ut, err1 := strconv.ParseInt(rest[11], 10, 64)
+	st, err2 := strconv.ParseInt(rest[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return time.Duration(ut+st) * time.Second / 100, nil
+}
+
+// FileLimit returns the process's open-file limit (soft, hard).
+func FileLimit() (uint64, uint64) {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return 0, 0
+	}
+	return l.Cur, l.Max
 }
 
 // dialIdle performs the TLS handshake and the MQTT 3.1.1 CONNECT/CONNACK
 // exchange by hand: a full MQTT client per idle connection would cost the
 // harness far more memory than the connection costs the broker.
-func dialIdle(ctx context.Context, addr string, cfg *tls.Config, clientID string) (net.Conn, error) {
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 30 * time.Second}, Config: cfg}
+func dialIdle(ctx context.Context, addr string, cfg *tls.Config, clientID string, src net.IP, keepAlive uint16) (net.Conn, error) {
+	nd := &net.Dialer{Timeout: 30 * time.Second}
+	if src != nil {
+		nd.LocalAddr = &net.TCPAddr{IP: src}
+	}
+	d := tls.Dialer{NetDialer: nd, Config: cfg}
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	c, err := d.DialContext(ctx, "tcp", addr)
@@ -130,7 +267,7 @@ func dialIdle(ctx context.Context, addr string, cfg *tls.Config, clientID string
 		return nil, err
 	}
 	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
-	if _, err := c.Write(connectPacket(clientID, 300)); err != nil {
+	if _, err := c.Write(connectPacket(clientID, keepAlive)); err != nil {
 		_ = c.Close()
 		return nil, err
 	}

@@ -89,14 +89,14 @@ func TestSmoke(t *testing.T) {
 		}
 		certs = append(certs, c)
 	}
-	r, err := Idle(t.Context(), b, p, certs, 10, 4, 10*time.Millisecond, nil)
+	r, err := Idle(t.Context(), b, p, certs, IdleOptions{Conns: 10, Workers: 4, Settle: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if r.Conns != 10 {
 		t.Fatalf("idle connections: %d, want 10", r.Conns)
 	}
-	if table := ThroughputTable(nil) + IdleTable([]IdleResult{r}); !strings.Contains(table, "| fieldtrust (in-process) | 10 |") {
+	if table := ThroughputTable(nil) + IdleTable([]IdleResult{r}); !strings.Contains(table, "| fieldtrust (in-process) | leaf + 2 CAs | 10 |") {
 		t.Fatalf("idle table:\n%s", table)
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/fieldtrust/fieldtrust/internal/broker"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/tlspolicy"
 )
@@ -33,9 +34,41 @@ type PKI struct {
 	Roots                                                 *x509.CertPool
 
 	auth *pki.Authority
+	recs *records
 
 	mu    sync.Mutex
 	certs map[string]tls.Certificate // by identity path
+	dir   string
+}
+
+// IntermediatesFile writes the master-account and account CAs issued so
+// far (issue the identities first) to a PEM file for brokerd -intermediates,
+// and returns its path.
+func (p *PKI) IntermediatesFile(ctx context.Context) (string, error) {
+	list, err := p.recs.ListCertificates(ctx, store.CertFilter{Domain: string(pki.Transport)})
+	if err != nil {
+		return "", err
+	}
+	var certs []*x509.Certificate
+	for _, r := range list {
+		if r.Kind != pki.KindMasterCA && r.Kind != pki.KindAccountCA {
+			continue
+		}
+		c, err := x509.ParseCertificate(r.DER)
+		if err != nil {
+			return "", err
+		}
+		certs = append(certs, c)
+	}
+	f := filepath.Join(p.dir, "intermediates.pem")
+	return f, os.WriteFile(f, pki.EncodeCertsPEM(certs...), 0o600)
+}
+
+// LeafOnly returns c without its intermediates: what a client presents
+// to a broker that knows the account CAs (the platform's does).
+func LeafOnly(c tls.Certificate) tls.Certificate {
+	c.Certificate = c.Certificate[:1]
+	return c
 }
 
 // Master and Account are the identity paths the workload uses.
@@ -50,11 +83,12 @@ func DevicePath(i int) string { return fmt.Sprintf("%s/dev-%d", Account, i) }
 // NewPKI creates the PKI under dir (CA keys and certificates on disk, the
 // certificate records in memory) and issues the server certificate.
 func NewPKI(ctx context.Context, dir string) (*PKI, error) {
-	auth, err := pki.Open(ctx, dir, pki.Transport, newRecords(), pki.Options{})
+	recs := newRecords()
+	auth, err := pki.Open(ctx, dir, pki.Transport, recs, pki.Options{})
 	if err != nil {
 		return nil, err
 	}
-	p := &PKI{auth: auth, certs: map[string]tls.Certificate{}}
+	p := &PKI{auth: auth, recs: recs, certs: map[string]tls.Certificate{}, dir: dir}
 	p.Roots = x509.NewCertPool()
 	p.Roots.AddCert(auth.Root())
 

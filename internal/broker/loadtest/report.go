@@ -44,8 +44,8 @@ func ThroughputTable(scenarios []Scenario) string {
 // IdleTable renders idle-connection results as a markdown table.
 func IdleTable(rs []IdleResult) string {
 	var b strings.Builder
-	b.WriteString("| broker | idle mTLS connections | RSS before | RSS after | bytes / connection | × mosquitto |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| broker | client chain | idle mTLS connections | connects/s | RSS before | RSS after | bytes / connection | × mosquitto | CPU while idle (keepalive pings) |\n")
+	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	var ref float64
 	for _, r := range rs {
 		if strings.HasPrefix(r.Broker, "mosquitto") {
@@ -57,8 +57,16 @@ func IdleTable(rs []IdleResult) string {
 		if ref > 0 {
 			ratio = fmt.Sprintf("%.2f", r.PerConn()/ref)
 		}
-		fmt.Fprintf(&b, "| %s | %d | %.1f MiB | %.1f MiB | %.0f | %s |\n",
-			r.Broker, r.Conns, mib(r.RSSBefore), mib(r.RSSAfter), r.PerConn(), ratio)
+		chain := "leaf + 2 CAs"
+		if r.LeafOnly {
+			chain = "leaf only"
+		}
+		cpu := "—"
+		if r.Pings > 0 {
+			cpu = fmt.Sprintf("%.1f %% of a core (%d pings)", 100*r.CPUIdle, r.Pings)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %d | %.0f | %.1f MiB | %.1f MiB | %.0f | %s | %s |\n",
+			r.Broker, chain, r.Conns, r.ConnectRate, mib(r.RSSBefore), mib(r.RSSAfter), r.PerConn(), ratio, cpu)
 	}
 	return b.String()
 }

@@ -353,3 +353,137 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 	i := int(q/100*float64(len(sorted))+0.5) - 1
 	return sorted[min(max(i, 0), len(sorted)-1)]
 }
+
+// Restartable is a broker Resume can restart.
+type Restartable interface {
+	Address() string
+	Restart(ctx context.Context, timeout time.Duration) error
+}
+
+// Resume measures persistent sessions across a broker restart: the
+// subscribers (persistent sessions, QoS of w) subscribe and go offline,
+// the publishers publish w.Messages each (acknowledged), the broker is
+// restarted cleanly, and the subscribers reconnect. Delivered must equal
+// Expected; Elapsed is from the first reconnect to the last message, and
+// Throughput the queued messages delivered per second.
+func (w Workload) Resume(ctx context.Context, name string, b Restartable, p *PKI) (Result, error) {
+	if w.PayloadSize < payloadHeader {
+		w.PayloadSize = payloadHeader
+	}
+	if w.Window <= 0 {
+		w.Window = 1
+	}
+	if w.Drain <= 0 {
+		w.Drain = 10 * time.Second
+	}
+	w.Persistent, w.Warmup = true, 0
+	res := Result{Broker: name, Workload: w, Published: w.Publishers * w.Messages}
+	res.Expected = res.Published * w.Subscribers
+	run := runSeq.Add(1)
+	epoch := time.Now()
+	now := func() time.Duration { return time.Since(epoch) }
+	total := w.Publishers * w.Messages
+	acct, err := p.Identity(ctx, Account)
+	if err != nil {
+		return res, err
+	}
+	subs := make([]*subscriber, w.Subscribers)
+	opts := func(i int, s *subscriber) ClientOptions {
+		return ClientOptions{Version: w.Version, ClientID: fmt.Sprintf("r%d-resume-%d", run, i), Clean: false,
+			SessionExpiry: 3600, Window: w.Window, OnPublish: func(m *packet.Publish) {
+				if s == nil {
+					return
+				}
+				at := now()
+				_, pub, seq, _, ok := decodePayload(m.Payload)
+				if !ok || pub >= w.Publishers || seq >= w.Messages {
+					s.invalid.Add(1)
+					return
+				}
+				k := pub*w.Messages + seq
+				if s.seen[k/64]&(1<<(k%64)) != 0 {
+					s.dupes++
+					return
+				}
+				s.seen[k/64] |= 1 << (k % 64)
+				s.last = at
+				s.got.Add(1)
+			}}
+	}
+	for i := range subs {
+		c, _, err := Dial(ctx, b.Address(), p.ClientTLS(acct), opts(i, nil))
+		if err != nil {
+			return res, fmt.Errorf("subscriber %d: %w", i, err)
+		}
+		if code, err := c.Subscribe(Account+"/+/snapshots", w.QoS); err != nil || code >= 0x80 {
+			return res, fmt.Errorf("subscriber %d: SUBACK 0x%02x: %v", i, code, err)
+		}
+		c.Close()
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, w.Publishers)
+	for i := range w.Publishers {
+		wg.Go(func() {
+			cert, err := p.Identity(ctx, DevicePath(i))
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			c, _, err := Dial(ctx, b.Address(), p.ClientTLS(cert), ClientOptions{Version: w.Version, ClientID: fmt.Sprintf("r%d-pub-%d", run, i), Clean: true, Window: w.Window})
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer c.Close()
+			errs[i] = w.publish(ctx, c, i, w.Messages, 0, 0, 0, now)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return res, err
+	}
+	if err := b.Restart(ctx, 60*time.Second); err != nil {
+		return res, fmt.Errorf("restart: %w", err)
+	}
+	start := now()
+	for i := range subs {
+		s := &subscriber{seen: make([]uint64, (total+63)/64)}
+		subs[i] = s
+		c, ack, err := Dial(ctx, b.Address(), p.ClientTLS(acct), opts(i, s))
+		if err != nil {
+			return res, fmt.Errorf("subscriber %d after restart: %w", i, err)
+		}
+		s.client = c
+		if !ack.SessionPresent {
+			return res, fmt.Errorf("subscriber %d: no session after the restart", i)
+		}
+	}
+	var last int64
+	lastProgress := time.Now()
+	waitFor(ctx, time.Hour, func() bool {
+		n := int64(0)
+		for _, s := range subs {
+			n += s.got.Load()
+		}
+		if n == int64(res.Expected) {
+			return true
+		}
+		if n != last {
+			last, lastProgress = n, time.Now()
+		}
+		return time.Since(lastProgress) > w.Drain
+	})
+	var end time.Duration
+	for _, s := range subs {
+		s.client.Close()
+		res.Delivered += int(s.got.Load())
+		res.Dupes += s.dupes
+		end = max(end, s.last)
+	}
+	res.Elapsed = end - start
+	if res.Elapsed > 0 {
+		res.Throughput = float64(res.Delivered) / res.Elapsed.Seconds()
+	}
+	res.P50, res.P90, res.P99, res.Max = res.Elapsed, res.Elapsed, res.Elapsed, res.Elapsed
+	return res, ctx.Err()
+}

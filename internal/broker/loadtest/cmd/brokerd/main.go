@@ -29,6 +29,7 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"syscall"
+	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/broker"
 	"github.com/fieldtrust/fieldtrust/internal/broker/loadtest"
@@ -52,6 +53,7 @@ func run() error {
 	stateDir := flag.String("state", "", "broker state directory")
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	intermediates := flag.String("intermediates", "", "account and master CAs (PEM): clients may then present their leaf alone, as with the platform")
 	debugAddr := flag.String("debug-addr", "", "serve net/http/pprof on this loopback address (memory and goroutine profiles of a run)")
 	flag.Parse()
 	if *rootFile == "" || *servicesFile == "" || *certFile == "" || *keyFile == "" || *stateDir == "" {
@@ -74,18 +76,31 @@ func run() error {
 		return err
 	}
 	verifier := pki.NewVerifier(pki.Transport, root, services, nil)
+	var verifyClient broker.VerifyClientFunc
+	if *intermediates != "" {
+		cas, err := pki.ReadCertsFile(*intermediates)
+		if err != nil {
+			return err
+		}
+		verifier.AddCAs(append(cas, services)...)
+		verifyClient = func(leaf *x509.Certificate, inter []*x509.Certificate) ([]*x509.Certificate, error) {
+			_, chain, err := verifier.Verify(leaf, inter, time.Time{}, x509.ExtKeyUsageClientAuth)
+			return chain, err
+		}
+	}
 	cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
 	if err != nil {
 		return err
 	}
 	getCert := func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }
 	b, err := broker.New(broker.Config{
-		Addr:     *addr,
-		TLS:      tlspolicy.Server(getCert, verifier.Roots(), tls.RequireAndVerifyClientCert, verifier.VerifyConnection),
-		Identify: loadtest.Identify(verifier),
-		Grants:   tacs.DefaultGrants(),
-		StateDir: *stateDir,
-		Logger:   slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
+		Addr:         *addr,
+		TLS:          tlsConfig(getCert, verifier, verifyClient != nil),
+		VerifyClient: verifyClient,
+		Identify:     loadtest.Identify(verifier),
+		Grants:       tacs.DefaultGrants(),
+		StateDir:     *stateDir,
+		Logger:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
 	})
 	if err != nil {
 		return err
@@ -116,6 +131,15 @@ func run() error {
 	}
 	fmt.Printf("ADDR %s\n", b.Addr())
 	return b.Serve(ctx)
+}
+
+// tlsConfig is the platform's broker TLS: verified against the root by the
+// TLS layer, or by VerifyClient (which the platform uses).
+func tlsConfig(getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error), v *pki.Verifier, own bool) *tls.Config {
+	if own {
+		return tlspolicy.Server(getCert, v.Roots(), tls.RequireAndVerifyClientCert, nil)
+	}
+	return tlspolicy.Server(getCert, v.Roots(), tls.RequireAndVerifyClientCert, v.VerifyConnection)
 }
 
 func readCert(file string) (*x509.Certificate, error) {

@@ -1,0 +1,128 @@
+package loadtest
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestIdleConnections is the idle-connection load test (make bench-idle):
+// as many idle mutual-TLS MQTT connections as asked (default 100,000) on
+// one broker process, one device identity each, from several 127.0.0.x
+// source addresses; connect rate, resident memory per connection and CPU
+// while the connections sit idle sending keepalive pings. Our broker runs
+// twice — clients presenting leaf + intermediates, and leaf only (the
+// broker knows the account CAs, as the platform does) — and Mosquitto
+// once, with the chains it needs.
+//
+//	FIELDTRUST_IDLE_BENCH=1 go test -run TestIdleConnections -v -timeout 60m ./internal/broker/loadtest
+//
+// Knobs (FIELDTRUST_IDLE_*): CONNS (100000; capped by the open-file limit
+// of this process and the broker's, which each need one descriptor per
+// connection), HOLD (seconds idle, 60), KEEPALIVE (seconds, 30), SOURCES
+// (source addresses, 8), OUT (markdown file). Bounded: every step has a
+// deadline, and the run stops by itself.
+func TestIdleConnections(t *testing.T) {
+	if os.Getenv("FIELDTRUST_IDLE_BENCH") == "" {
+		t.Skip("set FIELDTRUST_IDLE_BENCH=1 (see make bench-idle)")
+	}
+	env := func(name string, def int) int {
+		v := os.Getenv("FIELDTRUST_IDLE_" + name)
+		if v == "" {
+			return def
+		}
+		var n int
+		if _, err := fmt.Sscan(v, &n); err != nil || n < 0 {
+			t.Fatalf("FIELDTRUST_IDLE_%s=%q: want a non-negative integer", name, v)
+		}
+		return n
+	}
+	want := env("CONNS", 100_000)
+	soft, hard := FileLimit()
+	conns := want
+	if limit := int(soft) - 500; conns > limit {
+		conns = limit
+		t.Logf("open-file limit %d (hard %d): %d connections instead of %d; raise it with 'ulimit -n' (needs the hard limit, or CAP_SYS_RESOURCE, above %d)", soft, hard, conns, want, want+500)
+	}
+	hold := time.Duration(env("HOLD", 60)) * time.Second
+	keepAlive := time.Duration(env("KEEPALIVE", 30)) * time.Second
+	sources := env("SOURCES", 8)
+	ctx, cancel := context.WithTimeout(t.Context(), 55*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	bin, err := BuildBrokerd(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mosq, err := exec.LookPath("mosquitto")
+	if err != nil {
+		if mosq, err = exec.LookPath("/usr/sbin/mosquitto"); err != nil {
+			t.Fatal("mosquitto not found: apt-get install -y mosquitto")
+		}
+	}
+	p, err := NewPKI(ctx, filepath.Join(dir, "pki"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	certs := make([]tls.Certificate, conns)
+	for i := range certs {
+		if certs[i], err = p.Identity(ctx, DevicePath(i)); err != nil {
+			t.Fatal(err)
+		}
+		if (i+1)%20000 == 0 {
+			t.Logf("issued %d/%d device certificates", i+1, conns)
+		}
+	}
+	t.Logf("issued %d device certificates in %v", conns, time.Since(start).Round(time.Second))
+	inter, err := p.IntermediatesFile(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rs []IdleResult
+	for _, run := range []struct {
+		name     string
+		leafOnly bool
+	}{{"fieldtrust", false}, {"fieldtrust", true}, {"mosquitto", false}} {
+		d := filepath.Join(dir, fmt.Sprintf("%s-%v", run.name, run.leafOnly))
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		var b *Broker
+		if run.name == "fieldtrust" {
+			b, err = StartFieldtrust(ctx, bin, p, d, "", "-intermediates", inter)
+		} else {
+			b, err = StartMosquitto(ctx, mosq, p, d, MosquittoOptions{})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := Idle(ctx, b, p, certs, IdleOptions{Conns: conns, Workers: 4 * runtime.GOMAXPROCS(0), LeafOnly: run.leafOnly,
+			SourceIPs: sources, KeepAlive: keepAlive, Settle: 5 * time.Second, Hold: hold, Progress: func(s string) { t.Log(s) }})
+		if stopErr := b.Stop(60 * time.Second); stopErr != nil {
+			t.Errorf("stop %s: %v", b.Name, stopErr)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s (leaf only %v): %d connections at %.0f/s, %.0f B/conn, idle CPU %.1f%%", b.Name, run.leafOnly, r.Conns, r.ConnectRate, r.PerConn(), 100*r.CPUIdle)
+		rs = append(rs, r)
+	}
+	var out strings.Builder
+	fmt.Fprintf(&out, "Idle connections: %d (asked for %d; open-file limit %d), one device identity each, %d source addresses, MQTT 3.1.1 keepalive %v with a PINGREQ every %v for %v; %s, GOMAXPROCS %d, %s.\n\n",
+		conns, want, soft, sources, keepAlive, keepAlive/2, hold, runtime.Version(), runtime.GOMAXPROCS(0), MosquittoVersion(mosq))
+	out.WriteString(IdleTable(rs))
+	t.Log("\n" + out.String())
+	if f := os.Getenv("FIELDTRUST_IDLE_OUT"); f != "" {
+		if err := os.WriteFile(f, []byte(out.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,72 @@
+package broker
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/fieldtrust/fieldtrust/internal/broker/packet"
+)
+
+// TestMessageStoredOnce: a message queued for several offline persistent
+// sessions is written once, each session holds a small reference, and the
+// message record goes when the last session has acknowledged it — across
+// restarts.
+func TestMessageStoredOnce(t *testing.T) {
+	e := newEnv(t)
+	acct := e.pki.identity("ms-acc-1/acc-1")
+	topic := "ms-acc-1/acc-1/dev-1/snapshots"
+	const sessions, n = 3, 20
+	connect := func(i int) (*raw, *packet.Connack) {
+		return e.dialRaw(acct, packet.Connect{Version: packet.V5, ClientID: fmt.Sprintf("s%d", i), KeepAlive: 30,
+			Props: props(func(p *packet.Properties) { p.SessionExpiry = 3600; p.Set(packet.PropSessionExpiry) })})
+	}
+	for i := range sessions {
+		r, _ := connect(i)
+		r.subscribe(topic, 1, packet.Properties{})
+		r.send(packet.AppendDisconnect(nil, packet.V5, &packet.Disconnect{}))
+		r.expectClosed(0)
+	}
+	pub, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{Version: packet.V5, CleanStart: true, KeepAlive: 30})
+	for k := range n {
+		pub.publish(topic, 1, false, []byte(fmt.Sprintf("m%d", k)), packet.Properties{})
+		if a := expect[packet.Ack](pub); a.Reason != 0 {
+			t.Fatalf("PUBACK 0x%02x", a.Reason)
+		}
+	}
+	counts := func(wantMessages, wantRefs int) {
+		t.Helper()
+		if err := e.b.store.barrier(); err != nil {
+			t.Fatal(err)
+		}
+		m, _ := e.b.store.count(keyMessage)
+		q, _ := e.b.store.count(keyQueued)
+		if m != wantMessages || q != wantRefs {
+			t.Fatalf("stored %d messages and %d references; want %d and %d", m, q, wantMessages, wantRefs)
+		}
+	}
+	counts(n, sessions*n)
+	consume := func(i int) {
+		t.Helper()
+		r, ack := connect(i)
+		if !ack.SessionPresent {
+			t.Fatalf("session %d lost", i)
+		}
+		for k := range n {
+			p := expect[packet.Publish](r)
+			if string(p.Payload) != fmt.Sprintf("m%d", k) {
+				t.Fatalf("session %d message %d: %q (out of order?)", i, k, p.Payload)
+			}
+			r.send(packet.AppendAck(nil, packet.V5, &packet.Ack{Type: packet.PUBACK, PacketID: p.PacketID}))
+		}
+		r.ping() // every PUBACK was handled
+		r.send(packet.AppendDisconnect(nil, packet.V5, &packet.Disconnect{}))
+		r.expectClosed(0)
+	}
+	e.restart()
+	consume(0)
+	consume(1)
+	counts(n, n) // still held by session 2
+	e.restart()
+	consume(2)
+	counts(0, 0)
+}

@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/fieldtrust
 DATA    ?= ./fieldtrust-data
 
-.PHONY: build run up test deps vet fuzz bench clean
+.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/fieldtrust
@@ -40,6 +40,16 @@ fuzz:
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+# Load tests, outside 'make test' (docs/benchmarks.md): the broker against
+# Mosquitto in one run (~15 min), and idle connections on one broker
+# process (FIELDTRUST_IDLE_CONNS, default 100000, capped by the open-file
+# limit; ~10 min at 20,000).
+bench-broker: deps
+	./scripts/bench-broker.sh
+
+bench-idle: deps
+	FIELDTRUST_IDLE_BENCH=1 $(GO) test -count=1 -run '^TestIdleConnections$$' -v -timeout 60m ./internal/broker/loadtest
 
 clean:
 	rm -rf bin

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite talks to as real peers:
 # OpenSSL (chain, CRL and CMS interop), Mosquitto (broker interop and
-# benchmark) and PostgreSQL (the store's second implementation; see
-# scripts/postgres-test.sh). Only what is missing is installed; nothing runs
-# if all is there.
+# benchmark), PostgreSQL (the store's second implementation; see
+# scripts/postgres-test.sh), stunnel and Python 3 (the Paho MQTT suites).
+# Only what is missing is installed; nothing runs if all is there.
 set -euo pipefail
 
 need=()
@@ -12,6 +12,10 @@ command -v mosquitto >/dev/null || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v curl >/dev/null || need+=(curl)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+# The Eclipse Paho MQTT interoperability suites (run from ../shared/interop)
+# are Python 3 and speak plain TCP: stunnel carries them over mutual TLS.
+command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || need+=(stunnel4)
+command -v python3 >/dev/null || need+=(python3)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

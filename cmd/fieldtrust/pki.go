@@ -23,8 +23,8 @@ import (
 )
 
 // serviceRoles are the roles 'pki issue --service' accepts: those the
-// platform has grants for.
-var serviceRoles = slices.Sorted(maps.Keys(tacs.DefaultGrants()))
+// platform has grants for (the built-in roles, and a grants file's).
+func serviceRoles(g tacs.Grants) []string { return slices.Sorted(maps.Keys(g)) }
 
 func newPKICmd() *cobra.Command {
 	c := &cobra.Command{
@@ -66,6 +66,7 @@ func newPKIInitCmd() *cobra.Command {
 func newPKIIssueCmd() *cobra.Command {
 	var (
 		dir, out, service, role string
+		grantsFile              string
 		e2e, force              bool
 		days                    int
 	)
@@ -93,8 +94,12 @@ Writes OUTDIR/cert.pem (leaf followed by its intermediates), OUTDIR/key.pem
 				if err := pki.ValidateElement(service); err != nil {
 					return usageError{fmt.Errorf("--service: %w", err)}
 				}
-				if !e2e && !slices.Contains(serviceRoles, role) {
-					return usageError{fmt.Errorf("--role %q: a transport service certificate needs one of %s", role, strings.Join(serviceRoles, ", "))}
+				grants, err := datadir.Grants(dir, grantsFile)
+				if err != nil {
+					return err
+				}
+				if roles := serviceRoles(grants); !e2e && !slices.Contains(roles, role) {
+					return usageError{fmt.Errorf("--role %q: a transport service certificate needs one of %s", role, strings.Join(roles, ", "))}
 				}
 				req.Service = service
 			default:
@@ -178,7 +183,8 @@ Writes OUTDIR/cert.pem (leaf followed by its intermediates), OUTDIR/key.pem
 	c.Flags().BoolVar(&e2e, "e2e", false, "issue from the end-to-end PKI instead of the transport PKI")
 	c.Flags().IntVar(&days, "days", int(pki.DefaultLeafValidity/(24*time.Hour)), "validity in days (clamped to the issuing CA's)")
 	c.Flags().StringVar(&service, "service", "", "issue a platform service certificate with this name")
-	c.Flags().StringVar(&role, "role", "", "role of the service: "+strings.Join(serviceRoles, ", "))
+	c.Flags().StringVar(&role, "role", "", "role of the service: "+strings.Join(serviceRoles(tacs.DefaultGrants()), ", ")+", or one of the grants file's")
+	c.Flags().StringVar(&grantsFile, "grants", "", "service grants file that defines --role (default DIR/grants.json if it exists)")
 	c.Flags().BoolVar(&force, "force", false, "overwrite existing files in OUTDIR")
 	return c
 }

@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/est"
 	"github.com/fieldtrust/fieldtrust/internal/platform"
 )
@@ -21,6 +22,7 @@ type upFlags struct {
 	estAllowReenroll    bool
 	estRequireBinding   bool
 	logLevel, logFormat string
+	grantsFile          string
 }
 
 func (f *upFlags) register(c *cobra.Command) {
@@ -33,6 +35,7 @@ func (f *upFlags) register(c *cobra.Command) {
 	c.Flags().DurationVar(&f.publishInterval, "publish-interval", 10*time.Second, "how often gateways publish snapshots (bootstrap)")
 	c.Flags().BoolVar(&f.estAllowReenroll, "est-allow-reenroll", false, "let an onboarding certificate enroll again after its claim was used")
 	c.Flags().BoolVar(&f.estRequireBinding, "est-require-channel-binding", false, "refuse EST CSRs not bound to their TLS session (RFC 7030 §3.5); plain curl+openssl clients cannot send it")
+	c.Flags().StringVar(&f.grantsFile, "grants", "", "service grants file (JSON, version 1; default DIR/grants.json if it exists, else the built-in roles)")
 	addLogFlags(c, &f.logLevel, &f.logFormat, "info")
 }
 
@@ -41,8 +44,12 @@ func (f *upFlags) config() (platform.Config, error) {
 	if err != nil {
 		return platform.Config{}, err
 	}
+	grants, err := datadir.Grants(f.dataDir, f.grantsFile)
+	if err != nil {
+		return platform.Config{}, err
+	}
 	return platform.Config{
-		DataDir: f.dataDir, DB: f.db, HTTPAddr: f.httpAddr, MQTTAddr: f.mqttAddr, DNSNames: f.dnsNames,
+		DataDir: f.dataDir, DB: f.db, HTTPAddr: f.httpAddr, MQTTAddr: f.mqttAddr, DNSNames: f.dnsNames, Grants: grants,
 		BrokerURLs: f.brokerURLs, PublishInterval: f.publishInterval,
 		EST:    est.Policy{AllowReenroll: f.estAllowReenroll, RequireChannelBinding: f.estRequireBinding},
 		Logger: log,

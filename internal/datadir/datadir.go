@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -25,6 +26,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/postgres"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
 )
 
 // Dir is an open data directory.
@@ -148,4 +150,30 @@ func LockUp(dir string) (unlock func(), err error) {
 		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 		f.Close()
 	}, nil
+}
+
+// GrantsFile is the optional service grants file of a data directory
+// (tacs.ParseGrants): roles beyond, or replacing, the built-in ones.
+const GrantsFile = "grants.json"
+
+// Grants returns the service grants of the data directory: from file, or
+// from DIR/grants.json when file is empty and it exists, else the built-in
+// roles.
+func Grants(dir, file string) (tacs.Grants, error) {
+	explicit := file != ""
+	if !explicit {
+		file = filepath.Join(dir, GrantsFile)
+	}
+	data, err := os.ReadFile(file)
+	if errors.Is(err, fs.ErrNotExist) && !explicit {
+		return tacs.DefaultGrants(), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read grants: %w", err)
+	}
+	g, err := tacs.ParseGrants(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w (fix the file, or remove it for the built-in roles)", file, err)
+	}
+	return g, nil
 }

@@ -17,23 +17,10 @@ import (
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/est"
+	"github.com/fieldtrust/fieldtrust/internal/interoptest"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 )
-
-// interopDir is where the third-party peers live: FIELDTRUST_INTEROP if
-// set, else ../shared/interop next to the repository, else the shared
-// folder of the development and CI machines.
-func interopDir() string {
-	if d := os.Getenv("FIELDTRUST_INTEROP"); d != "" {
-		return d
-	}
-	next := filepath.Join("..", "..", "..", "shared", "interop")
-	if _, err := os.Stat(next); err == nil {
-		return next
-	}
-	return "/work/shared/interop"
-}
 
 // buildESTClient builds GlobalSign's estclient from its source (kept with
 // its licence in the shared interop folder, read-only) in a temporary
@@ -42,7 +29,7 @@ func interopDir() string {
 // it fails.
 func buildESTClient(t *testing.T) string {
 	t.Helper()
-	src := filepath.Join(interopDir(), "globalsign-est")
+	src := filepath.Join(interoptest.Dir(), "globalsign-est")
 	skip := t.Skipf
 	if os.Getenv("CI") != "" {
 		skip = t.Fatalf

@@ -50,6 +50,9 @@ type Config struct {
 	// ("mqtts://host:port" or "mqtts://host:port;weight"); empty means the
 	// embedded broker's own listen address.
 	BrokerURLs []string
+	// Grants are the service roles' topic grants (datadir.Grants); nil
+	// means tacs.DefaultGrants().
+	Grants tacs.Grants
 	// PublishInterval is the gateways' snapshot interval (bootstrap).
 	PublishInterval time.Duration
 	// EST policy.
@@ -148,7 +151,13 @@ func Run(ctx context.Context, cfg Config) error {
 
 	// One set of grants decides for the broker, the API, commands and
 	// metrics alike.
-	grants := tacs.DefaultGrants()
+	grants := cfg.Grants
+	if grants == nil {
+		grants = tacs.DefaultGrants()
+	}
+	if err := grants.Validate(); err != nil {
+		return fmt.Errorf("service grants: %w", err)
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 

@@ -1,6 +1,14 @@
 package tacs
 
-import "github.com/fieldtrust/fieldtrust/internal/ident"
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/fieldtrust/fieldtrust/internal/ident"
+)
 
 // Role names of the default service roles.
 const (
@@ -9,13 +17,24 @@ const (
 	RoleFirmwareWriter = "firmware-writer"
 )
 
-// Grant allows the actions it names on every topic Filter matches. Filter
-// uses MQTT filter syntax; a filter whose first level starts with '$' is
-// needed to reach '$' topics, since '#' and '+' never match them there.
+// Grant allows the actions it names on every topic Filter matches — or,
+// with Deny, refuses them, before any other grant of the role is
+// considered. Filter uses MQTT filter syntax; a filter whose first level
+// starts with '$' is needed to reach '$' topics, since '#' and '+' never
+// match them there.
+//
+// A deny grant refuses a subscription only to filters it covers (which can
+// match nothing but denied topics). A wider subscription — "#" next to a
+// denied "test/nosubscribe" — is allowed, and the denied topics are then
+// refused per message by the delivery check (Authorize of each topic
+// written to a subscriber), which the embedded broker makes on every
+// delivery. An engine that checks only at subscribe time cannot enforce a
+// deny grant; see docs/broker.md.
 type Grant struct {
 	Filter string `json:"filter" yaml:"filter"`
 	Read   bool   `json:"read" yaml:"read"`
 	Write  bool   `json:"write" yaml:"write"`
+	Deny   bool   `json:"deny,omitempty" yaml:"deny,omitempty"`
 }
 
 // Grants maps a service role to what it may do. It is data so that platform
@@ -58,6 +77,9 @@ func (g Grants) Validate() error {
 			if len(gr.Filter) > 7 && gr.Filter[:7] == "$share/" {
 				return &GrantError{Role: role, Filter: gr.Filter, Reason: "shared-subscription prefix in a grant"}
 			}
+			if !gr.Read && !gr.Write {
+				return &GrantError{Role: role, Filter: gr.Filter, Reason: "neither read nor write: the grant would do nothing"}
+			}
 		}
 	}
 	return nil
@@ -70,4 +92,53 @@ type GrantError struct {
 
 func (e *GrantError) Error() string {
 	return "grants: role " + e.Role + " filter " + e.Filter + ": " + e.Reason
+}
+
+// GrantsFileVersion is the version of the grants file format ParseGrants
+// reads.
+const GrantsFileVersion = 1
+
+// ParseGrants reads a grants file: JSON, strictly — a version field that
+// must be GrantsFileVersion, no unknown fields, nothing after the object:
+//
+//	{"version": 1,
+//	 "roles": {"interop": [{"filter": "#", "read": true, "write": true},
+//	                       {"filter": "test/nosubscribe", "read": true, "deny": true}]}}
+//
+// The roles it names are added to DefaultGrants, replacing a built-in role
+// of the same name (so the admin role can be narrowed). The result is
+// validated.
+func ParseGrants(data []byte) (Grants, error) {
+	var f struct {
+		Version *int               `json:"version"`
+		Roles   map[string][]Grant `json:"roles"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("grants file: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("grants file: data after the JSON object")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("grants file: data after the JSON object")
+	}
+	switch {
+	case f.Version == nil:
+		return nil, fmt.Errorf("grants file: no \"version\" (this fieldtrust reads version %d)", GrantsFileVersion)
+	case *f.Version != GrantsFileVersion:
+		return nil, fmt.Errorf("grants file: version %d; this fieldtrust reads version %d", *f.Version, GrantsFileVersion)
+	}
+	g := DefaultGrants()
+	for role, gs := range f.Roles {
+		if len(gs) == 0 {
+			return nil, &GrantError{Role: role, Reason: "no grants: leave the role out instead"}
+		}
+		g[role] = gs
+	}
+	if err := g.Validate(); err != nil {
+		return nil, err
+	}
+	return g, nil
 }

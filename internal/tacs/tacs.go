@@ -6,7 +6,8 @@
 //  1. The subject, the topic or filter, and a $share group must be well
 //     formed (see Subject.Validate, MaxTopicLen, MaxLevels); anything odd is
 //     refused with a reason saying what.
-//  2. A service is allowed what a Grant of its role covers.
+//  2. A service is refused what a deny Grant of its role covers, then
+//     allowed what another Grant of its role covers.
 //  3. Every valid subject may subscribe to (read) pki/crl/#, so revocation
 //     lists reach everyone; nobody but a grant writes there.
 //  4. An account identity may read and write its own subtree PATH/#, which
@@ -77,6 +78,7 @@ const (
 	ReasonInvalidShare    Reason = "invalid_share"
 	ReasonSystemTopic     Reason = "system_topic"
 	ReasonForeignTopic    Reason = "foreign_topic"
+	ReasonRoleDenied      Reason = "role_denied"
 )
 
 // Decision is the outcome of Authorize.
@@ -122,8 +124,18 @@ func Authorize(g Grants, s Subject, a Action, topicOrFilter string) Decision {
 		if !ok {
 			return deny(ReasonUnknownRole)
 		}
+		// Deny grants first: what one covers is refused whatever else the
+		// role or the CRL rule would allow.
 		for _, gr := range grants {
-			if (a == Subscribe && !gr.Read) || (a == Publish && !gr.Write) {
+			if !gr.Deny || (a == Subscribe && !gr.Read) || (a == Publish && !gr.Write) {
+				continue
+			}
+			if gl, r := parseFilter(gr.Filter); r == "" && covers(gl, levels) {
+				return deny(ReasonRoleDenied)
+			}
+		}
+		for _, gr := range grants {
+			if gr.Deny || (a == Subscribe && !gr.Read) || (a == Publish && !gr.Write) {
 				continue
 			}
 			gl, r := parseFilter(gr.Filter)

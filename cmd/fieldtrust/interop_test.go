@@ -174,7 +174,9 @@ sslVersionMin = TLSv1.2
 }
 
 var (
-	unittestRan    = regexp.MustCompile(`(?m)^(test\w+) \([^)]*\) \.\.\. `)
+	// "test_x (module.Class.test_x) ... ok", or with a docstring, whose
+	// first line follows on the next line.
+	unittestRan    = regexp.MustCompile(`(?m)^(test\w+) \([\w.]+\)`)
 	unittestFailed = regexp.MustCompile(`(?m)^(FAIL|ERROR): (test\w+) \(`)
 )
 

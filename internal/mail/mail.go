@@ -132,6 +132,9 @@ type PermanentError struct{ Err error }
 func (e *PermanentError) Error() string { return e.Err.Error() }
 func (e *PermanentError) Unwrap() error { return e.Err }
 
+// Permanent marks the error as one a retry cannot fix.
+func (e *PermanentError) Permanent() bool { return true }
+
 // Send delivers m, one connection per message.
 func (c Config) Send(ctx context.Context, m Message) error {
 	msg := gomail.NewMsg()

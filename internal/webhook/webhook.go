@@ -62,6 +62,9 @@ type PermanentError struct{ Err error }
 func (e *PermanentError) Error() string { return e.Err.Error() }
 func (e *PermanentError) Unwrap() error { return e.Err }
 
+// Permanent marks the error as one a retry cannot fix.
+func (e *PermanentError) Permanent() bool { return true }
+
 // Client posts signed webhook calls.
 type Client struct {
 	http *http.Client

@@ -63,7 +63,7 @@ func TestPostOutcomes(t *testing.T) {
 	c := NewClient(true, srv.Client().Transport.(*http.Transport).Clone())
 	key := make([]byte, 32)
 	for _, tc := range []struct {
-		code      int
+		code     int
 		ok, perm bool
 	}{{200, true, false}, {204, true, false}, {301, false, true}, {400, false, true}, {401, false, true}, {408, false, false}, {429, false, false}, {500, false, false}, {503, false, false}} {
 		status <- tc.code

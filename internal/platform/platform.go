@@ -61,6 +61,8 @@ type Config struct {
 	// Ready, if non-nil, is called once every listener is up, with the
 	// actual addresses (useful with port 0).
 	Ready func(httpAddr, mqttAddr string)
+	// Notifications configures the delivery of what rules send.
+	Notifications Notifications
 
 	// hooks let the package's tests break parts of the platform on purpose.
 	hooks *testHooks
@@ -127,13 +129,17 @@ func Run(ctx context.Context, cfg Config) error {
 	ingestE2E.keepKey = true
 	ledgerE2E := newServiceCert(d.E2E, "ledger", cfg.DataDir, nil, nil, log)
 	commandE2E := newServiceCert(d.E2E, "platform", cfg.DataDir, nil, nil, log)
-	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E}
+	rulesTLS := newServiceCert(d.Transport, "rules", cfg.DataDir, nil, nil, log)
+	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E, rulesTLS}
 	for _, c := range serviceCerts {
 		if err := c.load(ctx); err != nil {
 			return err
 		}
 	}
 	if err := d.Store.SetServiceRole(ctx, "ingest", tacs.RoleSnapshotReader); err != nil {
+		return err
+	}
+	if err := d.Store.SetServiceRole(ctx, "rules", tacs.RoleRulesEngine); err != nil {
 		return err
 	}
 	verifier, err := d.Transport.Verifier(ctx)
@@ -273,6 +279,9 @@ func Run(ctx context.Context, cfg Config) error {
 	ingestClient.GetClientCertificate = ingestTLS.GetClientCertificate
 	heads := &treeHeads{log: lg, store: d.Store, signer: ledgerE2E, logger: log}
 	mqttAddr, httpAddr := brk.Addr(), httpLn.Addr().String()
+	rulesClient := tlspolicy.Client(transportRoots, nil)
+	rulesClient.GetClientCertificate = rulesTLS.GetClientCertificate
+	rp := newRulesPlatform(cfg.Notifications, d.Store, cfg.DataDir, mqttAddr, rulesClient, reg, log)
 
 	// Every service of the platform runs under the supervisor (restart
 	// policy: servicePolicy). The broker's first instance and the HTTPS
@@ -306,6 +315,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return ingest.Run(ctx, ingest.Config{
 				Broker: mqttAddr, TLS: ingestClient, Opener: opener, Status: ingestStatus,
 				Store: ingestStore, Ledger: lg, Logger: log.With("component", "ingest"), Registerer: reg,
+				Committed: rp.committed,
 			})
 		}},
 		{Name: "revocation", Run: rev.run, GiveUpAfter: 10},
@@ -323,6 +333,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}},
 		{Name: "certificates", Run: func(ctx context.Context) error { return renewServiceCerts(ctx, serviceCerts) }, GiveUpAfter: -1},
 	}
+	services = append(services, rp.services()...)
 	if err := rev.publishCRLs(ctx); err != nil {
 		return err
 	}

@@ -43,7 +43,7 @@ type ruleDevice struct{ rule, device string }
 
 type deviceState struct {
 	gateway, typ string
-	lastSeen     time.Time // measurement time of the latest snapshot
+	lastSeen     time.Time // when the latest snapshot arrived
 	lastHash     []byte
 	values       map[string]float64 // latest values, kept if a rule uses prev
 }
@@ -137,8 +137,9 @@ func (e *Engine) Snapshot(rec store.SnapshotRecord, c *store.RuleCommit) {
 			applying = append(applying, r)
 		}
 	}
-	if rec.Time.After(dev.lastSeen) || dev.lastSeen.IsZero() {
-		dev.lastSeen = rec.Time
+	// Silence is judged by arrival, not by the gateway's clock.
+	if rec.ReceivedAt.After(dev.lastSeen) {
+		dev.lastSeen = rec.ReceivedAt
 	}
 	if len(applying) == 0 {
 		dev.values = nil

@@ -233,7 +233,7 @@ func Run(ctx context.Context, cfg Config) error {
 	sup := supervisor.New(servicePolicy(cfg.hooks), log.With("component", "supervisor"))
 	ingestStatus := &ingest.Status{}
 	api := &web.API{
-		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"),
+		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"), Rules: d.Store,
 		Identify: func(r *http.Request) (tacs.Subject, bool) {
 			id, ok := est.IdentityFromContext(r.Context())
 			if !ok {

@@ -44,7 +44,7 @@ func TestRuleCLI(t *testing.T) {
 	bad := filepath.Join(work, "bad.yaml")
 	os.WriteFile(bad, []byte("version: 1\nname: hot\nscope: ms-1\nwhen: values.temp >> 3\nactions:\n  - mqtt: {}\n"), 0o600)
 	out, code := run(t, "rule", "add", "--data", data, bad)
-	if code != 2 || !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(bad) + `:4:20: when: `).MatchString(out) {
+	if code != 2 || !regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(bad)+`:4:20: when: `).MatchString(out) {
 		t.Fatalf("rule add of a bad condition: exit %d, output %q; want exit 2 and %s:4:20: when: ...", code, out, bad)
 	}
 	good := filepath.Join(work, "hot.yaml")

@@ -19,6 +19,7 @@ type Store interface {
 	DueOutbox(ctx context.Context, now time.Time, limit int) ([]store.OutboxMessage, error)
 	OutboxSent(ctx context.Context, id string, at time.Time) error
 	OutboxFailed(ctx context.Context, id string, attempts int, next time.Time, lastErr, state string) error
+	TrimOutbox(ctx context.Context, before time.Time) (int, error)
 }
 
 // Sender delivers messages of one kind. An error wrapping a
@@ -77,6 +78,9 @@ type Config struct {
 	Parallel int
 	// Timeout bounds one delivery; default 60 s.
 	Timeout time.Duration
+	// Retention is how long sent and suppressed messages are kept (the
+	// outbox is trimmed hourly); default 7 days.
+	Retention time.Duration
 	// Sent, if set, is called after each delivery is recorded (tests,
 	// latency measurements).
 	Sent func(m store.OutboxMessage, at time.Time)
@@ -107,6 +111,9 @@ func (c *Config) defaults() {
 	if c.Timeout <= 0 {
 		c.Timeout = time.Minute
 	}
+	if c.Retention <= 0 {
+		c.Retention = 7 * 24 * time.Hour
+	}
 }
 
 // Backoff returns the delay after the n-th failed attempt.
@@ -125,12 +132,21 @@ type Dispatcher struct {
 	mu       sync.Mutex
 	inflight map[string]bool
 	limits   map[string]*rate.Limiter
+	// suppressed counts suppressions per rule since the last log line
+	// about them (one line per rule and minute, not one per message).
+	suppressed map[string]*suppression
+	trimmed    time.Time
+}
+
+type suppression struct {
+	n      int
+	logged time.Time
 }
 
 // New returns a dispatcher.
 func New(cfg Config) *Dispatcher {
 	cfg.defaults()
-	return &Dispatcher{cfg: cfg, m: newMetrics(cfg.Registerer), inflight: map[string]bool{}, limits: map[string]*rate.Limiter{}}
+	return &Dispatcher{cfg: cfg, m: newMetrics(cfg.Registerer), inflight: map[string]bool{}, limits: map[string]*rate.Limiter{}, suppressed: map[string]*suppression{}}
 }
 
 // Run delivers until ctx ends. Store errors are logged and retried on the
@@ -157,6 +173,14 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 // round starts the delivery of every due message not in flight.
 func (d *Dispatcher) round(ctx context.Context, sem chan struct{}, wg *sync.WaitGroup) error {
 	now := d.cfg.Now()
+	if now.Sub(d.trimmed) > time.Hour {
+		d.trimmed = now
+		if n, err := d.cfg.Store.TrimOutbox(ctx, now.Add(-d.cfg.Retention)); err != nil {
+			d.cfg.Logger.Warn("outbox: trimming old messages failed", "err", err)
+		} else if n > 0 {
+			d.cfg.Logger.Info("outbox: old sent and suppressed messages deleted", "deleted", n, "retention", d.cfg.Retention)
+		}
+	}
 	due, err := d.cfg.Store.DueOutbox(ctx, now, 500)
 	if err != nil {
 		return err
@@ -173,7 +197,17 @@ func (d *Dispatcher) round(ctx context.Context, sem chan struct{}, wg *sync.Wait
 		}
 		if !d.allow(m.RuleID, now) {
 			d.m.outcome.WithLabelValues(m.Kind, "suppressed").Inc()
-			d.cfg.Logger.Warn("outbox: a rule's rate limit is spent; message suppressed (an admin may retry it)", "id", m.ID, "kind", m.Kind, "rule", m.RuleID)
+			sp := d.suppressed[m.RuleID]
+			if sp == nil {
+				sp = &suppression{}
+				d.suppressed[m.RuleID] = sp
+			}
+			sp.n++
+			if now.Sub(sp.logged) >= time.Minute {
+				d.cfg.Logger.Warn("outbox: a rule's rate limit is spent; its messages are suppressed (list them with 'fieldtrust outbox list --state suppressed', retry with 'fieldtrust outbox retry')",
+					"rule", m.RuleID, "suppressed", sp.n, "last", m.ID)
+				sp.n, sp.logged = 0, now
+			}
 			if err := d.cfg.Store.OutboxFailed(ctx, m.ID, m.Attempts, now, "suppressed: the rule's rate limit was spent", store.OutboxSuppressed); err != nil {
 				d.cfg.Logger.Warn("outbox: recording a suppression failed", "id", m.ID, "err", err)
 			}

@@ -262,6 +262,10 @@ type Rules interface {
 	// RetryOutbox makes a dead or suppressed message pending again
 	// (ErrConflict otherwise).
 	RetryOutbox(ctx context.Context, id string, at time.Time) error
+	// TrimOutbox deletes sent and suppressed messages created before
+	// before, and returns how many: the outbox stays bounded. Pending and
+	// dead messages stay.
+	TrimOutbox(ctx context.Context, before time.Time) (int, error)
 
 	// RuleErrors returns the rule errors of devices in scope, newest first.
 	RuleErrors(ctx context.Context, scope string, limit int) ([]RuleError, error)

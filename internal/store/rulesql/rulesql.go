@@ -581,6 +581,15 @@ func (s *Store) RetryOutbox(ctx context.Context, id string, at time.Time) error 
 	return nil
 }
 
+// TrimOutbox implements store.Rules.
+func (s *Store) TrimOutbox(ctx context.Context, before time.Time) (int, error) {
+	n, err := s.DB.Exec(ctx, `DELETE FROM outbox WHERE state IN (?, ?) AND created_at < ?`, store.OutboxSent, store.OutboxSuppressed, ms(before))
+	if err != nil {
+		return 0, fmt.Errorf("trim outbox: %w", err)
+	}
+	return int(n), nil
+}
+
 // RuleErrors implements store.Rules.
 func (s *Store) RuleErrors(ctx context.Context, scope string, limit int) ([]store.RuleError, error) {
 	where, args, err := scopeWhere("gateway", scope)

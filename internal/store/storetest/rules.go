@@ -239,6 +239,13 @@ func testOutbox(t *testing.T, s store.Store) {
 	if sent.State != store.OutboxSent || !sent.SentAt.Equal(t0.Add(time.Minute)) || sent.Attempts != 1 {
 		t.Fatalf("sent = %+v", sent)
 	}
+	// Trimming deletes only sent (and suppressed) messages before the bound.
+	if n, err := s.TrimOutbox(ctx, t0.Add(2*time.Hour)); err != nil || n != 1 {
+		t.Fatalf("TrimOutbox = %d, %v; want the sent one", n, err)
+	}
+	if left, _ := s.Outbox(ctx, store.OutboxQuery{}); len(left) != 2 {
+		t.Fatalf("after trimming: %+v", left)
+	}
 }
 
 func testSnapshotsFromLedger(t *testing.T, s store.Store) {

@@ -93,4 +93,3 @@ func (r *rulesPlatform) services() []supervisor.Service {
 func (r *rulesPlatform) committed(snaps []store.SnapshotRecord, events []store.IntegrityEvent, rejects []store.Reject) {
 	r.svc.Committed(snaps, events, rejects)
 }
-

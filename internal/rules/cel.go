@@ -18,9 +18,6 @@ import (
 const (
 	// MaxExprSize bounds the text of a condition.
 	MaxExprSize = 2048
-	// CostLimit bounds one evaluation (cel-go's cost units, about one
-	// per operation and per element a comprehension visits).
-	CostLimit = 100_000
 )
 
 var (
@@ -53,6 +50,9 @@ type Condition struct {
 	Src  string
 	prg  cel.Program
 	prev bool // refers to prev
+	// chans are the channels it reads; allChans: it may read any.
+	chans    map[string]bool
+	allChans bool
 }
 
 // compile compiles e to a boolean program; errors name the file position.
@@ -78,7 +78,10 @@ func (p *pos) compile(e Expr, what string) (*Condition, error) {
 		return nil, &Error{File: p.file, Line: e.pos.line, Col: e.pos.col,
 			Msg: fmt.Sprintf("%s: the condition is of type %s; it must be true or false (e.g. values.temperature > 90.0)", what, ast.OutputType())}
 	}
-	prg, err := en.Program(ast, cel.EvalOptions(cel.OptOptimize), cel.CostLimit(CostLimit))
+	if err := checkCost(en, ast); err != nil {
+		return nil, &Error{File: p.file, Line: e.pos.line, Col: e.pos.col, Msg: fmt.Sprintf("%s: %v", what, err)}
+	}
+	prg, err := en.Program(ast, cel.EvalOptions(cel.OptOptimize))
 	if err != nil {
 		return nil, &Error{File: p.file, Line: e.pos.line, Col: e.pos.col, Msg: fmt.Sprintf("%s: %v", what, err)}
 	}
@@ -88,6 +91,7 @@ func (p *pos) compile(e Expr, what string) (*Condition, error) {
 			c.prev = true
 		}
 	}
+	c.chans, c.allChans = channelRefs(ast)
 	return c, nil
 }
 

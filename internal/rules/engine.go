@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/outbox"
+	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
@@ -37,6 +38,11 @@ type Engine struct {
 	Prev func(gateway string, hash []byte) (map[string]float64, bool)
 	// Evaluations counts condition evaluations.
 	Evaluations int
+	// chans are the channels the rules read (all of them: allChans).
+	chans    map[string]bool
+	allChans bool
+	prev     bool   // a rule reads prev
+	gen      uint64 // bumped by SetRules: cached channel positions are stale
 }
 
 type ruleDevice struct{ rule, device string }
@@ -46,6 +52,11 @@ type deviceState struct {
 	lastSeen     time.Time // when the latest snapshot arrived
 	lastHash     []byte
 	values       map[string]float64 // latest values, kept if a rule uses prev
+	// pos caches where the rules' channels were in the last snapshot
+	// (devices send the same layout every time), valid for gen and only
+	// if every channel was found.
+	pos    map[string]int
+	posGen uint64
 }
 
 // NewEngine returns an engine without rules.
@@ -70,9 +81,22 @@ func (e *Engine) SetRules(rs []*Rule) {
 		}
 	}
 	e.rules = e.rules[:0]
+	e.gen++
+	e.chans, e.allChans, e.prev = map[string]bool{}, false, false
 	for _, r := range rs {
-		if r.Enabled {
-			e.rules = append(e.rules, r)
+		if !r.Enabled {
+			continue
+		}
+		e.rules = append(e.rules, r)
+		e.prev = e.prev || r.UsesPrev()
+		for _, c := range []*Condition{r.when, r.clear} {
+			if c == nil {
+				continue
+			}
+			e.allChans = e.allChans || c.allChans
+			for ch := range c.chans {
+				e.chans[ch] = true
+			}
 		}
 	}
 }
@@ -106,14 +130,7 @@ func (e *Engine) Known(d store.Device, lastSeen time.Time) {
 	}
 }
 
-func (e *Engine) usesPrev() bool {
-	for _, r := range e.rules {
-		if r.UsesPrev() {
-			return true
-		}
-	}
-	return false
-}
+func (e *Engine) usesPrev() bool { return e.prev }
 
 // id derives a stable ID from parts.
 func id(prefix string, parts ...string) string {
@@ -146,9 +163,16 @@ func (e *Engine) Snapshot(rec store.SnapshotRecord, c *store.RuleCommit) {
 		dev.lastHash = rec.Hash
 		return
 	}
-	in := &Input{Values: make(map[string]float64, len(rec.Values)), Device: path, Gateway: rec.Gateway, Type: rec.DeviceType, At: rec.Time}
-	for _, v := range rec.Values {
-		in.Values[v.Channel] = v.Value
+	// Only the channels the rules read: most of a snapshot's values are
+	// never looked at, and a map of 340 costs more than the rules.
+	in := &Input{Device: path, Gateway: rec.Gateway, Type: rec.DeviceType, At: rec.Time}
+	if e.allChans {
+		in.Values = make(map[string]float64, len(rec.Values))
+		for _, v := range rec.Values {
+			in.Values[v.Channel] = v.Value
+		}
+	} else {
+		in.Values = e.pick(dev, rec.Values)
 	}
 	in.Prev = map[string]float64{}
 	if e.usesPrev() && rec.Prev != nil {
@@ -170,6 +194,39 @@ func (e *Engine) Snapshot(rec store.SnapshotRecord, c *store.RuleCommit) {
 	} else {
 		dev.values = nil
 	}
+}
+
+// pick returns the values of the rules' channels, from the positions
+// they had in the device's last snapshot when they are still there, else
+// by a scan (which renews the positions).
+func (e *Engine) pick(dev *deviceState, vals []snapshot.Value) map[string]float64 {
+	out := make(map[string]float64, len(e.chans))
+	if dev.posGen == e.gen && dev.pos != nil {
+		hit := true
+		for ch, i := range dev.pos {
+			if i >= len(vals) || vals[i].Channel != ch {
+				hit = false
+				break
+			}
+			out[ch] = vals[i].Value
+		}
+		if hit {
+			return out
+		}
+		clear(out)
+	}
+	pos := make(map[string]int, len(e.chans))
+	for i, v := range vals {
+		if e.chans[v.Channel] {
+			out[v.Channel] = v.Value
+			pos[v.Channel] = i
+		}
+	}
+	dev.pos, dev.posGen = nil, e.gen
+	if len(pos) == len(e.chans) {
+		dev.pos = pos
+	}
+	return out
 }
 
 // trigger is what a rule fires on.
@@ -292,10 +349,10 @@ func (e *Engine) fire(r *Rule, eventID, typ string, t *trigger, c *store.RuleCom
 	// what the gateway sealed end to end. Webhooks and emails go where
 	// the rule's author sends them, and carry the values.
 	bare, _ := json.Marshal(ev)
-	if t.in != nil && len(t.in.Values) > 0 {
-		ev.Values = make(map[string]any, len(t.in.Values))
-		for ch, v := range t.in.Values {
-			ev.Values[ch] = v
+	if t.rec != nil && len(t.rec.Values) > 0 {
+		ev.Values = make(map[string]any, len(t.rec.Values))
+		for _, v := range t.rec.Values {
+			ev.Values[v.Channel] = v.Value
 		}
 	}
 	full, _ := json.Marshal(ev)

@@ -296,3 +296,44 @@ func TestEnginePrev(t *testing.T) {
 		t.Fatalf("after a restart, jump not seen: %+v %+v", c.Outbox, c.Errors)
 	}
 }
+
+// TestEngineChannelLayout: the engine reads the rules' channels from
+// their cached positions, and notices when a device's layout changes.
+func TestEngineChannelLayout(t *testing.T) {
+	e := NewEngine()
+	e.SetRules([]*Rule{mustRule(t, "r", "version: 1\nname: n\nscope: ms\nmode: each\nwhen: values.b > 10.0\nactions:\n  - mqtt: {}\n")})
+	mk := func(minute int, vals ...snapshot.Value) store.SnapshotRecord {
+		r := snap("ms/acc/gw", "d", "", minute, nil)
+		r.Values = vals
+		return r
+	}
+	for i, tc := range []struct {
+		vals  []snapshot.Value
+		fires bool
+	}{
+		{[]snapshot.Value{{Channel: "a", Value: 1}, {Channel: "b", Value: 20}}, true},
+		{[]snapshot.Value{{Channel: "a", Value: 1}, {Channel: "b", Value: 5}}, false},
+		{[]snapshot.Value{{Channel: "b", Value: 30}, {Channel: "a", Value: 1}}, true}, // moved
+		{[]snapshot.Value{{Channel: "a", Value: 30}}, false},                          // gone: a rule error
+		{[]snapshot.Value{{Channel: "a", Value: 1}, {Channel: "c", Value: 1}, {Channel: "b", Value: 11}}, true},
+	} {
+		var c store.RuleCommit
+		e.Snapshot(mk(i, tc.vals...), &c)
+		if (len(c.Outbox) == 1) != tc.fires {
+			t.Fatalf("snapshot %d %v: fired %v, want %v (errors %v)", i, tc.vals, len(c.Outbox) == 1, tc.fires, c.Errors)
+		}
+	}
+}
+
+// TestCostRefused: a condition whose worst case loops over every pair of
+// channels is refused when loaded; a single loop is fine.
+func TestCostRefused(t *testing.T) {
+	base := "version: 1\nname: n\nscope: ms\nwhen: %s\nactions:\n  - mqtt: {}\n"
+	if _, err := Load("c.yaml", []byte(fmt.Sprintf(base, "values.exists(k, values[k] > 100.0)"))); err != nil {
+		t.Fatalf("one loop refused: %v", err)
+	}
+	_, err := Load("c.yaml", []byte(fmt.Sprintf(base, "values.exists(k, values.exists(j, values[k] > values[j] + 100.0))")))
+	if err == nil || !strings.Contains(err.Error(), "c.yaml:4:7: when: the condition may cost") {
+		t.Fatalf("nested loops: %v", err)
+	}
+}

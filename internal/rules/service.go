@@ -206,6 +206,7 @@ func (s *Service) Run(ctx context.Context) error {
 				}
 				e.Snapshot(rec, &c)
 				cursor = rec.LedgerIndex + 1
+				s.m.snapshots.Inc()
 			}
 			for _, ev := range in.events {
 				e.Integrity(ev, &c)
@@ -293,6 +294,7 @@ func (s *Service) catchUp(ctx context.Context, e *Engine, cursor uint64) (uint64
 			e.Snapshot(rec, &c)
 			cursor = rec.LedgerIndex + 1
 		}
+		s.m.snapshots.Add(float64(len(recs)))
 		c.Cursor = &cursor
 		if !s.commit(ctx, c, 50*time.Millisecond) {
 			return cursor, ctx.Err()
@@ -352,7 +354,7 @@ func boolInt(b bool) int {
 }
 
 type serviceMetrics struct {
-	raised, cleared, errors, behind, messages prometheus.Counter
+	raised, cleared, errors, behind, messages, snapshots prometheus.Counter
 	rules                                     prometheus.Gauge
 	evalSeconds                               prometheus.Histogram
 }
@@ -366,7 +368,8 @@ func newServiceMetrics(reg prometheus.Registerer) *serviceMetrics {
 		cleared:  c("alarms_cleared_total", "Alarms cleared by their rule."),
 		errors:   c("errors_total", "Rule evaluations that failed at run time (recorded as rule errors)."),
 		behind:   c("behind_total", "Batches from ingest not queued because the engine was behind (read from the store instead)."),
-		messages: c("outbox_messages_total", "Notifications written to the outbox."),
+		messages:  c("outbox_messages_total", "Notifications written to the outbox."),
+		snapshots: c("snapshots_total", "Snapshots the rules were evaluated on."),
 		rules:    prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "fieldtrust", Subsystem: "rules", Name: "enabled", Help: "Enabled rules."}),
 		evalSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "fieldtrust", Subsystem: "rules", Name: "evaluation_seconds",
 			Help: "Time to evaluate every rule on one snapshot.", Buckets: prometheus.ExponentialBuckets(1e-6, 4, 10)}),
@@ -389,6 +392,7 @@ func newServiceMetrics(reg prometheus.Registerer) *serviceMetrics {
 	m.errors = reg1(m.errors).(prometheus.Counter)
 	m.behind = reg1(m.behind).(prometheus.Counter)
 	m.messages = reg1(m.messages).(prometheus.Counter)
+	m.snapshots = reg1(m.snapshots).(prometheus.Counter)
 	m.rules = reg1(m.rules).(prometheus.Gauge)
 	m.evalSeconds = reg1(m.evalSeconds).(prometheus.Histogram)
 	return m

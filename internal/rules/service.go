@@ -24,6 +24,7 @@ type ServiceStore interface {
 	Alarms(ctx context.Context, q store.AlarmQuery) ([]store.Alarm, error)
 	ListDevices(ctx context.Context, scope string) ([]store.Device, error)
 	SnapshotByHash(ctx context.Context, scope string, hash []byte) (store.SnapshotRecord, error)
+	LedgerSize(ctx context.Context) (uint64, error)
 }
 
 // Service runs the rules on the platform: it takes what ingest committed
@@ -51,6 +52,11 @@ type Service struct {
 	once    sync.Once
 	inputs  chan input
 	behind  atomic.Bool
+	// Gateway statuses wait here, the latest per gateway (the broker
+	// sends every retained one at subscription: thousands at once).
+	statusMu sync.Mutex
+	statuses map[string]bool
+	statusCh chan struct{}
 	m       *serviceMetrics
 	mu      sync.Mutex
 	running map[string]*Rule // by ID, for RateOf
@@ -62,12 +68,6 @@ type input struct {
 	snaps   []store.SnapshotRecord
 	events  []store.IntegrityEvent
 	rejects []store.Reject
-	status  *gatewayStatus
-}
-
-type gatewayStatus struct {
-	gateway string
-	online  bool
 }
 
 func (s *Service) init() {
@@ -88,6 +88,7 @@ func (s *Service) init() {
 			s.Queue = 256
 		}
 		s.inputs = make(chan input, s.Queue)
+		s.statuses, s.statusCh = map[string]bool{}, make(chan struct{}, 1)
 		s.m = newServiceMetrics(s.Registerer)
 	})
 }
@@ -110,10 +111,12 @@ func (s *Service) Committed(snaps []store.SnapshotRecord, events []store.Integri
 // GatewayStatus takes a gateway's retained status (birth or last will).
 func (s *Service) GatewayStatus(gateway string, online bool) {
 	s.init()
+	s.statusMu.Lock()
+	s.statuses[gateway] = online
+	s.statusMu.Unlock()
 	select {
-	case s.inputs <- input{status: &gatewayStatus{gateway, online}}:
+	case s.statusCh <- struct{}{}:
 	default:
-		s.m.behind.Inc()
 	}
 }
 
@@ -191,14 +194,20 @@ func (s *Service) Run(ctx context.Context) error {
 				s.commit(context.WithoutCancel(ctx), store.RuleCommit{Cursor: &cursor}, time.Second)
 			}
 			return nil
-		case in := <-s.inputs:
-			if in.status != nil {
-				e.GatewayStatus(in.status.gateway, in.status.online)
-				if !in.status.online {
-					e.Tick(s.Now(), &c)
-				}
-				break
+		case <-s.statusCh:
+			s.statusMu.Lock()
+			st := s.statuses
+			s.statuses = map[string]bool{}
+			s.statusMu.Unlock()
+			offline := false
+			for gw, online := range st {
+				e.GatewayStatus(gw, online)
+				offline = offline || !online
 			}
+			if offline {
+				e.Tick(s.Now(), &c)
+			}
+		case in := <-s.inputs:
 			start := time.Now()
 			for _, rec := range in.snaps {
 				if rec.LedgerIndex < cursor {
@@ -279,8 +288,23 @@ func (s *Service) commit(ctx context.Context, c store.RuleCommit, delay time.Dur
 }
 
 // catchUp evaluates the stored snapshots from cursor on and returns the
-// new cursor.
+// new cursor. Without rules there is nothing to evaluate: the cursor moves
+// to the end of the ledger (rules apply from when they are added; 'rule
+// test' replays history).
 func (s *Service) catchUp(ctx context.Context, e *Engine, cursor uint64) (uint64, error) {
+	if len(e.Rules()) == 0 {
+		size, err := s.Store.LedgerSize(ctx)
+		if err != nil {
+			return cursor, fmt.Errorf("rules: ledger size: %w", err)
+		}
+		if size > cursor {
+			cursor = size
+			if !s.commit(ctx, store.RuleCommit{Cursor: &cursor}, 50*time.Millisecond) {
+				return cursor, ctx.Err()
+			}
+		}
+		return cursor, nil
+	}
 	for {
 		recs, err := s.Store.SnapshotsFromLedger(ctx, cursor, 500)
 		if err != nil {

@@ -49,17 +49,17 @@ type Service struct {
 	// beyond it the engine catches up from the store. Default 256.
 	Queue int
 
-	once    sync.Once
-	inputs  chan input
-	behind  atomic.Bool
+	once   sync.Once
+	inputs chan input
+	behind atomic.Bool
 	// Gateway statuses wait here, the latest per gateway (the broker
 	// sends every retained one at subscription: thousands at once).
 	statusMu sync.Mutex
 	statuses map[string]bool
 	statusCh chan struct{}
-	m       *serviceMetrics
-	mu      sync.Mutex
-	running map[string]*Rule // by ID, for RateOf
+	m        *serviceMetrics
+	mu       sync.Mutex
+	running  map[string]*Rule // by ID, for RateOf
 	// Committed (test hook) is called after each commit.
 	committed func(store.RuleCommit)
 }
@@ -379,8 +379,8 @@ func boolInt(b bool) int {
 
 type serviceMetrics struct {
 	raised, cleared, errors, behind, messages, snapshots prometheus.Counter
-	rules                                     prometheus.Gauge
-	evalSeconds                               prometheus.Histogram
+	rules                                                prometheus.Gauge
+	evalSeconds                                          prometheus.Histogram
 }
 
 func newServiceMetrics(reg prometheus.Registerer) *serviceMetrics {
@@ -388,13 +388,13 @@ func newServiceMetrics(reg prometheus.Registerer) *serviceMetrics {
 		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "rules", Name: name, Help: help})
 	}
 	m := &serviceMetrics{
-		raised:   c("alarms_raised_total", "Alarms raised."),
-		cleared:  c("alarms_cleared_total", "Alarms cleared by their rule."),
-		errors:   c("errors_total", "Rule evaluations that failed at run time (recorded as rule errors)."),
-		behind:   c("behind_total", "Batches from ingest not queued because the engine was behind (read from the store instead)."),
+		raised:    c("alarms_raised_total", "Alarms raised."),
+		cleared:   c("alarms_cleared_total", "Alarms cleared by their rule."),
+		errors:    c("errors_total", "Rule evaluations that failed at run time (recorded as rule errors)."),
+		behind:    c("behind_total", "Batches from ingest not queued because the engine was behind (read from the store instead)."),
 		messages:  c("outbox_messages_total", "Notifications written to the outbox."),
 		snapshots: c("snapshots_total", "Snapshots the rules were evaluated on."),
-		rules:    prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "fieldtrust", Subsystem: "rules", Name: "enabled", Help: "Enabled rules."}),
+		rules:     prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "fieldtrust", Subsystem: "rules", Name: "enabled", Help: "Enabled rules."}),
 		evalSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "fieldtrust", Subsystem: "rules", Name: "evaluation_seconds",
 			Help: "Time to evaluate every rule on one snapshot.", Buckets: prometheus.ExponentialBuckets(1e-6, 4, 10)}),
 	}

@@ -149,3 +149,23 @@ func TestParseURL(t *testing.T) {
 		t.Fatalf("%+v %v", c, err)
 	}
 }
+
+// FuzzParseURL: no SMTP URL makes ParseURL panic, and an accepted one has
+// a host, a port in range and a plain sender address.
+func FuzzParseURL(f *testing.F) {
+	for _, s := range []string{"smtp://u:p@mail.example:587?from=a@b.example", "smtps://h?from=a@b.example", "smtp://[::1]:25?from=a@b.example", "smtp://h:0?from=a", "smtp://%zz"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := ParseURL(s)
+		if err != nil {
+			return
+		}
+		if c.Host == "" || c.Port < 1 || c.Port > 65535 || c.From == "" {
+			t.Fatalf("accepted %q as %+v", s, c)
+		}
+		if c.Password != "" && strings.Contains(c.String(), ":"+c.Password+"@") {
+			t.Fatalf("String() of %q shows the password", s)
+		}
+	})
+}

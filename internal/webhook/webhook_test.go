@@ -80,3 +80,23 @@ func TestPostOutcomes(t *testing.T) {
 		t.Fatalf("a loopback receiver: %v, want a permanent ErrPrivateAddress", err)
 	}
 }
+
+// FuzzParseSecret: ParseSecret never panics and accepts only 24 to 64
+// bytes, which FormatSecret writes back the same.
+func FuzzParseSecret(f *testing.F) {
+	f.Add("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+	f.Add("whsec_")
+	f.Add("not base64 !")
+	f.Fuzz(func(t *testing.T, s string) {
+		k, err := ParseSecret(s)
+		if err != nil {
+			return
+		}
+		if len(k) < 24 || len(k) > 64 {
+			t.Fatalf("accepted %d bytes", len(k))
+		}
+		if k2, err := ParseSecret(FormatSecret(k)); err != nil || string(k2) != string(k) {
+			t.Fatalf("round trip of %q: %v", s, err)
+		}
+	})
+}

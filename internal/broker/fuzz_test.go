@@ -36,7 +36,12 @@ func FuzzSession(f *testing.F) {
 		packet.AppendPingreq(nil),
 		packet.AppendDisconnect(nil, packet.V5, &packet.Disconnect{Reason: packet.DisconnectWithWill}),
 		packet.AppendPublish(nil, packet.V5, &packet.Publish{Topic: "", QoS: 1, PacketID: 3,
-			Props: func() packet.Properties { var p packet.Properties; p.TopicAlias = 1; p.Set(packet.PropTopicAlias); return p }()}),
+			Props: func() packet.Properties {
+				var p packet.Properties
+				p.TopicAlias = 1
+				p.Set(packet.PropTopicAlias)
+				return p
+			}()}),
 	}
 	for _, s := range seeds {
 		f.Add(byte(packet.V5), s)

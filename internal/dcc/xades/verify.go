@@ -169,22 +169,27 @@ func (v *verifier) run() *Result {
 		return fail(Manipulated, "xades:QualifyingProperties at line %d targets %q, not this signature (Id %q)", qp.Line, t, sigID)
 	}
 	sp = qp.Child(NSXAdES, "SignedProperties")
-	if sp == nil {
-		return fail(Unsupported, "not a XAdES signature: no xades:SignedProperties")
-	}
 
+	// Structure first (what each reference names), digests second, so
+	// that a wrapping attack is reported as such.
 	docRefs, spRefs := 0, 0
 	refIDs := map[string]bool{}
-	for _, ref := range siEls[2:] {
-		if !ref.Is(NSDS, "Reference") {
-			return fail(Manipulated, "unexpected element %s in SignedInfo at line %d", ref.Local, ref.Line)
+	for _, digest := range []bool{false, true} {
+		docRefs, spRefs = 0, 0
+		for _, ref := range siEls[2:] {
+			if !ref.Is(NSDS, "Reference") {
+				return fail(Manipulated, "unexpected element %s in SignedInfo at line %d", ref.Local, ref.Line)
+			}
+			if r := v.reference(ref, sp, &docRefs, &spRefs, digest); r != nil {
+				return r
+			}
+			if id, ok := ref.Attr("Id"); ok {
+				refIDs[id] = true
+			}
 		}
-		if r := v.reference(ref, sp, &docRefs, &spRefs); r != nil {
-			return r
-		}
-		if id, ok := ref.Attr("Id"); ok {
-			refIDs[id] = true
-		}
+	}
+	if sp == nil {
+		return fail(Unsupported, "not a XAdES signature: no xades:SignedProperties")
 	}
 	if docRefs != 1 {
 		return fail(Unsupported, "the signature has %d references to the whole document (URI=\"\"), want exactly 1", docRefs)
@@ -365,7 +370,7 @@ func revokedBy(c, issuer *x509.Certificate, crls []*x509.RevocationList, ocsps [
 	return first, reason, found
 }
 
-func (v *verifier) reference(ref, sp *xmltree.Node, docRefs, spRefs *int) *Result {
+func (v *verifier) reference(ref, sp *xmltree.Node, docRefs, spRefs *int, digest bool) *Result {
 	uri, hasURI := ref.Attr("URI")
 	name := uri
 	if id, ok := ref.Attr("Id"); ok {
@@ -416,7 +421,7 @@ func (v *verifier) reference(ref, sp *xmltree.Node, docRefs, spRefs *int) *Resul
 		return fail(Unsupported, "reference %s: only same-document references are supported", name)
 	}
 	if t, _ := ref.Attr("Type"); t == TypeSignedProperties {
-		if target != sp {
+		if target == nil || target != sp {
 			return fail(Manipulated, "signature wrapping: the SignedProperties reference %s does not name this signature's xades:SignedProperties", name)
 		}
 		*spRefs++
@@ -447,6 +452,9 @@ func (v *verifier) reference(ref, sp *xmltree.Node, docRefs, spRefs *int) *Resul
 	}
 	if target == nil && exclude == nil {
 		return fail(Manipulated, "reference %s covers the document without the enveloped-signature transform", name)
+	}
+	if !digest {
+		return nil
 	}
 	// Same-document references are without comments, whatever the
 	// canonicalization (XMLDSig §4.4.3.3); #xpointer forms are refused.

@@ -155,7 +155,7 @@ func TestManipulationCaught(t *testing.T) {
 	s := string(signed)
 	for _, tc := range []struct {
 		name, old, new, ref string
-		want               Status
+		want                Status
 	}{
 		{"attribute", `schemaVersion="3.2.0"`, `schemaVersion="3.2.1"`, "", Manipulated},
 		{"signing time", "<xades:SigningTime>", "<xades:SigningTime>1", "#xades-", Manipulated},

@@ -159,7 +159,9 @@ func (s *scope) lookup(prefix string) (string, bool) {
 	return "", false
 }
 
-func (p *parser) lineAt(off int) int { return 1 + bytes.Count(p.src[:min(off, len(p.src))], []byte("\n")) }
+func (p *parser) lineAt(off int) int {
+	return 1 + bytes.Count(p.src[:min(off, len(p.src))], []byte("\n"))
+}
 
 func (p *parser) errf(base error, line int, format string, args ...any) error {
 	return fmt.Errorf("%w: line %d: %s", base, line, fmt.Sprintf(format, args...))

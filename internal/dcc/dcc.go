@@ -254,3 +254,36 @@ func contentText(n *xmltree.Node) string {
 	}
 	return strings.TrimSpace(n.Text())
 }
+
+// JSONReport is the JSON form of a verification, shared by
+// 'fieldtrust dcc verify --json' and the registry's verify endpoint.
+type JSONReport struct {
+	Result        string         `json:"result"` // valid|manipulated|untrusted|revoked|schema-invalid|unsupported
+	Reason        string         `json:"reason"`
+	Reference     string         `json:"reference,omitempty"`
+	RevokedAt     string         `json:"revoked_at,omitempty"`
+	RevokedSerial string         `json:"revoked_serial,omitempty"`
+	SigningTime   string         `json:"signing_time,omitempty"`
+	VerifiedAt    string         `json:"verified_at,omitempty"`
+	Signer        string         `json:"signer,omitempty"`
+	SchemaVersion string         `json:"schema_version,omitempty"`
+	Errors        []schema.Error `json:"errors,omitempty"`
+	DCC           *Metadata      `json:"dcc,omitempty"`
+}
+
+// JSON returns the report's JSON form.
+func (r *Report) JSON() JSONReport {
+	j := JSONReport{Result: string(r.Status), Reason: r.Reason, Reference: r.Reference, RevokedSerial: r.RevokedSerial,
+		SchemaVersion: r.SchemaVersion, Errors: r.SchemaErrors, DCC: r.Metadata}
+	ts := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.UTC().Format(time.RFC3339)
+	}
+	j.RevokedAt, j.SigningTime, j.VerifiedAt = ts(r.RevokedAt), ts(r.SigningTime), ts(r.VerifiedAt)
+	if r.Signer != nil {
+		j.Signer = r.Signer.Subject.String()
+	}
+	return j
+}

@@ -136,4 +136,3 @@ func Sample(t testing.TB, testdata, id, serialNo string) []byte {
 	}
 	return []byte(s)
 }
-

@@ -16,6 +16,12 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 # are Python 3 and speak plain TCP: stunnel carries them over mutual TLS.
 command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || need+=(stunnel4)
 command -v python3 >/dev/null || need+=(python3)
+# DCC (internal/dcc): libxml2 validates the DCC schemas through cgo (headers
+# and pkg-config to build), xmllint and xmlsec1 are the independent C14N and
+# XML-signature peers of the tests.
+pkg-config --exists libxml-2.0 2>/dev/null || need+=(libxml2-dev pkg-config)
+command -v xmllint >/dev/null || need+=(libxml2-utils)
+command -v xmlsec1 >/dev/null || need+=(xmlsec1)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

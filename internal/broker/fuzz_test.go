@@ -123,8 +123,11 @@ func TestNoGoroutineLeak(t *testing.T) {
 	before := runtime.NumGoroutine()
 	var open []*raw
 	for i := range 50 {
-		r, _ := e.dialRaw(dev, packet.Connect{Version: packet.V5, ClientID: "same", CleanStart: i%2 == 0, KeepAlive: 30,
+		r, ack := e.dialRaw(dev, packet.Connect{Version: packet.V5, ClientID: "same", CleanStart: i%2 == 0, KeepAlive: 30,
 			Props: props(func(p *packet.Properties) { p.SessionExpiry = 60; p.Set(packet.PropSessionExpiry) })})
+		if ack.Reason != 0 {
+			t.Fatalf("round %d: CONNACK 0x%02x", i, ack.Reason)
+		}
 		r.subscribe("ms-acc-1/acc-1/dev-1/#", 1, packet.Properties{})
 		r.publish("ms-acc-1/acc-1/dev-1/x", 1, false, []byte("m"), packet.Properties{})
 		switch i % 3 {

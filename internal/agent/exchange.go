@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -45,10 +46,9 @@ func (s *Service) doExchange(w http.ResponseWriter, r *http.Request, a store.Age
 	if !s.limits.post(a.ClientID) {
 		return refuse(http.StatusTooManyRequests, errRateLimited, "too many posts from this agent; retry later", nil)
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, MaxExchangeBody)
-	items, err := ParseExchange(r.Header.Get("Content-Type"), r.Body)
-	var tooLarge *http.MaxBytesError
-	if errors.As(err, &tooLarge) {
+	body := &capReader{r: r.Body, left: MaxExchangeBody}
+	items, err := ParseExchange(r.Header.Get("Content-Type"), body)
+	if body.exceeded {
 		return refuse(http.StatusRequestEntityTooLarge, errInvalidRequest, fmt.Sprintf("the body is larger than %d bytes; send fewer timestamps per post", MaxExchangeBody), err)
 	}
 	if err != nil {
@@ -66,6 +66,31 @@ func (s *Service) doExchange(w http.ResponseWriter, r *http.Request, a store.Age
 	}
 	s.metrics.values.Add(float64(n))
 	return nil
+}
+
+// capReader reads at most left bytes and records whether the body had
+// more (413 rather than a parse error).
+type capReader struct {
+	r        io.Reader
+	left     int64
+	exceeded bool
+}
+
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		var one [1]byte
+		if n, _ := c.r.Read(one[:]); n > 0 {
+			c.exceeded = true
+			return 0, errors.New("body too large")
+		}
+		return 0, io.EOF
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.r.Read(p)
+	c.left -= int64(n)
+	return n, err
 }
 
 // pending is one snapshot to build: a device's values at one time.

@@ -278,7 +278,10 @@ func parseJWKS(raw json.RawMessage) (*jose.JSONWebKeySet, []byte, *refusal) {
 	}
 	k := set.Keys[0]
 	pub, ok := k.Key.(*rsa.PublicKey)
-	if !ok || !k.IsPublic() {
+	if !k.IsPublic() {
+		return bad("the key in jwks is a private key; send only the public key (and keep the private one on the agent)", nil)
+	}
+	if !ok {
 		return bad("the key in jwks is not an RSA public key", nil)
 	}
 	if bits := pub.N.BitLen(); bits < minAgentRSABits || bits > maxAgentRSABits {

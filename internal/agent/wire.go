@@ -110,7 +110,7 @@ func ParseExchange(contentType string, body io.Reader) ([]Item, error) {
 	if err != nil || mt != "multipart/mixed" || params["boundary"] == "" {
 		return nil, wireErr("Content-Type must be multipart/mixed with a boundary, not %q", clip(contentType))
 	}
-	outer := multipart.NewReader(io.LimitReader(body, MaxExchangeBody), params["boundary"])
+	outer := multipart.NewReader(io.LimitReader(body, MaxExchangeBody+1), params["boundary"])
 	var items []Item
 	series := 0
 	for n := 0; ; n++ {

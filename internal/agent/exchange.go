@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -169,14 +170,15 @@ func parseValue(typ, v string) (float64, error) {
 		return 0, fmt.Errorf("value %q is not a boolean", clip(v))
 	}
 	if typ == "INT" || typ == "LONG" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
+		// As the SDK's validator: any number text whose value is whole.
+		x, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || x != math.Trunc(x) || math.IsInf(x, 0) {
 			return 0, fmt.Errorf("value %q is not an integer", clip(v))
 		}
-		return float64(n), nil
+		return x, nil
 	}
-	x, err := strconv.ParseFloat(v, 64)
-	if err != nil || x != x || x-x != 0 {
+	x, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+	if err != nil || math.IsNaN(x) || math.IsInf(x, 0) {
 		return 0, fmt.Errorf("value %q is not a finite number", clip(v))
 	}
 	return x, nil

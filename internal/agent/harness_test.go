@@ -140,7 +140,9 @@ func (h *harness) do(method, path string, header map[string]string, body []byte)
 	return response{Status: resp.StatusCode, Body: b, Header: resp.Header}
 }
 
-func bearerHdr(tok string) map[string]string { return map[string]string{"Authorization": "Bearer " + tok} }
+func bearerHdr(tok string) map[string]string {
+	return map[string]string{"Authorization": "Bearer " + tok}
+}
 
 // create creates an agent and returns its boarding configuration.
 func (h *harness) create(path, profile string) Boarding {

@@ -628,3 +628,26 @@ func TestTokenReuse(t *testing.T) {
 		t.Fatal("a token past a third of its life was handed out again")
 	}
 }
+
+// TestIATSingleUseUnderRace: of concurrent registrations with one IAT
+// exactly one succeeds.
+func TestIATSingleUseUnderRace(t *testing.T) {
+	h := newHarness(t, noLimits)
+	b := h.create("acme/acc/race", ProfileSharedSecret)
+	codes := make(chan int, 8)
+	for range 8 {
+		go func() { codes <- h.register(b.Content.IAT, map[string]any{}).Status }()
+	}
+	created := 0
+	for range 8 {
+		if <-codes == http.StatusCreated {
+			created++
+		}
+	}
+	if created != 1 {
+		t.Fatalf("%d registrations with one IAT succeeded; want 1", created)
+	}
+	if a := h.agentRow(b.Content.ClientID); a.Generation != 1 || a.IATID != "" {
+		t.Fatalf("after the race: generation %d, IAT %q", a.Generation, a.IATID)
+	}
+}

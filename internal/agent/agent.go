@@ -106,6 +106,11 @@ type Service struct {
 
 	chains sync.Map // client id -> *sync.Mutex: one post at a time builds an agent's chains
 	tokens sync.Map // client id -> cachedToken
+
+	agents ttlCache[store.Agent] // client id -> agent (CacheTTL)
+	paths  ttlCache[bool]        // path -> not revoked (CacheTTL)
+
+	noTokenReuse bool // benchmarks: sign every access token
 }
 
 // New returns the service.
@@ -342,7 +347,7 @@ func (s *Service) update(ctx context.Context, path string, change func(*store.Ag
 		if err := change(&a); err != nil {
 			return a, err
 		}
-		v, err := s.cfg.Store.UpdateAgent(ctx, a)
+		v, err := s.updateAgent(ctx, a)
 		if errors.Is(err, store.ErrStale) {
 			continue
 		}

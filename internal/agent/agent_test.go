@@ -651,3 +651,26 @@ func TestIATSingleUseUnderRace(t *testing.T) {
 		t.Fatalf("after the race: generation %d, IAT %q", a.Generation, a.IATID)
 	}
 }
+
+// TestOfflineRevocationReachesService: a revocation by another process
+// (the offline CLI on the same store) stops token requests and posts
+// within CacheTTL.
+func TestOfflineRevocationReachesService(t *testing.T) {
+	h := newHarness(t, noLimits)
+	c := h.onboard("acme/acc/off", ProfileSharedSecret)
+	tok := c.token()
+	cli, err := New(Config{Store: h.st, Keys: h.svc.cfg.Keys, BaseURL: h.srv.URL, Now: h.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Revoke(t.Context(), "acme/acc/off"); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Add(CacheTTL)
+	if r := h.tokenRequest(c.assertion(c.claims())); r.Status != http.StatusUnauthorized {
+		t.Fatalf("token request after an offline revocation: %d", r.Status)
+	}
+	if r := c.putConfig(tok, sampleConfig("cfg-1"), "0"); r.Status != http.StatusUnauthorized {
+		t.Fatalf("configuration after an offline revocation: %d", r.Status)
+	}
+}

@@ -288,7 +288,7 @@ func (s *Service) putConfiguration(w http.ResponseWriter, r *http.Request, a sto
 	if a.Mappings, err = json.Marshal(kept); err != nil {
 		return err
 	}
-	if _, err := s.cfg.Store.UpdateAgent(r.Context(), a); errors.Is(err, store.ErrStale) {
+	if _, err := s.updateAgent(r.Context(), a); errors.Is(err, store.ErrStale) {
 		return refuse(http.StatusPreconditionFailed, "precondition_failed", "the configuration changed meanwhile; GET it and try again", err)
 	} else if err != nil {
 		return err
@@ -402,7 +402,7 @@ func (s *Service) postMapping(w http.ResponseWriter, r *http.Request, a store.Ag
 	if a.Mappings, err = json.Marshal(maps); err != nil {
 		return err
 	}
-	if _, err := s.cfg.Store.UpdateAgent(r.Context(), a); errors.Is(err, store.ErrStale) {
+	if _, err := s.updateAgent(r.Context(), a); errors.Is(err, store.ErrStale) {
 		return refuse(http.StatusConflict, "conflict", "the agent's mappings changed meanwhile; retry", err)
 	} else if err != nil {
 		return err
@@ -430,7 +430,7 @@ func (s *Service) deleteMapping(w http.ResponseWriter, r *http.Request, a store.
 	if a.Mappings, err = json.Marshal(kept); err != nil {
 		return err
 	}
-	if _, err := s.cfg.Store.UpdateAgent(r.Context(), a); errors.Is(err, store.ErrStale) {
+	if _, err := s.updateAgent(r.Context(), a); errors.Is(err, store.ErrStale) {
 		return refuse(http.StatusConflict, "conflict", "the agent's mappings changed meanwhile; retry", err)
 	} else if err != nil {
 		return err

@@ -47,7 +47,7 @@ func (c *clock) Add(d time.Duration) {
 // harness is an agent service on a real SQLite store and ledger behind a
 // real TLS server.
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	svc    *Service
 	st     *sqlite.Store
 	lg     *ledger.Log
@@ -58,7 +58,7 @@ type harness struct {
 	mu     sync.Mutex
 }
 
-func newHarness(t *testing.T, limits Limits) *harness {
+func newHarness(t testing.TB, limits Limits) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := sqlite.Open(t.Context(), dir+"/db.sqlite")
@@ -101,7 +101,7 @@ type response struct {
 	Header http.Header
 }
 
-func (r response) json(t *testing.T, v any) {
+func (r response) json(t testing.TB, v any) {
 	t.Helper()
 	if err := json.Unmarshal(r.Body, v); err != nil {
 		t.Fatalf("response %d %s: %v", r.Status, r.Body, err)
@@ -109,7 +109,7 @@ func (r response) json(t *testing.T, v any) {
 }
 
 // oauthError returns the error code of an OAuth error answer.
-func (r response) oauthError(t *testing.T) string {
+func (r response) oauthError(t testing.TB) string {
 	t.Helper()
 	var e struct {
 		Error       string `json:"error"`
@@ -187,7 +187,7 @@ func (h *harness) onboard(path, profile string) *client {
 
 var rsaKeys sync.Map // bits -> *rsa.PrivateKey: generated once per test binary
 
-func rsaKey(t *testing.T, bits int) *rsa.PrivateKey {
+func rsaKey(t testing.TB, bits int) *rsa.PrivateKey {
 	if k, ok := rsaKeys.Load(bits); ok {
 		return k.(*rsa.PrivateKey)
 	}
@@ -211,7 +211,7 @@ func (c *client) claims() map[string]any {
 }
 
 // sign signs claims with alg and key.
-func sign(t *testing.T, alg jose.SignatureAlgorithm, key any, claims map[string]any) string {
+func sign(t testing.TB, alg jose.SignatureAlgorithm, key any, claims map[string]any) string {
 	t.Helper()
 	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, (&jose.SignerOptions{}).WithType("JWT"))
 	if err != nil {

@@ -205,7 +205,7 @@ func (s *Service) doRegister(w http.ResponseWriter, r *http.Request) (string, er
 	}
 	a.IATID = "" // single use
 	a.PrevRATHash, a.PrevRATUntil = nil, time.Time{}
-	if _, err := s.cfg.Store.UpdateAgent(ctx, a); errors.Is(err, store.ErrStale) {
+	if _, err := s.updateAgent(ctx, a); errors.Is(err, store.ErrStale) {
 		return a.ClientID, refuse(http.StatusUnauthorized, errInvalidToken, "the initial access token was used concurrently", err)
 	} else if err != nil {
 		return a.ClientID, err
@@ -366,7 +366,7 @@ func (s *Service) doRotate(w http.ResponseWriter, r *http.Request, clientID stri
 		return err
 	}
 	a.PrevRATHash, a.PrevRATUntil = prev, now.Add(RATGrace).Truncate(time.Millisecond)
-	if _, err := s.cfg.Store.UpdateAgent(ctx, a); errors.Is(err, store.ErrStale) {
+	if _, err := s.updateAgent(ctx, a); errors.Is(err, store.ErrStale) {
 		return refuse(http.StatusConflict, errInvalidRequest, "the agent's credentials changed concurrently; retry", err)
 	} else if err != nil {
 		return err
@@ -433,7 +433,7 @@ func (s *Service) doToken(w http.ResponseWriter, r *http.Request) (string, error
 	}
 	ctx := r.Context()
 	now := s.now()
-	a, err := s.cfg.Store.Agent(ctx, clientID)
+	a, err := s.cachedAgent(ctx, clientID)
 	if errors.Is(err, store.ErrNotFound) {
 		return clientID, refuse(http.StatusUnauthorized, errInvalidClient, "unknown client", nil)
 	}
@@ -456,7 +456,7 @@ func (s *Service) doToken(w http.ResponseWriter, r *http.Request) (string, error
 	if err != nil {
 		return clientID, refuse(http.StatusUnauthorized, errInvalidClient, "the client assertion does not verify: "+err.Error(), err)
 	}
-	if err := s.checkNotRevoked(ctx, a.Path); err != nil {
+	if err := s.cachedNotRevoked(ctx, a.Path); err != nil {
 		return clientID, refuse(http.StatusUnauthorized, errInvalidClient, "the agent's path is revoked", err)
 	}
 	if err := s.cfg.Store.UseAgentAssertion(ctx, a.ClientID, c.ID, c.Expiry.Time().Add(Skew), now); errors.Is(err, store.ErrExists) {
@@ -484,7 +484,7 @@ func (s *Service) doToken(w http.ResponseWriter, r *http.Request) (string, error
 func (s *Service) markUsed(ctx context.Context, a store.Agent) error {
 	for {
 		a.Used, a.PrevRATHash, a.PrevRATUntil = true, nil, time.Time{}
-		_, err := s.cfg.Store.UpdateAgent(ctx, a)
+		_, err := s.updateAgent(ctx, a)
 		if !errors.Is(err, store.ErrStale) {
 			return err
 		}
@@ -523,7 +523,7 @@ func (s *Service) assertionKey(a store.Agent) (any, error) {
 
 // accessToken returns a 30-minute access token for the agent.
 func (s *Service) accessToken(a store.Agent, now time.Time) (tokenResponse, error) {
-	if v, ok := s.tokens.Load(a.ClientID); ok {
+	if v, ok := s.tokens.Load(a.ClientID); ok && !s.noTokenReuse {
 		ct := v.(cachedToken)
 		if ct.generation == a.Generation && ct.expires.Sub(now) > AccessTokenLifetime*2/3 {
 			ct.resp.ExpiresIn = int64(ct.expires.Sub(now) / time.Second)
@@ -574,7 +574,7 @@ func (s *Service) authenticate(r *http.Request) (store.Agent, error) {
 	if err != nil {
 		return store.Agent{}, refuse(http.StatusUnauthorized, errInvalidToken, "the access token is not valid (expired or not from this platform); get a new one at "+TokenPath, err)
 	}
-	a, err := s.cfg.Store.Agent(r.Context(), c.Subject)
+	a, err := s.cachedAgent(r.Context(), c.Subject)
 	if errors.Is(err, store.ErrNotFound) {
 		return a, refuse(http.StatusUnauthorized, errInvalidToken, "unknown agent", nil)
 	}

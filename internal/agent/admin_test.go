@@ -143,6 +143,15 @@ func TestPlatformAgents(t *testing.T) {
 	if code, body := call(&account, "GET", "/api/v1/agents/acme/plant-berlin/a1", nil); code != 200 || !strings.Contains(string(body), `"state":"revoked"`) {
 		t.Fatalf("show: %d %s", code, body)
 	}
+
+	// A refusal is counted in the platform's /metrics.
+	if code, _ := call(nil, "POST", agent.RegisterPath, map[string]any{}); code != http.StatusUnauthorized {
+		t.Fatalf("register without an IAT: %d", code)
+	}
+	code, body = call(&admin, "GET", "/metrics", nil)
+	if code != 200 || !strings.Contains(string(body), `fieldtrust_agent_refusals_total{endpoint="register",error="invalid_token"} 1`) {
+		t.Fatalf("/metrics: %d, no register refusal counted", code)
+	}
 }
 
 // selfSigned is a client certificate no CA of the platform issued.

@@ -19,6 +19,12 @@ command -v python3 >/dev/null || need+=(python3)
 # The official MindConnect agent SDK (Node.js) is internal/agent's real peer.
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+# DCC (internal/dcc): libxml2 validates the DCC schemas through cgo (headers
+# and pkg-config to build), xmllint and xmlsec1 are the independent C14N and
+# XML-signature peers of the tests.
+pkg-config --exists libxml-2.0 2>/dev/null || need+=(libxml2-dev pkg-config)
+command -v xmllint >/dev/null || need+=(libxml2-utils)
+command -v xmlsec1 >/dev/null || need+=(xmlsec1)
 
 sdk() { "$(dirname "$0")/mindconnect-sdk.sh" >/dev/null; }
 if [ ${#need[@]} -eq 0 ]; then

@@ -59,6 +59,7 @@ Start the platform with 'fieldtrust up'; manage certificates with 'fieldtrust pk
 		newDemoCmd(),
 		newLedgerCmd(),
 		newAgentCmd(),
+		newDCCCmd(), newRegistryCmd(),
 		// Further subcommands register here, one constructor per file.
 	)
 	return root

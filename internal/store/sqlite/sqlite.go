@@ -285,3 +285,7 @@ func nullTime(t time.Time) sql.NullInt64 {
 	}
 	return sql.NullInt64{Int64: t.Unix(), Valid: true}
 }
+
+// SQL returns the database handle, for stores of other services that keep
+// their tables in the same database (package registrystore).
+func (s *Store) SQL() *sql.DB { return s.db }

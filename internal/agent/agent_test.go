@@ -612,6 +612,16 @@ func TestRateLimits(t *testing.T) {
 	if r := c2.post(tok, body); r.Status != http.StatusTooManyRequests {
 		t.Fatalf("second post: %d", r.Status)
 	}
+
+	// Forged assertions naming an agent do not use up its budget.
+	h3 := newHarness(t, Limits{PerIP: -1, PerAgent: 1e-9, PerAgentBurst: 2, Exchange: -1})
+	c3 := h3.onboard("acme/acc/victim", ProfileSharedSecret) // register: 1 of 2
+	for range 5 {
+		if r := h3.tokenRequest(sign(t, jose.HS256, []byte(strings.Repeat("f", 43)), c3.claims())); r.Status != http.StatusUnauthorized {
+			t.Fatalf("forged assertion: %d", r.Status)
+		}
+	}
+	c3.token() // 2 of 2: still served
 }
 
 // TestTokenReuse: a second token request within the first third of a

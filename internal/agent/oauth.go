@@ -313,8 +313,8 @@ func (s *Service) rotate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) doRotate(w http.ResponseWriter, r *http.Request, clientID string) error {
-	if !s.limits.ip(remoteIP(r)) || !s.limits.agent(clientID) {
-		return refuse(http.StatusTooManyRequests, errRateLimited, "too many requests; retry later", nil)
+	if !s.limits.ip(remoteIP(r)) {
+		return refuse(http.StatusTooManyRequests, errRateLimited, "too many requests from this address; retry later", nil)
 	}
 	rat, ok := bearer(r)
 	if !ok {
@@ -350,6 +350,10 @@ func (s *Service) doRotate(w http.ResponseWriter, r *http.Request, clientID stri
 		return refuse(http.StatusUnauthorized, errInvalidToken, "no such agent or wrong registration access token (an old one stops working once the new credentials are used)", nil)
 	case !now.Before(a.Expires):
 		return refuse(http.StatusUnauthorized, errInvalidToken, "the credentials have expired; onboard the agent again with a new boarding configuration (agent rotate-iat)", nil)
+	}
+	// Per agent only once the RAT matched (see doToken).
+	if !s.limits.agent(a.ClientID) {
+		return refuse(http.StatusTooManyRequests, errRateLimited, "too many rotations of this agent; retry later", nil)
 	}
 	if err := s.checkNotRevoked(ctx, a.Path); err != nil {
 		return refuse(http.StatusUnauthorized, errInvalidToken, "the agent's path is revoked", err)
@@ -428,9 +432,6 @@ func (s *Service) doToken(w http.ResponseWriter, r *http.Request) (string, error
 	if err != nil {
 		return "", refuse(http.StatusUnauthorized, errInvalidClient, "client_assertion is not a signed JWT with an iss (allowed algorithms: HS256, RS256, RS384, RS512)", err)
 	}
-	if !s.limits.agent(clientID) {
-		return clientID, refuse(http.StatusTooManyRequests, errRateLimited, "too many token requests for this agent; retry later", nil)
-	}
 	ctx := r.Context()
 	now := s.now()
 	a, err := s.cachedAgent(ctx, clientID)
@@ -455,6 +456,11 @@ func (s *Service) doToken(w http.ResponseWriter, r *http.Request) (string, error
 	c, err := verifyAssertion(assertion, a.Profile, key, a.ClientID, a.Tenant, now, Skew, MaxAssertionLifetime)
 	if err != nil {
 		return clientID, refuse(http.StatusUnauthorized, errInvalidClient, "the client assertion does not verify: "+err.Error(), err)
+	}
+	// Per agent only once the assertion verified: made-up assertions
+	// naming an agent must not use up that agent's budget.
+	if !s.limits.agent(clientID) {
+		return clientID, refuse(http.StatusTooManyRequests, errRateLimited, "too many token requests for this agent; retry later", nil)
 	}
 	if err := s.cachedNotRevoked(ctx, a.Path); err != nil {
 		return clientID, refuse(http.StatusUnauthorized, errInvalidClient, "the agent's path is revoked", err)

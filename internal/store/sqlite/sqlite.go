@@ -45,6 +45,10 @@ func Open(ctx context.Context, file string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", file, err)
 	}
+	// Keep connections open between requests: database/sql keeps 2 idle
+	// by default, and every new one pays the open and the pragmas (an
+	// agent's token request, a handful of reads, paid it each time).
+	db.SetMaxIdleConns(16)
 	s := &Store{db: db, nameCache: idcache.New[int64]()}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()

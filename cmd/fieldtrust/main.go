@@ -63,6 +63,8 @@ Start the platform with 'fieldtrust up'; manage certificates with 'fieldtrust pk
 		newDemoCmd(),
 		newLedgerCmd(),
 		newRuleCmd(), newAlarmCmd(), newTaskCmd(), newOutboxCmd(),
+		newAgentCmd(),
+		newDCCCmd(), newRegistryCmd(),
 		// Further subcommands register here, one constructor per file.
 	)
 	return root

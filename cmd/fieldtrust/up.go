@@ -27,6 +27,7 @@ type upFlags struct {
 	grantsFile          string
 	smtpURL             string
 	webhookPrivate      bool
+	externalURL         string
 }
 
 func (f *upFlags) register(c *cobra.Command) {
@@ -42,6 +43,7 @@ func (f *upFlags) register(c *cobra.Command) {
 	c.Flags().StringVar(&f.grantsFile, "grants", "", "service grants file (JSON, version 1; default DIR/grants.json if it exists, else the built-in roles)")
 	c.Flags().StringVar(&f.smtpURL, "smtp-url", "", "SMTP server for rule emails: smtp://[user:pass@]host:port?from=ADDR (STARTTLS; plain only to loopback) or smtps://...; default $"+mail.URLEnv+" (prefer the variable: flags show in ps)")
 	c.Flags().BoolVar(&f.webhookPrivate, "webhook-allow-private", false, "let rule webhooks reach loopback and private addresses (a receiver on this site)")
+	c.Flags().StringVar(&f.externalURL, "external-url", "", "the platform's URL as HTTPS agents reach it, their boarding configuration's baseUrl (default https:// + --http-addr)")
 	addLogFlags(c, &f.logLevel, &f.logFormat, "info")
 }
 
@@ -77,7 +79,7 @@ func (f *upFlags) config() (platform.Config, error) {
 	}
 	return platform.Config{
 		DataDir: f.dataDir, DB: f.db, HTTPAddr: f.httpAddr, MQTTAddr: f.mqttAddr, DNSNames: f.dnsNames, Grants: grants,
-		BrokerURLs: f.brokerURLs, PublishInterval: f.publishInterval,
+		BrokerURLs: f.brokerURLs, PublishInterval: f.publishInterval, ExternalURL: f.externalURL,
 		EST:    est.Policy{AllowReenroll: f.estAllowReenroll, RequireChannelBinding: f.estRequireBinding},
 		Logger: log, Notifications: notify,
 	}, nil

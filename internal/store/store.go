@@ -104,6 +104,7 @@ type Store interface {
 	Snapshots
 
 	Rules
+	Agents
 
 	Close() error
 }

@@ -213,6 +213,13 @@ func (s *Service) Run(ctx context.Context) error {
 				if rec.LedgerIndex < cursor {
 					continue // evaluated already (catch-up)
 				}
+				if rec.LedgerIndex > cursor {
+					// Something else appended to the ledger in between
+					// (HTTPS agents store their snapshots themselves):
+					// read it all from the store, this batch included.
+					s.behind.Store(true)
+					break
+				}
 				e.Snapshot(rec, &c)
 				cursor = rec.LedgerIndex + 1
 				s.m.snapshots.Inc()
@@ -227,6 +234,9 @@ func (s *Service) Run(ctx context.Context) error {
 				s.m.evalSeconds.Observe(time.Since(start).Seconds() / float64(len(in.snaps)))
 			}
 		case <-tick.C:
+			// Snapshots that did not come through ingest's hook (agents)
+			// are read from the store.
+			s.behind.Store(true)
 			e.Tick(s.Now(), &c)
 			if cursor != saved {
 				c.Cursor = &cursor // persist the cursor now and then, not per batch

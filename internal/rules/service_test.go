@@ -14,10 +14,14 @@ import (
 // runService runs a service on st until it has committed cursor want,
 // then stops it.
 func runService(t *testing.T, st store.Store, want uint64, feed func(*Service)) {
+	runServiceTick(t, st, want, 50*time.Millisecond, feed)
+}
+
+func runServiceTick(t *testing.T, st store.Store, want uint64, tick time.Duration, feed func(*Service)) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	reached := make(chan struct{})
-	s := &Service{Store: st, TickEvery: 50 * time.Millisecond, ReloadEvery: time.Hour}
+	s := &Service{Store: st, TickEvery: tick, ReloadEvery: time.Hour}
 	s.committed = func(c store.RuleCommit) {
 		if c.Cursor != nil && *c.Cursor >= want {
 			select {
@@ -110,5 +114,39 @@ func TestServiceCatchUpAndRestart(t *testing.T) {
 	runService(t, st, 14, func(s *Service) { s.Committed([]store.SnapshotRecord{hot, cool}, nil, nil) })
 	if cur, _ := st.RulesCursor(ctx); cur != 14 || count() != 1 {
 		t.Fatalf("after a restart: cursor %d, %d messages; want 14 and 1", cur, count())
+	}
+}
+
+// TestServiceLedgerGap: a snapshot stored outside ingest (an HTTPS
+// agent's) is evaluated when the next live batch shows the gap.
+func TestServiceLedgerGap(t *testing.T) {
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	if _, err := Add(ctx, st, Author{Vendor: true}, "r.yaml", []byte("version: 1\nname: hot\nscope: ms\nmode: each\nwhen: values.t > 90.0\nactions:\n  - email: [a@b.example]\n"), t0); err != nil {
+		t.Fatal(err)
+	}
+	b := snapshot.Builder{Device: "d"}
+	rec := func(i int, temp float64) store.SnapshotRecord {
+		enc, s, err := b.Next(t0.Add(time.Duration(i)*time.Minute).UnixMilli(), []snapshot.Value{{Channel: "t", Value: temp}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := snapshot.Hash(enc)
+		return store.SnapshotRecord{Gateway: "ms/acc/agent", Device: "d", Seq: s.Seq, Time: s.Time(), Hash: h[:], Prev: s.Prev, Values: s.Values,
+			Signer: "x", SignedAt: s.Time(), ReceivedAt: s.Time(), LedgerIndex: uint64(i)}
+	}
+	agent, live := rec(0, 99), rec(1, 50)
+	runServiceTick(t, st, 2, time.Hour, func(s *Service) {
+		if _, err := st.InsertSnapshots(ctx, []store.SnapshotRecord{agent, live}); err != nil {
+			t.Fatal(err)
+		}
+		s.Committed([]store.SnapshotRecord{live}, nil, nil) // only the second came through ingest
+	})
+	if msgs, _ := st.Outbox(ctx, store.OutboxQuery{}); len(msgs) != 1 {
+		t.Fatalf("%d messages, want 1 for the agent's hot snapshot", len(msgs))
 	}
 }

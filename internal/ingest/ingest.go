@@ -313,8 +313,12 @@ func (p *processor) connection(ctx context.Context) error {
 	if !waitToken(connCtx, tok) {
 		return fmt.Errorf("subscribe %s: %w", filter, tokenErr(connCtx, tok))
 	}
-	if st, ok := tok.(*mqtt.SubscribeToken); ok && st.Result()[filter] >= 0x80 {
-		return fmt.Errorf("subscribe %s: refused by the broker; does the ingest service have the role snapshot-reader?", filter)
+	// paho keys a SUBACK's results by the filter without "$share/GROUP/";
+	// a result that is missing counts as a refusal (fail closed).
+	if st, ok := tok.(*mqtt.SubscribeToken); ok {
+		if code, found := st.Result()[topic.AllSnapshots]; !found || code >= 0x80 {
+			return fmt.Errorf("subscribe %s: refused by the broker (code %#x); does the ingest service have the role snapshot-reader?", filter, code)
+		}
 	}
 	cfg.Logger.Info("ingest subscribed", "filter", filter, "queue", cfg.Queue)
 	cfg.Status.connected(q)

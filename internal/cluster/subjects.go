@@ -40,10 +40,30 @@ func natsSubjects(filter string) []string {
 // let its holder publish to the JetStream API ($JS.API.STREAM.DELETE...)
 // through an MQTT topic "$JS/API/...". They are denied to every client,
 // for publishing and subscribing, whatever its rights (the fence is
-// tested by TestEngineSubjectsFenced).
+// tested by TestClusterAdversarial/dollar_topics).
 var engineSubjects = []string{
 	"$JS.>", "$JSC.>", "$MQTT.>", "$SYS.>", "$KV.>", "$O.>", "$SRV.>", "$NRG.>", "$G.>", "$LDM.>",
 	"_INBOX.>", "_R_.>",
+}
+
+// mqttDeliverySubjects is where the engine's MQTT layer delivers JetStream
+// (QoS 1/2) messages to a session: it subscribes there on the client's
+// behalf, under the client's permissions. MQTT clients cannot subscribe
+// there themselves: the engine refuses every MQTT filter under "$MQTT."
+// (mqtt.go, "Do not allow MQTT clients to subscribe directly to internal
+// subjects"; TestClusterAdversarial/dollar_topics).
+const mqttDeliverySubjects = "$MQTT.sub.>"
+
+// subscribeFence is engineSubjects less the $MQTT space, which the engine
+// fences itself and needs for deliveries.
+func subscribeFence() []string {
+	var out []string
+	for _, s := range engineSubjects {
+		if s != "$MQTT.>" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // permissions states the rights of a subject (tacs.Rights, one rule) as
@@ -52,7 +72,7 @@ var engineSubjects = []string{
 func permissions(rights []tacs.Grant) *server.Permissions {
 	p := &server.Permissions{
 		Publish:   &server.SubjectPermission{Allow: []string{}, Deny: append([]string(nil), engineSubjects...)},
-		Subscribe: &server.SubjectPermission{Allow: []string{}, Deny: append([]string(nil), engineSubjects...)},
+		Subscribe: &server.SubjectPermission{Allow: []string{mqttDeliverySubjects}, Deny: subscribeFence()},
 	}
 	for _, g := range rights {
 		subjects := natsSubjects(g.Filter)

@@ -1,0 +1,120 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/tacs/tacsprobe"
+)
+
+// TestClusterSpreadAndCrossNode: gateways spread over three nodes; a
+// customer subscribed on node A sees the devices on node C (and B), and
+// nothing of another customer.
+func TestClusterSpreadAndCrossNode(t *testing.T) {
+	e := newEnv(t)
+	nodes := e.startCluster(t, 3)
+	customer := e.mustDial(t, nodes[0].MQTTAddr(), e.device(t, "ms-acc-1"), "ms-acc-1")
+	got := make(chan string, 100)
+	if tok := customer.Subscribe("ms-acc-1/#", 1, func(_ mqtt.Client, m mqtt.Message) { got <- m.Topic() + "=" + string(m.Payload()) }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	other := e.mustDial(t, nodes[1].MQTTAddr(), e.device(t, "ms-acc-2"), "ms-acc-2")
+	foreign := make(chan string, 100)
+	other.Subscribe("ms-acc-2/#", 1, func(_ mqtt.Client, m mqtt.Message) { foreign <- m.Topic() })
+
+	want := map[string]bool{}
+	for i := range 6 {
+		path := fmt.Sprintf("ms-acc-1/acc-1/gw-%d", i)
+		gw := e.mustDial(t, nodes[i%3].MQTTAddr(), e.device(t, path), path)
+		topic := path + "/snapshots"
+		if tok := gw.Publish(topic, 1, false, "hello"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish on node %d: %v", i%3, tok.Error())
+		}
+		want[topic+"=hello"] = true
+	}
+	deadline := time.After(20 * time.Second)
+	for len(want) > 0 {
+		select {
+		case m := <-got:
+			delete(want, m)
+		case <-deadline:
+			t.Fatalf("customer on node A did not see %v", want)
+		}
+	}
+	select {
+	case m := <-foreign:
+		t.Fatalf("another customer saw %s", m)
+	default:
+	}
+}
+
+// TestClusterRevocation: an identity connected to node B is disconnected
+// within 5 s of its revocation, and it cannot reconnect to another node.
+func TestClusterRevocation(t *testing.T) {
+	e := newEnv(t)
+	nodes := e.startCluster(t, 3)
+	e.watchRevocations(t, nodes)
+	ctx := context.Background()
+	path := "ms-acc-1/acc-1/gw-rev"
+	cert := e.device(t, path)
+	lost := make(chan struct{})
+	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("ssl://" + nodes[1].MQTTAddr()).SetClientID(path).
+		SetAutoReconnect(false).SetTLSConfig(tlsConfig(e, cert)).
+		SetConnectionLostHandler(func(mqtt.Client, error) { close(lost) }))
+	if tok := c.Connect(); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	p, _ := pki.ParsePath(path)
+	start := time.Now()
+	if _, err := e.d.Transport.RevokePath(ctx, p, 1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-lost:
+		t.Logf("disconnected %v after the revocation", time.Since(start).Round(time.Millisecond))
+	case <-time.After(5 * time.Second):
+		t.Fatal("revoked identity still connected to node B after 5 s")
+	}
+	for _, n := range nodes {
+		if _, err := e.dial(t, n.MQTTAddr(), cert, path, true); err == nil {
+			t.Fatalf("revoked identity reconnected to node %s", n.cfg.Name)
+		}
+	}
+}
+
+// TestClusterAdversarial runs the TACS adversarial table the embedded
+// broker passes (tacsprobe, TestEmbeddedBroker) against a 3-node cluster,
+// the clients of each row spread over the nodes: foreign publishes, wills,
+// retained messages, session hijack and resumption, $-topics (including
+// the engine's $JS and $MQTT spaces), the CRL topics, and a revoked
+// identity reconnecting to another node.
+func TestClusterAdversarial(t *testing.T) {
+	e := newEnv(t)
+	nodes := e.startCluster(t, 3)
+	e.watchRevocations(t, nodes)
+	var addrs []string
+	for _, n := range nodes {
+		addrs = append(addrs, n.MQTTAddr())
+	}
+	tacsprobe.Run(t, &tacsprobe.Target{
+		Addrs:   addrs,
+		Roots:   e.roots,
+		Account: func(t testing.TB, path string) tls.Certificate { return e.device(t, path) },
+		Service: func(t testing.TB, name, role string) tls.Certificate { return e.service(t, name, role) },
+		Revoke: func(t testing.TB, path string) {
+			p, err := pki.ParsePath(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.d.Transport.RevokePath(context.Background(), p, 1); err != nil {
+				t.Fatal(err)
+			}
+		},
+	})
+}

@@ -197,29 +197,16 @@ func tlsConfig(e *env, cert tls.Certificate) *tls.Config {
 	return &tls.Config{RootCAs: e.roots, Certificates: []tls.Certificate{cert}}
 }
 
-// watchRevocations does what the platform's revocation service does in
-// every node's process (internal/platform/revocation.go): poll the store
-// once a second and revalidate the node's connections when revocation
-// state moved. Here one verifier serves the three nodes.
+// watchRevocations runs WatchRevocations as every node's process would;
+// here one verifier serves the three nodes.
 func (e *env) watchRevocations(t testing.TB, nodes []*Node) {
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	t.Cleanup(func() { cancel(); <-done })
-	go func() {
-		defer close(done)
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				if changed, err := e.verifier.Refresh(ctx); err == nil && changed {
-					for _, n := range nodes {
-						n.Revalidate(ctx)
-					}
-				}
-			}
+	done := make(chan error, 1)
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("revocation loop: %v", err)
 		}
-	}()
+	})
+	go func() { done <- WatchRevocations(ctx, time.Second, e.verifier.Refresh, nodes...) }()
 }

@@ -228,3 +228,28 @@ func TestClusterNodeLoss(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterCertificateExpiry: a connection ends when its certificate
+// expires, as on the embedded broker, without any revocation.
+func TestClusterCertificateExpiry(t *testing.T) {
+	e := newEnv(t)
+	nodes := e.startCluster(t, 1)
+	path := "ms-exp/acc/gw"
+	p, _ := pki.ParsePath(path)
+	cert := e.issue(t, pki.LeafRequest{Path: p, Validity: 5 * time.Second})
+	lost := make(chan struct{})
+	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("ssl://" + nodes[0].MQTTAddr()).SetClientID(path).
+		SetAutoReconnect(false).SetTLSConfig(tlsConfig(e, cert)).
+		SetConnectionLostHandler(func(mqtt.Client, error) { close(lost) }))
+	if tok := c.Connect(); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	select {
+	case <-lost:
+		if now := time.Now(); now.Before(cert.Leaf.NotAfter) {
+			t.Fatalf("disconnected %v before the certificate expired", cert.Leaf.NotAfter.Sub(now))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("connection outlived its certificate")
+	}
+}

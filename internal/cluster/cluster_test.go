@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
+	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -251,5 +254,56 @@ func TestClusterCertificateExpiry(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("connection outlived its certificate")
+	}
+}
+
+// TestClusterRefusesNonNodes: the paths into a node other than MQTT are
+// closed to devices and services. A route (the link between nodes) is
+// refused to a device certificate and to a service without the node role,
+// and accepted from a node's certificate (the engine then sends its INFO);
+// the engine's NATS-protocol port refuses every client, since the hook
+// admits MQTT connections only.
+func TestClusterRefusesNonNodes(t *testing.T) {
+	e := newEnv(t)
+	nodes := e.startCluster(t, 2)
+	route := nodes[0].ClusterAddr()
+	try := func(cert tls.Certificate) (string, error) {
+		c, err := tls.Dial("tcp", route, &tls.Config{RootCAs: e.roots, Certificates: []tls.Certificate{cert}, ServerName: "127.0.0.1"})
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(15 * time.Second))
+		buf := make([]byte, 4)
+		_, err = io.ReadFull(c, buf)
+		return string(buf), err
+	}
+	for name, cert := range map[string]tls.Certificate{
+		"device":  e.device(t, "ms-rt/acc/gw"),
+		"service": e.service(t, "ingest", "snapshot-reader"),
+	} {
+		if got, err := try(cert); err == nil {
+			t.Errorf("%s certificate opened a route (read %q)", name, got)
+		}
+	}
+	e.setRole("node-x", RoleNode)
+	nodeCert := e.issue(t, pki.LeafRequest{Service: "node-x", IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	if got, err := try(nodeCert); err != nil || got != "INFO" {
+		t.Fatalf("node certificate refused on the route port: %q, %v", got, err)
+	}
+
+	// The NATS client port (loopback only) refuses NATS-protocol clients.
+	nc, err := net.Dial("tcp", nodes[0].s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(15 * time.Second))
+	if _, err := io.WriteString(nc, "CONNECT {\"verbose\":false}\r\nPING\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	all, _ := io.ReadAll(nc)
+	if !strings.Contains(string(all), "Authorization Violation") || strings.Contains(string(all), "PONG") {
+		t.Fatalf("NATS-protocol client not refused: %q", all)
 	}
 }

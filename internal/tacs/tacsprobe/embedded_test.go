@@ -16,8 +16,16 @@ import (
 
 // TestEmbeddedBroker runs the adversarial table against `fieldtrust up`
 // with its embedded broker: the reference the clustered tier must match.
-func TestEmbeddedBroker(t *testing.T) {
-	env := platformtest.Start(t, platform.Config{})
+func TestEmbeddedBroker(t *testing.T) { runUp(t, platform.Config{}) }
+
+// TestClusterUp runs the table against `fieldtrust up --broker cluster`:
+// a single node of the clustered tier with the platform's services on it
+// as MQTT clients (CRL publisher, commands, ingest, rules) and the
+// platform's revocation service revalidating the node.
+func TestClusterUp(t *testing.T) { runUp(t, platform.Config{Broker: platform.BrokerCluster}) }
+
+func runUp(t *testing.T, cfg platform.Config) {
+	env := platformtest.Start(t, cfg)
 	admin := env.Service(t, "admin", tacs.RoleAdmin).TLS
 	waitAccepted(t, env.MQTTAddr, env, admin)
 	Run(t, &Target{

@@ -57,6 +57,9 @@ type Lookup struct {
 // LatestHead returns the latest signed head.
 func (r *Registry) LatestHead(ctx context.Context) (Head, error) {
 	text, sig, err := r.st.LatestHead(ctx)
+	if errors.Is(err, store.ErrNotFound) {
+		return Head{}, fmt.Errorf("%w: the registry's log is empty (no signed head yet)", ErrUnknown)
+	}
 	if err != nil {
 		return Head{}, err
 	}

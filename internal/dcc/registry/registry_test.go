@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/dcc"
 	"github.com/fieldtrust/fieldtrust/internal/dcc/dcctest"
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
+	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/postgres/pgtest"
 	"github.com/fieldtrust/fieldtrust/internal/store/registrystore"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
@@ -207,5 +209,64 @@ func TestRateLimit(t *testing.T) {
 	}
 	if !got429 {
 		t.Fatal("never rate limited")
+	}
+}
+
+// TestMirrorRefusesForgedEntries: a source whose entries do not add up to
+// its signed head is refused before anything is stored — the mirror's log
+// and tables stay as they were, and it then mirrors the honest source.
+func TestMirrorRefusesForgedEntries(t *testing.T) {
+	ctx := context.Background()
+	r, regCert := newRegistry(t, sqliteStore(t))
+	lab := dcctest.NewLab(t, "Lab A", false)
+	if err := r.AddIssuer(ctx, lab.Name, []*x509.Certificate{lab.Root}); err != nil {
+		t.Fatal(err)
+	}
+	for i, y := range []string{"2021", "2022"} {
+		if _, _, err := r.SubmitDCC(ctx, signWithDate(t, lab, "DCC-"+y, "3.2.0", y)); err != nil {
+			t.Fatal(i, err)
+		}
+	}
+	honest := r.Handler()
+	forge := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path != "/api/v1/registry/log/entries" {
+			honest.ServeHTTP(w, req)
+			return
+		}
+		rec := httptest.NewRecorder()
+		honest.ServeHTTP(rec, req)
+		var page struct {
+			Entries []string `json:"entries"`
+		}
+		json.Unmarshal(rec.Body.Bytes(), &page)
+		// The last entry claims another lab issued DCC-2022.
+		last, _ := base64.StdEncoding.DecodeString(page.Entries[len(page.Entries)-1])
+		page.Entries[len(page.Entries)-1] = base64.StdEncoding.EncodeToString(bytes.Replace(last, []byte(`"lab":"Lab A"`), []byte(`"lab":"Lab Z"`), 1))
+		writeJSON(w, http.StatusOK, page)
+	})
+	bad := httptest.NewServer(forge)
+	defer bad.Close()
+	good := httptest.NewServer(honest)
+	defer good.Close()
+
+	mr, err := New(ctx, sqliteStore(t), Options{Cert: regCert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := (&Mirror{Source: bad.URL, Pin: regCert, Local: mr}).Sync(ctx); err == nil || n != 0 {
+		t.Fatalf("forged source: copied %d, err %v", n, err)
+	}
+	if size, _, _ := mr.log.Size(); size != 0 {
+		t.Fatalf("the mirror stored %d entries of a forged source", size)
+	}
+	if _, err := mr.st.DCC(ctx, "DCC-2021"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a forged source's DCC is in the mirror's tables: %v", err)
+	}
+	if n, err := (&Mirror{Source: good.URL, Pin: regCert, Local: mr}).Sync(ctx); err != nil || n != 3 {
+		t.Fatalf("honest source after a forged one: copied %d, err %v", n, err)
+	}
+	l, err := mr.LookupDCC(ctx, "DCC-2022")
+	if err != nil || l.Record.Lab != "Lab A" || VerifyRecord(l.Head, regCert, l.Record) != nil {
+		t.Fatalf("mirror lookup: %+v %v", l, err)
 	}
 }

@@ -2,17 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -21,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/dcc/registry"
 	"github.com/fieldtrust/fieldtrust/internal/store/postgres"
 	"github.com/fieldtrust/fieldtrust/internal/store/registrystore"
@@ -68,7 +62,7 @@ DIR/registry.db (SQLite) or --db postgres://...`,
 				}
 				m = &registry.Mirror{Source: strings.TrimRight(mirror, "/"), Pin: certs[0], Local: r}
 			} else {
-				key, cert, err := registryKey(data)
+				key, cert, err := registry.LoadKey(data)
 				if err != nil {
 					return err
 				}
@@ -137,7 +131,7 @@ func newRegistryIssuerCmd() *cobra.Command {
 				return err
 			}
 			defer closeDB()
-			key, cert, err := registryKey(data)
+			key, cert, err := registry.LoadKey(data)
 			if err != nil {
 				return err
 			}
@@ -160,9 +154,24 @@ func newRegistryIssuerCmd() *cobra.Command {
 	return c
 }
 
+// openRegistryStore opens the registry's tables: in the platform's
+// database when DIR is the data directory of 'fieldtrust up' (which serves
+// the registry), else DIR/registry.db or --db for a standalone registry.
 func openRegistryStore(ctx context.Context, data, db string) (*registrystore.Store, func(), error) {
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return nil, nil, err
+	}
+	if datadir.Initialized(data) {
+		st, err := datadir.OpenStore(ctx, data, db)
+		if err != nil {
+			return nil, nil, err
+		}
+		rs, err := registrystore.Of(st)
+		if err != nil {
+			st.Close()
+			return nil, nil, err
+		}
+		return rs, func() { st.Close() }, nil
 	}
 	if strings.HasPrefix(db, "postgres") {
 		s, err := postgres.Open(ctx, db)
@@ -176,48 +185,4 @@ func openRegistryStore(ctx context.Context, data, db string) (*registrystore.Sto
 		return nil, nil, err
 	}
 	return registrystore.New(s.SQL(), false), func() { s.Close() }, nil
-}
-
-// registryKey loads or creates DIR/registry/checkpoint.{key,crt}: the
-// registry's checkpoint key with a self-signed certificate that clients
-// and mirrors pin.
-func registryKey(data string) (*ecdsa.PrivateKey, *x509.Certificate, error) {
-	dir := filepath.Join(data, "registry")
-	kp, cp := filepath.Join(dir, "checkpoint.key"), filepath.Join(dir, "checkpoint.crt")
-	if _, err := os.Stat(kp); err == nil {
-		k, err := readKeyFile(kp)
-		if err != nil {
-			return nil, nil, err
-		}
-		certs, err := readCertFile(cp)
-		if err != nil {
-			return nil, nil, err
-		}
-		ek, ok := k.(*ecdsa.PrivateKey)
-		if !ok {
-			return nil, nil, fmt.Errorf("%s is not an ECDSA key", kp)
-		}
-		return ek, certs[0], nil
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, nil, err
-	}
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	pub, _ := x509.MarshalPKIXPublicKey(k.Public())
-	ski := sha256.Sum256(pub)
-	tmpl := &x509.Certificate{SerialNumber: new(big.Int).SetBytes(ski[:16]), Subject: pkix.Name{CommonName: "fieldtrust DCC registry checkpoints"},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().AddDate(20, 0, 0), KeyUsage: x509.KeyUsageDigitalSignature, SubjectKeyId: ski[:20]}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
-	if err != nil {
-		return nil, nil, err
-	}
-	kd, _ := x509.MarshalPKCS8PrivateKey(k)
-	if err := os.WriteFile(kp, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), 0o600); err != nil {
-		return nil, nil, err
-	}
-	if err := os.WriteFile(cp, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		return nil, nil, err
-	}
-	c, _ := x509.ParseCertificate(der)
-	return k, c, nil
 }

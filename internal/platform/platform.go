@@ -240,6 +240,8 @@ func Run(ctx context.Context, cfg Config) error {
 	mux := http.NewServeMux()
 	mux.Handle(est.PathPrefix, estSrv)
 	mux.Handle(bootstrap.Path, bs)
+	dccReg := newDCCRegistry(d.Store, cfg.DataDir, log.With("component", "registry"))
+	mux.Handle("/api/v1/registry/", dccReg) // public: writes carry the lab's signature (docs/dcc.md)
 	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, records: d.Store, broker: brokers, ids: ids, grants: grants, log: log.With("component", "commands")}
 	mux.Handle("POST /api/v1/gateways/{path...}", est.GuardOperational(verifier, log, cmds))
 	mux.Handle("/", est.GuardOperational(verifier, log, web.New(web.Options{
@@ -322,6 +324,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return serveHTTPS(ctx, newServer(), ln, log)
 		}},
 		{Name: "certificates", Run: func(ctx context.Context) error { return renewServiceCerts(ctx, serviceCerts) }, GiveUpAfter: -1},
+		{Name: "registry", Run: dccReg.run, GiveUpAfter: 10},
 	}
 	if err := rev.publishCRLs(ctx); err != nil {
 		return err

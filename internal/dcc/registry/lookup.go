@@ -67,6 +67,13 @@ func (r *Registry) LatestHead(ctx context.Context) (Head, error) {
 	if err != nil {
 		return Head{}, err
 	}
+	if size, _, err := r.log.Size(); err == nil && c.Size > size {
+		// Another process on the database signed a larger head (an
+		// operator command beside 'up'): the proofs need its tree.
+		if err := r.log.Reload(ctx); err != nil {
+			return Head{}, err
+		}
+	}
 	h := Head{Size: c.Size, Root: hex.EncodeToString(c.Root), Checkpoint: string(text), Signature: base64.StdEncoding.EncodeToString(sig)}
 	if r.cert != nil {
 		h.Certificate = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.cert.Raw}))

@@ -318,9 +318,31 @@ func (r *Registry) appendEvent(ctx context.Context, ev Event, content []byte) er
 	if err != nil {
 		return err
 	}
+	before, _, err := r.log.Size()
+	if err != nil {
+		return err
+	}
 	first, size, root, err := r.log.Append(ctx, [][]byte{data})
+	if errors.Is(err, registrystore.ErrConflict) {
+		// An operator command on the same database ('fieldtrust registry
+		// issuer' beside 'up') appended first; the log reloads itself.
+		first, size, root, err = r.log.Append(ctx, [][]byte{data})
+	}
 	if err != nil {
 		return fmt.Errorf("registry log: %w", err)
+	}
+	if first > before {
+		// What the other writer appended is applied too (apply is
+		// idempotent), so SetApplied below never skips an entry.
+		es, err := r.st.Entries(ctx, before, first)
+		if err != nil {
+			return err
+		}
+		for i, e := range es {
+			if err := r.apply(ctx, e, before+uint64(i)); err != nil {
+				return err
+			}
+		}
 	}
 	r.pendingContent = content
 	err = r.apply(ctx, data, first)

@@ -270,3 +270,52 @@ func TestMirrorRefusesForgedEntries(t *testing.T) {
 		t.Fatalf("mirror lookup: %+v %v", l, err)
 	}
 }
+
+// TestSecondWriter: an operator command appends to the log of a running
+// registry on the same database (a lab registered with 'fieldtrust
+// registry issuer' beside 'up'); the running registry serves proofs
+// against the new head and its next write lands after it, applied.
+func TestSecondWriter(t *testing.T) {
+	for name, open := range stores(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			st := open(t)
+			up, regCert := newRegistry(t, st)
+			a := dcctest.NewLab(t, "Lab A", false)
+			if err := up.AddIssuer(ctx, a.Name, []*x509.Certificate{a.Root}); err != nil {
+				t.Fatal(err)
+			}
+			cli, err := New(ctx, st, Options{Key: up.key, Cert: up.cert})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := dcctest.NewLab(t, "Lab B", false)
+			if err := cli.AddIssuer(ctx, b.Name, []*x509.Certificate{b.Root}); err != nil {
+				t.Fatal(err)
+			}
+			rec, _, err := up.SubmitDCC(ctx, signWithDate(t, b, "DCC-B", "3.2.0", "2022"))
+			if err != nil {
+				t.Fatalf("a DCC of the lab the other writer registered: %v", err)
+			}
+			if rec.Proofs[0].LeafIndex != 2 {
+				t.Fatalf("registered at leaf %d, want 2", rec.Proofs[0].LeafIndex)
+			}
+			// The other writer again, then a lookup on the first.
+			if _, _, err := cli.SubmitDCC(ctx, signWithDate(t, a, "DCC-A", "3.2.0", "2021")); err != nil {
+				t.Fatal(err)
+			}
+			l, err := up.LookupEquipment(ctx, "manufacturer", "SN-1")
+			if err != nil || len(l.History) != 2 || l.Head.Size != 4 {
+				t.Fatalf("lookup after the other writer: %+v %v", l, err)
+			}
+			for _, h := range l.History {
+				if err := VerifyRecord(l.Head, regCert, &h); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n, _ := st.Applied(ctx); n != 4 {
+				t.Fatalf("applied %d of 4", n)
+			}
+		})
+	}
+}

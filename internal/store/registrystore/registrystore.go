@@ -15,6 +15,8 @@ import (
 	"strings"
 
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/store/postgres"
+	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
 )
 
 // Store is the registry's storage.
@@ -256,10 +258,32 @@ func (s *Store) Entries(ctx context.Context, start, end uint64) ([][]byte, error
 	return out, rows.Err()
 }
 
+// ErrConflict is wrapped by AppendLedger's error when another writer (an
+// operator command on the same database) appended first: reload and retry.
+var ErrConflict = errors.New("another writer appended to the registry log")
+
+// Of returns the registry storage in a platform store's database (SQLite
+// or PostgreSQL): 'fieldtrust up' keeps the registry's tables beside its
+// own.
+func Of(st store.Store) (*Store, error) {
+	switch s := st.(type) {
+	case *sqlite.Store:
+		return New(s.SQL(), false), nil
+	case *postgres.Store:
+		return New(s.SQL(), true), nil
+	}
+	return nil, fmt.Errorf("the DCC registry needs the SQLite or PostgreSQL store, not %T", st)
+}
+
+// size is the number of leaves: leaves are numbered from 0 without gaps
+// (AppendLedger checks), so the largest index plus one, read from the
+// primary key instead of counting every row.
+const sizeQuery = `SELECT coalesce(max(idx) + 1, 0) FROM registry_log_leaves`
+
 // LedgerSize implements ledger.Storage.
 func (s *Store) LedgerSize(ctx context.Context) (uint64, error) {
 	var n int64
-	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM registry_log_leaves`).Scan(&n); err != nil {
+	if err := s.db.QueryRowContext(ctx, sizeQuery).Scan(&n); err != nil {
 		return 0, fmt.Errorf("registry log size: %w", err)
 	}
 	return uint64(n), nil
@@ -273,11 +297,11 @@ func (s *Store) AppendLedger(ctx context.Context, start uint64, leafData [][]byt
 	}
 	defer tx.Rollback()
 	var n int64
-	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM registry_log_leaves`).Scan(&n); err != nil {
+	if err := tx.QueryRowContext(ctx, sizeQuery).Scan(&n); err != nil {
 		return err
 	}
 	if uint64(n) != start {
-		return fmt.Errorf("append registry log at %d: the log has %d leaves", start, n)
+		return fmt.Errorf("append registry log at %d: the log has %d leaves: %w", start, n, ErrConflict)
 	}
 	for i, d := range leafData {
 		h := sha256.Sum256(append([]byte{0}, d...))
@@ -293,16 +317,54 @@ func (s *Store) AppendLedger(ctx context.Context, start uint64, leafData [][]byt
 	return tx.Commit()
 }
 
-// LedgerNodes implements ledger.Storage.
+// LedgerNodes implements ledger.Storage: one query for the whole set (a
+// proof needs about 2·log2(size) nodes; one round trip each made a lookup
+// on PostgreSQL cost tens of them).
 func (s *Store) LedgerNodes(ctx context.Context, ids []store.LedgerNode) ([][]byte, error) {
 	out := make([][]byte, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	type key struct {
+		level uint
+		idx   uint64
+	}
+	want := make(map[key][]int, len(ids))
+	var b strings.Builder
+	args := make([]any, 0, 2*len(ids))
+	b.WriteString(`SELECT level, idx, hash FROM registry_log_nodes WHERE `)
 	for i, id := range ids {
-		err := s.db.QueryRowContext(ctx, s.q(`SELECT hash FROM registry_log_nodes WHERE level = ? AND idx = ?`), id.Level, int64(id.Index)).Scan(&out[i])
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil, fmt.Errorf("registry log node %d/%d: %w", id.Level, id.Index, store.ErrNotFound)
+		k := key{id.Level, id.Index}
+		if want[k] == nil {
+			if len(args) > 0 {
+				b.WriteString(" OR ")
+			}
+			b.WriteString("(level = ? AND idx = ?)")
+			args = append(args, id.Level, int64(id.Index))
 		}
-		if err != nil {
+		want[k] = append(want[k], i)
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(b.String()), args...)
+	if err != nil {
+		return nil, fmt.Errorf("registry log nodes: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var level, idx int64
+		var h []byte
+		if err := rows.Scan(&level, &idx, &h); err != nil {
 			return nil, err
+		}
+		for _, i := range want[key{uint(level), uint64(idx)}] {
+			out[i] = h
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for i, h := range out {
+		if h == nil {
+			return nil, fmt.Errorf("registry log node %d/%d: %w", ids[i].Level, ids[i].Index, store.ErrNotFound)
 		}
 	}
 	return out, nil

@@ -110,6 +110,10 @@ type EquipmentID struct {
 	Value  string `json:"value"`
 }
 
+// EquipmentIssuers are the issuers an identification may name (the DCC
+// schema's enumeration, unchanged from 3.1 to 3.3).
+var EquipmentIssuers = []string{"manufacturer", "calibrationLaboratory", "customer", "owner", "other"}
+
 // Metadata is what the registry records of a DCC.
 type Metadata struct {
 	ID              string        `json:"dcc_id"` // coreData/uniqueIdentifier
@@ -120,6 +124,33 @@ type Metadata struct {
 	IssueDate       string        `json:"issue_date,omitempty"`       // coreData/issueDate (3.3.0)
 	DueDate         string        `json:"due_date,omitempty"`         // see dueDate
 	ContentHash     string        `json:"content_hash"`               // hex SHA-256 of the document bytes
+}
+
+// day parses the date at the start of an xs:date (a timezone suffix is
+// ignored: a day's precision is all a calibration date carries) as the
+// start of that day in UTC.
+func day(s string) (time.Time, bool) {
+	if len(s) < 10 {
+		return time.Time{}, false
+	}
+	t, err := time.Parse("2006-01-02", s[:10])
+	return t, err == nil
+}
+
+// Performed is the start (UTC) of the day the calibration was performed:
+// measurements from then on are taken under this DCC (until the next).
+func (m *Metadata) Performed() (time.Time, bool) { return day(m.PerformanceDate) }
+
+// Due is the first instant the calibration is overdue: the start (UTC) of
+// the day after the due date. ok is false when the DCC states no due date.
+// The one place of the rule: registry lookups (overdue) and the fleet
+// link's flags (package calibration) both use it.
+func (m *Metadata) Due() (at time.Time, ok bool) {
+	t, ok := day(m.DueDate)
+	if !ok {
+		return time.Time{}, false
+	}
+	return t.AddDate(0, 0, 1), true
 }
 
 // Extract reads the registry metadata of a parsed DCC.

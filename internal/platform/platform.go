@@ -226,7 +226,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	sup := supervisor.New(servicePolicy(cfg.hooks), log.With("component", "supervisor"))
 	ingestStatus := &ingest.Status{}
-	api := &web.API{
+	dccReg, err := newDCCRegistry(d.Store, cfg.DataDir, log.With("component", "registry"))
+	if err != nil {
+		return err
+	}
+	api := &web.API{Calibration: dccReg.link(),
 		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"),
 		Identify: func(r *http.Request) (tacs.Subject, bool) {
 			id, ok := est.IdentityFromContext(r.Context())
@@ -240,7 +244,6 @@ func Run(ctx context.Context, cfg Config) error {
 	mux := http.NewServeMux()
 	mux.Handle(est.PathPrefix, estSrv)
 	mux.Handle(bootstrap.Path, bs)
-	dccReg := newDCCRegistry(d.Store, cfg.DataDir, log.With("component", "registry"))
 	mux.Handle("/api/v1/registry/", dccReg) // public: writes carry the lab's signature (docs/dcc.md)
 	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, records: d.Store, broker: brokers, ids: ids, grants: grants, log: log.With("component", "commands")}
 	mux.Handle("POST /api/v1/gateways/{path...}", est.GuardOperational(verifier, log, cmds))

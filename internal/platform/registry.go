@@ -2,12 +2,15 @@ package platform
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"sync/atomic"
 
+	"github.com/fieldtrust/fieldtrust/internal/dcc/calibration"
 	"github.com/fieldtrust/fieldtrust/internal/dcc/registry"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/registrystore"
@@ -21,29 +24,45 @@ import (
 // it until up stops; until it has, and while the supervisor restarts it,
 // the routes answer 503.
 type dccRegistry struct {
-	store   store.Store
-	dataDir string
-	log     *slog.Logger
+	store *registrystore.Store
+	key   *ecdsa.PrivateKey
+	cert  *x509.Certificate
+	log   *slog.Logger
 
 	reg     atomic.Pointer[registry.Registry]
 	handler atomic.Pointer[http.Handler]
 }
 
-func newDCCRegistry(st store.Store, dataDir string, log *slog.Logger) *dccRegistry {
-	return &dccRegistry{store: st, dataDir: dataDir, log: log}
+// newDCCRegistry loads (or, the first time, creates) the checkpoint key
+// before any service starts: created in the service, it raced with an
+// operator's 'fieldtrust registry issuer' (or a test) creating it too, and
+// one of them signed heads with a key the other's certificate disowns.
+func newDCCRegistry(st store.Store, dataDir string, log *slog.Logger) (*dccRegistry, error) {
+	rs, err := registrystore.Of(st)
+	if err != nil {
+		return nil, err
+	}
+	key, cert, err := registry.LoadKey(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	return &dccRegistry{store: rs, key: key, cert: cert, log: log}, nil
+}
+
+// link is the fleet link on the registry's tables: the API flags
+// measurements with it (unknown while the registry is not open).
+func (d *dccRegistry) link() *calibration.Link {
+	return &calibration.Link{Bindings: d.store, Logger: d.log, Registry: func() calibration.Registry {
+		if r := d.reg.Load(); r != nil {
+			return r
+		}
+		return nil
+	}}
 }
 
 func (d *dccRegistry) run(ctx context.Context) error {
 	if d.reg.Load() == nil {
-		st, err := registrystore.Of(d.store)
-		if err != nil {
-			return err
-		}
-		key, cert, err := registry.LoadKey(d.dataDir)
-		if err != nil {
-			return err
-		}
-		r, err := registry.New(ctx, st, registry.Options{Key: key, Cert: cert, Logger: d.log})
+		r, err := registry.New(ctx, d.store, registry.Options{Key: d.key, Cert: d.cert, Logger: d.log})
 		if err != nil {
 			return fmt.Errorf("open: %w", err)
 		}
@@ -54,9 +73,6 @@ func (d *dccRegistry) run(ctx context.Context) error {
 	<-ctx.Done()
 	return nil
 }
-
-// Registry is the open registry, nil until the service has opened it.
-func (d *dccRegistry) Registry() *registry.Registry { return d.reg.Load() }
 
 func (d *dccRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := d.handler.Load()

@@ -1,8 +1,9 @@
-// Package registrystore keeps the DCC V&V registry's tables (migration 0018
-// of store/sqlite and store/postgres) on either database through
-// database/sql: the issuers, the registered DCCs and their equipment, and
-// the registry's Merkle log (a ledger.Storage of its own tables, so the
-// registry's tree is separate from the snapshot ledger's).
+// Package registrystore keeps the DCC tables of store/sqlite and
+// store/postgres on either database through database/sql: the V&V
+// registry's (migration 0018: issuers, registered DCCs and their equipment,
+// and the registry's Merkle log, a ledger.Storage of its own tables, so
+// its tree is separate from the snapshot ledger's) and the fleet link's
+// device bindings (0021).
 package registrystore
 
 import (

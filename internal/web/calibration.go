@@ -76,7 +76,7 @@ type bindingRequest struct {
 }
 
 // maxBindingBody bounds the PUT body (an identification of at most
-// calibration.MaxValue bytes, JSON-escaped, and a time).
+// dcc.MaxText bytes, JSON-escaped, and a time).
 const maxBindingBody = 8 << 10
 
 // bindEquipment serves PUT /api/v1/devices/{path}/equipment: who may

@@ -27,10 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/fieldtrust/fieldtrust/internal/dcc"
 	"github.com/fieldtrust/fieldtrust/internal/dcc/registry"
@@ -106,9 +103,6 @@ var (
 	ErrUnavailable = errors.New("the DCC registry is not available; retry shortly")
 )
 
-// MaxValue bounds an identification's value (the registry's lookup bound).
-const MaxValue = 1000
-
 // Bind records that the device is the instrument e from since on (zero:
 // now); an empty e.Value ends the previous binding. by is the identity
 // that declared it.
@@ -120,26 +114,18 @@ func (l *Link) Bind(ctx context.Context, gateway, device string, e dcc.Equipment
 	switch {
 	case e.Value == "" && e.Issuer != "":
 		return fmt.Errorf("%w: an issuer without a value (give both, or neither to end the binding)", ErrInvalid)
-	case e.Value != "" && !slices.Contains(dcc.EquipmentIssuers, e.Issuer):
-		return fmt.Errorf("%w: issuer %q: one of %v, as the DCC's identification names it", ErrInvalid, e.Issuer, dcc.EquipmentIssuers)
-	case len(e.Value) > MaxValue || !utf8.ValidString(e.Value) || hasControl(e.Value):
-		return fmt.Errorf("%w: value: printable UTF-8, at most %d bytes", ErrInvalid, MaxValue)
 	case since.After(now):
 		return fmt.Errorf("%w: since %s is in the future", ErrInvalid, since.UTC().Format(time.RFC3339))
 	case since.Before(time.UnixMilli(0)):
 		return fmt.Errorf("%w: since is before 1970", ErrInvalid)
 	}
-	return l.Bindings.PutBinding(ctx, registrystore.Binding{Gateway: gateway, Device: device, SinceMs: since.UnixMilli(),
-		Issuer: e.Issuer, Value: e.Value, SetBy: by, SetAtMs: now.UnixMilli()})
-}
-
-func hasControl(s string) bool {
-	for _, r := range s {
-		if unicode.IsControl(r) {
-			return true
+	if e.Value != "" {
+		if err := e.Check(); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
 	}
-	return false
+	return l.Bindings.PutBinding(ctx, registrystore.Binding{Gateway: gateway, Device: device, SinceMs: since.UnixMilli(),
+		Issuer: e.Issuer, Value: e.Value, SetBy: by, SetAtMs: now.UnixMilli()})
 }
 
 // Flags loads what flagging a device's measurements needs and returns the

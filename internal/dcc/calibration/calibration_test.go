@@ -228,7 +228,7 @@ func TestBindRefuses(t *testing.T) {
 		{"unknown issuer", dcc.EquipmentID{Issuer: "vendor", Value: "X"}, time.Time{}, "issuer"},
 		{"no issuer", dcc.EquipmentID{Value: "X"}, time.Time{}, "issuer"},
 		{"issuer without value", dcc.EquipmentID{Issuer: "owner"}, time.Time{}, "without a value"},
-		{"long value", dcc.EquipmentID{Issuer: "owner", Value: strings.Repeat("x", MaxValue+1)}, time.Time{}, "at most"},
+		{"long value", dcc.EquipmentID{Issuer: "owner", Value: strings.Repeat("x", dcc.MaxText+1)}, time.Time{}, "at most"},
 		{"control character", dcc.EquipmentID{Issuer: "owner", Value: "SN\x00"}, time.Time{}, "printable"},
 		{"newline", dcc.EquipmentID{Issuer: "owner", Value: "SN\n1"}, time.Time{}, "printable"},
 		{"invalid UTF-8", dcc.EquipmentID{Issuer: "owner", Value: "SN\xff"}, time.Time{}, "printable"},

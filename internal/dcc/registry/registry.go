@@ -245,20 +245,14 @@ func (r *Registry) SubmitStatement(ctx context.Context, signedData []byte) (*Rec
 	if lab == "" {
 		return nil, fmt.Errorf("%w: the statement's signature does not verify to any registered lab root", ErrNotIssuer)
 	}
-	var st Statement
-	if err := json.Unmarshal(content, &st); err != nil {
-		return nil, fmt.Errorf("statement: %w", err)
+	st, err := ParseStatement(content)
+	if err != nil {
+		return nil, err
 	}
-	switch st.Action {
-	case "register":
-		if st.Metadata == nil || st.Metadata.ID == "" || len(st.Metadata.ContentHash) != 64 {
-			return nil, errors.New("statement: register needs dcc.dcc_id and dcc.content_hash (hex SHA-256)")
-		}
+	if st.Action == "register" {
 		return r.register(ctx, lab, *st.Metadata, "declared", nil)
-	case "revoke":
-		return r.revoke(ctx, lab, st.DCCID, st.Reason)
 	}
-	return nil, fmt.Errorf("statement: unknown action %q (register or revoke)", st.Action)
+	return r.revoke(ctx, lab, st.DCCID, st.Reason)
 }
 
 func (r *Registry) register(ctx context.Context, lab string, md dcc.Metadata, status string, content []byte) (*Record, error) {

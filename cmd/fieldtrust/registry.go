@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/dcc/registry"
+	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/store/postgres"
 	"github.com/fieldtrust/fieldtrust/internal/store/registrystore"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
@@ -102,7 +104,54 @@ DIR/registry.db (SQLite) or --db postgres://...`,
 	f.StringVar(&db, "db", "", "postgres://... DSN (default: SQLite in DIR/registry.db)")
 	f.StringVar(&mirror, "mirror", "", "mirror the registry at this base URL (read-only)")
 	f.StringVar(&pin, "pin", "", "the mirrored registry's checkpoint certificate (PEM)")
-	c.AddCommand(newRegistryIssuerCmd())
+	c.AddCommand(newRegistryIssuerCmd(), newRegistryRevokeCmd())
+	return c
+}
+
+func newRegistryRevokeCmd() *cobra.Command {
+	var certPath, keyPath, id, reason, out string
+	c := &cobra.Command{
+		Use:   "revoke --cert CERT --key KEY --dcc-id ID --reason TEXT --out F",
+		Short: "Sign a lab's revocation of one of its DCCs, to post to the registry",
+		Long: `Sign, as the lab (--cert: its signing certificate and intermediates, leaf
+first, as for 'fieldtrust dcc sign'), the statement that revokes a DCC it
+registered, with the reason. Post the result (CMS SignedData, DER) to the
+registry:
+
+  curl -H 'Content-Type: application/pkcs7-mime' --data-binary @revoke.cms \
+    $REG/api/v1/registry/dcc
+
+The revocation is a leaf of the registry's log; lookups show the DCC
+revoked, with the reason and the revocation's proof (docs/dcc.md).`,
+		Args: sealNoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if id == "" {
+				return usageError{errors.New("give --dcc-id ID (the DCC's coreData/uniqueIdentifier)")}
+			}
+			stmt, err := json.Marshal(registry.Statement{Action: "revoke", DCCID: id, Reason: reason})
+			if err != nil {
+				return err
+			}
+			if _, err := registry.ParseStatement(stmt); err != nil {
+				return usageError{err}
+			}
+			certs, key, err := signerFromFiles(certPath, keyPath)
+			if err != nil {
+				return err
+			}
+			sd, err := envelope.Sign(stmt, &envelope.Signer{Cert: certs[0], Key: key, Chain: certs[1:], EmbedCerts: true}, time.Now())
+			if err != nil {
+				return fmt.Errorf("sign the revocation: %w", err)
+			}
+			return writeOutput(cmd, out, sd)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&certPath, "cert", "", "lab certificate and intermediates (PEM, leaf first)")
+	f.StringVar(&keyPath, "key", "", "lab private key (PEM)")
+	f.StringVar(&id, "dcc-id", "", "the DCC to revoke")
+	f.StringVar(&reason, "reason", "", "why (shown in lookups)")
+	f.StringVar(&out, "out", "-", "the signed statement (DER); - for stdout")
 	return c
 }
 

@@ -73,6 +73,8 @@ type Registry struct {
 	lg   *slog.Logger
 	mu   sync.Mutex // one writer
 
+	lookupRate float64 // per client address
+
 	pendingContent []byte // the whole DCC of the registration being applied; guarded by mu
 }
 
@@ -82,7 +84,13 @@ type Options struct {
 	Cert   *x509.Certificate // its certificate (for a mirror: the source's)
 	Now    func() time.Time
 	Logger *slog.Logger
+	// LookupRate is the lookups per second each client address may make
+	// (bursts of twice that); zero: the public default, LookupRate. Only a
+	// load test on loopback raises it.
+	LookupRate float64
 }
+
+const replayPage = 10000
 
 // New opens a registry on its storage and replays log entries the tables
 // do not reflect yet (a crash between the two writes).
@@ -91,7 +99,10 @@ func New(ctx context.Context, st *registrystore.Store, o Options) (*Registry, er
 	if err != nil {
 		return nil, fmt.Errorf("registry log: %w", err)
 	}
-	r := &Registry{st: st, log: l, key: o.Key, cert: o.Cert, now: o.Now, lg: o.Logger}
+	r := &Registry{st: st, log: l, key: o.Key, cert: o.Cert, now: o.Now, lg: o.Logger, lookupRate: o.LookupRate}
+	if r.lookupRate <= 0 {
+		r.lookupRate = LookupRate
+	}
 	if r.now == nil {
 		r.now = time.Now
 	}
@@ -106,8 +117,11 @@ func New(ctx context.Context, st *registrystore.Store, o Options) (*Registry, er
 	if err != nil {
 		return nil, err
 	}
-	if applied < size {
-		entries, err := st.Entries(ctx, applied, size)
+	// Replayed a page at a time (a registry loaded in bulk has a million
+	// entries to apply, not to hold in memory at once).
+	for applied < size {
+		end := min(size, applied+replayPage)
+		entries, err := st.Entries(ctx, applied, end)
 		if err != nil {
 			return nil, err
 		}
@@ -116,9 +130,10 @@ func New(ctx context.Context, st *registrystore.Store, o Options) (*Registry, er
 				return nil, fmt.Errorf("replay registry log entry %d: %w", applied+uint64(i), err)
 			}
 		}
-		if err := st.SetApplied(ctx, size); err != nil {
+		if err := st.SetApplied(ctx, end); err != nil {
 			return nil, err
 		}
+		applied = end
 	}
 	return r, nil
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/postgres"
@@ -24,6 +25,10 @@ import (
 type Store struct {
 	db       *sql.DB
 	postgres bool
+
+	nodesOnce sync.Once
+	nodesStmt *sql.Stmt // LedgerNodes' query, prepared once
+	nodesErr  error
 }
 
 // New wraps a database handle; postgres selects $n placeholders.
@@ -323,45 +328,51 @@ func (s *Store) AppendLedger(ctx context.Context, start uint64, leafData [][]byt
 // on PostgreSQL cost tens of them).
 func (s *Store) LedgerNodes(ctx context.Context, ids []store.LedgerNode) ([][]byte, error) {
 	out := make([][]byte, len(ids))
-	if len(ids) == 0 {
-		return out, nil
-	}
 	type key struct {
 		level uint
 		idx   uint64
 	}
 	want := make(map[key][]int, len(ids))
-	var b strings.Builder
-	args := make([]any, 0, 2*len(ids))
-	b.WriteString(`SELECT level, idx, hash FROM registry_log_nodes WHERE `)
+	var uniq []key
 	for i, id := range ids {
 		k := key{id.Level, id.Index}
 		if want[k] == nil {
-			if len(args) > 0 {
-				b.WriteString(" OR ")
-			}
-			b.WriteString("(level = ? AND idx = ?)")
-			args = append(args, id.Level, int64(id.Index))
+			uniq = append(uniq, k)
 		}
 		want[k] = append(want[k], i)
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(b.String()), args...)
+	stmt, err := s.nodesQuery()
 	if err != nil {
-		return nil, fmt.Errorf("registry log nodes: %w", err)
+		return nil, err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var level, idx int64
-		var h []byte
-		if err := rows.Scan(&level, &idx, &h); err != nil {
+	for len(uniq) > 0 {
+		page := uniq[:min(len(uniq), nodesPerQuery)]
+		uniq = uniq[len(page):]
+		args := make([]any, 0, 2*nodesPerQuery)
+		for i := range nodesPerQuery {
+			k := page[min(i, len(page)-1)] // padded with the last: one query text for every proof
+			args = append(args, k.level, int64(k.idx))
+		}
+		rows, err := stmt.QueryContext(ctx, args...)
+		if err != nil {
+			return nil, fmt.Errorf("registry log nodes: %w", err)
+		}
+		for rows.Next() {
+			var level, idx int64
+			var h []byte
+			if err := rows.Scan(&level, &idx, &h); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			for _, i := range want[key{uint(level), uint64(idx)}] {
+				out[i] = h
+			}
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
 			return nil, err
 		}
-		for _, i := range want[key{uint(level), uint64(idx)}] {
-			out[i] = h
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
 	}
 	for i, h := range out {
 		if h == nil {
@@ -369,6 +380,31 @@ func (s *Store) LedgerNodes(ctx context.Context, ids []store.LedgerNode) ([][]by
 		}
 	}
 	return out, nil
+}
+
+// nodesPerQuery is the (level, idx) pairs of LedgerNodes' one query: an
+// inclusion proof in a log of 10^12 leaves has 40 nodes.
+const nodesPerQuery = 64
+
+// nodesQuery prepares LedgerNodes' query once: built per call with as many
+// pairs as the proof had nodes, SQLite parsed a new statement for every
+// lookup, which was most of a lookup's time.
+func (s *Store) nodesQuery() (*sql.Stmt, error) {
+	s.nodesOnce.Do(func() {
+		var b strings.Builder
+		b.WriteString(`SELECT level, idx, hash FROM registry_log_nodes WHERE `)
+		for i := range nodesPerQuery {
+			if i > 0 {
+				b.WriteString(" OR ")
+			}
+			b.WriteString("(level = ? AND idx = ?)")
+		}
+		s.nodesStmt, s.nodesErr = s.db.PrepareContext(context.Background(), s.q(b.String()))
+	})
+	if s.nodesErr != nil {
+		return nil, fmt.Errorf("registry log nodes: %w", s.nodesErr)
+	}
+	return s.nodesStmt, nil
 }
 
 // LedgerLeaf implements ledger.Storage.

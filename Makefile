@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/fieldtrust
 DATA    ?= ./fieldtrust-data
 
-.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle bench-registry bench-dcc clean
+.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle bench-registry bench-dcc bench-agents clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/fieldtrust
@@ -60,6 +60,11 @@ bench-registry: deps
 
 bench-dcc: deps
 	$(GO) test -run='^$$' -bench='^Benchmark(Sign|Verify|Xmlsec1)$$' ./internal/dcc/xades
+
+# HTTPS agents (docs/benchmarks.md "HTTPS agents"): token requests, exchange
+# posts and the access-token check, over real TLS on SQLite (~1 min).
+bench-agents:
+	$(GO) test -run '^$$' -bench . -benchtime 5s ./internal/agent
 
 clean:
 	rm -rf bin

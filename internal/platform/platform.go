@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/fieldtrust/fieldtrust/internal/agent"
 	"github.com/fieldtrust/fieldtrust/internal/bootstrap"
 	"github.com/fieldtrust/fieldtrust/internal/broker"
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
@@ -46,6 +47,13 @@ type Config struct {
 	HTTPAddr string   // HTTPS listen address
 	MQTTAddr string   // MQTT over mTLS listen address
 	DNSNames []string // extra names for the server certificate
+	// ExternalURL is the platform's URL as agents reach it (their
+	// baseUrl); "" means https:// + the HTTPS listen address. 'up' records
+	// it in DIR/platform/external.url for 'agent create'.
+	ExternalURL string
+	// Agents tunes the HTTPS agents' service (limits, credential
+	// lifetime); zero values take its defaults.
+	Agents AgentOptions
 	// BrokerURLs are the broker endpoints handed to gateways in bootstrap
 	// ("mqtts://host:port" or "mqtts://host:port;weight"); empty means the
 	// embedded broker's own listen address.
@@ -61,6 +69,8 @@ type Config struct {
 	// Ready, if non-nil, is called once every listener is up, with the
 	// actual addresses (useful with port 0).
 	Ready func(httpAddr, mqttAddr string)
+	// Notifications configures the delivery of what rules send.
+	Notifications Notifications
 
 	// hooks let the package's tests break parts of the platform on purpose.
 	hooks *testHooks
@@ -127,13 +137,17 @@ func Run(ctx context.Context, cfg Config) error {
 	ingestE2E.keepKey = true
 	ledgerE2E := newServiceCert(d.E2E, "ledger", cfg.DataDir, nil, nil, log)
 	commandE2E := newServiceCert(d.E2E, "platform", cfg.DataDir, nil, nil, log)
-	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E}
+	rulesTLS := newServiceCert(d.Transport, "rules", cfg.DataDir, nil, nil, log)
+	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E, rulesTLS}
 	for _, c := range serviceCerts {
 		if err := c.load(ctx); err != nil {
 			return err
 		}
 	}
 	if err := d.Store.SetServiceRole(ctx, "ingest", tacs.RoleSnapshotReader); err != nil {
+		return err
+	}
+	if err := d.Store.SetServiceRole(ctx, "rules", tacs.RoleRulesEngine); err != nil {
 		return err
 	}
 	verifier, err := d.Transport.Verifier(ctx)
@@ -231,7 +245,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	api := &web.API{Calibration: dccReg.link(),
-		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"),
+		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"), Rules: d.Store,
 		Identify: func(r *http.Request) (tacs.Subject, bool) {
 			id, ok := est.IdentityFromContext(r.Context())
 			if !ok {
@@ -241,8 +255,24 @@ func Run(ctx context.Context, cfg Config) error {
 			return subj, err == nil
 		},
 	}
+	agents, err := startAgents(cfg, d, httpLn.Addr().String(), lg, reg, log)
+	if err != nil {
+		return err
+	}
 	mux := http.NewServeMux()
 	mux.Handle(est.PathPrefix, estSrv)
+	// HTTPS agents present no client certificate; they authenticate with
+	// OAuth (package agent). The guard still refuses a bad certificate.
+	agentMux := http.NewServeMux()
+	agents.Register(agentMux)
+	mux.Handle(agent.ManagementPrefix+"/", est.GuardOperational(verifier, log, agentMux))
+	mux.Handle(agent.MindConnectPrefix+"/", est.GuardOperational(verifier, log, agentMux))
+	agentAdmin := est.GuardOperational(verifier, log, &agent.Admin{Service: agents, Identify: api.Identify, Grants: grants})
+	mux.Handle("GET /api/v1/agents", agentAdmin)
+	mux.Handle("POST /api/v1/agents", agentAdmin)
+	mux.Handle("GET /api/v1/agents/{master}/{account}/{agent}", agentAdmin)
+	mux.Handle("POST /api/v1/agents/{master}/{account}/{agent}/revoke", agentAdmin)
+	mux.Handle("POST /api/v1/agents/{master}/{account}/{agent}/rotate-iat", agentAdmin)
 	mux.Handle(bootstrap.Path, bs)
 	mux.Handle("/api/v1/registry/", dccReg) // public: writes carry the lab's signature (docs/dcc.md)
 	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, records: d.Store, broker: brokers, ids: ids, grants: grants, log: log.With("component", "commands")}
@@ -278,6 +308,9 @@ func Run(ctx context.Context, cfg Config) error {
 	ingestClient.GetClientCertificate = ingestTLS.GetClientCertificate
 	heads := &treeHeads{log: lg, store: d.Store, signer: ledgerE2E, logger: log}
 	mqttAddr, httpAddr := brk.Addr(), httpLn.Addr().String()
+	rulesClient := tlspolicy.Client(transportRoots, nil)
+	rulesClient.GetClientCertificate = rulesTLS.GetClientCertificate
+	rp := newRulesPlatform(cfg.Notifications, d.Store, cfg.DataDir, mqttAddr, rulesClient, reg, log)
 
 	// Every service of the platform runs under the supervisor (restart
 	// policy: servicePolicy). The broker's first instance and the HTTPS
@@ -311,6 +344,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return ingest.Run(ctx, ingest.Config{
 				Broker: mqttAddr, TLS: ingestClient, Opener: opener, Status: ingestStatus,
 				Store: ingestStore, Ledger: lg, Logger: log.With("component", "ingest"), Registerer: reg,
+				Committed: rp.committed,
 			})
 		}},
 		{Name: "revocation", Run: rev.run, GiveUpAfter: 10},
@@ -329,6 +363,7 @@ func Run(ctx context.Context, cfg Config) error {
 		{Name: "certificates", Run: func(ctx context.Context) error { return renewServiceCerts(ctx, serviceCerts) }, GiveUpAfter: -1},
 		{Name: "registry", Run: dccReg.run, GiveUpAfter: 10},
 	}
+	services = append(services, rp.services()...)
 	if err := rev.publishCRLs(ctx); err != nil {
 		return err
 	}

@@ -103,5 +103,8 @@ type Store interface {
 
 	Snapshots
 
+	Rules
+	Agents
+
 	Close() error
 }

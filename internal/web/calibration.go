@@ -117,11 +117,3 @@ func (a *API) bindEquipment(w http.ResponseWriter, r *http.Request, subj tacs.Su
 	}
 	a.calibration(w, r, gateway, device)
 }
-
-// now is the API's clock (a device's calibration "now").
-func (a *API) now() time.Time {
-	if a.Now != nil {
-		return a.Now()
-	}
-	return time.Now()
-}

@@ -272,7 +272,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	sup := supervisor.New(servicePolicy(cfg.hooks), log.With("component", "supervisor"))
 	ingestStatus := &ingest.Status{}
-	api := &web.API{
+	dccReg, err := newDCCRegistry(d.Store, cfg.DataDir, log.With("component", "registry"))
+	if err != nil {
+		return err
+	}
+	api := &web.API{Calibration: dccReg.link(),
 		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"), Rules: d.Store,
 		Identify: func(r *http.Request) (tacs.Subject, bool) {
 			id, ok := est.IdentityFromContext(r.Context())
@@ -302,6 +306,7 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.Handle("POST /api/v1/agents/{master}/{account}/{agent}/revoke", agentAdmin)
 	mux.Handle("POST /api/v1/agents/{master}/{account}/{agent}/rotate-iat", agentAdmin)
 	mux.Handle(bootstrap.Path, bs)
+	mux.Handle("/api/v1/registry/", dccReg) // public: writes carry the lab's signature (docs/dcc.md)
 	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, records: d.Store, broker: tier, ids: ids, grants: grants, log: log.With("component", "commands")}
 	mux.Handle("POST /api/v1/gateways/{path...}", est.GuardOperational(verifier, log, cmds))
 	mux.Handle("/", est.GuardOperational(verifier, log, web.New(web.Options{
@@ -393,6 +398,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return serveHTTPS(ctx, newServer(), ln, log)
 		}},
 		{Name: "certificates", Run: func(ctx context.Context) error { return renewServiceCerts(ctx, serviceCerts) }, GiveUpAfter: -1},
+		{Name: "registry", Run: dccReg.run, GiveUpAfter: 10},
 	}
 	services = append(services, rp.services()...)
 	if ct != nil {

@@ -127,12 +127,16 @@ func serialOf(t *testing.T, file string) string {
 	return pki.SerialHex(certs[0].SerialNumber)
 }
 
-// TestRenewalAndReenroll: with 9-second certificates the gateway renews
+// TestRenewalAndReenroll: with 15-second certificates the gateway renews
 // both before they expire and keeps delivering; stopped until they expire,
 // it enrolls again with its onboarding certificate and its devices' hash
 // chains continue without a gap or fork.
 func TestRenewalAndReenroll(t *testing.T) {
-	e := startPlatform(t, est.Policy{TransportValidity: 9 * time.Second, E2EValidity: 9 * time.Second, AllowReenroll: true})
+	// 15 s: renewal at two thirds leaves 5 s for what was sealed with the
+	// old e2e certificate to arrive before it expires (ingest verifies
+	// signers at arrival; with 9 s, a loaded machine's 3 s of queueing
+	// during the reconnect made rejects and a gap).
+	e := startPlatform(t, est.Policy{TransportValidity: 15 * time.Second, E2EValidity: 15 * time.Second, AllowReenroll: true})
 	state := t.TempDir()
 	stop := e.runGateway(t, state)
 	waitUntil(t, 30*time.Second, "first snapshots", func() bool { return e.stored(t) >= 3 })
@@ -144,7 +148,7 @@ func TestRenewalAndReenroll(t *testing.T) {
 			t.Fatalf("%s holds %d certificates (%v); want leaf and two intermediates", f, len(certs), err)
 		}
 	}
-	waitUntil(t, 20*time.Second, "renewal of both certificates", func() bool {
+	waitUntil(t, 40*time.Second, "renewal of both certificates", func() bool {
 		return serialOf(t, filepath.Join(state, "transport.crt")) != tr0 && serialOf(t, filepath.Join(state, "e2e.crt")) != e2e0
 	})
 	n := e.stored(t)

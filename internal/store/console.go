@@ -158,3 +158,11 @@ type Console interface {
 	// the latest), largest first, at most EffectiveLimit(limit).
 	TreeHeads(ctx context.Context, before uint64, limit int) ([]TreeHead, error)
 }
+
+// Live is what the console's live view polls: snapshots in the order the
+// ledger recorded them.
+type Live interface {
+	// SnapshotsSince returns the snapshots in scope whose ledger index is
+	// at least from, by ledger index, at most EffectiveLimit(limit).
+	SnapshotsSince(ctx context.Context, scope string, from uint64, limit int) ([]SnapshotRecord, error)
+}

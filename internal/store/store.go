@@ -105,5 +105,7 @@ type Store interface {
 
 	Console
 
+	Live
+
 	Close() error
 }

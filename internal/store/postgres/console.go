@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -343,4 +344,19 @@ func (s *Store) TreeHeads(ctx context.Context, before uint64, limit int) ([]stor
 		out = append(out, th)
 	}
 	return out, rows.Err()
+}
+
+// SnapshotsSince implements store.Live.
+func (s *Store) SnapshotsSince(ctx context.Context, scope string, from uint64, limit int) ([]store.SnapshotRecord, error) {
+	var q query
+	q.add(`SELECT `, snapshotColumns, ` FROM snapshots s JOIN devices d ON d.id = s.device_id WHERE s.ledger_index >= `, q.arg(int64(min(from, math.MaxInt64))), ` AND `)
+	if err := q.scope("d.gateway", scope); err != nil {
+		return nil, err
+	}
+	q.add(` ORDER BY s.ledger_index LIMIT `, q.arg(store.EffectiveLimit(limit)))
+	recs, err := s.readSnapshots(ctx, &q, nil)
+	if err != nil {
+		return nil, fmt.Errorf("snapshots since %d: %w", from, err)
+	}
+	return recs, nil
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/store"
@@ -353,4 +354,23 @@ func (s *Store) TreeHeads(ctx context.Context, before uint64, limit int) ([]stor
 		out = append(out, th)
 	}
 	return out, rows.Err()
+}
+
+// SnapshotsSince implements store.Live.
+func (s *Store) SnapshotsSince(ctx context.Context, scope string, from uint64, limit int) ([]store.SnapshotRecord, error) {
+	where, args, err := scopeWhere("d.gateway", scope)
+	if err != nil {
+		return nil, err
+	}
+	args = append([]any{int64(min(from, math.MaxInt64))}, args...)
+	rows, err := s.db.QueryContext(ctx, `SELECT `+snapshotColumns+` FROM snapshots s JOIN devices d ON d.id = s.device_id
+		WHERE s.ledger_index >= ? AND `+where+` ORDER BY s.ledger_index LIMIT ?`, append(args, store.EffectiveLimit(limit))...)
+	if err != nil {
+		return nil, fmt.Errorf("snapshots since %d: %w", from, err)
+	}
+	recs, raw, err := s.scanSnapshots(rows)
+	if err != nil {
+		return nil, fmt.Errorf("snapshots since %d: %w", from, err)
+	}
+	return s.fillValues(ctx, recs, raw, nil)
 }

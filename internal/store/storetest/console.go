@@ -16,6 +16,7 @@ func runConsole(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("ConsoleSessions", func(t *testing.T) { testConsoleSessions(t, open(t)) })
 	t.Run("ConsoleAudit", func(t *testing.T) { testConsoleAudit(t, open(t)) })
 	t.Run("TreeHeads", func(t *testing.T) { testTreeHeads(t, open(t)) })
+	t.Run("SnapshotsSince", func(t *testing.T) { testSnapshotsSince(t, open(t)) })
 }
 
 func mustUser(t *testing.T, s store.Store, email, scope, role string) store.ConsoleUser {
@@ -224,5 +225,35 @@ func testTreeHeads(t *testing.T, s store.Store) {
 	ths, err = s.TreeHeads(ctx, 5, 10)
 	if err != nil || len(ths) != 1 || ths[0].Size != 1 || ths[0].Root[0] != 1 {
 		t.Fatalf("TreeHeads before 5 = %+v, %v", ths, err)
+	}
+}
+
+func testSnapshotsSince(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	a, b := newChain("acme/berlin/gw-1", "pump-1", "pump"), newChain("acme10/x/gw-1", "pump-1", "pump")
+	var recs []store.SnapshotRecord
+	for i := range 3 {
+		ra, rb := a.next(t, t0.Add(time.Duration(i)*time.Second)), b.next(t, t0.Add(time.Duration(i)*time.Second))
+		ra.LedgerIndex, rb.LedgerIndex = uint64(2*i), uint64(2*i+1)
+		recs = append(recs, ra, rb)
+	}
+	insert(t, s, recs...)
+	got, err := s.SnapshotsSince(ctx, "", 2, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var idx []uint64
+	for _, r := range got {
+		idx = append(idx, r.LedgerIndex)
+	}
+	if fmt.Sprint(idx) != "[2 3 4]" || len(got[0].Values) != 3 {
+		t.Fatalf("SnapshotsSince(2) = %v %+v", idx, got)
+	}
+	got, err = s.SnapshotsSince(ctx, "acme", 1, 10)
+	if err != nil || len(got) != 2 || got[0].Gateway != "acme/berlin/gw-1" || got[0].LedgerIndex != 2 {
+		t.Fatalf("SnapshotsSince(acme, 1) = %+v, %v", got, err)
+	}
+	if _, err := s.SnapshotsSince(ctx, "../x", 0, 1); !errors.Is(err, store.ErrInvalidScope) {
+		t.Fatalf("bad scope: %v", err)
 	}
 }

@@ -26,8 +26,8 @@ type assets struct {
 }
 
 type asset struct {
-	body []byte
-	hash string
+	body  []byte
+	hash  string
 	ctype string
 }
 

@@ -85,6 +85,8 @@ func (a *authenticator) register(h func(string, http.HandlerFunc)) {
 	h("POST /login/passkey/begin", a.limited(a.loginBegin))
 	h("POST /login/passkey/finish", a.limited(a.loginFinish))
 	h("POST /login/certificate", a.limited(a.loginCertificate))
+	h("GET /login/link", a.loginLinkPage)
+	h("POST /login/link", a.limited(a.loginLink))
 	h("GET /invite", a.invitePage)
 	h("POST /invite/info", a.limited(a.inviteInfo))
 	h("POST /invite/passkey/begin", a.limited(a.inviteBegin))
@@ -542,6 +544,45 @@ func (a *authenticator) logout(w http.ResponseWriter, r *http.Request, v *Viewer
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
 }
 
+func (a *authenticator) loginLinkPage(w http.ResponseWriter, r *http.Request) {
+	a.c.render(w, r, nil, http.StatusOK, "loginlink", "Log in", nil)
+}
+
+// loginLink spends a one-time login link.
+func (a *authenticator) loginLink(w http.ResponseWriter, r *http.Request) {
+	var req inviteRequest
+	if !sameOrigin(r) {
+		jsonError(w, http.StatusForbidden, "refused: this request came from another site")
+		return
+	}
+	if !decodeJSON(w, r, &req) {
+		return
+	}
+	refused := "this login link is unknown, was used already or has expired; links work once"
+	tok, err := base64.RawURLEncoding.DecodeString(req.Token)
+	if err != nil || len(tok) != 32 {
+		jsonError(w, http.StatusGone, refused)
+		return
+	}
+	h := sha256.Sum256(tok)
+	inv, err := a.c.opts.Store.ConsumeInvitation(r.Context(), h[:], store.InvitationLogin, a.c.now())
+	if err != nil {
+		a.c.audit(r, "unknown", "", "login-failed", "login link", "unknown, used or expired link", false)
+		jsonError(w, http.StatusGone, refused)
+		return
+	}
+	u, err := a.c.opts.Store.ConsoleUser(r.Context(), inv.UserID)
+	if err != nil || u.Disabled() {
+		jsonError(w, http.StatusGone, refused)
+		return
+	}
+	if err := a.newSession(w, r, u, "link"); err != nil {
+		jsonError(w, http.StatusInternalServerError, "internal error; the platform log has the details")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"next": "/fleet"})
+}
+
 // --- invitations ---
 
 func (a *authenticator) invitePage(w http.ResponseWriter, r *http.Request) {
@@ -566,7 +607,7 @@ func (a *authenticator) invitation(ctx context.Context, token string) (store.Con
 	}
 	h := sha256.Sum256(tok)
 	inv, err := a.c.opts.Store.Invitation(ctx, h[:])
-	if err != nil || !inv.UsedAt.IsZero() || !a.c.now().Before(inv.ExpiresAt) {
+	if err != nil || inv.Kind != store.InvitationRegister || !inv.UsedAt.IsZero() || !a.c.now().Before(inv.ExpiresAt) {
 		return inv, store.ConsoleUser{}, refused
 	}
 	u, err := a.c.opts.Store.ConsoleUser(ctx, inv.UserID)

@@ -164,6 +164,10 @@ func New(opts Options) (*Console, error) {
 // Pages returns the registry other packages add their pages to.
 func (c *Console) Pages() *Registry { return c.pages }
 
+// StatusChanged feeds a gateway's new online state to the live views
+// (StatusWatcher.OnChange).
+func (c *Console) StatusChanged(gw string, s GatewayStatus) { c.live.statusChanged(gw, s) }
+
 // Run runs the live feed until ctx ends.
 func (c *Console) Run(ctx context.Context) error { return c.live.run(ctx) }
 
@@ -172,7 +176,7 @@ func (c *Console) Run(ctx context.Context) error { return c.live.run(ctx) }
 // certificate of that scope would be.
 func Subject(u store.ConsoleUser) tacs.Subject {
 	if u.Scope == "" {
-		return tacs.ServiceSubject("console", tacs.RoleAdmin)
+		return tacs.ServiceSubject("console-vendor", tacs.RoleAdmin)
 	}
 	return tacs.Account(u.Scope)
 }

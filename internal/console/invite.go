@@ -59,16 +59,22 @@ func ParseRole(s string) (string, error) {
 	return s, nil
 }
 
-// Invitation is a one-time registration link's secret.
+// Invitation is a one-time link's secret: to register a passkey (or bind
+// a certificate), or for a login link, to log in once.
 type Invitation struct {
 	User      store.ConsoleUser
-	Token     string // goes into the link only; the store keeps its hash
+	Kind      string
+	Token     string // goes into the link only (after '#', so no server log sees it); the store keeps its hash
 	ExpiresAt time.Time
 }
 
 // Link is the invitation's URL on the console at base (https://host:port).
 func (i Invitation) Link(base string) string {
-	return strings.TrimRight(base, "/") + "/invite#" + i.Token
+	page := "/invite#"
+	if i.Kind == store.InvitationLogin {
+		page = "/login/link#"
+	}
+	return strings.TrimRight(base, "/") + page + i.Token
 }
 
 // ErrUserMismatch is returned by Invite when the email belongs to a user
@@ -79,6 +85,17 @@ var ErrUserMismatch = errors.New("user exists with another scope or role")
 // a one-time invitation valid for InvitationTTL. by names who invites
 // (an admin's email, or "cli").
 func Invite(ctx context.Context, st Users, email, path, role, by, remote string, now time.Time) (Invitation, error) {
+	return invite(ctx, st, store.InvitationRegister, email, path, role, by, remote, now)
+}
+
+// LoginLink is Invite for a one-time login link: it logs the user in once,
+// without a passkey (the demo prints these, so that a newcomer is in with
+// one click; the account page then offers to add a passkey).
+func LoginLink(ctx context.Context, st Users, email, path, role, by string, now time.Time) (Invitation, error) {
+	return invite(ctx, st, store.InvitationLogin, email, path, role, by, "", now)
+}
+
+func invite(ctx context.Context, st Users, kind, email, path, role, by, remote string, now time.Time) (Invitation, error) {
 	email, err := ParseEmail(email)
 	if err != nil {
 		return Invitation{}, err
@@ -106,11 +123,15 @@ func Invite(ctx context.Context, st Users, email, path, role, by, remote string,
 	}
 	tok := randomBytes(32)
 	h := sha256.Sum256(tok)
-	inv := Invitation{User: u, Token: base64.RawURLEncoding.EncodeToString(tok), ExpiresAt: now.Add(InvitationTTL)}
-	if err := st.CreateInvitation(ctx, store.ConsoleInvitation{TokenHash: h[:], UserID: u.ID, CreatedBy: by, CreatedAt: now, ExpiresAt: inv.ExpiresAt}); err != nil {
+	inv := Invitation{User: u, Kind: kind, Token: base64.RawURLEncoding.EncodeToString(tok), ExpiresAt: now.Add(InvitationTTL)}
+	if err := st.CreateInvitation(ctx, store.ConsoleInvitation{TokenHash: h[:], UserID: u.ID, Kind: kind, CreatedBy: by, CreatedAt: now, ExpiresAt: inv.ExpiresAt}); err != nil {
 		return Invitation{}, err
 	}
-	err = st.AppendAudit(ctx, store.AuditEntry{At: now, Actor: by, Scope: scope, Action: "user-invite", Target: email, Detail: role + " of " + scopeName(scope), Remote: remote, OK: true})
+	action := "user-invite"
+	if kind == store.InvitationLogin {
+		action = "login-link"
+	}
+	err = st.AppendAudit(ctx, store.AuditEntry{At: now, Actor: by, Scope: scope, Action: action, Target: email, Detail: role + " of " + scopeName(scope), Remote: remote, OK: true})
 	return inv, err
 }
 

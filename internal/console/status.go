@@ -12,6 +12,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
@@ -89,7 +90,7 @@ func (w *StatusWatcher) Run(ctx context.Context) error {
 
 // RoleStatusReader is the service role the console's watcher needs: read
 // +/+/+/status (tacs.DefaultGrants has it).
-const RoleStatusReader = "status-reader"
+const RoleStatusReader = tacs.RoleStatusReader
 
 // handle applies one status message; anything malformed is ignored (the
 // broker already checked that the publisher owns the topic).

@@ -464,9 +464,9 @@ type buckets struct {
 }
 
 type bucket struct {
-	n              int
-	minT, maxT     time.Time
-	minV, maxV     float64
+	n          int
+	minT, maxT time.Time
+	minV, maxV float64
 }
 
 func newBuckets(from, to time.Time, n int) *buckets {

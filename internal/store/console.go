@@ -65,11 +65,18 @@ type ConsoleCredential struct {
 type ConsoleInvitation struct {
 	TokenHash []byte
 	UserID    int64
+	Kind      string // InvitationRegister or InvitationLogin
 	CreatedBy string
 	CreatedAt time.Time
 	ExpiresAt time.Time
 	UsedAt    time.Time // zero while unused
 }
+
+// Invitation kinds.
+const (
+	InvitationRegister = "register" // registers a passkey or binds a certificate
+	InvitationLogin    = "login"    // logs in once (the demo's links)
+)
 
 // ConsoleSession is a logged-in browser; only the SHA-256 of its cookie
 // token is stored.
@@ -119,10 +126,14 @@ type Console interface {
 	// or ErrNotFound.
 	Invitation(ctx context.Context, tokenHash []byte) (ConsoleInvitation, error)
 	// AddCredential adds a credential. With a non-nil invitation it
-	// consumes that invitation in the same transaction: if it is unknown,
-	// used, expired at at, or for another user, nothing is added and the
-	// error wraps ErrNotFound. ErrExists if the credential id is taken.
+	// consumes that invitation (of kind InvitationRegister) in the same
+	// transaction: if it is unknown, used, expired at at, of another kind
+	// or for another user, nothing is added and the error wraps
+	// ErrNotFound. ErrExists if the credential id is taken.
 	AddCredential(ctx context.Context, c ConsoleCredential, invitation []byte, at time.Time) error
+	// ConsumeInvitation marks an unused, unexpired invitation of kind used
+	// at at and returns it; else an error wrapping ErrNotFound.
+	ConsumeInvitation(ctx context.Context, tokenHash []byte, kind string, at time.Time) (ConsoleInvitation, error)
 	// Credential returns the credential with the id, or ErrNotFound.
 	Credential(ctx context.Context, id []byte) (ConsoleCredential, error)
 	// Credentials returns the user's credentials, oldest first.

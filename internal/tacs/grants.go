@@ -15,6 +15,7 @@ const (
 	RoleAdmin          = "admin"
 	RoleSnapshotReader = "snapshot-reader"
 	RoleFirmwareWriter = "firmware-writer"
+	RoleStatusReader   = "status-reader"
 )
 
 // Grant allows the actions it names on every topic Filter matches — or,
@@ -50,7 +51,9 @@ type Grants map[string][]Grant
 //
 //   - admin: read and write everything, including $SYS/#;
 //   - snapshot-reader (ingest): read +/+/+/snapshots;
-//   - firmware-writer: write +/+/+/firmware.
+//   - firmware-writer: write +/+/+/firmware;
+//   - status-reader (the console): read +/+/+/status, the gateways'
+//     birth messages and wills.
 func DefaultGrants() Grants {
 	return Grants{
 		RoleAdmin: {
@@ -59,6 +62,7 @@ func DefaultGrants() Grants {
 		},
 		RoleSnapshotReader: {{Filter: "+/+/+/snapshots", Read: true}},
 		RoleFirmwareWriter: {{Filter: "+/+/+/firmware", Write: true}},
+		RoleStatusReader:   {{Filter: "+/+/+/status", Read: true}},
 	}
 }
 

@@ -114,6 +114,14 @@
     });
   }
 
+  const loginLink = $("#login-link");
+  if (loginLink) {
+    const token = location.hash.slice(1);
+    history.replaceState(null, "", "/login/link");
+    postJSON("/login/link", { token }).then((r) => location.assign(r.next || "/fleet"),
+      (e) => setText($("#login-link-error"), e.message));
+  }
+
   const invite = $("#invite");
   if (invite) {
     const token = location.hash.slice(1);

@@ -62,7 +62,7 @@ func (s *Store) ConsoleUserByEmail(ctx context.Context, email string) (store.Con
 // ConsoleUsers implements store.Console.
 func (s *Store) ConsoleUsers(ctx context.Context, scope string) ([]store.ConsoleUser, error) {
 	var q query
-	q.add(`SELECT `+userCols+` FROM console_users WHERE `)
+	q.add(`SELECT ` + userCols + ` FROM console_users WHERE `)
 	if err := q.scope("scope", scope); err != nil {
 		return nil, err
 	}
@@ -105,8 +105,8 @@ func (s *Store) DisableUser(ctx context.Context, id int64, at time.Time) error {
 
 // CreateInvitation implements store.Console.
 func (s *Store) CreateInvitation(ctx context.Context, inv store.ConsoleInvitation) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO console_invitations (token_hash, user_id, created_by, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)`,
-		inv.TokenHash, inv.UserID, store.SafeText(inv.CreatedBy), seconds(inv.CreatedAt), seconds(inv.ExpiresAt))
+	_, err := s.pool.Exec(ctx, `INSERT INTO console_invitations (token_hash, user_id, kind, created_by, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)`,
+		inv.TokenHash, inv.UserID, inv.Kind, store.SafeText(inv.CreatedBy), seconds(inv.CreatedAt), seconds(inv.ExpiresAt))
 	if err != nil {
 		return fmt.Errorf("create invitation: %w", err)
 	}
@@ -117,8 +117,8 @@ func (s *Store) CreateInvitation(ctx context.Context, inv store.ConsoleInvitatio
 func (s *Store) Invitation(ctx context.Context, tokenHash []byte) (store.ConsoleInvitation, error) {
 	inv := store.ConsoleInvitation{TokenHash: tokenHash}
 	var used *time.Time
-	err := s.pool.QueryRow(ctx, `SELECT user_id, created_by, created_at, expires_at, used_at FROM console_invitations WHERE token_hash = $1`, tokenHash).
-		Scan(&inv.UserID, &inv.CreatedBy, &inv.CreatedAt, &inv.ExpiresAt, &used)
+	err := s.pool.QueryRow(ctx, `SELECT user_id, kind, created_by, created_at, expires_at, used_at FROM console_invitations WHERE token_hash = $1`, tokenHash).
+		Scan(&inv.UserID, &inv.Kind, &inv.CreatedBy, &inv.CreatedAt, &inv.ExpiresAt, &used)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return inv, fmt.Errorf("invitation: %w", store.ErrNotFound)
 	}
@@ -137,7 +137,7 @@ func (s *Store) AddCredential(ctx context.Context, c store.ConsoleCredential, in
 	}
 	defer tx.Rollback(ctx)
 	if invitation != nil {
-		tag, err := tx.Exec(ctx, `UPDATE console_invitations SET used_at = $1 WHERE token_hash = $2 AND user_id = $3 AND used_at IS NULL AND expires_at > $1`,
+		tag, err := tx.Exec(ctx, `UPDATE console_invitations SET used_at = $1 WHERE token_hash = $2 AND user_id = $3 AND kind = 'register' AND used_at IS NULL AND expires_at > $1`,
 			seconds(at), invitation, c.UserID)
 		if err != nil {
 			return fmt.Errorf("consume invitation: %w", err)
@@ -155,6 +155,19 @@ func (s *Store) AddCredential(ctx context.Context, c store.ConsoleCredential, in
 		return fmt.Errorf("add credential: %w", err)
 	}
 	return tx.Commit(ctx)
+}
+
+// ConsumeInvitation implements store.Console.
+func (s *Store) ConsumeInvitation(ctx context.Context, tokenHash []byte, kind string, at time.Time) (store.ConsoleInvitation, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE console_invitations SET used_at = $1 WHERE token_hash = $2 AND kind = $3 AND used_at IS NULL AND expires_at > $1`,
+		seconds(at), tokenHash, kind)
+	if err != nil {
+		return store.ConsoleInvitation{}, fmt.Errorf("consume invitation: %w", err)
+	}
+	if tag.RowsAffected() != 1 {
+		return store.ConsoleInvitation{}, fmt.Errorf("invitation unknown, used or expired: %w", store.ErrNotFound)
+	}
+	return s.Invitation(ctx, tokenHash)
 }
 
 const credCols = `id, user_id, kind, name, data, sign_count, created_at, last_used_at`

@@ -111,8 +111,8 @@ func (s *Store) DisableUser(ctx context.Context, id int64, at time.Time) error {
 
 // CreateInvitation implements store.Console.
 func (s *Store) CreateInvitation(ctx context.Context, inv store.ConsoleInvitation) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO console_invitations (token_hash, user_id, created_by, created_at, expires_at) VALUES (?, ?, ?, ?, ?)`,
-		inv.TokenHash, inv.UserID, store.SafeText(inv.CreatedBy), inv.CreatedAt.Unix(), inv.ExpiresAt.Unix())
+	_, err := s.db.ExecContext(ctx, `INSERT INTO console_invitations (token_hash, user_id, kind, created_by, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)`,
+		inv.TokenHash, inv.UserID, inv.Kind, store.SafeText(inv.CreatedBy), inv.CreatedAt.Unix(), inv.ExpiresAt.Unix())
 	if err != nil {
 		return fmt.Errorf("create invitation: %w", err)
 	}
@@ -124,8 +124,8 @@ func (s *Store) Invitation(ctx context.Context, tokenHash []byte) (store.Console
 	inv := store.ConsoleInvitation{TokenHash: tokenHash}
 	var created, expires int64
 	var used sql.NullInt64
-	err := s.db.QueryRowContext(ctx, `SELECT user_id, created_by, created_at, expires_at, used_at FROM console_invitations WHERE token_hash = ?`, tokenHash).
-		Scan(&inv.UserID, &inv.CreatedBy, &created, &expires, &used)
+	err := s.db.QueryRowContext(ctx, `SELECT user_id, kind, created_by, created_at, expires_at, used_at FROM console_invitations WHERE token_hash = ?`, tokenHash).
+		Scan(&inv.UserID, &inv.Kind, &inv.CreatedBy, &created, &expires, &used)
 	if errors.Is(err, sql.ErrNoRows) {
 		return inv, fmt.Errorf("invitation: %w", store.ErrNotFound)
 	}
@@ -144,7 +144,7 @@ func (s *Store) AddCredential(ctx context.Context, c store.ConsoleCredential, in
 	}
 	defer tx.Rollback()
 	if invitation != nil {
-		res, err := tx.ExecContext(ctx, `UPDATE console_invitations SET used_at = ? WHERE token_hash = ? AND user_id = ? AND used_at IS NULL AND expires_at > ?`,
+		res, err := tx.ExecContext(ctx, `UPDATE console_invitations SET used_at = ? WHERE token_hash = ? AND user_id = ? AND kind = 'register' AND used_at IS NULL AND expires_at > ?`,
 			at.Unix(), invitation, c.UserID, at.Unix())
 		if err != nil {
 			return fmt.Errorf("consume invitation: %w", err)
@@ -162,6 +162,19 @@ func (s *Store) AddCredential(ctx context.Context, c store.ConsoleCredential, in
 		return fmt.Errorf("add credential: %w", err)
 	}
 	return tx.Commit()
+}
+
+// ConsumeInvitation implements store.Console.
+func (s *Store) ConsumeInvitation(ctx context.Context, tokenHash []byte, kind string, at time.Time) (store.ConsoleInvitation, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE console_invitations SET used_at = ? WHERE token_hash = ? AND kind = ? AND used_at IS NULL AND expires_at > ?`,
+		at.Unix(), tokenHash, kind, at.Unix())
+	if err != nil {
+		return store.ConsoleInvitation{}, fmt.Errorf("consume invitation: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return store.ConsoleInvitation{}, fmt.Errorf("invitation unknown, used or expired: %w", store.ErrNotFound)
+	}
+	return s.Invitation(ctx, tokenHash)
 }
 
 const credCols = `id, user_id, kind, name, data, sign_count, created_at, last_used_at`

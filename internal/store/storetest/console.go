@@ -107,7 +107,7 @@ func testConsoleInvitations(t *testing.T, s store.Store) {
 	other := mustUser(t, s, "b@acme.example", "acme", store.RoleViewer)
 	now := time.Now().Truncate(time.Second)
 	tok := []byte("token-hash-1")
-	if err := s.CreateInvitation(ctx, store.ConsoleInvitation{TokenHash: tok, UserID: u.ID, CreatedBy: "cli", CreatedAt: now, ExpiresAt: now.Add(72 * time.Hour)}); err != nil {
+	if err := s.CreateInvitation(ctx, store.ConsoleInvitation{TokenHash: tok, UserID: u.ID, Kind: store.InvitationRegister, CreatedBy: "cli", CreatedAt: now, ExpiresAt: now.Add(72 * time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	inv, err := s.Invitation(ctx, tok)
@@ -134,8 +134,28 @@ func testConsoleInvitations(t *testing.T, s store.Store) {
 	if _, err := s.Credential(ctx, []byte{2}); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("the replay added a credential: %v", err)
 	}
-	if inv, _ := s.Invitation(ctx, tok); inv.UsedAt.IsZero() {
-		t.Fatal("invitation not marked used")
+	if inv, _ := s.Invitation(ctx, tok); inv.UsedAt.IsZero() || inv.Kind != store.InvitationRegister {
+		t.Fatalf("invitation after use: %+v", inv)
+	}
+	// A login link is spent once, and cannot register a credential.
+	login := []byte("token-hash-2")
+	if err := s.CreateInvitation(ctx, store.ConsoleInvitation{TokenHash: login, UserID: u.ID, Kind: store.InvitationLogin, CreatedBy: "demo", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddCredential(ctx, cred(3, u.ID), login, now); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("login link used to register: err = %v, want ErrNotFound", err)
+	}
+	if _, err := s.ConsumeInvitation(ctx, login, store.InvitationRegister, now); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("login link consumed as another kind: err = %v", err)
+	}
+	if _, err := s.ConsumeInvitation(ctx, login, store.InvitationLogin, now.Add(time.Hour)); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("expired login link: err = %v", err)
+	}
+	if got, err := s.ConsumeInvitation(ctx, login, store.InvitationLogin, now); err != nil || got.UserID != u.ID || got.UsedAt.IsZero() {
+		t.Fatalf("ConsumeInvitation = %+v, %v", got, err)
+	}
+	if _, err := s.ConsumeInvitation(ctx, login, store.InvitationLogin, now); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("replayed login link: err = %v", err)
 	}
 	if _, err := s.Invitation(ctx, []byte("nope")); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("unknown invitation: err = %v", err)

@@ -26,6 +26,7 @@ CREATE INDEX console_credentials_user ON console_credentials (user_id);
 CREATE TABLE console_invitations (
     token_hash bytea    PRIMARY KEY,
     user_id    bigint NOT NULL REFERENCES console_users (id),
+    kind       text    NOT NULL,        -- register (a passkey or certificate) or login (a one-time login link)
     created_by text    NOT NULL,
     created_at timestamptz NOT NULL,
     expires_at timestamptz NOT NULL,

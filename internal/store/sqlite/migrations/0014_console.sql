@@ -26,6 +26,7 @@ CREATE INDEX console_credentials_user ON console_credentials (user_id);
 CREATE TABLE console_invitations (
     token_hash BLOB    PRIMARY KEY,
     user_id    INTEGER NOT NULL REFERENCES console_users (id),
+    kind       TEXT    NOT NULL,        -- register (a passkey or certificate) or login (a one-time login link)
     created_by TEXT    NOT NULL,
     created_at INTEGER NOT NULL,
     expires_at INTEGER NOT NULL,

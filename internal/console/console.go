@@ -261,7 +261,7 @@ func (c *Console) secure(next http.HandlerFunc) http.Handler {
 		h.Set("Content-Security-Policy", csp)
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("X-Frame-Options", "DENY")
-		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Referrer-Policy", "same-origin")
 		h.Set("Cross-Origin-Opener-Policy", "same-origin")
 		h.Set("Cross-Origin-Resource-Policy", "same-origin")
 		h.Set("Strict-Transport-Security", "max-age=31536000")
@@ -324,11 +324,18 @@ func (c *Console) requireCSRF(h func(http.ResponseWriter, *http.Request, *Viewer
 const maxForm = 64 << 10
 
 // sameOrigin reports whether a state-changing request comes from the
-// console's own pages: its Origin (sent by every browser on POST) must be
-// this host over https.
+// console's own pages: its Origin (sent by browsers on every POST) must be
+// this host over https. A browser that withholds the origin ("null")
+// still says where the request came from in Sec-Fetch-Site, which no page
+// can forge.
 func sameOrigin(r *http.Request) bool {
-	o := r.Header.Get("Origin")
-	return o != "" && o == "https://"+r.Host
+	switch o := r.Header.Get("Origin"); o {
+	case "https://" + r.Host:
+		return true
+	case "", "null":
+		return r.Header.Get("Sec-Fetch-Site") == "same-origin"
+	}
+	return false
 }
 
 // fail renders an error page.

@@ -162,11 +162,7 @@ const revalidateEvery = 2 * time.Second
 
 // serve is GET /events: Server-Sent Events of what the viewer may read.
 func (h *hub) serve(w http.ResponseWriter, r *http.Request, v *Viewer) {
-	fl, ok := w.(http.Flusher)
-	if !ok {
-		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
-		return
-	}
+	rc := http.NewResponseController(w)
 	s, ok := h.add(v)
 	if !ok {
 		w.Header().Set("Retry-After", "10")
@@ -179,7 +175,9 @@ func (h *hub) serve(w http.ResponseWriter, r *http.Request, v *Viewer) {
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	fmt.Fprintf(w, "retry: 3000\n: live feed of %s\n\n", v.ScopeName())
-	fl.Flush()
+	if err := rc.Flush(); err != nil {
+		return
+	}
 	check := time.NewTicker(revalidateEvery)
 	defer check.Stop()
 	for {
@@ -189,7 +187,7 @@ func (h *hub) serve(w http.ResponseWriter, r *http.Request, v *Viewer) {
 		case <-check.C:
 			if _, err := h.c.auth.viewer(r); err != nil {
 				fmt.Fprint(w, "event: logout\ndata: {}\n\n")
-				fl.Flush()
+				rc.Flush()
 				return
 			}
 		case e, ok := <-s.ch:
@@ -197,7 +195,9 @@ func (h *hub) serve(w http.ResponseWriter, r *http.Request, v *Viewer) {
 				return
 			}
 			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", e.kind, e.data)
-			fl.Flush()
+			if err := rc.Flush(); err != nil {
+				return
+			}
 		}
 	}
 }

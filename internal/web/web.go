@@ -104,6 +104,10 @@ func (s *statusRecorder) WriteHeader(code int) {
 	s.ResponseWriter.WriteHeader(code)
 }
 
+// Unwrap lets http.ResponseController reach the connection (the console's
+// event stream flushes through it).
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
 // logRequests logs each request with the client identity when it presented
 // a certificate.
 func logRequests(log *slog.Logger, next http.Handler) http.Handler {

@@ -224,8 +224,11 @@
         tr.classList.remove("flash"); void tr.offsetWidth; tr.classList.add("flash");
       });
       const dev = $("#device");
-      if (dev && dev.dataset.path === s.path) {
-        setText($("[data-seq]", dev), String(s.seq));
+      const seqEl = dev && $("[data-seq]", dev);
+      // The page may already show what the feed announces (it was
+      // rendered between the snapshot's arrival and the feed's poll).
+      if (dev && dev.dataset.path === s.path && s.seq > Number(seqEl.textContent)) {
+        setText(seqEl, String(s.seq));
         const cnt = $("[data-count]", dev);
         if (cnt) setText(cnt, String(Number(cnt.textContent) + 1));
         const tbody = $("#recent tbody");

@@ -132,7 +132,7 @@ func ptr[T any](v T) *T { return &v }
 // FIELDTRUST_SCREENSHOTS set, into that directory: docs/console/).
 func screenshot(t *testing.T, ctx context.Context, dir, name string) {
 	t.Helper()
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(90))
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatalf("screenshot %s: %v", name, err)
 	}

@@ -456,11 +456,19 @@ func (c *Console) loadSeries(r *http.Request, v *Viewer, gw, dev, ch string, fro
 	return s, nil
 }
 
-// buckets downsample a time series to min/max per bucket.
+// buckets downsample a time series to min/max per bucket; while the
+// series has no more than two points per bucket it is kept as it is.
 type buckets struct {
-	from  time.Time
-	width time.Duration
-	b     []bucket
+	from     time.Time
+	width    time.Duration
+	b        []bucket
+	raw      []rawPoint // nil once the series outgrew 2 points per bucket
+	overflow bool
+}
+
+type rawPoint struct {
+	t time.Time
+	v float64
 }
 
 type bucket struct {
@@ -478,9 +486,19 @@ func newBuckets(from, to time.Time, n int) *buckets {
 }
 
 func (bs *buckets) add(t time.Time, v float64) {
+	if t.Before(bs.from) {
+		return // (a negative offset would truncate to bucket 0)
+	}
 	i := int(t.Sub(bs.from) / bs.width)
-	if i < 0 || i >= len(bs.b) {
+	if i >= len(bs.b) {
 		return
+	}
+	if !bs.overflow {
+		if len(bs.raw) < 2*len(bs.b) {
+			bs.raw = append(bs.raw, rawPoint{t, v})
+		} else {
+			bs.raw, bs.overflow = nil, true
+		}
 	}
 	b := &bs.b[i]
 	if b.n == 0 || v < b.minV {
@@ -495,6 +513,12 @@ func (bs *buckets) add(t time.Time, v float64) {
 func (bs *buckets) points() (ts, vs []float64) {
 	ts, vs = []float64{}, []float64{}
 	sec := func(t time.Time) float64 { return float64(t.UnixMilli()) / 1000 }
+	if !bs.overflow {
+		for _, p := range bs.raw {
+			ts, vs = append(ts, sec(p.t)), append(vs, p.v)
+		}
+		return ts, vs
+	}
 	for _, b := range bs.b {
 		switch {
 		case b.n == 0:

@@ -150,16 +150,41 @@ func equalToken(got, want string) bool {
 
 // limited bounds login attempts per client address: beyond the rate the
 // request is refused with 429 and Retry-After, without a log line per
-// attempt (a flood must not flood the log).
+// attempt (a flood must not flood the log). Every attempt costs a token;
+// a login that succeeds gets it back (so a person who logs in often is
+// never locked out), a ceremony begun does not (it holds server state).
+// The limiter's bucket is only read before the attempt, and charged after.
 func (a *authenticator) limited(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if !a.limiter(remoteHost(r)).Allow() {
+		l := a.limiter(remoteHost(r))
+		if l.Tokens() < 1 {
 			w.Header().Set("Retry-After", strconv.Itoa(int(1/float64(a.limit))+1))
 			writeJSON(w, http.StatusTooManyRequests, map[string]string{"error": "too many login attempts from your address; wait a minute and try again"})
 			return
 		}
-		h(w, r)
+		rec := &loginRecorder{ResponseWriter: w}
+		h(rec, r)
+		if !rec.loggedIn {
+			l.Allow() // charged after the fact: concurrent attempts may overshoot by a few
+		}
 	}
+}
+
+// loginRecorder notes whether a response set a session cookie.
+type loginRecorder struct {
+	http.ResponseWriter
+	loggedIn bool
+}
+
+func (l *loginRecorder) WriteHeader(code int) {
+	if code < 400 && strings.Contains(strings.Join(l.Header().Values("Set-Cookie"), ";"), sessionCookie+"=") && !strings.Contains(strings.Join(l.Header().Values("Set-Cookie"), ";"), sessionCookie+"=;") {
+		l.loggedIn = true
+	}
+	l.ResponseWriter.WriteHeader(code)
+}
+
+func (l *loginRecorder) Write(b []byte) (int, error) {
+	return l.ResponseWriter.Write(b)
 }
 
 func (a *authenticator) limiter(key string) *rate.Limiter {
@@ -175,7 +200,7 @@ func (a *authenticator) limiter(key string) *rate.Limiter {
 				}
 			}
 			if len(a.limiters) >= maxLimiters {
-				return rate.NewLimiter(0, 0) // under a flood of addresses, refuse new ones
+				return rate.NewLimiter(0, 0) // under a flood of addresses, refuse new ones (0 tokens)
 			}
 		}
 		l = rate.NewLimiter(a.limit, a.burst)

@@ -51,8 +51,8 @@ type authenticator struct {
 	ceremonies map[string]*ceremony
 	limiters   map[string]*rate.Limiter
 	rps        map[string]*webauthn.WebAuthn
-	limit      rate.Limit
-	burst      int
+	limit1     rate.Limit // failed attempts per second and client address
+	burst1     int
 }
 
 // ceremony is a WebAuthn registration or login in progress (between its
@@ -67,29 +67,29 @@ type ceremony struct {
 
 func newAuthenticator(c *Console) (*authenticator, error) {
 	a := &authenticator{c: c, ttl: c.opts.SessionTTL, ceremonies: map[string]*ceremony{}, limiters: map[string]*rate.Limiter{}, rps: map[string]*webauthn.WebAuthn{},
-		limit: rate.Limit(c.opts.LoginRate), burst: c.opts.LoginBurst}
+		limit1: rate.Limit(c.opts.LoginRate), burst1: c.opts.LoginBurst}
 	if a.ttl <= 0 {
 		a.ttl = DefaultSessionTTL
 	}
-	if a.limit <= 0 {
-		a.limit = rate.Limit(10.0 / 60)
+	if a.limit1 <= 0 {
+		a.limit1 = rate.Limit(10.0 / 60)
 	}
-	if a.burst <= 0 {
-		a.burst = 10
+	if a.burst1 <= 0 {
+		a.burst1 = 10
 	}
 	return a, nil
 }
 
 func (a *authenticator) register(h func(string, http.HandlerFunc)) {
 	h("GET /login", a.loginPage)
-	h("POST /login/passkey/begin", a.limited(a.loginBegin))
+	h("POST /login/passkey/begin", a.limitedBegin(a.loginBegin))
 	h("POST /login/passkey/finish", a.limited(a.loginFinish))
 	h("POST /login/certificate", a.limited(a.loginCertificate))
 	h("GET /login/link", a.loginLinkPage)
 	h("POST /login/link", a.limited(a.loginLink))
 	h("GET /invite", a.invitePage)
 	h("POST /invite/info", a.limited(a.inviteInfo))
-	h("POST /invite/passkey/begin", a.limited(a.inviteBegin))
+	h("POST /invite/passkey/begin", a.limitedBegin(a.inviteBegin))
 	h("POST /invite/passkey/finish", a.limited(a.registerFinish))
 	h("POST /invite/certificate", a.limited(a.inviteCertificate))
 	h("POST /logout", a.c.requireLogin(a.c.requireCSRF(a.logout)))
@@ -148,24 +148,36 @@ func equalToken(got, want string) bool {
 	return want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 }
 
-// limited bounds login attempts per client address: beyond the rate the
-// request is refused with 429 and Retry-After, without a log line per
-// attempt (a flood must not flood the log). Every attempt costs a token;
-// a login that succeeds gets it back (so a person who logs in often is
-// never locked out), a ceremony begun does not (it holds server state).
-// The limiter's bucket is only read before the attempt, and charged after.
+// limited bounds failed login attempts per client address: beyond the
+// rate the request is refused with 429 and Retry-After, without a log
+// line per attempt (a flood must not flood the log). An attempt that does
+// not log in costs a token; one that does costs nothing, so a person who
+// logs in often is never locked out. The bucket is read before the
+// attempt and charged after it (concurrent attempts may overshoot by a
+// few).
 func (a *authenticator) limited(h http.HandlerFunc) http.HandlerFunc {
+	return a.limit("attempt", a.limit1, a.burst1, true, h)
+}
+
+// limitedBegin bounds the ceremonies a client address may begin (each
+// holds a challenge in memory for a few minutes): six times the failed
+// attempts' budget, every one charged.
+func (a *authenticator) limitedBegin(h http.HandlerFunc) http.HandlerFunc {
+	return a.limit("begin", 6*a.limit1, 6*a.burst1, false, h)
+}
+
+func (a *authenticator) limit(kind string, lim rate.Limit, burst int, onlyFailures bool, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		l := a.limiter(remoteHost(r))
+		l := a.limiter(kind+" "+remoteHost(r), lim, burst)
 		if l.Tokens() < 1 {
-			w.Header().Set("Retry-After", strconv.Itoa(int(1/float64(a.limit))+1))
+			w.Header().Set("Retry-After", strconv.Itoa(int(1/float64(lim))+1))
 			writeJSON(w, http.StatusTooManyRequests, map[string]string{"error": "too many login attempts from your address; wait a minute and try again"})
 			return
 		}
 		rec := &loginRecorder{ResponseWriter: w}
 		h(rec, r)
-		if !rec.loggedIn {
-			l.Allow() // charged after the fact: concurrent attempts may overshoot by a few
+		if !onlyFailures || !rec.loggedIn {
+			l.Allow()
 		}
 	}
 }
@@ -187,7 +199,7 @@ func (l *loginRecorder) Write(b []byte) (int, error) {
 	return l.ResponseWriter.Write(b)
 }
 
-func (a *authenticator) limiter(key string) *rate.Limiter {
+func (a *authenticator) limiter(key string, lim rate.Limit, burst int) *rate.Limiter {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	l, ok := a.limiters[key]
@@ -195,7 +207,7 @@ func (a *authenticator) limiter(key string) *rate.Limiter {
 		if len(a.limiters) >= maxLimiters {
 			// Forget the full buckets: they are the same as new ones.
 			for k, v := range a.limiters {
-				if v.Tokens() >= float64(a.burst) {
+				if v.Tokens() >= float64(v.Burst()) {
 					delete(a.limiters, k)
 				}
 			}
@@ -203,7 +215,7 @@ func (a *authenticator) limiter(key string) *rate.Limiter {
 				return rate.NewLimiter(0, 0) // under a flood of addresses, refuse new ones (0 tokens)
 			}
 		}
-		l = rate.NewLimiter(a.limit, a.burst)
+		l = rate.NewLimiter(lim, burst)
 		a.limiters[key] = l
 	}
 	return l

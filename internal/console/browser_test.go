@@ -90,7 +90,7 @@ func demoPlatform(t *testing.T) (base, dir string) {
 // (no network, no sandbox as root), downloads allowed into downloads, and
 // a virtual WebAuthn authenticator (a platform authenticator with
 // resident keys and user verification, as a laptop's).
-func newBrowser(t *testing.T, downloads string) context.Context {
+func newBrowser(t *testing.T, downloads string) (context.Context, webauthn.AuthenticatorID) {
 	t.Helper()
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(chromium(t)),
@@ -106,6 +106,7 @@ func newBrowser(t *testing.T, downloads string) context.Context {
 	ctx, cancelC := chromedp.NewContext(actx)
 	ctx, cancelT := context.WithTimeout(ctx, 3*time.Minute)
 	t.Cleanup(func() { cancelT(); cancelC(); cancelA() })
+	var auth webauthn.AuthenticatorID
 	err := chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
 		if _, err := chromedp.Call(ctx, browser.SetDownloadBehavior, browser.SetDownloadBehaviorParams{
 			Behavior: browser.SetDownloadBehaviorBehaviorAllowAndName, DownloadPath: downloads, EventsEnabled: ptr(true)}); err != nil {
@@ -114,16 +115,17 @@ func newBrowser(t *testing.T, downloads string) context.Context {
 		if _, err := chromedp.Call(ctx, webauthn.Enable, webauthn.EnableParams{}); err != nil {
 			return err
 		}
-		_, err := chromedp.Call(ctx, webauthn.AddVirtualAuthenticator, webauthn.AddVirtualAuthenticatorParams{Options: &webauthn.VirtualAuthenticatorOptions{
+		res, err := chromedp.Call(ctx, webauthn.AddVirtualAuthenticator, webauthn.AddVirtualAuthenticatorParams{Options: &webauthn.VirtualAuthenticatorOptions{
 			Protocol: webauthn.AuthenticatorProtocolCtap2, Transport: webauthn.AuthenticatorTransportInternal,
 			HasResidentKey: true, HasUserVerification: true, IsUserVerified: true, AutomaticPresenceSimulation: true,
 		}})
+		auth = res.AuthenticatorID
 		return err
 	}))
 	if err != nil {
 		t.Fatalf("start chromium: %v", err)
 	}
-	return ctx
+	return ctx, auth
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -200,7 +202,7 @@ func TestBrowser(t *testing.T) {
 	base, dir := demoPlatform(t)
 	shots := t.TempDir()
 	downloads := t.TempDir()
-	ctx := newBrowser(t, downloads)
+	ctx, authenticator := newBrowser(t, downloads)
 
 	d, err := datadir.Open(t.Context(), dir, nil)
 	if err != nil {
@@ -284,6 +286,20 @@ func TestBrowser(t *testing.T) {
 	step(t, ctx, "log out", chromedp.Click(css(`header form[action="/logout"] button`)), chromedp.WaitVisible(css("#passkey-login")))
 	step(t, ctx, "log in with the passkey", chromedp.Click(css("#passkey-login")))
 	step(t, ctx, "the fleet after the passkey login", chromedp.WaitVisible(css("#fleet tbody tr[data-path]")))
+
+	// 4b. The passkey, taken out of the authenticator, in a client of our
+	// own: the server checks the origin, the sign counter and the
+	// challenge of every assertion.
+	var creds webauthn.GetCredentialsResult
+	err = chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
+		var err error
+		creds, err = chromedp.Call(ctx, webauthn.GetCredentials, webauthn.GetCredentialsParams{AuthenticatorID: authenticator})
+		return err
+	}))
+	if err != nil || len(creds.Credentials) != 1 {
+		t.Fatalf("the virtual authenticator's credentials: %+v, %v", creds, err)
+	}
+	passkeyAttacks(t, base, d, creds.Credentials[0])
 
 	// 5. A device: a chart with real data points, and a new snapshot
 	// arriving live.

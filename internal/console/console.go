@@ -94,8 +94,9 @@ type Options struct {
 	Hosts []string
 	// SessionTTL is how long a login lasts; 0 means DefaultSessionTTL.
 	SessionTTL time.Duration
-	// LoginRate and LoginBurst bound login attempts per client address;
-	// zero means 10 per minute, burst 10.
+	// LoginRate and LoginBurst bound failed login attempts per client
+	// address (per second; zero means 10 per minute, burst 10); beginning
+	// a passkey ceremony is bounded at six times that.
 	LoginRate  float64
 	LoginBurst int
 	// PollEvery is how often the live view looks for new snapshots; 0

@@ -475,7 +475,8 @@ func TestConsoleSecurity(t *testing.T) {
 	t.Run("LoginRateLimit", func(t *testing.T) {
 		limited := 0
 		for range 30 {
-			resp, _ := anon.postJSON("/login/passkey/begin", nil)
+			// A forged assertion without a ceremony: a failed attempt.
+			resp, _ := anon.postJSON("/login/passkey/finish", map[string]string{"id": "x"})
 			if resp.StatusCode == http.StatusTooManyRequests {
 				limited++
 				if resp.Header.Get("Retry-After") == "" {
@@ -484,7 +485,16 @@ func TestConsoleSecurity(t *testing.T) {
 			}
 		}
 		if limited < 15 {
-			t.Errorf("%d of 30 rapid login attempts were refused, want most", limited)
+			t.Errorf("%d of 30 rapid failed logins were refused, want most", limited)
+		}
+		begun := 0
+		for range 100 {
+			if resp, _ := anon.postJSON("/login/passkey/begin", nil); resp.StatusCode == http.StatusOK {
+				begun++
+			}
+		}
+		if begun > 70 {
+			t.Errorf("%d of 100 rapid ceremonies begun, want at most about 60", begun)
 		}
 	})
 }

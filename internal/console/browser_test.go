@@ -419,4 +419,3 @@ func latestHash(t *testing.T, d *datadir.Dir, scope string) string {
 	}
 	return fmt.Sprintf("%x", all[0].Hash)
 }
-

@@ -49,6 +49,7 @@ import (
 type Store interface {
 	store.Console
 	store.Live
+	store.Series
 	ListDevices(ctx context.Context, scope string) ([]store.Device, error)
 	QuerySnapshots(ctx context.Context, q store.SnapshotQuery) ([]store.SnapshotRecord, error)
 	LatestSnapshots(ctx context.Context, scope string) ([]store.SnapshotRecord, error)

@@ -30,7 +30,7 @@ func TestBuckets(t *testing.T) {
 		}
 		b.add(t0.Add(time.Duration(i)*time.Second), v)
 	}
-	b.add(t0.Add(-time.Second), 1e9)  // before the range: ignored
+	b.add(t0.Add(-time.Second), 1e9) // before the range: ignored
 	b.add(t0.Add(24*time.Hour), 1e9) // at its end (exclusive): ignored
 	ts, vs = b.points()
 	if len(ts) > 200 || len(ts) != len(vs) {

@@ -73,7 +73,9 @@ func (b *browserClient) do(method, path, origin, ctype string, body []byte, hdr 
 	return resp, string(out)
 }
 
-func (b *browserClient) get(path string) (*http.Response, string) { return b.do("GET", path, "-", "", nil) }
+func (b *browserClient) get(path string) (*http.Response, string) {
+	return b.do("GET", path, "-", "", nil)
+}
 
 func (b *browserClient) postJSON(path string, v any, hdr ...string) (*http.Response, string) {
 	body, _ := json.Marshal(v)

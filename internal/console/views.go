@@ -138,6 +138,10 @@ func (c *Console) fleet(w http.ResponseWriter, r *http.Request, v *Viewer) {
 	lo := (page - 1) * fleetPageSize
 	fv.Rows = keep[lo:min(lo+fleetPageSize, len(keep))]
 	fv.Shown = len(fv.Rows)
+	if err := c.fillLatest(r, fv.Rows); err != nil {
+		c.serverError(w, r, v, err)
+		return
+	}
 	link := func(p int) string {
 		u := url.Values{"page": {strconv.Itoa(p)}}
 		if search != "" {
@@ -164,7 +168,7 @@ const integrityWindow = 7 * 24 * time.Hour
 // snapshot, gateway state and recent integrity events.
 func (c *Console) fleetRows(r *http.Request, v *Viewer) ([]fleetRow, error) {
 	ctx := r.Context()
-	recs, err := c.opts.Store.LatestSnapshots(ctx, v.Scope)
+	devs, err := c.opts.Store.ListDevices(ctx, v.Scope)
 	if err != nil {
 		return nil, err
 	}
@@ -188,13 +192,12 @@ func (c *Console) fleetRows(r *http.Request, v *Viewer) ([]fleetRow, error) {
 			counts[k][2]++
 		}
 	}
-	rows := make([]fleetRow, 0, len(recs))
-	for _, rec := range recs {
+	rows := make([]fleetRow, 0, len(devs))
+	for _, rec := range devs {
 		if !v.CanRead(rec.Gateway) { // the store scoped it; TACS has the last word
 			continue
 		}
-		row := fleetRow{Path: rec.Path(), Gateway: rec.Gateway, Device: rec.Device, Type: rec.DeviceType, LastSeen: rec.ReceivedAt, Measured: rec.Time, Seq: rec.Seq, Status: "unknown"}
-		row.Values = rec.Values[:min(4, len(rec.Values))]
+		row := fleetRow{Path: rec.Path(), Gateway: rec.Gateway, Device: rec.Device, Type: rec.DeviceType, LastSeen: rec.LastTime, Measured: rec.LastTime, Seq: rec.LastSeq, Status: "unknown"}
 		if n := counts[key{rec.Gateway, rec.Device}]; n != nil {
 			row.Gaps, row.Forks, row.Stale = n[0], n[1], n[2]
 		}
@@ -206,6 +209,32 @@ func (c *Console) fleetRows(r *http.Request, v *Viewer) ([]fleetRow, error) {
 		rows = append(rows, row)
 	}
 	return rows, nil
+}
+
+// fillLatest adds the head snapshot's values to the rows shown: read per
+// gateway of the page, so a page costs the same with 10 or 10,000
+// devices in scope.
+func (c *Console) fillLatest(r *http.Request, rows []fleetRow) error {
+	byPath := map[string]*fleetRow{}
+	var gws []string
+	for i := range rows {
+		byPath[rows[i].Path] = &rows[i]
+		if !slices.Contains(gws, rows[i].Gateway) {
+			gws = append(gws, rows[i].Gateway)
+		}
+	}
+	for _, gw := range gws {
+		heads, err := c.opts.Store.LatestSnapshots(r.Context(), gw)
+		if err != nil {
+			return err
+		}
+		for _, h := range heads {
+			if row := byPath[h.Path()]; row != nil {
+				row.Values, row.LastSeen, row.Seq = h.Values[:min(4, len(h.Values))], h.ReceivedAt, h.Seq
+			}
+		}
+	}
+	return nil
 }
 
 func (c *Console) serverError(w http.ResponseWriter, r *http.Request, v *Viewer, err error) {
@@ -363,12 +392,12 @@ func (c *Console) device(w http.ResponseWriter, r *http.Request, v *Viewer) {
 	c.Render(w, r, v, "device", dv.Path, dv)
 }
 
-// Chart data limits: the browser gets at most maxPoints points whatever
-// the range; the server reads at most maxRawPoints snapshots for one chart.
+// Chart data limits: the browser gets at most 2*maxPoints points whatever
+// the range (the server streams the range through the buckets, in
+// constant memory); a range spans at most maxChartSpan.
 const (
 	defaultPoints = 1000
 	maxPoints     = 4000
-	maxRawPoints  = 1_000_000
 	maxChartSpan  = 31 * 24 * time.Hour
 )
 
@@ -417,42 +446,34 @@ func (c *Console) series(w http.ResponseWriter, r *http.Request, v *Viewer) {
 // Series is a downsampled channel: T in Unix seconds (fractional), V the
 // values; Raw is how many snapshots the range held.
 type Series struct {
-	Channel   string    `json:"channel"`
-	Unit      string    `json:"unit,omitempty"`
-	T         []float64 `json:"t"`
-	V         []float64 `json:"v"`
-	Raw       int       `json:"raw"`
-	Truncated bool      `json:"truncated,omitempty"`
+	Channel string    `json:"channel"`
+	Unit    string    `json:"unit,omitempty"`
+	T       []float64 `json:"t"`
+	V       []float64 `json:"v"`
+	Raw     int       `json:"raw"`
 }
 
 func (c *Console) loadSeries(r *http.Request, v *Viewer, gw, dev, ch string, from, to time.Time, points int) (Series, error) {
 	s := Series{Channel: ch}
 	b := newBuckets(from, to, points)
-	q := store.SnapshotQuery{Scope: v.Scope, Gateway: gw, Device: dev, From: from, To: to, Channels: []string{ch}, Limit: store.MaxLimit}
-	for {
-		recs, err := c.opts.Store.QuerySnapshots(r.Context(), q)
-		if err != nil {
-			return s, err
-		}
-		for _, rec := range recs {
-			for _, val := range rec.Values {
-				if val.Channel == ch {
-					b.add(rec.Time, val.Value)
-					s.Unit = val.Unit
+	n, err := c.opts.Store.ChannelSeries(r.Context(), store.SeriesQuery{Scope: v.Scope, Gateway: gw, Device: dev, Channel: ch, From: from, To: to}, b.add)
+	if err != nil {
+		return s, err
+	}
+	s.Raw = n
+	s.T, s.V = b.points()
+	if n > 0 {
+		// The unit of the channel: from the device's head snapshot.
+		if heads, err := c.opts.Store.LatestSnapshots(r.Context(), gw); err == nil {
+			for _, h := range heads {
+				for _, val := range h.Values {
+					if h.Device == dev && val.Channel == ch {
+						s.Unit = val.Unit
+					}
 				}
 			}
 		}
-		s.Raw += len(recs)
-		if len(recs) < q.Limit {
-			break
-		}
-		if s.Raw >= maxRawPoints {
-			s.Truncated = true
-			break
-		}
-		q.After = recs[len(recs)-1].Cursor()
 	}
-	s.T, s.V = b.points()
 	return s, nil
 }
 

@@ -177,3 +177,20 @@ type Live interface {
 	// at least from, by ledger index, at most EffectiveLimit(limit).
 	SnapshotsSince(ctx context.Context, scope string, from uint64, limit int) ([]SnapshotRecord, error)
 }
+
+// SeriesQuery selects one channel of one measurement device over
+// From <= Time < To (both required), for charts.
+type SeriesQuery struct {
+	Scope, Gateway, Device, Channel string
+	From, To                        time.Time
+}
+
+// Series reads a channel's values without building whole records: a day of
+// 1 Hz data is 86,400 snapshots, and a chart needs only (time, value).
+type Series interface {
+	// ChannelSeries calls each with the time and value of q's channel in
+	// every snapshot of q's device in range, in time order, and returns
+	// how many values it passed. A gateway outside q.Scope, an unknown
+	// device or channel give none.
+	ChannelSeries(ctx context.Context, q SeriesQuery, each func(t time.Time, v float64)) (int, error)
+}

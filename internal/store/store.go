@@ -107,5 +107,7 @@ type Store interface {
 
 	Live
 
+	Series
+
 	Close() error
 }

@@ -178,7 +178,7 @@
     if (!r.ok) throw new Error(s.error || r.statusText);
     chartRange = { from, to };
     const data = [s.t, s.v];
-    setText($("#chart-info"), s.raw + " snapshots in range, " + s.t.length + " points drawn" + (s.t.length < s.raw ? " (min/max per bucket)" : "") + (s.truncated ? "; range truncated" : "") + ". Drag to zoom; double-click to reset.");
+    setText($("#chart-info"), s.raw + " snapshots in range, " + s.t.length + " points drawn" + (s.t.length < s.raw ? " (min/max per bucket)" : "") + ". Drag to zoom; double-click to reset.");
     chartEl.dataset.points = String(s.t.length);
     chartEl.dataset.raw = String(s.raw);
     if (chart) { chart.setData(data); return; }

@@ -373,3 +373,37 @@ func (s *Store) SnapshotsSince(ctx context.Context, scope string, from uint64, l
 	}
 	return recs, nil
 }
+
+// ChannelSeries implements store.Series: the database picks the channel's
+// values out of the arrays.
+func (s *Store) ChannelSeries(ctx context.Context, q store.SeriesQuery, each func(t time.Time, v float64)) (int, error) {
+	if _, _, err := store.ScopeRange(q.Scope); err != nil {
+		return 0, err
+	}
+	if !store.InScope(q.Scope, q.Gateway) {
+		return 0, nil
+	}
+	chIDs, err := s.channelIDs(ctx, []string{q.Channel})
+	if err != nil || len(chIDs) == 0 {
+		return 0, err
+	}
+	rows, err := s.pool.Query(ctx, `SELECT s.time, v.value FROM devices d JOIN snapshots s ON s.device_id = d.id,
+			unnest(s.channel_ids, s.vals) AS v (channel_id, value)
+		WHERE d.gateway = $1 AND d.device = $2 AND s.time >= $3 AND s.time < $4 AND v.channel_id = ANY($5)
+		ORDER BY s.time, s.seq`, q.Gateway, q.Device, millis(q.From), millis(q.To), chIDs)
+	if err != nil {
+		return 0, fmt.Errorf("channel series: %w", err)
+	}
+	defer rows.Close()
+	n := 0
+	var t time.Time
+	var v float64
+	for rows.Next() {
+		if err := rows.Scan(&t, &v); err != nil {
+			return n, fmt.Errorf("channel series: %w", err)
+		}
+		each(t.UTC(), v)
+		n++
+	}
+	return n, rows.Err()
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/store"
@@ -386,4 +387,50 @@ func (s *Store) SnapshotsSince(ctx context.Context, scope string, from uint64, l
 		return nil, fmt.Errorf("snapshots since %d: %w", from, err)
 	}
 	return s.fillValues(ctx, recs, raw, nil)
+}
+
+// ChannelSeries implements store.Series.
+func (s *Store) ChannelSeries(ctx context.Context, q store.SeriesQuery, each func(t time.Time, v float64)) (int, error) {
+	if _, _, err := store.ScopeRange(q.Scope); err != nil {
+		return 0, err
+	}
+	if !store.InScope(q.Scope, q.Gateway) {
+		return 0, nil
+	}
+	chIDs, err := s.channelIDs(ctx, []string{q.Channel})
+	if err != nil || len(chIDs) == 0 {
+		return 0, err
+	}
+	var devID int64
+	err = s.db.QueryRowContext(ctx, `SELECT id FROM devices WHERE gateway = ? AND device = ?`, q.Gateway, q.Device).Scan(&devID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("channel series: %w", err)
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT time, vals FROM snapshots WHERE device_id = ? AND time >= ? AND time < ? ORDER BY time, seq`,
+		devID, q.From.UnixMilli(), q.To.UnixMilli())
+	if err != nil {
+		return 0, fmt.Errorf("channel series: %w", err)
+	}
+	defer rows.Close()
+	n := 0
+	var ms int64
+	var vals sql.RawBytes
+	for rows.Next() {
+		if err := rows.Scan(&ms, &vals); err != nil {
+			return n, fmt.Errorf("channel series: %w", err)
+		}
+		t := time.UnixMilli(ms).UTC()
+		if err := decodeValues(vals, func(ch int64, v float64) {
+			if slices.Contains(chIDs, ch) {
+				each(t, v)
+				n++
+			}
+		}); err != nil {
+			return n, fmt.Errorf("channel series: %w", err)
+		}
+	}
+	return n, rows.Err()
 }

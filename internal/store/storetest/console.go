@@ -17,6 +17,7 @@ func runConsole(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("ConsoleAudit", func(t *testing.T) { testConsoleAudit(t, open(t)) })
 	t.Run("TreeHeads", func(t *testing.T) { testTreeHeads(t, open(t)) })
 	t.Run("SnapshotsSince", func(t *testing.T) { testSnapshotsSince(t, open(t)) })
+	t.Run("ChannelSeries", func(t *testing.T) { testChannelSeries(t, open(t)) })
 }
 
 func mustUser(t *testing.T, s store.Store, email, scope, role string) store.ConsoleUser {
@@ -274,6 +275,35 @@ func testSnapshotsSince(t *testing.T, s store.Store) {
 		t.Fatalf("SnapshotsSince(acme, 1) = %+v, %v", got, err)
 	}
 	if _, err := s.SnapshotsSince(ctx, "../x", 0, 1); !errors.Is(err, store.ErrInvalidScope) {
+		t.Fatalf("bad scope: %v", err)
+	}
+}
+
+func testChannelSeries(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	a, other := newChain("acme/berlin/gw-1", "pump-1", "pump"), newChain("acme/berlin/gw-1", "pump-2", "pump")
+	var recs []store.SnapshotRecord
+	for i := range 5 {
+		recs = append(recs, a.next(t, t0.Add(time.Duration(i)*time.Second)), other.next(t, t0.Add(time.Duration(i)*time.Second)))
+	}
+	insert(t, s, recs...)
+	var ts []time.Time
+	var vs []float64
+	q := store.SeriesQuery{Scope: "acme", Gateway: "acme/berlin/gw-1", Device: "pump-1", Channel: "count", From: t0.Add(time.Second), To: t0.Add(4 * time.Second)}
+	n, err := s.ChannelSeries(ctx, q, func(at time.Time, v float64) { ts, vs = append(ts, at), append(vs, v) })
+	if err != nil || n != 3 || fmt.Sprint(vs) != "[2 3 4]" || !ts[0].Equal(t0.Add(time.Second)) {
+		t.Fatalf("ChannelSeries = %d %v %v, %v", n, vs, ts, err)
+	}
+	for _, bad := range []store.SeriesQuery{
+		{Scope: "acme10", Gateway: q.Gateway, Device: q.Device, Channel: q.Channel, From: q.From, To: q.To}, // out of scope
+		{Scope: "acme", Gateway: q.Gateway, Device: "nope", Channel: q.Channel, From: q.From, To: q.To},
+		{Scope: "acme", Gateway: q.Gateway, Device: q.Device, Channel: "nope", From: q.From, To: q.To},
+	} {
+		if n, err := s.ChannelSeries(ctx, bad, func(time.Time, float64) { t.Fatalf("value for %+v", bad) }); err != nil || n != 0 {
+			t.Fatalf("ChannelSeries(%+v) = %d, %v", bad, n, err)
+		}
+	}
+	if _, err := s.ChannelSeries(ctx, store.SeriesQuery{Scope: "a//b"}, nil); !errors.Is(err, store.ErrInvalidScope) {
 		t.Fatalf("bad scope: %v", err)
 	}
 }

@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/fieldtrust
 DATA    ?= ./fieldtrust-data
 
-.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle clean
+.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle bench-console clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/fieldtrust
@@ -50,6 +50,11 @@ bench-broker: deps
 
 bench-idle: deps
 	FIELDTRUST_IDLE_BENCH=1 $(GO) test -count=1 -run '^TestIdleConnections$$' -v -timeout 60m ./internal/broker/loadtest
+
+# The console's heavy views on SQLite: the fleet at 10,000 devices and a
+# chart over a day of 1 Hz data (~1 min; docs/benchmarks.md).
+bench-console:
+	FIELDTRUST_CONSOLE_BENCH=1 $(GO) test -count=1 -run '^TestViewTimes$$' -v ./internal/console
 
 clean:
 	rm -rf bin

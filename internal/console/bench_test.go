@@ -17,6 +17,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/console"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/store/postgres/pgtest"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 )
@@ -31,9 +32,17 @@ func TestViewTimes(t *testing.T) {
 		t.Skip("a load test: FIELDTRUST_CONSOLE_BENCH=1 (make bench-console)")
 	}
 	ctx := t.Context()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "bench.db"))
-	if err != nil {
-		t.Fatal(err)
+	// FIELDTRUST_CONSOLE_BENCH=postgres measures on PostgreSQL
+	// (FIELDTRUST_TEST_POSTGRES), anything else on SQLite.
+	var st store.Store
+	if os.Getenv("FIELDTRUST_CONSOLE_BENCH") == "postgres" {
+		st = pgtest.Open(t)
+	} else {
+		s, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "bench.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st = s
 	}
 	defer st.Close()
 	t0 := time.Now().UTC().Truncate(24 * time.Hour).Add(-24 * time.Hour)
@@ -99,7 +108,7 @@ func TestViewTimes(t *testing.T) {
 		}
 		t.Logf("store %s: %v", q.name, time.Since(s))
 	}
-	c, err := console.New(console.Options{Store: st, Grants: tacs.DefaultGrants(), Hosts: []string{"localhost"}})
+	c, err := console.New(console.Options{Store: st.(console.Store), Grants: tacs.DefaultGrants(), Hosts: []string{"localhost"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/fieldtrust
 DATA    ?= ./fieldtrust-data
 
-.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle bench-console clean
+.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle bench-console bench-agents clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/fieldtrust
@@ -55,6 +55,11 @@ bench-idle: deps
 # chart over a day of 1 Hz data (~1 min; docs/benchmarks.md).
 bench-console:
 	FIELDTRUST_CONSOLE_BENCH=1 $(GO) test -count=1 -run '^TestViewTimes$$' -v ./internal/console
+
+# HTTPS agents (docs/benchmarks.md "HTTPS agents"): token requests, exchange
+# posts and the access-token check, over real TLS on SQLite (~1 min).
+bench-agents:
+	$(GO) test -run '^$$' -bench . -benchtime 5s ./internal/agent
 
 clean:
 	rm -rf bin

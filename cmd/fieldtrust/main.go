@@ -59,6 +59,8 @@ Start the platform with 'fieldtrust up'; manage certificates with 'fieldtrust pk
 		newDemoCmd(),
 		newLedgerCmd(),
 		newUserCmd(),
+		newAgentCmd(),
+		newDCCCmd(), newRegistryCmd(),
 		// Further subcommands register here, one constructor per file.
 	)
 	return root

@@ -23,6 +23,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	runRevocations(t, open)
 	runSnapshots(t, open)
 	runConsole(t, open)
+	runAgents(t, open)
 }
 
 func cert(domain, serial, name, issuer string) store.Certificate {

@@ -1,6 +1,7 @@
 package console
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/http"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fieldtrust/fieldtrust/internal/claim"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 )
@@ -30,6 +32,11 @@ type adminView struct {
 	Message       string
 	Vendor        bool
 	CanRevoke     bool
+	// ClaimProblems are the bad lines of a claims file just refused (the
+	// first maxClaimProblems of them).
+	ClaimProblems []string
+	MoreProblems  int
+	status        int // the response status; 0 is 200
 }
 
 // revokeReasons are the reasons the admin view offers (RFC 5280 names).
@@ -80,7 +87,7 @@ func (c *Console) renderAdmin(w http.ResponseWriter, r *http.Request, v *Viewer,
 		av.Rejects = rs[max(0, len(rs)-100):]
 		slices.Reverse(av.Rejects)
 	}
-	c.Render(w, r, v, "admin", "Admin", av)
+	c.render(w, r, v, cmp.Or(av.status, http.StatusOK), "admin", "Admin", av)
 }
 
 func (c *Console) adminInvite(w http.ResponseWriter, r *http.Request, v *Viewer) {
@@ -153,6 +160,67 @@ func (c *Console) adminRevoke(w http.ResponseWriter, r *http.Request, v *Viewer)
 	}
 	c.audit(r, v.User.Email, p.String(), "cert-revoke", p.String(), fmt.Sprintf("%d certificate(s), reason %s", len(revoked), pki.ReasonName(reason)), true)
 	c.renderAdmin(w, r, v, adminView{Message: fmt.Sprintf("%s revoked (%d certificate(s)); live sessions end within about a second.", p, len(revoked))})
+}
+
+// maxClaimsUpload bounds a claims CSV uploaded from the admin view (some
+// 60,000 devices; a larger file goes through 'fieldtrust device claim
+// --csv'); maxClaimProblems bounds the bad lines shown.
+const (
+	maxClaimsUpload  = 4 << 20
+	maxClaimProblems = 50
+)
+
+// adminClaims claims devices from an uploaded CSV file, checked by the
+// same rule as 'fieldtrust device claim --csv' (package claim): every bad
+// line is reported with its number and nothing is written unless the
+// whole file is good. Claims concern every tenant: vendor admins only.
+func (c *Console) adminClaims(w http.ResponseWriter, r *http.Request, v *Viewer) {
+	f, _, err := r.FormFile("csv")
+	if err != nil {
+		c.badInput(w, r, v, "Choose a claims CSV file to upload (field csv).")
+		return
+	}
+	defer f.Close()
+	ctx := r.Context()
+	existing, err := c.opts.Store.Claims(ctx)
+	if err != nil {
+		c.serverError(w, r, v, err)
+		return
+	}
+	mfrs, err := c.opts.Store.Manufacturers(ctx)
+	if err != nil {
+		c.serverError(w, r, v, err)
+		return
+	}
+	spec := strings.TrimSpace(r.PostFormValue("manufacturer"))
+	if len(spec) > 200 {
+		c.badInput(w, r, v, "manufacturer: at most 200 characters (a fingerprint or a subject).")
+		return
+	}
+	cf, err := claim.ReadCSV(f, "the file", existing, mfrs, spec, c.now())
+	if err != nil {
+		c.badInput(w, r, v, err.Error()+".")
+		return
+	}
+	if len(cf.Problems) > 0 {
+		c.audit(r, v.User.Email, "", "claims-upload", "", fmt.Sprintf("%d bad line(s), nothing written", len(cf.Problems)), false)
+		av := adminView{status: http.StatusBadRequest, Message: fmt.Sprintf("The claims file has %d bad line(s); nothing was written. Fix them and upload it again.", len(cf.Problems))}
+		av.ClaimProblems = cf.Problems[:min(len(cf.Problems), maxClaimProblems)]
+		av.MoreProblems = len(cf.Problems) - len(av.ClaimProblems)
+		c.renderAdmin(w, r, v, av)
+		return
+	}
+	if err := c.opts.Store.PutClaims(ctx, cf.Claims); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			c.fail(w, r, v, http.StatusConflict, "A device in the file was claimed at the same time by another operator; nothing was written. Upload the file again to see which.")
+			return
+		}
+		c.serverError(w, r, v, err)
+		return
+	}
+	detail := fmt.Sprintf("%d claim(s), lines %d-%d", len(cf.Claims), cf.Lines[0], cf.Lines[len(cf.Lines)-1])
+	c.audit(r, v.User.Email, "", "claims-upload", "", detail, true)
+	c.renderAdmin(w, r, v, adminView{Message: fmt.Sprintf("Claimed %d device(s) (lines %d–%d); each enrolls with its onboarding certificate.", len(cf.Claims), cf.Lines[0], cf.Lines[len(cf.Lines)-1])})
 }
 
 // --- account ---

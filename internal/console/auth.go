@@ -92,9 +92,9 @@ func (a *authenticator) register(h func(string, http.HandlerFunc)) {
 	h("POST /invite/passkey/begin", a.limitedBegin(a.inviteBegin))
 	h("POST /invite/passkey/finish", a.limited(a.registerFinish))
 	h("POST /invite/certificate", a.limited(a.inviteCertificate))
-	h("POST /logout", a.c.requireLogin(a.c.requireCSRF(a.logout)))
-	h("POST /account/passkey/begin", a.c.requireLogin(a.c.requireCSRF(a.accountBegin)))
-	h("POST /account/passkey/finish", a.c.requireLogin(a.c.requireCSRF(func(w http.ResponseWriter, r *http.Request, _ *Viewer) { a.registerFinish(w, r) })))
+	h("POST /logout", a.c.requireLogin(a.c.requireCSRF(maxForm, a.logout)))
+	h("POST /account/passkey/begin", a.c.requireLogin(a.c.requireCSRF(maxForm, a.accountBegin)))
+	h("POST /account/passkey/finish", a.c.requireLogin(a.c.requireCSRF(maxForm, func(w http.ResponseWriter, r *http.Request, _ *Viewer) { a.registerFinish(w, r) })))
 }
 
 // viewer returns the logged-in user of the request.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -393,6 +394,30 @@ func TestBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	screenshot(t, ctx, shots, "admin")
+
+	// 9. The vendor admin claims a device by uploading a claims CSV.
+	csvFile := filepath.Join(t.TempDir(), "claims.csv")
+	if err := os.WriteFile(csvFile, []byte("path,onboarding_subject\nacme-pumps/plant-berlin/gw-browser,BROWSER-1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err = chromedp.Do(ctx,
+		chromedp.SetUploadFiles(css(`#claims-form input[name="csv"]`), []string{csvFile}),
+		chromedp.Click(css(`#claims-form button`)),
+		chromedp.WaitVisible(css("p.notice")),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if claimed := text(t, ctx, "p.notice"); !strings.Contains(claimed, "Claimed 1 device(s)") {
+		t.Errorf("after the upload: %q", claimed)
+	}
+	cs, err := d.Store.Claims(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(cs, func(c store.Claim) bool { return c.Path == "acme-pumps/plant-berlin/gw-browser" && c.Value == "BROWSER-1" }) {
+		t.Error("the uploaded claim is not in the store")
+	}
 	t.Logf("screenshots in %s", shots)
 }
 

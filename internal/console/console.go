@@ -23,6 +23,7 @@
 package console
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -31,6 +32,7 @@ import (
 	"fmt"
 	"html/template"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"slices"
@@ -59,6 +61,8 @@ type Store interface {
 	LatestTreeHead(ctx context.Context) (store.TreeHead, error)
 	ListCertificates(ctx context.Context, f store.CertFilter) ([]store.Certificate, error)
 	Manufacturers(ctx context.Context) ([]store.Manufacturer, error)
+	Claims(ctx context.Context) ([]store.Claim, error)
+	PutClaims(ctx context.Context, claims []store.Claim) error
 }
 
 // Revoker revokes the certificates of an identity path (pki.Authority).
@@ -241,9 +245,9 @@ func (c *Console) Register(mux *http.ServeMux) {
 			p.Handle(w, r, v)
 		}))
 		for _, a := range p.Actions {
-			h("POST "+a.Path, c.requireLogin(c.requireCSRF(func(w http.ResponseWriter, r *http.Request, v *Viewer) {
-				if !c.allowed(p, v) || !v.Has(a.MinRole) {
-					c.fail(w, r, v, http.StatusForbidden, "This action needs the "+a.MinRole+" role.")
+			h("POST "+a.Path, c.requireLogin(c.requireCSRF(cmp.Or(a.MaxBody, maxForm), func(w http.ResponseWriter, r *http.Request, v *Viewer) {
+				if !c.allowed(p, v) || !v.Has(a.MinRole) || (a.VendorOnly && !v.Vendor()) {
+					c.fail(w, r, v, http.StatusForbidden, "This action needs the "+a.MinRole+" role"+map[bool]string{true: " in the vendor's scope", false: ""}[a.VendorOnly]+".")
 					return
 				}
 				a.Handle(w, r, v)
@@ -302,7 +306,8 @@ func (c *Console) requireLogin(h func(http.ResponseWriter, *http.Request, *Viewe
 
 // requireCSRF refuses a state-changing request without the session's
 // token (form field csrf or header X-CSRF-Token) or from another origin.
-func (c *Console) requireCSRF(h func(http.ResponseWriter, *http.Request, *Viewer)) func(http.ResponseWriter, *http.Request, *Viewer) {
+// The body is read (up to maxBody) only after the origin check.
+func (c *Console) requireCSRF(maxBody int64, h func(http.ResponseWriter, *http.Request, *Viewer)) func(http.ResponseWriter, *http.Request, *Viewer) {
 	return func(w http.ResponseWriter, r *http.Request, v *Viewer) {
 		if !sameOrigin(r) {
 			c.fail(w, r, v, http.StatusForbidden, "Refused: this request came from another site.")
@@ -310,7 +315,17 @@ func (c *Console) requireCSRF(h func(http.ResponseWriter, *http.Request, *Viewer
 		}
 		tok := r.Header.Get("X-CSRF-Token")
 		if tok == "" {
-			r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+			var err error
+			if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct == "multipart/form-data" {
+				err = r.ParseMultipartForm(maxBody)
+			} else {
+				err = r.ParseForm()
+			}
+			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+				c.fail(w, r, v, http.StatusRequestEntityTooLarge, fmt.Sprintf("Refused: the request is larger than %d KiB.", maxBody>>10))
+				return
+			}
 			tok = r.PostFormValue("csrf")
 		}
 		if !equalToken(tok, v.CSRF) {

@@ -43,6 +43,12 @@ type Page struct {
 type Action struct {
 	Path    string
 	MinRole string
+	// VendorOnly actions are for users of the vendor's admin scope, on a
+	// page others see too.
+	VendorOnly bool
+	// MaxBody bounds the request body (a file upload); 0 means the
+	// console's bound for forms (64 KiB).
+	MaxBody int64
 	Handle  func(w http.ResponseWriter, r *http.Request, v *Viewer)
 }
 

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"io"
+	"mime/multipart"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -171,7 +172,7 @@ func TestConsoleSecurity(t *testing.T) {
 				t.Errorf("GET %s without a session: %d, want 401", p, resp.StatusCode)
 			}
 		}
-		for _, p := range []string{"/admin/users/invite", "/admin/users/disable", "/admin/certificates/revoke", "/logout", "/account/passkey/begin"} {
+		for _, p := range []string{"/admin/users/invite", "/admin/users/disable", "/admin/certificates/revoke", "/admin/claims", "/logout", "/account/passkey/begin"} {
 			if resp, _ := anon.postForm(p, "", url.Values{"email": {"x@y.example"}}); resp.StatusCode != http.StatusUnauthorized {
 				t.Errorf("POST %s without a session: %d, want 401", p, resp.StatusCode)
 			}
@@ -474,6 +475,90 @@ func TestConsoleSecurity(t *testing.T) {
 	})
 
 	// Last: it exhausts 127.0.0.1's login budget.
+	t.Run("ClaimsUpload", func(t *testing.T) {
+		vendor := newClient(t, base, root, nil)
+		vendor.login(loginLink(t, d, "claims@vendor.example", console.VendorScope, store.RoleAdmin))
+		upload := func(b *browserClient, origin, csrf, csv string) (*http.Response, string) {
+			var buf bytes.Buffer
+			mw := multipart.NewWriter(&buf)
+			mw.WriteField("csrf", csrf)
+			fw, _ := mw.CreateFormFile("csv", "claims.csv")
+			io.WriteString(fw, csv)
+			mw.Close()
+			return b.do("POST", "/admin/claims", origin, mw.FormDataContentType(), buf.Bytes())
+		}
+		claims := func() int {
+			cs, err := d.Store.Claims(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return len(cs)
+		}
+		before := claims()
+		good := "path,onboarding_subject\nacme-pumps/plant-berlin/gw-up-1,UPLOAD-1\nacme-pumps/plant-berlin/gw-up-2,UPLOAD-2\n"
+		vtok := vendor.csrf()
+		for _, tt := range []struct {
+			name         string
+			b            *browserClient
+			origin, csrf string
+			status       int
+		}{
+			{"a customer's admin", acme, "", acme.csrf(), http.StatusForbidden},
+			{"another site", vendor, "https://evil.example", vtok, http.StatusForbidden},
+			{"no token", vendor, "", "", http.StatusForbidden},
+		} {
+			if resp, _ := upload(tt.b, tt.origin, tt.csrf, good); resp.StatusCode != tt.status {
+				t.Errorf("%s: %d, want %d", tt.name, resp.StatusCode, tt.status)
+			}
+		}
+		if n := claims(); n != before {
+			t.Fatalf("refused uploads wrote %d claim(s)", n-before)
+		}
+		// Every bad line is named, escaped, and nothing is written.
+		bad := "path,onboarding_subject\nacme-pumps/plant-berlin/gw-up-3,UPLOAD-3\nacme-pumps/<script>alert(1)</script>/x,UPLOAD-4\nacme-pumps/plant-berlin/gw-up-5,UPLOAD-3\n"
+		resp, body := upload(vendor, "", vtok, bad)
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "line 3: ") || !strings.Contains(body, "line 4: onboarding subject UPLOAD-3 is also on line 2") || strings.Contains(body, "<script>alert") {
+			t.Errorf("bad lines: %d %.2000s", resp.StatusCode, body)
+		}
+		for _, tt := range []struct{ name, csv, want string }{
+			{"no header", "", "no header row"},
+			{"unknown column", "path,serial\n", "unknown column"},
+		} {
+			if resp, body := upload(vendor, "", vtok, tt.csv); resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, tt.want) {
+				t.Errorf("%s: %d %.300s", tt.name, resp.StatusCode, body)
+			}
+		}
+		if resp, _ := vendor.do("POST", "/admin/claims", "", "application/x-www-form-urlencoded", []byte("csrf="+vtok)); resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("no file: %d, want 400", resp.StatusCode)
+		}
+		if resp, _ := upload(vendor, "", vtok, strings.Repeat("#", 5<<20)); resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Errorf("a 5 MiB upload: %d, want 413", resp.StatusCode)
+		}
+		if n := claims(); n != before {
+			t.Fatalf("bad uploads wrote %d claim(s)", n-before)
+		}
+		resp, body = upload(vendor, "", vtok, good)
+		if resp.StatusCode != http.StatusOK || !strings.Contains(body, "Claimed 2 device(s)") {
+			t.Fatalf("good file: %d %.500s", resp.StatusCode, body)
+		}
+		if n := claims(); n != before+2 {
+			t.Errorf("%d claim(s) written, want 2", n-before)
+		}
+		if resp, body := upload(vendor, "", vtok, good); resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "is already claimed for acme-pumps/plant-berlin/gw-up-1") {
+			t.Errorf("the same file again: %d %.500s", resp.StatusCode, body)
+		}
+		es, _ := d.Store.AuditLog(t.Context(), "", 0, 50)
+		var ok, refused bool
+		for _, e := range es {
+			if e.Action == "claims-upload" && e.Actor == "claims@vendor.example" {
+				ok, refused = ok || e.OK, refused || !e.OK
+			}
+		}
+		if !ok || !refused {
+			t.Errorf("audit log lacks the uploads (accepted %v, refused %v)", ok, refused)
+		}
+	})
+
 	t.Run("LoginRateLimit", func(t *testing.T) {
 		limited := 0
 		for range 30 {

@@ -29,6 +29,7 @@ func (c *Console) registerViews() {
 			{Path: "/admin/users/invite", MinRole: store.RoleAdmin, Handle: c.adminInvite},
 			{Path: "/admin/users/disable", MinRole: store.RoleAdmin, Handle: c.adminDisable},
 			{Path: "/admin/certificates/revoke", MinRole: store.RoleAdmin, Handle: c.adminRevoke},
+			{Path: "/admin/claims", MinRole: store.RoleAdmin, VendorOnly: true, MaxBody: maxClaimsUpload, Handle: c.adminClaims},
 		}})
 	c.pages.Add(Page{Path: "/account", Title: "Account", Order: 95, Handle: c.account})
 }

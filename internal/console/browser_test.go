@@ -415,7 +415,9 @@ func TestBrowser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.ContainsFunc(cs, func(c store.Claim) bool { return c.Path == "acme-pumps/plant-berlin/gw-browser" && c.Value == "BROWSER-1" }) {
+	if !slices.ContainsFunc(cs, func(c store.Claim) bool {
+		return c.Path == "acme-pumps/plant-berlin/gw-browser" && c.Value == "BROWSER-1"
+	}) {
 		t.Error("the uploaded claim is not in the store")
 	}
 	t.Logf("screenshots in %s", shots)

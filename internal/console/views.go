@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/fieldtrust/fieldtrust/internal/agent"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
@@ -278,6 +279,10 @@ type deviceView struct {
 	Events                      []store.IntegrityEvent
 	LeafHash                    string
 }
+
+// Agent reports whether the device's latest snapshot came from an HTTPS
+// agent (no MQTT status, no transport certificate, not signed end to end).
+func (d deviceView) Agent() bool { return d.Head.Provenance() == store.ProvenanceAgentTLS }
 
 var chartRanges = map[string]time.Duration{"1h": time.Hour, "6h": 6 * time.Hour, "24h": 24 * time.Hour, "7d": 7 * 24 * time.Hour}
 
@@ -565,6 +570,23 @@ type auditRow struct {
 	LeafHash string
 }
 
+// Agent reports whether an HTTPS agent posted the snapshot (TLS-protected,
+// not signed end to end; package agent) rather than a gateway sealing it.
+func (a auditRow) Agent() bool { return a.Rec.Provenance() == store.ProvenanceAgentTLS }
+
+// agentExchange is where HTTPS agents post what becomes their snapshots:
+// the "topic" of those rows.
+const agentExchange = agent.MindConnectPrefix + "/exchange"
+
+// snapshotTopic is where a snapshot arrived: its gateway's MQTT topic, or
+// the agents' exchange.
+func snapshotTopic(rec store.SnapshotRecord) string {
+	if rec.Provenance() == store.ProvenanceAgentTLS {
+		return agentExchange
+	}
+	return topic.SnapshotsOf(rec.Gateway)
+}
+
 type auditView struct {
 	Rows                         []auditRow
 	From, To                     time.Time
@@ -630,7 +652,7 @@ func (c *Console) auditView(w http.ResponseWriter, r *http.Request, v *Viewer) {
 			c.serverError(w, r, v, err)
 			return
 		}
-		av.Rows = append(av.Rows, auditRow{Rec: rec, Topic: topic.SnapshotsOf(rec.Gateway), Size: len(enc), Included: av.HasHead && rec.LedgerIndex < av.HeadSize, LeafHash: leafHash(rec)})
+		av.Rows = append(av.Rows, auditRow{Rec: rec, Topic: snapshotTopic(rec), Size: len(enc), Included: av.HasHead && rec.LedgerIndex < av.HeadSize, LeafHash: leafHash(rec)})
 	}
 	window := url.Values{"from": {av.FromText}, "to": {av.ToText}}
 	if len(recs) == auditPageSize {

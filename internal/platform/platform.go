@@ -70,6 +70,8 @@ type Config struct {
 	// Ready, if non-nil, is called once every listener is up, with the
 	// actual addresses (useful with port 0).
 	Ready func(httpAddr, mqttAddr string)
+	// Notifications configures the delivery of what rules send.
+	Notifications Notifications
 
 	// hooks let the package's tests break parts of the platform on purpose.
 	hooks *testHooks
@@ -139,7 +141,8 @@ func Run(ctx context.Context, cfg Config) error {
 	// The console watches gateways' birth and will messages as an MQTT
 	// client of its own (role status-reader).
 	consoleTLS := newServiceCert(d.Transport, "console", cfg.DataDir, nil, nil, log)
-	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E, consoleTLS}
+	rulesTLS := newServiceCert(d.Transport, "rules", cfg.DataDir, nil, nil, log)
+	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E, consoleTLS, rulesTLS}
 	for _, c := range serviceCerts {
 		if err := c.load(ctx); err != nil {
 			return err
@@ -149,6 +152,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	if err := d.Store.SetServiceRole(ctx, "console", tacs.RoleStatusReader); err != nil {
+		return err
+	}
+	if err := d.Store.SetServiceRole(ctx, "rules", tacs.RoleRulesEngine); err != nil {
 		return err
 	}
 	verifier, err := d.Transport.Verifier(ctx)
@@ -242,7 +248,7 @@ func Run(ctx context.Context, cfg Config) error {
 	sup := supervisor.New(servicePolicy(cfg.hooks), log.With("component", "supervisor"))
 	ingestStatus := &ingest.Status{}
 	api := &web.API{
-		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"),
+		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"), Rules: d.Store,
 		Identify: func(r *http.Request) (tacs.Subject, bool) {
 			id, ok := est.IdentityFromContext(r.Context())
 			if !ok {
@@ -327,6 +333,9 @@ func Run(ctx context.Context, cfg Config) error {
 	heads := &treeHeads{log: lg, store: d.Store, signer: ledgerE2E, logger: log}
 	mqttAddr, httpAddr := brk.Addr(), httpLn.Addr().String()
 	watcher.Broker = mqttAddr
+	rulesClient := tlspolicy.Client(transportRoots, nil)
+	rulesClient.GetClientCertificate = rulesTLS.GetClientCertificate
+	rp := newRulesPlatform(cfg.Notifications, d.Store, cfg.DataDir, mqttAddr, rulesClient, reg, log)
 
 	// Every service of the platform runs under the supervisor (restart
 	// policy: servicePolicy). The broker's first instance and the HTTPS
@@ -360,6 +369,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return ingest.Run(ctx, ingest.Config{
 				Broker: mqttAddr, TLS: ingestClient, Opener: opener, Status: ingestStatus,
 				Store: ingestStore, Ledger: lg, Logger: log.With("component", "ingest"), Registerer: reg,
+				Committed: rp.committed,
 			})
 		}},
 		{Name: "revocation", Run: rev.run, GiveUpAfter: 10},
@@ -379,6 +389,7 @@ func Run(ctx context.Context, cfg Config) error {
 		{Name: "console", Run: con.Run, GiveUpAfter: 10},
 		{Name: "gateway-status", Run: watcher.Run, GiveUpAfter: -1},
 	}
+	services = append(services, rp.services()...)
 	if err := rev.publishCRLs(ctx); err != nil {
 		return err
 	}

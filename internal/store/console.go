@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
 	"time"
 )
 
@@ -23,10 +22,6 @@ const (
 	CredentialPasskey     = "passkey"     // a WebAuthn public key credential
 	CredentialCertificate = "certificate" // a transport client certificate, by fingerprint
 )
-
-// ErrConflict is returned (wrapped) when a compare-and-set update finds the
-// record changed: a WebAuthn sign counter that moved meanwhile.
-var ErrConflict = errors.New("conflict")
 
 // ConsoleUser is a person who logs into the web console. Scope is the
 // identity path the user is bound to ("acme-pumps",

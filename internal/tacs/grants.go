@@ -16,6 +16,7 @@ const (
 	RoleSnapshotReader = "snapshot-reader"
 	RoleFirmwareWriter = "firmware-writer"
 	RoleStatusReader   = "status-reader"
+	RoleRulesEngine    = "rules-engine"
 )
 
 // Grant allows the actions it names on every topic Filter matches — or,
@@ -54,6 +55,8 @@ type Grants map[string][]Grant
 //   - firmware-writer: write +/+/+/firmware;
 //   - status-reader (the console): read +/+/+/status, the gateways'
 //     birth messages and wills.
+//   - rules-engine (the rules service): read +/+/+/status (silence),
+//     write +/+/+/events (the MQTT events of rules).
 func DefaultGrants() Grants {
 	return Grants{
 		RoleAdmin: {
@@ -63,6 +66,7 @@ func DefaultGrants() Grants {
 		RoleSnapshotReader: {{Filter: "+/+/+/snapshots", Read: true}},
 		RoleFirmwareWriter: {{Filter: "+/+/+/firmware", Write: true}},
 		RoleStatusReader:   {{Filter: "+/+/+/status", Read: true}},
+		RoleRulesEngine:    {{Filter: "+/+/+/status", Read: true}, {Filter: "+/+/+/events", Write: true}},
 	}
 }
 

@@ -217,6 +217,11 @@ func TestOpenAPISchemasMatchJSON(t *testing.T) {
 		{"ConsistencyProof", []any{ledger.ConsistencyProof{}}, nil},
 		{"ExportSnapshot", []any{ledger.ExportSnapshot{}}, nil},
 		{"Export", []any{ledger.ExportHeader{}, ledger.ExportTrailer{}}, []string{"snapshots"}},
+		{"Rule", []any{RuleJSON{}}, nil},
+		{"Alarm", []any{AlarmJSON{}}, nil},
+		{"Task", []any{TaskJSON{}}, nil},
+		{"TaskComment", []any{CommentJSON{}}, nil},
+		{"OutboxMessage", []any{OutboxJSON{}}, nil},
 	}
 	for _, tt := range tests {
 		s, ok := doc.Components.Schemas[tt.schema]

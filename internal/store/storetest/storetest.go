@@ -23,6 +23,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	runRevocations(t, open)
 	runSnapshots(t, open)
 	runConsole(t, open)
+	runRules(t, open)
 	runAgents(t, open)
 }
 

@@ -420,6 +420,56 @@ func TestBrowser(t *testing.T) {
 	}) {
 		t.Error("the uploaded claim is not in the store")
 	}
+
+	// 10. Alarms and tasks (the rules' store): the vendor admin
+	// acknowledges an alarm, clears it, and works on its task.
+	gw1 := "acme-pumps/plant-berlin/gw-1"
+	at := time.Now().UTC()
+	if err := d.Store.CommitRules(t.Context(), store.RuleCommit{Alarms: []store.AlarmChange{{At: at, Alarm: store.Alarm{
+		ID: "browser-alarm", RuleID: "browser-rule", RuleName: "bearing hot", Gateway: gw1, Device: gw1 + "/pump-1",
+		Severity: "critical", State: store.AlarmActive, Summary: "temp_bearing 91 Cel > 80", RaisedAt: at}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Store.PutTask(t.Context(), store.Task{ID: "browser-task", Title: "Inspect the bearing of pump-1", Gateway: gw1, Device: gw1 + "/pump-1",
+		State: store.TaskOpen, AlarmID: "browser-alarm", CreatedAt: at, UpdatedAt: at}); err != nil {
+		t.Fatal(err)
+	}
+	err = chromedp.Do(ctx,
+		chromedp.Navigate(base+"/alarms"),
+		chromedp.WaitVisible(css(`#alarms tr[data-alarm="browser-alarm"][data-state="active"]`)),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	screenshot(t, ctx, shots, "alarms")
+	err = chromedp.Do(ctx,
+		chromedp.Click(css(`tr[data-alarm="browser-alarm"] button.ack`)),
+		chromedp.WaitVisible(css(`#alarms tr[data-alarm="browser-alarm"][data-state="acknowledged"]`)),
+		chromedp.Click(css(`tr[data-alarm="browser-alarm"] button.clear`)),
+		chromedp.WaitVisible(css("p.notice")),
+		chromedp.Navigate(base+"/alarms?state=cleared"),
+		chromedp.WaitVisible(css(`#alarms tr[data-alarm="browser-alarm"][data-state="cleared"]`)),
+		chromedp.Navigate(base+"/tasks"),
+		chromedp.Click(css(`#tasks tr[data-task="browser-task"] a`)),
+		chromedp.WaitVisible(css("#task-form")),
+		chromedp.SetValue(css(`#task-form select[name="state"]`), "in_progress"),
+		chromedp.SendKeys(css(`#task-form input[name="comment"]`), "on site at 14:00"),
+		chromedp.Click(css(`#task-form button`)),
+		chromedp.WaitVisible(css("p.notice")),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := text(t, ctx, "#comments"); !strings.Contains(s, "on site at 14:00") || !strings.Contains(s, demo.VendorAdmin) {
+		t.Errorf("task comments: %q", s)
+	}
+	screenshot(t, ctx, shots, "task")
+	if a, err := d.Store.Alarm(t.Context(), "browser-alarm"); err != nil || a.State != store.AlarmCleared || a.AckedBy != demo.VendorAdmin {
+		t.Errorf("the alarm after the browser: %+v, %v", a, err)
+	}
+	if tk, err := d.Store.Task(t.Context(), "browser-task"); err != nil || tk.State != store.TaskInProgress || len(tk.Comments) != 1 {
+		t.Errorf("the task after the browser: %+v, %v", tk, err)
+	}
 	t.Logf("screenshots in %s", shots)
 }
 

@@ -93,6 +93,9 @@ type Options struct {
 	Revoker Revoker
 	// Status, if set, gives the gateways' online state.
 	Status StatusSource
+	// Rules, if set, are the alarms and tasks of the rules (issue 15):
+	// the Alarms and Tasks pages.
+	Rules RulesStore
 	// Hosts are the host names people reach the console by (passkeys are
 	// bound to a DNS name: "localhost" and the --dns-name values; an IP
 	// address cannot be a WebAuthn relying party).
@@ -158,6 +161,9 @@ func New(opts Options) (*Console, error) {
 	c.live = newHub(c)
 	c.pages = &Registry{}
 	c.registerViews()
+	if opts.Rules != nil {
+		c.registerRules()
+	}
 	api := &web.API{Data: opts.Store, Proofs: opts.Proofs, Grants: opts.Grants, Logger: c.log.With("component", "console-api"),
 		Identify: func(r *http.Request) (tacs.Subject, bool) {
 			v, ok := viewerFrom(r.Context())

@@ -161,7 +161,7 @@ func TestConsoleSecurity(t *testing.T) {
 	globex.login(loginLink(t, d, "viewer@globex-labs.example", "globex-labs", store.RoleViewer))
 
 	t.Run("NoSession", func(t *testing.T) {
-		for _, p := range []string{"/", "/fleet", "/devices/" + acmeDev, "/audit", "/ledger", "/admin", "/account", "/series/" + acmeDev + "?channel=flow"} {
+		for _, p := range []string{"/", "/fleet", "/devices/" + acmeDev, "/audit", "/ledger", "/admin", "/account", "/series/" + acmeDev + "?channel=flow", "/alarms", "/tasks", "/tasks/t-1"} {
 			resp, _ := anon.get(p)
 			if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, "/login?next=") {
 				t.Errorf("GET %s without a session: %d %s, want a redirect to /login", p, resp.StatusCode, loc)
@@ -172,7 +172,7 @@ func TestConsoleSecurity(t *testing.T) {
 				t.Errorf("GET %s without a session: %d, want 401", p, resp.StatusCode)
 			}
 		}
-		for _, p := range []string{"/admin/users/invite", "/admin/users/disable", "/admin/certificates/revoke", "/admin/claims", "/logout", "/account/passkey/begin"} {
+		for _, p := range []string{"/admin/users/invite", "/admin/users/disable", "/admin/certificates/revoke", "/admin/claims", "/alarms/ack", "/alarms/clear", "/tasks/update", "/logout", "/account/passkey/begin"} {
 			if resp, _ := anon.postForm(p, "", url.Values{"email": {"x@y.example"}}); resp.StatusCode != http.StatusUnauthorized {
 				t.Errorf("POST %s without a session: %d, want 401", p, resp.StatusCode)
 			}

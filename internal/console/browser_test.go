@@ -446,6 +446,9 @@ func TestBrowser(t *testing.T) {
 		chromedp.Click(css(`tr[data-alarm="browser-alarm"] button.ack`)),
 		chromedp.WaitVisible(css(`#alarms tr[data-alarm="browser-alarm"][data-state="acknowledged"]`)),
 		chromedp.Click(css(`tr[data-alarm="browser-alarm"] button.clear`)),
+		// The answer lists open alarms: the cleared one is gone once the
+		// new page is there (the old page's notice would not tell).
+		chromedp.WaitNotPresent(css(`#alarms tr[data-alarm="browser-alarm"]`)),
 		chromedp.WaitVisible(css("p.notice")),
 		chromedp.Navigate(base+"/alarms?state=cleared"),
 		chromedp.WaitVisible(css(`#alarms tr[data-alarm="browser-alarm"][data-state="cleared"]`)),

@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/fieldtrust
 DATA    ?= ./fieldtrust-data
 
-.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle bench-registry bench-dcc bench-agents clean
+.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle bench-registry bench-dcc bench-console bench-agents clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/fieldtrust
@@ -60,6 +60,11 @@ bench-registry: deps
 
 bench-dcc: deps
 	$(GO) test -run='^$$' -bench='^Benchmark(Sign|Verify|Xmlsec1)$$' ./internal/dcc/xades
+
+# The console's heavy views on SQLite: the fleet at 10,000 devices and a
+# chart over a day of 1 Hz data (~1 min; docs/benchmarks.md).
+bench-console:
+	FIELDTRUST_CONSOLE_BENCH=1 $(GO) test -count=1 -run '^TestViewTimes$$' -v ./internal/console
 
 # HTTPS agents (docs/benchmarks.md "HTTPS agents"): token requests, exchange
 # posts and the access-token check, over real TLS on SQLite (~1 min).

@@ -2,7 +2,8 @@
 # Installs the system packages the test suite talks to as real peers:
 # OpenSSL (chain, CRL and CMS interop), Mosquitto (broker interop and
 # benchmark), PostgreSQL (the store's second implementation; see
-# scripts/postgres-test.sh), stunnel and Python 3 (the Paho MQTT suites).
+# scripts/postgres-test.sh), stunnel and Python 3 (the Paho MQTT suites),
+# chromium (the console's browser tests).
 # Only what is missing is installed; nothing runs if all is there.
 set -euo pipefail
 
@@ -16,6 +17,8 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 # are Python 3 and speak plain TCP: stunnel carries them over mutual TLS.
 command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || need+=(stunnel4)
 command -v python3 >/dev/null || need+=(python3)
+# The web console's browser tests drive Debian's chromium headless.
+command -v chromium >/dev/null || need+=(chromium)
 # The official MindConnect agent SDK (Node.js) is internal/agent's real peer.
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -35,7 +36,9 @@ same data directory: a device maker whose manufacturer CA the platform trusts,
 two customers (acme-pumps, globex-labs) with API credentials, and three field
 gateways that onboard themselves over EST with nothing but their factory
 onboarding certificate, then publish sealed snapshots of simulated pumps,
-compressors and test benches. It prints where to look. Ctrl-C stops it all.`,
+compressors and test benches. It prints the console's address and a one-time
+login link for each customer and for a vendor admin (logs are quiet unless
+--log-level says otherwise). Ctrl-C stops it all.`,
 		Example: `  fieldtrust demo
   fieldtrust demo --data /tmp/ft-demo --devices 5 --every 2s`,
 		Args: noArgs,
@@ -103,7 +106,11 @@ compressors and test benches. It prints where to look. Ctrl-C stops it all.`,
 					}
 				})
 			}
-			printDemo(cmd, addrs[0], f.dataDir, fleet, cfg.Logger)
+			logins, err := demo.Logins(ctx, d, time.Now())
+			if err != nil {
+				return fmt.Errorf("demo fleet: %w", err)
+			}
+			printDemo(cmd, addrs[0], f.dataDir, fleet, logins, cfg.Logger)
 			printDemoRules(cmd, f.dataDir, ruleNames, catcher)
 			var runErr error
 			select {
@@ -119,16 +126,29 @@ compressors and test benches. It prints where to look. Ctrl-C stops it all.`,
 		},
 	}
 	f.register(c)
+	// The demo's message is what a newcomer needs: quiet logs by default.
+	lv := c.Flags().Lookup("log-level")
+	lv.DefValue = "warn"
+	lv.Value.Set("warn")
 	c.Flags().IntVar(&devices, "devices", 3, "simulated devices per gateway")
 	c.Flags().DurationVar(&every, "every", 5*time.Second, "simulated reading interval")
 	return c
 }
 
-func printDemo(cmd *cobra.Command, httpAddr, dataDir string, fleet *demo.Fleet, log *slog.Logger) {
+func printDemo(cmd *cobra.Command, httpAddr, dataDir string, fleet *demo.Fleet, logins []demo.Login, log *slog.Logger) {
 	w := cmd.OutOrStdout()
 	ca := filepath.Join(dataDir, "pki", "transport", "root.crt")
 	base := "https://" + httpAddr
+	consoleURL := base
+	if _, port, err := net.SplitHostPort(httpAddr); err == nil {
+		consoleURL = "https://localhost:" + port // passkeys need a host name
+	}
 	fmt.Fprintf(w, "\nfieldtrust demo is running (Ctrl-C stops it)\n\n")
+	fmt.Fprintf(w, "  console       %s/   (your browser will warn about the demo's own CA: %s)\n", consoleURL, ca)
+	for _, l := range logins {
+		fmt.Fprintf(w, "    log in as %-13s %s\n", l.Who+":", l.Invitation.Link(consoleURL))
+	}
+	fmt.Fprintf(w, "    (one-time links; a new set is printed at every start, or use 'fieldtrust user invite')\n\n")
 	fmt.Fprintf(w, "  platform      %s   (health: %s/healthz)\n", base, base)
 	for _, g := range fleet.Gateways {
 		fmt.Fprintf(w, "  gateway       %s  onboarding over EST from %s\n", g.Path, g.StateDir)

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"crypto/x509"
-	"encoding/csv"
 	"errors"
 	"fmt"
 	"io"
@@ -10,14 +8,13 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/fieldtrust/fieldtrust/internal/claim"
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
-	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 )
 
@@ -35,14 +32,6 @@ docs/onboarding.md.`,
 	c.AddCommand(newDeviceClaimCmd(), newDeviceListCmd(), newDeviceAdoptClaimsCmd())
 	return c
 }
-
-// CSV columns of 'device claim --csv'.
-const (
-	csvPath         = "path"
-	csvSerial       = "onboarding_serial"
-	csvSubject      = "onboarding_subject"
-	csvManufacturer = "manufacturer"
-)
 
 const manufacturerFlagHelp = "trusted manufacturer CA that issued the onboarding certificate: its SHA-256 fingerprint (or a unique prefix of 8+ hex digits) or subject, as 'fieldtrust manufacturer list' shows; may be omitted when only one manufacturer CA is trusted"
 
@@ -98,7 +87,7 @@ with its old claim; claiming it again is the deliberate step that lets it.`,
 				if (subject == "") == (serial == "") {
 					return usageError{errors.New("give exactly one of --onboarding-serial HEX and --onboarding-subject CN")}
 				}
-				cl, err := newClaim(path, serial, subject, time.Now())
+				cl, err := claim.New(path, serial, subject, time.Now())
 				if err != nil {
 					return usageError{err}
 				}
@@ -140,9 +129,9 @@ with its old claim; claiming it again is the deliberate step that lets it.`,
 				if err != nil {
 					return err
 				}
-				claims[0].ManufacturerKeyID, claims[0].ManufacturerSubject = m.keyID, m.subject
-				if prev, ok := findClaim(existing, claims[0].ClaimKey); ok {
-					return fmt.Errorf("onboarding %s %s of %s is already claimed for %s; pick the device's other certificate field or check 'fieldtrust device list'", claims[0].Kind, claims[0].Value, m.subject, prev.Path)
+				claims[0].ManufacturerKeyID, claims[0].ManufacturerSubject = m.KeyID, m.Subject
+				if prev, ok := claim.Find(existing, claims[0].ClaimKey); ok {
+					return fmt.Errorf("onboarding %s %s of %s is already claimed for %s; pick the device's other certificate field or check 'fieldtrust device list'", claims[0].Kind, claims[0].Value, m.Subject, prev.Path)
 				}
 			}
 			if err := d.Store.PutClaims(cmd.Context(), claims); err != nil {
@@ -169,83 +158,18 @@ with its old claim; claiming it again is the deliberate step that lets it.`,
 	return c
 }
 
-// newClaim validates one claim.
-func newClaim(path, serial, subject string, now time.Time) (store.Claim, error) {
-	p, err := pki.ParsePath(path)
-	if err != nil {
-		return store.Claim{}, err
+// resolveManufacturer is claim.ResolveManufacturer with a name that
+// matches none or several trusted CAs reported as a usage error.
+func resolveManufacturer(list []store.Manufacturer, spec string) (claim.Manufacturer, error) {
+	m, err := claim.ResolveManufacturer(list, spec)
+	if _, ok := errors.AsType[*claim.SpecError](err); ok {
+		return m, usageError{err}
 	}
-	if len(p) != pki.MaxPathElements {
-		return store.Claim{}, fmt.Errorf("path %q has %d element(s); a device path is master/account/device", path, len(p))
-	}
-	c := store.Claim{Path: p.String(), CreatedAt: now}
-	switch {
-	case serial != "" && subject != "":
-		return store.Claim{}, errors.New("give either an onboarding serial or an onboarding subject, not both")
-	case serial != "":
-		n, err := pki.ParseSerial(serial)
-		if err != nil {
-			return store.Claim{}, err
-		}
-		c.Kind, c.Value = store.ClaimBySerial, pki.SerialHex(n)
-	case subject != "":
-		if len(subject) > 64 || strings.IndexFunc(subject, unicode.IsControl) >= 0 || strings.TrimSpace(subject) != subject {
-			return store.Claim{}, fmt.Errorf("onboarding subject %q: a common name of 1 to 64 characters without control characters or surrounding spaces", subject)
-		}
-		c.Kind, c.Value = store.ClaimBySubject, subject
-	default:
-		return store.Claim{}, errors.New("no onboarding serial or subject")
-	}
-	return c, nil
+	return m, err
 }
 
-// manufacturerRef is the manufacturer CA a claim names.
-type manufacturerRef struct{ keyID, subject string }
-
-// resolveManufacturer finds the trusted manufacturer CA spec names: its
-// SHA-256 fingerprint (any case, colons optional, or a unique prefix of at
-// least 8 hex digits), its subject as 'manufacturer list' shows it, or its
-// common name. An empty spec means the only trusted one.
-func resolveManufacturer(list []store.Manufacturer, spec string) (manufacturerRef, error) {
-	if len(list) == 0 {
-		return manufacturerRef{}, errors.New("no manufacturer CA is trusted; trust the one that issued the onboarding certificates first ('fieldtrust manufacturer trust CA.pem')")
-	}
-	spec = strings.TrimSpace(spec)
-	var matches []store.Manufacturer
-	if spec == "" {
-		if len(list) > 1 {
-			return manufacturerRef{}, usageError{fmt.Errorf("%d manufacturer CAs are trusted; say which one issued the onboarding certificate with --manufacturer (fingerprint or subject, see 'fieldtrust manufacturer list')", len(list))}
-		}
-		matches = list
-	} else {
-		hex := strings.ToLower(strings.ReplaceAll(spec, ":", ""))
-		for _, m := range list {
-			cert, err := x509.ParseCertificate(m.DER)
-			if err != nil {
-				return manufacturerRef{}, fmt.Errorf("trusted manufacturer CA %s does not parse: %w", m.Subject, err)
-			}
-			if (len(hex) >= 8 && strings.HasPrefix(m.Fingerprint, hex)) || m.Subject == spec || cert.Subject.CommonName == spec {
-				matches = append(matches, m)
-			}
-		}
-	}
-	switch len(matches) {
-	case 0:
-		return manufacturerRef{}, usageError{fmt.Errorf("--manufacturer %q names no trusted manufacturer CA; see 'fieldtrust manufacturer list'", spec)}
-	case 1:
-	default:
-		return manufacturerRef{}, usageError{fmt.Errorf("--manufacturer %q names %d trusted manufacturer CAs; give more of the SHA-256 fingerprint", spec, len(matches))}
-	}
-	cert, err := x509.ParseCertificate(matches[0].DER)
-	if err != nil {
-		return manufacturerRef{}, fmt.Errorf("trusted manufacturer CA %s does not parse: %w", matches[0].Subject, err)
-	}
-	return manufacturerRef{keyID: pki.KeyID(cert), subject: matches[0].Subject}, nil
-}
-
-// readClaimsCSV reads and checks a claims file; mfr is the --manufacturer
-// default. problems lists every bad line ("line N: ..."); err is for a file
-// that cannot be read at all.
+// readClaimsCSV reads and checks a claims file (claim.ReadCSV), showing
+// progress on a long one.
 func readClaimsCSV(file string, existing []store.Claim, mfrs []store.Manufacturer, mfr string, progress io.Writer) (claims []store.Claim, lines []int, problems []string, err error) {
 	f, err := os.Open(file)
 	if err != nil {
@@ -258,132 +182,8 @@ func readClaimsCSV(file string, existing []store.Claim, mfrs []store.Manufacture
 	}
 	pr := newProgress(progress, st.Size(), "checking "+file)
 	defer pr.finish()
-	r := csv.NewReader(io.TeeReader(f, pr))
-	r.TrimLeadingSpace = true
-	r.Comment = '#'
-	header, err := r.Read()
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%s: no header row (want %s,%s,%s): %w", file, csvPath, csvSerial, csvSubject, err)
-	}
-	col := map[string]int{}
-	for i, h := range header {
-		h = strings.ToLower(strings.TrimSpace(strings.TrimPrefix(h, "\ufeff")))
-		switch h {
-		case csvPath, csvSerial, csvSubject, csvManufacturer:
-			if _, dup := col[h]; dup {
-				return nil, nil, nil, fmt.Errorf("%s line 1: column %q twice", file, h)
-			}
-			col[h] = i
-		default:
-			return nil, nil, nil, fmt.Errorf("%s line 1: unknown column %q; the columns are %s, %s, %s and %s", file, h, csvPath, csvSerial, csvSubject, csvManufacturer)
-		}
-	}
-	if _, ok := col[csvPath]; !ok {
-		return nil, nil, nil, fmt.Errorf("%s line 1: no %q column", file, csvPath)
-	}
-	_, hasSerial := col[csvSerial]
-	_, hasSubject := col[csvSubject]
-	if !hasSerial && !hasSubject {
-		return nil, nil, nil, fmt.Errorf("%s line 1: need a %q or %q column", file, csvSerial, csvSubject)
-	}
-	field := func(rec []string, name string) string {
-		if i, ok := col[name]; ok && i < len(rec) {
-			return strings.TrimSpace(rec[i])
-		}
-		return ""
-	}
-	seen := map[store.ClaimKey]int{} // -> line
-	for _, c := range existing {
-		if !c.Revoked() { // a revoked claim is replaced
-			seen[c.ClaimKey] = 0
-		}
-	}
-	// The default manufacturer is resolved once, and only if a line needs
-	// it, so that a file naming one on every line works with several
-	// trusted.
-	var (
-		defaultMfr     manufacturerRef
-		defaultMfrErr  error
-		defaultMfrDone bool
-	)
-	byName := map[string]manufacturerRef{}
-	now := time.Now()
-	for {
-		rec, err := r.Read()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			var pe *csv.ParseError
-			if errors.As(err, &pe) && pe.Err != csv.ErrFieldCount {
-				problems = append(problems, fmt.Sprintf("line %d: %v", pe.Line, pe.Err))
-				if pe.Err == csv.ErrQuote || pe.Err == csv.ErrBareQuote {
-					continue
-				}
-				return nil, nil, problems, nil
-			}
-			if errors.As(err, &pe) {
-				problems = append(problems, fmt.Sprintf("line %d: %d fields, the header has %d", pe.Line, len(rec), len(header)))
-				continue
-			}
-			return nil, nil, nil, err
-		}
-		line, _ := r.FieldPos(0)
-		c, err := newClaim(field(rec, csvPath), field(rec, csvSerial), field(rec, csvSubject), now)
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("line %d: %v", line, err))
-			continue
-		}
-		var m manufacturerRef
-		if name := field(rec, csvManufacturer); name != "" {
-			var ok bool
-			if m, ok = byName[name]; !ok {
-				if m, err = resolveManufacturer(mfrs, name); err != nil {
-					problems = append(problems, fmt.Sprintf("line %d: %v", line, err))
-					continue
-				}
-				byName[name] = m
-			}
-		} else {
-			if !defaultMfrDone {
-				defaultMfr, defaultMfrErr = resolveManufacturer(mfrs, mfr)
-				defaultMfrDone = true
-			}
-			if defaultMfrErr != nil {
-				problems = append(problems, fmt.Sprintf("line %d: %v", line, defaultMfrErr))
-				continue
-			}
-			m = defaultMfr
-		}
-		c.ManufacturerKeyID, c.ManufacturerSubject = m.keyID, m.subject
-		key := c.ClaimKey
-		if prev, dup := seen[key]; dup {
-			if prev == 0 {
-				old, _ := findClaim(existing, key)
-				problems = append(problems, fmt.Sprintf("line %d: onboarding %s %s is already claimed for %s", line, c.Kind, c.Value, old.Path))
-			} else {
-				problems = append(problems, fmt.Sprintf("line %d: onboarding %s %s is also on line %d", line, c.Kind, c.Value, prev))
-			}
-			continue
-		}
-		seen[key] = line
-		claims = append(claims, c)
-		lines = append(lines, line)
-	}
-	if len(claims) == 0 && len(problems) == 0 {
-		return nil, nil, nil, fmt.Errorf("%s: no claims after the header row", file)
-	}
-	return claims, lines, problems, nil
-}
-
-// findClaim returns the live (unrevoked) claim with key k.
-func findClaim(list []store.Claim, k store.ClaimKey) (store.Claim, bool) {
-	for _, c := range list {
-		if c.ClaimKey == k && !c.Revoked() {
-			return c, true
-		}
-	}
-	return store.Claim{}, false
+	cf, err := claim.ReadCSV(io.TeeReader(f, pr), file, existing, mfrs, mfr, time.Now())
+	return cf.Claims, cf.Lines, cf.Problems, err
 }
 
 func first(xs []int) int {
@@ -540,14 +340,14 @@ another manufacturer must be made again with 'fieldtrust device claim
 			if err != nil {
 				return err
 			}
-			n, err := d.Store.AdoptLegacyClaims(cmd.Context(), m.keyID, m.subject)
+			n, err := d.Store.AdoptLegacyClaims(cmd.Context(), m.KeyID, m.Subject)
 			if err != nil {
 				if errors.Is(err, store.ErrExists) {
 					return fmt.Errorf("%w; nothing was changed: claim the devices of other manufacturers again with 'fieldtrust device claim --manufacturer'", err)
 				}
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "assigned %d claim(s) to manufacturer CA %s\n", n, m.subject)
+			fmt.Fprintf(cmd.OutOrStdout(), "assigned %d claim(s) to manufacturer CA %s\n", n, m.Subject)
 			return nil
 		},
 	}

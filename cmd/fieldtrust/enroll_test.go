@@ -230,7 +230,7 @@ ms-1/acc-1/gw-9
 	for _, tt := range []struct{ body, want string }{
 		{"", "no header row"},
 		{"path,serial\n", "unknown column \"serial\""},
-		{"path,onboarding_serial,manufacturer\nms-1/acc-3/gw-1,01,Nobody\n", "line 2: --manufacturer \"Nobody\" names no trusted manufacturer"},
+		{"path,onboarding_serial,manufacturer\nms-1/acc-3/gw-1,01,Nobody\n", "line 2: manufacturer \"Nobody\" names no trusted manufacturer"},
 		{"onboarding_serial\n01\n", "no \"path\" column"},
 		{"path\na/b/c\n", "need a \"onboarding_serial\" or \"onboarding_subject\" column"},
 		{"path,onboarding_serial\n", "no claims"},

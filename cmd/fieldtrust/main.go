@@ -62,6 +62,7 @@ Start the platform with 'fieldtrust up'; manage certificates with 'fieldtrust pk
 		newGatewayCmd(),
 		newDemoCmd(),
 		newLedgerCmd(),
+		newUserCmd(),
 		newRuleCmd(), newAlarmCmd(), newTaskCmd(), newOutboxCmd(),
 		newAgentCmd(),
 		newDCCCmd(), newRegistryCmd(),

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
@@ -67,7 +68,7 @@ func newPKIIssueCmd() *cobra.Command {
 	var (
 		dir, out, service, role string
 		grantsFile              string
-		e2e, force              bool
+		e2e, force, p12         bool
 		days                    int
 	)
 	c := &cobra.Command{
@@ -78,10 +79,14 @@ master/account/device), creating missing master-account and account CAs on the
 way, or with --service for a platform service with a role.
 
 Writes OUTDIR/cert.pem (leaf followed by its intermediates), OUTDIR/key.pem
-(PKCS#8, mode 0600) and OUTDIR/ca.pem (the root of that PKI).`,
+(PKCS#8, mode 0600) and OUTDIR/ca.pem (the root of that PKI). With --p12 also
+OUTDIR/identity.p12 (mode 0600), for importing into a browser to log into the
+web console with the certificate; its password comes from
+FIELDTRUST_P12_PASSWORD or is asked for on the terminal.`,
 		Example: `  fieldtrust pki issue --data ./fieldtrust-data ms-acc-1/acc-1/dev-1 --out ./dev-1
   fieldtrust pki issue ms-acc-1/acc-1/dev-1 --e2e --days 30 --out ./dev-1-e2e
-  fieldtrust pki issue --service ingest --role snapshot-reader --out ./ingest`,
+  fieldtrust pki issue --service ingest --role snapshot-reader --out ./ingest
+  FIELDTRUST_P12_PASSWORD=... fieldtrust pki issue acme-pumps --p12 --out ./acme-pumps`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req := pki.LeafRequest{Validity: time.Duration(days) * 24 * time.Hour}
@@ -117,6 +122,13 @@ Writes OUTDIR/cert.pem (leaf followed by its intermediates), OUTDIR/key.pem
 			}
 			if err := checkOutDir(out, force); err != nil {
 				return err
+			}
+			var p12Password string
+			if p12 {
+				var err error
+				if p12Password, err = p12PasswordFor(cmd); err != nil {
+					return err
+				}
 			}
 			d, err := datadir.Open(cmd.Context(), dir, nil)
 			if err != nil {
@@ -165,6 +177,16 @@ Writes OUTDIR/cert.pem (leaf followed by its intermediates), OUTDIR/key.pem
 			if err := writeFile(filepath.Join(out, "ca.pem"), pki.EncodeCertsPEM(iss.Root), 0o644, force); err != nil {
 				return err
 			}
+			if p12 {
+				der, err := pki.EncodePKCS12(key, iss.Chain, p12Password)
+				if err != nil {
+					return err
+				}
+				if err := writeFile(filepath.Join(out, "identity.p12"), der, 0o600, force); err != nil {
+					return err
+				}
+				defer fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (PKCS#12, 0600): import it into your browser to log into the console with this certificate\n", filepath.Join(out, "identity.p12"))
+			}
 			who := iss.Cert.Subject.CommonName
 			if service != "" {
 				who = "service " + service
@@ -186,7 +208,41 @@ Writes OUTDIR/cert.pem (leaf followed by its intermediates), OUTDIR/key.pem
 	c.Flags().StringVar(&role, "role", "", "role of the service: "+strings.Join(serviceRoles(tacs.DefaultGrants()), ", ")+", or one of the grants file's")
 	c.Flags().StringVar(&grantsFile, "grants", "", "service grants file that defines --role (default DIR/grants.json if it exists)")
 	c.Flags().BoolVar(&force, "force", false, "overwrite existing files in OUTDIR")
+	c.Flags().BoolVar(&p12, "p12", false, "also write OUTDIR/identity.p12 for a browser (password: FIELDTRUST_P12_PASSWORD, or asked on the terminal)")
 	return c
+}
+
+// p12PasswordFor returns the PKCS#12 password: FIELDTRUST_P12_PASSWORD, or
+// asked twice on the terminal.
+func p12PasswordFor(cmd *cobra.Command) (string, error) {
+	if p := os.Getenv("FIELDTRUST_P12_PASSWORD"); p != "" {
+		return p, nil
+	}
+	fd := int(os.Stdin.Fd())
+	if !term.IsTerminal(fd) {
+		return "", usageError{errors.New("--p12: set FIELDTRUST_P12_PASSWORD (no terminal to ask for the password)")}
+	}
+	ask := func(prompt string) (string, error) {
+		fmt.Fprint(cmd.ErrOrStderr(), prompt)
+		b, err := term.ReadPassword(fd)
+		fmt.Fprintln(cmd.ErrOrStderr())
+		return string(b), err
+	}
+	p, err := ask("password for identity.p12: ")
+	if err != nil {
+		return "", err
+	}
+	again, err := ask("again: ")
+	if err != nil {
+		return "", err
+	}
+	if p != again {
+		return "", errors.New("--p12: the passwords differ")
+	}
+	if p == "" {
+		return "", errors.New("--p12: an empty password would leave the private key unprotected")
+	}
+	return p, nil
 }
 
 func newPKIRevokeCmd() *cobra.Command {

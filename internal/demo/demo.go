@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/fieldtrust/fieldtrust/internal/console"
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
@@ -192,4 +193,32 @@ func customerCredentials(ctx context.Context, d *datadir.Dir, dir, master string
 		os.WriteFile(filepath.Join(dir, prefix+"ca.pem"), pki.EncodeCertsPEM(iss.Root), 0o644)
 	}
 	return dir, nil
+}
+
+// Login is a demo person with a fresh one-time login link to the console.
+type Login struct {
+	Who        string // "acme-pumps", "vendor admin"
+	Invitation console.Invitation
+}
+
+// VendorAdmin is the demo's vendor administrator (the vendor's admin scope).
+const VendorAdmin = "admin@vendor.example"
+
+// Logins creates (on first use) an admin user for each demo customer and
+// a vendor admin, and returns a fresh one-time login link for each: the
+// demo prints them so a newcomer is in the console with one click.
+func Logins(ctx context.Context, d *datadir.Dir, now time.Time) ([]Login, error) {
+	var out []Login
+	for _, c := range Customers {
+		inv, err := console.LoginLink(ctx, d.Store, "admin@"+c.Master+".example", c.Master, store.RoleAdmin, "demo", now)
+		if err != nil {
+			return nil, fmt.Errorf("demo login for %s: %w", c.Master, err)
+		}
+		out = append(out, Login{Who: c.Master, Invitation: inv})
+	}
+	inv, err := console.LoginLink(ctx, d.Store, VendorAdmin, console.VendorScope, store.RoleAdmin, "demo", now)
+	if err != nil {
+		return nil, fmt.Errorf("demo login for the vendor admin: %w", err)
+	}
+	return append(out, Login{Who: "vendor admin", Invitation: inv}), nil
 }

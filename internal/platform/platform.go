@@ -27,6 +27,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/agent"
 	"github.com/fieldtrust/fieldtrust/internal/bootstrap"
 	"github.com/fieldtrust/fieldtrust/internal/broker"
+	"github.com/fieldtrust/fieldtrust/internal/console"
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/est"
@@ -143,8 +144,11 @@ func Run(ctx context.Context, cfg Config) error {
 	ingestE2E.keepKey = true
 	ledgerE2E := newServiceCert(d.E2E, "ledger", cfg.DataDir, nil, nil, log)
 	commandE2E := newServiceCert(d.E2E, "platform", cfg.DataDir, nil, nil, log)
+	// The console watches gateways' birth and will messages as an MQTT
+	// client of its own (role status-reader).
+	consoleTLS := newServiceCert(d.Transport, "console", cfg.DataDir, nil, nil, log)
 	rulesTLS := newServiceCert(d.Transport, "rules", cfg.DataDir, nil, nil, log)
-	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E, rulesTLS}
+	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E, consoleTLS, rulesTLS}
 	var nodeTLS *serviceCert
 	switch cfg.Broker {
 	case "", BrokerEmbedded:
@@ -165,6 +169,9 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	if err := d.Store.SetServiceRole(ctx, "ingest", tacs.RoleSnapshotReader); err != nil {
+		return err
+	}
+	if err := d.Store.SetServiceRole(ctx, "console", tacs.RoleStatusReader); err != nil {
 		return err
 	}
 	if err := d.Store.SetServiceRole(ctx, "rules", tacs.RoleRulesEngine); err != nil {
@@ -287,6 +294,29 @@ func Run(ctx context.Context, cfg Config) error {
 			return subj, err == nil
 		},
 	}
+	// The web console (package console) at / on the same listener, behind
+	// the same guard: a certificate it sees is a verified transport one.
+	transportRoots := x509.NewCertPool()
+	transportRoots.AddCert(d.Transport.Root())
+	consoleClient := tlspolicy.Client(transportRoots, nil)
+	consoleClient.GetClientCertificate = consoleTLS.GetClientCertificate
+	watcher := &console.StatusWatcher{TLS: consoleClient, ClientID: "console-status", Logger: log.With("component", "console")}
+	con, err := console.New(console.Options{
+		Store: d.Store, Grants: grants, Proofs: lg, Revoker: d.Transport, Status: watcher, Rules: d.Store,
+		Hosts: append([]string{"localhost"}, cfg.DNSNames...), Logger: log.With("component", "console"),
+		CertSubject: func(r *http.Request) (tacs.Subject, *x509.Certificate, bool) {
+			id, ok := est.IdentityFromContext(r.Context())
+			if !ok || r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+				return tacs.Subject{}, nil, false
+			}
+			subj, err := ids.subjectOf(id)
+			return subj, r.TLS.VerifiedChains[0][0], err == nil
+		},
+	})
+	if err != nil {
+		return err
+	}
+	watcher.OnChange = con.StatusChanged
 	agents, err := startAgents(cfg, d, httpLn.Addr().String(), lg, reg, log)
 	if err != nil {
 		return err
@@ -314,6 +344,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Metrics: requireGrant(ids, grants, topic.System, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),
 		Health:  func() (bool, any) { return health(sup.Status(), ingestStatus.Health()) },
 		API:     api,
+		Pages:   con,
 		Logger:  log,
 	})))
 	httpTLS := tlspolicy.Server(cert.GetCertificate, nil, tls.RequestClientCert, nil)
@@ -334,12 +365,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	transportRoots := x509.NewCertPool()
-	transportRoots.AddCert(d.Transport.Root())
 	ingestClient := tlspolicy.Client(transportRoots, nil)
 	ingestClient.GetClientCertificate = ingestTLS.GetClientCertificate
 	heads := &treeHeads{log: lg, store: d.Store, signer: ledgerE2E, logger: log}
 	httpAddr := httpLn.Addr().String()
+	watcher.Broker = mqttAddr
 	rulesClient := tlspolicy.Client(transportRoots, nil)
 	rulesClient.GetClientCertificate = rulesTLS.GetClientCertificate
 	rp := newRulesPlatform(cfg.Notifications, d.Store, cfg.DataDir, mqttAddr, rulesClient, reg, log)
@@ -399,6 +429,8 @@ func Run(ctx context.Context, cfg Config) error {
 		}},
 		{Name: "certificates", Run: func(ctx context.Context) error { return renewServiceCerts(ctx, serviceCerts) }, GiveUpAfter: -1},
 		{Name: "registry", Run: dccReg.run, GiveUpAfter: 10},
+		{Name: "console", Run: con.Run, GiveUpAfter: 10},
+		{Name: "gateway-status", Run: watcher.Run, GiveUpAfter: -1},
 	}
 	services = append(services, rp.services()...)
 	if ct != nil {

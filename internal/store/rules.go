@@ -8,7 +8,8 @@ import (
 
 // ErrConflict is returned (wrapped) when a change does not apply to the
 // record's current state (acknowledging a cleared alarm, retrying a
-// message that is not dead).
+// message that is not dead, a WebAuthn sign counter that moved meanwhile
+// in a compare-and-set).
 var ErrConflict = errors.New("conflict with the current state")
 
 // Rule is a stored rule file (package rules parses and runs it). The store

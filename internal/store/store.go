@@ -103,6 +103,11 @@ type Store interface {
 
 	Snapshots
 
+	Console
+
+	Live
+
+	Series
 	Rules
 	Agents
 

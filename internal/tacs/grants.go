@@ -15,6 +15,7 @@ const (
 	RoleAdmin          = "admin"
 	RoleSnapshotReader = "snapshot-reader"
 	RoleFirmwareWriter = "firmware-writer"
+	RoleStatusReader   = "status-reader"
 	RoleRulesEngine    = "rules-engine"
 )
 
@@ -52,6 +53,8 @@ type Grants map[string][]Grant
 //   - admin: read and write everything, including $SYS/#;
 //   - snapshot-reader (ingest): read +/+/+/snapshots;
 //   - firmware-writer: write +/+/+/firmware;
+//   - status-reader (the console): read +/+/+/status, the gateways'
+//     birth messages and wills.
 //   - rules-engine (the rules service): read +/+/+/status (silence),
 //     write +/+/+/events (the MQTT events of rules).
 func DefaultGrants() Grants {
@@ -62,6 +65,7 @@ func DefaultGrants() Grants {
 		},
 		RoleSnapshotReader: {{Filter: "+/+/+/snapshots", Read: true}},
 		RoleFirmwareWriter: {{Filter: "+/+/+/firmware", Write: true}},
+		RoleStatusReader:   {{Filter: "+/+/+/status", Read: true}},
 		RoleRulesEngine:    {{Filter: "+/+/+/status", Read: true}, {Filter: "+/+/+/events", Write: true}},
 	}
 }

@@ -107,22 +107,32 @@ func (a *API) authed(h handler) http.HandlerFunc {
 			writeError(w, http.StatusUnauthorized, "a client certificate of this platform is required")
 			return
 		}
-		scope := subj.Path
-		if subj.IsService() {
-			if !tacs.Authorize(a.Grants, subj, tacs.Subscribe, topic.AllSnapshots).Allowed {
-				writeError(w, http.StatusForbidden, "service role "+subj.Role+" may not read snapshots")
-				return
-			}
-			scope = ""
+		scope, ok := ReadScope(a.Grants, subj)
+		if !ok {
+			writeError(w, http.StatusForbidden, "service role "+subj.Role+" may not read snapshots")
+			return
 		}
 		h(w, r, subj, scope)
 	}
 }
 
-// canRead applies TACS: may subj read the snapshots of gateway path gw?
-func (a *API) canRead(subj tacs.Subject, gw string) bool {
-	return tacs.Authorize(a.Grants, subj, tacs.Subscribe, topic.SnapshotsOf(gw)).Allowed
+// ReadScope is the store scope of what subj may read: its identity path
+// for an account, "" (everything) for a service whose grants read every
+// gateway's snapshots; ok is false for a service that may not. The API and
+// the console both scope reads with it.
+func ReadScope(g tacs.Grants, subj tacs.Subject) (scope string, ok bool) {
+	if !subj.IsService() {
+		return subj.Path, true
+	}
+	return "", tacs.Authorize(g, subj, tacs.Subscribe, topic.AllSnapshots).Allowed
 }
+
+// CanRead applies TACS: may subj read the snapshots of gateway path gw?
+func CanRead(g tacs.Grants, subj tacs.Subject, gw string) bool {
+	return tacs.Authorize(g, subj, tacs.Subscribe, topic.SnapshotsOf(gw)).Allowed
+}
+
+func (a *API) canRead(subj tacs.Subject, gw string) bool { return CanRead(a.Grants, subj, gw) }
 
 type deviceJSON struct {
 	Path             string    `json:"path"`

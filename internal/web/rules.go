@@ -325,6 +325,23 @@ func taskJSON(t store.Task) TaskJSON {
 
 var taskStates = map[string]bool{store.TaskOpen: true, store.TaskInProgress: true, store.TaskDone: true}
 
+// CheckTaskUpdate checks a change to a task, for the API and the console:
+// a known state or none, an assignee of at most 200 bytes, a comment of at
+// most 4000.
+func CheckTaskUpdate(state, assignee, comment string) error {
+	if state != "" && !taskStates[state] {
+		return errors.New("state: open, in_progress or done")
+	}
+	if len(assignee) > 200 || len(comment) > 4000 {
+		return errors.New("assignee: at most 200 bytes; comment: at most 4000")
+	}
+	return nil
+}
+
+// AlarmStateFilter reports whether s selects alarms: "" (all), "open"
+// (active and acknowledged) or one state.
+func AlarmStateFilter(s string) bool { return alarmStates[s] }
+
 func (a *API) listTasks(w http.ResponseWriter, r *http.Request, _ tacs.Subject, scope string) {
 	q := r.URL.Query()
 	tq := store.TaskQuery{Scope: scope, State: q.Get("state"), Assignee: q.Get("assignee")}
@@ -385,12 +402,8 @@ func (a *API) updateTask(w http.ResponseWriter, r *http.Request, subj tacs.Subje
 		writeError(w, http.StatusBadRequest, "body: a JSON object with state, assignee and/or comment: "+err.Error())
 		return
 	}
-	if in.State != "" && !taskStates[in.State] {
-		writeError(w, http.StatusBadRequest, "state: open, in_progress or done")
-		return
-	}
-	if len(in.Assignee) > 200 || len(in.Comment) > 4000 {
-		writeError(w, http.StatusBadRequest, "assignee: at most 200 bytes; comment: at most 4000")
+	if err := CheckTaskUpdate(in.State, in.Assignee, in.Comment); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	now := a.now()

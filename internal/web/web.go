@@ -24,7 +24,11 @@ type Options struct {
 	// the body must not say more than states.
 	Health func() (healthy bool, body any)
 	// API, if set, serves /api/v1.
-	API    *API
+	API *API
+	// Pages, if set, adds the web console's routes (package console) to
+	// the same mux: explicit patterns only, so every other path answers
+	// exactly as without it.
+	Pages  interface{ Register(mux *http.ServeMux) }
 	Logger *slog.Logger
 }
 
@@ -70,6 +74,9 @@ func New(opts Options) http.Handler {
 	if opts.Metrics != nil {
 		mux.Handle("GET /metrics", opts.Metrics)
 	}
+	if opts.Pages != nil {
+		opts.Pages.Register(mux)
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -96,6 +103,10 @@ func (s *statusRecorder) WriteHeader(code int) {
 	s.status = code
 	s.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the connection (the console's
+// event stream flushes through it).
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // logRequests logs each request with the client identity when it presented
 // a certificate.

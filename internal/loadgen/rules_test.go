@@ -81,19 +81,42 @@ func addNotifyRule(t *testing.T, e *env, gateway string) {
 func reportNotifyLatency(t *testing.T, e *env, c *mailcatcher.Catcher, want int) {
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	msgs, err := c.Wait(ctx, want)
-	if err != nil {
-		t.Errorf("notifications: %v", err)
+	// Wait for want distinct messages: a message sent twice (same
+	// Message-ID) is counted once, and is an error.
+	msgID := func(m mailcatcher.Message) string {
+		return strings.TrimSuffix(strings.Trim(m.Header.Get("Message-Id"), "<>"), "@fieldtrust")
+	}
+	var msgs []mailcatcher.Message
+	first := map[string]time.Time{}
+	for n := want; ; {
+		var err error
+		msgs, err = c.Wait(ctx, n)
+		clear(first)
+		for _, m := range msgs {
+			if _, ok := first[msgID(m)]; !ok {
+				first[msgID(m)] = m.At
+			}
+		}
+		if err != nil {
+			t.Errorf("notifications: %v", err)
+			break
+		}
+		if len(first) >= want {
+			break
+		}
+		n = len(msgs) + want - len(first)
+	}
+	if len(msgs) > len(first) {
+		t.Errorf("notify: %d mails for %d notifications: %d sent more than once", len(msgs), len(first), len(msgs)-len(first))
 	}
 	var lat loadgen.Latencies
-	for _, m := range msgs {
-		id := strings.TrimSuffix(strings.Trim(m.Header.Get("Message-Id"), "<>"), "@fieldtrust")
+	for id, at := range first {
 		om, err := e.d.Store.OutboxMessage(ctx, id)
 		if err != nil {
 			t.Fatalf("mail %s: %v", id, err)
 		}
-		lat = append(lat, m.At.Sub(om.CreatedAt))
+		lat = append(lat, at.Sub(om.CreatedAt))
 	}
-	t.Logf("notify: %d mails, snapshot arrival to SMTP acceptance median %s ms, p99 %s ms, max %s ms (target p99 < 2000 ms)",
-		len(msgs), loadgen.Ms(lat.Quantile(0.5)), loadgen.Ms(lat.Quantile(0.99)), loadgen.Ms(lat.Quantile(1)))
+	t.Logf("notify: %d mails (%d distinct), snapshot arrival to SMTP acceptance median %s ms, p99 %s ms, max %s ms (target p99 < 2000 ms)",
+		len(msgs), len(first), loadgen.Ms(lat.Quantile(0.5)), loadgen.Ms(lat.Quantile(0.99)), loadgen.Ms(lat.Quantile(1)))
 }

@@ -131,6 +131,12 @@ type Dispatcher struct {
 	m        *metrics
 	mu       sync.Mutex
 	inflight map[string]bool
+	// A round's query may return a message whose delivery is in flight
+	// and is recorded and finished before the round looks at it: finished
+	// holds the round during which each delivery finished, and a round
+	// skips what finished during it (its query may predate the record).
+	rounds   uint64
+	finished map[string]uint64
 	limits   map[string]*rate.Limiter
 	// suppressed counts suppressions per rule since the last log line
 	// about them (one line per rule and minute, not one per message).
@@ -146,7 +152,7 @@ type suppression struct {
 // New returns a dispatcher.
 func New(cfg Config) *Dispatcher {
 	cfg.defaults()
-	return &Dispatcher{cfg: cfg, m: newMetrics(cfg.Registerer), inflight: map[string]bool{}, limits: map[string]*rate.Limiter{}, suppressed: map[string]*suppression{}}
+	return &Dispatcher{cfg: cfg, m: newMetrics(cfg.Registerer), inflight: map[string]bool{}, finished: map[string]uint64{}, limits: map[string]*rate.Limiter{}, suppressed: map[string]*suppression{}}
 }
 
 // Run delivers until ctx ends. Store errors are logged and retried on the
@@ -181,13 +187,22 @@ func (d *Dispatcher) round(ctx context.Context, sem chan struct{}, wg *sync.Wait
 			d.cfg.Logger.Info("outbox: old sent and suppressed messages deleted", "deleted", n, "retention", d.cfg.Retention)
 		}
 	}
+	d.mu.Lock()
+	d.rounds++
+	r := d.rounds
+	for id, fr := range d.finished {
+		if fr < r {
+			delete(d.finished, id) // finished before this round's query: it sees the record
+		}
+	}
+	d.mu.Unlock()
 	due, err := d.cfg.Store.DueOutbox(ctx, now, 500)
 	if err != nil {
 		return err
 	}
 	for _, m := range due {
 		d.mu.Lock()
-		busy := d.inflight[m.ID]
+		busy := d.inflight[m.ID] || d.finished[m.ID] >= r
 		if !busy {
 			d.inflight[m.ID] = true
 		}
@@ -234,6 +249,7 @@ func (d *Dispatcher) round(ctx context.Context, sem chan struct{}, wg *sync.Wait
 func (d *Dispatcher) done(id string) {
 	d.mu.Lock()
 	delete(d.inflight, id)
+	d.finished[id] = d.rounds
 	d.mu.Unlock()
 }
 

@@ -43,6 +43,12 @@ type Engine struct {
 	allChans bool
 	prev     bool   // a rule reads prev
 	gen      uint64 // bumped by SetRules: cached channel positions are stale
+	// Buffers reused from snapshot to snapshot (the engine runs on every
+	// one): the rules that apply, the values map when no rule reads prev
+	// (nothing keeps it after Snapshot returns), and the empty prev.
+	applying []*Rule
+	vals     map[string]float64
+	noPrev   map[string]float64
 }
 
 type ruleDevice struct{ rule, device string }
@@ -61,7 +67,8 @@ type deviceState struct {
 
 // NewEngine returns an engine without rules.
 func NewEngine() *Engine {
-	return &Engine{pending: map[ruleDevice]time.Time{}, open: map[ruleDevice]string{}, devices: map[string]*deviceState{}, offline: map[string]bool{}}
+	return &Engine{pending: map[ruleDevice]time.Time{}, open: map[ruleDevice]string{}, devices: map[string]*deviceState{}, offline: map[string]bool{},
+		noPrev: map[string]float64{}}
 }
 
 // SetRules replaces the rules (enabled ones run). Pending durations of
@@ -148,12 +155,13 @@ func (e *Engine) Snapshot(rec store.SnapshotRecord, c *store.RuleCommit) {
 		e.devices[path] = dev
 	}
 	dev.typ = rec.DeviceType
-	var applying []*Rule
+	applying := e.applying[:0]
 	for _, r := range e.rules {
 		if r.Applies(rec.Gateway, rec.DeviceType) {
 			applying = append(applying, r)
 		}
 	}
+	e.applying = applying
 	// Silence is judged by arrival, not by the gateway's clock.
 	if rec.ReceivedAt.After(dev.lastSeen) {
 		dev.lastSeen = rec.ReceivedAt
@@ -166,15 +174,27 @@ func (e *Engine) Snapshot(rec store.SnapshotRecord, c *store.RuleCommit) {
 	// Only the channels the rules read: most of a snapshot's values are
 	// never looked at, and a map of 340 costs more than the rules.
 	in := &Input{Device: path, Gateway: rec.Gateway, Type: rec.DeviceType, At: rec.Time}
-	if e.allChans {
-		in.Values = make(map[string]float64, len(rec.Values))
-		for _, v := range rec.Values {
-			in.Values[v.Channel] = v.Value
+	var vals map[string]float64
+	if !e.usesPrev() {
+		// No rule reads prev: the map is not kept, so it is reused.
+		if e.vals == nil {
+			e.vals = map[string]float64{}
 		}
-	} else {
-		in.Values = e.pick(dev, rec.Values)
+		vals = e.vals
+		clear(vals)
 	}
-	in.Prev = map[string]float64{}
+	if e.allChans {
+		if vals == nil {
+			vals = make(map[string]float64, len(rec.Values))
+		}
+		for _, v := range rec.Values {
+			vals[v.Channel] = v.Value
+		}
+		in.Values = vals
+	} else {
+		in.Values = e.pick(dev, rec.Values, vals)
+	}
+	in.Prev = e.noPrev
 	if e.usesPrev() && rec.Prev != nil {
 		if dev.values != nil && string(dev.lastHash) == string(rec.Prev) {
 			in.Prev = dev.values
@@ -184,7 +204,7 @@ func (e *Engine) Snapshot(rec store.SnapshotRecord, c *store.RuleCommit) {
 			}
 		}
 	}
-	ev := &trigger{rec: &rec, in: in, at: rec.Time, receivedAt: rec.ReceivedAt, gateway: rec.Gateway, device: path, typ: rec.DeviceType, key: hex.EncodeToString(rec.Hash)}
+	ev := &trigger{rec: &rec, in: in, at: rec.Time, receivedAt: rec.ReceivedAt, gateway: rec.Gateway, device: path, typ: rec.DeviceType}
 	for _, r := range applying {
 		e.evalRule(r, ev, c)
 	}
@@ -198,9 +218,12 @@ func (e *Engine) Snapshot(rec store.SnapshotRecord, c *store.RuleCommit) {
 
 // pick returns the values of the rules' channels, from the positions
 // they had in the device's last snapshot when they are still there, else
-// by a scan (which renews the positions).
-func (e *Engine) pick(dev *deviceState, vals []snapshot.Value) map[string]float64 {
-	out := make(map[string]float64, len(e.chans))
+// by a scan (which renews the positions). It fills out, an empty map, or
+// a new one if out is nil.
+func (e *Engine) pick(dev *deviceState, vals []snapshot.Value, out map[string]float64) map[string]float64 {
+	if out == nil {
+		out = make(map[string]float64, len(e.chans))
+	}
 	if dev.posGen == e.gen && dev.pos != nil {
 		hit := true
 		for ch, i := range dev.pos {
@@ -238,8 +261,17 @@ type trigger struct {
 	gateway    string
 	device     string
 	typ        string
-	key        string // what makes the trigger unique for its device
+	key        string // what makes the trigger unique for its device; a snapshot's: its hash (idKey)
 	summary    string
+}
+
+// idKey is what makes the trigger unique for its device, made only when
+// a rule fires (most evaluations fire nothing).
+func (t *trigger) idKey() string {
+	if t.key == "" && t.rec != nil {
+		t.key = hex.EncodeToString(t.rec.Hash)
+	}
+	return t.key
 }
 
 func (e *Engine) evalRule(r *Rule, t *trigger, c *store.RuleCommit) {
@@ -267,7 +299,7 @@ func (e *Engine) evalRule(r *Rule, t *trigger, c *store.RuleCommit) {
 	if r.Mode == ModeEach {
 		if holds {
 			t.summary = fmt.Sprintf("%s matched: %s", r.Name, r.when.Src)
-			e.fire(r, id("e-", r.ID, fmt.Sprint(r.Revision), t.device, t.key), "rule.matched", t, c)
+			e.fire(r, id("e-", r.ID, fmt.Sprint(r.Revision), t.device, t.idKey()), "rule.matched", t, c)
 		}
 		return
 	}
@@ -319,7 +351,7 @@ func (e *Engine) clearAlarm(k ruleDevice, at time.Time, c *store.RuleCommit) {
 func (e *Engine) raise(r *Rule, t *trigger, c *store.RuleCommit) {
 	k := ruleDevice{r.ID, t.device}
 	a := store.Alarm{
-		ID: id("a-", r.ID, fmt.Sprint(r.Revision), t.device, t.key), RuleID: r.ID, RuleName: r.Name, Gateway: t.gateway, Device: t.device,
+		ID: id("a-", r.ID, fmt.Sprint(r.Revision), t.device, t.idKey()), RuleID: r.ID, RuleName: r.Name, Gateway: t.gateway, Device: t.device,
 		Severity: r.Severity, Summary: t.summary, RaisedAt: t.at,
 	}
 	if t.rec != nil {

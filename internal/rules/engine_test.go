@@ -337,3 +337,38 @@ func TestCostRefused(t *testing.T) {
 		t.Fatalf("nested loops: %v", err)
 	}
 }
+
+// TestEngineValuesPerSnapshot: a condition sees only its own snapshot's
+// values, though the engine reuses its values map from snapshot to
+// snapshot: a channel of one device's snapshot never shows in the next
+// one's, whether the rules read named channels, any channel, or prev.
+func TestEngineValuesPerSnapshot(t *testing.T) {
+	for _, tc := range []struct{ name, when string }{
+		{"named channel", "has(values.x)"},
+		{"any channel", `values.exists(k, k == "x")`},
+		{"named channel, a rule reads prev", "has(values.x) || has(prev.never)"},
+		{"any channel, a rule reads prev", `values.exists(k, k == "x") || has(prev.never)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := NewEngine()
+			e.SetRules([]*Rule{mustRule(t, "r", fmt.Sprintf("version: 1\nname: n\nscope: ms\nmode: each\nwhen: '%s'\nactions:\n  - mqtt: {}\n", tc.when))})
+			for i, s := range []struct {
+				dev   string
+				vals  map[string]float64
+				fires bool
+			}{
+				{"a", map[string]float64{"x": 100, "y": 1}, true},
+				{"b", map[string]float64{"y": 1}, false},
+				{"a", map[string]float64{"y": 2}, false}, // a's layout changed
+				{"b", map[string]float64{"x": 1, "y": 2}, true},
+				{"b", map[string]float64{"y": 3}, false},
+			} {
+				var c store.RuleCommit
+				e.Snapshot(snap("ms/acc/gw", s.dev, "", i, s.vals), &c)
+				if len(c.Errors) != 0 || (len(c.Outbox) == 1) != s.fires {
+					t.Fatalf("snapshot %d of %s %v: fired %v, want %v (errors %v)", i, s.dev, s.vals, len(c.Outbox) == 1, s.fires, c.Errors)
+				}
+			}
+		})
+	}
+}

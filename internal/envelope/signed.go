@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	crand "crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -331,4 +332,23 @@ func checkSignedAttrs(b []byte, contentType asn1.ObjectIdentifier, h crypto.Hash
 		return time.Time{}, fmt.Errorf("%w: signed attributes lack content type or message digest", ErrMalformed)
 	}
 	return signingTime, nil
+}
+
+// Sign returns the DER of a ContentInfo holding SignedData over content:
+// signed, not encrypted (`openssl cms -verify -inform DER` reads it; Verify
+// checks it). For messages that need a signer but no secrecy, such as a
+// gateway's command results and firmware status reports.
+func Sign(content []byte, s *Signer, at time.Time) ([]byte, error) {
+	if err := s.check(); err != nil {
+		return nil, fmt.Errorf("sign: %w", err)
+	}
+	sd, err := signData(crand.Reader, s, content, at)
+	if err != nil {
+		return nil, fmt.Errorf("sign: %w", err)
+	}
+	out, err := asn1.Marshal(contentInfo{ContentType: oidSignedData, Content: explicit0(sd)})
+	if err != nil {
+		return nil, fmt.Errorf("sign: encode ContentInfo: %w", err)
+	}
+	return out, nil
 }

@@ -15,6 +15,10 @@ const (
 	RoleAdmin          = "admin"
 	RoleSnapshotReader = "snapshot-reader"
 	RoleFirmwareWriter = "firmware-writer"
+	// RoleDeviceManager is the platform's device messaging service: it
+	// publishes commands and campaign notices and reads what gateways
+	// answer.
+	RoleDeviceManager = "device-manager"
 )
 
 // Grant allows the actions it names on every topic Filter matches — or,
@@ -59,6 +63,12 @@ func DefaultGrants() Grants {
 		},
 		RoleSnapshotReader: {{Filter: "+/+/+/snapshots", Read: true}},
 		RoleFirmwareWriter: {{Filter: "+/+/+/firmware", Write: true}},
+		RoleDeviceManager: {
+			{Filter: "+/+/+/firmware", Write: true},
+			{Filter: "+/+/+/commands", Write: true},
+			{Filter: "+/+/+/firmware/status", Read: true},
+			{Filter: "+/+/+/commands/result", Read: true},
+		},
 	}
 }
 

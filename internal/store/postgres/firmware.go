@@ -2,10 +2,10 @@ package postgres
 
 import (
 	"context"
-		"encoding/json"
+	"encoding/json"
 	"errors"
 	"fmt"
-		"time"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 

@@ -71,8 +71,9 @@ type Firmware interface {
 	// Campaigns returns the campaigns in any of the states (all without
 	// states), oldest first.
 	Campaigns(ctx context.Context, states ...string) ([]Campaign, error)
-	// UpdateCampaign sets a campaign's state, stage and reason.
-	UpdateCampaign(ctx context.Context, id, state string, stage int, reason string) error
+	// UpdateCampaign sets a campaign's state, stage, reason and failure
+	// threshold (c.ID names it; the rest is not changed).
+	UpdateCampaign(ctx context.Context, c Campaign) error
 	// CampaignDevices returns a campaign's devices by path.
 	CampaignDevices(ctx context.Context, id string) ([]CampaignDevice, error)
 	// SetCampaignDevice records a device's state unless the device is in

@@ -90,8 +90,9 @@ func (s *Store) Campaigns(ctx context.Context, states ...string) ([]store.Campai
 }
 
 // UpdateCampaign implements store.Firmware.
-func (s *Store) UpdateCampaign(ctx context.Context, id, state string, stage int, reason string) error {
-	res, err := s.pool.Exec(ctx, `UPDATE firmware_campaigns SET state = $1, stage = $2, reason = $3, updated_at = $4 WHERE id = $5`, state, stage, reason, time.Now().UnixMilli(), id)
+func (s *Store) UpdateCampaign(ctx context.Context, c store.Campaign) error {
+	id := c.ID
+	res, err := s.pool.Exec(ctx, `UPDATE firmware_campaigns SET state = $1, stage = $2, reason = $3, max_failures = $4, updated_at = $5 WHERE id = $6`, c.State, c.Stage, c.Reason, c.MaxFailures, time.Now().UnixMilli(), id)
 	if err != nil {
 		return fmt.Errorf("update campaign %s: %w", id, err)
 	}

@@ -92,8 +92,9 @@ func (s *Store) Campaigns(ctx context.Context, states ...string) ([]store.Campai
 }
 
 // UpdateCampaign implements store.Firmware.
-func (s *Store) UpdateCampaign(ctx context.Context, id, state string, stage int, reason string) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE firmware_campaigns SET state = ?, stage = ?, reason = ?, updated_at = ? WHERE id = ?`, state, stage, reason, time.Now().UnixMilli(), id)
+func (s *Store) UpdateCampaign(ctx context.Context, c store.Campaign) error {
+	id := c.ID
+	res, err := s.db.ExecContext(ctx, `UPDATE firmware_campaigns SET state = ?, stage = ?, reason = ?, max_failures = ?, updated_at = ? WHERE id = ?`, c.State, c.Stage, c.Reason, c.MaxFailures, time.Now().UnixMilli(), id)
 	if err != nil {
 		return fmt.Errorf("update campaign %s: %w", id, err)
 	}

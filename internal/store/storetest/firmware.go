@@ -27,13 +27,14 @@ func testFirmware(t *testing.T, s store.Store) {
 	if _, err := s.Campaign(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("missing campaign: %v", err)
 	}
-	if err := s.UpdateCampaign(ctx, "c1", "paused", 2, "too many failures"); err != nil {
+	got.State, got.Stage, got.Reason, got.MaxFailures = "paused", 2, "too many failures", 5
+	if err := s.UpdateCampaign(ctx, got); err != nil {
 		t.Fatal(err)
 	}
 	if l, err := s.Campaigns(ctx, "running"); err != nil || len(l) != 0 {
 		t.Fatalf("running campaigns: %+v %v", l, err)
 	}
-	if l, err := s.Campaigns(ctx, "running", "paused"); err != nil || len(l) != 1 || l[0].Reason != "too many failures" || l[0].Stage != 2 {
+	if l, err := s.Campaigns(ctx, "running", "paused"); err != nil || len(l) != 1 || l[0].Reason != "too many failures" || l[0].Stage != 2 || l[0].MaxFailures != 5 {
 		t.Fatalf("campaigns: %+v %v", l, err)
 	}
 	now := time.Now()

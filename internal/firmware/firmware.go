@@ -77,6 +77,9 @@ func Compare(a, b string) int {
 const (
 	ActionInstall = "install"
 	ActionAbort   = "abort"
+	// ActionDownloaded records a download on the gateway's firmware topic
+	// for the customer's eyes; gateways ignore it.
+	ActionDownloaded = "downloaded"
 )
 
 // Notice is a campaign notice: JSON, signed by Signer and sealed for the
@@ -116,7 +119,7 @@ func ParseNotice(b []byte) (Notice, error) {
 		if n.Target != TargetName(n.DeviceType, n.Version) || n.URL == "" {
 			return n, errors.New("notice: target or URL missing or inconsistent")
 		}
-	case ActionAbort:
+	case ActionAbort, ActionDownloaded:
 	default:
 		return n, fmt.Errorf("notice: unknown action %q", n.Action)
 	}

@@ -144,6 +144,8 @@ func (g *Gateway) handleNotice(payload []byte) {
 		return
 	}
 	switch n.Action {
+	case firmware.ActionDownloaded:
+		return
 	case firmware.ActionAbort:
 		if j != nil && j.Campaign == n.Campaign && (j.State == firmware.Notified || j.State == firmware.Downloading || j.State == firmware.Verifying) {
 			j.State, j.Reason = firmware.Failed, firmware.ReasonAborted

@@ -27,8 +27,12 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/bootstrap"
 	"github.com/fieldtrust/fieldtrust/internal/broker"
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
+	"github.com/fieldtrust/fieldtrust/internal/devicemsg"
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/est"
+	"github.com/fieldtrust/fieldtrust/internal/firmware/fwhttp"
+	"github.com/fieldtrust/fieldtrust/internal/firmware/signedurl"
+	"github.com/fieldtrust/fieldtrust/internal/firmware/tufrepo"
 	"github.com/fieldtrust/fieldtrust/internal/ingest"
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
@@ -55,6 +59,9 @@ type Config struct {
 	Grants tacs.Grants
 	// PublishInterval is the gateways' snapshot interval (bootstrap).
 	PublishInterval time.Duration
+	// FirmwareURLValidity is how long signed firmware download URLs are
+	// valid (default 7 days).
+	FirmwareURLValidity time.Duration
 	// EST policy.
 	EST    est.Policy
 	Logger *slog.Logger
@@ -127,13 +134,21 @@ func Run(ctx context.Context, cfg Config) error {
 	ingestE2E.keepKey = true
 	ledgerE2E := newServiceCert(d.E2E, "ledger", cfg.DataDir, nil, nil, log)
 	commandE2E := newServiceCert(d.E2E, "platform", cfg.DataDir, nil, nil, log)
-	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E}
+	// The device messaging service publishes commands and campaign
+	// notices as an MQTT client (transport, role device-manager); the
+	// firmware service signs the notices (e2e).
+	devicesTLS := newServiceCert(d.Transport, devicemsg.ServiceName, cfg.DataDir, nil, nil, log)
+	firmwareE2E := newServiceCert(d.E2E, "firmware", cfg.DataDir, nil, nil, log)
+	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E, devicesTLS, firmwareE2E}
 	for _, c := range serviceCerts {
 		if err := c.load(ctx); err != nil {
 			return err
 		}
 	}
 	if err := d.Store.SetServiceRole(ctx, "ingest", tacs.RoleSnapshotReader); err != nil {
+		return err
+	}
+	if err := d.Store.SetServiceRole(ctx, devicemsg.ServiceName, tacs.RoleDeviceManager); err != nil {
 		return err
 	}
 	verifier, err := d.Transport.Verifier(ctx)
@@ -240,7 +255,21 @@ func Run(ctx context.Context, cfg Config) error {
 	mux := http.NewServeMux()
 	mux.Handle(est.PathPrefix, estSrv)
 	mux.Handle(bootstrap.Path, bs)
-	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, records: d.Store, broker: brokers, ids: ids, grants: grants, log: log.With("component", "commands")}
+	fwRepo := tufrepo.Open(cfg.DataDir)
+	fwURLs, err := signedurl.LoadOrCreate(filepath.Join(fwRepo.Dir(), "url.key"))
+	if err != nil {
+		return err
+	}
+	devicesClient := tlspolicy.Client(transportRootPool(d.Transport.Root()), nil)
+	devicesClient.GetClientCertificate = devicesTLS.GetClientCertificate
+	devices := devicemsg.New(devicemsg.Config{
+		Store: d.Store, Ledger: lg, E2E: e2eVerifier, Broker: brk.Addr(), TLS: devicesClient,
+		NoticeSigner: func() (*envelope.Signer, error) { return firmwareE2E.signer() },
+		Repo:         fwRepo, URLs: fwURLs, URLValidity: cfg.FirmwareURLValidity, Logger: log.With("component", "devices"),
+	})
+	(&fwhttp.Handler{Repo: fwRepo, URLs: fwURLs, Recorder: devices, NewID: devicemsg.NewID, Log: log.With("component", "firmware")}).
+		Register(mux, func(h http.Handler) http.Handler { return est.GuardOperational(verifier, log, h) })
+	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, store: d.Store, devices: devices, ids: ids, grants: grants, log: log.With("component", "commands")}
 	mux.Handle("POST /api/v1/gateways/{path...}", est.GuardOperational(verifier, log, cmds))
 	mux.Handle("/", est.GuardOperational(verifier, log, web.New(web.Options{
 		Roots:   map[pki.Domain]*x509.Certificate{pki.Transport: d.Transport.Root(), pki.E2E: d.E2E.Root()},
@@ -308,6 +337,7 @@ func Run(ctx context.Context, cfg Config) error {
 				Store: ingestStore, Ledger: lg, Logger: log.With("component", "ingest"), Registerer: reg,
 			})
 		}},
+		{Name: "devices", Run: devices.Run, GiveUpAfter: 10},
 		{Name: "revocation", Run: rev.run, GiveUpAfter: 10},
 		{Name: "treeheads", Run: heads.run, GiveUpAfter: 10},
 		{Name: "https", Run: func(ctx context.Context) error {

@@ -58,6 +58,7 @@ Start the platform with 'fieldtrust up'; manage certificates with 'fieldtrust pk
 		newGatewayCmd(),
 		newDemoCmd(),
 		newLedgerCmd(),
+		newFirmwareCmd(), newCommandCmd(),
 		// Further subcommands register here, one constructor per file.
 	)
 	return root

@@ -227,7 +227,9 @@ func TestCommandRefusals(t *testing.T) {
 		{"signed by the firmware service", "not signed by an operator", func() []byte { return f.sealBy(t, fwService, js(f.command(command.Reboot))) }},
 		{"for another gateway", "another gateway", func() []byte { return f.seal(t, mod(func(c *command.Command) { c.Gateway = "ms-1/acc-1/gw-2" })) }},
 		{"expired", "expired", func() []byte {
-			return f.seal(t, mod(func(c *command.Command) { c.Issued, c.Expires = time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour) }))
+			return f.seal(t, mod(func(c *command.Command) {
+				c.Issued, c.Expires = time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour)
+			}))
 		}},
 		{"from the future", "future", func() []byte {
 			return f.seal(t, mod(func(c *command.Command) { c.Issued, c.Expires = time.Now().Add(time.Hour), time.Now().Add(2*time.Hour) }))

@@ -8,6 +8,8 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,6 +27,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/firmware"
 	"github.com/fieldtrust/fieldtrust/internal/firmware/abslot"
 	"github.com/fieldtrust/fieldtrust/internal/firmware/rollout"
+	"github.com/fieldtrust/fieldtrust/internal/firmware/signedurl"
 	"github.com/fieldtrust/fieldtrust/internal/firmware/tufrepo"
 	"github.com/fieldtrust/fieldtrust/internal/gateway"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
@@ -380,6 +383,94 @@ func TestCampaign(t *testing.T) {
 			t.Fatalf("command record %+v", sent)
 		}
 		waitUntil(t, 10*time.Second, "the customer to see the command", func() bool { return count(topic.Commands) >= 1 && count(topic.CommandResults) >= 1 })
+	})
+
+	t.Run("targets key rotation", func(t *testing.T) {
+		// The targets key is replaced through root version 2; the gateways,
+		// which pinned version 1, are not touched and install what the new
+		// key signs. An explicit list of gateways is a scope too.
+		if v, err := repo.RotateTargetsKey(keys); err != nil || v != 2 {
+			t.Fatalf("rotate: %d %v", v, err)
+		}
+		f := filepath.Join(t.TempDir(), "fw")
+		os.WriteFile(f, []byte("pump firmware 1.2.0"), 0o600)
+		if _, err := repo.Add(keys, tufrepo.Artifact{File: f, DeviceType: "pump", Version: "1.2.0"}); err != nil {
+			t.Fatal(err)
+		}
+		c2, _, err := rollout.Create(ctx, env.D.Store, repo, rollout.Spec{Version: "1.2.0", DeviceType: "pump", Scope: []string{paths[0], paths[41]}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, time.Minute, "the second campaign to complete", func() bool {
+			r, _ := rollout.Status(ctx, env.D.Store, c2.ID)
+			return r.State == rollout.Completed
+		})
+		for _, p := range []string{paths[0], paths[41]} {
+			if b := bootOf(t, fl.dirs[p]); b.Version != "1.2.0" {
+				t.Errorf("%s boots %+v after the rotation", p, b)
+			}
+		}
+	})
+
+	t.Run("download URLs", func(t *testing.T) {
+		urls, err := signedurl.LoadOrCreate(filepath.Join(env.Dir, "firmware", "url.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tg, err := repo.Find("pump", "1.1.0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, b := env.Identity(t, paths[0], false), env.Identity(t, paths[1], false)
+		get := func(id *platformtest.Identity, url, rng string) (int, string, int) {
+			tc := &tls.Config{RootCAs: env.Roots}
+			if id != nil {
+				tc.Certificates = []tls.Certificate{id.TLS}
+			}
+			c := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}, Timeout: 30 * time.Second}
+			req, _ := http.NewRequest(http.MethodGet, "https://"+env.HTTPAddr+url, nil)
+			if rng != "" {
+				req.Header.Set("Range", rng)
+			}
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(body), len(body)
+		}
+		good := urls.Sign(tg.SHA256, paths[0], time.Now().Add(time.Hour))
+		if code, _, n := get(&a, good, ""); code != 200 || n != len(art) {
+			t.Fatalf("good URL: %d, %d bytes", code, n)
+		}
+		if code, _, n := get(&a, good, "bytes=1000-"); code != 206 || n != len(art)-1000 {
+			t.Fatalf("range: %d, %d bytes", code, n)
+		}
+		for _, c := range []struct {
+			name string
+			id   *platformtest.Identity
+			url  string
+			code int
+			want string
+		}{
+			{"another gateway's URL", &b, good, 403, "another gateway"},
+			{"expired", &a, urls.Sign(tg.SHA256, paths[0], time.Now().Add(-time.Second)), 403, "expired"},
+			{"altered", &b, strings.Replace(good, "gw-00", "gw-01", 1), 403, "signature"},
+			{"other artifact", &a, strings.Replace(good, tg.SHA256, strings.Repeat("0", 64), 1), 403, "signature"},
+			{"malformed", &a, good + "&x=1", 400, "malformed"},
+			{"no certificate", nil, good, 401, ""},
+		} {
+			if code, body, _ := get(c.id, c.url, ""); code != c.code || !strings.Contains(body, c.want) {
+				t.Errorf("%s: %d %q", c.name, code, body)
+			}
+		}
+		if code, _, _ := get(&a, "/firmware/v1/metadata/timestamp.json", ""); code != 200 {
+			t.Errorf("metadata: %d", code)
+		}
+		if code, _, _ := get(&a, "/firmware/v1/metadata/..%2Fgrants.json", ""); code != 404 {
+			t.Errorf("metadata traversal: %d", code)
+		}
 	})
 
 	t.Run("broker compromise", func(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -338,6 +339,21 @@ func TestCampaign(t *testing.T) {
 	t.Logf("ms-2 audit records: %v", kinds)
 	if kinds[devicemsg.KindNotice] < 12 || kinds[devicemsg.KindStatus] < 12 || kinds[devicemsg.KindDownload] < 11 {
 		t.Errorf("ms-2's audit records by kind: %v", kinds)
+	}
+	// The same through the API, as the customer's audit view.
+	var page struct {
+		Messages []devicemsg.AuditRecord `json:"messages"`
+	}
+	if code := env.Get(t, cust1, "/api/v1/gateways/ms-1/messages?limit=1000&kind=notice", &page); code != 200 || len(page.Messages) < 40 {
+		t.Errorf("customer audit API: %d, %d notices", code, len(page.Messages))
+	}
+	for _, m := range page.Messages {
+		if h := devicemsg.RecordHash(store.DeviceMessage{Kind: m.Kind, ID: m.ID, Ref: m.Ref, Sender: m.Sender, Name: m.Name, At: m.At, Body: m.Body}); hex.EncodeToString(h[:]) != m.RecordHash || m.LedgerIndex < 0 {
+			t.Fatalf("audit record %s: hash or ledger index does not check out", m.ID)
+		}
+	}
+	if code := env.Get(t, cust1, "/api/v1/gateways/ms-2/messages", nil); code != 404 {
+		t.Errorf("another customer's audit: %d, want 404", code)
 	}
 	count := func(ch topic.Channel) int64 {
 		v, ok := seen.Load(string(ch))

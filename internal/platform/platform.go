@@ -271,6 +271,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Register(mux, func(h http.Handler) http.Handler { return est.GuardOperational(verifier, log, h) })
 	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, store: d.Store, devices: devices, ids: ids, grants: grants, log: log.With("component", "commands")}
 	mux.Handle("POST /api/v1/gateways/{path...}", est.GuardOperational(verifier, log, cmds))
+	mux.Handle("GET /api/v1/gateways/{path...}", est.GuardOperational(verifier, log, &devicemsg.Audit{Store: d.Store, Identify: api.Identify, Grants: grants, Log: log.With("component", "audit")}))
 	mux.Handle("/", est.GuardOperational(verifier, log, web.New(web.Options{
 		Roots:   map[pki.Domain]*x509.Certificate{pki.Transport: d.Transport.Root(), pki.E2E: d.E2E.Root()},
 		Metrics: requireGrant(ids, grants, topic.System, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),

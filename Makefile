@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/fieldtrust
 DATA    ?= ./fieldtrust-data
 
-.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle clean
+.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle load-firmware clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/fieldtrust
@@ -50,6 +50,12 @@ bench-broker: deps
 
 bench-idle: deps
 	FIELDTRUST_IDLE_BENCH=1 $(GO) test -count=1 -run '^TestIdleConnections$$' -v -timeout 60m ./internal/broker/loadtest
+
+# A firmware rollout of a 20 MiB artifact to 100 in-process gateways on
+# loopback (FIELDTRUST_FIRMWARE_GATEWAYS, FIELDTRUST_FIRMWARE_MIB; a few
+# minutes, ~4 GiB of temporary disk): docs/benchmarks.md "Firmware".
+load-firmware:
+	FIELDTRUST_FIRMWARE_LOAD=1 $(GO) test -count=1 -run '^TestFirmwareLoad$$' -v -timeout 60m ./internal/devicemsg
 
 clean:
 	rm -rf bin

@@ -6,7 +6,7 @@ import (
 
 // FuzzParseNotice: no input panics; what parses is consistent.
 func FuzzParseNotice(f *testing.F) {
-	f.Add([]byte(`{"campaign":"c1","action":"install","gateway":"a/b/c","target":"pump/1.0.0","device_type":"pump","version":"1.0.0","url":"/firmware/v1/download/x","issued":"2026-01-01T00:00:00Z"}`))
+	f.Add([]byte(`{"campaign":"c1","action":"install","gateway":"a/b/c","target":"pump/1.0.0","device_type":"pump","version":"1.0.0","url":"/fw/x","issued":"2026-01-01T00:00:00Z"}`))
 	f.Add([]byte(`{"campaign":"c1","action":"abort","gateway":"a/b/c","target":"","device_type":"","version":"","url":"","issued":"2026-01-01T00:00:00Z"}`))
 	f.Add([]byte(`{"action":"install"}`))
 	f.Add([]byte(`{}{}`))

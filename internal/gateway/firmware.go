@@ -44,7 +44,7 @@ type Installer interface {
 // fwJobKey is the queue state key of the firmware job: the whole install
 // is a sequence of states persisted there, each step safe to repeat, so a
 // power cut at any step resumes where it stopped.
-const fwJobKey = "firmware/job"
+const fwJobKey = "firmware.job"
 
 // fwJob is the gateway's current firmware job.
 type fwJob struct {

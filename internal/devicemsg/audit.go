@@ -31,7 +31,9 @@ import (
 // the record (body included), so the customer can check it against a
 // signed tree head with the ledger's inclusion proofs.
 type Audit struct {
-	Store    interface{ DeviceMessages(ctx context.Context, f store.MessageFilter) ([]store.DeviceMessage, error) }
+	Store interface {
+		DeviceMessages(ctx context.Context, f store.MessageFilter) ([]store.DeviceMessage, error)
+	}
 	Identify func(r *http.Request) (tacs.Subject, bool)
 	Grants   tacs.Grants
 	Log      *slog.Logger

@@ -255,7 +255,7 @@ func TestCommandRefusals(t *testing.T) {
 			}
 			select {
 			case <-f.sent:
-			default:
+			case <-time.After(10 * time.Second):
 				t.Fatal("the refusal was not reported")
 			}
 		})

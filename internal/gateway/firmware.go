@@ -270,7 +270,11 @@ func (g *Gateway) step(ctx context.Context, j *fwJob) (*fwJob, error) {
 		if !slices.Contains(g.fwTypes(), j.DeviceType) {
 			return g.fail(j, firmware.ReasonDeviceType, fmt.Errorf("this gateway installs firmware for %v, not %s", g.fwTypes(), j.DeviceType)), nil
 		}
+		// The current transport certificate (it is renewed under the job).
+		hc := g.httpClient()
+		g.tuf.HTTP = hc
 		t, err := g.tuf.Lookup(j.Target)
+		hc.CloseIdleConnections()
 		if err != nil {
 			var te *tufclient.Error
 			if errors.As(err, &te) {
@@ -455,7 +459,9 @@ func (g *Gateway) downloadOnce(ctx context.Context, j *fwJob) (done bool, err er
 	if have > 0 {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", have))
 	}
-	resp, err := g.httpClient().Do(req)
+	hc := g.httpClient()
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Do(req)
 	if err != nil {
 		return false, err
 	}

@@ -445,7 +445,7 @@ func TestFirmwareNoticeRefusals(t *testing.T) {
 				if !st.Refused || !strings.Contains(st.Reason, tc.want) || st.Digest == "" {
 					t.Fatalf("report %+v", st)
 				}
-			default:
+			case <-time.After(10 * time.Second):
 				t.Fatal("no refusal reported")
 			}
 			if j, err := f.g.loadJob(); j != nil || err != nil {

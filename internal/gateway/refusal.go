@@ -62,7 +62,13 @@ func (r *refusals) refuse(g *Gateway, report string, payload []byte, reason stri
 	}
 	digest := firmwareNoticeDigest(payload)
 	g.log.Warn("message refused and reported", "report", report, "reason", reason, "bytes", len(payload), "digest", digest, "count", n)
-	if err := g.publishSigned(report, g.refusalReport(report, reason, digest, n)); err != nil {
-		g.log.Warn("refusal report not published", "err", err)
-	}
+	// Not on the MQTT client's delivery goroutine: waiting there for the
+	// PUBACK would hold up every other message (the budget bounds how
+	// many reports are in flight).
+	rep := g.refusalReport(report, reason, digest, n)
+	go func() {
+		if err := g.publishSigned(report, rep); err != nil {
+			g.log.Warn("refusal report not published", "err", err)
+		}
+	}()
 }

@@ -92,7 +92,7 @@ func (f *fleet) start(path string) {
 	f.t.Helper()
 	dir := f.dirs[path]
 	cfg := gateway.Config{Platform: "https://" + f.env.HTTPAddr, CA: []*x509.Certificate{f.env.D.Transport.Root()}, StateDir: dir,
-		Simulate: 2, SimulateEvery: 2 * time.Second, FirmwareRoot: f.root, HealthTimeout: 30 * time.Second}
+		Simulate: 2, SimulateEvery: 5 * time.Second, FirmwareRoot: f.root, HealthTimeout: time.Minute}
 	if m := f.mods[path]; m != nil {
 		m(&cfg)
 	}
@@ -229,7 +229,7 @@ func TestCampaign(t *testing.T) {
 	for _, p := range paths {
 		fl.start(p)
 	}
-	waitUntil(t, 2*time.Minute, "every gateway's pump in the store", func() bool {
+	waitUntil(t, 5*time.Minute, "every gateway's pump in the store", func() bool {
 		devs, err := env.D.Store.ListDevices(ctx, "")
 		n := 0
 		for _, d := range devs {
@@ -263,8 +263,8 @@ func TestCampaign(t *testing.T) {
 		}
 		return r
 	}
-	waitUntil(t, 3*time.Minute, "the canary stage to finish", func() bool { return status().Stage == 2 })
-	waitUntil(t, 3*time.Minute, "every online gateway of the second stage to finish", func() bool {
+	waitUntil(t, 5*time.Minute, "the canary stage to finish", func() bool { return status().Stage == 2 })
+	waitUntil(t, 5*time.Minute, "every online gateway of the second stage to finish", func() bool {
 		for _, d := range status().Devices {
 			if d.Path != offline && !firmware.Terminal(d.State) {
 				return false
@@ -282,7 +282,7 @@ func TestCampaign(t *testing.T) {
 		t.Fatalf("campaign %s (%s) while the offline gateway is missing", r.State, r.Reason)
 	}
 	fl.start(offline)
-	waitUntil(t, 2*time.Minute, "the campaign to complete", func() bool { return status().State == rollout.Completed })
+	waitUntil(t, 5*time.Minute, "the campaign to complete", func() bool { return status().State == rollout.Completed })
 
 	r = status()
 	for _, d := range r.Devices {

@@ -169,6 +169,20 @@ func Step(c store.Campaign, devs []store.CampaignDevice, now time.Time, resend t
 		}
 		lastStage = max(lastStage, dv.Stage)
 	}
+	allFinal := true
+	for _, dv := range devs {
+		if !firmware.Terminal(dv.State) {
+			allFinal = false
+			break
+		}
+	}
+	if allFinal {
+		d.Next.State, d.Next.Stage, d.Next.Reason, d.Changed = Completed, lastStage, "", true
+		if failed > 0 {
+			d.Next.Reason = fmt.Sprintf("%d of %d gateways failed", failed, len(devs))
+		}
+		return d
+	}
 	if failed > c.MaxFailures {
 		d.Next.State = Paused
 		d.Next.Reason = fmt.Sprintf("%d gateways failed, more than --max-failures %d: look at 'campaign status', then resume or abort", failed, c.MaxFailures)

@@ -63,6 +63,7 @@ func TestStep(t *testing.T) {
 		{"one failure tolerated", run, []store.CampaignDevice{dev("a", 1, firmware.Failed), dev("b", 2, firmware.Pending)}, []string{"b"}, nil, Running, 2, 0},
 		{"too many failures pause", run, []store.CampaignDevice{dev("a", 1, firmware.Failed), dev("c", 1, firmware.Failed), dev("b", 2, firmware.Pending)}, nil, nil, Paused, 1, 0},
 		{"all final: completed", store.Campaign{State: Running, Stage: 2, MaxFailures: 1}, []store.CampaignDevice{dev("a", 1, firmware.Installed), dev("b", 2, firmware.Failed)}, nil, nil, Completed, 2, 0},
+		{"all final with too many failures: completed, not paused", run, []store.CampaignDevice{dev("a", 1, firmware.Failed), dev("c", 1, firmware.Failed)}, nil, nil, Completed, 1, 0},
 		{"paused: nothing", store.Campaign{State: Paused, Stage: 1}, []store.CampaignDevice{dev("a", 1, firmware.Pending)}, nil, nil, Paused, 1, 0},
 		{"aborting: tell the busy ones", store.Campaign{State: Aborting, Stage: 1}, []store.CampaignDevice{dev("a", 1, firmware.Downloading), dev("b", 1, firmware.Pending), dev("c", 1, firmware.Installed)}, nil, []string{"a"}, Aborted, 1, 0},
 		{"stale notice re-sent", run, []store.CampaignDevice{{Path: "a", Stage: 1, State: firmware.Notified, Updated: now.Add(-4 * 24 * time.Hour)}}, []string{"a"}, nil, Running, 1, 3 * 24 * time.Hour},

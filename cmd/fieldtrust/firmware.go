@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -31,7 +32,7 @@ out to a device type within a scope, canary first.`,
 	keys := &cobra.Command{Use: "keys", Short: "The firmware trust domain's keys"}
 	keys.AddCommand(newFirmwareKeysInitCmd(), newFirmwareKeysRotateCmd())
 	campaign := &cobra.Command{Use: "campaign", Short: "Staged firmware rollouts"}
-	campaign.AddCommand(newCampaignCreateCmd(), newCampaignStatusCmd(),
+	campaign.AddCommand(newCampaignCreateCmd(), newCampaignListCmd(), newCampaignStatusCmd(),
 		newCampaignMoveCmd("pause", "Stop notifying further gateways", rollout.Pause),
 		newCampaignMoveCmd("resume", "Continue a paused campaign (accepting the failures so far)", rollout.Resume),
 		newCampaignMoveCmd("abort", "Stop the campaign and tell gateways that have not installed yet to stop", rollout.Abort))
@@ -194,6 +195,37 @@ running platform ('fieldtrust up') sends the notices.`,
 	f.StringSliceVar(&scope, "scope", nil, "customer, account or gateway paths")
 	f.IntVar(&canary, "canary", 0, "percentage of the gateways in the first stage (0: one stage)")
 	f.IntVar(&maxFailures, "max-failures", 0, "failed gateways tolerated before the campaign pauses")
+	return c
+}
+
+func newCampaignListCmd() *cobra.Command {
+	var dir string
+	var states []string
+	c := &cobra.Command{
+		Use:   "list [--state S]",
+		Short: "List the campaigns, oldest first",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			d, err := datadir.Open(cmd.Context(), dir, nil)
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			cs, err := d.Store.Campaigns(cmd.Context(), states...)
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tDEVICE TYPE\tVERSION\tSTATE\tSTAGE\tSCOPE\tCREATED\tREASON")
+			for _, c := range cs {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", c.ID, c.DeviceType, c.Version, c.State, c.Stage,
+					strings.Join(c.Scope, ","), c.Created.UTC().Format(time.RFC3339), c.Reason)
+			}
+			return w.Flush()
+		},
+	}
+	addDataFlag(c, &dir)
+	c.Flags().StringSliceVar(&states, "state", nil, "only campaigns in these states (running, paused, aborting, aborted, completed)")
 	return c
 }
 

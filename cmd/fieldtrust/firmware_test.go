@@ -35,6 +35,7 @@ func TestFirmwareCLI(t *testing.T) {
 		{[]string{"firmware", "campaign", "create", "--data", data, "--version", "2.4.1", "--device-type", "pump", "--scope", "ms-1"}, 1, "no gateway in ms-1 runs a pump device"},
 		{[]string{"firmware", "campaign", "create", "--data", data, "--version", "9.9.9", "--device-type", "pump", "--scope", "ms-1"}, 1, "no firmware 9.9.9"},
 		{[]string{"firmware", "campaign", "create", "--data", data, "--version", "2.4.1", "--device-type", "pump", "--scope", "ms-1", "--canary", "101"}, 1, "--canary 101"},
+		{[]string{"firmware", "campaign", "list", "--data", data}, 0, "ID  DEVICE TYPE"},
 		{[]string{"firmware", "campaign", "status", "--data", data, "nope", "--json"}, 1, "not found"},
 		{[]string{"firmware", "campaign", "pause", "--data", data, "nope"}, 1, "not found"},
 		{[]string{"command", "send", "--data", data, "ms-1/acc-1/gw-1", "reboot"}, 1, "no valid e2e certificate"},
@@ -47,6 +48,34 @@ func TestFirmwareCLI(t *testing.T) {
 		if code != c.code || !strings.Contains(out, c.want) {
 			t.Errorf("%v: exit %d, %q; want exit %d and %q", c.args, code, out, c.code, c.want)
 		}
+	}
+	// A campaign for an explicit gateway (no snapshot needed): created,
+	// listed, steered.
+	out, code := run(t, "firmware", "campaign", "create", "--data", data, "--version", "2.4.1", "--device-type", "pump", "--scope", "ms-1/acc-1/gw-1")
+	id, _, _ := strings.Cut(out, "\n")
+	if code != 0 || len(id) != 16 {
+		t.Fatalf("campaign create: %d %q", code, out)
+	}
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"firmware", "campaign", "list", "--data", data, "--state", "running"}, 0, id + "  pump         2.4.1    running"},
+		{[]string{"firmware", "campaign", "status", "--data", data, id, "--json"}, 0, `"path": "ms-1/acc-1/gw-1",` + "\n      \"state\": \"pending\""},
+		{[]string{"firmware", "campaign", "pause", "--data", data, id}, 0, "paused"},
+		{[]string{"firmware", "campaign", "pause", "--data", data, id}, 1, "not running"},
+		{[]string{"firmware", "campaign", "resume", "--data", data, id}, 0, "running"},
+		{[]string{"firmware", "campaign", "abort", "--data", data, id}, 0, "aborting"},
+		{[]string{"firmware", "campaign", "abort", "--data", data, id}, 1, "already"},
+	} {
+		out, code := run(t, c.args...)
+		if code != c.code || !strings.Contains(out, c.want) {
+			t.Errorf("%v: exit %d, %q; want exit %d and %q", c.args, code, out, c.code, c.want)
+		}
+	}
+	if out, _ := run(t, "firmware", "campaign", "list", "--data", data, "--state", "running"); strings.Contains(out, id) {
+		t.Errorf("an aborting campaign listed as running: %q", out)
 	}
 	if _, err := os.Stat(filepath.Join(keys, "2.root.json")); err != nil {
 		t.Errorf("rotation left no 2.root.json: %v", err)

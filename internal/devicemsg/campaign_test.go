@@ -36,6 +36,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/platform/platformtest"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
@@ -413,14 +414,47 @@ func TestCampaign(t *testing.T) {
 		if _, err := repo.Add(keys, tufrepo.Artifact{File: f, DeviceType: "pump", Version: "1.2.0"}); err != nil {
 			t.Fatal(err)
 		}
-		c2, _, err := rollout.Create(ctx, env.D.Store, repo, rollout.Spec{Version: "1.2.0", DeviceType: "pump", Scope: []string{paths[0], paths[41]}})
-		if err != nil {
-			t.Fatal(err)
+		// This campaign goes through the operators' API, as a console
+		// would: an admin service creates it and watches it; a customer
+		// and a role that may not order firmware are refused.
+		admin := env.Service(t, "console", tacs.RoleAdmin)
+		reader := env.Service(t, "reader", tacs.RoleSnapshotReader)
+		post := func(id platformtest.Identity, path, body string, out any) (int, string) {
+			c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: env.Roots, Certificates: []tls.Certificate{id.TLS}}}, Timeout: 30 * time.Second}
+			resp, err := c.Post("https://"+env.HTTPAddr+path, "application/json", strings.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if out != nil && resp.StatusCode < 300 {
+				if err := json.Unmarshal(b, out); err != nil {
+					t.Fatalf("%s: %v: %s", path, err, b)
+				}
+			}
+			return resp.StatusCode, string(b)
+		}
+		waitUntil(t, time.Minute, "the platform to know the console's role", func() bool {
+			return env.Get(t, admin, "/api/v1/firmware/campaigns", nil) == http.StatusOK
+		})
+		spec := fmt.Sprintf(`{"version":"1.2.0","device_type":"pump","scope":[%q,%q]}`, paths[0], paths[41])
+		if code, body := post(cust1, "/api/v1/firmware/campaigns", spec, nil); code != http.StatusForbidden {
+			t.Errorf("a customer created a campaign: %d %s", code, body)
+		}
+		if code, body := post(reader, "/api/v1/firmware/campaigns", spec, nil); code != http.StatusForbidden || !strings.Contains(body, "firmware") {
+			t.Errorf("a snapshot-reader created a campaign: %d %s", code, body)
+		}
+		var c2 rollout.Report
+		if code, body := post(admin, "/api/v1/firmware/campaigns", spec, &c2); code != http.StatusCreated || len(c2.Devices) != 2 {
+			t.Fatalf("create through the API: %d %s", code, body)
 		}
 		waitUntil(t, time.Minute, "the second campaign to complete", func() bool {
-			r, _ := rollout.Status(ctx, env.D.Store, c2.ID)
-			return r.State == rollout.Completed
+			var r rollout.Report
+			return env.Get(t, admin, "/api/v1/firmware/campaigns/"+c2.ID, &r) == http.StatusOK && r.State == rollout.Completed && r.Counts[firmware.Installed] == 2
 		})
+		if code := env.Get(t, cust1, "/api/v1/firmware/campaigns/"+c2.ID, nil); code != http.StatusForbidden {
+			t.Errorf("a customer read the campaign: %d", code)
+		}
 		for _, p := range []string{paths[0], paths[41]} {
 			if b := bootOf(t, fl.dirs[p]); b.Version != "1.2.0" {
 				t.Errorf("%s boots %+v after the rotation", p, b)

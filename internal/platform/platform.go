@@ -30,6 +30,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/devicemsg"
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/est"
+	"github.com/fieldtrust/fieldtrust/internal/firmware/campaignapi"
 	"github.com/fieldtrust/fieldtrust/internal/firmware/fwhttp"
 	"github.com/fieldtrust/fieldtrust/internal/firmware/signedurl"
 	"github.com/fieldtrust/fieldtrust/internal/firmware/tufrepo"
@@ -268,6 +269,8 @@ func Run(ctx context.Context, cfg Config) error {
 		Repo:         fwRepo, URLs: fwURLs, URLValidity: cfg.FirmwareURLValidity, Logger: log.With("component", "devices"),
 	})
 	(&fwhttp.Handler{Repo: fwRepo, URLs: fwURLs, Recorder: devices, NewID: devicemsg.NewID, Log: log.With("component", "firmware")}).
+		Register(mux, func(h http.Handler) http.Handler { return est.GuardOperational(verifier, log, h) })
+	(&campaignapi.Handler{Store: d.Store, Repo: fwRepo, Identify: api.Identify, Grants: grants, Wake: devices.Wake, Log: log.With("component", "campaigns")}).
 		Register(mux, func(h http.Handler) http.Handler { return est.GuardOperational(verifier, log, h) })
 	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, store: d.Store, devices: devices, ids: ids, grants: grants, log: log.With("component", "commands")}
 	mux.Handle("POST /api/v1/gateways/{path...}", est.GuardOperational(verifier, log, cmds))

@@ -32,6 +32,13 @@ const (
 	Completed = "completed"
 )
 
+// ErrSpec is wrapped by Create's refusals of what the operator asked for
+// (a bad share, threshold or scope, or no gateway to roll out to).
+var ErrSpec = errors.New("invalid campaign")
+
+// ErrState is wrapped by a move the campaign's state does not allow.
+var ErrState = errors.New("campaign state does not allow it")
+
 // Store is what rollout reads and writes.
 type Store interface {
 	ListDevices(ctx context.Context, scope string) ([]store.Device, error)
@@ -56,13 +63,13 @@ type Spec struct {
 func Create(ctx context.Context, st Store, repo *tufrepo.Repo, spec Spec) (store.Campaign, []store.CampaignDevice, error) {
 	var c store.Campaign
 	if spec.CanaryPercent < 0 || spec.CanaryPercent > 100 {
-		return c, nil, fmt.Errorf("--canary %d: want a percentage from 0 to 100", spec.CanaryPercent)
+		return c, nil, fmt.Errorf("%w: --canary %d: want a percentage from 0 to 100", ErrSpec, spec.CanaryPercent)
 	}
 	if spec.MaxFailures < 0 {
-		return c, nil, fmt.Errorf("--max-failures %d: want 0 or more", spec.MaxFailures)
+		return c, nil, fmt.Errorf("%w: --max-failures %d: want 0 or more", ErrSpec, spec.MaxFailures)
 	}
 	if len(spec.Scope) == 0 {
-		return c, nil, errors.New("--scope: name at least one customer, account or gateway")
+		return c, nil, fmt.Errorf("%w: --scope: name at least one customer, account or gateway", ErrSpec)
 	}
 	t, err := repo.Find(spec.DeviceType, spec.Version)
 	if err != nil {
@@ -72,7 +79,7 @@ func Create(ctx context.Context, st Store, repo *tufrepo.Repo, spec Spec) (store
 	for _, sc := range spec.Scope {
 		parts, err := ident.SplitPath(sc)
 		if err != nil || len(parts) > 3 {
-			return c, nil, fmt.Errorf("--scope %q: want master, master/account or master/account/gateway", sc)
+			return c, nil, fmt.Errorf("%w: --scope %q: want master, master/account or master/account/gateway", ErrSpec, sc)
 		}
 		if len(parts) == 3 {
 			gws = append(gws, sc)
@@ -91,7 +98,7 @@ func Create(ctx context.Context, st Store, repo *tufrepo.Repo, spec Spec) (store
 	slices.Sort(gws)
 	gws = slices.Compact(gws)
 	if len(gws) == 0 {
-		return c, nil, fmt.Errorf("no gateway in %s runs a %s device (as far as their snapshots tell): nothing to roll out", strings.Join(spec.Scope, ", "), spec.DeviceType)
+		return c, nil, fmt.Errorf("%w: no gateway in %s runs a %s device (as far as their snapshots tell): nothing to roll out", ErrSpec, strings.Join(spec.Scope, ", "), spec.DeviceType)
 	}
 	id := newID()
 	c = store.Campaign{ID: id, Version: spec.Version, DeviceType: spec.DeviceType, Target: t.Name, Scope: spec.Scope,
@@ -227,7 +234,7 @@ func Step(c store.Campaign, devs []store.CampaignDevice, now time.Time, resend t
 func Pause(ctx context.Context, st Store, id string) (store.Campaign, error) {
 	return move(ctx, st, id, func(c *store.Campaign, _ []store.CampaignDevice) error {
 		if c.State != Running {
-			return fmt.Errorf("campaign %s is %s, not running", id, c.State)
+			return fmt.Errorf("%w: campaign %s is %s, not running", ErrState, id, c.State)
 		}
 		c.State, c.Reason = Paused, "paused by the operator"
 		return nil
@@ -238,7 +245,7 @@ func Pause(ctx context.Context, st Store, id string) (store.Campaign, error) {
 func Resume(ctx context.Context, st Store, id string) (store.Campaign, error) {
 	return move(ctx, st, id, func(c *store.Campaign, devs []store.CampaignDevice) error {
 		if c.State != Paused {
-			return fmt.Errorf("campaign %s is %s, not paused", id, c.State)
+			return fmt.Errorf("%w: campaign %s is %s, not paused", ErrState, id, c.State)
 		}
 		failed := 0
 		for _, d := range devs {
@@ -257,7 +264,7 @@ func Resume(ctx context.Context, st Store, id string) (store.Campaign, error) {
 func Abort(ctx context.Context, st Store, id string) (store.Campaign, error) {
 	return move(ctx, st, id, func(c *store.Campaign, _ []store.CampaignDevice) error {
 		if c.State == Completed || c.State == Aborted || c.State == Aborting {
-			return fmt.Errorf("campaign %s is %s already", id, c.State)
+			return fmt.Errorf("%w: campaign %s is %s already", ErrState, id, c.State)
 		}
 		c.State, c.Reason = Aborting, "aborted by the operator"
 		return nil

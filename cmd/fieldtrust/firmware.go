@@ -71,27 +71,38 @@ pin (fieldtrust gateway --firmware-root root.json).`,
 func newFirmwareKeysRotateCmd() *cobra.Command {
 	var dir, keys, role string
 	c := &cobra.Command{
-		Use:   "rotate --keys KEYS --role targets",
-		Short: "Replace the targets key through a new root version (gateways follow by themselves)",
-		Args:  noArgs,
+		Use:   "rotate --keys KEYS --role root|targets|snapshot|timestamp",
+		Short: "Replace a role's key through a new root version (gateways follow by themselves)",
+		Long: `Replace one TUF role's key: a new root version names the new key instead of
+the old one, signed by the root key (and by the new root key when the root
+key rotates), and what the role signs is re-signed at once. Gateways are not
+touched: they walk the root versions from the one they pinned. The root and
+targets keys are the offline ones in KEYS (the old one stays as
+ROLE.key.retired-N); the snapshot and timestamp keys are the platform's
+online keys in DIR/firmware/keys (rotate them when the platform may have
+been compromised). Run it where the platform's data directory is; the new
+KEYS/root.json is what new gateways pin.`,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if keys == "" {
 				return usageError{errors.New("--keys KEYS is required")}
 			}
-			if role != "targets" {
-				return usageError{fmt.Errorf("--role %q: only the targets key rotates here", role)}
+			switch role {
+			case "root", "targets", "snapshot", "timestamp":
+			default:
+				return usageError{fmt.Errorf("--role %q: want root, targets, snapshot or timestamp", role)}
 			}
-			v, err := tufrepo.Open(dir).RotateTargetsKey(keys)
+			v, err := tufrepo.Open(dir).RotateKey(keys, role)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "targets key rotated: root version %d names the new key; gateways update their trust on their next check\n", v)
+			fmt.Fprintf(cmd.OutOrStdout(), "%s key rotated: root version %d names the new key; gateways update their trust on their next check\n", role, v)
 			return nil
 		},
 	}
 	addDataFlag(c, &dir)
 	c.Flags().StringVar(&keys, "keys", "", "the offline keys directory (of 'firmware keys init')")
-	c.Flags().StringVar(&role, "role", "targets", "role whose key to rotate")
+	c.Flags().StringVar(&role, "role", "targets", "role whose key to rotate: root, targets, snapshot or timestamp")
 	return c
 }
 

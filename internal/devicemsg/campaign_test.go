@@ -402,12 +402,17 @@ func TestCampaign(t *testing.T) {
 		waitUntil(t, 10*time.Second, "the customer to see the command", func() bool { return count(topic.Commands) >= 1 && count(topic.CommandResults) >= 1 })
 	})
 
-	t.Run("targets key rotation", func(t *testing.T) {
+	t.Run("targets and root key rotation", func(t *testing.T) {
 		// The targets key is replaced through root version 2; the gateways,
 		// which pinned version 1, are not touched and install what the new
 		// key signs. An explicit list of gateways is a scope too.
-		if v, err := repo.RotateTargetsKey(keys); err != nil || v != 2 {
+		if v, err := repo.RotateKey(keys, "targets"); err != nil || v != 2 {
 			t.Fatalf("rotate: %d %v", v, err)
+		}
+		// And the root key (root version 3, signed by the old and the new
+		// root key): the gateways walk 1 → 2 → 3 by themselves.
+		if v, err := repo.RotateKey(keys, "root"); err != nil || v != 3 {
+			t.Fatalf("rotate root: %d %v", v, err)
 		}
 		f := filepath.Join(t.TempDir(), "fw")
 		os.WriteFile(f, []byte("pump firmware 1.2.0"), 0o600)

@@ -552,11 +552,27 @@ func (r *Repo) Refresh() (bool, error) {
 	return false, nil
 }
 
-// RotateTargetsKey replaces the targets key: a new key in keysDir, a new
-// root version (signed by the root key) that names it instead of the old
-// one, and the targets re-signed with it. Gateways follow by themselves:
-// their TUF client walks the root versions from the one they trust.
-func (r *Repo) RotateTargetsKey(keysDir string) (rootVersion int64, err error) {
+// RotateKey replaces one role's key through a new root version that names
+// the new key instead of the old one, signed by the root key in force —
+// and, when the root key itself rotates, by the new root key too (TUF
+// clients check a new root against the root they trust and against
+// itself). Gateways follow by themselves: their TUF client walks the root
+// versions from the one they pinned, so none is touched. The root and
+// targets keys are the offline ones in keysDir (the retired key stays
+// there as ROLE.key.retired-N); the snapshot and timestamp keys are the
+// platform's online keys (rotating them is the answer to a stolen
+// platform). What the new key signs is re-signed at once.
+func (r *Repo) RotateKey(keysDir, role string) (rootVersion int64, err error) {
+	var keyFile string
+	var pass []byte
+	switch role {
+	case metadata.ROOT, metadata.TARGETS:
+		keyFile, pass = filepath.Join(keysDir, role+".key"), passphrase()
+	case metadata.SNAPSHOT, metadata.TIMESTAMP:
+		keyFile = filepath.Join(r.keyDir(), role+".key")
+	default:
+		return 0, fmt.Errorf("role %q: want root, targets, snapshot or timestamp", role)
+	}
 	unlock, err := r.lock()
 	if err != nil {
 		return 0, err
@@ -587,17 +603,21 @@ func (r *Repo) RotateTargetsKey(keysDir string) (rootVersion int64, err error) {
 	if err != nil {
 		return 0, err
 	}
-	for _, kid := range append([]string(nil), st.root.Signed.Roles[metadata.TARGETS].KeyIDs...) {
-		if err := st.root.Signed.RevokeKey(kid, metadata.TARGETS); err != nil {
+	for _, kid := range append([]string(nil), st.root.Signed.Roles[role].KeyIDs...) {
+		if err := st.root.Signed.RevokeKey(kid, role); err != nil {
 			return 0, err
 		}
 	}
-	if err := st.root.Signed.AddKey(pub, metadata.TARGETS); err != nil {
+	if err := st.root.Signed.AddKey(pub, role); err != nil {
 		return 0, err
 	}
 	st.root.Signed.Version++
 	st.root.Signed.Expires = r.Now().Add(r.Expiry.Root).UTC()
-	if err := sign(st.root, rk); err != nil {
+	signers := []crypto.Signer{rk}
+	if role == metadata.ROOT {
+		signers = append(signers, nk)
+	}
+	if err := sign(st.root, signers...); err != nil {
 		return 0, err
 	}
 	b, err := st.root.ToBytes(true)
@@ -605,14 +625,22 @@ func (r *Repo) RotateTargetsKey(keysDir string) (rootVersion int64, err error) {
 		return 0, err
 	}
 	name := fmt.Sprintf("%d.root.json", st.root.Signed.Version)
-	// The new key first (a crash after it leaves the old one in force),
-	// then the root that names it, then the targets it signs.
-	old := filepath.Join(keysDir, "targets.key")
-	if err := os.Rename(old, filepath.Join(keysDir, fmt.Sprintf("targets.key.retired-%d", st.root.Signed.Version))); err != nil {
+	// The new key first (a crash after it leaves the old one in force,
+	// retired beside it), then the root that names it, then what it signs.
+	retired := fmt.Sprintf("%s.retired-%d", keyFile, st.root.Signed.Version)
+	if err := os.Rename(keyFile, retired); err != nil {
 		return 0, err
 	}
-	if err := pki.WriteKeyFile(old, nk, passphrase()); err != nil {
+	if err := pki.WriteKeyFile(keyFile, nk, pass); err != nil {
 		return 0, err
+	}
+	if role == metadata.SNAPSHOT || role == metadata.TIMESTAMP {
+		// A copy the operator left in KEYS/online is stale now: it must
+		// not be imported into a new repository.
+		stale := filepath.Join(keysDir, "online", role+".key")
+		if err := os.Rename(stale, stale+fmt.Sprintf(".retired-%d", st.root.Signed.Version)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return 0, err
+		}
 	}
 	for _, f := range []string{filepath.Join(keysDir, name), filepath.Join(keysDir, "root.json"), filepath.Join(r.metaDir(), name)} {
 		if err := atomicfile.Write(f, b, 0o644); err != nil {
@@ -620,7 +648,15 @@ func (r *Repo) RotateTargetsKey(keysDir string) (rootVersion int64, err error) {
 		}
 	}
 	if st.targets.Signed.Version > 0 {
-		if err := r.publishTargets(st, nk); err != nil {
+		switch role {
+		case metadata.TARGETS:
+			err = r.publishTargets(st, nk)
+		case metadata.SNAPSHOT:
+			err = r.publishSnapshot(st)
+		case metadata.TIMESTAMP:
+			err = r.publishTimestamp(st)
+		}
+		if err != nil {
 			return 0, err
 		}
 	}

@@ -1,7 +1,9 @@
 package tufrepo_test
 
 import (
+	"crypto"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -13,6 +15,9 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/firmware"
 	"github.com/fieldtrust/fieldtrust/internal/firmware/tufclient"
 	"github.com/fieldtrust/fieldtrust/internal/firmware/tufrepo"
+	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/sigstore/sigstore/pkg/signature"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
 
 // serve serves the repository's metadata as the platform does.
@@ -77,7 +82,7 @@ func TestAddLookupRotate(t *testing.T) {
 
 	// Rotating the targets key: the gateway keeps its pinned root (v1)
 	// and follows the new root version by itself.
-	v, err := r.RotateTargetsKey(keys)
+	v, err := r.RotateKey(keys, "targets")
 	if err != nil || v != 2 {
 		t.Fatalf("rotate: v%d %v", v, err)
 	}
@@ -104,6 +109,92 @@ func TestAddLookupRotate(t *testing.T) {
 	}
 	if _, err := r.Add(keys, tufrepo.Artifact{File: artifact(t, "x"), DeviceType: "pump", Version: "9.9.9"}); err == nil {
 		t.Fatal("the repository signed with the retired targets key")
+	}
+	os.Rename(filepath.Join(keys, "targets.key"), retired)
+	os.Rename(filepath.Join(keys, "targets.key.new"), filepath.Join(keys, "targets.key"))
+
+	// Rotating the root key (v3, signed by the old and the new root key),
+	// then the online snapshot (v4) and timestamp (v5) keys: every client,
+	// from the pinned v1 or from what it saw, follows, and what the new
+	// keys sign verifies.
+	for i, role := range []string{"root", "snapshot", "timestamp"} {
+		v, err := r.RotateKey(keys, role)
+		if err != nil || v != int64(3+i) {
+			t.Fatalf("rotate %s: v%d %v", role, v, err)
+		}
+		ver := fmt.Sprintf("2.6.%d", i)
+		if _, err := r.Add(keys, tufrepo.Artifact{File: artifact(t, "firmware "+ver), DeviceType: "pump", Version: ver}); err != nil {
+			t.Fatalf("add after rotating %s: %v", role, err)
+		}
+		for _, cl := range []*tufclient.Client{c, client(t, srv, root)} {
+			got, err := cl.Lookup("pump/" + ver)
+			if err != nil || got.RootVersion != v {
+				t.Fatalf("after rotating %s: %+v %v", role, got, err)
+			}
+		}
+	}
+	// The retired root key is no longer the root key: it cannot rotate
+	// anything (the repository refuses before any gateway would).
+	if err := os.Rename(filepath.Join(keys, "root.key.retired-3"), filepath.Join(keys, "root.key")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.RotateKey(keys, "targets"); err == nil || !strings.Contains(err.Error(), "root key is not the one") {
+		t.Fatalf("rotation with the retired root key: %v", err)
+	}
+	if _, err := r.RotateKey(keys, "delegated"); err == nil {
+		t.Fatal("rotated an unknown role")
+	}
+}
+
+// TestRootSignedByNewKeyOnly: a root version signed by the new root key
+// alone (what an attacker who generated a key of its own would publish)
+// is refused by the gateways' client: a new root needs the threshold of
+// the root they trust.
+func TestRootSignedByNewKeyOnly(t *testing.T) {
+	keys := t.TempDir()
+	root, err := tufrepo.InitKeys(keys, time.Now(), tufrepo.DefaultExpiry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := tufrepo.Open(t.TempDir())
+	if _, err := r.Add(keys, tufrepo.Artifact{File: artifact(t, "firmware 2.4.1"), DeviceType: "pump", Version: "2.4.1"}); err != nil {
+		t.Fatal(err)
+	}
+	// The attacker's keys directory: its own root key in place of ours.
+	evil := t.TempDir()
+	if _, err := tufrepo.InitKeys(evil, time.Now(), tufrepo.DefaultExpiry); err != nil {
+		t.Fatal(err)
+	}
+	ours, _ := os.ReadFile(filepath.Join(keys, "root.key"))
+	theirs, _ := os.ReadFile(filepath.Join(evil, "root.key"))
+	os.WriteFile(filepath.Join(keys, "root.key"), theirs, 0o600)
+	if _, err := r.RotateKey(keys, "root"); err == nil {
+		t.Fatal("the repository rotated the root with a key root does not name")
+	}
+	os.WriteFile(filepath.Join(keys, "root.key"), ours, 0o600)
+	if _, err := r.RotateKey(keys, "root"); err != nil {
+		t.Fatal(err)
+	}
+	// Re-sign 2.root.json with the new key only, as the attacker's tool
+	// would, and serve it.
+	meta := filepath.Join(r.Dir(), "metadata", "2.root.json")
+	m, err := metadata.Root().FromFile(meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nk, err := pki.ReadKeyFile(filepath.Join(keys, "root.key"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.ClearSignatures()
+	sg, _ := signature.LoadSigner(nk, crypto.Hash(0))
+	if _, err := m.Sign(sg); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := m.ToBytes(false)
+	os.WriteFile(meta, b, 0o644)
+	if _, err := client(t, serve(t, r), root).Lookup("pump/2.4.1"); err == nil || !strings.Contains(err.Error(), "root") {
+		t.Fatalf("the client trusted a root signed by the new root key only: %v", err)
 	}
 }
 

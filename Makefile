@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/fieldtrust
 DATA    ?= ./fieldtrust-data
 
-.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle load-firmware clean
+.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle bench-agents load-firmware clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/fieldtrust
@@ -56,6 +56,11 @@ bench-idle: deps
 # minutes, ~4 GiB of temporary disk): docs/benchmarks.md "Firmware".
 load-firmware:
 	FIELDTRUST_FIRMWARE_LOAD=1 $(GO) test -count=1 -run '^TestFirmwareLoad$$' -v -timeout 60m ./internal/devicemsg
+
+# HTTPS agents (docs/benchmarks.md "HTTPS agents"): token requests, exchange
+# posts and the access-token check, over real TLS on SQLite (~1 min).
+bench-agents:
+	$(GO) test -run '^$$' -bench . -benchtime 5s ./internal/agent
 
 clean:
 	rm -rf bin

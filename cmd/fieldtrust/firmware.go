@@ -78,9 +78,9 @@ the old one, signed by the root key (and by the new root key when the root
 key rotates), and what the role signs is re-signed at once. Gateways are not
 touched: they walk the root versions from the one they pinned. The root and
 targets keys are the offline ones in KEYS (the old one stays as
-ROLE.key.retired-N); the snapshot and timestamp keys are the platform's
-online keys in DIR/firmware/keys (rotate them when the platform may have
-been compromised). Run it where the platform's data directory is; the new
+ROLE.key.retired-N); the snapshot and timestamp keys are the online keys
+the platform keeps in its data directory (rotate them when the platform may
+have been compromised). Run it where the platform's data directory is; the new
 KEYS/root.json is what new gateways pin.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -5,7 +5,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	crand "crypto/rand"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -334,21 +334,21 @@ func checkSignedAttrs(b []byte, contentType asn1.ObjectIdentifier, h crypto.Hash
 	return signingTime, nil
 }
 
-// Sign returns the DER of a ContentInfo holding SignedData over content:
-// signed, not encrypted (`openssl cms -verify -inform DER` reads it; Verify
-// checks it). For messages that need a signer but no secrecy, such as a
-// gateway's command results and firmware status reports.
+// Sign returns a DER ContentInfo holding SignedData over content (id-data,
+// ECDSA with SHA-256, signer by key id, signing time now or at): the form
+// Verify and `openssl cms -verify -inform DER` read. DCC sealing signs its
+// AuthEnvelopedData with it, so that a relay can check the sender without
+// reading the content.
 func Sign(content []byte, s *Signer, at time.Time) ([]byte, error) {
 	if err := s.check(); err != nil {
-		return nil, fmt.Errorf("sign: %w", err)
+		return nil, err
 	}
-	sd, err := signData(crand.Reader, s, content, at)
+	if at.IsZero() {
+		at = time.Now()
+	}
+	sd, err := signData(rand.Reader, s, content, at)
 	if err != nil {
-		return nil, fmt.Errorf("sign: %w", err)
+		return nil, err
 	}
-	out, err := asn1.Marshal(contentInfo{ContentType: oidSignedData, Content: explicit0(sd)})
-	if err != nil {
-		return nil, fmt.Errorf("sign: encode ContentInfo: %w", err)
-	}
-	return out, nil
+	return asn1.Marshal(contentInfo{ContentType: oidSignedData, Content: explicit0(sd)})
 }

@@ -167,6 +167,10 @@ type Config struct {
 	MaxRejects  int
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Committed, if set, is told what each batch made durable (the
+	// rules engine runs on it), after the commit and before the
+	// acknowledgements. It must not block.
+	Committed func(snaps []store.SnapshotRecord, events []store.IntegrityEvent, rejects []store.Reject)
 }
 
 // DefaultQueue is 16 times the embedded broker's send window for an MQTT

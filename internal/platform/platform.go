@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/fieldtrust/fieldtrust/internal/agent"
 	"github.com/fieldtrust/fieldtrust/internal/bootstrap"
 	"github.com/fieldtrust/fieldtrust/internal/broker"
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
@@ -51,6 +52,13 @@ type Config struct {
 	HTTPAddr string   // HTTPS listen address
 	MQTTAddr string   // MQTT over mTLS listen address
 	DNSNames []string // extra names for the server certificate
+	// ExternalURL is the platform's URL as agents reach it (their
+	// baseUrl); "" means https:// + the HTTPS listen address. 'up' records
+	// it in DIR/platform/external.url for 'agent create'.
+	ExternalURL string
+	// Agents tunes the HTTPS agents' service (limits, credential
+	// lifetime); zero values take its defaults.
+	Agents AgentOptions
 	// BrokerURLs are the broker endpoints handed to gateways in bootstrap
 	// ("mqtts://host:port" or "mqtts://host:port;weight"); empty means the
 	// embedded broker's own listen address.
@@ -69,6 +77,8 @@ type Config struct {
 	// Ready, if non-nil, is called once every listener is up, with the
 	// actual addresses (useful with port 0).
 	Ready func(httpAddr, mqttAddr string)
+	// Notifications configures the delivery of what rules send.
+	Notifications Notifications
 
 	// hooks let the package's tests break parts of the platform on purpose.
 	hooks *testHooks
@@ -140,7 +150,8 @@ func Run(ctx context.Context, cfg Config) error {
 	// firmware service signs the notices (e2e).
 	devicesTLS := newServiceCert(d.Transport, devicemsg.ServiceName, cfg.DataDir, nil, nil, log)
 	firmwareE2E := newServiceCert(d.E2E, "firmware", cfg.DataDir, nil, nil, log)
-	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E, devicesTLS, firmwareE2E}
+	rulesTLS := newServiceCert(d.Transport, "rules", cfg.DataDir, nil, nil, log)
+	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E, devicesTLS, firmwareE2E, rulesTLS}
 	for _, c := range serviceCerts {
 		if err := c.load(ctx); err != nil {
 			return err
@@ -150,6 +161,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	if err := d.Store.SetServiceRole(ctx, devicemsg.ServiceName, tacs.RoleDeviceManager); err != nil {
+		return err
+	}
+	if err := d.Store.SetServiceRole(ctx, "rules", tacs.RoleRulesEngine); err != nil {
 		return err
 	}
 	verifier, err := d.Transport.Verifier(ctx)
@@ -243,7 +257,7 @@ func Run(ctx context.Context, cfg Config) error {
 	sup := supervisor.New(servicePolicy(cfg.hooks), log.With("component", "supervisor"))
 	ingestStatus := &ingest.Status{}
 	api := &web.API{
-		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"),
+		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"), Rules: d.Store,
 		Identify: func(r *http.Request) (tacs.Subject, bool) {
 			id, ok := est.IdentityFromContext(r.Context())
 			if !ok {
@@ -253,8 +267,24 @@ func Run(ctx context.Context, cfg Config) error {
 			return subj, err == nil
 		},
 	}
+	agents, err := startAgents(cfg, d, httpLn.Addr().String(), lg, reg, log)
+	if err != nil {
+		return err
+	}
 	mux := http.NewServeMux()
 	mux.Handle(est.PathPrefix, estSrv)
+	// HTTPS agents present no client certificate; they authenticate with
+	// OAuth (package agent). The guard still refuses a bad certificate.
+	agentMux := http.NewServeMux()
+	agents.Register(agentMux)
+	mux.Handle(agent.ManagementPrefix+"/", est.GuardOperational(verifier, log, agentMux))
+	mux.Handle(agent.MindConnectPrefix+"/", est.GuardOperational(verifier, log, agentMux))
+	agentAdmin := est.GuardOperational(verifier, log, &agent.Admin{Service: agents, Identify: api.Identify, Grants: grants})
+	mux.Handle("GET /api/v1/agents", agentAdmin)
+	mux.Handle("POST /api/v1/agents", agentAdmin)
+	mux.Handle("GET /api/v1/agents/{master}/{account}/{agent}", agentAdmin)
+	mux.Handle("POST /api/v1/agents/{master}/{account}/{agent}/revoke", agentAdmin)
+	mux.Handle("POST /api/v1/agents/{master}/{account}/{agent}/rotate-iat", agentAdmin)
 	mux.Handle(bootstrap.Path, bs)
 	fwRepo := tufrepo.Open(cfg.DataDir)
 	fwURLs, err := signedurl.LoadOrCreate(filepath.Join(fwRepo.Dir(), "url.key"))
@@ -306,6 +336,9 @@ func Run(ctx context.Context, cfg Config) error {
 	ingestClient.GetClientCertificate = ingestTLS.GetClientCertificate
 	heads := &treeHeads{log: lg, store: d.Store, signer: ledgerE2E, logger: log}
 	mqttAddr, httpAddr := brk.Addr(), httpLn.Addr().String()
+	rulesClient := tlspolicy.Client(transportRoots, nil)
+	rulesClient.GetClientCertificate = rulesTLS.GetClientCertificate
+	rp := newRulesPlatform(cfg.Notifications, d.Store, cfg.DataDir, mqttAddr, rulesClient, reg, log)
 
 	// Every service of the platform runs under the supervisor (restart
 	// policy: servicePolicy). The broker's first instance and the HTTPS
@@ -339,6 +372,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return ingest.Run(ctx, ingest.Config{
 				Broker: mqttAddr, TLS: ingestClient, Opener: opener, Status: ingestStatus,
 				Store: ingestStore, Ledger: lg, Logger: log.With("component", "ingest"), Registerer: reg,
+				Committed: rp.committed,
 			})
 		}},
 		{Name: "devices", Run: devices.Run, GiveUpAfter: 10},
@@ -357,6 +391,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}},
 		{Name: "certificates", Run: func(ctx context.Context) error { return renewServiceCerts(ctx, serviceCerts) }, GiveUpAfter: -1},
 	}
+	services = append(services, rp.services()...)
 	if err := rev.publishCRLs(ctx); err != nil {
 		return err
 	}

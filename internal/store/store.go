@@ -104,6 +104,8 @@ type Store interface {
 	Snapshots
 
 	Firmware
+	Rules
+	Agents
 
 	Close() error
 }

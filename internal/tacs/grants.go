@@ -19,6 +19,7 @@ const (
 	// publishes commands and campaign notices and reads what gateways
 	// answer.
 	RoleDeviceManager = "device-manager"
+	RoleRulesEngine   = "rules-engine"
 )
 
 // Grant allows the actions it names on every topic Filter matches — or,
@@ -54,7 +55,12 @@ type Grants map[string][]Grant
 //
 //   - admin: read and write everything, including $SYS/#;
 //   - snapshot-reader (ingest): read +/+/+/snapshots;
-//   - firmware-writer: write +/+/+/firmware.
+//   - firmware-writer: write +/+/+/firmware;
+//   - device-manager (the device messaging service): write
+//     +/+/+/firmware and +/+/+/commands, read +/+/+/firmware/status and
+//     +/+/+/commands/result;
+//   - rules-engine (the rules service): read +/+/+/status (silence),
+//     write +/+/+/events (the MQTT events of rules).
 func DefaultGrants() Grants {
 	return Grants{
 		RoleAdmin: {
@@ -69,6 +75,7 @@ func DefaultGrants() Grants {
 			{Filter: "+/+/+/firmware/status", Read: true},
 			{Filter: "+/+/+/commands/result", Read: true},
 		},
+		RoleRulesEngine: {{Filter: "+/+/+/status", Read: true}, {Filter: "+/+/+/events", Write: true}},
 	}
 }
 

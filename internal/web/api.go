@@ -54,6 +54,9 @@ type API struct {
 	ExportLimits ExportLimits
 	// Now is the clock of the export limits; nil means time.Now.
 	Now func() time.Time
+	// Rules serves rules, alarms, tasks and the outbox (rules.go); nil
+	// answers those routes with 503.
+	Rules RulesData
 
 	gateOnce sync.Once
 	gate     *exportGate
@@ -69,6 +72,22 @@ func (a *API) register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/ledger/proof/{hash}", a.authed(a.proof))
 	mux.HandleFunc("GET /api/v1/ledger/consistency", a.authed(a.consistency))
 	mux.HandleFunc("GET /api/v1/export", a.authed(a.export))
+	// Rules, alarms, tasks and notifications (rules.go).
+	mux.HandleFunc("GET /api/v1/rules", a.rulesAuthed(a.listRules))
+	mux.HandleFunc("POST /api/v1/rules", a.rulesAuthed(a.addRule))
+	mux.HandleFunc("GET /api/v1/rules/{id}", a.rulesAuthed(a.showRule))
+	mux.HandleFunc("POST /api/v1/rules/{id}/disable", a.rulesAuthed(a.enableRule(false)))
+	mux.HandleFunc("POST /api/v1/rules/{id}/enable", a.rulesAuthed(a.enableRule(true)))
+	mux.HandleFunc("GET /api/v1/rule-errors", a.rulesAuthed(a.listRuleErrors))
+	mux.HandleFunc("GET /api/v1/alarms", a.rulesAuthed(a.listAlarms))
+	mux.HandleFunc("GET /api/v1/alarms/{id}", a.rulesAuthed(a.showAlarm))
+	mux.HandleFunc("POST /api/v1/alarms/{id}/ack", a.rulesAuthed(a.changeAlarm(false)))
+	mux.HandleFunc("POST /api/v1/alarms/{id}/clear", a.rulesAuthed(a.changeAlarm(true)))
+	mux.HandleFunc("GET /api/v1/tasks", a.rulesAuthed(a.listTasks))
+	mux.HandleFunc("GET /api/v1/tasks/{id}", a.rulesAuthed(a.showTask))
+	mux.HandleFunc("POST /api/v1/tasks/{id}", a.rulesAuthed(a.updateTask))
+	mux.HandleFunc("GET /api/v1/outbox", a.rulesAuthed(a.listOutbox))
+	mux.HandleFunc("POST /api/v1/outbox/{id}/retry", a.rulesAuthed(a.retryOutbox))
 }
 
 type handler func(w http.ResponseWriter, r *http.Request, subj tacs.Subject, scope string)
@@ -193,6 +212,7 @@ type snapshotJSON struct {
 	Prev        string      `json:"prev,omitempty"`
 	Type        string      `json:"type,omitempty"`
 	Signer      string      `json:"signer"`
+	Provenance  string      `json:"provenance"`
 	SignedAt    time.Time   `json:"signed_at"`
 	ReceivedAt  time.Time   `json:"received_at"`
 	LedgerIndex uint64      `json:"ledger_index"`
@@ -201,7 +221,7 @@ type snapshotJSON struct {
 
 func toJSON(r store.SnapshotRecord) snapshotJSON {
 	s := snapshotJSON{Path: r.Path(), Seq: r.Seq, Time: r.Time, Hash: hex.EncodeToString(r.Hash), Prev: hex.EncodeToString(r.Prev),
-		Type: r.DeviceType, Signer: r.Signer, SignedAt: r.SignedAt, ReceivedAt: r.ReceivedAt, LedgerIndex: r.LedgerIndex}
+		Type: r.DeviceType, Signer: r.Signer, Provenance: r.Provenance(), SignedAt: r.SignedAt, ReceivedAt: r.ReceivedAt, LedgerIndex: r.LedgerIndex}
 	for _, v := range r.Values {
 		s.Values = append(s.Values, valueJSON(v))
 	}

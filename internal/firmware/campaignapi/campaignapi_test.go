@@ -18,6 +18,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/firmware/tufrepo"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // TestCampaignAPI: the operators' campaign routes over a real SQLite store
@@ -44,7 +45,7 @@ func TestCampaignAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	grants := tacs.DefaultGrants()
-	grants["ops-ms-1"] = []tacs.Grant{{Filter: "ms-1/+/+/firmware", Write: true}}
+	grants["ops-ms-1"] = []tacs.Grant{{Filter: topic.FirmwareOf("ms-1/+/+"), Write: true}}
 	subjects := map[string]tacs.Subject{
 		"admin":    tacs.ServiceSubject("console", tacs.RoleAdmin),
 		"ops":      tacs.ServiceSubject("ops", "ops-ms-1"),
@@ -103,8 +104,8 @@ func TestCampaignAPI(t *testing.T) {
 		{"no identity", "", "GET", Path, "", http.StatusUnauthorized, "certificate"},
 		{"an account", "customer", "POST", Path, create("ms-1/acc/gw-1"), http.StatusForbidden, "service certificate"},
 		{"an account reads", "customer", "GET", Path + "/" + mine.ID, "", http.StatusForbidden, "service certificate"},
-		{"role without firmware grants", "reader", "POST", Path, create("ms-1/acc/gw-1"), http.StatusForbidden, "may not publish on ms-1/acc/gw-1/firmware"},
-		{"another tenant's gateway", "ops", "POST", Path, create("ms-1/acc/gw-1", "ms-2/acc/gw-1"), http.StatusForbidden, "ms-2/acc/gw-1/firmware"},
+		{"role without firmware grants", "reader", "POST", Path, create("ms-1/acc/gw-1"), http.StatusForbidden, "may not publish on " + topic.FirmwareOf("ms-1/acc/gw-1")},
+		{"another tenant's gateway", "ops", "POST", Path, create("ms-1/acc/gw-1", "ms-2/acc/gw-1"), http.StatusForbidden, topic.FirmwareOf("ms-2/acc/gw-1")},
 		{"another tenant's campaign", "ops", "GET", Path + "/" + theirs.ID, "", http.StatusNotFound, "not found"},
 		{"pause another tenant's campaign", "ops", "POST", Path + "/" + theirs.ID + "/pause", "", http.StatusNotFound, "not found"},
 		{"unknown campaign", "admin", "GET", Path + "/nope", "", http.StatusNotFound, "not found"},

@@ -13,6 +13,7 @@ package postgres
 
 import (
 	"context"
+	"database/sql"
 	"embed"
 	"errors"
 	"fmt"
@@ -25,9 +26,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/idcache"
+	"github.com/fieldtrust/fieldtrust/internal/store/rulesql"
 )
 
 //go:embed migrations/*.sql
@@ -37,6 +40,8 @@ var migrations embed.FS
 type Store struct {
 	pool  *pgxpool.Pool
 	names *idcache.Cache[int32]
+	// The rules store (store.Rules) is written once for both databases.
+	*rulesql.Store
 }
 
 var _ store.Store = (*Store)(nil)
@@ -55,7 +60,7 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres %s: %w", cfg.ConnConfig.Host, err)
 	}
-	s := &Store{pool: pool, names: idcache.New[int32]()}
+	s := &Store{pool: pool, names: idcache.New[int32](), Store: &rulesql.Store{DB: rulesDB{pool: pool}}}
 	if err := s.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("postgres %s/%s: %w", cfg.ConnConfig.Host, cfg.ConnConfig.Database, err)
@@ -301,3 +306,9 @@ func (s *Store) ServiceRoles(ctx context.Context) (map[string]string, error) {
 	}
 	return out, rows.Err()
 }
+
+// SQL returns a database/sql handle on the store's pool (with its schema
+// settings), for stores of other services that keep their tables in the
+// same database (package registrystore). Closing it does not close the
+// pool.
+func (s *Store) SQL() *sql.DB { return stdlib.OpenDBFromPool(s.pool) }

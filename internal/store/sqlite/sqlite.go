@@ -21,6 +21,7 @@ import (
 
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/idcache"
+	"github.com/fieldtrust/fieldtrust/internal/store/rulesql"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
 
@@ -33,6 +34,8 @@ type Store struct {
 	// nameCache maps device types, units, groups, channels and devices
 	// to their small ids, so inserts skip the lookups; non-nil after Open.
 	nameCache *idcache.Cache[int64]
+	// The rules store (store.Rules) is written once for both databases.
+	*rulesql.Store
 }
 
 var _ store.Store = (*Store)(nil)
@@ -45,7 +48,11 @@ func Open(ctx context.Context, file string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", file, err)
 	}
-	s := &Store{db: db, nameCache: idcache.New[int64]()}
+	// Keep connections open between requests: database/sql keeps 2 idle
+	// by default, and every new one pays the open and the pragmas (an
+	// agent's token request, a handful of reads, paid it each time).
+	db.SetMaxIdleConns(16)
+	s := &Store{db: db, nameCache: idcache.New[int64](), Store: &rulesql.Store{DB: rulesDB{db: db}}}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("database %s: %w (if the file is damaged, restore it from a backup)", file, err)
@@ -281,3 +288,7 @@ func nullTime(t time.Time) sql.NullInt64 {
 	}
 	return sql.NullInt64{Int64: t.Unix(), Valid: true}
 }
+
+// SQL returns the database handle, for stores of other services that keep
+// their tables in the same database (package registrystore).
+func (s *Store) SQL() *sql.DB { return s.db }

@@ -363,7 +363,7 @@ func TestCampaign(t *testing.T) {
 		}
 		return v.(*atomic.Int64).Load()
 	}
-	waitUntil(t, 30*time.Second, "the customer's subtree to show the notices and reports", func() bool {
+	waitUntil(t, 2*time.Minute, "the customer's subtree to show the notices and reports", func() bool {
 		return count(topic.Firmware) >= 40+39 && count(topic.FirmwareStatus) >= 40*4 && sealedForCustomer.Load() >= 40
 	})
 
@@ -424,11 +424,20 @@ func TestCampaign(t *testing.T) {
 		// and a role that may not order firmware are refused.
 		admin := env.Service(t, "console", tacs.RoleAdmin)
 		reader := env.Service(t, "reader", tacs.RoleSnapshotReader)
-		post := func(id platformtest.Identity, path, body string, out any) (int, string) {
-			c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: env.Roots, Certificates: []tls.Certificate{id.TLS}}}, Timeout: 30 * time.Second}
-			resp, err := c.Post("https://"+env.HTTPAddr+path, "application/json", strings.NewReader(body))
+		// One client per identity (connections reused while polling); a
+		// transport error while polling is a "not yet", not a failure.
+		clients := map[*x509.Certificate]*http.Client{}
+		do := func(id platformtest.Identity, method, path, body string, out any) (int, string, error) {
+			c := clients[id.TLS.Leaf]
+			if c == nil {
+				c = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: env.Roots, Certificates: []tls.Certificate{id.TLS}}}, Timeout: 30 * time.Second}
+				t.Cleanup(c.CloseIdleConnections)
+				clients[id.TLS.Leaf] = c
+			}
+			req, _ := http.NewRequest(method, "https://"+env.HTTPAddr+path, strings.NewReader(body))
+			resp, err := c.Do(req)
 			if err != nil {
-				t.Fatal(err)
+				return 0, "", err
 			}
 			defer resp.Body.Close()
 			b, _ := io.ReadAll(resp.Body)
@@ -437,10 +446,18 @@ func TestCampaign(t *testing.T) {
 					t.Fatalf("%s: %v: %s", path, err, b)
 				}
 			}
-			return resp.StatusCode, string(b)
+			return resp.StatusCode, string(b), nil
 		}
-		waitUntil(t, time.Minute, "the platform to know the console's role", func() bool {
-			return env.Get(t, admin, "/api/v1/firmware/campaigns", nil) == http.StatusOK
+		post := func(id platformtest.Identity, path, body string, out any) (int, string) {
+			code, b, err := do(id, http.MethodPost, path, body, out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return code, b
+		}
+		waitUntil(t, 2*time.Minute, "the platform to know the console's role", func() bool {
+			code, _, err := do(admin, http.MethodGet, "/api/v1/firmware/campaigns", "", nil)
+			return err == nil && code == http.StatusOK
 		})
 		spec := fmt.Sprintf(`{"version":"1.2.0","device_type":"pump","scope":[%q,%q]}`, paths[0], paths[41])
 		if code, body := post(cust1, "/api/v1/firmware/campaigns", spec, nil); code != http.StatusForbidden {
@@ -453,9 +470,10 @@ func TestCampaign(t *testing.T) {
 		if code, body := post(admin, "/api/v1/firmware/campaigns", spec, &c2); code != http.StatusCreated || len(c2.Devices) != 2 {
 			t.Fatalf("create through the API: %d %s", code, body)
 		}
-		waitUntil(t, time.Minute, "the second campaign to complete", func() bool {
+		waitUntil(t, 3*time.Minute, "the second campaign to complete", func() bool {
 			var r rollout.Report
-			return env.Get(t, admin, "/api/v1/firmware/campaigns/"+c2.ID, &r) == http.StatusOK && r.State == rollout.Completed && r.Counts[firmware.Installed] == 2
+			code, _, err := do(admin, http.MethodGet, "/api/v1/firmware/campaigns/"+c2.ID, "", &r)
+			return err == nil && code == http.StatusOK && r.State == rollout.Completed && r.Counts[firmware.Installed] == 2
 		})
 		if code := env.Get(t, cust1, "/api/v1/firmware/campaigns/"+c2.ID, nil); code != http.StatusForbidden {
 			t.Errorf("a customer read the campaign: %d", code)
@@ -568,7 +586,7 @@ func TestCampaign(t *testing.T) {
 				t.Fatalf("publish %s: %v", m.topic, tok.Error())
 			}
 		}
-		waitUntil(t, 30*time.Second, "the victim's refusal reports", func() bool {
+		waitUntil(t, 2*time.Minute, "the victim's refusal reports", func() bool {
 			ms, _ := env.D.Store.DeviceMessages(ctx, store.MessageFilter{Kind: devicemsg.KindRefusal, Scope: victim})
 			names := map[string]int{}
 			for _, m := range ms {

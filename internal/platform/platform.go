@@ -375,7 +375,10 @@ func Run(ctx context.Context, cfg Config) error {
 				Committed: rp.committed,
 			})
 		}},
-		{Name: "devices", Run: devices.Run, GiveUpAfter: 10},
+		// An MQTT client of the broker: while the broker is down it
+		// fails at once, so it never ends 'up' itself (the broker's own
+		// policy does), as rules-broker.
+		{Name: "devices", Run: devices.Run, GiveUpAfter: -1},
 		{Name: "revocation", Run: rev.run, GiveUpAfter: 10},
 		{Name: "treeheads", Run: heads.run, GiveUpAfter: 10},
 		{Name: "https", Run: func(ctx context.Context) error {

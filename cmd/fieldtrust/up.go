@@ -28,6 +28,8 @@ type upFlags struct {
 	smtpURL             string
 	webhookPrivate      bool
 	externalURL         string
+	broker              string
+	cluster             platform.ClusterOptions
 }
 
 func (f *upFlags) register(c *cobra.Command) {
@@ -44,6 +46,8 @@ func (f *upFlags) register(c *cobra.Command) {
 	c.Flags().StringVar(&f.smtpURL, "smtp-url", "", "SMTP server for rule emails: smtp://[user:pass@]host:port?from=ADDR (STARTTLS; plain only to loopback) or smtps://...; default $"+mail.URLEnv+" (prefer the variable: flags show in ps)")
 	c.Flags().BoolVar(&f.webhookPrivate, "webhook-allow-private", false, "let rule webhooks reach loopback and private addresses (a receiver on this site)")
 	c.Flags().StringVar(&f.externalURL, "external-url", "", "the platform's URL as HTTPS agents reach it, their boarding configuration's baseUrl (default https:// + --http-addr)")
+	c.Flags().StringVar(&f.broker, "broker", platform.BrokerEmbedded, "broker tier: embedded, or cluster (a single node of the clustered NATS tier, MQTT 3.1.1 only; docs/scale.md)")
+	c.Flags().StringVar(&f.cluster.Node, "node-name", "n1", "with --broker cluster: this node's name, unique in the cluster")
 	addLogFlags(c, &f.logLevel, &f.logFormat, "info")
 }
 
@@ -80,6 +84,7 @@ func (f *upFlags) config() (platform.Config, error) {
 	return platform.Config{
 		DataDir: f.dataDir, DB: f.db, HTTPAddr: f.httpAddr, MQTTAddr: f.mqttAddr, DNSNames: f.dnsNames, Grants: grants,
 		BrokerURLs: f.brokerURLs, PublishInterval: f.publishInterval, ExternalURL: f.externalURL,
+		Broker: f.broker, Cluster: f.cluster,
 		EST:    est.Policy{AllowReenroll: f.estAllowReenroll, RequireChannelBinding: f.estRequireBinding},
 		Logger: log, Notifications: notify,
 	}, nil

@@ -183,6 +183,9 @@ type Config struct {
 	// the service's transport certificate (role device-manager).
 	Broker string
 	TLS    *tls.Config
+	// ClientID is the MQTT client ID; default "device-manager" (the
+	// clustered tier binds it to the identity).
+	ClientID string
 	// NoticeSigner signs campaign notices (the e2e "firmware" service).
 	NoticeSigner func() (*envelope.Signer, error)
 	Repo         *tufrepo.Repo
@@ -271,7 +274,11 @@ func (s *Service) Downloaded(ctx context.Context, m store.DeviceMessage) error {
 func (s *Service) Run(ctx context.Context) error {
 	in := make(chan mqtt.Message, 1024)
 	lost := make(chan error, 1)
-	opts := mqtt.NewClientOptions().AddBroker("ssl://" + s.cfg.Broker).SetClientID("device-manager").
+	clientID := s.cfg.ClientID
+	if clientID == "" {
+		clientID = ServiceName
+	}
+	opts := mqtt.NewClientOptions().AddBroker("ssl://" + s.cfg.Broker).SetClientID(clientID).
 		SetTLSConfig(s.cfg.TLS).SetCleanSession(true).SetOrderMatters(true).
 		SetKeepAlive(30 * time.Second).SetConnectTimeout(15 * time.Second).SetAutoReconnect(false).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {

@@ -63,6 +63,11 @@ type Config struct {
 	// ("mqtts://host:port" or "mqtts://host:port;weight"); empty means the
 	// embedded broker's own listen address.
 	BrokerURLs []string
+	// Broker is the broker tier: BrokerEmbedded ("" too) or BrokerCluster
+	// (this process runs a node of the clustered tier, configured by
+	// Cluster; docs/scale.md).
+	Broker  string
+	Cluster ClusterOptions
 	// Grants are the service roles' topic grants (datadir.Grants); nil
 	// means tacs.DefaultGrants().
 	Grants tacs.Grants
@@ -90,6 +95,7 @@ type testHooks struct {
 	ledgerStorage func(ledger.Storage) ledger.Storage // what the ledger appends to
 	serveBroker   func(ctx context.Context, b *broker.Broker) error
 	policy        *supervisor.Policy
+	broker        string // Config.Broker
 }
 
 // shutdownGrace bounds how long in-flight requests may take once the
@@ -152,6 +158,20 @@ func Run(ctx context.Context, cfg Config) error {
 	firmwareE2E := newServiceCert(d.E2E, "firmware", cfg.DataDir, nil, nil, log)
 	rulesTLS := newServiceCert(d.Transport, "rules", cfg.DataDir, nil, nil, log)
 	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E, devicesTLS, firmwareE2E, rulesTLS}
+	var nodeTLS *serviceCert
+	switch cfg.Broker {
+	case "", BrokerEmbedded:
+	case BrokerCluster:
+		if nodeTLS, err = nodeCert(d, cfg, dns, ips, log); err != nil {
+			return err
+		}
+		serviceCerts = append(serviceCerts, nodeTLS)
+		if err := setClusterRoles(ctx, d, cfg.Cluster); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("--broker %q: use %q or %q", cfg.Broker, BrokerEmbedded, BrokerCluster)
+	}
 	for _, c := range serviceCerts {
 		if err := c.load(ctx); err != nil {
 			return err
@@ -209,18 +229,30 @@ func Run(ctx context.Context, cfg Config) error {
 		Logger:     log.With("component", "broker"),
 		Registerer: reg,
 	}
-	brk, err := broker.New(brokerConfig)
-	if err != nil {
-		return fmt.Errorf("start broker on --mqtt-addr %s: %w", cfg.MQTTAddr, err)
-	}
 	brokers := &brokerRef{}
-	brokers.cur.Store(brk)
+	var tier publisher = brokers // what publishes and revalidates
+	var mqttAddr string
+	var ct *clusterTier
+	if cfg.Broker == BrokerCluster {
+		if ct, err = startClusterTier(ctx, cfg, d, nodeTLS, cert, verifier, ids, grants, log); err != nil {
+			return err
+		}
+		defer ct.stop()
+		tier, mqttAddr = ct, ct.node.MQTTAddr()
+	} else {
+		brk, err := broker.New(brokerConfig)
+		if err != nil {
+			return fmt.Errorf("start broker on --mqtt-addr %s: %w", cfg.MQTTAddr, err)
+		}
+		brokers.cur.Store(brk)
+		mqttAddr = brk.Addr()
+	}
 
 	estSrv, err := est.New(est.Options{Transport: d.Transport, E2E: d.E2E, Verifier: verifier, Records: d.Store, Policy: cfg.EST, Logger: log.With("component", "est")})
 	if err != nil {
 		return err
 	}
-	brokerURLs, err := brokerList(cfg.BrokerURLs, brk.Addr())
+	brokerURLs, err := brokerList(cfg.BrokerURLs, mqttAddr)
 	if err != nil {
 		return err
 	}
@@ -293,8 +325,12 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	devicesClient := tlspolicy.Client(transportRootPool(d.Transport.Root()), nil)
 	devicesClient.GetClientCertificate = devicesTLS.GetClientCertificate
+	devicesClientID := "" // devicemsg's default
+	if ct != nil {
+		devicesClientID = cfg.Cluster.clientID(devicemsg.ServiceName)
+	}
 	devices := devicemsg.New(devicemsg.Config{
-		Store: d.Store, Ledger: lg, E2E: e2eVerifier, Broker: brk.Addr(), TLS: devicesClient,
+		Store: d.Store, Ledger: lg, E2E: e2eVerifier, Broker: mqttAddr, ClientID: devicesClientID, TLS: devicesClient,
 		NoticeSigner: func() (*envelope.Signer, error) { return firmwareE2E.signer() },
 		Repo:         fwRepo, URLs: fwURLs, URLValidity: cfg.FirmwareURLValidity, Logger: log.With("component", "devices"),
 	})
@@ -323,7 +359,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	rev := &revocation{ids: ids, e2e: e2eVerifier, broker: brokers, auths: []*pki.Authority{d.Transport, d.E2E}, log: log}
+	rev := &revocation{ids: ids, e2e: e2eVerifier, broker: tier, auths: []*pki.Authority{d.Transport, d.E2E}, log: log}
 	opener, err := envelope.NewOpener(ingestE2E.Current().Leaf, ingestE2E.Current().PrivateKey, envelope.OpenOptions{
 		VerifyOptions: envelope.VerifyOptions{Signers: ingest.SignerLookup{V: e2eVerifier}, Verifier: e2eVerifier},
 	})
@@ -335,10 +371,15 @@ func Run(ctx context.Context, cfg Config) error {
 	ingestClient := tlspolicy.Client(transportRoots, nil)
 	ingestClient.GetClientCertificate = ingestTLS.GetClientCertificate
 	heads := &treeHeads{log: lg, store: d.Store, signer: ledgerE2E, logger: log}
-	mqttAddr, httpAddr := brk.Addr(), httpLn.Addr().String()
+	httpAddr := httpLn.Addr().String()
 	rulesClient := tlspolicy.Client(transportRoots, nil)
 	rulesClient.GetClientCertificate = rulesTLS.GetClientCertificate
 	rp := newRulesPlatform(cfg.Notifications, d.Store, cfg.DataDir, mqttAddr, rulesClient, reg, log)
+	ingestClientID := "" // ingest's default
+	if ct != nil {
+		// The cluster binds sessions to identities by client ID.
+		ingestClientID, rp.broker.ClientID = cfg.Cluster.clientID("ingest"), cfg.Cluster.clientID("rules")
+	}
 
 	// Every service of the platform runs under the supervisor (restart
 	// policy: servicePolicy). The broker's first instance and the HTTPS
@@ -370,7 +411,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}},
 		{Name: "ingest", Run: func(ctx context.Context) error {
 			return ingest.Run(ctx, ingest.Config{
-				Broker: mqttAddr, TLS: ingestClient, Opener: opener, Status: ingestStatus,
+				Broker: mqttAddr, ClientID: ingestClientID, Unshared: ct != nil, TLS: ingestClient, Opener: opener, Status: ingestStatus,
 				Store: ingestStore, Ledger: lg, Logger: log.With("component", "ingest"), Registerer: reg,
 				Committed: rp.committed,
 			})
@@ -395,6 +436,9 @@ func Run(ctx context.Context, cfg Config) error {
 		{Name: "certificates", Run: func(ctx context.Context) error { return renewServiceCerts(ctx, serviceCerts) }, GiveUpAfter: -1},
 	}
 	services = append(services, rp.services()...)
+	if ct != nil {
+		services[0] = supervisor.Service{Name: "broker", Run: ct.run}
+	}
 	if err := rev.publishCRLs(ctx); err != nil {
 		return err
 	}

@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/fieldtrust
 DATA    ?= ./fieldtrust-data
 
-.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle bench-registry bench-dcc bench-console bench-agents clean
+.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle bench-registry bench-dcc bench-console bench-agents load-firmware clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/fieldtrust
@@ -65,6 +65,12 @@ bench-dcc: deps
 # chart over a day of 1 Hz data (~1 min; docs/benchmarks.md).
 bench-console:
 	FIELDTRUST_CONSOLE_BENCH=1 $(GO) test -count=1 -run '^TestViewTimes$$' -v ./internal/console
+
+# A firmware rollout of a 20 MiB artifact to 100 in-process gateways on
+# loopback (FIELDTRUST_FIRMWARE_GATEWAYS, FIELDTRUST_FIRMWARE_MIB; a few
+# minutes, ~4 GiB of temporary disk): docs/benchmarks.md "Firmware".
+load-firmware:
+	FIELDTRUST_FIRMWARE_LOAD=1 $(GO) test -count=1 -run '^TestFirmwareLoad$$' -v -timeout 60m ./internal/devicemsg
 
 # HTTPS agents (docs/benchmarks.md "HTTPS agents"): token requests, exchange
 # posts and the access-token check, over real TLS on SQLite (~1 min).

@@ -98,7 +98,7 @@ login link for each customer and for a vendor admin (logs are quiet unless
 				gcfg := gateway.Config{
 					Platform: "https://" + addrs[0], CA: []*x509.Certificate{d.Transport.Root()}, Onboarding: &onb,
 					StateDir: g.StateDir, Simulate: devices, SimulateEvery: every, ReenrollExpired: true,
-					Logger: cfg.Logger.With("gateway", g.Path),
+					Logger: cfg.Logger.With("gateway", g.Path), FirmwareRoot: fleet.FirmwareRoot,
 				}
 				wg.Go(func() {
 					if err := gateway.Run(ctx, gcfg); err != nil {
@@ -163,7 +163,17 @@ func printDemo(cmd *cobra.Command, httpAddr, dataDir string, fleet *demo.Fleet, 
 		fmt.Fprintf(w, "    %s '%s/api/v1/devices/%s/snapshots?limit=5&channel=pressure_out'\n", curl, base, dev)
 		fmt.Fprintf(w, "    %s %s/api/v1/ledger/head\n", curl, base)
 	}
-	fmt.Fprintf(w, "\n  Snapshots arrive within seconds; each customer sees only its own fleet.\n\n")
+	fmt.Fprintf(w, "\n  Snapshots arrive within seconds; each customer sees only its own fleet.\n")
+	keys := fleet.FirmwareKeys
+	fmt.Fprintf(w, "\n  firmware: offline keys in %s (root.json is pinned in every demo gateway). Roll out a version:\n", keys)
+	fmt.Fprintf(w, "    head -c 1048576 /dev/urandom > pump-fw.bin\n")
+	fmt.Fprintf(w, "    fieldtrust firmware add --data %s --keys %s --file pump-fw.bin --version 1.1.0 --device-type pump\n", dataDir, keys)
+	fmt.Fprintf(w, "    ID=$(fieldtrust firmware campaign create --data %s --version 1.1.0 --device-type pump --scope %s --scope %s --canary 34 --max-failures 1)\n", dataDir, demo.Customers[0].Master, demo.Customers[1].Master)
+	fmt.Fprintf(w, "    fieldtrust firmware campaign status --data %s $ID\n", dataDir)
+	g0 := fleet.Gateways[0].Path
+	fmt.Fprintf(w, "  commands (signed by your operator identity, results signed by the gateway):\n")
+	fmt.Fprintf(w, "    fieldtrust command send --data %s %s clean --wait\n", dataDir, g0)
+	fmt.Fprintf(w, "    fieldtrust command send --data %s %s set-interval seconds=10 --wait\n\n", dataDir, g0)
 	log.Info("demo fleet started", "gateways", len(fleet.Gateways))
 }
 

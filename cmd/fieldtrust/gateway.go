@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -21,6 +22,9 @@ func newGatewayCmd() *cobra.Command {
 		every                                         time.Duration
 		rejectNew, noReenroll                         bool
 		logLevel, logFormat                           string
+		fwRoot                                        string
+		fwTypes                                       []string
+		healthTimeout                                 time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "gateway --platform URL --ca ROOT.pem --onboarding-cert C --onboarding-key K --state DIR",
@@ -63,6 +67,12 @@ needed if the operational certificate expired while offline.`,
 			if rejectNew {
 				cfg.Queue.Policy = queue.RejectNew
 			}
+			if fwRoot != "" {
+				if cfg.FirmwareRoot, err = os.ReadFile(fwRoot); err != nil {
+					return fmt.Errorf("--firmware-root: %w (the root.json of 'fieldtrust firmware keys init')", err)
+				}
+			}
+			cfg.FirmwareTypes, cfg.HealthTimeout = fwTypes, healthTimeout
 			if (obCert == "") != (obKey == "") {
 				return usageError{errors.New("--onboarding-cert and --onboarding-key go together")}
 			}
@@ -88,6 +98,9 @@ needed if the operational certificate expired while offline.`,
 	f.IntVar(&maxItems, "queue-max", 100_000, "store-and-forward queue bound, in snapshots")
 	f.BoolVar(&rejectNew, "queue-reject-new", false, "when the queue is full, refuse new snapshots instead of dropping the oldest")
 	f.BoolVar(&noReenroll, "no-reenroll-expired", false, "do not enroll again with the onboarding certificate after the operational one expired")
+	f.StringVar(&fwRoot, "firmware-root", "", "TUF root metadata pinned for firmware updates (KEYS/root.json of 'fieldtrust firmware keys init'); without it no firmware is installed")
+	f.StringSliceVar(&fwTypes, "firmware-device-type", nil, "device types to install firmware for (default: those of the simulated devices)")
+	f.DurationVar(&healthTimeout, "firmware-health-timeout", 2*time.Minute, "how long a new firmware version has to report healthy before it is rolled back")
 	addLogFlags(c, &logLevel, &logFormat, "info")
 	return c
 }

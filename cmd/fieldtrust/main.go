@@ -63,6 +63,7 @@ Start the platform with 'fieldtrust up'; manage certificates with 'fieldtrust pk
 		newDemoCmd(),
 		newLedgerCmd(),
 		newUserCmd(),
+		newFirmwareCmd(), newCommandCmd(),
 		newRuleCmd(), newAlarmCmd(), newTaskCmd(), newOutboxCmd(),
 		newAgentCmd(),
 		newDCCCmd(), newRegistryCmd(),

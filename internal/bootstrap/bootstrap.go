@@ -207,17 +207,24 @@ func (h *Handler) Document(ctx context.Context, path pki.Path) (*Document, int, 
 	return doc, http.StatusOK, nil
 }
 
-// latestE2E returns the newest e2e leaf of path that verifies now (not
-// expired, not revoked, CA chain intact), or nil if there is none.
+// latestE2E returns the newest e2e leaf of path that verifies now, or nil.
 func (h *Handler) latestE2E(ctx context.Context, path pki.Path) (*x509.Certificate, error) {
-	recs, err := h.cfg.Records.ListCertificates(ctx, store.CertFilter{Domain: string(pki.E2E), Name: path.String()})
+	return LatestE2E(ctx, h.cfg.Records, h.cfg.E2E, path, h.log)
+}
+
+// LatestE2E returns the newest e2e leaf of path that verifies now (not
+// expired, not revoked, CA chain intact), or nil if there is none: the
+// certificate to seal for path, as bootstrap names recipients and the
+// platform seals commands and campaign notices.
+func LatestE2E(ctx context.Context, records Records, e2e E2EVerifier, path pki.Path, log *slog.Logger) (*x509.Certificate, error) {
+	recs, err := records.ListCertificates(ctx, store.CertFilter{Domain: string(pki.E2E), Name: path.String()})
 	if err != nil {
 		return nil, fmt.Errorf("e2e certificates of %s: %w", path, err)
 	}
 	var inter []*x509.Certificate
 	revokedCA := map[string]bool{}
 	for i := 1; i <= len(path) && i <= 2; i++ {
-		cas, err := h.cfg.Records.ListCertificates(ctx, store.CertFilter{Domain: string(pki.E2E), Name: path[:i].String()})
+		cas, err := records.ListCertificates(ctx, store.CertFilter{Domain: string(pki.E2E), Name: path[:i].String()})
 		if err != nil {
 			return nil, fmt.Errorf("e2e CAs of %s: %w", path, err)
 		}
@@ -242,10 +249,10 @@ func (h *Handler) latestE2E(ctx context.Context, path pki.Path) (*x509.Certifica
 		}
 		c, err := x509.ParseCertificate(rec.DER)
 		if err != nil {
-			h.log.Error("stored e2e certificate does not parse", "path", path.String(), "serial", rec.Serial, "err", err)
+			log.Error("stored e2e certificate does not parse", "path", path.String(), "serial", rec.Serial, "err", err)
 			continue
 		}
-		id, chain, err := h.cfg.E2E.Verify(c, inter, now, x509.ExtKeyUsageAny)
+		id, chain, err := e2e.Verify(c, inter, now, x509.ExtKeyUsageAny)
 		if err != nil || !id.Path.Equal(path) || slices.ContainsFunc(chain, func(c *x509.Certificate) bool { return revokedCA[pki.SerialHex(c.SerialNumber)] }) {
 			continue
 		}

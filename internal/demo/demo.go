@@ -27,6 +27,7 @@ import (
 
 	"github.com/fieldtrust/fieldtrust/internal/console"
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
+	"github.com/fieldtrust/fieldtrust/internal/firmware/tufrepo"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 )
@@ -55,6 +56,11 @@ type Fleet struct {
 	Dir       string // DIR/demo
 	Gateways  []Gateway
 	Customers map[string]string // master account -> directory with cert.pem, key.pem, ca.pem
+	// FirmwareKeys is DIR/demo/firmware-keys: the demo's offline firmware
+	// keys (in a real deployment they never sit on the platform), and
+	// FirmwareRoot its root.json, which every demo gateway pins.
+	FirmwareKeys string
+	FirmwareRoot []byte
 }
 
 // Setup prepares the demo fleet on d (idempotent).
@@ -96,6 +102,15 @@ func Setup(ctx context.Context, d *datadir.Dir) (*Fleet, error) {
 			return nil, err
 		}
 		f.Customers[c.Master] = dir
+	}
+	f.FirmwareKeys = filepath.Join(f.Dir, "firmware-keys")
+	if _, err := os.Stat(filepath.Join(f.FirmwareKeys, "root.json")); errors.Is(err, os.ErrNotExist) {
+		if _, err := tufrepo.InitKeys(f.FirmwareKeys, time.Now(), tufrepo.DefaultExpiry); err != nil {
+			return nil, fmt.Errorf("demo firmware keys: %w", err)
+		}
+	}
+	if f.FirmwareRoot, err = os.ReadFile(filepath.Join(f.FirmwareKeys, "root.json")); err != nil {
+		return nil, fmt.Errorf("demo firmware root: %w", err)
 	}
 	return f, nil
 }

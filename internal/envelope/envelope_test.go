@@ -80,3 +80,24 @@ func TestUnsigned(t *testing.T) {
 		t.Fatalf("got %+v, %v", got, err)
 	}
 }
+
+// TestSignVerify: Sign's SignedData verifies and names its signer; a
+// changed byte does not verify.
+func TestSignVerify(t *testing.T) {
+	root := newTestRoot(t, "root")
+	dev := root.issueCA("ms-acc-1").issueCA("acc-1").issueLeaf("dev-1", elliptic.P256())
+	signed, err := Sign([]byte("result"), dev.signer(true), testNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := VerifyOptions{Verifier: root.verifier()}
+	got, err := Verify(context.Background(), signed, opts)
+	if err != nil || string(got.Content) != "result" || got.Signer != "dev-1" || !got.SigningTime.Equal(testNow) {
+		t.Fatalf("verify: %+v %v", got, err)
+	}
+	bad := append([]byte(nil), signed...)
+	bad[len(bad)-10] ^= 1
+	if _, err := Verify(context.Background(), bad, opts); err == nil {
+		t.Fatal("a changed SignedData verified")
+	}
+}

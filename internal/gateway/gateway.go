@@ -15,15 +15,20 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/bootstrap"
+	"github.com/fieldtrust/fieldtrust/internal/command"
+	"github.com/fieldtrust/fieldtrust/internal/firmware/abslot"
+	"github.com/fieldtrust/fieldtrust/internal/firmware/tufclient"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/queue"
 )
@@ -47,6 +52,37 @@ type Config struct {
 	// Ready, if non-nil, is called once the gateway is connected the first
 	// time, with its identity path.
 	Ready func(path string)
+
+	// FirmwareRoot is the firmware trust anchor pinned at installation:
+	// TUF root metadata (KEYS/root.json). Nil: the gateway installs no
+	// firmware (notices are refused and reported).
+	FirmwareRoot []byte
+	// FirmwareTypes are the device types the gateway installs firmware
+	// for; default: the types of its simulated devices.
+	FirmwareTypes []string
+	// Installer installs firmware; default A/B slots (package abslot) in
+	// StateDir/firmware/slots.
+	Installer Installer
+	// FirmwareHealth, if set, decides whether a newly installed version
+	// is healthy (nil error) before its context ends; default: a reading
+	// from a device of that type after the switch.
+	FirmwareHealth func(ctx context.Context, deviceType, version string) error
+	// HealthTimeout bounds the health check (default 2 min); then the
+	// installer rolls back.
+	HealthTimeout time.Duration
+	// Commands are handlers for commands beyond the built-ins (reboot,
+	// clean, set-interval, rebootstrap), by name.
+	Commands map[string]CommandHandler
+
+	hooks testHooks
+}
+
+// testHooks let the package's tests break and observe the gateway.
+type testHooks struct {
+	crash        func(step string) bool    // a simulated power cut before a firmware step
+	downloadBody func(io.Reader) io.Reader // wraps a download's body
+	result       func(command.Result)      // sees every command result and refusal
+	tufNow       func() time.Time          // the TUF client's reference time
 }
 
 // Gateway is a running gateway.
@@ -65,7 +101,19 @@ type Gateway struct {
 	doc  *bootstrap.Document // guarded by mu
 	path string              // identity path; set after enrollment
 
-	rebootstrap chan rebootstrapOrder
+	orders chan sessionOrder
+
+	// publisher publishes on the current MQTT session (nil between).
+	publisher atomic.Pointer[func(topic string, payload []byte) error]
+	refusals  refusals
+	cmdMu     sync.Mutex // serializes nonce bookkeeping
+	interval  chan time.Duration
+
+	installer Installer
+	tuf       *tufclient.Client
+	fwMu      sync.Mutex // guards the firmware job state
+	fwWake    chan struct{}
+	readingAt sync.Map // device type -> time.Time of its last reading
 }
 
 // Run runs the gateway until ctx ends.
@@ -89,7 +137,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("gateway state %s: %w", cfg.StateDir, err)
 	}
-	g := &Gateway{cfg: cfg, log: cfg.Logger, rebootstrap: make(chan rebootstrapOrder, 1)}
+	g := &Gateway{cfg: cfg, log: cfg.Logger, orders: make(chan sessionOrder, 1), fwWake: make(chan struct{}, 1), interval: make(chan time.Duration, 1)}
 	g.creds = &credentials{dir: cfg.StateDir, platform: cfg.Platform, roots: roots, anchors: cfg.CA, onboarding: cfg.Onboarding}
 	if err := g.creds.load(); err != nil {
 		return err
@@ -105,6 +153,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	g.crl = newCRLState(g.creds, g.log)
+	g.setupFirmware()
 	g.pipe = newPipeline(g.path, q, g.creds, g.log)
 	if err := g.applyBootstrap(g.docNow()); err != nil {
 		return err
@@ -130,6 +179,8 @@ func Run(ctx context.Context, cfg Config) error {
 		g.log.Info("local input listening", "addr", "http://"+ln.Addr().String()+"/v1/readings")
 	}
 	wg.Go(func() { g.renewLoop(ctx) })
+	wg.Go(func() { g.firmwareLoop(ctx) })
+	g.wakeFirmware() // a job from before a restart (or a power cut) resumes
 	err = g.connectLoop(ctx)
 	cancel()
 	wg.Wait()
@@ -139,6 +190,17 @@ func Run(ctx context.Context, cfg Config) error {
 	st, _ := q.Stats()
 	g.log.Info("gateway stopped", "queued", st.Items, "sent", g.pipe.sent.Load(), "dropped", st.Dropped)
 	return err
+}
+
+// setupFirmware builds the installer and the TUF client.
+func (g *Gateway) setupFirmware() {
+	g.installer = g.cfg.Installer
+	if g.installer == nil {
+		g.installer = &abslot.Installer{Dir: filepath.Join(g.cfg.StateDir, "firmware", "slots")}
+	}
+	if len(g.cfg.FirmwareRoot) > 0 {
+		g.tuf = &tufclient.Client{Platform: g.cfg.Platform, HTTP: g.httpClient(), Dir: filepath.Join(g.cfg.StateDir, "firmware", "tuf"), PinnedRoot: g.cfg.FirmwareRoot, Now: g.cfg.hooks.tufNow}
+	}
 }
 
 // onboard makes sure the gateway has a valid transport and e2e identity

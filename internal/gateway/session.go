@@ -11,6 +11,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/fieldtrust/fieldtrust/internal/bootstrap"
+	"github.com/fieldtrust/fieldtrust/internal/command"
 	"github.com/fieldtrust/fieldtrust/internal/est"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/tlspolicy"
@@ -23,6 +24,8 @@ type Status struct {
 	State   string    `json:"state"` // "online" or "offline"
 	Time    time.Time `json:"time"`
 	Devices int       `json:"devices,omitempty"`
+	// Firmware is the version installed per device type.
+	Firmware map[string]string `json:"firmware,omitempty"`
 }
 
 // connectLoop keeps an MQTT session to the assigned broker (failing over
@@ -83,9 +86,17 @@ func (g *Gateway) session(ctx context.Context, first bool) error {
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer c.Disconnect(250)
-	birth, _ := json.Marshal(Status{State: "online", Time: time.Now().UTC(), Devices: g.cfg.Simulate})
-	c.Publish(topic.StatusOf(g.path), 1, true, birth)
-	subs := map[string]byte{topic.CommandsOf(g.path): 1, crlTopic(doc): 1, topic.CRLE2E: 1}
+	pub := func(t string, payload []byte) error {
+		tok := c.Publish(t, 1, false, payload)
+		if !tok.WaitTimeout(10 * time.Second) {
+			return errors.New("publish: no PUBACK within 10 s")
+		}
+		return tok.Error()
+	}
+	g.publisher.Store(&pub)
+	defer g.publisher.Store(nil)
+	g.publishBirth(c)
+	subs := map[string]byte{topic.CommandsOf(g.path): 1, topic.FirmwareOf(g.path): 1, crlTopic(doc): 1, topic.CRLE2E: 1}
 	tok = c.SubscribeMultiple(subs, g.onMessage)
 	if err := subscribed(tok, subs); err != nil {
 		return err
@@ -94,6 +105,7 @@ func (g *Gateway) session(ctx context.Context, first bool) error {
 	if first && g.cfg.Ready != nil {
 		g.cfg.Ready(g.path)
 	}
+	g.wakeFirmware() // reports what the last session could not
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -106,13 +118,25 @@ func (g *Gateway) session(ctx context.Context, first bool) error {
 		return fmt.Errorf("connection lost: %w", err)
 	case err := <-drained:
 		return err
-	case order := <-g.rebootstrap:
+	case order := <-g.orders:
 		cancel()
 		<-drained
-		err := g.doRebootstrap(ctx, order)
-		g.publishResult(c, order, err)
+		var err error
+		if order.cmd.Type == command.Rebootstrap {
+			err = g.doRebootstrap(ctx, order)
+		} else {
+			g.log.Info("rebooting: the session and the simulated devices restart", "id", order.cmd.ID)
+		}
+		g.reportResult(order.cmd, nil, err)
 		return err
 	}
+}
+
+// publishBirth publishes the retained birth message, with the firmware
+// versions installed.
+func (g *Gateway) publishBirth(c mqtt.Client) {
+	birth, _ := json.Marshal(Status{State: "online", Time: time.Now().UTC(), Devices: g.cfg.Simulate, Firmware: g.firmwareVersions()})
+	c.Publish(topic.StatusOf(g.path), 1, true, birth)
 }
 
 // subscribed waits for a SUBACK and fails unless the broker granted every
@@ -156,6 +180,11 @@ func (g *Gateway) onMessage(_ mqtt.Client, m mqtt.Message) {
 	switch m.Topic() {
 	case topic.CommandsOf(g.path):
 		g.handleCommand(m.Payload())
+	case topic.FirmwareOf(g.path):
+		if len(m.Payload()) == 0 {
+			return // a cleared retained notice
+		}
+		g.handleNotice(m.Payload())
 	case topic.CRLE2E:
 		g.crl.apply(pki.E2E, m.Payload())
 	case crlTopic(g.docNow()):
@@ -208,24 +237,36 @@ func (g *Gateway) simulate(ctx context.Context) {
 	if every <= 0 {
 		every = time.Duration(g.docNow().PublishIntervalSeconds * float64(time.Second))
 	}
+	if d := g.savedInterval(); d > 0 {
+		every = d
+	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		for _, d := range devs {
 			if err := g.pipe.submit(d.id, d.typ, time.Now(), d.read()); err != nil && ctx.Err() == nil {
 				g.log.Warn("simulated reading not queued", "device", d.id, "err", err)
+			} else if err == nil {
+				g.readingAt.Store(d.typ, time.Now())
 			}
 		}
 		select {
 		case <-ctx.Done():
 			return
+		case d := <-g.interval:
+			g.log.Info("simulator interval set", "interval", d)
+			t.Reset(d)
 		case <-t.C:
 		}
 	}
 }
 
 func (g *Gateway) submitReading(r Reading) error {
-	return g.pipe.submit(r.Device, r.Type, time.Now(), r.Values)
+	if err := g.pipe.submit(r.Device, r.Type, time.Now(), r.Values); err != nil {
+		return err
+	}
+	g.readingAt.Store(r.Type, time.Now())
+	return nil
 }
 
 // permanent reports whether an error from the platform will not go away by

@@ -1,46 +1,50 @@
 package platform
 
 import (
-	"context"
 	"crypto"
-	"crypto/rand"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/command"
+	"github.com/fieldtrust/fieldtrust/internal/devicemsg"
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/est"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
-	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
-// commander sends signed, sealed commands to gateways: the platform's side
-// of package command. Operators use it through
+// commander queues signed, sealed commands for gateways on behalf of API
+// clients: the platform's side of package command. Operators use it
+// through
 //
 //	POST /api/v1/gateways/{master}/{account}/{gateway}/rebootstrap[?rotate_keys=true]
+//	POST /api/v1/gateways/{master}/{account}/{gateway}/commands  {"name":"reboot","args":{...},"expires_in_seconds":3600}
 //
 // with a service certificate whose role may publish on the gateway's
-// commands topic (admin, by default).
+// commands topic (admin, by default). The platform signs them with its e2e
+// "platform" key and records the requesting service as the sender; the
+// CLI ('fieldtrust command send') signs with the operator's own key. The
+// device messaging service publishes them.
 type commander struct {
 	signer  *serviceCert // e2e "platform"
 	e2e     *pki.Verifier
-	records interface {
-		ListCertificates(ctx context.Context, f store.CertFilter) ([]store.Certificate, error)
-	}
-	broker publisher
-	ids    *identities
-	grants tacs.Grants
-	log    *slog.Logger
+	store   devicemsg.Store
+	devices interface{ Wake() }
+	ids     *identities
+	grants  tacs.Grants
+	log     *slog.Logger
 }
+
+// maxCommandBody bounds an API command request.
+const maxCommandBody = 16 << 10
 
 func (c *commander) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id, ok := est.IdentityFromContext(r.Context())
@@ -49,9 +53,10 @@ func (c *commander) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "forbidden: needs a service certificate whose role may send commands (admin)", http.StatusForbidden)
 		return
 	}
-	rest := strings.TrimSuffix(r.PathValue("path"), "/rebootstrap")
-	if rest == r.PathValue("path") {
-		http.Error(w, "use POST /api/v1/gateways/{master}/{account}/{gateway}/rebootstrap", http.StatusNotFound)
+	full := r.PathValue("path")
+	rest, verb, found := cutLast(full)
+	if !found || (verb != "rebootstrap" && verb != "commands") {
+		http.Error(w, "use POST /api/v1/gateways/{master}/{account}/{gateway}/rebootstrap or .../commands", http.StatusNotFound)
 		return
 	}
 	path, err := pki.ParsePath(rest)
@@ -65,76 +70,89 @@ func (c *commander) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("forbidden: service role %s may not publish on %s", subj.Role, topic.CommandsOf(path.String())), http.StatusForbidden)
 		return
 	}
-	cmd := command.Command{ID: newID(), Type: command.Rebootstrap, RotateKeys: r.URL.Query().Get("rotate_keys") == "true"}
-	if err := c.send(r.Context(), path.String(), cmd); err != nil {
-		status := http.StatusInternalServerError
-		if errors.Is(err, errNoE2E) {
-			status = http.StatusNotFound
+	now := time.Now()
+	cmd := command.Command{ID: devicemsg.NewID(), Type: command.Rebootstrap, Gateway: path.String(), Issued: now, Expires: now.Add(command.DefaultLifetime), Nonce: newNonce()}
+	if verb == "rebootstrap" {
+		cmd.RotateKeys = r.URL.Query().Get("rotate_keys") == "true"
+	} else {
+		var req struct {
+			Name             string            `json:"name"`
+			Args             map[string]string `json:"args"`
+			ExpiresInSeconds int               `json:"expires_in_seconds"`
 		}
-		c.log.Warn("command not sent", "gateway", path.String(), "err", err)
+		dec := json.NewDecoder(io.LimitReader(r.Body, maxCommandBody))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			http.Error(w, "body: want {\"name\":...,\"args\":{...},\"expires_in_seconds\":N}: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if err := command.CheckName(req.Name); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		life := command.DefaultLifetime
+		if req.ExpiresInSeconds != 0 {
+			life = time.Duration(req.ExpiresInSeconds) * time.Second
+		}
+		if life <= 0 || life > command.MaxLifetime {
+			http.Error(w, fmt.Sprintf("expires_in_seconds: want 1 to %d", int(command.MaxLifetime.Seconds())), http.StatusBadRequest)
+			return
+		}
+		cmd.Type, cmd.Args, cmd.Expires = req.Name, req.Args, now.Add(life)
+	}
+	if err := devicemsg.QueueCommand(r.Context(), c.store, c.e2e, c.signer.signer, command.Signer+" for "+subj.String(), cmd); err != nil {
+		status := http.StatusInternalServerError
+		switch {
+		case errors.Is(err, devicemsg.ErrNoE2E):
+			status = http.StatusNotFound
+		case errors.Is(err, command.ErrInvalid):
+			status = http.StatusBadRequest
+		}
+		c.log.Warn("command not queued", "gateway", path.String(), "err", err)
 		http.Error(w, err.Error(), status)
 		return
 	}
-	c.log.Info("command sent", "gateway", path.String(), "type", cmd.Type, "id", cmd.ID, "rotate_keys", cmd.RotateKeys, "by", subj.String())
+	c.devices.Wake()
+	c.log.Info("command queued", "gateway", path.String(), "type", cmd.Type, "id", cmd.ID, "by", subj.String())
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusAccepted)
 	json.NewEncoder(w).Encode(cmd)
 }
 
-var errNoE2E = errors.New("the gateway has no valid e2e certificate to seal a command for")
+// cutLast splits "a/b/c/verb" into "a/b/c" and "verb".
+func cutLast(p string) (string, string, bool) {
+	i := strings.LastIndexByte(p, '/')
+	if i < 0 {
+		return "", "", false
+	}
+	return p[:i], p[i+1:], true
+}
 
-// send seals cmd for the gateway's newest valid e2e certificate, signed
-// by the platform, and publishes it (QoS 1, not retained: a command is
-// for the session that receives it).
-func (c *commander) send(ctx context.Context, path string, cmd command.Command) error {
-	recs, err := c.records.ListCertificates(ctx, store.CertFilter{Domain: string(pki.E2E), Name: path})
-	if err != nil {
-		return err
+func newNonce() string { return devicemsg.NewID() + devicemsg.NewID() }
+
+// signer is the service certificate as an envelope signer.
+func (s *serviceCert) signer() (*envelope.Signer, error) {
+	cur := s.Current()
+	if cur == nil || cur.Leaf == nil {
+		return nil, errors.New("service certificate not loaded")
 	}
-	var to *x509.Certificate
-	for _, rec := range recs {
-		if rec.Kind != pki.KindLeaf || rec.Revoked() {
-			continue
-		}
-		cert, err := x509.ParseCertificate(rec.DER)
-		if err != nil {
-			continue
-		}
-		if _, _, err := c.e2e.Verify(cert, nil, time.Now(), x509.ExtKeyUsageAny); err != nil {
-			continue
-		}
-		if to == nil || cert.NotBefore.After(to.NotBefore) {
-			to = cert
-		}
-	}
-	if to == nil {
-		return fmt.Errorf("%w: %s", errNoE2E, path)
-	}
-	content, err := json.Marshal(cmd)
-	if err != nil {
-		return err
-	}
-	cur := c.signer.Current()
 	var chain []*x509.Certificate
 	for _, der := range cur.Certificate[1:] {
 		ca, err := x509.ParseCertificate(der)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		chain = append(chain, ca)
 	}
-	env, err := envelope.Seal(content, envelope.SealOptions{
-		Recipients: []*x509.Certificate{to},
-		Signer:     &envelope.Signer{Cert: cur.Leaf, Key: cur.PrivateKey.(crypto.Signer), Chain: chain, EmbedCerts: true},
-	})
-	if err != nil {
-		return err
+	key, ok := cur.PrivateKey.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("service key %T cannot sign", cur.PrivateKey)
 	}
-	return c.broker.Publish(topic.CommandsOf(path), env, false, 1)
+	return &envelope.Signer{Cert: cur.Leaf, Key: key, Chain: chain, EmbedCerts: true}, nil
 }
 
-func newID() string {
-	b := make([]byte, 8)
-	rand.Read(b)
-	return hex.EncodeToString(b)
+func transportRootPool(root *x509.Certificate) *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(root)
+	return p
 }

@@ -58,7 +58,7 @@ func TestServiceRightsFollowGrants(t *testing.T) {
 	}
 	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusTeapot) })
 	metrics := est.GuardOperational(verifier, nil, requireGrant(ids, grants, topic.System, ok))
-	cmds := est.GuardOperational(verifier, nil, &commander{ids: ids, grants: grants, records: db, log: slog.New(slog.DiscardHandler)})
+	cmds := est.GuardOperational(verifier, nil, &commander{ids: ids, grants: grants, store: db, log: slog.New(slog.DiscardHandler)})
 
 	tests := []struct {
 		name             string

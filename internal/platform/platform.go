@@ -29,8 +29,13 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/broker"
 	"github.com/fieldtrust/fieldtrust/internal/console"
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
+	"github.com/fieldtrust/fieldtrust/internal/devicemsg"
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/est"
+	"github.com/fieldtrust/fieldtrust/internal/firmware/campaignapi"
+	"github.com/fieldtrust/fieldtrust/internal/firmware/fwhttp"
+	"github.com/fieldtrust/fieldtrust/internal/firmware/signedurl"
+	"github.com/fieldtrust/fieldtrust/internal/firmware/tufrepo"
 	"github.com/fieldtrust/fieldtrust/internal/ingest"
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
@@ -69,6 +74,9 @@ type Config struct {
 	Grants tacs.Grants
 	// PublishInterval is the gateways' snapshot interval (bootstrap).
 	PublishInterval time.Duration
+	// FirmwareURLValidity is how long signed firmware download URLs are
+	// valid (default 7 days).
+	FirmwareURLValidity time.Duration
 	// EST policy.
 	EST    est.Policy
 	Logger *slog.Logger
@@ -145,10 +153,14 @@ func Run(ctx context.Context, cfg Config) error {
 	ledgerE2E := newServiceCert(d.E2E, "ledger", cfg.DataDir, nil, nil, log)
 	commandE2E := newServiceCert(d.E2E, "platform", cfg.DataDir, nil, nil, log)
 	// The console watches gateways' birth and will messages as an MQTT
-	// client of its own (role status-reader).
+	// client of its own (role status-reader). The device messaging service
+	// publishes commands and campaign notices as an MQTT client (transport,
+	// role device-manager); the firmware service signs the notices (e2e).
 	consoleTLS := newServiceCert(d.Transport, "console", cfg.DataDir, nil, nil, log)
+	devicesTLS := newServiceCert(d.Transport, devicemsg.ServiceName, cfg.DataDir, nil, nil, log)
+	firmwareE2E := newServiceCert(d.E2E, "firmware", cfg.DataDir, nil, nil, log)
 	rulesTLS := newServiceCert(d.Transport, "rules", cfg.DataDir, nil, nil, log)
-	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E, consoleTLS, rulesTLS}
+	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E, consoleTLS, devicesTLS, firmwareE2E, rulesTLS}
 	var nodeTLS *serviceCert
 	switch cfg.Broker {
 	case "", BrokerEmbedded:
@@ -172,6 +184,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	if err := d.Store.SetServiceRole(ctx, "console", tacs.RoleStatusReader); err != nil {
+		return err
+	}
+	if err := d.Store.SetServiceRole(ctx, devicemsg.ServiceName, tacs.RoleDeviceManager); err != nil {
 		return err
 	}
 	if err := d.Store.SetServiceRole(ctx, "rules", tacs.RoleRulesEngine); err != nil {
@@ -337,8 +352,29 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.Handle("POST /api/v1/agents/{master}/{account}/{agent}/rotate-iat", agentAdmin)
 	mux.Handle(bootstrap.Path, bs)
 	mux.Handle("/api/v1/registry/", dccReg) // public: writes carry the lab's signature (docs/dcc.md)
-	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, records: d.Store, broker: tier, ids: ids, grants: grants, log: log.With("component", "commands")}
+	fwRepo := tufrepo.Open(cfg.DataDir)
+	fwURLs, err := signedurl.LoadOrCreate(filepath.Join(fwRepo.Dir(), "url.key"))
+	if err != nil {
+		return err
+	}
+	devicesClient := tlspolicy.Client(transportRootPool(d.Transport.Root()), nil)
+	devicesClient.GetClientCertificate = devicesTLS.GetClientCertificate
+	devicesClientID := "" // devicemsg's default
+	if ct != nil {
+		devicesClientID = cfg.Cluster.clientID(devicemsg.ServiceName)
+	}
+	devices := devicemsg.New(devicemsg.Config{
+		Store: d.Store, Ledger: lg, E2E: e2eVerifier, Broker: mqttAddr, ClientID: devicesClientID, TLS: devicesClient,
+		NoticeSigner: func() (*envelope.Signer, error) { return firmwareE2E.signer() },
+		Repo:         fwRepo, URLs: fwURLs, URLValidity: cfg.FirmwareURLValidity, Logger: log.With("component", "devices"),
+	})
+	(&fwhttp.Handler{Repo: fwRepo, URLs: fwURLs, Recorder: devices, NewID: devicemsg.NewID, Log: log.With("component", "firmware")}).
+		Register(mux, func(h http.Handler) http.Handler { return est.GuardOperational(verifier, log, h) })
+	(&campaignapi.Handler{Store: d.Store, Repo: fwRepo, Identify: api.Identify, Grants: grants, Wake: devices.Wake, Log: log.With("component", "campaigns")}).
+		Register(mux, func(h http.Handler) http.Handler { return est.GuardOperational(verifier, log, h) })
+	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, store: d.Store, devices: devices, ids: ids, grants: grants, log: log.With("component", "commands")}
 	mux.Handle("POST /api/v1/gateways/{path...}", est.GuardOperational(verifier, log, cmds))
+	mux.Handle("GET /api/v1/gateways/{path...}", est.GuardOperational(verifier, log, &devicemsg.Audit{Store: d.Store, Identify: api.Identify, Grants: grants, Log: log.With("component", "audit")}))
 	mux.Handle("/", est.GuardOperational(verifier, log, web.New(web.Options{
 		Roots:   map[pki.Domain]*x509.Certificate{pki.Transport: d.Transport.Root(), pki.E2E: d.E2E.Root()},
 		Metrics: requireGrant(ids, grants, topic.System, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),
@@ -414,6 +450,10 @@ func Run(ctx context.Context, cfg Config) error {
 				Committed: rp.committed,
 			})
 		}},
+		// An MQTT client of the broker: while the broker is down it
+		// fails at once, so it never ends 'up' itself (the broker's own
+		// policy does), as rules-broker.
+		{Name: "devices", Run: devices.Run, GiveUpAfter: -1},
 		{Name: "revocation", Run: rev.run, GiveUpAfter: 10},
 		{Name: "treeheads", Run: heads.run, GiveUpAfter: 10},
 		{Name: "https", Run: func(ctx context.Context) error {

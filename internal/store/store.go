@@ -108,6 +108,7 @@ type Store interface {
 	Live
 
 	Series
+	Firmware
 	Rules
 	Agents
 

@@ -17,6 +17,10 @@ const (
 	RoleFirmwareWriter = "firmware-writer"
 	RoleStatusReader   = "status-reader"
 	RoleRulesEngine    = "rules-engine"
+	// RoleDeviceManager is the platform's device messaging service: it
+	// publishes commands and campaign notices and reads what gateways
+	// answer.
+	RoleDeviceManager = "device-manager"
 )
 
 // Grant allows the actions it names on every topic Filter matches — or,
@@ -54,7 +58,10 @@ type Grants map[string][]Grant
 //   - snapshot-reader (ingest): read +/+/+/snapshots;
 //   - firmware-writer: write +/+/+/firmware;
 //   - status-reader (the console): read +/+/+/status, the gateways'
-//     birth messages and wills.
+//     birth messages and wills;
+//   - device-manager (the device messaging service): write
+//     +/+/+/firmware and +/+/+/commands, read +/+/+/firmware/status and
+//     +/+/+/commands/result;
 //   - rules-engine (the rules service): read +/+/+/status (silence),
 //     write +/+/+/events (the MQTT events of rules).
 func DefaultGrants() Grants {
@@ -67,6 +74,12 @@ func DefaultGrants() Grants {
 		RoleFirmwareWriter: {{Filter: "+/+/+/firmware", Write: true}},
 		RoleStatusReader:   {{Filter: "+/+/+/status", Read: true}},
 		RoleRulesEngine:    {{Filter: "+/+/+/status", Read: true}, {Filter: "+/+/+/events", Write: true}},
+		RoleDeviceManager: {
+			{Filter: "+/+/+/firmware", Write: true},
+			{Filter: "+/+/+/commands", Write: true},
+			{Filter: "+/+/+/firmware/status", Read: true},
+			{Filter: "+/+/+/commands/result", Read: true},
+		},
 	}
 }
 

@@ -62,6 +62,13 @@ const (
 	// AllFirmware is every gateway's firmware channel: what the
 	// firmware-writer role is granted.
 	AllFirmware = "+/+/+/" + string(Firmware)
+	// AllCommands, AllCommandResults and AllFirmwareStatus are every
+	// gateway's commands, command results and firmware reports: with
+	// AllFirmware, what the device-manager role (the platform's device
+	// messaging service) is granted.
+	AllCommands       = "+/+/+/" + string(Commands)
+	AllCommandResults = "+/+/+/" + string(CommandResults)
+	AllFirmwareStatus = "+/+/+/" + string(FirmwareStatus)
 	// Everything is every tenant's topic (not $SYS): reading it is what
 	// entitles a service to data about any tenant, such as rejects.
 	Everything = "#"
@@ -91,6 +98,12 @@ func CommandsOf(path string) string { return Of(path, Commands) }
 
 // CommandResultsOf is the topic a gateway reports command results on.
 func CommandResultsOf(path string) string { return Of(path, CommandResults) }
+
+// FirmwareOf returns the firmware topic of path.
+func FirmwareOf(path string) string { return Of(path, Firmware) }
+
+// FirmwareStatusOf returns the firmware status topic of path.
+func FirmwareStatusOf(path string) string { return Of(path, FirmwareStatus) }
 
 // Shared returns the shared subscription "$share/group/filter".
 func Shared(group, filter string) string { return "$share/" + group + "/" + filter }

@@ -19,6 +19,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("CRLNumbers", func(t *testing.T) { testCRLNumbers(t, open(t)) })
 	t.Run("ServiceRoles", func(t *testing.T) { testServiceRoles(t, open(t)) })
 	t.Run("Ledger", func(t *testing.T) { testLedger(t, open(t)) })
+	t.Run("Firmware", func(t *testing.T) { testFirmware(t, open(t)) })
 	runEnrollments(t, open)
 	runRevocations(t, open)
 	runSnapshots(t, open)

@@ -39,7 +39,6 @@
 package snapshot
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -92,10 +91,9 @@ type Value struct {
 // Time returns the snapshot's time.
 func (s *Snapshot) Time() time.Time { return time.UnixMilli(s.TimeMillis).UTC() }
 
-var (
-	encMode cbor.EncMode
-	decMode cbor.DecMode
-)
+// encMode writes the deterministic encoding. Decode (decode.go) reads it
+// without reflection.
+var encMode cbor.EncMode
 
 func init() {
 	var err error
@@ -104,18 +102,6 @@ func init() {
 	opts.NaNConvert = cbor.NaNConvertReject
 	opts.InfConvert = cbor.InfConvertReject
 	if encMode, err = opts.EncMode(); err != nil {
-		panic(err)
-	}
-	if decMode, err = (cbor.DecOptions{
-		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
-		IndefLength:       cbor.IndefLengthForbidden,
-		TagsMd:            cbor.TagsForbidden,
-		MaxNestedLevels:   4,
-		MaxArrayElements:  MaxValues,
-		MaxMapPairs:       16,
-		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
-		UTF8:              cbor.UTF8RejectInvalid,
-	}).DecMode(); err != nil {
 		panic(err)
 	}
 }
@@ -133,26 +119,6 @@ func Encode(s *Snapshot) ([]byte, error) {
 		return nil, fmt.Errorf("%w: encoding is %d bytes; at most %d", ErrMalformed, len(b), MaxEncoded)
 	}
 	return b, nil
-}
-
-// Decode parses and validates an encoded snapshot. It accepts only the
-// deterministic encoding, so that Hash(b) is the one hash of the content.
-func Decode(b []byte) (*Snapshot, error) {
-	if len(b) > MaxEncoded {
-		return nil, fmt.Errorf("%w: %d bytes; at most %d", ErrMalformed, len(b), MaxEncoded)
-	}
-	var s Snapshot
-	if err := decMode.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	if err := s.Validate(); err != nil {
-		return nil, err
-	}
-	again, err := encMode.Marshal(&s)
-	if err != nil || !bytes.Equal(again, b) {
-		return nil, fmt.Errorf("%w: not in deterministic encoding", ErrMalformed)
-	}
-	return &s, nil
 }
 
 // Hash returns the SHA-256 of an encoded snapshot: its identity in the hash
@@ -190,10 +156,9 @@ func (s *Snapshot) Validate() error {
 		if err := checkName("channel", v.Channel, false); err != nil {
 			return fmt.Errorf("value %d: %w", i, err)
 		}
-		if _, dup := seen[v.Channel]; dup {
+		if seen[v.Channel] = struct{}{}; len(seen) == i {
 			return bad("channel %q appears twice", v.Channel)
 		}
-		seen[v.Channel] = struct{}{}
 		if math.IsNaN(v.Value) || math.IsInf(v.Value, 0) {
 			return bad("channel %q: value is not finite", v.Channel)
 		}

@@ -179,7 +179,7 @@ func verifyAndJudge(ctx context.Context, sd []byte, opts VerifyOptions) (*Opened
 		Signer:      id,
 		SignerCert:  v.signer,
 		SigningTime: v.signingTime,
-		ContentHash: sha256.Sum256(v.content),
+		ContentHash: v.contentHash,
 	}, nil
 }
 

@@ -137,6 +137,7 @@ type verified struct {
 	signer      *x509.Certificate
 	embedded    []*x509.Certificate
 	signingTime time.Time
+	contentHash [sha256.Size]byte // SHA-256 of content
 }
 
 // verifySignedData parses a bare SignedData and checks its one signature.
@@ -206,7 +207,10 @@ func verifySignedData(ctx context.Context, der []byte, lookup SignerLookup) (*ve
 	if len(si.SignedAttrs.FullBytes) == 0 {
 		return nil, fmt.Errorf("%w: signature without signed attributes is not supported", ErrMalformed)
 	}
-	signingTime, err := checkSignedAttrs(si.SignedAttrs.Bytes, sd.EncapContentInfo.EContentType, dh, content)
+	d := dh.New()
+	d.Write(content)
+	digest := d.Sum(nil)
+	signingTime, err := checkSignedAttrs(si.SignedAttrs.Bytes, sd.EncapContentInfo.EContentType, digest)
 	if err != nil {
 		return nil, err
 	}
@@ -237,7 +241,7 @@ func verifySignedData(ctx context.Context, der []byte, lookup SignerLookup) (*ve
 	// RFC 5652 §5.4: the signature covers the DER of the signed
 	// attributes with an EXPLICIT SET OF tag instead of [0] IMPLICIT.
 	signedOver := append([]byte{0x31}, si.SignedAttrs.FullBytes[1:]...)
-	d := dh.New()
+	d = dh.New()
 	d.Write(signedOver)
 	if !ecdsa.VerifyASN1(pub, d.Sum(nil), si.Signature) {
 		return nil, fmt.Errorf("%w: signature by %q does not verify", ErrTampered, signer.Subject.CommonName)
@@ -248,7 +252,13 @@ func verifySignedData(ctx context.Context, der []byte, lookup SignerLookup) (*ve
 			others = append(others, c)
 		}
 	}
-	return &verified{content: content, signer: signer, embedded: others, signingTime: signingTime}, nil
+	v := &verified{content: content, signer: signer, embedded: others, signingTime: signingTime}
+	if dh == crypto.SHA256 {
+		v.contentHash = [sha256.Size]byte(digest) // computed once, for the message digest and Opened.ContentHash
+	} else {
+		v.contentHash = sha256.Sum256(content)
+	}
+	return v, nil
 }
 
 func parseSignerID(si signerInfo) (SignerID, error) {
@@ -272,7 +282,8 @@ func parseSignerID(si signerInfo) (SignerID, error) {
 // checkSignedAttrs checks the content-type and message-digest attributes
 // (RFC 5652 §11.1, §11.2) and returns the signing time (§11.3), zero if
 // absent. Each must have exactly one value and appear at most once.
-func checkSignedAttrs(b []byte, contentType asn1.ObjectIdentifier, h crypto.Hash, content []byte) (time.Time, error) {
+// digest is the content's digest with the signer's digest algorithm.
+func checkSignedAttrs(b []byte, contentType asn1.ObjectIdentifier, digest []byte) (time.Time, error) {
 	raws, err := splitElements(b, maxSignedAttrs)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("%w: signed attributes: %v", ErrMalformed, err)
@@ -316,9 +327,7 @@ func checkSignedAttrs(b []byte, contentType asn1.ObjectIdentifier, h crypto.Hash
 			if err := unmarshalAll(a.Values.Bytes, &md, ""); err != nil {
 				return time.Time{}, fmt.Errorf("%w: message-digest attribute: %v", ErrMalformed, err)
 			}
-			d := h.New()
-			d.Write(content)
-			if !bytes.Equal(md, d.Sum(nil)) {
+			if !bytes.Equal(md, digest) {
 				return time.Time{}, fmt.Errorf("%w: message digest does not match the content", ErrTampered)
 			}
 		case a.Type.Equal(oidAttrSigningTime):

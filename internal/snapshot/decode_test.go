@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/fxamacker/cbor/v2"
@@ -62,6 +64,42 @@ func sameDecision(t *testing.T, data []byte) {
 		t.Fatalf("%x: error %v does not wrap ErrMalformed", data, err)
 	case err == nil && !reflect.DeepEqual(got, want):
 		t.Fatalf("%x: Decode = %+v, reflective decoder = %+v", data, got, want)
+	case err == nil:
+		// Both use Validate; hold its duplicate check to a plain map.
+		seen := map[string]bool{}
+		for _, v := range got.Values {
+			if seen[v.Channel] {
+				t.Fatalf("%x: accepted with channel %q twice", data, v.Channel)
+			}
+			seen[v.Channel] = true
+		}
+	}
+}
+
+// TestValidateDuplicateChannels: a channel named twice is refused wherever
+// the two are and however many values there are (the set Validate uses
+// lives on the stack up to 512 values, on the heap beyond).
+func TestValidateDuplicateChannels(t *testing.T) {
+	for _, n := range []int{2, 3, 511, 512, 513, 1000, MaxValues} {
+		vals := make([]Value, n)
+		for i := range vals {
+			vals[i] = Value{Channel: fmt.Sprintf("c%d", i), Value: 1}
+		}
+		s := &Snapshot{Version: 1, Device: "d", Seq: 1, Values: vals}
+		if err := s.Validate(); err != nil {
+			t.Fatalf("%d distinct channels: %v", n, err)
+		}
+		for _, pair := range [][2]int{{0, 1}, {0, n - 1}, {n / 2, n - 1}, {n - 2, n - 1}} {
+			if pair[0] == pair[1] {
+				continue
+			}
+			dup := slices.Clone(vals)
+			dup[pair[1]].Channel = dup[pair[0]].Channel
+			err := (&Snapshot{Version: 1, Device: "d", Seq: 1, Values: dup}).Validate()
+			if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "appears twice") {
+				t.Errorf("%d channels, value %d named like value %d: %v", n, pair[1], pair[0], err)
+			}
+		}
 	}
 }
 

@@ -160,6 +160,11 @@ func TestEndToEnd(t *testing.T) {
 		}
 	}
 	m0 := e.metrics(t, admin)
+	pgDB := ""
+	if u, err := url.Parse(cfg.dsn); err == nil && cfg.dsn != "" {
+		pgDB = strings.TrimPrefix(u.Path, "/")
+	}
+	pg0 := pgCPU(pgDB)
 	cpu0 := processCPU()
 	start = time.Now()
 	pubCtx, pubCancel := context.WithCancel(ctx)
@@ -238,6 +243,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 	}
 	cpu := processCPU() - cpu0
+	pgUsed := pgCPU(pgDB) - pg0
 	if cfg.cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
@@ -272,12 +278,16 @@ func TestEndToEnd(t *testing.T) {
 	// publishers unless they had their own process) bounds the wall time
 	// on GOMAXPROCS idle cores.
 	perSnap := func(d time.Duration) float64 { return float64(d.Microseconds()) / stored }
+	pgNote := "PostgreSQL's own CPU is not included"
+	if pgDB != "" {
+		pgNote = fmt.Sprintf("PostgreSQL's backends of the database used %.1f s more (%.0f µs per snapshot)", pgUsed.Seconds(), perSnap(pgUsed))
+	}
 	if child != nil {
-		t.Logf("cpu: %.1f s in the measured phase (%.0f µs per snapshot), publishers %.1f s in their own process (%.0f µs per snapshot); on %d idle cores at least %.1f s of wall time; PostgreSQL's own CPU is not included",
-			cpu.Seconds(), perSnap(cpu), pubCPU.Seconds(), perSnap(pubCPU), runtime.GOMAXPROCS(0), (cpu+pubCPU).Seconds()/float64(runtime.GOMAXPROCS(0)))
+		t.Logf("cpu: %.1f s in the measured phase (%.0f µs per snapshot), publishers %.1f s in their own process (%.0f µs per snapshot); on %d idle cores at least %.1f s of wall time; %s",
+			cpu.Seconds(), perSnap(cpu), pubCPU.Seconds(), perSnap(pubCPU), runtime.GOMAXPROCS(0), (cpu+pubCPU+pgUsed).Seconds()/float64(runtime.GOMAXPROCS(0)), pgNote)
 	} else {
-		t.Logf("cpu: %.1f s in the measured phase (%.0f µs per snapshot, publishers included; on %d idle cores at least %.1f s of wall time); PostgreSQL's own CPU is not included",
-			cpu.Seconds(), perSnap(cpu), runtime.GOMAXPROCS(0), cpu.Seconds()/float64(runtime.GOMAXPROCS(0)))
+		t.Logf("cpu: %.1f s in the measured phase (%.0f µs per snapshot, publishers included; on %d idle cores at least %.1f s of wall time); %s",
+			cpu.Seconds(), perSnap(cpu), runtime.GOMAXPROCS(0), (cpu+pgUsed).Seconds()/float64(runtime.GOMAXPROCS(0)), pgNote)
 	}
 	if stalled {
 		t.Errorf("ingest stalled: %.0f of %d snapshots stored, %d acknowledged by the broker to publishers, broker delivered %.0f, ingest received %.0f: %d lost without a reject (the broker dropped them?)",
@@ -474,6 +484,9 @@ func TestEndToEnd(t *testing.T) {
 	fmt.Fprintf(&rep, "| CPU of the process in the measured phase | %.1f s (%.0f µs per snapshot) |\n", cpu.Seconds(), perSnap(cpu))
 	if child != nil {
 		fmt.Fprintf(&rep, "| CPU of the publisher process | %.1f s (%.0f µs per snapshot) |\n", pubCPU.Seconds(), perSnap(pubCPU))
+	}
+	if pgDB != "" {
+		fmt.Fprintf(&rep, "| CPU of PostgreSQL's backends of the database | %.1f s (%.0f µs per snapshot) |\n", pgUsed.Seconds(), perSnap(pgUsed))
 	}
 	fmt.Fprintf(&rep, "| snapshots/s | %.0f |\n| values/s | %.0f |\n", snapRate, snapRate*float64(shape.Channels))
 	fmt.Fprintf(&rep, "| stored / rejects / integrity events | %d / %d / %d |\n", inStore, len(rejects), len(events))

@@ -42,13 +42,23 @@ func (s *Store) AppendLedger(ctx context.Context, start uint64, leafData [][]byt
 	if uint64(n) != start {
 		return fmt.Errorf("append ledger at %d: the ledger has %d leaves", start, n)
 	}
-	var b pgx.Batch
+	// Two statements, whatever the number of leaves and nodes: each row
+	// as its own INSERT cost the server a statement's setup per row.
+	hashes := make([][]byte, len(leafData))
 	for i, d := range leafData {
-		b.Queue(`INSERT INTO ledger_leaves (idx, leaf_hash, data) VALUES ($1, $2, $3)`, int64(start)+int64(i), leafHash(d), d)
+		hashes[i] = leafHash(d)
 	}
-	for _, nd := range nodes {
-		b.Queue(`INSERT INTO ledger_nodes (level, idx, hash) VALUES ($1, $2, $3)`, int(nd.Level), int64(nd.Index), nd.Hash)
+	levels := make([]int32, len(nodes))
+	idxs := make([]int64, len(nodes))
+	nodeHashes := make([][]byte, len(nodes))
+	for i, nd := range nodes {
+		levels[i], idxs[i], nodeHashes[i] = int32(nd.Level), int64(nd.Index), nd.Hash
 	}
+	var b pgx.Batch
+	b.Queue(`INSERT INTO ledger_leaves (idx, leaf_hash, data)
+		SELECT $1::bigint + q.ord - 1, q.h, q.d FROM unnest($2::bytea[], $3::bytea[]) WITH ORDINALITY AS q (h, d, ord)`,
+		int64(start), hashes, leafData)
+	b.Queue(`INSERT INTO ledger_nodes (level, idx, hash) SELECT * FROM unnest($1::integer[], $2::bigint[], $3::bytea[])`, levels, idxs, nodeHashes)
 	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
 		return fmt.Errorf("append ledger at %d: %w", start, err)
 	}

@@ -148,6 +148,7 @@ func Verify(ctx context.Context, signed []byte, opts VerifyOptions) (*Opened, er
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
+	res.Content = bytes.Clone(res.Content) // not a window into the caller's signed
 	return res, nil
 }
 

@@ -157,10 +157,16 @@ func verifySignedData(ctx context.Context, der []byte, lookup SignerLookup) (*ve
 	if len(ec.FullBytes) == 0 {
 		return nil, fmt.Errorf("%w: detached signature (no content) is not supported", ErrMalformed)
 	}
-	var content []byte
-	if err := unmarshalAll(ec.Bytes, &content, ""); err != nil {
+	// The OCTET STRING's bytes, not a copy of them (the content is most of
+	// the message): primitive, as DER has it.
+	var octets asn1.RawValue
+	if err := unmarshalAll(ec.Bytes, &octets, ""); err != nil {
 		return nil, fmt.Errorf("%w: signed content: %v", ErrMalformed, err)
 	}
+	if octets.Class != asn1.ClassUniversal || octets.Tag != asn1.TagOctetString || octets.IsCompound {
+		return nil, fmt.Errorf("%w: signed content is not a primitive OCTET STRING", ErrMalformed)
+	}
+	content := octets.Bytes
 	if len(sd.SignerInfos) == 0 {
 		return nil, fmt.Errorf("%w: signed data has no signer", ErrMalformed)
 	}

@@ -122,6 +122,12 @@ func updateHeads(ctx context.Context, tx *sql.Tx, heads map[int64]*headUpdate) e
 	return nil
 }
 
+// sameChannel reports whether a and b name the same channel (the key of
+// its id).
+func sameChannel(a, b snapshot.Value) bool {
+	return a.Channel == b.Channel && a.Unit == b.Unit && a.Group == b.Group
+}
+
 type headUpdate struct {
 	count    int64
 	seq      uint64
@@ -151,9 +157,10 @@ func (s *Store) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord
 	}
 	defer snapStmt.Close()
 	heads := map[int64]*headUpdate{}
-	var chIDs []int64
+	var chIDs, prevIDs []int64
 	var vals []float64
 	var blob []byte
+	var prevVals []snapshot.Value // of the record before, whose ids chIDs holds
 	for i, r := range recs {
 		if r.Seq == 0 || r.Seq > math.MaxInt64 || r.LedgerIndex > math.MaxInt64 {
 			return nil, fmt.Errorf("snapshot %s seq %d: seq or ledger index out of range", r.Path(), r.Seq)
@@ -166,14 +173,20 @@ func (s *Store) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord
 		if err != nil {
 			return nil, fmt.Errorf("insert snapshot %s seq %d: %w", r.Path(), r.Seq, err)
 		}
-		chIDs, vals = chIDs[:0], vals[:0]
-		for _, v := range r.Values {
-			c, err := in.channelID(v)
-			if err != nil {
+		// Snapshots of one batch mostly have the channels of the one
+		// before, in the same order: their ids are reused without a lookup.
+		prevIDs, chIDs = chIDs, prevIDs[:0]
+		vals = vals[:0]
+		for j, v := range r.Values {
+			var c int64
+			if j < len(prevIDs) && j < len(prevVals) && sameChannel(prevVals[j], v) {
+				c = prevIDs[j]
+			} else if c, err = in.channelID(v); err != nil {
 				return nil, fmt.Errorf("insert snapshot %s seq %d: %w", r.Path(), r.Seq, err)
 			}
 			chIDs, vals = append(chIDs, c), append(vals, v.Value)
 		}
+		prevVals = r.Values
 		blob = appendValues(blob[:0], chIDs, vals)
 		var id int64
 		err = snapStmt.QueryRowContext(ctx, devID, int64(r.Seq), r.Time.UnixMilli(), typeID, r.Hash, nullBytes(r.Prev),

@@ -58,3 +58,45 @@ func BenchmarkInsertSnapshots(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*batch), "µs/snapshot")
 }
+
+// TestInsertReusesChannelIDsOnlyForTheSameChannel: a batch whose
+// snapshots share some channels, in other orders or with other units,
+// reads back as it was written (InsertSnapshots reuses the ids of the
+// snapshot before for the same channel at the same position).
+func TestInsertReusesChannelIDsOnlyForTheSameChannel(t *testing.T) {
+	s, err := Open(t.Context(), filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	layouts := [][]snapshot.Value{
+		{{Channel: "a", Unit: "V", Value: 1}, {Channel: "b", Unit: "A", Value: 2}},
+		{{Channel: "a", Unit: "V", Value: 3}, {Channel: "c", Unit: "A", Value: 4}},
+		{{Channel: "b", Unit: "A", Value: 5}, {Channel: "a", Unit: "V", Value: 6}},
+		{{Channel: "b", Unit: "mA", Value: 7}, {Channel: "a", Unit: "V", Group: "g", Value: 8}, {Channel: "z", Value: 9}},
+		{{Channel: "b", Unit: "mA", Value: 10}},
+	}
+	var recs []store.SnapshotRecord
+	for i, vals := range layouts {
+		b := snapshot.Builder{Device: fmt.Sprintf("dev-%d", i)}
+		enc, sn, err := b.Next(int64(i), vals)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := snapshot.Hash(enc)
+		recs = append(recs, store.SnapshotRecord{Gateway: "ms-1/acc-1/gw-1", Device: sn.Device, Seq: 1, Time: sn.Time(), Hash: h[:],
+			Values: sn.Values, Signer: "s", SignedAt: sn.Time(), ReceivedAt: sn.Time(), LedgerIndex: uint64(i)})
+	}
+	if _, err := s.InsertSnapshots(t.Context(), recs); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range recs {
+		got, err := s.SnapshotByHash(t.Context(), "", r.Hash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got.Values, layouts[i]) {
+			t.Errorf("snapshot %d reads back as %+v, want %+v", i, got.Values, layouts[i])
+		}
+	}
+}

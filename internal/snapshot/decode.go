@@ -85,6 +85,9 @@ func (d *decoder) head() (major byte, arg uint64, err error) {
 	ib := d.b[d.off]
 	d.off++
 	major, ai := ib>>5, ib&0x1f
+	if ai < 24 && major != majorTag {
+		return major, uint64(ai), nil // the argument in the initial byte: most items
+	}
 	switch {
 	case major == majorTag:
 		return 0, 0, errors.New("CBOR tags are not allowed")
@@ -93,8 +96,6 @@ func (d *decoder) head() (major byte, arg uint64, err error) {
 	case ai >= 28:
 		return 0, 0, fmt.Errorf("reserved additional information %d in the initial byte 0x%02x", ai, ib)
 	case major == majorSimple:
-		return major, uint64(ai), nil
-	case ai < 24:
 		return major, uint64(ai), nil
 	}
 	n := 1 << (ai - 24) // 1, 2, 4 or 8 argument bytes

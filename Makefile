@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/fieldtrust
 DATA    ?= ./fieldtrust-data
 
-.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle clean
+.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle bench-agents clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/fieldtrust
@@ -50,6 +50,11 @@ bench-broker: deps
 
 bench-idle: deps
 	FIELDTRUST_IDLE_BENCH=1 $(GO) test -count=1 -run '^TestIdleConnections$$' -v -timeout 60m ./internal/broker/loadtest
+
+# HTTPS agents (docs/benchmarks.md "HTTPS agents"): token requests, exchange
+# posts and the access-token check, over real TLS on SQLite (~1 min).
+bench-agents:
+	$(GO) test -run '^$$' -bench . -benchtime 5s ./internal/agent
 
 clean:
 	rm -rf bin

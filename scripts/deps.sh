@@ -16,8 +16,19 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 # are Python 3 and speak plain TCP: stunnel carries them over mutual TLS.
 command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || need+=(stunnel4)
 command -v python3 >/dev/null || need+=(python3)
+# The official MindConnect agent SDK (Node.js) is internal/agent's real peer.
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+# DCC (internal/dcc): libxml2 validates the DCC schemas through cgo (headers
+# and pkg-config to build), xmllint and xmlsec1 are the independent C14N and
+# XML-signature peers of the tests.
+pkg-config --exists libxml-2.0 2>/dev/null || need+=(libxml2-dev pkg-config)
+command -v xmllint >/dev/null || need+=(libxml2-utils)
+command -v xmlsec1 >/dev/null || need+=(xmlsec1)
 
+sdk() { "$(dirname "$0")/mindconnect-sdk.sh" >/dev/null; }
 if [ ${#need[@]} -eq 0 ]; then
+  sdk
   exit 0
 fi
 echo "deps: installing ${need[*]}" >&2
@@ -29,3 +40,4 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+sdk

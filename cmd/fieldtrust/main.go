@@ -58,6 +58,8 @@ Start the platform with 'fieldtrust up'; manage certificates with 'fieldtrust pk
 		newGatewayCmd(),
 		newDemoCmd(),
 		newLedgerCmd(),
+		newAgentCmd(),
+		newDCCCmd(), newRegistryCmd(),
 		// Further subcommands register here, one constructor per file.
 	)
 	return root

@@ -23,6 +23,7 @@ type upFlags struct {
 	estRequireBinding   bool
 	logLevel, logFormat string
 	grantsFile          string
+	externalURL         string
 }
 
 func (f *upFlags) register(c *cobra.Command) {
@@ -36,6 +37,7 @@ func (f *upFlags) register(c *cobra.Command) {
 	c.Flags().BoolVar(&f.estAllowReenroll, "est-allow-reenroll", false, "let an onboarding certificate enroll again after its claim was used")
 	c.Flags().BoolVar(&f.estRequireBinding, "est-require-channel-binding", false, "refuse EST CSRs not bound to their TLS session (RFC 7030 §3.5); plain curl+openssl clients cannot send it")
 	c.Flags().StringVar(&f.grantsFile, "grants", "", "service grants file (JSON, version 1; default DIR/grants.json if it exists, else the built-in roles)")
+	c.Flags().StringVar(&f.externalURL, "external-url", "", "the platform's URL as HTTPS agents reach it, their boarding configuration's baseUrl (default https:// + --http-addr)")
 	addLogFlags(c, &f.logLevel, &f.logFormat, "info")
 }
 
@@ -50,7 +52,7 @@ func (f *upFlags) config() (platform.Config, error) {
 	}
 	return platform.Config{
 		DataDir: f.dataDir, DB: f.db, HTTPAddr: f.httpAddr, MQTTAddr: f.mqttAddr, DNSNames: f.dnsNames, Grants: grants,
-		BrokerURLs: f.brokerURLs, PublishInterval: f.publishInterval,
+		BrokerURLs: f.brokerURLs, PublishInterval: f.publishInterval, ExternalURL: f.externalURL,
 		EST:    est.Policy{AllowReenroll: f.estAllowReenroll, RequireChannelBinding: f.estRequireBinding},
 		Logger: log,
 	}, nil

@@ -103,19 +103,47 @@ func (c *conn) terminate(reason byte) {
 		return
 	}
 	c.closed.Store(true)
+	// Wake the reader (readLoop checks closed after moving its deadline),
+	// so the connection ends for its session now and the reader lingers.
+	_ = c.nc.SetReadDeadline(time.Now())
 	var final []byte
 	if c.version == packet.V5 && reason != packet.Success {
 		final = packet.AppendDisconnect(nil, packet.V5, &packet.Disconnect{Reason: reason})
 	}
 	if !c.finish(final) {
-		_ = c.nc.Close()
-		return
+		c.closeWrite()
 	}
 	time.AfterFunc(finalWait, func() { _ = c.nc.Close() })
 }
 
-// finalWait bounds how long a terminating connection's last bytes may take.
+// finalWait bounds how long a terminating connection's last bytes may
+// take, and how long the broker then reads what the client still sends.
 const finalWait = time.Second
+
+// lingerLimit bounds what a terminated connection may still send.
+const lingerLimit = 64 << 10
+
+// closeWrite ends the broker's side of a terminated connection once its
+// last bytes are written: TLS close_notify and a TCP half-close. The
+// socket stays open for reading (linger).
+func (c *conn) closeWrite() {
+	_ = c.nc.CloseWrite()
+	if tc, ok := c.nc.NetConn().(interface{ CloseWrite() error }); ok {
+		_ = tc.CloseWrite()
+	}
+}
+
+// linger reads and drops what a terminated client still sends, until it
+// closes its side, lingerLimit bytes came or finalWait passed, and then
+// closes. A client cut off has packets in flight (acknowledgements of what
+// it received, the rest of a burst); closing on them would make TCP answer
+// with a reset, and the client's next write would fail before it handled
+// the DISCONNECT or refusing CONNACK that says why.
+func (c *conn) linger() {
+	_ = c.nc.SetReadDeadline(time.Now().Add(finalWait))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c.nc, lingerLimit))
+	_ = c.nc.Close()
+}
 
 // revoke ends a connection whose identity no longer holds (revoked,
 // certificate expired): its will is dropped, never sent.
@@ -146,6 +174,7 @@ func (c *conn) accept() bool {
 	}
 	if !attached {
 		c.terminate(packet.Success) // after a refusing CONNACK, if one was sent
+		c.linger()
 	}
 	return attached
 }
@@ -154,10 +183,14 @@ func (c *conn) accept() bool {
 // the session and the will.
 func (c *conn) serve() {
 	err := c.readLoop()
-	if !c.closing.Load() { // terminate's writer closes once its last bytes are out
+	closing := c.closing.Load() // then terminate's writer half-closes once its last bytes are out
+	if !closing {
 		c.fail(err)
 	}
 	c.ended(err)
+	if closing {
+		c.linger()
+	}
 }
 
 // readLoop reads and handles packets until an error ends the connection.
@@ -179,6 +212,9 @@ func (c *conn) readLoop() error {
 		}
 		if err := c.waitInbound(); err != nil {
 			return err
+		}
+		if c.closed.Load() { // terminate set the deadline to now, maybe before we moved it
+			return errConnClosed
 		}
 		h, err := packet.ReadHeader(c.nc, c.b.maxPacket)
 		if err != nil {

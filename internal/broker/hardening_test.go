@@ -638,3 +638,32 @@ func TestVerifyClientLeafOnly(t *testing.T) {
 		t.Fatalf("foreign publish: 0x%02x", code)
 	}
 }
+
+// TestTerminationLingers: a client the broker cuts off usually has packets
+// in flight (the Paho suite's test_flow_control2 answers every PUBREC with
+// a PUBREL while the broker ends the connection for Receive Maximum). If
+// the broker closed its socket at once, TCP would answer those with a
+// reset, and the client's next write would fail with a broken pipe before
+// it had handled the DISCONNECT that says why. So the broker half-closes
+// and reads what still comes until the client closes too (or finalWait).
+func TestTerminationLingers(t *testing.T) {
+	e := newEnv(t)
+	r, ack := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{Version: packet.V5, CleanStart: true})
+	if ack.Reason != 0 || ack.Props.ReceiveMaximum != receiveMaximum {
+		t.Fatalf("CONNACK 0x%02x, Receive Maximum %d", ack.Reason, ack.Props.ReceiveMaximum)
+	}
+	var burst []byte
+	for i := 1; i <= receiveMaximum+1; i++ {
+		burst = packet.AppendPublish(burst, packet.V5, &packet.Publish{Topic: "ms-acc-1/acc-1/dev-1/status", QoS: 2, PacketID: uint16(i), Payload: []byte("x")})
+	}
+	r.send(burst)
+	r.expectClosed(packet.ReceiveMaximumExceeded) // DISCONNECT, then the broker's end of the stream
+	// The client answers the PUBRECs it got; each write must still
+	// succeed (a reset from the broker would fail the second at latest).
+	for i := 1; i <= 20; i++ {
+		_ = r.conn.SetWriteDeadline(time.Now().Add(wait))
+		if _, err := r.conn.Write(packet.AppendAck(nil, packet.V5, &packet.Ack{Type: packet.PUBREL, PacketID: uint16(i)})); err != nil {
+			t.Fatalf("PUBREL %d after the broker's DISCONNECT: %v", i, err)
+		}
+	}
+}

@@ -77,37 +77,23 @@ var (
 
 // withDefaults fills zero fields from def.
 func (l Limits) withDefaults(def Limits) Limits {
-	if l.Connections <= 0 {
-		l.Connections = def.Connections
-	}
-	if l.PersistentSessions <= 0 {
-		l.PersistentSessions = def.PersistentSessions
-	}
-	if l.SubscriptionsPerSession <= 0 {
-		l.SubscriptionsPerSession = def.SubscriptionsPerSession
-	}
-	if l.Retained <= 0 {
-		l.Retained = def.Retained
-	}
-	if l.RetainedBytes <= 0 {
-		l.RetainedBytes = def.RetainedBytes
-	}
-	if l.QueuedBytesPerSession <= 0 {
-		l.QueuedBytesPerSession = def.QueuedBytesPerSession
-	}
-	if l.QueuedBytes <= 0 {
-		l.QueuedBytes = def.QueuedBytes
-	}
-	if l.SessionExpiry <= 0 {
-		l.SessionExpiry = def.SessionExpiry
-	}
-	if l.WillDelay <= 0 {
-		l.WillDelay = def.WillDelay
-	}
-	if l.WillPayload <= 0 {
-		l.WillPayload = def.WillPayload
-	}
+	orDefault(&l.Connections, def.Connections)
+	orDefault(&l.PersistentSessions, def.PersistentSessions)
+	orDefault(&l.SubscriptionsPerSession, def.SubscriptionsPerSession)
+	orDefault(&l.Retained, def.Retained)
+	orDefault(&l.RetainedBytes, def.RetainedBytes)
+	orDefault(&l.QueuedBytesPerSession, def.QueuedBytesPerSession)
+	orDefault(&l.QueuedBytes, def.QueuedBytes)
+	orDefault(&l.SessionExpiry, def.SessionExpiry)
+	orDefault(&l.WillDelay, def.WillDelay)
+	orDefault(&l.WillPayload, def.WillPayload)
 	return l
+}
+
+func orDefault[T int | int64 | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
 }
 
 // Flow-control bounds for live subscribers (see docs/broker.md, "Delivery

@@ -132,7 +132,7 @@ func (c *conn) flush() {
 			closing := o.closing
 			o.mu.Unlock()
 			if closing {
-				_ = c.nc.Close()
+				c.closeWrite() // the reader lingers, then closes
 				return
 			}
 			c.written()

@@ -26,11 +26,17 @@ const emptyClientID = "\x00empty"
 // the CONNACK.
 func (e *env) dialRaw(cert tls.Certificate, c packet.Connect) (*raw, *packet.Connack) {
 	e.t.Helper()
+	return e.dialRawT(e.t, cert, c)
+}
+
+// dialRawT is dialRaw for test t (the env may outlive it: fuzzing).
+func (e *env) dialRawT(t *testing.T, cert tls.Certificate, c packet.Connect) (*raw, *packet.Connack) {
+	t.Helper()
 	conn, err := tls.DialWithDialer(&netDialer, "tcp", e.b.Addr(), e.clientTLS(cert))
 	if err != nil {
-		e.t.Fatalf("dial: %v", err)
+		t.Fatalf("dial: %v", err)
 	}
-	e.t.Cleanup(func() { _ = conn.Close() })
+	t.Cleanup(func() { _ = conn.Close() })
 	if c.Version == 0 {
 		c.Version = packet.V5
 	}
@@ -40,15 +46,15 @@ func (e *env) dialRaw(cert tls.Certificate, c packet.Connect) (*raw, *packet.Con
 	case emptyClientID:
 		c.ClientID = ""
 	}
-	r := &raw{t: e.t, conn: conn, version: c.Version}
+	r := &raw{t: t, conn: conn, version: c.Version}
 	r.send(packet.AppendConnect(nil, &c))
 	p, err := r.next()
 	if err != nil {
-		e.t.Fatalf("reading CONNACK: %v", err)
+		t.Fatalf("reading CONNACK: %v", err)
 	}
 	ack, ok := p.(*packet.Connack)
 	if !ok {
-		e.t.Fatalf("got %T; want CONNACK", p)
+		t.Fatalf("got %T; want CONNACK", p)
 	}
 	return r, ack
 }
@@ -147,5 +153,17 @@ func (r *raw) publish(topic string, qos byte, retain bool, payload []byte, props
 func (r *raw) subscribe(filter string, qos byte, props packet.Properties) *packet.Suback {
 	r.t.Helper()
 	r.send(packet.AppendSubscribe(nil, r.version, &packet.Subscribe{PacketID: 1, Props: props, Subs: []packet.Subscription{{Filter: filter, QoS: qos}}}))
-	return expect[packet.Suback](r)
+	for {
+		p, err := r.next()
+		if err != nil {
+			r.t.Fatalf("want SUBACK: %v", err)
+		}
+		switch p := p.(type) {
+		case *packet.Suback:
+			return p
+		case *packet.Publish: // a resumed session's messages may come first
+		default:
+			r.t.Fatalf("got %T; want SUBACK", p)
+		}
+	}
 }

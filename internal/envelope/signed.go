@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -346,4 +347,23 @@ func checkSignedAttrs(b []byte, contentType asn1.ObjectIdentifier, digest []byte
 		return time.Time{}, fmt.Errorf("%w: signed attributes lack content type or message digest", ErrMalformed)
 	}
 	return signingTime, nil
+}
+
+// Sign returns a DER ContentInfo holding SignedData over content (id-data,
+// ECDSA with SHA-256, signer by key id, signing time now or at): the form
+// Verify and `openssl cms -verify -inform DER` read. DCC sealing signs its
+// AuthEnvelopedData with it, so that a relay can check the sender without
+// reading the content.
+func Sign(content []byte, s *Signer, at time.Time) ([]byte, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	if at.IsZero() {
+		at = time.Now()
+	}
+	sd, err := signData(rand.Reader, s, content, at)
+	if err != nil {
+		return nil, err
+	}
+	return asn1.Marshal(contentInfo{ContentType: oidSignedData, Content: explicit0(sd)})
 }

@@ -29,12 +29,19 @@ type Checkpoint struct {
 }
 
 // Marshal returns the checkpoint's text, the bytes that are signed.
-func (c Checkpoint) Marshal() []byte {
-	return fmt.Appendf(nil, "%s\n%d\n%s\n%s\n", Origin, c.Size, base64.StdEncoding.EncodeToString(c.Root), c.Time.UTC().Format(time.RFC3339))
+func (c Checkpoint) Marshal() []byte { return c.MarshalFor(Origin) }
+
+// MarshalFor returns the checkpoint's text for the log named origin (the
+// DCC registry keeps a log of its own, "fieldtrust.registry/v1").
+func (c Checkpoint) MarshalFor(origin string) []byte {
+	return fmt.Appendf(nil, "%s\n%d\n%s\n%s\n", origin, c.Size, base64.StdEncoding.EncodeToString(c.Root), c.Time.UTC().Format(time.RFC3339))
 }
 
 // ParseCheckpoint parses checkpoint text.
-func ParseCheckpoint(b []byte) (Checkpoint, error) {
+func ParseCheckpoint(b []byte) (Checkpoint, error) { return ParseCheckpointFor(b, Origin) }
+
+// ParseCheckpointFor parses checkpoint text of the log named origin.
+func ParseCheckpointFor(b []byte, origin string) (Checkpoint, error) {
 	if len(b) > 1024 {
 		return Checkpoint{}, errors.New("checkpoint longer than 1 KiB")
 	}
@@ -42,8 +49,8 @@ func ParseCheckpoint(b []byte) (Checkpoint, error) {
 	if len(lines) != 5 || lines[4] != "" {
 		return Checkpoint{}, errors.New("checkpoint: want 4 lines")
 	}
-	if lines[0] != Origin {
-		return Checkpoint{}, fmt.Errorf("checkpoint of log %q, want %q", lines[0], Origin)
+	if lines[0] != origin {
+		return Checkpoint{}, fmt.Errorf("checkpoint of log %q, want %q", lines[0], origin)
 	}
 	size, err := strconv.ParseUint(lines[1], 10, 64)
 	if err != nil {
@@ -58,7 +65,7 @@ func ParseCheckpoint(b []byte) (Checkpoint, error) {
 		return Checkpoint{}, fmt.Errorf("checkpoint time: %w", err)
 	}
 	c := Checkpoint{Size: size, Root: root, Time: t}
-	if !bytes.Equal(c.Marshal(), b) {
+	if !bytes.Equal(c.MarshalFor(origin), b) {
 		return Checkpoint{}, errors.New("checkpoint not in canonical form")
 	}
 	return c, nil

@@ -113,6 +113,10 @@ type ExportSnapshot struct {
 	Snapshot  string   `json:"snapshot"`   // base64 (standard, padded) of snapshot.Encode: the exact bytes the device signed
 	LeafIndex uint64   `json:"leaf_index"` // the ledger leaf recording it
 	Proof     []string `json:"proof"`      // hex inclusion proof against the export's tree head
+	// Provenance is how the snapshot arrived (store.ProvenanceSealed, or
+	// store.ProvenanceAgentTLS for an HTTPS agent's values, which nobody
+	// signed: the platform built the snapshot).
+	Provenance string `json:"provenance,omitempty"`
 }
 
 // ExportTrailer ends an export page.

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/fieldtrust/fieldtrust/internal/agent"
 	"github.com/fieldtrust/fieldtrust/internal/bootstrap"
 	"github.com/fieldtrust/fieldtrust/internal/broker"
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
@@ -46,6 +47,13 @@ type Config struct {
 	HTTPAddr string   // HTTPS listen address
 	MQTTAddr string   // MQTT over mTLS listen address
 	DNSNames []string // extra names for the server certificate
+	// ExternalURL is the platform's URL as agents reach it (their
+	// baseUrl); "" means https:// + the HTTPS listen address. 'up' records
+	// it in DIR/platform/external.url for 'agent create'.
+	ExternalURL string
+	// Agents tunes the HTTPS agents' service (limits, credential
+	// lifetime); zero values take its defaults.
+	Agents AgentOptions
 	// BrokerURLs are the broker endpoints handed to gateways in bootstrap
 	// ("mqtts://host:port" or "mqtts://host:port;weight"); empty means the
 	// embedded broker's own listen address.
@@ -237,8 +245,24 @@ func Run(ctx context.Context, cfg Config) error {
 			return subj, err == nil
 		},
 	}
+	agents, err := startAgents(cfg, d, httpLn.Addr().String(), lg, reg, log)
+	if err != nil {
+		return err
+	}
 	mux := http.NewServeMux()
 	mux.Handle(est.PathPrefix, estSrv)
+	// HTTPS agents present no client certificate; they authenticate with
+	// OAuth (package agent). The guard still refuses a bad certificate.
+	agentMux := http.NewServeMux()
+	agents.Register(agentMux)
+	mux.Handle(agent.ManagementPrefix+"/", est.GuardOperational(verifier, log, agentMux))
+	mux.Handle(agent.MindConnectPrefix+"/", est.GuardOperational(verifier, log, agentMux))
+	agentAdmin := est.GuardOperational(verifier, log, &agent.Admin{Service: agents, Identify: api.Identify, Grants: grants})
+	mux.Handle("GET /api/v1/agents", agentAdmin)
+	mux.Handle("POST /api/v1/agents", agentAdmin)
+	mux.Handle("GET /api/v1/agents/{master}/{account}/{agent}", agentAdmin)
+	mux.Handle("POST /api/v1/agents/{master}/{account}/{agent}/revoke", agentAdmin)
+	mux.Handle("POST /api/v1/agents/{master}/{account}/{agent}/rotate-iat", agentAdmin)
 	mux.Handle(bootstrap.Path, bs)
 	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, records: d.Store, broker: brokers, ids: ids, grants: grants, log: log.With("component", "commands")}
 	mux.Handle("POST /api/v1/gateways/{path...}", est.GuardOperational(verifier, log, cmds))

@@ -103,5 +103,7 @@ type Store interface {
 
 	Snapshots
 
+	Agents
+
 	Close() error
 }

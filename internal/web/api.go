@@ -193,6 +193,7 @@ type snapshotJSON struct {
 	Prev        string      `json:"prev,omitempty"`
 	Type        string      `json:"type,omitempty"`
 	Signer      string      `json:"signer"`
+	Provenance  string      `json:"provenance"`
 	SignedAt    time.Time   `json:"signed_at"`
 	ReceivedAt  time.Time   `json:"received_at"`
 	LedgerIndex uint64      `json:"ledger_index"`
@@ -201,7 +202,7 @@ type snapshotJSON struct {
 
 func toJSON(r store.SnapshotRecord) snapshotJSON {
 	s := snapshotJSON{Path: r.Path(), Seq: r.Seq, Time: r.Time, Hash: hex.EncodeToString(r.Hash), Prev: hex.EncodeToString(r.Prev),
-		Type: r.DeviceType, Signer: r.Signer, SignedAt: r.SignedAt, ReceivedAt: r.ReceivedAt, LedgerIndex: r.LedgerIndex}
+		Type: r.DeviceType, Signer: r.Signer, Provenance: r.Provenance(), SignedAt: r.SignedAt, ReceivedAt: r.ReceivedAt, LedgerIndex: r.LedgerIndex}
 	for _, v := range r.Values {
 		s.Values = append(s.Values, valueJSON(v))
 	}

@@ -215,5 +215,5 @@ func (a *API) exportEntry(r *http.Request, rec store.SnapshotRecord, size uint64
 		return nil, fmt.Errorf("inclusion proof of leaf %d: %w", rec.LedgerIndex, err)
 	}
 	return json.Marshal(ledger.ExportSnapshot{Path: rec.Path(), Seq: rec.Seq, Hash: hex.EncodeToString(rec.Hash),
-		Snapshot: base64.StdEncoding.EncodeToString(enc), LeafIndex: rec.LedgerIndex, Proof: hexAll(p)})
+		Snapshot: base64.StdEncoding.EncodeToString(enc), LeafIndex: rec.LedgerIndex, Proof: hexAll(p), Provenance: rec.Provenance()})
 }

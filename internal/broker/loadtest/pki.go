@@ -128,41 +128,15 @@ func NewPKI(ctx context.Context, dir string) (*PKI, error) {
 // Identity returns a client certificate (with its chain) for an account
 // identity path, issuing it on first use.
 func (p *PKI) Identity(ctx context.Context, path string) (tls.Certificate, error) {
-	p.mu.Lock()
-	c, ok := p.certs[path]
-	p.mu.Unlock()
-	if ok {
-		return c, nil
-	}
 	parsed, err := pki.ParsePath(path)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	key, err := pki.GenerateKey(elliptic.P256())
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	iss, err := p.auth.Issue(ctx, pki.LeafRequest{Path: parsed, PublicKey: key.Public()})
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("issue %s: %w", path, err)
-	}
-	c = tls.Certificate{PrivateKey: key, Leaf: iss.Cert}
-	for _, cert := range iss.Chain {
-		c.Certificate = append(c.Certificate, cert.Raw)
-	}
-	p.mu.Lock()
-	p.certs[path] = c
-	p.mu.Unlock()
-	return c, nil
+	return p.issue(ctx, path, pki.LeafRequest{Path: parsed})
 }
 
-// AdminService is the service the fan-out publisher connects as (role
-// admin: it may write pki/crl/#).
-const AdminService = "admin"
-
-// Service returns a client certificate for a platform service.
-func (p *PKI) Service(ctx context.Context, name string) (tls.Certificate, error) {
-	key := "service:" + name
+// issue returns the certificate cached under key, issuing req on first use.
+func (p *PKI) issue(ctx context.Context, key string, req pki.LeafRequest) (tls.Certificate, error) {
 	p.mu.Lock()
 	c, ok := p.certs[key]
 	p.mu.Unlock()
@@ -173,9 +147,10 @@ func (p *PKI) Service(ctx context.Context, name string) (tls.Certificate, error)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	iss, err := p.auth.Issue(ctx, pki.LeafRequest{Service: name, PublicKey: k.Public()})
+	req.PublicKey = k.Public()
+	iss, err := p.auth.Issue(ctx, req)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("issue service %s: %w", name, err)
+		return tls.Certificate{}, fmt.Errorf("issue %s: %w", key, err)
 	}
 	c = tls.Certificate{PrivateKey: k, Leaf: iss.Cert}
 	for _, cert := range iss.Chain {
@@ -185,6 +160,15 @@ func (p *PKI) Service(ctx context.Context, name string) (tls.Certificate, error)
 	p.certs[key] = c
 	p.mu.Unlock()
 	return c, nil
+}
+
+// AdminService is the service the fan-out publisher connects as (role
+// admin: it may write pki/crl/#).
+const AdminService = "admin"
+
+// Service returns a client certificate for a platform service.
+func (p *PKI) Service(ctx context.Context, name string) (tls.Certificate, error) {
+	return p.issue(ctx, "service:"+name, pki.LeafRequest{Service: name})
 }
 
 // ClientTLS returns the client configuration for an identity: the

@@ -155,27 +155,7 @@ func (w Workload) Run(ctx context.Context, name, addr string, p *PKI) (Result, e
 	for i := range subs {
 		s := &subscriber{lat: make([]time.Duration, 0, total), seen: make([]uint64, (total+63)/64)}
 		subs[i] = s
-		handler := func(m *packet.Publish) {
-			at := now()
-			sent, pub, seq, flags, ok := decodePayload(m.Payload)
-			if !ok || pub >= w.Publishers || seq >= w.Messages {
-				s.invalid.Add(1)
-				return
-			}
-			if flags&flagWarmup != 0 {
-				s.warm.Add(1)
-				return
-			}
-			k := pub*w.Messages + seq
-			if s.seen[k/64]&(1<<(k%64)) != 0 {
-				s.dupes++
-				return
-			}
-			s.seen[k/64] |= 1 << (k % 64)
-			s.lat = append(s.lat, at-sent)
-			s.last = at
-			s.got.Add(1)
-		}
+		handler := func(m *packet.Publish) { s.record(w, m, now()) }
 		id := Account
 		if w.FanOut {
 			id = DevicePath(i)
@@ -258,21 +238,7 @@ func (w Workload) Run(ctx context.Context, name, addr string, p *PKI) (Result, e
 	}
 	// Wait for every delivery, or until deliveries stop making progress
 	// for Drain (lost QoS 0 messages).
-	var last int64
-	lastProgress := time.Now()
-	waitFor(ctx, time.Hour, func() bool {
-		n := int64(0)
-		for _, s := range subs {
-			n += s.got.Load()
-		}
-		if n == int64(res.Expected) {
-			return true
-		}
-		if n != last {
-			last, lastProgress = n, time.Now()
-		}
-		return time.Since(lastProgress) > w.Drain
-	})
+	waitDeliveries(ctx, subs, res.Expected, w.Drain)
 	for _, s := range subs {
 		s.client.Close() // its reader has ended: s is ours to read now
 		s.client = nil
@@ -338,6 +304,51 @@ func (w Workload) publish(ctx context.Context, c *Client, i, n int, flags byte, 
 	return c.Drain(60 * time.Second)
 }
 
+// record counts one delivery to s (on its client's reader goroutine): its
+// latency, or a duplicate, or a warm-up message, or a malformed one.
+func (s *subscriber) record(w Workload, m *packet.Publish, at time.Duration) {
+	sent, pub, seq, flags, ok := decodePayload(m.Payload)
+	if !ok || pub >= w.Publishers || seq >= w.Messages {
+		s.invalid.Add(1)
+		return
+	}
+	if flags&flagWarmup != 0 {
+		s.warm.Add(1)
+		return
+	}
+	k := pub*w.Messages + seq
+	if s.seen[k/64]&(1<<(k%64)) != 0 {
+		s.dupes++
+		return
+	}
+	s.seen[k/64] |= 1 << (k % 64)
+	if s.lat != nil {
+		s.lat = append(s.lat, at-sent)
+	}
+	s.last = at
+	s.got.Add(1)
+}
+
+// waitDeliveries waits until the subscribers got expected deliveries, or
+// until deliveries made no progress for drain (lost QoS 0 messages).
+func waitDeliveries(ctx context.Context, subs []*subscriber, expected int, drain time.Duration) {
+	var last int64
+	lastProgress := time.Now()
+	waitFor(ctx, time.Hour, func() bool {
+		n := int64(0)
+		for _, s := range subs {
+			n += s.got.Load()
+		}
+		if n == int64(expected) {
+			return true
+		}
+		if n != last {
+			last, lastProgress = n, time.Now()
+		}
+		return time.Since(lastProgress) > drain
+	})
+}
+
 func waitFor(ctx context.Context, limit time.Duration, done func() bool) {
 	deadline := time.Now().Add(limit)
 	for !done() && ctx.Err() == nil && time.Now().Before(deadline) {
@@ -391,23 +402,9 @@ func (w Workload) Resume(ctx context.Context, name string, b Restartable, p *PKI
 	opts := func(i int, s *subscriber) ClientOptions {
 		return ClientOptions{Version: w.Version, ClientID: fmt.Sprintf("r%d-resume-%d", run, i), Clean: false,
 			SessionExpiry: 3600, Window: w.Window, OnPublish: func(m *packet.Publish) {
-				if s == nil {
-					return
+				if s != nil {
+					s.record(w, m, now())
 				}
-				at := now()
-				_, pub, seq, _, ok := decodePayload(m.Payload)
-				if !ok || pub >= w.Publishers || seq >= w.Messages {
-					s.invalid.Add(1)
-					return
-				}
-				k := pub*w.Messages + seq
-				if s.seen[k/64]&(1<<(k%64)) != 0 {
-					s.dupes++
-					return
-				}
-				s.seen[k/64] |= 1 << (k % 64)
-				s.last = at
-				s.got.Add(1)
 			}}
 	}
 	for i := range subs {
@@ -458,21 +455,7 @@ func (w Workload) Resume(ctx context.Context, name string, b Restartable, p *PKI
 			return res, fmt.Errorf("subscriber %d: no session after the restart", i)
 		}
 	}
-	var last int64
-	lastProgress := time.Now()
-	waitFor(ctx, time.Hour, func() bool {
-		n := int64(0)
-		for _, s := range subs {
-			n += s.got.Load()
-		}
-		if n == int64(res.Expected) {
-			return true
-		}
-		if n != last {
-			last, lastProgress = n, time.Now()
-		}
-		return time.Since(lastProgress) > w.Drain
-	})
+	waitDeliveries(ctx, subs, res.Expected, w.Drain)
 	var end time.Duration
 	for _, s := range subs {
 		s.client.Close()

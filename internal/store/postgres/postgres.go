@@ -13,6 +13,7 @@ package postgres
 
 import (
 	"context"
+	"database/sql"
 	"embed"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/idcache"
@@ -301,3 +303,9 @@ func (s *Store) ServiceRoles(ctx context.Context) (map[string]string, error) {
 	}
 	return out, rows.Err()
 }
+
+// SQL returns a database/sql handle on the store's pool (with its schema
+// settings), for stores of other services that keep their tables in the
+// same database (package registrystore). Closing it does not close the
+// pool.
+func (s *Store) SQL() *sql.DB { return stdlib.OpenDBFromPool(s.pool) }

@@ -56,6 +56,10 @@ func Open(ctx context.Context, file string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", file, err)
 	}
+	// Keep connections open between requests: database/sql keeps 2 idle
+	// by default, and every new one pays the open and the pragmas (an
+	// agent's token request, a handful of reads, paid it each time).
+	db.SetMaxIdleConns(16)
 	s := &Store{db: db, nameCache: idcache.New[int64]()}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
@@ -292,3 +296,7 @@ func nullTime(t time.Time) sql.NullInt64 {
 	}
 	return sql.NullInt64{Int64: t.Unix(), Valid: true}
 }
+
+// SQL returns the database handle, for stores of other services that keep
+// their tables in the same database (package registrystore).
+func (s *Store) SQL() *sql.DB { return s.db }

@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/fieldtrust
 DATA    ?= ./fieldtrust-data
 
-.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle bench-agents clean
+.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle bench-registry bench-dcc bench-agents clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/fieldtrust
@@ -50,6 +50,16 @@ bench-broker: deps
 
 bench-idle: deps
 	FIELDTRUST_IDLE_BENCH=1 $(GO) test -count=1 -run '^TestIdleConnections$$' -v -timeout 60m ./internal/broker/loadtest
+
+# The DCC registry with FIELDTRUST_BENCH_REGISTRY DCCs (default 1,000,000)
+# on SQLite, and on PostgreSQL when FIELDTRUST_TEST_POSTGRES is set; and
+# XAdES sign/verify of 50 KB to 5 MB DCCs beside xmlsec1 (docs/dcc.md).
+FIELDTRUST_BENCH_REGISTRY ?= 1000000
+bench-registry: deps
+	FIELDTRUST_BENCH_REGISTRY=$(FIELDTRUST_BENCH_REGISTRY) $(GO) test -count=1 -run '^TestRegistryLoad$$' -v -timeout 6h ./internal/dcc/registry
+
+bench-dcc: deps
+	$(GO) test -run='^$$' -bench='^Benchmark(Sign|Verify|Xmlsec1)$$' ./internal/dcc/xades
 
 # HTTPS agents (docs/benchmarks.md "HTTPS agents"): token requests, exchange
 # posts and the access-token check, over real TLS on SQLite (~1 min).

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +16,8 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/demo"
 	"github.com/fieldtrust/fieldtrust/internal/gateway"
+	"github.com/fieldtrust/fieldtrust/internal/mail"
+	"github.com/fieldtrust/fieldtrust/internal/mailcatcher"
 	"github.com/fieldtrust/fieldtrust/internal/platform"
 )
 
@@ -51,6 +54,20 @@ compressors and test benches. It prints where to look. Ctrl-C stops it all.`,
 			if cfg.PublishInterval == 10*time.Second && every > 0 {
 				cfg.PublishInterval = every
 			}
+			// Without an SMTP server of the operator's, mail goes to a
+			// local catcher that keeps each message as a file.
+			var catcher *mailcatcher.Catcher
+			if cfg.Notifications.SMTP == nil {
+				if catcher, err = mailcatcher.Start(mailcatcher.Config{Addr: "127.0.0.1:0", Dir: filepath.Join(f.dataDir, "demo", "mail"), Logger: cfg.Logger.With("component", "mailcatcher")}); err != nil {
+					return err
+				}
+				defer catcher.Close()
+				smtp, err := mail.ParseURL("smtp://" + catcher.Addr() + "?from=fieldtrust-demo@localhost")
+				if err != nil {
+					return err
+				}
+				cfg.Notifications.SMTP = &smtp
+			}
 			platformErr := make(chan error, 1)
 			go func() { platformErr <- platform.Run(ctx, cfg) }()
 			var addrs [2]string
@@ -68,6 +85,10 @@ compressors and test benches. It prints where to look. Ctrl-C stops it all.`,
 			if err != nil {
 				return fmt.Errorf("demo fleet: %w", err)
 			}
+			ruleNames, err := demo.InstallRules(ctx, d.Store)
+			if err != nil {
+				return err
+			}
 			var wg sync.WaitGroup
 			for _, g := range fleet.Gateways {
 				onb := g.Onboarding
@@ -83,6 +104,7 @@ compressors and test benches. It prints where to look. Ctrl-C stops it all.`,
 				})
 			}
 			printDemo(cmd, addrs[0], f.dataDir, fleet, cfg.Logger)
+			printDemoRules(cmd, f.dataDir, ruleNames, catcher)
 			var runErr error
 			select {
 			case <-ctx.Done():
@@ -123,4 +145,15 @@ func printDemo(cmd *cobra.Command, httpAddr, dataDir string, fleet *demo.Fleet, 
 	}
 	fmt.Fprintf(w, "\n  Snapshots arrive within seconds; each customer sees only its own fleet.\n\n")
 	log.Info("demo fleet started", "gateways", len(fleet.Gateways))
+}
+
+// printDemoRules tells where the rules' mail goes and how to look at
+// alarms and tasks.
+func printDemoRules(cmd *cobra.Command, dataDir string, names []string, catcher *mailcatcher.Catcher) {
+	w := cmd.OutOrStdout()
+	fmt.Fprintf(w, "  rules         %s (fieldtrust rule list --data %s)\n", strings.Join(names, ", "), dataDir)
+	if catcher != nil {
+		fmt.Fprintf(w, "  mail          caught by a local SMTP server on %s: one .eml file per message in %s\n", catcher.Addr(), filepath.Join(dataDir, "demo", "mail"))
+	}
+	fmt.Fprintf(w, "  alarms, tasks fieldtrust alarm list --data %s; fieldtrust task list --data %s (or GET /api/v1/alarms, /api/v1/tasks)\n\n", dataDir, dataDir)
 }

@@ -20,7 +20,11 @@ func main() {
 	defer stop()
 	err := newRootCmd().ExecuteContext(ctx)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "fieldtrust:", err)
+		if errors.As(err, new(located)) {
+			fmt.Fprintln(os.Stderr, err) // file:line:col: message, for editors
+		} else {
+			fmt.Fprintln(os.Stderr, "fieldtrust:", err)
+		}
 		var ue usageError
 		if errors.As(err, &ue) {
 			os.Exit(2)
@@ -58,6 +62,7 @@ Start the platform with 'fieldtrust up'; manage certificates with 'fieldtrust pk
 		newGatewayCmd(),
 		newDemoCmd(),
 		newLedgerCmd(),
+		newRuleCmd(), newAlarmCmd(), newTaskCmd(), newOutboxCmd(),
 		newAgentCmd(),
 		newDCCCmd(), newRegistryCmd(),
 		// Further subcommands register here, one constructor per file.

@@ -103,7 +103,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"pki", "issue", "--data", data, "pki", "--out", t.TempDir()}, 2, "reserved for the platform"},
 		{[]string{"pki", "issue", "--data", data, topic.CRLTransport, "--out", t.TempDir()}, 2, "reserved for the platform"},
 		{[]string{"pki", "issue", "--data", data, "ms/acc/dev"}, 2, "--out"},
-		{[]string{"pki", "issue", "--data", data, "--service", "x", "--role", "root", "--out", t.TempDir()}, 2, "admin, firmware-writer, snapshot-reader"},
+		{[]string{"pki", "issue", "--data", data, "--service", "x", "--role", "root", "--out", t.TempDir()}, 2, "admin, firmware-writer, rules-engine, snapshot-reader"},
 		{[]string{"pki", "revoke", "--data", data, "ms-9/acc-1/dev-1"}, 1, "pki list"},
 		{[]string{"pki", "revoke", "--data", data, "--serial", "xyz"}, 2, "hexadecimal"},
 		{[]string{"pki", "revoke", "--data", data, "--serial", "ab:cd", "--reason", "bored"}, 2, "keyCompromise"},

@@ -2,17 +2,11 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -21,7 +15,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/dcc/registry"
+	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/store/postgres"
 	"github.com/fieldtrust/fieldtrust/internal/store/registrystore"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
@@ -68,7 +64,7 @@ DIR/registry.db (SQLite) or --db postgres://...`,
 				}
 				m = &registry.Mirror{Source: strings.TrimRight(mirror, "/"), Pin: certs[0], Local: r}
 			} else {
-				key, cert, err := registryKey(data)
+				key, cert, err := registry.LoadKey(data)
 				if err != nil {
 					return err
 				}
@@ -108,7 +104,54 @@ DIR/registry.db (SQLite) or --db postgres://...`,
 	f.StringVar(&db, "db", "", "postgres://... DSN (default: SQLite in DIR/registry.db)")
 	f.StringVar(&mirror, "mirror", "", "mirror the registry at this base URL (read-only)")
 	f.StringVar(&pin, "pin", "", "the mirrored registry's checkpoint certificate (PEM)")
-	c.AddCommand(newRegistryIssuerCmd())
+	c.AddCommand(newRegistryIssuerCmd(), newRegistryRevokeCmd())
+	return c
+}
+
+func newRegistryRevokeCmd() *cobra.Command {
+	var certPath, keyPath, id, reason, out string
+	c := &cobra.Command{
+		Use:   "revoke --cert CERT --key KEY --dcc-id ID --reason TEXT --out F",
+		Short: "Sign a lab's revocation of one of its DCCs, to post to the registry",
+		Long: `Sign, as the lab (--cert: its signing certificate and intermediates, leaf
+first, as for 'fieldtrust dcc sign'), the statement that revokes a DCC it
+registered, with the reason. Post the result (CMS SignedData, DER) to the
+registry:
+
+  curl -H 'Content-Type: application/pkcs7-mime' --data-binary @revoke.cms \
+    $REG/api/v1/registry/dcc
+
+The revocation is a leaf of the registry's log; lookups show the DCC
+revoked, with the reason and the revocation's proof (docs/dcc.md).`,
+		Args: sealNoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if id == "" {
+				return usageError{errors.New("give --dcc-id ID (the DCC's coreData/uniqueIdentifier)")}
+			}
+			stmt, err := json.Marshal(registry.Statement{Action: "revoke", DCCID: id, Reason: reason})
+			if err != nil {
+				return err
+			}
+			if _, err := registry.ParseStatement(stmt); err != nil {
+				return usageError{err}
+			}
+			certs, key, err := signerFromFiles(certPath, keyPath)
+			if err != nil {
+				return err
+			}
+			sd, err := envelope.Sign(stmt, &envelope.Signer{Cert: certs[0], Key: key, Chain: certs[1:], EmbedCerts: true}, time.Now())
+			if err != nil {
+				return fmt.Errorf("sign the revocation: %w", err)
+			}
+			return writeOutput(cmd, out, sd)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&certPath, "cert", "", "lab certificate and intermediates (PEM, leaf first)")
+	f.StringVar(&keyPath, "key", "", "lab private key (PEM)")
+	f.StringVar(&id, "dcc-id", "", "the DCC to revoke")
+	f.StringVar(&reason, "reason", "", "why (shown in lookups)")
+	f.StringVar(&out, "out", "-", "the signed statement (DER); - for stdout")
 	return c
 }
 
@@ -137,7 +180,7 @@ func newRegistryIssuerCmd() *cobra.Command {
 				return err
 			}
 			defer closeDB()
-			key, cert, err := registryKey(data)
+			key, cert, err := registry.LoadKey(data)
 			if err != nil {
 				return err
 			}
@@ -160,9 +203,24 @@ func newRegistryIssuerCmd() *cobra.Command {
 	return c
 }
 
+// openRegistryStore opens the registry's tables: in the platform's
+// database when DIR is the data directory of 'fieldtrust up' (which serves
+// the registry), else DIR/registry.db or --db for a standalone registry.
 func openRegistryStore(ctx context.Context, data, db string) (*registrystore.Store, func(), error) {
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return nil, nil, err
+	}
+	if datadir.Initialized(data) {
+		st, err := datadir.OpenStore(ctx, data, db)
+		if err != nil {
+			return nil, nil, err
+		}
+		rs, err := registrystore.Of(st)
+		if err != nil {
+			st.Close()
+			return nil, nil, err
+		}
+		return rs, func() { st.Close() }, nil
 	}
 	if strings.HasPrefix(db, "postgres") {
 		s, err := postgres.Open(ctx, db)
@@ -176,48 +234,4 @@ func openRegistryStore(ctx context.Context, data, db string) (*registrystore.Sto
 		return nil, nil, err
 	}
 	return registrystore.New(s.SQL(), false), func() { s.Close() }, nil
-}
-
-// registryKey loads or creates DIR/registry/checkpoint.{key,crt}: the
-// registry's checkpoint key with a self-signed certificate that clients
-// and mirrors pin.
-func registryKey(data string) (*ecdsa.PrivateKey, *x509.Certificate, error) {
-	dir := filepath.Join(data, "registry")
-	kp, cp := filepath.Join(dir, "checkpoint.key"), filepath.Join(dir, "checkpoint.crt")
-	if _, err := os.Stat(kp); err == nil {
-		k, err := readKeyFile(kp)
-		if err != nil {
-			return nil, nil, err
-		}
-		certs, err := readCertFile(cp)
-		if err != nil {
-			return nil, nil, err
-		}
-		ek, ok := k.(*ecdsa.PrivateKey)
-		if !ok {
-			return nil, nil, fmt.Errorf("%s is not an ECDSA key", kp)
-		}
-		return ek, certs[0], nil
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, nil, err
-	}
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	pub, _ := x509.MarshalPKIXPublicKey(k.Public())
-	ski := sha256.Sum256(pub)
-	tmpl := &x509.Certificate{SerialNumber: new(big.Int).SetBytes(ski[:16]), Subject: pkix.Name{CommonName: "fieldtrust DCC registry checkpoints"},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().AddDate(20, 0, 0), KeyUsage: x509.KeyUsageDigitalSignature, SubjectKeyId: ski[:20]}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
-	if err != nil {
-		return nil, nil, err
-	}
-	kd, _ := x509.MarshalPKCS8PrivateKey(k)
-	if err := os.WriteFile(kp, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), 0o600); err != nil {
-		return nil, nil, err
-	}
-	if err := os.WriteFile(cp, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		return nil, nil, err
-	}
-	c, _ := x509.ParseCertificate(der)
-	return k, c, nil
 }

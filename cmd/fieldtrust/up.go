@@ -1,12 +1,14 @@
 package main
 
 import (
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/est"
+	"github.com/fieldtrust/fieldtrust/internal/mail"
 	"github.com/fieldtrust/fieldtrust/internal/platform"
 )
 
@@ -23,7 +25,11 @@ type upFlags struct {
 	estRequireBinding   bool
 	logLevel, logFormat string
 	grantsFile          string
+	smtpURL             string
+	webhookPrivate      bool
 	externalURL         string
+	broker              string
+	cluster             platform.ClusterOptions
 }
 
 func (f *upFlags) register(c *cobra.Command) {
@@ -37,8 +43,29 @@ func (f *upFlags) register(c *cobra.Command) {
 	c.Flags().BoolVar(&f.estAllowReenroll, "est-allow-reenroll", false, "let an onboarding certificate enroll again after its claim was used")
 	c.Flags().BoolVar(&f.estRequireBinding, "est-require-channel-binding", false, "refuse EST CSRs not bound to their TLS session (RFC 7030 §3.5); plain curl+openssl clients cannot send it")
 	c.Flags().StringVar(&f.grantsFile, "grants", "", "service grants file (JSON, version 1; default DIR/grants.json if it exists, else the built-in roles)")
+	c.Flags().StringVar(&f.smtpURL, "smtp-url", "", "SMTP server for rule emails: smtp://[user:pass@]host:port?from=ADDR (STARTTLS; plain only to loopback) or smtps://...; default $"+mail.URLEnv+" (prefer the variable: flags show in ps)")
+	c.Flags().BoolVar(&f.webhookPrivate, "webhook-allow-private", false, "let rule webhooks reach loopback and private addresses (a receiver on this site)")
 	c.Flags().StringVar(&f.externalURL, "external-url", "", "the platform's URL as HTTPS agents reach it, their boarding configuration's baseUrl (default https:// + --http-addr)")
+	c.Flags().StringVar(&f.broker, "broker", platform.BrokerEmbedded, "broker tier: embedded, or cluster (a single node of the clustered NATS tier, MQTT 3.1.1 only; docs/scale.md)")
+	c.Flags().StringVar(&f.cluster.Node, "node-name", "n1", "with --broker cluster: this node's name, unique in the cluster")
 	addLogFlags(c, &f.logLevel, &f.logFormat, "info")
+}
+
+// notifications reads the notification settings of 'up'.
+func (f *upFlags) notifications() (platform.Notifications, error) {
+	n := platform.Notifications{WebhookAllowPrivate: f.webhookPrivate}
+	u := f.smtpURL
+	if u == "" {
+		u = os.Getenv(mail.URLEnv)
+	}
+	if u != "" {
+		c, err := mail.ParseURL(u)
+		if err != nil {
+			return n, usageError{err}
+		}
+		n.SMTP = &c
+	}
+	return n, nil
 }
 
 func (f *upFlags) config() (platform.Config, error) {
@@ -50,11 +77,16 @@ func (f *upFlags) config() (platform.Config, error) {
 	if err != nil {
 		return platform.Config{}, err
 	}
+	notify, err := f.notifications()
+	if err != nil {
+		return platform.Config{}, err
+	}
 	return platform.Config{
 		DataDir: f.dataDir, DB: f.db, HTTPAddr: f.httpAddr, MQTTAddr: f.mqttAddr, DNSNames: f.dnsNames, Grants: grants,
 		BrokerURLs: f.brokerURLs, PublishInterval: f.publishInterval, ExternalURL: f.externalURL,
+		Broker: f.broker, Cluster: f.cluster,
 		EST:    est.Policy{AllowReenroll: f.estAllowReenroll, RequireChannelBinding: f.estRequireBinding},
-		Logger: log,
+		Logger: log, Notifications: notify,
 	}, nil
 }
 

@@ -59,16 +59,7 @@ func OpenDB(ctx context.Context, dir, db string, log *slog.Logger) (*Dir, error)
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("data directory %s is not a directory", dir)
 	}
-	dsn, err := chooseDB(dir, db)
-	if err != nil {
-		return nil, err
-	}
-	var st store.Store
-	if dsn == "" {
-		st, err = sqlite.Open(ctx, filepath.Join(dir, "fieldtrust.db"))
-	} else {
-		st, err = postgres.Open(ctx, dsn)
-	}
+	st, err := OpenStore(ctx, dir, db)
 	if err != nil {
 		return nil, err
 	}
@@ -83,6 +74,38 @@ func OpenDB(ctx context.Context, dir, db string, log *slog.Logger) (*Dir, error)
 		return nil, err
 	}
 	return d, nil
+}
+
+// Initialized reports whether dir holds a platform database already: the
+// directory of an 'up' or of an operator command.
+func Initialized(dir string) bool {
+	for _, f := range []string{"fieldtrust.db", "database.url"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// OpenStore opens only the database of dir (db as for OpenDB), without
+// the PKIs: for commands that keep their own tables in the platform's
+// database, such as 'fieldtrust registry issuer' on the directory of the
+// 'up' that serves the DCC registry.
+func OpenStore(ctx context.Context, dir, db string) (store.Store, error) {
+	dsn, err := chooseDB(dir, db)
+	if err != nil {
+		return nil, err
+	}
+	var st store.Store
+	if dsn == "" {
+		st, err = sqlite.Open(ctx, filepath.Join(dir, "fieldtrust.db"))
+	} else {
+		st, err = postgres.Open(ctx, dsn)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
 }
 
 // chooseDB resolves the database of dir: "" for SQLite, else a DSN.

@@ -13,9 +13,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/fieldtrust/fieldtrust/internal/dcc/schema"
 	"github.com/fieldtrust/fieldtrust/internal/dcc/xades"
@@ -110,6 +113,48 @@ type EquipmentID struct {
 	Value  string `json:"value"`
 }
 
+// EquipmentIssuers are the issuers an identification may name (the DCC
+// schema's enumeration, unchanged from 3.1 to 3.3).
+var EquipmentIssuers = []string{"manufacturer", "calibrationLaboratory", "customer", "owner", "other"}
+
+// MaxText bounds a text field taken from the network (an identification's
+// value, a DCC id, a reason): the registry's lookup bound.
+const MaxText = 1000
+
+// CheckText refuses text that is empty when required, longer than
+// MaxText, not UTF-8 or with control characters: what the registry and
+// the fleet link accept of a name they store and show.
+func CheckText(what, s string, required bool) error {
+	switch {
+	case s == "" && required:
+		return fmt.Errorf("%s is empty", what)
+	case len(s) > MaxText || !utf8.ValidString(s) || strings.ContainsFunc(s, unicode.IsControl):
+		return fmt.Errorf("%s: printable UTF-8, at most %d bytes", what, MaxText)
+	}
+	return nil
+}
+
+// CheckDate refuses a date that is neither empty nor an xs:date (a day,
+// with an optional timezone): what Performed and Due read.
+func CheckDate(what, s string) error {
+	if s == "" {
+		return nil
+	}
+	if _, ok := day(s); !ok || len(s) > 16 {
+		return fmt.Errorf("%s %q: an xs:date (YYYY-MM-DD, optional timezone)", what, s)
+	}
+	return nil
+}
+
+// Check refuses an identification whose issuer is not one of
+// EquipmentIssuers or whose value CheckText refuses.
+func (e EquipmentID) Check() error {
+	if !slices.Contains(EquipmentIssuers, e.Issuer) {
+		return fmt.Errorf("issuer %q: one of %v, as the DCC's identification names it", e.Issuer, EquipmentIssuers)
+	}
+	return CheckText("identification value", e.Value, true)
+}
+
 // Metadata is what the registry records of a DCC.
 type Metadata struct {
 	ID              string        `json:"dcc_id"` // coreData/uniqueIdentifier
@@ -120,6 +165,33 @@ type Metadata struct {
 	IssueDate       string        `json:"issue_date,omitempty"`       // coreData/issueDate (3.3.0)
 	DueDate         string        `json:"due_date,omitempty"`         // see dueDate
 	ContentHash     string        `json:"content_hash"`               // hex SHA-256 of the document bytes
+}
+
+// day parses the date at the start of an xs:date (a timezone suffix is
+// ignored: a day's precision is all a calibration date carries) as the
+// start of that day in UTC.
+func day(s string) (time.Time, bool) {
+	if len(s) < 10 {
+		return time.Time{}, false
+	}
+	t, err := time.Parse("2006-01-02", s[:10])
+	return t, err == nil
+}
+
+// Performed is the start (UTC) of the day the calibration was performed:
+// measurements from then on are taken under this DCC (until the next).
+func (m *Metadata) Performed() (time.Time, bool) { return day(m.PerformanceDate) }
+
+// Due is the first instant the calibration is overdue: the start (UTC) of
+// the day after the due date. ok is false when the DCC states no due date.
+// The one place of the rule: registry lookups (overdue) and the fleet
+// link's flags (package calibration) both use it.
+func (m *Metadata) Due() (at time.Time, ok bool) {
+	t, ok := day(m.DueDate)
+	if !ok {
+		return time.Time{}, false
+	}
+	return t.AddDate(0, 0, 1), true
 }
 
 // Extract reads the registry metadata of a parsed DCC.

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/dcc/dcctest"
 	"github.com/fieldtrust/fieldtrust/internal/dcc/xades"
@@ -114,4 +115,36 @@ func TestSealOpen(t *testing.T) {
 	if !bytes.Equal(got, signed) {
 		t.Fatal("OpenSSL's plaintext differs from the signed DCC")
 	}
+}
+
+// FuzzDCCVerify: the whole verification — parse, metadata extraction
+// (which reads any well-formed document, before the schema), schema
+// validation and the signature — never panics, always gives a status, and
+// says valid only with the metadata the registry records.
+func FuzzDCCVerify(f *testing.F) {
+	l := dcctest.NewLab(f, "Fuzz Lab", false)
+	src := dcctest.Sample(f, "testdata", "DCC-F", "SN-F")
+	f.Add(src)
+	if signed, err := Sign(src, l.Key, []*x509.Certificate{l.Leaf, l.Sub}, l.Leaf.NotBefore.Add(time.Minute)); err == nil {
+		f.Add(signed)
+	}
+	for _, p := range []string{"signed.xml", "signed_manipulated.xml"} {
+		if b, err := os.ReadFile("testdata/pydcc/dcc_gp_temperature_typical_v12_v3.2.0_" + p); err == nil {
+			f.Add(b)
+		}
+	}
+	roots := []*x509.Certificate{l.Root}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := Verify(b, xades.VerifyOptions{Roots: roots})
+		if r.Status == "" {
+			t.Fatal("no status")
+		}
+		if r.Status == xades.Valid && r.Metadata == nil {
+			t.Fatal("valid without metadata")
+		}
+		if md := r.Metadata; md != nil {
+			md.Performed()
+			md.Due()
+		}
+	})
 }

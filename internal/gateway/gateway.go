@@ -146,6 +146,11 @@ func Run(ctx context.Context, cfg Config) error {
 func (g *Gateway) onboard(ctx context.Context) error {
 	now := time.Now()
 	tr, e2e := g.creds.current()
+	// fresh: the transport identity was enrolled from scratch, so the e2e
+	// twin is enrolled again too, even if it has a moment left (both expire
+	// together while offline; one left to expire seconds later would sign
+	// readings ingest refuses on arrival).
+	fresh := tr == nil || tr.expired(now)
 	switch {
 	case tr == nil:
 		g.log.Info("enrolling with the onboarding certificate", "platform", g.cfg.Platform)
@@ -167,7 +172,7 @@ func (g *Gateway) onboard(ctx context.Context) error {
 		return err
 	}
 	g.path = id
-	if e2e == nil || e2e.expired(now) {
+	if e2e == nil || fresh || e2e.expired(now) {
 		if err := retry(ctx, g.log, "enroll e2e", func() error { return g.creds.enrollE2E(ctx) }); err != nil {
 			return err
 		}

@@ -164,6 +164,13 @@ func TestRenewalAndReenroll(t *testing.T) {
 	}
 	for _, ev := range evs {
 		if ev.Kind == store.EventFork || ev.Kind == store.EventGap {
+			rejects, _ := e.d.Store.Rejects(t.Context(), time.Time{}, time.Time{}, 100)
+			for _, r := range rejects {
+				t.Logf("reject: %s %s at %v", r.Reason, r.Gateway, r.At)
+			}
+			for _, ev := range evs {
+				t.Logf("event: %s seq %d expected %d: %s", ev.Kind, ev.Seq, ev.ExpectedSeq, ev.Detail)
+			}
 			t.Fatalf("chain broken across renewal/re-enrollment: %+v", ev)
 		}
 	}

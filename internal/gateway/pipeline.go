@@ -63,6 +63,12 @@ type pipeline struct {
 	wake                  chan struct{} // nudges the drainer; capacity 1
 }
 
+// errSignerExpired refuses a reading while the e2e certificate is expired:
+// ingest verifies the signer at arrival and would refuse the snapshot, a
+// gap in the device's chain for good; refused here, the reading's seq is
+// not used up.
+var errSignerExpired = errors.New("the e2e signing certificate is expired")
+
 func newPipeline(path string, q *queue.Queue, creds *credentials, log *slog.Logger) *pipeline {
 	return &pipeline{topic: topic.SnapshotsOf(path), q: q, creds: creds, log: log, builders: map[string]*snapshot.Builder{}, wake: make(chan struct{}, 1)}
 }
@@ -76,6 +82,9 @@ func (p *pipeline) submit(device, deviceType string, at time.Time, values []snap
 	_, e2e := p.creds.current()
 	if rcpts == nil || e2e == nil {
 		return errors.New("not bootstrapped yet; no recipients to seal for")
+	}
+	if e2e.expired(time.Now()) {
+		return fmt.Errorf("reading of %s: %w (expired %s); it waits for the renewal", device, errSignerExpired, e2e.leaf().NotAfter.UTC().Format(time.RFC3339))
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -133,6 +133,10 @@ type Config struct {
 	TLS      *tls.Config // the service's transport identity and the trusted root
 	ClientID string      // default "ingest"; one per process for a persistent session
 	Group    string      // shared subscription group, default "ingest"
+	// Unshared subscribes without a shared subscription, for a broker
+	// tier that has none (the clustered tier, MQTT 3.1.1): then only one
+	// ingest may serve the tier.
+	Unshared bool
 	Opener   *envelope.Opener
 	Store    Store
 	Ledger   Ledger
@@ -167,6 +171,10 @@ type Config struct {
 	MaxRejects  int
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Committed, if set, is told what each batch made durable (the
+	// rules engine runs on it), after the commit and before the
+	// acknowledgements. It must not block.
+	Committed func(snaps []store.SnapshotRecord, events []store.IntegrityEvent, rejects []store.Reject)
 }
 
 // DefaultQueue is 16 times the embedded broker's send window for an MQTT
@@ -305,12 +313,19 @@ func (p *processor) connection(ctx context.Context) error {
 	}
 	defer c.Disconnect(250)
 	filter := topic.Shared(cfg.Group, topic.AllSnapshots)
+	if cfg.Unshared {
+		filter = topic.AllSnapshots
+	}
 	tok := c.Subscribe(filter, 1, nil)
 	if !waitToken(connCtx, tok) {
 		return fmt.Errorf("subscribe %s: %w", filter, tokenErr(connCtx, tok))
 	}
-	if st, ok := tok.(*mqtt.SubscribeToken); ok && st.Result()[filter] >= 0x80 {
-		return fmt.Errorf("subscribe %s: refused by the broker; does the ingest service have the role snapshot-reader?", filter)
+	// paho keys a SUBACK's results by the filter without "$share/GROUP/";
+	// a result that is missing counts as a refusal (fail closed).
+	if st, ok := tok.(*mqtt.SubscribeToken); ok {
+		if code, found := st.Result()[topic.AllSnapshots]; !found || code >= 0x80 {
+			return fmt.Errorf("subscribe %s: refused by the broker (code %#x); does the ingest service have the role snapshot-reader?", filter, code)
+		}
 	}
 	cfg.Logger.Info("ingest subscribed", "filter", filter, "queue", cfg.Queue)
 	cfg.Status.connected(q)

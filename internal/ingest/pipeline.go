@@ -125,6 +125,9 @@ type batch struct {
 	// stored: the snapshots are stored and the classification final;
 	// what is left are events and rejects.
 	stored bool
+	// What the batch recorded, for Config.Committed.
+	events  []store.IntegrityEvent
+	rejects []store.Reject
 }
 
 // pipeline runs one connection's batches: one goroutine opens, the caller
@@ -152,6 +155,7 @@ func (p *processor) pipeline(ctx, connCtx context.Context, q *queue) {
 		if !p.commitWithRetry(ctx, connCtx, b) {
 			break
 		}
+		p.committed(b)
 		for _, it := range b.items {
 			it.msg.ack() // a no-op for QoS 0, and on a lost connection (the broker redelivers)
 		}
@@ -160,6 +164,22 @@ func (p *processor) pipeline(ctx, connCtx context.Context, q *queue) {
 	// Drain what will not be acknowledged on this connection.
 	for range batches {
 	}
+}
+
+// committed tells Config.Committed what the batch made durable: the
+// snapshots stored for the first time, the integrity events and the
+// rejects of messages that named their gateway.
+func (p *processor) committed(b *batch) {
+	if p.cfg.Committed == nil {
+		return
+	}
+	var snaps []store.SnapshotRecord
+	for _, it := range b.items {
+		if it.stored && it.rec != nil {
+			snaps = append(snaps, *it.rec)
+		}
+	}
+	p.cfg.Committed(snaps, b.events, b.rejects)
 }
 
 // collect takes up to BatchSize messages, waiting at most BatchWait after
@@ -303,6 +323,7 @@ func (p *processor) commit(ctx context.Context, b *batch) error {
 			if err := p.cfg.Store.RecordIntegrityEvent(ctx, it.events[0]); err != nil {
 				return fmt.Errorf("record integrity event: %w", err)
 			}
+			b.events = append(b.events, it.events[0])
 			p.m.events.WithLabelValues(it.events[0].Kind).Inc()
 			it.events = it.events[1:]
 		}
@@ -313,6 +334,10 @@ func (p *processor) commit(ctx context.Context, b *batch) error {
 				return err
 			}
 			recorded = recorded || rec
+			if it.rerr.gateway != "" {
+				sum := sha256.Sum256(it.msg.payload)
+				b.rejects = append(b.rejects, store.Reject{Topic: it.msg.topic, Gateway: it.rerr.gateway, Reason: it.rerr.reason, RawHash: sum[:], Size: len(it.msg.payload), At: it.msg.at})
+			}
 		case it.dup:
 			p.m.duplicates.Inc()
 		case it.stored:

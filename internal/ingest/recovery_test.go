@@ -5,7 +5,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,6 +22,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
@@ -243,5 +246,57 @@ func TestIngestStatus(t *testing.T) {
 	waitFor(t, "recovered", func() bool { h := st.Health(); return h.State == "running" && h.Pending == 0 })
 	if n := e.stored(); n != 3 {
 		t.Fatalf("stored %d, want 3", n)
+	}
+}
+
+// logLines is a slog handler that hands each record's message and
+// attributes, as text, to a channel.
+type logLines chan string
+
+func (l logLines) Enabled(context.Context, slog.Level) bool { return true }
+func (l logLines) Handle(_ context.Context, r slog.Record) error {
+	s := r.Message
+	r.Attrs(func(a slog.Attr) bool { s += " " + a.String(); return true })
+	select {
+	case l <- s:
+	default:
+	}
+	return nil
+}
+func (l logLines) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l logLines) WithGroup(string) slog.Handler      { return l }
+
+// TestRefusedSharedSubscriptionIsAnError: paho keys a SUBACK's results by
+// the filter without its "$share/GROUP/" prefix, so looking the shared
+// filter up found nothing and a refused subscription counted as granted:
+// ingest reported itself subscribed and received nothing. A refusal now
+// ends the connection with an error that names the missing role.
+func TestRefusedSharedSubscriptionIsAnError(t *testing.T) {
+	e := newIngestEnv(t)
+	id := e.Service(t, "not-ingest", tacs.RoleRulesEngine) // may not read snapshots
+	lines := make(logLines, 64)
+	st := &ingest.Status{}
+	cfg := e.cfg
+	cfg.ClientID, cfg.Group, cfg.Status = "not-ingest", "not-ingest", st
+	cfg.TLS = &tls.Config{RootCAs: e.Roots, Certificates: []tls.Certificate{id.TLS}}
+	cfg.Logger = slog.New(lines)
+	cfg.RetryMin, cfg.RetryMax = time.Millisecond, 5*time.Millisecond
+	e.run(t, cfg)
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case l := <-lines:
+			if strings.Contains(l, "ingest subscribed") {
+				t.Fatalf("a refused subscription counted as granted: %s", l)
+			}
+			if strings.Contains(l, "refused by the broker") && strings.Contains(l, "snapshot-reader") {
+				if st.Health().Connected {
+					t.Fatal("status says connected after the refusal")
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatal("no refusal logged within 30 s")
+		}
 	}
 }

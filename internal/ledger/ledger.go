@@ -142,6 +142,36 @@ func (l *Log) Append(ctx context.Context, leaves [][]byte) (first, size uint64, 
 	return start, merged.End(), root, err
 }
 
+// RootAfter returns the size and root the log would have after appending
+// leaves, without appending them: a mirror checks what a source sent
+// against the source's signed head before anything is stored.
+func (l *Log) RootAfter(leaves [][]byte) (size uint64, root []byte, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r := l.rf.NewEmptyRange(0)
+	if err := r.AppendRange(l.rng, nil); err != nil {
+		return 0, nil, err
+	}
+	for _, d := range leaves {
+		if err := r.Append(hasher.HashLeaf(d), nil); err != nil {
+			return 0, nil, err
+		}
+	}
+	if r.End() == 0 {
+		return 0, hasher.EmptyRoot(), nil
+	}
+	root, err = r.GetRootHash(nil)
+	return r.End(), root, err
+}
+
+// Reload reads the log's state from storage again: another process on
+// the same database (an operator command) appended to it.
+func (l *Log) Reload(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.load(ctx)
+}
+
 // Size returns the number of leaves and the current root hash.
 func (l *Log) Size() (uint64, []byte, error) {
 	l.mu.Lock()
@@ -217,6 +247,7 @@ func (l *Log) checkSize(size uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if size > l.rng.End() {
+
 		return fmt.Errorf("tree size %d is larger than the ledger (%d): %w", size, l.rng.End(), ErrBeyondTree)
 	}
 	return nil

@@ -247,3 +247,53 @@ func TestAppendRecoversFromStorageFailure(t *testing.T) {
 		t.Fatalf("after recovery: first %d size %d root %x, want 2, 4, %x", first, size, root, ref.Hash())
 	}
 }
+
+// TestRootAfterAndReload: RootAfter predicts the root an append gives
+// without storing anything, and Reload sees what another handle on the
+// same storage appended.
+func TestRootAfterAndReload(t *testing.T) {
+	ctx := t.Context()
+	l, db, _ := openLog(t)
+	ref := testonly.New(hasher)
+	if size, root, err := l.RootAfter(nil); err != nil || size != 0 || string(root) != string(ref.Hash()) {
+		t.Fatalf("empty: %d %x %v", size, root, err)
+	}
+	n := 0
+	for _, batch := range []int{1, 4, 3, 9} {
+		var leaves [][]byte
+		for range batch {
+			leaves = append(leaves, leaf(n))
+			ref.AppendData(leaf(n))
+			n++
+		}
+		size, root, err := l.RootAfter(leaves)
+		if err != nil || size != uint64(n) || string(root) != string(ref.Hash()) {
+			t.Fatalf("RootAfter at %d: %d %v", n, size, err)
+		}
+		if s, _, _ := l.Size(); s != uint64(n-batch) {
+			t.Fatalf("RootAfter changed the log: size %d", s)
+		}
+		if _, _, got, err := l.Append(ctx, leaves); err != nil || string(got) != string(root) {
+			t.Fatalf("append at %d: %v", n, err)
+		}
+	}
+	other, err := Open(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := other.Append(ctx, [][]byte{leaf(n)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.InclusionProof(ctx, 0, uint64(n+1)); !errors.Is(err, ErrBeyondTree) {
+		t.Fatalf("before Reload: %v", err)
+	}
+	if err := l.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s, _, _ := l.Size(); s != uint64(n+1) {
+		t.Fatalf("after Reload: size %d", s)
+	}
+	if _, err := l.InclusionProof(ctx, 0, uint64(n+1)); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -57,7 +57,8 @@ func TestEndToEnd(t *testing.T) {
 		shape.Masters, shape.Accounts, shape.Gateways, shape.Devices, shape.NumDevices(), shape.NumGateways(), shape.PerDevice, total, shape.NumValues(),
 		cfg.db, cfg.window, cfg.ahead, runtime.GOMAXPROCS(0), runtime.Version())
 
-	e := startPlatform(t, cfg.dsn)
+	notify, catcher := notifyConfig(t, cfg)
+	e := startPlatform(t, cfg.dsn, notify)
 	ctx := t.Context()
 
 	// Identities: an admin service, the customer (master account 0), an e2e
@@ -96,6 +97,10 @@ func TestEndToEnd(t *testing.T) {
 			TLS: &tls.Config{RootCAs: e.roots, Certificates: []tls.Certificate{tc}}}}
 	}
 	t.Logf("identities: %d gateways (transport + e2e), %d master e2e, customer, admin in %v", len(gws), shape.Masters, time.Since(start).Round(time.Millisecond))
+	addBenchRules(t, e, admin, cfg.rules, shape.Channels)
+	if catcher != nil {
+		addNotifyRule(t, e, shape.Gateway(0))
+	}
 
 	// Seal everything ahead: the gateways' CPU, not the platform's.
 	start = time.Now()
@@ -244,6 +249,19 @@ func TestEndToEnd(t *testing.T) {
 	}
 	cpu := processCPU() - cpu0
 	pgUsed := pgCPU(pgDB) - pg0
+	if cfg.rules > 0 {
+		// The engine runs beside ingest, never in its way: report how far
+		// behind it finished.
+		deadline := time.Now().Add(5 * time.Minute)
+		for e.metrics(t, admin)[metricRulesSnapshots]-m0[metricRulesSnapshots] < stored(e, t, admin, m0) && time.Now().Before(deadline) {
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Logf("rules: %d rules evaluated on %.0f snapshots %v after ingest stored the last one",
+			cfg.rules, e.metrics(t, admin)[metricRulesSnapshots]-m0[metricRulesSnapshots], (time.Since(start) - storedAt).Round(time.Millisecond))
+	}
+	if catcher != nil {
+		reportNotifyLatency(t, e, catcher, shape.Devices*shape.PerDevice)
+	}
 	if cfg.cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
@@ -516,6 +534,8 @@ type benchConfig struct {
 	cpuProfile    string
 	report        string
 	publishers    string // "process" or "inprocess"
+	rules         int    // FIELDTRUST_E2E_RULES: rules over the whole fleet
+	notify        bool   // FIELDTRUST_E2E_NOTIFY: mail every snapshot of one gateway, measure the latency
 }
 
 func benchConfigFromEnv(t *testing.T) benchConfig {
@@ -551,6 +571,8 @@ func benchConfigFromEnv(t *testing.T) benchConfig {
 	}
 	num("FIELDTRUST_E2E_WINDOW", &c.window)
 	num("FIELDTRUST_E2E_AHEAD", &c.ahead)
+	num("FIELDTRUST_E2E_RULES", &c.rules)
+	c.notify = os.Getenv("FIELDTRUST_E2E_NOTIFY") != ""
 	if s := os.Getenv("FIELDTRUST_E2E_SCALE"); s != "" {
 		f, err := strconv.ParseFloat(s, 64)
 		if err != nil || f <= 0 || f > 1 {

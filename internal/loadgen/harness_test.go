@@ -39,7 +39,7 @@ type env struct {
 	mc                      *http.Client // for /metrics, made on first use
 }
 
-func startPlatform(t *testing.T, dsn string) *env {
+func startPlatform(t *testing.T, dsn string, notify platform.Notifications) *env {
 	t.Helper()
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -53,7 +53,7 @@ func startPlatform(t *testing.T, dsn string) *env {
 	log.Handler().(*limitedHandler).left.Store(50)
 	go func() {
 		done <- platform.Run(ctx, platform.Config{DataDir: dir, DB: dsn, HTTPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Logger: log,
-			Ready: func(h, m string) { ready <- [2]string{h, m} }})
+			Ready: func(h, m string) { ready <- [2]string{h, m} }, Notifications: notify})
 	}()
 	var a [2]string
 	select {

@@ -58,6 +58,11 @@ type Config struct {
 	// ("mqtts://host:port" or "mqtts://host:port;weight"); empty means the
 	// embedded broker's own listen address.
 	BrokerURLs []string
+	// Broker is the broker tier: BrokerEmbedded ("" too) or BrokerCluster
+	// (this process runs a node of the clustered tier, configured by
+	// Cluster; docs/scale.md).
+	Broker  string
+	Cluster ClusterOptions
 	// Grants are the service roles' topic grants (datadir.Grants); nil
 	// means tacs.DefaultGrants().
 	Grants tacs.Grants
@@ -69,6 +74,8 @@ type Config struct {
 	// Ready, if non-nil, is called once every listener is up, with the
 	// actual addresses (useful with port 0).
 	Ready func(httpAddr, mqttAddr string)
+	// Notifications configures the delivery of what rules send.
+	Notifications Notifications
 
 	// hooks let the package's tests break parts of the platform on purpose.
 	hooks *testHooks
@@ -80,6 +87,7 @@ type testHooks struct {
 	ledgerStorage func(ledger.Storage) ledger.Storage // what the ledger appends to
 	serveBroker   func(ctx context.Context, b *broker.Broker) error
 	policy        *supervisor.Policy
+	broker        string // Config.Broker
 }
 
 // shutdownGrace bounds how long in-flight requests may take once the
@@ -135,13 +143,31 @@ func Run(ctx context.Context, cfg Config) error {
 	ingestE2E.keepKey = true
 	ledgerE2E := newServiceCert(d.E2E, "ledger", cfg.DataDir, nil, nil, log)
 	commandE2E := newServiceCert(d.E2E, "platform", cfg.DataDir, nil, nil, log)
-	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E}
+	rulesTLS := newServiceCert(d.Transport, "rules", cfg.DataDir, nil, nil, log)
+	serviceCerts := []*serviceCert{cert, ingestTLS, ingestE2E, ledgerE2E, commandE2E, rulesTLS}
+	var nodeTLS *serviceCert
+	switch cfg.Broker {
+	case "", BrokerEmbedded:
+	case BrokerCluster:
+		if nodeTLS, err = nodeCert(d, cfg, dns, ips, log); err != nil {
+			return err
+		}
+		serviceCerts = append(serviceCerts, nodeTLS)
+		if err := setClusterRoles(ctx, d, cfg.Cluster); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("--broker %q: use %q or %q", cfg.Broker, BrokerEmbedded, BrokerCluster)
+	}
 	for _, c := range serviceCerts {
 		if err := c.load(ctx); err != nil {
 			return err
 		}
 	}
 	if err := d.Store.SetServiceRole(ctx, "ingest", tacs.RoleSnapshotReader); err != nil {
+		return err
+	}
+	if err := d.Store.SetServiceRole(ctx, "rules", tacs.RoleRulesEngine); err != nil {
 		return err
 	}
 	verifier, err := d.Transport.Verifier(ctx)
@@ -187,18 +213,30 @@ func Run(ctx context.Context, cfg Config) error {
 		Logger:     log.With("component", "broker"),
 		Registerer: reg,
 	}
-	brk, err := broker.New(brokerConfig)
-	if err != nil {
-		return fmt.Errorf("start broker on --mqtt-addr %s: %w", cfg.MQTTAddr, err)
-	}
 	brokers := &brokerRef{}
-	brokers.cur.Store(brk)
+	var tier publisher = brokers // what publishes and revalidates
+	var mqttAddr string
+	var ct *clusterTier
+	if cfg.Broker == BrokerCluster {
+		if ct, err = startClusterTier(ctx, cfg, d, nodeTLS, cert, verifier, ids, grants, log); err != nil {
+			return err
+		}
+		defer ct.stop()
+		tier, mqttAddr = ct, ct.node.MQTTAddr()
+	} else {
+		brk, err := broker.New(brokerConfig)
+		if err != nil {
+			return fmt.Errorf("start broker on --mqtt-addr %s: %w", cfg.MQTTAddr, err)
+		}
+		brokers.cur.Store(brk)
+		mqttAddr = brk.Addr()
+	}
 
 	estSrv, err := est.New(est.Options{Transport: d.Transport, E2E: d.E2E, Verifier: verifier, Records: d.Store, Policy: cfg.EST, Logger: log.With("component", "est")})
 	if err != nil {
 		return err
 	}
-	brokerURLs, err := brokerList(cfg.BrokerURLs, brk.Addr())
+	brokerURLs, err := brokerList(cfg.BrokerURLs, mqttAddr)
 	if err != nil {
 		return err
 	}
@@ -234,8 +272,12 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	sup := supervisor.New(servicePolicy(cfg.hooks), log.With("component", "supervisor"))
 	ingestStatus := &ingest.Status{}
-	api := &web.API{
-		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"),
+	dccReg, err := newDCCRegistry(d.Store, cfg.DataDir, log.With("component", "registry"))
+	if err != nil {
+		return err
+	}
+	api := &web.API{Calibration: dccReg.link(),
+		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"), Rules: d.Store,
 		Identify: func(r *http.Request) (tacs.Subject, bool) {
 			id, ok := est.IdentityFromContext(r.Context())
 			if !ok {
@@ -264,7 +306,8 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.Handle("POST /api/v1/agents/{master}/{account}/{agent}/revoke", agentAdmin)
 	mux.Handle("POST /api/v1/agents/{master}/{account}/{agent}/rotate-iat", agentAdmin)
 	mux.Handle(bootstrap.Path, bs)
-	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, records: d.Store, broker: brokers, ids: ids, grants: grants, log: log.With("component", "commands")}
+	mux.Handle("/api/v1/registry/", dccReg) // public: writes carry the lab's signature (docs/dcc.md)
+	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, records: d.Store, broker: tier, ids: ids, grants: grants, log: log.With("component", "commands")}
 	mux.Handle("POST /api/v1/gateways/{path...}", est.GuardOperational(verifier, log, cmds))
 	mux.Handle("/", est.GuardOperational(verifier, log, web.New(web.Options{
 		Roots:   map[pki.Domain]*x509.Certificate{pki.Transport: d.Transport.Root(), pki.E2E: d.E2E.Root()},
@@ -284,7 +327,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	rev := &revocation{ids: ids, e2e: e2eVerifier, broker: brokers, auths: []*pki.Authority{d.Transport, d.E2E}, log: log}
+	rev := &revocation{ids: ids, e2e: e2eVerifier, broker: tier, auths: []*pki.Authority{d.Transport, d.E2E}, log: log}
 	opener, err := envelope.NewOpener(ingestE2E.Current().Leaf, ingestE2E.Current().PrivateKey, envelope.OpenOptions{
 		VerifyOptions: envelope.VerifyOptions{Signers: ingest.SignerLookup{V: e2eVerifier}, Verifier: e2eVerifier},
 	})
@@ -296,7 +339,15 @@ func Run(ctx context.Context, cfg Config) error {
 	ingestClient := tlspolicy.Client(transportRoots, nil)
 	ingestClient.GetClientCertificate = ingestTLS.GetClientCertificate
 	heads := &treeHeads{log: lg, store: d.Store, signer: ledgerE2E, logger: log}
-	mqttAddr, httpAddr := brk.Addr(), httpLn.Addr().String()
+	httpAddr := httpLn.Addr().String()
+	rulesClient := tlspolicy.Client(transportRoots, nil)
+	rulesClient.GetClientCertificate = rulesTLS.GetClientCertificate
+	rp := newRulesPlatform(cfg.Notifications, d.Store, cfg.DataDir, mqttAddr, rulesClient, reg, log)
+	ingestClientID := "" // ingest's default
+	if ct != nil {
+		// The cluster binds sessions to identities by client ID.
+		ingestClientID, rp.broker.ClientID = cfg.Cluster.clientID("ingest"), cfg.Cluster.clientID("rules")
+	}
 
 	// Every service of the platform runs under the supervisor (restart
 	// policy: servicePolicy). The broker's first instance and the HTTPS
@@ -328,8 +379,9 @@ func Run(ctx context.Context, cfg Config) error {
 		}},
 		{Name: "ingest", Run: func(ctx context.Context) error {
 			return ingest.Run(ctx, ingest.Config{
-				Broker: mqttAddr, TLS: ingestClient, Opener: opener, Status: ingestStatus,
+				Broker: mqttAddr, ClientID: ingestClientID, Unshared: ct != nil, TLS: ingestClient, Opener: opener, Status: ingestStatus,
 				Store: ingestStore, Ledger: lg, Logger: log.With("component", "ingest"), Registerer: reg,
+				Committed: rp.committed,
 			})
 		}},
 		{Name: "revocation", Run: rev.run, GiveUpAfter: 10},
@@ -346,6 +398,11 @@ func Run(ctx context.Context, cfg Config) error {
 			return serveHTTPS(ctx, newServer(), ln, log)
 		}},
 		{Name: "certificates", Run: func(ctx context.Context) error { return renewServiceCerts(ctx, serviceCerts) }, GiveUpAfter: -1},
+		{Name: "registry", Run: dccReg.run, GiveUpAfter: 10},
+	}
+	services = append(services, rp.services()...)
+	if ct != nil {
+		services[0] = supervisor.Service{Name: "broker", Run: ct.run}
 	}
 	if err := rev.publishCRLs(ctx); err != nil {
 		return err

@@ -49,8 +49,12 @@ func startWith(t *testing.T, hooks *testHooks) *running {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	go func() {
-		done <- Run(ctx, Config{DataDir: dir, HTTPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Logger: log,
-			Ready: func(h, m string) { ready <- [2]string{h, m} }, hooks: hooks})
+		cfg := Config{DataDir: dir, HTTPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Logger: log,
+			Ready: func(h, m string) { ready <- [2]string{h, m} }, hooks: hooks}
+		if hooks != nil {
+			cfg.Broker = hooks.broker
+		}
+		done <- Run(ctx, cfg)
 	}()
 	var addrs [2]string
 	select {

@@ -167,7 +167,7 @@ func TestSupervisedUp(t *testing.T) {
 	})
 	healthy := func(code int, h healthJSON) bool { return code == 200 && h.Status == "ok" && h.Ingest.Connected }
 	h := r.waitHealth(t, "healthy", healthy)
-	for _, name := range []string{"broker", "ingest", "revocation", "treeheads", "https", "certificates"} {
+	for _, name := range []string{"broker", "ingest", "revocation", "treeheads", "https", "certificates", "registry"} {
 		if s, ok := h.Services[name]; !ok || s.State != supervisor.StateRunning {
 			t.Errorf("service %s: %+v", name, s)
 		}

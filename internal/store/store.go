@@ -103,6 +103,7 @@ type Store interface {
 
 	Snapshots
 
+	Rules
 	Agents
 
 	Close() error

@@ -15,6 +15,7 @@ const (
 	RoleAdmin          = "admin"
 	RoleSnapshotReader = "snapshot-reader"
 	RoleFirmwareWriter = "firmware-writer"
+	RoleRulesEngine    = "rules-engine"
 )
 
 // Grant allows the actions it names on every topic Filter matches — or,
@@ -50,7 +51,9 @@ type Grants map[string][]Grant
 //
 //   - admin: read and write everything, including $SYS/#;
 //   - snapshot-reader (ingest): read +/+/+/snapshots;
-//   - firmware-writer: write +/+/+/firmware.
+//   - firmware-writer: write +/+/+/firmware;
+//   - rules-engine (the rules service): read +/+/+/status (silence),
+//     write +/+/+/events (the MQTT events of rules).
 func DefaultGrants() Grants {
 	return Grants{
 		RoleAdmin: {
@@ -59,6 +62,7 @@ func DefaultGrants() Grants {
 		},
 		RoleSnapshotReader: {{Filter: "+/+/+/snapshots", Read: true}},
 		RoleFirmwareWriter: {{Filter: "+/+/+/firmware", Write: true}},
+		RoleRulesEngine:    {{Filter: "+/+/+/status", Read: true}, {Filter: "+/+/+/events", Write: true}},
 	}
 }
 

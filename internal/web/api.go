@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fieldtrust/fieldtrust/internal/dcc/calibration"
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
@@ -49,11 +50,18 @@ type API struct {
 	Identify func(r *http.Request) (tacs.Subject, bool) // the verified caller
 	Grants   tacs.Grants
 	Logger   *slog.Logger
+	// Calibration, if set, is the DCC fleet link: snapshot and device
+	// reads carry a calibration flag, and a device's instrument is read
+	// and declared at /api/v1/devices/{path}/calibration and /equipment.
+	Calibration Calibration
 	// ExportLimits bound each tenant's exports; zero fields take the
 	// defaults.
 	ExportLimits ExportLimits
 	// Now is the clock of the export limits; nil means time.Now.
 	Now func() time.Time
+	// Rules serves rules, alarms, tasks and the outbox (rules.go); nil
+	// answers those routes with 503.
+	Rules RulesData
 
 	gateOnce sync.Once
 	gate     *exportGate
@@ -62,6 +70,7 @@ type API struct {
 func (a *API) register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/devices", a.authed(a.devices))
 	mux.HandleFunc("GET /api/v1/devices/{path...}", a.authed(a.deviceRoute))
+	mux.HandleFunc("PUT /api/v1/devices/{path...}", a.authed(a.deviceRoute))
 	mux.HandleFunc("GET /api/v1/status", a.authed(a.status))
 	mux.HandleFunc("GET /api/v1/integrity-events", a.authed(a.events))
 	mux.HandleFunc("GET /api/v1/rejects", a.authed(a.rejects))
@@ -69,6 +78,22 @@ func (a *API) register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/ledger/proof/{hash}", a.authed(a.proof))
 	mux.HandleFunc("GET /api/v1/ledger/consistency", a.authed(a.consistency))
 	mux.HandleFunc("GET /api/v1/export", a.authed(a.export))
+	// Rules, alarms, tasks and notifications (rules.go).
+	mux.HandleFunc("GET /api/v1/rules", a.rulesAuthed(a.listRules))
+	mux.HandleFunc("POST /api/v1/rules", a.rulesAuthed(a.addRule))
+	mux.HandleFunc("GET /api/v1/rules/{id}", a.rulesAuthed(a.showRule))
+	mux.HandleFunc("POST /api/v1/rules/{id}/disable", a.rulesAuthed(a.enableRule(false)))
+	mux.HandleFunc("POST /api/v1/rules/{id}/enable", a.rulesAuthed(a.enableRule(true)))
+	mux.HandleFunc("GET /api/v1/rule-errors", a.rulesAuthed(a.listRuleErrors))
+	mux.HandleFunc("GET /api/v1/alarms", a.rulesAuthed(a.listAlarms))
+	mux.HandleFunc("GET /api/v1/alarms/{id}", a.rulesAuthed(a.showAlarm))
+	mux.HandleFunc("POST /api/v1/alarms/{id}/ack", a.rulesAuthed(a.changeAlarm(false)))
+	mux.HandleFunc("POST /api/v1/alarms/{id}/clear", a.rulesAuthed(a.changeAlarm(true)))
+	mux.HandleFunc("GET /api/v1/tasks", a.rulesAuthed(a.listTasks))
+	mux.HandleFunc("GET /api/v1/tasks/{id}", a.rulesAuthed(a.showTask))
+	mux.HandleFunc("POST /api/v1/tasks/{id}", a.rulesAuthed(a.updateTask))
+	mux.HandleFunc("GET /api/v1/outbox", a.rulesAuthed(a.listOutbox))
+	mux.HandleFunc("POST /api/v1/outbox/{id}/retry", a.rulesAuthed(a.retryOutbox))
 }
 
 type handler func(w http.ResponseWriter, r *http.Request, subj tacs.Subject, scope string)
@@ -107,6 +132,9 @@ type deviceJSON struct {
 	LastSeq          uint64    `json:"last_seq"`
 	LastSnapshotTime time.Time `json:"last_snapshot_time"`
 	Snapshots        uint64    `json:"snapshots"`
+	// Calibration is the device's instrument's calibration now (absent
+	// without a bound instrument).
+	Calibration *calibration.Flag `json:"calibration,omitempty"`
 }
 
 func (a *API) devices(w http.ResponseWriter, r *http.Request, _ tacs.Subject, scope string) {
@@ -116,18 +144,25 @@ func (a *API) devices(w http.ResponseWriter, r *http.Request, _ tacs.Subject, sc
 		return
 	}
 	out := make([]deviceJSON, 0, len(list))
+	flag, now := a.flagger(r.Context()), a.now()
 	for _, d := range list {
-		out = append(out, deviceJSON{Path: d.Path(), Gateway: d.Gateway, Device: d.Device, Type: d.DeviceType, LastSeq: d.LastSeq, LastSnapshotTime: d.LastTime, Snapshots: d.Snapshots})
+		c, err := flag(d.Gateway, d.Device, now)
+		if err != nil {
+			a.serverError(w, r, err)
+			return
+		}
+		out = append(out, deviceJSON{Path: d.Path(), Gateway: d.Gateway, Device: d.Device, Type: d.DeviceType, LastSeq: d.LastSeq, LastSnapshotTime: d.LastTime, Snapshots: d.Snapshots, Calibration: c})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"devices": out})
 }
 
-// deviceRoute serves /api/v1/devices/{master}/{account}/{gateway}/{device}/snapshots.
+// deviceRoute serves /api/v1/devices/{master}/{account}/{gateway}/{device}/
+// snapshots (GET), calibration (GET) and equipment (PUT).
 func (a *API) deviceRoute(w http.ResponseWriter, r *http.Request, subj tacs.Subject, scope string) {
 	rest := r.PathValue("path")
 	parts := strings.Split(rest, "/")
-	if len(parts) != 5 || parts[4] != "snapshots" {
-		writeError(w, http.StatusNotFound, "use /api/v1/devices/{master}/{account}/{gateway}/{device}/snapshots")
+	if len(parts) != 5 || (parts[4] != "snapshots" && parts[4] != "calibration" && parts[4] != "equipment") {
+		writeError(w, http.StatusNotFound, "use /api/v1/devices/{master}/{account}/{gateway}/{device}/snapshots, …/calibration or …/equipment")
 		return
 	}
 	gw, err := pki.ParsePath(strings.Join(parts[:3], "/"))
@@ -139,6 +174,18 @@ func (a *API) deviceRoute(w http.ResponseWriter, r *http.Request, subj tacs.Subj
 		// The same answer as for a device that does not exist: a customer
 		// learns nothing about another's fleet.
 		writeError(w, http.StatusNotFound, "no such device")
+		return
+	}
+	switch method := map[string]string{"snapshots": "GET", "calibration": "GET", "equipment": "PUT"}[parts[4]]; {
+	case r.Method != method:
+		w.Header().Set("Allow", method)
+		writeError(w, http.StatusMethodNotAllowed, parts[4]+" takes "+method)
+		return
+	case parts[4] == "calibration":
+		a.calibration(w, r, gw.String(), parts[3])
+		return
+	case parts[4] == "equipment":
+		a.bindEquipment(w, r, subj, gw.String(), parts[3])
 		return
 	}
 	q := store.SnapshotQuery{Scope: scope, Gateway: gw.String(), Device: parts[3]}
@@ -167,9 +214,9 @@ func (a *API) deviceRoute(w http.ResponseWriter, r *http.Request, subj tacs.Subj
 		a.serverError(w, r, err)
 		return
 	}
-	out := make([]snapshotJSON, 0, len(recs))
-	for _, rec := range recs {
-		out = append(out, toJSON(rec))
+	out, ok := a.snapshotsJSON(w, r, recs)
+	if !ok {
+		return
 	}
 	resp := map[string]any{"snapshots": out}
 	if len(recs) == q.Limit {
@@ -198,6 +245,9 @@ type snapshotJSON struct {
 	ReceivedAt  time.Time   `json:"received_at"`
 	LedgerIndex uint64      `json:"ledger_index"`
 	Values      []valueJSON `json:"values"`
+	// Calibration flags the measurement by its instrument's calibration at
+	// the measurement time (absent without a bound instrument).
+	Calibration *calibration.Flag `json:"calibration,omitempty"`
 }
 
 func toJSON(r store.SnapshotRecord) snapshotJSON {
@@ -215,11 +265,27 @@ func (a *API) status(w http.ResponseWriter, r *http.Request, _ tacs.Subject, sco
 		a.serverError(w, r, err)
 		return
 	}
-	out := make([]snapshotJSON, 0, len(recs))
-	for _, rec := range recs {
-		out = append(out, toJSON(rec))
+	out, ok := a.snapshotsJSON(w, r, recs)
+	if !ok {
+		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"devices": out})
+}
+
+// snapshotsJSON converts records, each flagged by its calibration.
+func (a *API) snapshotsJSON(w http.ResponseWriter, r *http.Request, recs []store.SnapshotRecord) ([]snapshotJSON, bool) {
+	out := make([]snapshotJSON, 0, len(recs))
+	flag := a.flagger(r.Context())
+	for _, rec := range recs {
+		j := toJSON(rec)
+		var err error
+		if j.Calibration, err = flag(rec.Gateway, rec.Device, rec.Time); err != nil {
+			a.serverError(w, r, err)
+			return nil, false
+		}
+		out = append(out, j)
+	}
+	return out, true
 }
 
 func (a *API) events(w http.ResponseWriter, r *http.Request, _ tacs.Subject, scope string) {

@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fieldtrust/fieldtrust/internal/dcc"
+	"github.com/fieldtrust/fieldtrust/internal/dcc/calibration"
+	"github.com/fieldtrust/fieldtrust/internal/dcc/registry"
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 )
@@ -53,12 +56,42 @@ func readOpenAPI(t *testing.T) (openAPIDoc, []byte) {
 }
 
 // registeredRoutes returns the "METHOD /path" patterns that api.go
-// registers, and the /api/v1 routes the platform mounts itself
+// registers, the DCC registry's (which the platform mounts at
+// /api/v1/registry/), and the /api/v1 routes the platform mounts itself
 // (bootstrap and gateway commands).
 func registeredRoutes(t *testing.T) []string {
 	t.Helper()
+	routes := literalRoutes(t, "api.go")
+	if len(routes) < 9 {
+		t.Fatalf("found only %d routes in api.go: %v", len(routes), routes)
+	}
+	if reg := literalRoutes(t, registryRoutesFile); len(reg) < 8 {
+		t.Fatalf("found only %d routes in %s: %v", len(reg), registryRoutesFile, reg)
+	} else {
+		routes = append(routes, reg...)
+	}
+	src, err := os.ReadFile("../platform/platform.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`"((?:GET|POST|PUT|DELETE) /api/v1/[^"]*)"`).FindAllStringSubmatch(string(src), -1) {
+		routes = append(routes, m[1])
+	}
+	// Mounted by the platform as bootstrap.Path (package bootstrap imports
+	// nothing of web's, but naming the constant here would tie the tests
+	// together for one string).
+	return append(routes, "GET /api/v1/bootstrap")
+}
+
+// registryRoutesFile registers the DCC registry's routes.
+const registryRoutesFile = "../dcc/registry/http.go"
+
+// literalRoutes returns the patterns a file registers with Handle or
+// HandleFunc.
+func literalRoutes(t *testing.T, file string) []string {
+	t.Helper()
 	fset := token.NewFileSet()
-	f, err := parser.ParseFile(fset, "api.go", nil, 0)
+	f, err := parser.ParseFile(fset, file, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,20 +114,7 @@ func registeredRoutes(t *testing.T) []string {
 		routes = append(routes, p)
 		return true
 	})
-	if len(routes) < 9 {
-		t.Fatalf("found only %d routes in api.go: %v", len(routes), routes)
-	}
-	src, err := os.ReadFile("../platform/platform.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range regexp.MustCompile(`"((?:GET|POST|PUT|DELETE) /api/v1/[^"]*)"`).FindAllStringSubmatch(string(src), -1) {
-		routes = append(routes, m[1])
-	}
-	// Mounted by the platform as bootstrap.Path (package bootstrap imports
-	// nothing of web's, but naming the constant here would tie the tests
-	// together for one string).
-	return append(routes, "GET /api/v1/bootstrap")
+	return routes
 }
 
 // patternRegexp turns a ServeMux pattern's path into a regexp over
@@ -128,7 +148,8 @@ func TestOpenAPICoversRoutes(t *testing.T) {
 	if doc.Components.SecuritySchemes["mutualTLS"].Type != "mutualTLS" || len(doc.Security) != 1 || doc.Security[0]["mutualTLS"] == nil {
 		t.Fatal("the mutualTLS security scheme is not defined and applied globally")
 	}
-	for _, route := range registeredRoutes(t) {
+	registered := registeredRoutes(t)
+	for _, route := range registered {
 		method, path, ok := strings.Cut(route, " ")
 		if !ok {
 			t.Errorf("route %q has no method", route)
@@ -153,6 +174,26 @@ func TestOpenAPICoversRoutes(t *testing.T) {
 	api := &API{Identify: func(*http.Request) (tacs.Subject, bool) { return tacs.Subject{}, false }}
 	h := New(Options{API: api})
 	for p, ops := range doc.Paths {
+		if strings.HasPrefix(p, "/api/v1/registry/") {
+			// Public: each operation says so (security: []), and is one
+			// the registry registers (its own tests serve them).
+			for method, raw := range ops {
+				var op struct {
+					Security *[]any `json:"security"`
+				}
+				json.Unmarshal(raw, &op)
+				if op.Security == nil || len(*op.Security) != 0 {
+					t.Errorf("%s %s: the registry is public; give it security: []", method, p)
+				}
+				if !slices.ContainsFunc(registered, func(r string) bool {
+					m, rp, _ := strings.Cut(r, " ")
+					return strings.EqualFold(m, method) && patternRegexp(rp).MatchString(p)
+				}) {
+					t.Errorf("%s %s is documented but %s does not register it", method, p, registryRoutesFile)
+				}
+			}
+			continue
+		}
 		if p == "/api/v1/bootstrap" || strings.HasPrefix(p, "/api/v1/gateways/") || strings.HasPrefix(p, "/api/v1/agents") {
 			continue
 		}
@@ -217,6 +258,20 @@ func TestOpenAPISchemasMatchJSON(t *testing.T) {
 		{"ConsistencyProof", []any{ledger.ConsistencyProof{}}, nil},
 		{"ExportSnapshot", []any{ledger.ExportSnapshot{}}, nil},
 		{"Export", []any{ledger.ExportHeader{}, ledger.ExportTrailer{}}, []string{"snapshots"}},
+		{"EquipmentID", []any{dcc.EquipmentID{}}, nil},
+		{"CalibrationFlag", []any{calibration.Flag{}}, nil},
+		{"CalibrationBinding", []any{calibration.Binding{}}, nil},
+		{"CalibrationReport", []any{calibration.Report{}}, nil},
+		{"DCCMetadata", []any{dcc.Metadata{}}, nil},
+		{"RegistryHead", []any{registry.Head{}}, nil},
+		{"RegistryProof", []any{registry.Proof{}}, nil},
+		{"RegistryRecord", []any{registry.Record{}}, nil},
+		{"RegistryLookup", []any{registry.Lookup{}}, nil},
+		{"Rule", []any{RuleJSON{}}, nil},
+		{"Alarm", []any{AlarmJSON{}}, nil},
+		{"Task", []any{TaskJSON{}}, nil},
+		{"TaskComment", []any{CommentJSON{}}, nil},
+		{"OutboxMessage", []any{OutboxJSON{}}, nil},
 	}
 	for _, tt := range tests {
 		s, ok := doc.Components.Schemas[tt.schema]

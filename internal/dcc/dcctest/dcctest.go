@@ -136,3 +136,10 @@ func Sample(t testing.TB, testdata, id, serialNo string) []byte {
 	}
 	return []byte(s)
 }
+
+// Dated sets a Sample's performance day (begin and end) and its
+// recalibration due date (the basic_recalibration statement's dcc:date).
+func Dated(sample []byte, performed, due string) []byte {
+	s := strings.ReplaceAll(string(sample), "1957-08-13", performed)
+	return []byte(strings.ReplaceAll(s, "<dcc:date>1959-10-22</dcc:date>", "<dcc:date>"+due+"</dcc:date>"))
+}

@@ -31,7 +31,7 @@ const (
 // Handler serves the registry's HTTP API under /api/v1/registry/.
 func (r *Registry) Handler() http.Handler {
 	mux := http.NewServeMux()
-	lookups := newLimiter(LookupRate, 2*LookupRate)
+	lookups := newLimiter(r.lookupRate, int(2*r.lookupRate))
 	verifies := newLimiter(VerifyRate, 5)
 	mux.Handle("GET /api/v1/registry/dcc/{id}", lookups.wrap(http.HandlerFunc(r.serveDCC)))
 	mux.Handle("GET /api/v1/registry/dcc/{id}/content", lookups.wrap(http.HandlerFunc(r.serveContent)))

@@ -57,12 +57,22 @@ type Lookup struct {
 // LatestHead returns the latest signed head.
 func (r *Registry) LatestHead(ctx context.Context) (Head, error) {
 	text, sig, err := r.st.LatestHead(ctx)
+	if errors.Is(err, store.ErrNotFound) {
+		return Head{}, fmt.Errorf("%w: the registry's log is empty (no signed head yet)", ErrUnknown)
+	}
 	if err != nil {
 		return Head{}, err
 	}
 	c, err := ledger.ParseCheckpointFor(text, Origin)
 	if err != nil {
 		return Head{}, err
+	}
+	if size, _, err := r.log.Size(); err == nil && c.Size > size {
+		// Another process on the database signed a larger head (an
+		// operator command beside 'up'): the proofs need its tree.
+		if err := r.log.Reload(ctx); err != nil {
+			return Head{}, err
+		}
 	}
 	h := Head{Size: c.Size, Root: hex.EncodeToString(c.Root), Checkpoint: string(text), Signature: base64.StdEncoding.EncodeToString(sig)}
 	if r.cert != nil {
@@ -93,7 +103,7 @@ func (r *Registry) LookupDCC(ctx context.Context, id string) (*Lookup, error) {
 	if err != nil {
 		return nil, err
 	}
-	rec, err := r.recordAt(ctx, row, head.Size)
+	rec, err := r.recordAt(ctx, row, head.Size, true)
 	if err != nil {
 		return nil, err
 	}
@@ -120,26 +130,40 @@ func (r *Registry) LookupEquipment(ctx context.Context, issuer, value string) (*
 	if err != nil {
 		return nil, err
 	}
+	h, err := r.history(ctx, issuer, value, head.Size, true)
+	if err != nil {
+		return nil, err
+	}
+	return &Lookup{Head: head, History: h}, nil
+}
+
+// HistoryOf is LookupEquipment's history without proofs (and without a
+// head): what the fleet link needs to flag measurements.
+func (r *Registry) HistoryOf(ctx context.Context, issuer, value string) ([]Record, error) {
+	return r.history(ctx, issuer, value, 0, false)
+}
+
+func (r *Registry) history(ctx context.Context, issuer, value string, size uint64, proofs bool) ([]Record, error) {
 	rows, err := r.st.ByEquipment(ctx, issuer, value, 1000)
 	if err != nil {
 		return nil, err
 	}
-	l := &Lookup{Head: head, History: []Record{}}
+	out := []Record{}
 	var latest int = -1
 	for _, row := range rows {
-		rec, err := r.recordAt(ctx, row, head.Size)
+		rec, err := r.recordAt(ctx, row, size, proofs)
 		if err != nil {
 			return nil, err
 		}
-		l.History = append(l.History, *rec)
+		out = append(out, *rec)
 		if rec.Status == "valid" {
 			if latest >= 0 {
-				l.History[latest].Status, l.History[latest].SupersededBy = "superseded", rec.DCC.ID
+				out[latest].Status, out[latest].SupersededBy = "superseded", rec.DCC.ID
 			}
-			latest = len(l.History) - 1
+			latest = len(out) - 1
 		}
 	}
-	return l, nil
+	return out, nil
 }
 
 func (r *Registry) record(ctx context.Context, row registrystore.DCC) (*Record, error) {
@@ -147,10 +171,13 @@ func (r *Registry) record(ctx context.Context, row registrystore.DCC) (*Record, 
 	if err != nil {
 		return nil, err
 	}
-	return r.recordAt(ctx, row, head.Size)
+	return r.recordAt(ctx, row, head.Size, true)
 }
 
-func (r *Registry) recordAt(ctx context.Context, row registrystore.DCC, size uint64) (*Record, error) {
+// recordAt builds a record with its proofs against the tree of size, or
+// without any (proofs false: for the fleet link's flags, which need the
+// status only).
+func (r *Registry) recordAt(ctx context.Context, row registrystore.DCC, size uint64, proofs bool) (*Record, error) {
 	var md struct {
 		dcc.Metadata
 		SignatureStatus string `json:"signature_status"`
@@ -160,16 +187,17 @@ func (r *Registry) recordAt(ctx context.Context, row registrystore.DCC, size uin
 	}
 	rec := &Record{DCC: md.Metadata, Lab: row.Lab, SignatureStatus: md.SignatureStatus, Status: "valid",
 		RegisteredAt: time.Unix(row.RegisteredAt, 0).UTC().Format(time.RFC3339), HasContent: row.Content != nil}
-	if rec.DCC.DueDate != "" {
-		if due, err := time.Parse("2006-01-02", rec.DCC.DueDate[:min(10, len(rec.DCC.DueDate))]); err == nil && r.now().After(due.Add(24*time.Hour)) {
-			rec.Overdue = true
-		}
+	if due, ok := rec.DCC.Due(); ok && !r.now().Before(due) {
+		rec.Overdue = true
 	}
 	leaves := []uint64{row.LeafIndex}
 	if row.RevokedAt != 0 {
 		rec.Status, rec.RevokeReason = "revoked", row.RevokeReason
 		rec.RevokedAt = time.Unix(row.RevokedAt, 0).UTC().Format(time.RFC3339)
 		leaves = append(leaves, row.RevokeLeaf)
+	}
+	if !proofs {
+		return rec, nil
 	}
 	for _, idx := range leaves {
 		p, err := r.proof(ctx, idx, size)

@@ -7,10 +7,13 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
+
+	"github.com/fieldtrust/fieldtrust/internal/ledger"
 )
 
 // Mirror copies another registry's log into a read-only registry: it
@@ -88,6 +91,11 @@ func (m *Mirror) Sync(ctx context.Context) (int, error) {
 			}
 			leaves = append(leaves, b)
 		}
+		// Nothing is stored that the signed head does not vouch for: the
+		// page must extend our log to a prefix of the source's tree.
+		if err := m.checkPrefix(ctx, leaves, c); err != nil {
+			return copied, err
+		}
 		first, n, rt, err := r.log.Append(ctx, leaves)
 		if err != nil {
 			return copied, err
@@ -107,4 +115,38 @@ func (m *Mirror) Sync(ctx context.Context) (int, error) {
 	}
 	sig, _ := base64.StdEncoding.DecodeString(h.Signature)
 	return copied, r.st.PutHead(ctx, c.Size, []byte(h.Checkpoint), sig)
+}
+
+// checkPrefix checks that the local log with leaves appended is a prefix
+// of the source's signed tree c: equal to it at its size, else consistent
+// with it by the source's consistency proof.
+func (m *Mirror) checkPrefix(ctx context.Context, leaves [][]byte, c ledger.Checkpoint) error {
+	size, root, err := m.Local.log.RootAfter(leaves)
+	if err != nil {
+		return err
+	}
+	if size == c.Size {
+		if !bytes.Equal(root, c.Root) {
+			return fmt.Errorf("mirror: the source's entries up to %d give root %x, its signed head says %x: refused, nothing stored", size, root, c.Root)
+		}
+		return nil
+	}
+	var p struct {
+		Hashes []string `json:"hashes"`
+	}
+	if err := m.get(ctx, "/api/v1/registry/log/consistency?from="+strconv.FormatUint(size, 10)+"&to="+strconv.FormatUint(c.Size, 10), &p); err != nil {
+		return err
+	}
+	var hashes [][]byte
+	for _, h := range p.Hashes {
+		b, err := base64.StdEncoding.DecodeString(h)
+		if err != nil {
+			return errors.New("mirror: consistency proof hash not base64")
+		}
+		hashes = append(hashes, b)
+	}
+	if err := ledger.VerifyConsistency(size, c.Size, hashes, root, c.Root); err != nil {
+		return fmt.Errorf("mirror: the source's entries up to %d are not a prefix of its signed head of size %d (%v): refused, nothing stored", size, c.Size, err)
+	}
+	return nil
 }

@@ -73,6 +73,8 @@ type Registry struct {
 	lg   *slog.Logger
 	mu   sync.Mutex // one writer
 
+	lookupRate float64 // per client address
+
 	pendingContent []byte // the whole DCC of the registration being applied; guarded by mu
 }
 
@@ -82,7 +84,13 @@ type Options struct {
 	Cert   *x509.Certificate // its certificate (for a mirror: the source's)
 	Now    func() time.Time
 	Logger *slog.Logger
+	// LookupRate is the lookups per second each client address may make
+	// (bursts of twice that); zero: the public default, LookupRate. Only a
+	// load test on loopback raises it.
+	LookupRate float64
 }
+
+const replayPage = 10000
 
 // New opens a registry on its storage and replays log entries the tables
 // do not reflect yet (a crash between the two writes).
@@ -91,7 +99,10 @@ func New(ctx context.Context, st *registrystore.Store, o Options) (*Registry, er
 	if err != nil {
 		return nil, fmt.Errorf("registry log: %w", err)
 	}
-	r := &Registry{st: st, log: l, key: o.Key, cert: o.Cert, now: o.Now, lg: o.Logger}
+	r := &Registry{st: st, log: l, key: o.Key, cert: o.Cert, now: o.Now, lg: o.Logger, lookupRate: o.LookupRate}
+	if r.lookupRate <= 0 {
+		r.lookupRate = LookupRate
+	}
 	if r.now == nil {
 		r.now = time.Now
 	}
@@ -106,8 +117,11 @@ func New(ctx context.Context, st *registrystore.Store, o Options) (*Registry, er
 	if err != nil {
 		return nil, err
 	}
-	if applied < size {
-		entries, err := st.Entries(ctx, applied, size)
+	// Replayed a page at a time (a registry loaded in bulk has a million
+	// entries to apply, not to hold in memory at once).
+	for applied < size {
+		end := min(size, applied+replayPage)
+		entries, err := st.Entries(ctx, applied, end)
 		if err != nil {
 			return nil, err
 		}
@@ -116,9 +130,10 @@ func New(ctx context.Context, st *registrystore.Store, o Options) (*Registry, er
 				return nil, fmt.Errorf("replay registry log entry %d: %w", applied+uint64(i), err)
 			}
 		}
-		if err := st.SetApplied(ctx, size); err != nil {
+		if err := st.SetApplied(ctx, end); err != nil {
 			return nil, err
 		}
+		applied = end
 	}
 	return r, nil
 }
@@ -245,20 +260,14 @@ func (r *Registry) SubmitStatement(ctx context.Context, signedData []byte) (*Rec
 	if lab == "" {
 		return nil, fmt.Errorf("%w: the statement's signature does not verify to any registered lab root", ErrNotIssuer)
 	}
-	var st Statement
-	if err := json.Unmarshal(content, &st); err != nil {
-		return nil, fmt.Errorf("statement: %w", err)
+	st, err := ParseStatement(content)
+	if err != nil {
+		return nil, err
 	}
-	switch st.Action {
-	case "register":
-		if st.Metadata == nil || st.Metadata.ID == "" || len(st.Metadata.ContentHash) != 64 {
-			return nil, errors.New("statement: register needs dcc.dcc_id and dcc.content_hash (hex SHA-256)")
-		}
+	if st.Action == "register" {
 		return r.register(ctx, lab, *st.Metadata, "declared", nil)
-	case "revoke":
-		return r.revoke(ctx, lab, st.DCCID, st.Reason)
 	}
-	return nil, fmt.Errorf("statement: unknown action %q (register or revoke)", st.Action)
+	return r.revoke(ctx, lab, st.DCCID, st.Reason)
 }
 
 func (r *Registry) register(ctx context.Context, lab string, md dcc.Metadata, status string, content []byte) (*Record, error) {
@@ -318,9 +327,31 @@ func (r *Registry) appendEvent(ctx context.Context, ev Event, content []byte) er
 	if err != nil {
 		return err
 	}
+	before, _, err := r.log.Size()
+	if err != nil {
+		return err
+	}
 	first, size, root, err := r.log.Append(ctx, [][]byte{data})
+	if errors.Is(err, registrystore.ErrConflict) {
+		// An operator command on the same database ('fieldtrust registry
+		// issuer' beside 'up') appended first; the log reloads itself.
+		first, size, root, err = r.log.Append(ctx, [][]byte{data})
+	}
 	if err != nil {
 		return fmt.Errorf("registry log: %w", err)
+	}
+	if first > before {
+		// What the other writer appended is applied too (apply is
+		// idempotent), so SetApplied below never skips an entry.
+		es, err := r.st.Entries(ctx, before, first)
+		if err != nil {
+			return err
+		}
+		for i, e := range es {
+			if err := r.apply(ctx, e, before+uint64(i)); err != nil {
+				return err
+			}
+		}
 	}
 	r.pendingContent = content
 	err = r.apply(ctx, data, first)

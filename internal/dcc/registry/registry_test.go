@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/dcc"
 	"github.com/fieldtrust/fieldtrust/internal/dcc/dcctest"
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
+	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/postgres/pgtest"
 	"github.com/fieldtrust/fieldtrust/internal/store/registrystore"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
@@ -207,5 +209,113 @@ func TestRateLimit(t *testing.T) {
 	}
 	if !got429 {
 		t.Fatal("never rate limited")
+	}
+}
+
+// TestMirrorRefusesForgedEntries: a source whose entries do not add up to
+// its signed head is refused before anything is stored — the mirror's log
+// and tables stay as they were, and it then mirrors the honest source.
+func TestMirrorRefusesForgedEntries(t *testing.T) {
+	ctx := context.Background()
+	r, regCert := newRegistry(t, sqliteStore(t))
+	lab := dcctest.NewLab(t, "Lab A", false)
+	if err := r.AddIssuer(ctx, lab.Name, []*x509.Certificate{lab.Root}); err != nil {
+		t.Fatal(err)
+	}
+	for i, y := range []string{"2021", "2022"} {
+		if _, _, err := r.SubmitDCC(ctx, signWithDate(t, lab, "DCC-"+y, "3.2.0", y)); err != nil {
+			t.Fatal(i, err)
+		}
+	}
+	honest := r.Handler()
+	forge := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path != "/api/v1/registry/log/entries" {
+			honest.ServeHTTP(w, req)
+			return
+		}
+		rec := httptest.NewRecorder()
+		honest.ServeHTTP(rec, req)
+		var page struct {
+			Entries []string `json:"entries"`
+		}
+		json.Unmarshal(rec.Body.Bytes(), &page)
+		// The last entry claims another lab issued DCC-2022.
+		last, _ := base64.StdEncoding.DecodeString(page.Entries[len(page.Entries)-1])
+		page.Entries[len(page.Entries)-1] = base64.StdEncoding.EncodeToString(bytes.Replace(last, []byte(`"lab":"Lab A"`), []byte(`"lab":"Lab Z"`), 1))
+		writeJSON(w, http.StatusOK, page)
+	})
+	bad := httptest.NewServer(forge)
+	defer bad.Close()
+	good := httptest.NewServer(honest)
+	defer good.Close()
+
+	mr, err := New(ctx, sqliteStore(t), Options{Cert: regCert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := (&Mirror{Source: bad.URL, Pin: regCert, Local: mr}).Sync(ctx); err == nil || n != 0 {
+		t.Fatalf("forged source: copied %d, err %v", n, err)
+	}
+	if size, _, _ := mr.log.Size(); size != 0 {
+		t.Fatalf("the mirror stored %d entries of a forged source", size)
+	}
+	if _, err := mr.st.DCC(ctx, "DCC-2021"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a forged source's DCC is in the mirror's tables: %v", err)
+	}
+	if n, err := (&Mirror{Source: good.URL, Pin: regCert, Local: mr}).Sync(ctx); err != nil || n != 3 {
+		t.Fatalf("honest source after a forged one: copied %d, err %v", n, err)
+	}
+	l, err := mr.LookupDCC(ctx, "DCC-2022")
+	if err != nil || l.Record.Lab != "Lab A" || VerifyRecord(l.Head, regCert, l.Record) != nil {
+		t.Fatalf("mirror lookup: %+v %v", l, err)
+	}
+}
+
+// TestSecondWriter: an operator command appends to the log of a running
+// registry on the same database (a lab registered with 'fieldtrust
+// registry issuer' beside 'up'); the running registry serves proofs
+// against the new head and its next write lands after it, applied.
+func TestSecondWriter(t *testing.T) {
+	for name, open := range stores(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			st := open(t)
+			up, regCert := newRegistry(t, st)
+			a := dcctest.NewLab(t, "Lab A", false)
+			if err := up.AddIssuer(ctx, a.Name, []*x509.Certificate{a.Root}); err != nil {
+				t.Fatal(err)
+			}
+			cli, err := New(ctx, st, Options{Key: up.key, Cert: up.cert})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := dcctest.NewLab(t, "Lab B", false)
+			if err := cli.AddIssuer(ctx, b.Name, []*x509.Certificate{b.Root}); err != nil {
+				t.Fatal(err)
+			}
+			rec, _, err := up.SubmitDCC(ctx, signWithDate(t, b, "DCC-B", "3.2.0", "2022"))
+			if err != nil {
+				t.Fatalf("a DCC of the lab the other writer registered: %v", err)
+			}
+			if rec.Proofs[0].LeafIndex != 2 {
+				t.Fatalf("registered at leaf %d, want 2", rec.Proofs[0].LeafIndex)
+			}
+			// The other writer again, then a lookup on the first.
+			if _, _, err := cli.SubmitDCC(ctx, signWithDate(t, a, "DCC-A", "3.2.0", "2021")); err != nil {
+				t.Fatal(err)
+			}
+			l, err := up.LookupEquipment(ctx, "manufacturer", "SN-1")
+			if err != nil || len(l.History) != 2 || l.Head.Size != 4 {
+				t.Fatalf("lookup after the other writer: %+v %v", l, err)
+			}
+			for _, h := range l.History {
+				if err := VerifyRecord(l.Head, regCert, &h); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n, _ := st.Applied(ctx); n != 4 {
+				t.Fatalf("applied %d of 4", n)
+			}
+		})
 	}
 }

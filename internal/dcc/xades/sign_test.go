@@ -243,7 +243,7 @@ func TestRevokedAtSigningTime(t *testing.T) {
 	}
 }
 
-func writePEM(t *testing.T, path, typ string, der ...[]byte) {
+func writePEM(t testing.TB, path, typ string, der ...[]byte) {
 	t.Helper()
 	var b []byte
 	for _, d := range der {
@@ -254,7 +254,7 @@ func writePEM(t *testing.T, path, typ string, der ...[]byte) {
 	}
 }
 
-func xmlsec1(t *testing.T) string {
+func xmlsec1(t testing.TB) string {
 	p, err := exec.LookPath("xmlsec1")
 	if err != nil {
 		if os.Getenv("CI") == "true" {
@@ -298,16 +298,8 @@ func TestXmlsec1(t *testing.T) {
 			t.Fatalf("xmlsec1 verified a manipulated document:\n%s", out)
 		}
 
-		// xmlsec1 signs: our signed document as a template, its digests,
-		// signature value and certificates emptied.
-		tmpl := regexp.MustCompile(`<ds:DigestValue>[^<]*</ds:DigestValue>`).ReplaceAllStringFunc(string(signed), func(m string) string {
-			if strings.Contains(m, "DigestValue>"+b64sha256(l.leaf.Raw)) {
-				return m // SigningCertificateV2 stays: it is content, not computed by xmlsec1
-			}
-			return "<ds:DigestValue></ds:DigestValue>"
-		})
-		tmpl = regexp.MustCompile(`(<ds:SignatureValue[^>]*>)[^<]*`).ReplaceAllString(tmpl, "$1")
-		tmpl = regexp.MustCompile(`<ds:X509Data>.*</ds:X509Data>`).ReplaceAllString(tmpl, "<ds:X509Data><ds:X509Certificate/></ds:X509Data>")
+		// xmlsec1 signs: our signed document as a template.
+		tmpl := xmlsec1Template(signed, l.leaf)
 		in, theirs := filepath.Join(dir, "tmpl.xml"), filepath.Join(dir, "theirs.xml")
 		os.WriteFile(in, []byte(tmpl), 0o600)
 		out, err = exec.Command(bin, "--sign", "--privkey-pem", filepath.Join(dir, "key.pem")+","+filepath.Join(dir, "leaf.pem"),
@@ -326,6 +318,21 @@ func TestXmlsec1(t *testing.T) {
 			t.Fatalf("rsa=%v: we do not verify xmlsec1's signature: %s %s", rsaKey, r.Status, r.Reason)
 		}
 	}
+}
+
+// xmlsec1Template is a document we signed as a template for xmlsec1
+// --sign: its digests, signature value and certificates emptied (the
+// SigningCertificateV2 digest stays: it is content, not computed by
+// xmlsec1).
+func xmlsec1Template(signed []byte, leaf *x509.Certificate) string {
+	tmpl := regexp.MustCompile(`<ds:DigestValue>[^<]*</ds:DigestValue>`).ReplaceAllStringFunc(string(signed), func(m string) string {
+		if strings.Contains(m, "DigestValue>"+b64sha256(leaf.Raw)) {
+			return m
+		}
+		return "<ds:DigestValue></ds:DigestValue>"
+	})
+	tmpl = regexp.MustCompile(`(<ds:SignatureValue[^>]*>)[^<]*`).ReplaceAllString(tmpl, "$1")
+	return regexp.MustCompile(`<ds:X509Data>.*</ds:X509Data>`).ReplaceAllString(tmpl, "<ds:X509Data><ds:X509Certificate/></ds:X509Data>")
 }
 
 func b64sha256(b []byte) string {

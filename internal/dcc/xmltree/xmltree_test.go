@@ -203,6 +203,32 @@ func TestOffsets(t *testing.T) {
 	}
 }
 
+// TestParseLinear: parsing reads the document a bounded number of times,
+// whatever its number of nodes (finding each node's line used to count
+// the newlines from the start, for every node: a 5 MB DCC took minutes,
+// an attacker's 16 MB one on the registry's public verify route far
+// longer). Counted in bytes, not timed.
+func TestParseLinear(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("<r>\n")
+	for range 20000 {
+		b.WriteString("<a x='1'>t</a>\n<!-- c -->\n")
+	}
+	b.WriteString("</r>\n")
+	src := []byte(b.String())
+	p, err := parse(src, DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.scanned > 2*len(src) {
+		t.Fatalf("line numbering scanned %d bytes of a %d-byte document", p.scanned, len(src))
+	}
+	last := p.doc.Root.Children[len(p.doc.Root.Children)-1]
+	if want := 2 + 2*20000 - 1; last.Line != want {
+		t.Fatalf("last node on line %d, want %d", last.Line, want)
+	}
+}
+
 // FuzzParse: the parser never panics, and whatever it accepts
 // canonicalizes in every method, twice to the same bytes.
 func FuzzParse(f *testing.F) {

@@ -30,6 +30,7 @@ import (
 
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/idcache"
+	"github.com/fieldtrust/fieldtrust/internal/store/rulesql"
 )
 
 //go:embed migrations/*.sql
@@ -39,6 +40,8 @@ var migrations embed.FS
 type Store struct {
 	pool  *pgxpool.Pool
 	names *idcache.Cache[int32]
+	// The rules store (store.Rules) is written once for both databases.
+	*rulesql.Store
 }
 
 var _ store.Store = (*Store)(nil)
@@ -57,7 +60,7 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres %s: %w", cfg.ConnConfig.Host, err)
 	}
-	s := &Store{pool: pool, names: idcache.New[int32]()}
+	s := &Store{pool: pool, names: idcache.New[int32](), Store: &rulesql.Store{DB: rulesDB{pool: pool}}}
 	if err := s.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("postgres %s/%s: %w", cfg.ConnConfig.Host, cfg.ConnConfig.Database, err)

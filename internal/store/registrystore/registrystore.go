@@ -1,8 +1,9 @@
-// Package registrystore keeps the DCC V&V registry's tables (migration 0018
-// of store/sqlite and store/postgres) on either database through
-// database/sql: the issuers, the registered DCCs and their equipment, and
-// the registry's Merkle log (a ledger.Storage of its own tables, so the
-// registry's tree is separate from the snapshot ledger's).
+// Package registrystore keeps the DCC tables of store/sqlite and
+// store/postgres on either database through database/sql: the V&V
+// registry's (migration 0018: issuers, registered DCCs and their equipment,
+// and the registry's Merkle log, a ledger.Storage of its own tables, so
+// its tree is separate from the snapshot ledger's) and the fleet link's
+// device bindings (0021).
 package registrystore
 
 import (
@@ -13,14 +14,21 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/store/postgres"
+	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
 )
 
 // Store is the registry's storage.
 type Store struct {
 	db       *sql.DB
 	postgres bool
+
+	nodesOnce sync.Once
+	nodesStmt *sql.Stmt // LedgerNodes' query, prepared once
+	nodesErr  error
 }
 
 // New wraps a database handle; postgres selects $n placeholders.
@@ -256,10 +264,32 @@ func (s *Store) Entries(ctx context.Context, start, end uint64) ([][]byte, error
 	return out, rows.Err()
 }
 
+// ErrConflict is wrapped by AppendLedger's error when another writer (an
+// operator command on the same database) appended first: reload and retry.
+var ErrConflict = errors.New("another writer appended to the registry log")
+
+// Of returns the registry storage in a platform store's database (SQLite
+// or PostgreSQL): 'fieldtrust up' keeps the registry's tables beside its
+// own.
+func Of(st store.Store) (*Store, error) {
+	switch s := st.(type) {
+	case *sqlite.Store:
+		return New(s.SQL(), false), nil
+	case *postgres.Store:
+		return New(s.SQL(), true), nil
+	}
+	return nil, fmt.Errorf("the DCC registry needs the SQLite or PostgreSQL store, not %T", st)
+}
+
+// size is the number of leaves: leaves are numbered from 0 without gaps
+// (AppendLedger checks), so the largest index plus one, read from the
+// primary key instead of counting every row.
+const sizeQuery = `SELECT coalesce(max(idx) + 1, 0) FROM registry_log_leaves`
+
 // LedgerSize implements ledger.Storage.
 func (s *Store) LedgerSize(ctx context.Context) (uint64, error) {
 	var n int64
-	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM registry_log_leaves`).Scan(&n); err != nil {
+	if err := s.db.QueryRowContext(ctx, sizeQuery).Scan(&n); err != nil {
 		return 0, fmt.Errorf("registry log size: %w", err)
 	}
 	return uint64(n), nil
@@ -273,11 +303,11 @@ func (s *Store) AppendLedger(ctx context.Context, start uint64, leafData [][]byt
 	}
 	defer tx.Rollback()
 	var n int64
-	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM registry_log_leaves`).Scan(&n); err != nil {
+	if err := tx.QueryRowContext(ctx, sizeQuery).Scan(&n); err != nil {
 		return err
 	}
 	if uint64(n) != start {
-		return fmt.Errorf("append registry log at %d: the log has %d leaves", start, n)
+		return fmt.Errorf("append registry log at %d: the log has %d leaves: %w", start, n, ErrConflict)
 	}
 	for i, d := range leafData {
 		h := sha256.Sum256(append([]byte{0}, d...))
@@ -293,19 +323,88 @@ func (s *Store) AppendLedger(ctx context.Context, start uint64, leafData [][]byt
 	return tx.Commit()
 }
 
-// LedgerNodes implements ledger.Storage.
+// LedgerNodes implements ledger.Storage: one query for the whole set (a
+// proof needs about 2·log2(size) nodes; one round trip each made a lookup
+// on PostgreSQL cost tens of them).
 func (s *Store) LedgerNodes(ctx context.Context, ids []store.LedgerNode) ([][]byte, error) {
 	out := make([][]byte, len(ids))
+	type key struct {
+		level uint
+		idx   uint64
+	}
+	want := make(map[key][]int, len(ids))
+	var uniq []key
 	for i, id := range ids {
-		err := s.db.QueryRowContext(ctx, s.q(`SELECT hash FROM registry_log_nodes WHERE level = ? AND idx = ?`), id.Level, int64(id.Index)).Scan(&out[i])
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil, fmt.Errorf("registry log node %d/%d: %w", id.Level, id.Index, store.ErrNotFound)
+		k := key{id.Level, id.Index}
+		if want[k] == nil {
+			uniq = append(uniq, k)
 		}
+		want[k] = append(want[k], i)
+	}
+	stmt, err := s.nodesQuery()
+	if err != nil {
+		return nil, err
+	}
+	for len(uniq) > 0 {
+		page := uniq[:min(len(uniq), nodesPerQuery)]
+		uniq = uniq[len(page):]
+		args := make([]any, 0, 2*nodesPerQuery)
+		for i := range nodesPerQuery {
+			k := page[min(i, len(page)-1)] // padded with the last: one query text for every proof
+			args = append(args, k.level, int64(k.idx))
+		}
+		rows, err := stmt.QueryContext(ctx, args...)
+		if err != nil {
+			return nil, fmt.Errorf("registry log nodes: %w", err)
+		}
+		for rows.Next() {
+			var level, idx int64
+			var h []byte
+			if err := rows.Scan(&level, &idx, &h); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			for _, i := range want[key{uint(level), uint64(idx)}] {
+				out[i] = h
+			}
+		}
+		err = rows.Err()
+		rows.Close()
 		if err != nil {
 			return nil, err
 		}
 	}
+	for i, h := range out {
+		if h == nil {
+			return nil, fmt.Errorf("registry log node %d/%d: %w", ids[i].Level, ids[i].Index, store.ErrNotFound)
+		}
+	}
 	return out, nil
+}
+
+// nodesPerQuery is the (level, idx) pairs of LedgerNodes' one query: an
+// inclusion proof in a log of 10^12 leaves has 40 nodes.
+const nodesPerQuery = 64
+
+// nodesQuery prepares LedgerNodes' query once: built per call with as many
+// pairs as the proof had nodes, SQLite parsed a new statement for every
+// lookup, which was most of a lookup's time.
+func (s *Store) nodesQuery() (*sql.Stmt, error) {
+	s.nodesOnce.Do(func() {
+		var b strings.Builder
+		b.WriteString(`SELECT level, idx, hash FROM registry_log_nodes WHERE `)
+		for i := range nodesPerQuery {
+			if i > 0 {
+				b.WriteString(" OR ")
+			}
+			b.WriteString("(level = ? AND idx = ?)")
+		}
+		s.nodesStmt, s.nodesErr = s.db.PrepareContext(context.Background(), s.q(b.String()))
+	})
+	if s.nodesErr != nil {
+		return nil, fmt.Errorf("registry log nodes: %w", s.nodesErr)
+	}
+	return s.nodesStmt, nil
 }
 
 // LedgerLeaf implements ledger.Storage.

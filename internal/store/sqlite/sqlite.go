@@ -21,6 +21,7 @@ import (
 
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/idcache"
+	"github.com/fieldtrust/fieldtrust/internal/store/rulesql"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
 
@@ -33,6 +34,8 @@ type Store struct {
 	// nameCache maps device types, units, groups, channels and devices
 	// to their small ids, so inserts skip the lookups; non-nil after Open.
 	nameCache *idcache.Cache[int64]
+	// The rules store (store.Rules) is written once for both databases.
+	*rulesql.Store
 }
 
 var _ store.Store = (*Store)(nil)
@@ -60,7 +63,7 @@ func Open(ctx context.Context, file string) (*Store, error) {
 	// by default, and every new one pays the open and the pragmas (an
 	// agent's token request, a handful of reads, paid it each time).
 	db.SetMaxIdleConns(16)
-	s := &Store{db: db, nameCache: idcache.New[int64]()}
+	s := &Store{db: db, nameCache: idcache.New[int64](), Store: &rulesql.Store{DB: rulesDB{db: db}}}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("database %s: %w (if the file is damaged, restore it from a backup)", file, err)

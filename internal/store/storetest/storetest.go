@@ -22,6 +22,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	runEnrollments(t, open)
 	runRevocations(t, open)
 	runSnapshots(t, open)
+	runRules(t, open)
 	runAgents(t, open)
 }
 

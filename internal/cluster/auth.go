@@ -1,0 +1,252 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
+)
+
+// authenticator is the engine's authorization hook
+// (server.Options.CustomClientAuthentication): it runs for every client
+// connection after the TLS handshake and before the engine looks at the
+// MQTT session, and hands the engine the subject's permissions.
+type authenticator struct {
+	cfg Config
+	s   *server.Server
+
+	mu    sync.Mutex
+	conns map[uint64]*conn // accepted and maybe still open, by engine client id
+}
+
+// conn is what revalidation needs of an accepted connection.
+type conn struct {
+	chain   []*x509.Certificate
+	subject tacs.Subject
+	expiry  *time.Timer
+}
+
+// Refusal reasons, logged (WARN "mqtt refused", as the embedded broker).
+var (
+	errNotMQTT      = errors.New("only MQTT clients may connect")
+	errNoCert       = errors.New("no client certificate")
+	errBadClientID  = errors.New("client ID must be the identity's name, optionally followed by ':' and a suffix")
+	errNoClientInfo = errors.New("connection not found")
+)
+
+// Check implements server.Authentication.
+func (a *authenticator) Check(c server.ClientAuthentication) bool {
+	subj, chain, err := a.check(c)
+	if err != nil {
+		a.cfg.Logger.Warn("mqtt refused", "stage", "connect", "node", a.cfg.Name, "reason", err.Error(),
+			"identity", subj.String(), "remote", remote(c))
+		return false
+	}
+	rights, err := tacs.Rights(a.cfg.Grants, subj)
+	if err != nil {
+		a.cfg.Logger.Warn("mqtt refused", "stage", "connect", "node", a.cfg.Name, "reason", err.Error(), "remote", remote(c))
+		return false
+	}
+	c.RegisterUser(&server.User{Username: subj.String(), Permissions: permissions(rights)})
+	id := c.GetID()
+	cn := &conn{chain: chain, subject: subj}
+	// The connection ends when its first certificate expires, as on the
+	// embedded broker.
+	if exp := firstExpiry(chain); !exp.IsZero() {
+		cn.expiry = time.AfterFunc(exp.Sub(a.cfg.now()), func() {
+			a.cfg.Logger.Warn("mqtt session ended", "stage", "revalidate", "reason", "certificate_expired", "identity", subj.String())
+			a.s.DisconnectClientByID(id)
+		})
+	}
+	a.mu.Lock()
+	a.conns[id] = cn
+	a.mu.Unlock()
+	return true
+}
+
+func (a *authenticator) check(c server.ClientAuthentication) (tacs.Subject, []*x509.Certificate, error) {
+	if c.Kind() != server.CLIENT {
+		return tacs.Subject{}, nil, errNotMQTT
+	}
+	cs := c.GetTLSConnectionState()
+	if cs == nil || len(cs.PeerCertificates) == 0 {
+		return tacs.Subject{}, nil, errNoCert
+	}
+	subj, err := a.cfg.Identify(cs.PeerCertificates)
+	if err != nil {
+		return tacs.Subject{}, nil, fmt.Errorf("identify: %w", err)
+	}
+	cid, err := a.mqttClientID(c.GetID())
+	if err != nil {
+		return subj, nil, err
+	}
+	if !ClientIDAllowed(subj, cid) {
+		return subj, nil, fmt.Errorf("%w (identity %s, client ID %q)", errBadClientID, subj, cid)
+	}
+	return subj, cs.PeerCertificates, nil
+}
+
+// ClientIDAllowed is the session-binding rule of the cluster tier: the
+// engine keys MQTT sessions by client ID alone, so a client ID must name
+// its identity — the subject's name, or the name, ':' and any suffix
+// (identity paths and service names cannot contain ':', and services are
+// "service:NAME"). Then no identity can resume, take over or read another
+// identity's session.
+func ClientIDAllowed(s tacs.Subject, clientID string) bool {
+	name := s.String()
+	return clientID == name || strings.HasPrefix(clientID, name+":")
+}
+
+// mqttClientID asks the engine for the MQTT client ID of a connection
+// being authorized (the engine parsed CONNECT before calling the hook);
+// NATS-protocol connections have none and are refused.
+func (a *authenticator) mqttClientID(id uint64) (string, error) {
+	cz, err := a.s.Connz(&server.ConnzOptions{CID: id})
+	if err != nil {
+		return "", fmt.Errorf("look up connection: %w", err)
+	}
+	if len(cz.Conns) != 1 {
+		return "", errNoClientInfo
+	}
+	if cz.Conns[0].MQTTClient == "" {
+		return "", errNotMQTT
+	}
+	return cz.Conns[0].MQTTClient, nil
+}
+
+// verifyRoute admits a route peer only with a service certificate of role
+// RoleNode (any transport certificate chains to the same root: a device
+// must not join the cluster).
+func (a *authenticator) verifyRoute(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errNoCert
+	}
+	subj, err := a.cfg.Identify(cs.PeerCertificates)
+	if err != nil {
+		return fmt.Errorf("route peer: %w", err)
+	}
+	if !subj.IsService() || subj.Role != RoleNode {
+		return fmt.Errorf("route peer %s is not a broker node (role %s)", subj, RoleNode)
+	}
+	return nil
+}
+
+// revalidate re-identifies every accepted connection and disconnects the
+// ones that fail or changed subject.
+func (a *authenticator) revalidate(ctx context.Context) int {
+	a.prune()
+	a.mu.Lock()
+	snapshot := make(map[uint64]*conn, len(a.conns))
+	for id, c := range a.conns {
+		snapshot[id] = c
+	}
+	a.mu.Unlock()
+	ended := 0
+	for id, c := range snapshot {
+		if ctx.Err() != nil {
+			break
+		}
+		subj, err := a.cfg.Identify(c.chain)
+		reason := "revoked"
+		if err == nil && subj != c.subject {
+			reason, err = "identity_changed", fmt.Errorf("now %s", subj)
+		}
+		if err == nil {
+			continue
+		}
+		if a.s.DisconnectClientByID(id) == nil {
+			ended++
+			a.cfg.Logger.Warn("mqtt session ended", "stage", "revalidate", "node", a.cfg.Name, "reason", reason,
+				"identity", c.subject.String(), "err", err)
+		}
+		a.forget(id)
+	}
+	return ended
+}
+
+// prune forgets connections the engine has closed.
+func (a *authenticator) prune() {
+	cz, err := a.s.Connz(&server.ConnzOptions{Limit: 1 << 30})
+	if err != nil {
+		return
+	}
+	open := make(map[uint64]bool, len(cz.Conns))
+	for _, c := range cz.Conns {
+		open[c.Cid] = true
+	}
+	a.mu.Lock()
+	var gone []uint64
+	for id := range a.conns {
+		if !open[id] {
+			gone = append(gone, id)
+		}
+	}
+	a.mu.Unlock()
+	for _, id := range gone {
+		a.forget(id)
+	}
+}
+
+func (a *authenticator) forget(id uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c, ok := a.conns[id]; ok {
+		if c.expiry != nil {
+			c.expiry.Stop()
+		}
+		delete(a.conns, id)
+	}
+}
+
+func (a *authenticator) stopTimers() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, c := range a.conns {
+		if c.expiry != nil {
+			c.expiry.Stop()
+		}
+	}
+}
+
+func firstExpiry(chain []*x509.Certificate) time.Time {
+	var t time.Time
+	for _, c := range chain {
+		if t.IsZero() || c.NotAfter.Before(t) {
+			t = c.NotAfter
+		}
+	}
+	return t
+}
+
+func remote(c server.ClientAuthentication) string {
+	if a := c.RemoteAddress(); a != nil {
+		return a.String()
+	}
+	return ""
+}
+
+// Identify builds Config.Identify from the platform's transport verifier
+// (chain, revocation of any certificate in it or of its path, namespace,
+// key rules; pki.IdentityFromChain) and its mapping of identities to
+// subjects (service roles from the store).
+func Identify(v *pki.Verifier, subjectOf func(pki.Identity) (tacs.Subject, error)) func([]*x509.Certificate) (tacs.Subject, error) {
+	return func(chain []*x509.Certificate) (tacs.Subject, error) {
+		if len(chain) == 0 {
+			return tacs.Subject{}, errNoCert
+		}
+		id, _, err := v.Verify(chain[0], chain[1:], time.Time{}, x509.ExtKeyUsageClientAuth)
+		if err != nil {
+			return tacs.Subject{}, err
+		}
+		return subjectOf(id)
+	}
+}

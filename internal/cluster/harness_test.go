@@ -1,0 +1,212 @@
+package cluster
+
+import (
+	"context"
+	"crypto/elliptic"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fieldtrust/fieldtrust/internal/datadir"
+	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
+)
+
+// env is a data directory with its PKI, as the platform has it.
+type env struct {
+	d        *datadir.Dir
+	verifier *pki.Verifier
+	roots    *x509.CertPool
+	grants   tacs.Grants
+	log      *slog.Logger
+
+	mu    sync.Mutex
+	roles map[string]string
+}
+
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	ctx := context.Background()
+	d, err := datadir.Open(ctx, t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	v, err := d.Transport.Verifier(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(d.Transport.Root())
+	log := slog.New(slog.DiscardHandler)
+	if os.Getenv("FIELDTRUST_TEST_LOG") != "" {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return &env{d: d, verifier: v, roots: roots, grants: tacs.DefaultGrants(), log: log, roles: map[string]string{}}
+}
+
+func (e *env) subjectOf(id pki.Identity) (tacs.Subject, error) {
+	if !id.IsService() {
+		return tacs.Account(id.Path.String()), nil
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	role, ok := e.roles[id.Service]
+	if !ok {
+		return tacs.Subject{}, fmt.Errorf("service %q has no role", id.Service)
+	}
+	return tacs.ServiceSubject(id.Service, role), nil
+}
+
+func (e *env) issue(t testing.TB, req pki.LeafRequest) tls.Certificate {
+	t.Helper()
+	key, err := pki.GenerateKey(elliptic.P256())
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.PublicKey = key.Public()
+	iss, err := e.d.Transport.Issue(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tls.Certificate{PrivateKey: key, Leaf: iss.Cert}
+	for _, x := range iss.Chain {
+		c.Certificate = append(c.Certificate, x.Raw)
+	}
+	return c
+}
+
+func (e *env) device(t testing.TB, path string) tls.Certificate {
+	p, err := pki.ParsePath(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.issue(t, pki.LeafRequest{Path: p})
+}
+
+func (e *env) service(t testing.TB, name, role string) tls.Certificate {
+	e.setRole(name, role)
+	return e.issue(t, pki.LeafRequest{Service: name})
+}
+
+func (e *env) setRole(name, role string) {
+	e.mu.Lock()
+	e.roles[name] = role
+	e.mu.Unlock()
+}
+
+// freeAddr returns a loopback address with a port that was free a moment
+// ago (route listeners must be known to every node before they start).
+func freeAddr(t testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startCluster starts n nodes on loopback, routed to each other, and
+// stops them when the test ends.
+func (e *env) startCluster(t testing.TB, n int) []*Node {
+	t.Helper()
+	var addrs []string
+	for range n {
+		addrs = append(addrs, freeAddr(t))
+	}
+	nodes := make([]*Node, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		name := fmt.Sprintf("n%d", i)
+		e.setRole("node-"+name, RoleNode)
+		// Node certificates need the loopback IP for their peers.
+		cert := e.issue(t, pki.LeafRequest{Service: "node-" + name, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}})
+		var routes []string
+		for j, a := range addrs {
+			if j != i {
+				routes = append(routes, a)
+			}
+		}
+		cfg := Config{
+			Name: name, MQTTAddr: "127.0.0.1:0", StoreDir: filepath.Join(t.TempDir(), name),
+			Certificate: func() (*tls.Certificate, error) { return &cert, nil }, Roots: e.roots,
+			Identify: Identify(e.verifier, e.subjectOf), Grants: e.grants, Logger: e.log, Replicas: min(n, 3),
+		}
+		if n > 1 {
+			cfg.ClusterAddr, cfg.Routes = addrs[i], routes
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			nodes[i], errs[i] = Start(ctx, cfg)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("node %d: %v", i, err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, nd := range nodes {
+			nd.Shutdown()
+		}
+	})
+	return nodes
+}
+
+// dial connects an MQTT 3.1.1 client (paho) with cert to addr.
+func (e *env) dial(t testing.TB, addr string, cert tls.Certificate, clientID string, clean bool) (mqtt.Client, error) {
+	t.Helper()
+	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("ssl://" + addr).SetClientID(clientID).
+		SetCleanSession(clean).SetAutoReconnect(false).SetConnectRetry(false).
+		SetTLSConfig(&tls.Config{RootCAs: e.roots, Certificates: []tls.Certificate{cert}}))
+	tok := c.Connect()
+	if !tok.WaitTimeout(20 * time.Second) {
+		return nil, fmt.Errorf("connect to %s timed out", addr)
+	}
+	if tok.Error() != nil {
+		return nil, tok.Error()
+	}
+	t.Cleanup(func() { c.Disconnect(50) })
+	return c, nil
+}
+
+func (e *env) mustDial(t testing.TB, addr string, cert tls.Certificate, clientID string) mqtt.Client {
+	t.Helper()
+	c, err := e.dial(t, addr, cert, clientID, true)
+	if err != nil {
+		t.Fatalf("connect %s to %s: %v", clientID, addr, err)
+	}
+	return c
+}
+
+func tlsConfig(e *env, cert tls.Certificate) *tls.Config {
+	return &tls.Config{RootCAs: e.roots, Certificates: []tls.Certificate{cert}}
+}
+
+// watchRevocations runs WatchRevocations as every node's process would;
+// here one verifier serves the three nodes.
+func (e *env) watchRevocations(t testing.TB, nodes []*Node) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("revocation loop: %v", err)
+		}
+	})
+	go func() { done <- WatchRevocations(ctx, time.Second, e.verifier.Refresh, nodes...) }()
+}

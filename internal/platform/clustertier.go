@@ -1,0 +1,149 @@
+package platform
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"slices"
+
+	"github.com/fieldtrust/fieldtrust/internal/cluster"
+	"github.com/fieldtrust/fieldtrust/internal/datadir"
+	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
+	"github.com/fieldtrust/fieldtrust/internal/tlspolicy"
+)
+
+// Broker tiers (Config.Broker, 'up --broker').
+const (
+	BrokerEmbedded = "embedded" // the default: internal/broker in this process
+	BrokerCluster  = "cluster"  // a node of the clustered tier (internal/cluster, docs/scale.md)
+)
+
+// ClusterOptions configure this process's node of the clustered tier.
+type ClusterOptions struct {
+	// Node names the node, unique in the cluster (default "n1"); its
+	// certificate is the transport service "node-NAME".
+	Node string
+	// Addr is the listener for routes from the other nodes; empty for a
+	// single node.
+	Addr string
+	// Routes are the other nodes' route addresses. Not yet accepted by
+	// Run (errMultiNode).
+	Routes []string
+}
+
+// errMultiNode refuses a multi-node cluster under 'up': the tier has no
+// shared subscriptions, so every node's ingest would take every snapshot
+// (item 3 of issue 16, not built; docs/scale.md).
+var errMultiNode = errors.New("--broker cluster runs a single node for now: with routes to other nodes every node's ingest would receive every snapshot (see docs/scale.md)")
+
+// publisherService is the service identity the platform publishes CRLs
+// and commands with on the clustered tier (role admin: it writes
+// pki/crl/# and every gateway's commands topic, as Broker.Publish does on
+// the embedded broker).
+const publisherService = "platform"
+
+func (o ClusterOptions) nodeName() string {
+	if o.Node == "" {
+		return "n1"
+	}
+	return o.Node
+}
+
+func (o ClusterOptions) nodeService() string { return "node-" + o.nodeName() }
+
+// clientID is the client ID of one of the platform's services on the
+// clustered tier: the service's subject name and this node, so that every
+// 'up' of a cluster has its own session (cluster.ClientIDAllowed).
+func (o ClusterOptions) clientID(service string) string {
+	return tacs.ServiceSubject(service, "").String() + ":" + o.nodeName()
+}
+
+// setClusterRoles records the service roles the clustered tier needs,
+// before the identities are loaded.
+func setClusterRoles(ctx context.Context, d *datadir.Dir, o ClusterOptions) error {
+	if err := d.Store.SetServiceRole(ctx, o.nodeService(), cluster.RoleNode); err != nil {
+		return err
+	}
+	return d.Store.SetServiceRole(ctx, publisherService, tacs.RoleAdmin)
+}
+
+// nodeCert is the node's transport service certificate: server for MQTT
+// and routes, client for routes out; it names the MQTT and route
+// addresses.
+func nodeCert(d *datadir.Dir, cfg Config, dns []string, ips []net.IP, log *slog.Logger) (*serviceCert, error) {
+	if len(cfg.Cluster.Routes) > 0 {
+		return nil, errMultiNode
+	}
+	if cfg.Cluster.Addr != "" {
+		a, err := serverAddresses(cfg.Cluster.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("--cluster-addr: %w", err)
+		}
+		ips = slices.CompactFunc(append(slices.Clone(ips), a...), net.IP.Equal)
+	}
+	return newServiceCert(d.Transport, cfg.Cluster.nodeService(), cfg.DataDir, dns, ips, log), nil
+}
+
+// clusterTier is the broker tier as the platform's services see it when
+// it is a cluster node: publishing through an MQTT client, revalidation
+// by the node's hook.
+type clusterTier struct {
+	node *cluster.Node
+	pub  *cluster.Publisher
+}
+
+func (c *clusterTier) Publish(topic string, payload []byte, retain bool, qos byte) error {
+	return c.pub.Publish(topic, payload, retain, qos)
+}
+
+func (c *clusterTier) Revalidate(ctx context.Context) int { return c.node.Revalidate(ctx) }
+
+func (c *clusterTier) stop() {
+	c.pub.Close()
+	c.node.Shutdown()
+}
+
+// startClusterTier starts this process's node and the platform's
+// publisher on it.
+func startClusterTier(ctx context.Context, cfg Config, d *datadir.Dir, node, publisher *serviceCert,
+	verifier *pki.Verifier, ids *identities, grants tacs.Grants, log *slog.Logger) (*clusterTier, error) {
+	roots := x509.NewCertPool()
+	roots.AddCert(d.Transport.Root())
+	replicas := min(1+len(cfg.Cluster.Routes), 3)
+	n, err := cluster.Start(ctx, cluster.Config{
+		Name: cfg.Cluster.nodeName(), MQTTAddr: cfg.MQTTAddr, ClusterAddr: cfg.Cluster.Addr, Routes: cfg.Cluster.Routes,
+		StoreDir: filepath.Join(cfg.DataDir, "cluster", cfg.Cluster.nodeName()), Replicas: replicas,
+		Certificate: func() (*tls.Certificate, error) { return node.Current(), nil },
+		Roots:       roots, Identify: cluster.Identify(verifier, ids.subjectOf), Grants: grants,
+		Logger: log.With("component", "cluster"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start cluster node on --mqtt-addr %s: %w", cfg.MQTTAddr, err)
+	}
+	client := tlspolicy.Client(roots, nil)
+	client.GetClientCertificate = publisher.GetClientCertificate
+	pub, err := cluster.Dial(ctx, n.MQTTAddr(), cfg.Cluster.clientID(publisherService), client, log.With("component", "publisher"))
+	if err != nil {
+		n.Shutdown()
+		return nil, err
+	}
+	return &clusterTier{node: n, pub: pub}, nil
+}
+
+// run is the supervised "broker" service of a cluster node: the engine
+// runs by itself; a node that stops on its own is a failure (not
+// restarted in place: its gateways fail over to the other nodes).
+func (c *clusterTier) run(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-c.node.Done():
+		return errors.New("cluster node stopped")
+	}
+}

@@ -1,0 +1,60 @@
+package registrystore
+
+import (
+	"context"
+	"fmt"
+)
+
+// Binding says which instrument a measurement device is from a measurement
+// time on (migration 0021): the fleet link's side of a DCC's equipment
+// identification. An empty Value says the device is no registered
+// instrument from SinceMs on.
+type Binding struct {
+	Gateway, Device string
+	SinceMs         int64
+	Issuer, Value   string
+	SetBy           string
+	SetAtMs         int64
+}
+
+// PutBinding records a binding; one at the same device and time replaces
+// it (PUT is idempotent).
+func (s *Store) PutBinding(ctx context.Context, b Binding) error {
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO device_equipment (gateway, device, since_ms, issuer, value, set_by, set_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (gateway, device, since_ms) DO UPDATE SET issuer = excluded.issuer, value = excluded.value, set_by = excluded.set_by, set_at = excluded.set_at`),
+		b.Gateway, b.Device, b.SinceMs, b.Issuer, b.Value, b.SetBy, b.SetAtMs)
+	if err != nil {
+		return fmt.Errorf("bind %s/%s: %w", b.Gateway, b.Device, err)
+	}
+	return nil
+}
+
+// maxBindings bounds what one device's read returns: an instrument is
+// swapped a few times in a device's life, not thousands.
+const maxBindings = 1000
+
+// Bindings returns a device's bindings, oldest first (at most the latest
+// 1000).
+func (s *Store) Bindings(ctx context.Context, gateway, device string) ([]Binding, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT since_ms, issuer, value, set_by, set_at FROM device_equipment
+		WHERE gateway = ? AND device = ? ORDER BY since_ms DESC LIMIT ?`), gateway, device, maxBindings)
+	if err != nil {
+		return nil, fmt.Errorf("bindings of %s/%s: %w", gateway, device, err)
+	}
+	defer rows.Close()
+	var out []Binding
+	for rows.Next() {
+		b := Binding{Gateway: gateway, Device: device}
+		if err := rows.Scan(&b.SinceMs, &b.Issuer, &b.Value, &b.SetBy, &b.SetAtMs); err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out, nil
+}

@@ -1,0 +1,266 @@
+package tacsprobe
+
+import (
+	"crypto/tls"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
+	"github.com/fieldtrust/fieldtrust/internal/tacs/tacstest"
+)
+
+// Run runs every row of the adversarial table against tg.
+func Run(t *testing.T, tg *Target) {
+	p := &probe{tg: tg, certs: map[string]tls.Certificate{}}
+	for _, r := range Rows {
+		t.Run(r.Name, func(t *testing.T) { r.Run(t, p) })
+	}
+}
+
+// Row is one attack and its positive control.
+type Row struct {
+	Name string
+	Run  func(t *testing.T, p *probe)
+}
+
+type probe struct {
+	tg    *Target
+	mu    sync.Mutex
+	certs map[string]tls.Certificate
+}
+
+// account returns (and caches) a certificate for path.
+func (p *probe) account(t testing.TB, path string) tls.Certificate {
+	p.mu.Lock()
+	c, ok := p.certs[path]
+	p.mu.Unlock()
+	if ok {
+		return c
+	}
+	c = p.tg.Account(t, path)
+	p.mu.Lock()
+	p.certs[path] = c
+	p.mu.Unlock()
+	return c
+}
+
+func (p *probe) dev(t testing.TB, node int, path string) *client {
+	t.Helper()
+	return p.tg.mustConnect(t, node, p.account(t, path), path, opts{clean: true})
+}
+
+func (p *probe) admin(t testing.TB, node int) *client {
+	t.Helper()
+	p.mu.Lock()
+	c, ok := p.certs["service:admin"]
+	p.mu.Unlock()
+	if !ok {
+		c = p.tg.Service(t, "admin", tacs.RoleAdmin)
+		p.mu.Lock()
+		p.certs["service:admin"] = c
+		p.mu.Unlock()
+	}
+	return p.tg.mustConnect(t, node, c, "service:admin", opts{clean: true})
+}
+
+// Rows is the adversarial table.
+var Rows = []Row{
+	{"thesis_table_subscribe", func(t *testing.T, p *probe) {
+		// Design thesis Table 4.1, one connection per identity on
+		// alternating nodes.
+		byID := map[string][]tacstest.Row{}
+		var order []string
+		for _, r := range tacstest.ThesisTable {
+			if byID[r.Identity] == nil {
+				order = append(order, r.Identity)
+			}
+			byID[r.Identity] = append(byID[r.Identity], r)
+		}
+		for i, id := range order {
+			c := p.dev(t, i, id)
+			for _, r := range byID[id] {
+				if got := c.subscribe(t, r.Request, 1); got != r.Allowed {
+					t.Errorf("%s subscribe %q: granted=%v, want %v", r.Identity, r.Request, got, r.Allowed)
+				}
+			}
+		}
+	}},
+	{"foreign_publish", func(t *testing.T, p *probe) {
+		// A device on node B publishes into another account's subtree
+		// (QoS 0 and 1) and into its own account's sibling device.
+		owner := p.dev(t, 0, "pr-fp-2")
+		owner.mustSubscribe(t, "pr-fp-2/#", 1)
+		sibling := p.dev(t, 2, "pr-fp-1/acc/dev-2")
+		sibling.mustSubscribe(t, "pr-fp-1/acc/dev-2/#", 1)
+		att := p.dev(t, 1, "pr-fp-1/acc/dev-1")
+		att.publish(t, "pr-fp-2/acc/dev-1/snapshots", "forged-0", 0, false)
+		att.publish(t, "pr-fp-1/acc/dev-2/commands", "forged-0", 0, false)
+		att2 := p.dev(t, 1, "pr-fp-1/acc/dev-1")
+		att2.publish(t, "pr-fp-2/acc/dev-1/snapshots", "forged-1", 1, false)
+		fence(t, p.dev(t, 1, "pr-fp-2/acc/dev-1"), owner, "pr-fp-2/acc/dev-1/snapshots")
+		fence(t, p.dev(t, 1, "pr-fp-1/acc/dev-2"), sibling, "pr-fp-1/acc/dev-2/snapshots")
+		owner.never(t, "forged-0")
+		owner.never(t, "forged-1")
+		sibling.never(t, "forged-0")
+	}},
+	{"wildcard_and_empty_level_publish", func(t *testing.T, p *probe) {
+		// Topics TACS refuses everywhere even inside the own subtree:
+		// wildcards, and empty levels (two spellings of one topic).
+		obs := p.dev(t, 0, "pr-wc")
+		obs.mustSubscribe(t, "pr-wc/#", 1)
+		att := p.dev(t, 1, "pr-wc/acc/dev")
+		for _, topic := range []string{"pr-wc/acc/+/snapshots", "pr-wc/acc/dev/#", "pr-wc/acc//dev", "pr-wc/acc/dev/"} {
+			att.publish(t, topic, "forged", 0, false)
+		}
+		fence(t, p.dev(t, 1, "pr-wc/acc/dev"), obs, "pr-wc/acc/dev/snapshots")
+		obs.never(t, "forged")
+	}},
+	{"foreign_will", func(t *testing.T, p *probe) {
+		// A will on another account's topic is refused at CONNECT or
+		// never sent; the own will is sent when the link dies.
+		owner := p.dev(t, 0, "pr-fw-2")
+		owner.mustSubscribe(t, "pr-fw-2/#", 1)
+		mine := p.dev(t, 0, "pr-fw-1")
+		mine.mustSubscribe(t, "pr-fw-1/#", 1)
+		att, err := p.tg.connect(t, 1, p.account(t, "pr-fw-1/acc/dev"), "pr-fw-1/acc/dev",
+			opts{clean: true, will: &msg{"pr-fw-2/acc/dev/status", "forged"}, willQoS: 1})
+		if err == nil {
+			att.abort()
+		}
+		honest := p.tg.mustConnect(t, 2, p.account(t, "pr-fw-1/acc/dev"), "pr-fw-1/acc/dev",
+			opts{clean: true, will: &msg{"pr-fw-1/acc/dev/status", "offline"}, willQoS: 1})
+		honest.abort()
+		mine.expect(t, "pr-fw-1/acc/dev/status", "offline")
+		fence(t, p.dev(t, 1, "pr-fw-2/acc/dev"), owner, "pr-fw-2/acc/dev/status")
+		owner.never(t, "forged")
+	}},
+	{"foreign_retained", func(t *testing.T, p *probe) {
+		// A retained message planted in another account's subtree
+		// never reaches its later subscribers; the owner's own
+		// retained message does.
+		att := p.dev(t, 1, "pr-fr-1/acc/dev")
+		att.publish(t, "pr-fr-2/acc/dev/status", "forged", 1, true)
+		own := p.dev(t, 2, "pr-fr-2/acc/dev")
+		own.publish(t, "pr-fr-2/acc/dev/status", "online", 1, true)
+		owner := p.dev(t, 0, "pr-fr-2")
+		owner.mustSubscribe(t, "pr-fr-2/#", 1)
+		owner.expect(t, "pr-fr-2/acc/dev/status", "online")
+		owner.never(t, "forged")
+		own.publish(t, "pr-fr-2/acc/dev/status", "", 1, true) // clear
+	}},
+	{"retained_not_leaked", func(t *testing.T, p *probe) {
+		// Another account's retained status is not readable through
+		// wildcards, the exact topic or a shared subscription.
+		own := p.dev(t, 0, "pr-rl-1/acc/dev")
+		own.publish(t, "pr-rl-1/acc/dev/status", "secret", 1, true)
+		mine := p.dev(t, 0, "pr-rl-1")
+		mine.mustSubscribe(t, "pr-rl-1/+/+/status", 1)
+		mine.expect(t, "pr-rl-1/acc/dev/status", "secret")
+		att := p.dev(t, 1, "pr-rl-2/acc/dev")
+		for _, f := range []string{"#", "+/#", "+/+/+/status", "pr-rl-1/#", "pr-rl-1/acc/dev/status", "$share/g/pr-rl-1/#"} {
+			if att.subscribe(t, f, 1) {
+				t.Errorf("foreign subscribe %q granted", f)
+			}
+		}
+		att.mustSubscribe(t, "pr-rl-2/acc/dev/#", 1)
+		fence(t, p.dev(t, 1, "pr-rl-2/acc/dev"), att, "pr-rl-2/acc/dev/fence")
+		att.never(t, "secret")
+		own.publish(t, "pr-rl-1/acc/dev/status", "", 1, true)
+	}},
+	{"session_hijack", func(t *testing.T, p *probe) {
+		// Another identity presents the victim's client ID with a
+		// persistent session: it is refused, or gets a session of its
+		// own; the victim's queued message reaches only the victim.
+		victimPath := "pr-sh-1/acc/dev"
+		cid := victimPath + ":probe-session"
+		v := p.tg.mustConnect(t, 0, p.account(t, victimPath), victimPath, opts{clientID: cid})
+		v.mustSubscribe(t, victimPath+"/commands", 1)
+		// While the victim is connected: the attacker's CONNECT with
+		// its client ID must not take the session over (cut the
+		// victim off).
+		master := p.dev(t, 1, "pr-sh-1")
+		if att, err := p.tg.connect(t, 1, p.account(t, "pr-sh-2/acc/dev"), "pr-sh-2/acc/dev", opts{clientID: cid}); err == nil {
+			att.c.Disconnect(50)
+		}
+		fence(t, master, v, victimPath+"/commands")
+		if v.disconnected(0) {
+			t.Fatal("the attacker's CONNECT took over the victim's session")
+		}
+		v.c.Disconnect(50)
+		master.publish(t, victimPath+"/commands", "queued-for-victim", 1, false)
+		att, err := p.tg.connect(t, 1, p.account(t, "pr-sh-2/acc/dev"), "pr-sh-2/acc/dev", opts{clientID: cid})
+		if err == nil {
+			att.mustSubscribe(t, "pr-sh-2/acc/dev/fence", 1)
+			fence(t, p.dev(t, 1, "pr-sh-2/acc/dev"), att, "pr-sh-2/acc/dev/fence")
+			att.never(t, "queued-for-victim")
+			att.c.Disconnect(50)
+		}
+		back := p.tg.mustConnect(t, 2, p.account(t, victimPath), victimPath, opts{clientID: cid})
+		back.expect(t, victimPath+"/commands", "queued-for-victim")
+		back.c.Disconnect(50)
+		// Leave no persistent session behind.
+		p.tg.mustConnect(t, 2, p.account(t, victimPath), victimPath, opts{clientID: cid, clean: true}).c.Disconnect(50)
+	}},
+	{"dollar_topics", func(t *testing.T, p *probe) {
+		// $-topics belong to the broker (and, on the cluster, to the
+		// engine: $MQTT sessions, $JS the JetStream API). Neither a
+		// device nor admin may reach the engine's; the tier keeps
+		// working after the attempts.
+		dev := p.dev(t, 1, "pr-dt/acc/dev")
+		for _, f := range []string{"$SYS/#", "$MQTT/sub/+", "$MQTT/msgs/#", "$JS/API/#", "$JS/#", "$share/g/$SYS/#"} {
+			if dev.subscribe(t, f, 0) {
+				t.Errorf("device subscribe %q granted", f)
+			}
+		}
+		adm := p.admin(t, 2)
+		for _, f := range []string{"$MQTT/sub/+", "$MQTT/msgs/#", "$JS/API/#"} {
+			if adm.subscribe(t, f, 0) {
+				t.Errorf("admin subscribe %q granted", f)
+			}
+		}
+		for _, c := range []*client{dev, adm} {
+			for _, topic := range []string{"$JS/API/STREAM/DELETE/$MQTT_msgs", "$JS/API/STREAM/DELETE/$MQTT_sess",
+				"$JS/API/STREAM/PURGE/$MQTT_rmsgs", "$MQTT/JSA/x/SP/y", "$SYS/broker/uptime"} {
+				c.publish(t, topic, "{}", 0, false)
+			}
+		}
+		// QoS 1 through a persistent session still works.
+		obs := p.tg.mustConnect(t, 0, p.account(t, "pr-dt"), "pr-dt", opts{})
+		obs.mustSubscribe(t, "pr-dt/#", 1)
+		fence(t, p.dev(t, 1, "pr-dt/acc/dev"), obs, "pr-dt/acc/dev/snapshots")
+		obs.c.Disconnect(50)
+		p.tg.mustConnect(t, 0, p.account(t, "pr-dt"), "pr-dt", opts{clean: true}).c.Disconnect(50)
+	}},
+	{"crl_read_only", func(t *testing.T, p *probe) {
+		// Everyone reads pki/crl/#; nobody but a grant writes there.
+		reader := p.dev(t, 0, "pr-crl-1/acc/dev")
+		reader.mustSubscribe(t, "pki/crl/#", 1)
+		att := p.dev(t, 1, "pr-crl-2/acc/dev")
+		att.publish(t, "pki/crl/transport", "forged", 0, false)
+		att.publish(t, "pki/crl/e2e", "forged", 1, false)
+		if att.subscribe(t, "pki/#", 1) {
+			t.Error("subscribe pki/# granted")
+		}
+		adm := p.admin(t, 1)
+		fence(t, adm, reader, "pki/crl/fence")
+		reader.never(t, "forged")
+	}},
+	{"revoked_reconnect", func(t *testing.T, p *probe) {
+		if p.tg.Revoke == nil {
+			t.Skip("target has no revocation")
+		}
+		path := "pr-rv/acc/dev"
+		cert := p.tg.Account(t, path) // fresh: the cache must not outlive the revocation
+		c := p.tg.mustConnect(t, 1, cert, path, opts{clean: true})
+		p.tg.Revoke(t, path)
+		if !c.disconnected(5 * time.Second) {
+			t.Fatal("revoked identity still connected after 5 s")
+		}
+		for i := range p.tg.Addrs {
+			if _, err := p.tg.connect(t, i, cert, path, opts{clean: true}); err == nil {
+				t.Errorf("revoked identity reconnected to node %d", i)
+			}
+		}
+	}},
+}

@@ -133,11 +133,13 @@ type authEnvelopedData struct {
 }
 
 // encryptedContentInfo is RFC 5652 §6.1 EncryptedContentInfo; the
-// encrypted content is [0] IMPLICIT OCTET STRING (primitive in DER).
+// encrypted content is [0] IMPLICIT OCTET STRING (primitive in DER). It is
+// kept raw, so that opening does not copy the bulk of the message; decrypt
+// refuses the constructed form, as a []byte field would.
 type encryptedContentInfo struct {
 	ContentType                asn1.ObjectIdentifier
 	ContentEncryptionAlgorithm pkix.AlgorithmIdentifier
-	EncryptedContent           []byte `asn1:"optional,tag:0"`
+	EncryptedContent           asn1.RawValue `asn1:"optional,tag:0"`
 }
 
 // gcmParameters is RFC 5084 §3.2 GCMParameters.

@@ -148,6 +148,7 @@ func Verify(ctx context.Context, signed []byte, opts VerifyOptions) (*Opened, er
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
+	res.Content = bytes.Clone(res.Content) // not a window into the caller's signed
 	return res, nil
 }
 
@@ -179,7 +180,7 @@ func verifyAndJudge(ctx context.Context, sd []byte, opts VerifyOptions) (*Opened
 		Signer:      id,
 		SignerCert:  v.signer,
 		SigningTime: v.signingTime,
-		ContentHash: sha256.Sum256(v.content),
+		ContentHash: v.contentHash,
 	}, nil
 }
 
@@ -221,9 +222,13 @@ func (o *Opener) decrypt(env []byte) ([]byte, asn1.ObjectIdentifier, error) {
 	if params.ICVLen < 12 || params.ICVLen > 16 || len(aed.MAC) != params.ICVLen {
 		return nil, nil, fmt.Errorf("%w: GCM tag of %d bytes (aes-ICVlen %d)", ErrMalformed, len(aed.MAC), params.ICVLen)
 	}
-	if eci.EncryptedContent == nil {
+	if len(eci.EncryptedContent.FullBytes) == 0 {
 		return nil, nil, fmt.Errorf("%w: no encrypted content (detached content is not supported)", ErrMalformed)
 	}
+	if eci.EncryptedContent.IsCompound {
+		return nil, nil, fmt.Errorf("%w: encrypted content is not a primitive OCTET STRING", ErrMalformed)
+	}
+	ct := eci.EncryptedContent.Bytes
 	var aad []byte
 	if len(aed.AuthAttrs.FullBytes) > 0 {
 		// RFC 5083 §2.2: authenticated with a SET OF tag, not [1].
@@ -245,8 +250,8 @@ func (o *Opener) decrypt(env []byte) ([]byte, asn1.ObjectIdentifier, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	sealed := make([]byte, 0, len(eci.EncryptedContent)+len(aed.MAC))
-	sealed = append(append(sealed, eci.EncryptedContent...), aed.MAC...)
+	sealed := make([]byte, 0, len(ct)+len(aed.MAC))
+	sealed = append(append(sealed, ct...), aed.MAC...)
 	plain, err := gcm.Open(sealed[:0], params.Nonce, sealed, aad)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: authentication tag does not verify", ErrTampered)

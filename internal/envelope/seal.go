@@ -189,7 +189,7 @@ func (s *Sealer) encrypt(rnd io.Reader, inner []byte, innerType asn1.ObjectIdent
 		AuthEncryptedContentInfo: encryptedContentInfo{
 			ContentType:                innerType,
 			ContentEncryptionAlgorithm: pkix.AlgorithmIdentifier{Algorithm: oidAES256GCM, Parameters: asn1.RawValue{FullBytes: params}},
-			EncryptedContent:           ct,
+			EncryptedContent:           asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, Bytes: ct},
 		},
 		MAC: mac,
 	}

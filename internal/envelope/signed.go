@@ -138,6 +138,7 @@ type verified struct {
 	signer      *x509.Certificate
 	embedded    []*x509.Certificate
 	signingTime time.Time
+	contentHash [sha256.Size]byte // SHA-256 of content
 }
 
 // verifySignedData parses a bare SignedData and checks its one signature.
@@ -157,10 +158,16 @@ func verifySignedData(ctx context.Context, der []byte, lookup SignerLookup) (*ve
 	if len(ec.FullBytes) == 0 {
 		return nil, fmt.Errorf("%w: detached signature (no content) is not supported", ErrMalformed)
 	}
-	var content []byte
-	if err := unmarshalAll(ec.Bytes, &content, ""); err != nil {
+	// The OCTET STRING's bytes, not a copy of them (the content is most of
+	// the message): primitive, as DER has it.
+	var octets asn1.RawValue
+	if err := unmarshalAll(ec.Bytes, &octets, ""); err != nil {
 		return nil, fmt.Errorf("%w: signed content: %v", ErrMalformed, err)
 	}
+	if octets.Class != asn1.ClassUniversal || octets.Tag != asn1.TagOctetString || octets.IsCompound {
+		return nil, fmt.Errorf("%w: signed content is not a primitive OCTET STRING", ErrMalformed)
+	}
+	content := octets.Bytes
 	if len(sd.SignerInfos) == 0 {
 		return nil, fmt.Errorf("%w: signed data has no signer", ErrMalformed)
 	}
@@ -207,7 +214,10 @@ func verifySignedData(ctx context.Context, der []byte, lookup SignerLookup) (*ve
 	if len(si.SignedAttrs.FullBytes) == 0 {
 		return nil, fmt.Errorf("%w: signature without signed attributes is not supported", ErrMalformed)
 	}
-	signingTime, err := checkSignedAttrs(si.SignedAttrs.Bytes, sd.EncapContentInfo.EContentType, dh, content)
+	d := dh.New()
+	d.Write(content)
+	digest := d.Sum(nil)
+	signingTime, err := checkSignedAttrs(si.SignedAttrs.Bytes, sd.EncapContentInfo.EContentType, digest)
 	if err != nil {
 		return nil, err
 	}
@@ -238,7 +248,7 @@ func verifySignedData(ctx context.Context, der []byte, lookup SignerLookup) (*ve
 	// RFC 5652 §5.4: the signature covers the DER of the signed
 	// attributes with an EXPLICIT SET OF tag instead of [0] IMPLICIT.
 	signedOver := append([]byte{0x31}, si.SignedAttrs.FullBytes[1:]...)
-	d := dh.New()
+	d = dh.New()
 	d.Write(signedOver)
 	if !ecdsa.VerifyASN1(pub, d.Sum(nil), si.Signature) {
 		return nil, fmt.Errorf("%w: signature by %q does not verify", ErrTampered, signer.Subject.CommonName)
@@ -249,7 +259,13 @@ func verifySignedData(ctx context.Context, der []byte, lookup SignerLookup) (*ve
 			others = append(others, c)
 		}
 	}
-	return &verified{content: content, signer: signer, embedded: others, signingTime: signingTime}, nil
+	v := &verified{content: content, signer: signer, embedded: others, signingTime: signingTime}
+	if dh == crypto.SHA256 {
+		v.contentHash = [sha256.Size]byte(digest) // computed once, for the message digest and Opened.ContentHash
+	} else {
+		v.contentHash = sha256.Sum256(content)
+	}
+	return v, nil
 }
 
 func parseSignerID(si signerInfo) (SignerID, error) {
@@ -273,7 +289,8 @@ func parseSignerID(si signerInfo) (SignerID, error) {
 // checkSignedAttrs checks the content-type and message-digest attributes
 // (RFC 5652 §11.1, §11.2) and returns the signing time (§11.3), zero if
 // absent. Each must have exactly one value and appear at most once.
-func checkSignedAttrs(b []byte, contentType asn1.ObjectIdentifier, h crypto.Hash, content []byte) (time.Time, error) {
+// digest is the content's digest with the signer's digest algorithm.
+func checkSignedAttrs(b []byte, contentType asn1.ObjectIdentifier, digest []byte) (time.Time, error) {
 	raws, err := splitElements(b, maxSignedAttrs)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("%w: signed attributes: %v", ErrMalformed, err)
@@ -317,9 +334,7 @@ func checkSignedAttrs(b []byte, contentType asn1.ObjectIdentifier, h crypto.Hash
 			if err := unmarshalAll(a.Values.Bytes, &md, ""); err != nil {
 				return time.Time{}, fmt.Errorf("%w: message-digest attribute: %v", ErrMalformed, err)
 			}
-			d := h.New()
-			d.Write(content)
-			if !bytes.Equal(md, d.Sum(nil)) {
+			if !bytes.Equal(md, digest) {
 				return time.Time{}, fmt.Errorf("%w: message digest does not match the content", ErrTampered)
 			}
 		case a.Type.Equal(oidAttrSigningTime):

@@ -251,7 +251,9 @@ func (p *processor) open(ctx context.Context, it *item) {
 		reject(ReasonMalformedSnapshot, gw, err)
 		return
 	}
-	it.snap, it.hash = s, snapshot.Hash(opened.Content)
+	// snapshot.Hash is SHA-256 of the encoding, which Open computed
+	// already (TestIngestRejectsAndIsolation holds the two together).
+	it.snap, it.hash = s, opened.ContentHash
 	it.signer, it.signedAt = signerName(opened.SignerCert), opened.SigningTime
 }
 

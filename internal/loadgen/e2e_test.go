@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -41,7 +42,10 @@ import (
 // default 16), FIELDTRUST_E2E_AHEAD (fleet-wide snapshots published but not
 // yet taken by ingest, default 1000; 0 = unbounded, the broker queues the
 // backlog), FIELDTRUST_E2E_CPUPROFILE (file: CPU profile of the measured
-// phase only), FIELDTRUST_E2E_REPORT (file to append the Markdown rows to).
+// phase only), FIELDTRUST_E2E_REPORT (file to append the Markdown rows to),
+// FIELDTRUST_E2E_PUBLISHERS (process, the default: the publishers run in a
+// child process, see pubproc_test.go; inprocess: on goroutines of the
+// test process, sharing the platform's heap and CPU accounting).
 func TestEndToEnd(t *testing.T) {
 	if os.Getenv("FIELDTRUST_E2E_BENCH") == "" {
 		t.Skip("set FIELDTRUST_E2E_BENCH=1 (and FIELDTRUST_E2E_DB=sqlite|postgres) to run the end-to-end benchmark")
@@ -148,23 +152,49 @@ func TestEndToEnd(t *testing.T) {
 		}
 		defer f.Close()
 	}
-	pub := &loadgen.Publisher{Broker: e.mqttAddr, Window: cfg.window, Ahead: cfg.ahead}
 	feeds := make([]loadgen.GatewayFeed, len(gws))
 	for i := range gws {
 		feeds[i] = gws[i].feed
 	}
+	var job publisherJob
+	if cfg.publishers == "process" {
+		job = publisherJob{Broker: e.mqttAddr, Window: cfg.window, Ahead: cfg.ahead,
+			Roots: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.d.Transport.Root().Raw}))}
+		for _, f := range feeds {
+			job.Feeds = append(job.Feeds, jobFeed(t, f))
+		}
+	}
 	m0 := e.metrics(t, admin)
+	pgDB := ""
+	if u, err := url.Parse(cfg.dsn); err == nil && cfg.dsn != "" {
+		pgDB = strings.TrimPrefix(u.Path, "/")
+	}
+	pg0 := pgCPU(pgDB)
 	cpu0 := processCPU()
 	start = time.Now()
 	pubCtx, pubCancel := context.WithCancel(ctx)
 	defer pubCancel()
 	pubDone := make(chan error, 1)
 	var pubTime time.Duration
-	go func() {
-		err := pub.Run(pubCtx, feeds)
-		pubTime = time.Since(start)
-		pubDone <- err
-	}()
+	var pub fleet
+	var child *publisherProcess
+	if cfg.publishers == "process" {
+		child = startPublisherProcess(pubCtx, t, job)
+		pub = child
+		go func() {
+			err := child.wait()
+			pubTime = time.Since(start)
+			pubDone <- err
+		}()
+	} else {
+		inproc := &loadgen.Publisher{Broker: e.mqttAddr, Window: cfg.window, Ahead: cfg.ahead}
+		pub = inproc
+		go func() {
+			err := inproc.Run(pubCtx, feeds)
+			pubTime = time.Since(start)
+			pubDone <- err
+		}()
+	}
 	var (
 		last             loadgen.Metrics
 		accounted        float64
@@ -218,6 +248,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 	}
 	cpu := processCPU() - cpu0
+	pgUsed := pgCPU(pgDB) - pg0
 	if cfg.rules > 0 {
 		// The engine runs beside ingest, never in its way: report how far
 		// behind it finished.
@@ -234,6 +265,21 @@ func TestEndToEnd(t *testing.T) {
 	if cfg.cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
+	var pubCPU time.Duration // of the publisher process
+	if child != nil {
+		if !publishersDone {
+			select { // every publish is acknowledged once all is stored: it is exiting
+			case err := <-pubDone:
+				pubErr, publishersDone = err, true
+				if err != nil {
+					t.Errorf("publishing failed: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Error("the publisher process did not exit 30 s after the last snapshot was stored")
+			}
+		}
+		pubCPU = child.cpu()
+	}
 	pubCancel()
 	stored := last[loadgen.MetricStored] - m0[loadgen.MetricStored]
 	elapsed := storedAt
@@ -246,10 +292,21 @@ func TestEndToEnd(t *testing.T) {
 		stored, total, elapsed.Round(time.Millisecond), pubTime.Round(time.Millisecond), snapRate, snapRate*float64(shape.Channels),
 		delta(loadgen.MetricReceived), delta(loadgen.MetricDuplicates), delta(loadgen.MetricRejects), delta(loadgen.MetricEvents),
 		delta(loadgen.MetricBrokerIn), delta(loadgen.MetricBrokerOut), rssKiB("VmHWM")/1024, rssBefore/1024)
-	// The machine is shared: the CPU the process used (platform and
-	// publishers) bounds the wall time on GOMAXPROCS idle cores.
-	t.Logf("cpu: %.1f s in the measured phase (%.0f µs per snapshot; on %d idle cores at least %.1f s of wall time); PostgreSQL's own CPU is not included",
-		cpu.Seconds(), float64(cpu.Microseconds())/stored, runtime.GOMAXPROCS(0), cpu.Seconds()/float64(runtime.GOMAXPROCS(0)))
+	// The machine is shared: the CPU the process used (platform, and the
+	// publishers unless they had their own process) bounds the wall time
+	// on GOMAXPROCS idle cores.
+	perSnap := func(d time.Duration) float64 { return float64(d.Microseconds()) / stored }
+	pgNote := "PostgreSQL's own CPU is not included"
+	if pgDB != "" {
+		pgNote = fmt.Sprintf("PostgreSQL's backends of the database used %.1f s more (%.0f µs per snapshot)", pgUsed.Seconds(), perSnap(pgUsed))
+	}
+	if child != nil {
+		t.Logf("cpu: %.1f s in the measured phase (%.0f µs per snapshot), publishers %.1f s in their own process (%.0f µs per snapshot); on %d idle cores at least %.1f s of wall time; %s",
+			cpu.Seconds(), perSnap(cpu), pubCPU.Seconds(), perSnap(pubCPU), runtime.GOMAXPROCS(0), (cpu+pubCPU+pgUsed).Seconds()/float64(runtime.GOMAXPROCS(0)), pgNote)
+	} else {
+		t.Logf("cpu: %.1f s in the measured phase (%.0f µs per snapshot, publishers included; on %d idle cores at least %.1f s of wall time); %s",
+			cpu.Seconds(), perSnap(cpu), runtime.GOMAXPROCS(0), (cpu+pgUsed).Seconds()/float64(runtime.GOMAXPROCS(0)), pgNote)
+	}
 	if stalled {
 		t.Errorf("ingest stalled: %.0f of %d snapshots stored, %d acknowledged by the broker to publishers, broker delivered %.0f, ingest received %.0f: %d lost without a reject (the broker dropped them?)",
 			stored, total, pub.Published(), delta(loadgen.MetricBrokerOut), delta(loadgen.MetricReceived), int64(total)-int64(accounted))
@@ -439,14 +496,20 @@ func TestEndToEnd(t *testing.T) {
 
 	// The report, as Markdown rows for docs/benchmarks.md.
 	var rep strings.Builder
-	fmt.Fprintf(&rep, "db=%s scale=%g window=%d ahead=%d snapshots=%d values=%d\n", cfg.db, cfg.scale, cfg.window, cfg.ahead, total, shape.NumValues())
+	fmt.Fprintf(&rep, "db=%s scale=%g window=%d ahead=%d publishers=%s snapshots=%d values=%d\n", cfg.db, cfg.scale, cfg.window, cfg.ahead, cfg.publishers, total, shape.NumValues())
 	fmt.Fprintf(&rep, "| sealing ahead (not timed) | %v, %.0f B/envelope |\n", sealTime.Round(100*time.Millisecond), envAvg)
 	fmt.Fprintf(&rep, "| ingest wall time | %.1f s%s |\n", elapsed.Seconds(), map[bool]string{true: " (STALLED)", false: ""}[stalled])
-	fmt.Fprintf(&rep, "| CPU of the process in the measured phase | %.1f s (%.0f µs per snapshot) |\n", cpu.Seconds(), float64(cpu.Microseconds())/stored)
+	fmt.Fprintf(&rep, "| CPU of the process in the measured phase | %.1f s (%.0f µs per snapshot) |\n", cpu.Seconds(), perSnap(cpu))
+	if child != nil {
+		fmt.Fprintf(&rep, "| CPU of the publisher process | %.1f s (%.0f µs per snapshot) |\n", pubCPU.Seconds(), perSnap(pubCPU))
+	}
+	if pgDB != "" {
+		fmt.Fprintf(&rep, "| CPU of PostgreSQL's backends of the database | %.1f s (%.0f µs per snapshot) |\n", pgUsed.Seconds(), perSnap(pgUsed))
+	}
 	fmt.Fprintf(&rep, "| snapshots/s | %.0f |\n| values/s | %.0f |\n", snapRate, snapRate*float64(shape.Channels))
 	fmt.Fprintf(&rep, "| stored / rejects / integrity events | %d / %d / %d |\n", inStore, len(rejects), len(events))
-	fmt.Fprintf(&rep, "| disk | %.0f MiB |\n| bytes per value | %.1f |\n| broker state | %.1f MiB |\n| peak RSS (platform + publishers) | %d MiB |\n",
-		float64(disk)/(1<<20), perValue, float64(brokerDisk)/(1<<20), rssKiB("VmHWM")/1024)
+	fmt.Fprintf(&rep, "| disk | %.0f MiB |\n| bytes per value | %.1f |\n| broker state | %.1f MiB |\n| peak RSS (%s) | %d MiB |\n",
+		float64(disk)/(1<<20), perValue, float64(brokerDisk)/(1<<20), map[bool]string{true: "platform", false: "platform + publishers"}[child != nil], rssKiB("VmHWM")/1024)
 	for _, r := range rows {
 		size := ""
 		if r.bytes > 0 {
@@ -470,13 +533,22 @@ type benchConfig struct {
 	window, ahead int
 	cpuProfile    string
 	report        string
-	rules         int  // FIELDTRUST_E2E_RULES: rules over the whole fleet
-	notify        bool // FIELDTRUST_E2E_NOTIFY: mail every snapshot of one gateway, measure the latency
+	publishers    string // "process" or "inprocess"
+	rules         int    // FIELDTRUST_E2E_RULES: rules over the whole fleet
+	notify        bool   // FIELDTRUST_E2E_NOTIFY: mail every snapshot of one gateway, measure the latency
 }
 
 func benchConfigFromEnv(t *testing.T) benchConfig {
 	c := benchConfig{db: os.Getenv("FIELDTRUST_E2E_DB"), scale: 1, window: 16, ahead: 1000,
-		cpuProfile: os.Getenv("FIELDTRUST_E2E_CPUPROFILE"), report: os.Getenv("FIELDTRUST_E2E_REPORT")}
+		cpuProfile: os.Getenv("FIELDTRUST_E2E_CPUPROFILE"), report: os.Getenv("FIELDTRUST_E2E_REPORT"),
+		publishers: os.Getenv("FIELDTRUST_E2E_PUBLISHERS")}
+	switch c.publishers {
+	case "":
+		c.publishers = "process"
+	case "process", "inprocess":
+	default:
+		t.Fatalf("FIELDTRUST_E2E_PUBLISHERS=%q: process (the default) or inprocess", c.publishers)
+	}
 	switch c.db {
 	case "", "sqlite":
 		c.db = "sqlite"

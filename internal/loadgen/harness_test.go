@@ -2,6 +2,7 @@ package loadgen_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/elliptic"
@@ -267,4 +268,45 @@ func (h *limitedHandler) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (h *limitedHandler) WithGroup(name string) slog.Handler {
 	return &limitedHandler{Handler: h.Handler.WithGroup(name), left: h.left}
+}
+
+// pgCPU is the CPU time used by the PostgreSQL server processes that
+// serve database db (backends and autovacuum workers name their database
+// in their process title), found through /proc on this machine. The
+// cluster's shared processes (WAL writer, checkpointer) are not counted,
+// nor a backend that exited between two readings. Zero if none is found
+// (a server on another machine).
+func pgCPU(db string) time.Duration {
+	if db == "" {
+		return 0
+	}
+	entries, _ := os.ReadDir("/proc")
+	var ticks int64
+	for _, e := range entries {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !bytes.HasPrefix(cmd, []byte("postgres: ")) || !bytes.Contains(cmd, []byte(" "+db+" ")) {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// Fields after the parenthesized command: state is field 3,
+		// utime 14 and stime 15 (proc(5)).
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		s, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += u + s
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ is 100 on Linux
 }

@@ -17,3 +17,14 @@ func sqliteOpen(tb testing.TB, dir string) (*sqlite.Store, error) {
 	tb.Cleanup(func() { s.Close() })
 	return s, nil
 }
+
+// chainBuildWaiters returns how many callers wait for a chain build.
+func (v *Verifier) chainBuildWaiters() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	n := 0
+	for _, b := range v.building {
+		n += b.waiters
+	}
+	return n
+}

@@ -15,7 +15,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -615,6 +617,47 @@ func TestVerifyCacheKeepsChecks(t *testing.T) {
 	v.Refresh(ctx)
 	if _, err := v.VerifySigner(iss.Cert, iss.Chain[1:], time.Time{}); !errors.Is(err, ErrRevoked) {
 		t.Fatalf("after revocation: %v", err)
+	}
+}
+
+// TestVerifyBuildsAChainOnce: callers that verify the same new signer at
+// once (ingest's parallel openers) wait for one chain build instead of each
+// building it.
+func TestVerifyBuildsAChainOnce(t *testing.T) {
+	p := newTestPKI(t, Options{})
+	ctx := t.Context()
+	v, _ := p.e.Verifier(ctx)
+	iss, _ := issue(t, p.e, "ms-1/acc-1/dev-1")
+	var builds atomic.Int32
+	release := make(chan struct{})
+	v.testHookBuild = func() {
+		if builds.Add(1) == 1 {
+			<-release
+		}
+	}
+	const callers = 4
+	errs := make(chan error, callers)
+	for range callers {
+		go func() {
+			_, err := v.VerifySigner(iss.Cert, iss.Chain[1:], time.Time{})
+			errs <- err
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for v.chainBuildWaiters() < callers-1 && builds.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10 s: %d builds, %d callers waiting", builds.Load(), v.chainBuildWaiters())
+		}
+		runtime.Gosched()
+	}
+	close(release)
+	for range callers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := builds.Load(); n != 1 {
+		t.Fatalf("%d callers built the chain %d times; want once", callers, n)
 	}
 }
 

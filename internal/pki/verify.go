@@ -45,6 +45,14 @@ type Verifier struct {
 	// validity window are checked on every call. Guarded by mu.
 	mu     sync.Mutex
 	chains map[[32]byte]cachedChains
+	// building holds the chain builds under way, by cache key: callers
+	// that miss the cache for a key being built wait for that build
+	// instead of repeating it (ingest opens envelopes of one signer on
+	// several goroutines at once; each build is a few P-384
+	// verifications). Guarded by mu.
+	building map[[32]byte]*chainBuild
+	// testHookBuild, if set, runs at the start of every chain build.
+	testHookBuild func()
 
 	// cas holds the domain's intermediate CAs known from the store, so
 	// that signers named only by key id (their chain not embedded) and
@@ -86,6 +94,12 @@ const maxCachedChains = 50_000
 type cachedChains struct {
 	chains              [][]*x509.Certificate
 	notBefore, notAfter time.Time // intersection of the chains' validity
+}
+
+// chainBuild is a chain build under way; done is closed when it ends.
+type chainBuild struct {
+	done    chan struct{}
+	waiters int // guarded by Verifier.mu
 }
 
 // Verifier returns a verifier for the authority's domain with the current
@@ -387,11 +401,37 @@ func (v *Verifier) buildChains(leaf *x509.Certificate, intermediates []*x509.Cer
 	}
 	var key [32]byte
 	h.Sum(key[:0])
-	v.mu.Lock()
-	cached, ok := v.chains[key]
-	v.mu.Unlock()
-	if ok && !at.Before(cached.notBefore) && !at.After(cached.notAfter) {
-		return cached.chains, nil
+	for {
+		v.mu.Lock()
+		cached, ok := v.chains[key]
+		if ok && !at.Before(cached.notBefore) && !at.After(cached.notAfter) {
+			v.mu.Unlock()
+			return cached.chains, nil
+		}
+		b := v.building[key]
+		if b == nil {
+			b = &chainBuild{done: make(chan struct{})}
+			if v.building == nil {
+				v.building = map[[32]byte]*chainBuild{}
+			}
+			v.building[key] = b
+			v.mu.Unlock()
+			defer func() {
+				v.mu.Lock()
+				delete(v.building, key)
+				v.mu.Unlock()
+				close(b.done)
+			}()
+			break
+		}
+		// Wait for the build under way, then look again: it cached its
+		// chains, or it failed and this caller builds (and reports) itself.
+		b.waiters++
+		v.mu.Unlock()
+		<-b.done
+	}
+	if v.testHookBuild != nil {
+		v.testHookBuild()
 	}
 	seen := v.cas.Load()
 	chains, err := v.verifyWithCAs(leaf, intermediates, at, usage)

@@ -35,7 +35,7 @@ var schemas atomic.Int64
 
 // freshSchema creates an empty schema, dropped when t ends, and returns a
 // DSN whose connections use it.
-func freshSchema(t *testing.T, dsn string) string {
+func freshSchema(t testing.TB, dsn string) string {
 	t.Helper()
 	ctx := t.Context()
 	conn, err := pgx.Connect(ctx, dsn)
@@ -62,7 +62,7 @@ func freshSchema(t *testing.T, dsn string) string {
 	return withSearchPath(t, dsn, name)
 }
 
-func withSearchPath(t *testing.T, dsn, schema string) string {
+func withSearchPath(t testing.TB, dsn, schema string) string {
 	if strings.Contains(dsn, "://") {
 		u, err := url.Parse(dsn)
 		if err != nil {

@@ -42,8 +42,19 @@ var _ store.Store = (*Store)(nil)
 
 // Open opens (creating if needed) the database at file and applies pending
 // migrations.
+//
+// Each connection may cache up to 64 MiB of pages (SQLite's default is
+// 2 MiB): a batch of ingest dirties about 1 MB of pages, and the indexes an
+// insert touches at random (snapshot and ledger hashes) outgrow 2 MiB
+// early, so with the default every batch re-read a few pages per snapshot
+// through pread (57,000 reads fewer in 10,000 snapshots of the load test).
+// The WAL is checkpointed every 10,000 pages (40 MB) instead of 1,000: the
+// index pages every batch dirties at random (the hashes) are copied to the
+// database once per checkpoint, however often they changed, so fewer
+// checkpoints write less (20,000 snapshots of the load test: 6 % fewer
+// writes, 14 % fewer reads, 17 fsyncs instead of 101).
 func Open(ctx context.Context, file string) (*Store, error) {
-	dsn := "file:" + file + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+	dsn := "file:" + file + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)&_pragma=cache_size(-65536)&_pragma=wal_autocheckpoint(10000)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", file, err)

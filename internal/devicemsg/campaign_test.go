@@ -422,7 +422,7 @@ func TestCampaign(t *testing.T) {
 		// This campaign goes through the operators' API, as a console
 		// would: an admin service creates it and watches it; a customer
 		// and a role that may not order firmware are refused.
-		admin := env.Service(t, "console", tacs.RoleAdmin)
+		admin := env.Service(t, "ops", tacs.RoleAdmin) // not "console": up gives that name role status-reader
 		reader := env.Service(t, "reader", tacs.RoleSnapshotReader)
 		// One client per identity (connections reused while polling); a
 		// transport error while polling is a "not yet", not a failure.
@@ -455,9 +455,10 @@ func TestCampaign(t *testing.T) {
 			}
 			return code, b
 		}
-		waitUntil(t, 2*time.Minute, "the platform to know the console's role", func() bool {
+		waitUntil(t, 2*time.Minute, "the platform to know the operator's and the reader's roles", func() bool {
 			code, _, err := do(admin, http.MethodGet, "/api/v1/firmware/campaigns", "", nil)
-			return err == nil && code == http.StatusOK
+			rcode, _, rerr := do(reader, http.MethodGet, "/api/v1/firmware/campaigns", "", nil)
+			return err == nil && code == http.StatusOK && rerr == nil && rcode != http.StatusUnauthorized
 		})
 		spec := fmt.Sprintf(`{"version":"1.2.0","device_type":"pump","scope":[%q,%q]}`, paths[0], paths[41])
 		if code, body := post(cust1, "/api/v1/firmware/campaigns", spec, nil); code != http.StatusForbidden {

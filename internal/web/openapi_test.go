@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -70,7 +71,7 @@ func registeredRoutes(t *testing.T) []string {
 	} else {
 		routes = append(routes, reg...)
 	}
-	for _, file := range []string{"../platform/platform.go", "../firmware/campaignapi/campaignapi.go"} {
+	for _, file := range []string{filepath.Join("..", "platform", "platform.go"), filepath.Join("..", "firmware", "campaignapi", "campaignapi.go")} {
 		src, err := os.ReadFile(file)
 		if err != nil {
 			t.Fatal(err)

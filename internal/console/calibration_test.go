@@ -128,7 +128,7 @@ func TestDeviceCalibration(t *testing.T) {
 	card, _, _ = strings.Cut(card, "<h2>Chart</h2>")
 	for _, want := range []string{
 		`<code>manufacturer</code> <code>SN-&lt;i&gt;7&lt;/i&gt;</code>`, // the instrument, escaped
-		`data-calibration>valid</span>`,                                 // now: DCC-A3, due 2027-06-01
+		`data-calibration>valid</span>`,                                  // now: DCC-A3, due 2027-06-01
 		"<dd>2027-06-01</dd>",
 		"<code>DCC-A3</code> by Lab A",
 		"<td>Lab A</td><td>2024-01-10</td>", "<td>2026-06-01</td>", // history with dates

@@ -409,7 +409,8 @@ func Run(ctx context.Context, cfg Config) error {
 	rulesClient := tlspolicy.Client(transportRoots, nil)
 	rulesClient.GetClientCertificate = rulesTLS.GetClientCertificate
 	rp := newRulesPlatform(cfg.Notifications, d.Store, cfg.DataDir, mqttAddr, rulesClient, reg, log)
-	rp.svc.Calibration = api.Calibration // rules read the DCC fleet link (docs/rules.md)
+	// Rules read the DCC fleet link (docs/rules.md, calibration).
+	rp.svc.Calibration = api.Calibration
 	ingestClientID := "" // ingest's default
 	if ct != nil {
 		// The cluster binds sessions to identities by client ID.

@@ -2,15 +2,22 @@ package rules
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/dcc"
 	"github.com/fieldtrust/fieldtrust/internal/dcc/calibration"
+	"github.com/fieldtrust/fieldtrust/internal/dcc/dcctest"
+	"github.com/fieldtrust/fieldtrust/internal/dcc/registry"
+	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/store/registrystore"
+	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
 )
 
 // flagDue is the calibration of an instrument whose applicable DCC is
@@ -228,5 +235,104 @@ func TestParseOverdueCalibration(t *testing.T) {
 		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want %q", tc.src, err, tc.want)
 		}
+	}
+}
+
+// TestServiceCalibration: the service runs overdue {calibration: true}
+// against the real fleet link — a registry on SQLite with the instrument's
+// DCC, the device bound to it — on the platform's store: a measurement
+// after the due date raises the alarm, one before does not.
+func TestServiceCalibration(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	rs, err := registrystore.Of(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, cert, err := registry.LoadKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := registry.New(ctx, rs, registry.Options{Key: key, Cert: cert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab := dcctest.NewLab(t, "Lab A", false)
+	if err := reg.AddIssuer(ctx, lab.Name, []*x509.Certificate{lab.Root}); err != nil {
+		t.Fatal(err)
+	}
+	src := dcctest.Dated(dcctest.Sample(t, "../dcc/testdata", "DCC-1", "SN-1"), "2026-01-05", "2026-11-30")
+	signed, err := dcc.Sign(src, lab.Key, []*x509.Certificate{lab.Leaf, lab.Sub}, lab.Leaf.NotBefore.Add(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, rep, err := reg.SubmitDCC(ctx, signed); err != nil {
+		t.Fatalf("%v %+v", err, rep)
+	}
+	link := &calibration.Link{Bindings: rs, Registry: func() calibration.Registry { return reg }, Now: func() time.Time { return t0.Add(time.Hour) }}
+	for _, dev := range []string{"due", "early"} {
+		if err := link.Bind(ctx, "ms/acc/gw", dev, dcc.EquipmentID{Issuer: "manufacturer", Value: "SN-1"}, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), "ms/acc/gw"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Add(ctx, st, Author{Vendor: true}, "r.yaml", []byte("version: 1\nname: dcc-due\nscope: ms\noverdue: {calibration: true}\nactions:\n  - email: [lab@x.example]\n"), t0); err != nil {
+		t.Fatal(err)
+	}
+	// t0 is 2026-12-01 08:00: past the due day 2026-11-30; "early" measured on 2026-11-30.
+	var recs []store.SnapshotRecord
+	for i, d := range []struct {
+		dev string
+		at  time.Time
+	}{{"due", t0}, {"early", time.Date(2026, 11, 30, 23, 59, 0, 0, time.UTC)}} {
+		b := snapshot.Builder{Device: d.dev}
+		enc, s, err := b.Next(d.at.UnixMilli(), []snapshot.Value{{Channel: "t", Value: 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := snapshot.Hash(enc)
+		recs = append(recs, store.SnapshotRecord{Gateway: "ms/acc/gw", Device: d.dev, Seq: s.Seq, Time: s.Time(), Hash: h[:], Prev: s.Prev, Values: s.Values,
+			Signer: "x", SignedAt: s.Time(), ReceivedAt: s.Time(), LedgerIndex: uint64(i)})
+	}
+	if _, err := st.InsertSnapshots(ctx, recs); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	reached := make(chan struct{})
+	s := &Service{Store: st, TickEvery: time.Hour, ReloadEvery: time.Hour, Calibration: link, Now: func() time.Time { return t0.Add(time.Hour) }}
+	s.committed = func(c store.RuleCommit) {
+		if c.Cursor != nil && *c.Cursor >= 2 {
+			select {
+			case <-reached:
+			default:
+				close(reached)
+			}
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(cctx) }()
+	select {
+	case <-reached:
+	case err := <-done:
+		t.Fatalf("service ended: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the service did not reach its cursor")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	alarms, err := st.Alarms(ctx, store.AlarmQuery{State: "open", Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(alarms) != 1 || alarms[0].Device != "ms/acc/gw/due" {
+		t.Fatalf("open alarms %+v, want one for ms/acc/gw/due", alarms)
+	}
+	if errs, _ := st.RuleErrors(ctx, "", 10); len(errs) != 0 {
+		t.Fatalf("rule errors %+v", errs)
 	}
 }

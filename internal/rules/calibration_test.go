@@ -164,6 +164,17 @@ func TestCalibrationNotBool(t *testing.T) {
 	if len(c.Alarms) != 0 || len(c.Errors) != 1 || !strings.Contains(c.Errors[0].Message, "not true or false") {
 		t.Fatalf("alarms %+v errors %+v", c.Alarms, c.Errors)
 	}
+	// calibration.due without has() on an instrument whose DCC states no
+	// due date: a rule error that says how to guard it.
+	e.SetRules([]*Rule{mustRule(t, "d", "version: 1\nname: d\nscope: ms\nwhen: at >= calibration.due\nactions:\n  - mqtt: {}\n")})
+	e.Calibration = func(string, string, time.Time) *calibration.Flag {
+		return &calibration.Flag{Status: calibration.Uncalibrated, Flagged: true}
+	}
+	c = store.RuleCommit{}
+	e.Snapshot(snap("ms/acc/gw", "pump", "pump", 1, nil), &c)
+	if len(c.Errors) != 1 || !strings.Contains(c.Errors[0].Message, "has(calibration.due)") {
+		t.Fatalf("errors %+v", c.Errors)
+	}
 }
 
 // countingLink is a fleet link that counts its reads.

@@ -172,6 +172,9 @@ func typeName(v ref.Val) string {
 func evalError(err error) error {
 	msg := err.Error()
 	if k, ok := strings.CutPrefix(msg, "no such key: "); ok {
+		if k == "due" {
+			return errors.New(`no "due": calibration.due is absent when the device's DCC states no due date (guard with has(calibration.due)), or the snapshot has no channel "due" (has(values.due))`)
+		}
 		return fmt.Errorf("the snapshot has no channel %s (guard with has(values.%s))", strconv.Quote(k), k)
 	}
 	return errors.New(msg)

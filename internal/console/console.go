@@ -96,6 +96,9 @@ type Options struct {
 	// Rules, if set, are the alarms and tasks of the rules (issue 15):
 	// the Alarms and Tasks pages.
 	Rules RulesStore
+	// Calibration, if set, is the DCC fleet link (*calibration.Link): the
+	// device page's calibration card and /ui/api/v1/devices/{path}/calibration.
+	Calibration web.Calibration
 	// Hosts are the host names people reach the console by (passkeys are
 	// bound to a DNS name: "localhost" and the --dns-name values; an IP
 	// address cannot be a WebAuthn relying party).
@@ -164,7 +167,7 @@ func New(opts Options) (*Console, error) {
 	if opts.Rules != nil {
 		c.registerRules()
 	}
-	api := &web.API{Data: opts.Store, Proofs: opts.Proofs, Grants: opts.Grants, Logger: c.log.With("component", "console-api"),
+	api := &web.API{Data: opts.Store, Proofs: opts.Proofs, Calibration: opts.Calibration, Grants: opts.Grants, Logger: c.log.With("component", "console-api"),
 		Identify: func(r *http.Request) (tacs.Subject, bool) {
 			v, ok := viewerFrom(r.Context())
 			return v.Subject, ok

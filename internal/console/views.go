@@ -278,6 +278,7 @@ type deviceView struct {
 	Recent                      []store.SnapshotRecord
 	Events                      []store.IntegrityEvent
 	LeafHash                    string
+	Calibration                 *calibrationView
 }
 
 // Agent reports whether the device's latest snapshot came from an HTTPS
@@ -394,6 +395,10 @@ func (c *Console) device(w http.ResponseWriter, r *http.Request, v *Viewer) {
 		if e.Device == dev && len(dv.Events) < 20 {
 			dv.Events = append(dv.Events, e)
 		}
+	}
+	if dv.Calibration, err = c.calibrationOf(ctx, gw, dev); err != nil {
+		c.serverError(w, r, v, err)
+		return
 	}
 	c.Render(w, r, v, "device", dv.Path, dv)
 }

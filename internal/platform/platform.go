@@ -317,7 +317,7 @@ func Run(ctx context.Context, cfg Config) error {
 	consoleClient.GetClientCertificate = consoleTLS.GetClientCertificate
 	watcher := &console.StatusWatcher{TLS: consoleClient, ClientID: "console-status", Logger: log.With("component", "console")}
 	con, err := console.New(console.Options{
-		Store: d.Store, Grants: grants, Proofs: lg, Revoker: d.Transport, Status: watcher, Rules: d.Store,
+		Store: d.Store, Grants: grants, Proofs: lg, Revoker: d.Transport, Status: watcher, Rules: d.Store, Calibration: api.Calibration,
 		Hosts: append([]string{"localhost"}, cfg.DNSNames...), Logger: log.With("component", "console"),
 		CertSubject: func(r *http.Request) (tacs.Subject, *x509.Certificate, bool) {
 			id, ok := est.IdentityFromContext(r.Context())
@@ -409,6 +409,8 @@ func Run(ctx context.Context, cfg Config) error {
 	rulesClient := tlspolicy.Client(transportRoots, nil)
 	rulesClient.GetClientCertificate = rulesTLS.GetClientCertificate
 	rp := newRulesPlatform(cfg.Notifications, d.Store, cfg.DataDir, mqttAddr, rulesClient, reg, log)
+	// Rules read the DCC fleet link (docs/rules.md, calibration).
+	rp.svc.Calibration = api.Calibration
 	ingestClientID := "" // ingest's default
 	if ct != nil {
 		// The cluster binds sessions to identities by client ID.

@@ -37,6 +37,7 @@ func celEnv() (*cel.Env, error) {
 			cel.Variable("gateway", cel.StringType),
 			cel.Variable("type", cel.StringType),
 			cel.Variable("at", cel.TimestampType),
+			cel.Variable("calibration", cel.MapType(cel.StringType, cel.DynType)),
 			cel.CrossTypeNumericComparisons(true),
 			cel.ParserExpressionSizeLimit(MaxExprSize),
 			cel.ParserRecursionLimit(50),
@@ -47,9 +48,10 @@ func celEnv() (*cel.Env, error) {
 
 // Condition is a compiled CEL condition.
 type Condition struct {
-	Src  string
-	prg  cel.Program
-	prev bool // refers to prev
+	Src   string
+	prg   cel.Program
+	prev  bool // refers to prev
+	calib bool // refers to calibration
 	// chans are the channels it reads; allChans: it may read any.
 	chans    map[string]bool
 	allChans bool
@@ -74,7 +76,9 @@ func (p *pos) compile(e Expr, what string) (*Condition, error) {
 		col += first.Location.Column()
 		return nil, &Error{File: p.file, Line: line, Col: col, Msg: fmt.Sprintf("%s: %s", what, first.Message)}
 	}
-	if !ast.OutputType().IsExactType(types.BoolType) {
+	// A dyn result (a field of calibration, a map of mixed types) is
+	// checked when it runs: not true or false is a rule error (Eval).
+	if out := ast.OutputType(); !out.IsExactType(types.BoolType) && !out.IsExactType(types.DynType) {
 		return nil, &Error{File: p.file, Line: e.pos.line, Col: e.pos.col,
 			Msg: fmt.Sprintf("%s: the condition is of type %s; it must be true or false (e.g. values.temperature > 90.0)", what, ast.OutputType())}
 	}
@@ -87,8 +91,11 @@ func (p *pos) compile(e Expr, what string) (*Condition, error) {
 	}
 	c := &Condition{Src: e.Src, prg: prg}
 	for _, r := range ast.NativeRep().ReferenceMap() {
-		if r.Name == "prev" {
+		switch r.Name {
+		case "prev":
 			c.prev = true
+		case "calibration":
+			c.calib = true
 		}
 	}
 	c.chans, c.allChans = channelRefs(ast)
@@ -105,6 +112,10 @@ type Input struct {
 	Gateway string
 	Type    string
 	At      time.Time
+	// Calibration returns the calibration of the device's instrument at
+	// At (calibrationVars), called only when a condition reads it; nil:
+	// unknown (no fleet link).
+	Calibration func() map[string]any
 }
 
 // activation serves the variables without building a map per call.
@@ -124,6 +135,11 @@ func (a activation) ResolveName(name string) (any, bool) {
 		return a.in.Type, true
 	case "at":
 		return a.in.At, true
+	case "calibration":
+		if a.in.Calibration == nil {
+			return calibrationVars(&unknownFlag), true
+		}
+		return a.in.Calibration(), true
 	}
 	return nil, false
 }
@@ -156,6 +172,9 @@ func typeName(v ref.Val) string {
 func evalError(err error) error {
 	msg := err.Error()
 	if k, ok := strings.CutPrefix(msg, "no such key: "); ok {
+		if k == "due" {
+			return errors.New(`no "due": calibration.due is absent when the device's DCC states no due date (guard with has(calibration.due)), or the snapshot has no channel "due" (has(values.due))`)
+		}
 		return fmt.Errorf("the snapshot has no channel %s (guard with has(values.%s))", strconv.Quote(k), k)
 	}
 	return errors.New(msg)

@@ -10,6 +10,7 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/fieldtrust/fieldtrust/internal/dcc/calibration"
 	"github.com/fieldtrust/fieldtrust/internal/outbox"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
@@ -36,12 +37,18 @@ type Engine struct {
 	// Prev looks up the values of a device's previous snapshot when the
 	// engine has not seen it (after a restart); nil: prev starts empty.
 	Prev func(gateway string, hash []byte) (map[string]float64, bool)
+	// Calibration returns the calibration of a device's measurement at t
+	// (nil: no instrument bound), called only for a snapshot a rule that
+	// reads calibration evaluates, at most once per snapshot; nil: every
+	// calibration is unknown.
+	Calibration func(gateway, device string, t time.Time) *calibration.Flag
 	// Evaluations counts condition evaluations.
 	Evaluations int
 	// chans are the channels the rules read (all of them: allChans).
 	chans    map[string]bool
 	allChans bool
 	prev     bool   // a rule reads prev
+	calib    bool   // a rule reads calibration
 	gen      uint64 // bumped by SetRules: cached channel positions are stale
 	// Buffers reused from snapshot to snapshot (the engine runs on every
 	// one): the rules that apply, the values map when no rule reads prev
@@ -89,13 +96,14 @@ func (e *Engine) SetRules(rs []*Rule) {
 	}
 	e.rules = e.rules[:0]
 	e.gen++
-	e.chans, e.allChans, e.prev = map[string]bool{}, false, false
+	e.chans, e.allChans, e.prev, e.calib = map[string]bool{}, false, false, false
 	for _, r := range rs {
 		if !r.Enabled {
 			continue
 		}
 		e.rules = append(e.rules, r)
 		e.prev = e.prev || r.UsesPrev()
+		e.calib = e.calib || r.UsesCalibration()
 		for _, c := range []*Condition{r.when, r.clear} {
 			if c == nil {
 				continue
@@ -204,6 +212,9 @@ func (e *Engine) Snapshot(rec store.SnapshotRecord, c *store.RuleCommit) {
 			}
 		}
 	}
+	if e.calib {
+		in.Calibration = e.calibrationOf(rec.Gateway, rec.Device, rec.Time)
+	}
 	ev := &trigger{rec: &rec, in: in, at: rec.Time, receivedAt: rec.ReceivedAt, gateway: rec.Gateway, device: path, typ: rec.DeviceType}
 	for _, r := range applying {
 		e.evalRule(r, ev, c)
@@ -213,6 +224,22 @@ func (e *Engine) Snapshot(rec store.SnapshotRecord, c *store.RuleCommit) {
 		dev.values = in.Values
 	} else {
 		dev.values = nil
+	}
+}
+
+// calibrationOf returns the lazy calibration of one snapshot: looked up
+// the first time a condition reads it, then kept for the other rules.
+func (e *Engine) calibrationOf(gateway, device string, at time.Time) func() map[string]any {
+	var vars map[string]any
+	return func() map[string]any {
+		if vars == nil {
+			f := &unknownFlag
+			if e.Calibration != nil {
+				f = e.Calibration(gateway, device, at)
+			}
+			vars = calibrationVars(f)
+		}
+		return vars
 	}
 }
 

@@ -93,11 +93,13 @@ type exprPos struct {
 
 // Overdue is the built-in maintenance condition: Channel is a counter
 // that must stay below Limit, or (Date) a due time in Unix seconds that
-// the snapshot's time must not pass.
+// the snapshot's time must not pass, or (Calibration) the due date of the
+// DCC of the device's instrument (docs/dcc.md "The fleet link").
 type Overdue struct {
-	Channel string
-	Limit   float64
-	Date    bool
+	Channel     string
+	Limit       float64
+	Date        bool
+	Calibration bool
 }
 
 // Rate is a number of notifications per period.
@@ -445,7 +447,7 @@ func (p *parser) file1(n *yaml.Node) (*File, error) {
 
 func (p *parser) overdue(n *yaml.Node) (*Overdue, error) {
 	o := &Overdue{}
-	var limit, date *yaml.Node
+	var limit, date, calib *yaml.Node
 	err := p.mapping(n, "overdue", func(key string, k, v *yaml.Node) error {
 		var err error
 		switch key {
@@ -468,8 +470,14 @@ func (p *parser) overdue(n *yaml.Node) (*Overdue, error) {
 				return p.errf(v, "overdue.date: want true or false")
 			}
 			o.Date = v.Value == "true"
+		case "calibration":
+			calib = v
+			if v.Kind != yaml.ScalarNode || v.Tag != "!!bool" {
+				return p.errf(v, "overdue.calibration: want true or false")
+			}
+			o.Calibration = v.Value == "true"
 		default:
-			return unknown(p, k, "overdue", "channel", "limit", "date")
+			return unknown(p, k, "overdue", "channel", "limit", "date", "calibration")
 		}
 		return err
 	})
@@ -477,8 +485,14 @@ func (p *parser) overdue(n *yaml.Node) (*Overdue, error) {
 		return nil, err
 	}
 	switch {
+	case calib != nil && !o.Calibration:
+		return nil, p.errf(calib, "overdue: calibration: false is the default; give channel with limit or date: true instead")
+	case o.Calibration && (o.Channel != "" || limit != nil || date != nil):
+		return nil, p.errf(n, "overdue: calibration: true reads the DCC of the device's instrument; it takes no channel, limit or date")
+	case o.Calibration:
+		return o, nil
 	case o.Channel == "":
-		return nil, p.errf(n, "overdue: the field channel is required")
+		return nil, p.errf(n, "overdue: the field channel is required (or calibration: true)")
 	case (limit == nil) == !o.Date:
 		return nil, p.errf(n, "overdue: give either limit (a counter channel) or date: true (a channel holding a due time in Unix seconds)")
 	case date != nil && !o.Date && limit == nil:

@@ -116,6 +116,8 @@ func FuzzLoad(f *testing.F) {
 	f.Add([]byte("version: 1\nname: r\nscope: '*'\nsilent: 10m\nactions:\n  - mqtt: {}\n"))
 	f.Add([]byte("version: 1\nname: r\nscope: ms\noverdue: {channel: hours, limit: 5000}\nactions:\n  - task: {title: x, due: 7d}\n"))
 	f.Add([]byte(`{"version": 1, "name": "r", "scope": "ms", "when": "values.a > prev.a", "actions": [{"email": {"to": ["a@b.example"], "subject": "{{.Device}}"}}]}`))
+	f.Add([]byte("version: 1\nname: r\nscope: ms\noverdue: {calibration: true}\nfor: 1h\nactions:\n  - mqtt: {}\n"))
+	f.Add([]byte("version: 1\nname: r\nscope: ms\nwhen: 'has(calibration.due) && at >= calibration.due'\nactions:\n  - mqtt: {}\n"))
 	f.Add([]byte("a: &a [*a, *a]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		_, err := Load("f.yaml", data)

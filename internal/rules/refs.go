@@ -86,6 +86,8 @@ func (sizes) EstimateSize(n cost.AstNode) *cost.SizeEstimate {
 		switch p[0] {
 		case "values", "prev":
 			return &cost.SizeEstimate{Min: 0, Max: snapshot.MaxValues}
+		case "calibration":
+			return &cost.SizeEstimate{Min: 0, Max: 8}
 		case "device", "gateway", "type":
 			return &cost.SizeEstimate{Min: 0, Max: 4 * 65}
 		}

@@ -40,7 +40,12 @@ func Load(name string, data []byte) (*Rule, error) {
 		// The built-in maintenance condition is CEL too, written here.
 		ch := strconv.Quote(f.Overdue.Channel)
 		src := fmt.Sprintf("%s in values && values[%s] >= %v", ch, ch, f.Overdue.Limit)
-		if f.Overdue.Date {
+		switch {
+		case f.Overdue.Calibration:
+			// The device's instrument's DCC is past its due date at the
+			// measurement time (docs/dcc.md "The fleet link").
+			src = "has(calibration.due) && at >= calibration.due"
+		case f.Overdue.Date:
 			src = fmt.Sprintf("%s in values && at >= timestamp(int(values[%s]))", ch, ch)
 		}
 		if r.when, err = p.compile(Expr{Src: src}, "overdue"); err != nil {
@@ -66,6 +71,12 @@ func FromStore(sr store.Rule) (*Rule, error) {
 // UsesPrev reports whether a condition of the rule reads prev.
 func (r *Rule) UsesPrev() bool {
 	return (r.when != nil && r.when.prev) || (r.clear != nil && r.clear.prev)
+}
+
+// UsesCalibration reports whether a condition of the rule reads
+// calibration (only then does the engine look it up).
+func (r *Rule) UsesCalibration() bool {
+	return (r.when != nil && r.when.calib) || (r.clear != nil && r.clear.calib)
 }
 
 // Applies reports whether the rule watches a device: its gateway path is

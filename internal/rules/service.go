@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/fieldtrust/fieldtrust/internal/dcc/calibration"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 )
 
@@ -45,6 +46,10 @@ type Service struct {
 	// ReloadEvery how often rules and open alarms are re-read (rules are
 	// added offline by the CLI too; default 2 s).
 	TickEvery, ReloadEvery time.Duration
+	// Calibration, if set, is the DCC fleet link: what rules reading
+	// calibration see (read per device at most once per CalibrationTTL);
+	// nil: their calibration is unknown.
+	Calibration Calibrations
 	// Queue bounds the batches waiting between ingest and the engine;
 	// beyond it the engine catches up from the store. Default 256.
 	Queue int
@@ -145,6 +150,10 @@ func (s *Service) Run(ctx context.Context) error {
 			vals[v.Channel] = v.Value
 		}
 		return vals, true
+	}
+	if s.Calibration != nil {
+		cc := &calibrationCache{link: s.Calibration, now: s.Now, log: s.Logger}
+		e.Calibration = func(gw, dev string, t time.Time) *calibration.Flag { return cc.flag(ctx, gw, dev, t) }
 	}
 	revs := map[string]int{}
 	if err := s.reload(ctx, e, revs); err != nil {

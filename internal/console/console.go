@@ -96,6 +96,10 @@ type Options struct {
 	// Rules, if set, are the alarms and tasks of the rules (issue 15):
 	// the Alarms and Tasks pages.
 	Rules RulesStore
+	// Firmware, if set, are the campaigns and device messages of the way
+	// back (issue 12): the Firmware pages and, on the audit page, what
+	// was sent to the viewer's devices.
+	Firmware FirmwareStore
 	// Hosts are the host names people reach the console by (passkeys are
 	// bound to a DNS name: "localhost" and the --dns-name values; an IP
 	// address cannot be a WebAuthn relying party).
@@ -163,6 +167,9 @@ func New(opts Options) (*Console, error) {
 	c.registerViews()
 	if opts.Rules != nil {
 		c.registerRules()
+	}
+	if opts.Firmware != nil {
+		c.registerFirmware()
 	}
 	api := &web.API{Data: opts.Store, Proofs: opts.Proofs, Grants: opts.Grants, Logger: c.log.With("component", "console-api"),
 		Identify: func(r *http.Request) (tacs.Subject, bool) {

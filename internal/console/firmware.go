@@ -102,7 +102,7 @@ func (c *Console) deviceMessages(ctx context.Context, v *Viewer, q url.Values, k
 		if after > 0 {
 			nv.Set("msgs_after", strconv.FormatInt(after, 10))
 		}
-		return "/audit?" + nv.Encode() + "#messages"
+		return "/audit?" + nv.Encode()
 	}
 	if len(msgs) == messagesPageSize {
 		mv.NextURL = link(msgs[len(msgs)-1].Seq)

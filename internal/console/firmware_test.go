@@ -143,6 +143,33 @@ func TestWayBack(t *testing.T) {
 		t.Error("the vendor's navigation lacks the firmware pages")
 	}
 
+	t.Run("CampaignRule", func(t *testing.T) {
+		// The campaign API's rule, not the page's: a vendor whose role may
+		// not order firmware for globex's gateways sees acme's campaign
+		// only, and globex's is not found.
+		g := tacs.DefaultGrants()
+		g[tacs.RoleAdmin] = append([]tacs.Grant{{Filter: "globex/+/+/firmware", Write: true, Deny: true}}, g[tacs.RoleAdmin]...)
+		rc, err := console.New(console.Options{Store: st, Firmware: st, Grants: g, Hosts: []string{"localhost"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rmux := http.NewServeMux()
+		rc.Register(rmux)
+		rget := func(path string) (int, string) {
+			req := httptest.NewRequestWithContext(ctx, "GET", "https://localhost"+path, nil)
+			req.AddCookie(vendor.cookie)
+			rec := httptest.NewRecorder()
+			rmux.ServeHTTP(rec, req)
+			return rec.Code, rec.Body.String()
+		}
+		if code, body := rget("/firmware"); code != 200 || !strings.Contains(body, `data-campaign="c-acme"`) || strings.Contains(body, "c-globex") {
+			t.Errorf("the restricted vendor's campaigns: %d, acme %v, globex %v", code, strings.Contains(body, `data-campaign="c-acme"`), strings.Contains(body, "c-globex"))
+		}
+		if code, _ := rget("/firmware/c-globex"); code != http.StatusNotFound {
+			t.Errorf("a campaign the vendor's role may not order: %d, want 404", code)
+		}
+	})
+
 	t.Run("Paging", func(t *testing.T) {
 		for i := range 120 {
 			put(fmt.Sprintf("page-%03d", i), devicemsg.KindCommand, "globex/munich/gw-2", fmt.Sprintf("cmd-%03d", i), -1)

@@ -326,9 +326,19 @@ func TestBrowser(t *testing.T) {
 	}
 	screenshot(t, ctx, shots, "device")
 
-	// 6. What left my site: download the signed export, verify it offline.
-	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/audit"), chromedp.WaitVisible(css("#audit tbody tr"))); err != nil {
+	// 6. What left my site, and what was sent to the site: a command
+	// sent to acme's gateway is listed; then download the signed export,
+	// verify it offline.
+	if err := d.Store.PutDeviceMessage(t.Context(), store.DeviceMessage{ID: "browser-cmd", Kind: "command", Gateway: "acme-pumps/plant-berlin/gw-1", Ref: "browser-cmd",
+		Sender: "service:console-test", Name: "clean", At: time.Now(), Body: []byte("sealed command"), State: "sent", LedgerIndex: -1}); err != nil {
 		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/audit"), chromedp.WaitVisible(css("#audit tbody tr")),
+		chromedp.WaitVisible(css(`#device-messages tr[data-kind="command"]`))); err != nil {
+		t.Fatal(err)
+	}
+	if s := text(t, ctx, "#device-messages"); !strings.Contains(s, "acme-pumps/plant-berlin/gw-1/commands") || !strings.Contains(s, "clean") {
+		t.Errorf("the messages sent to acme's devices: %q", s)
 	}
 	screenshot(t, ctx, shots, "audit")
 	// A click on the link (dispatched in the page: a synthesized mouse
@@ -473,6 +483,24 @@ func TestBrowser(t *testing.T) {
 	if tk, err := d.Store.Task(t.Context(), "browser-task"); err != nil || tk.State != store.TaskInProgress || len(tk.Comments) != 1 {
 		t.Errorf("the task after the browser: %+v, %v", tk, err)
 	}
+
+	// 11. The vendor admin follows a firmware campaign (read only).
+	if err := d.Store.CreateCampaign(t.Context(), store.Campaign{ID: "browser-campaign", Version: "2.4.1", DeviceType: "pump", Target: "pump/2.4.1",
+		Scope: []string{"acme-pumps"}, CanaryPercent: 50, MaxFailures: 1, State: "running", Stage: 1}, []store.CampaignDevice{
+		{Campaign: "browser-campaign", Path: gw1, Stage: 1, State: "installed"},
+		{Campaign: "browser-campaign", Path: "acme-pumps/plant-berlin/gw-2", Stage: 2, State: "pending"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	err = chromedp.Do(ctx,
+		chromedp.Navigate(base+"/firmware"),
+		chromedp.Click(css(`#campaigns tr[data-campaign="browser-campaign"] a`)),
+		chromedp.WaitVisible(css(`#campaign-devices tr[data-gateway="`+gw1+`"][data-state="installed"]`)),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	screenshot(t, ctx, shots, "firmware")
 	t.Logf("screenshots in %s", shots)
 }
 

@@ -99,6 +99,10 @@ type Options struct {
 	// Calibration, if set, is the DCC fleet link (*calibration.Link): the
 	// device page's calibration card and /ui/api/v1/devices/{path}/calibration.
 	Calibration web.Calibration
+	// Firmware, if set, are the campaigns and device messages of the way
+	// back (issue 12): the Firmware pages and, on the audit page, what
+	// was sent to the viewer's devices.
+	Firmware FirmwareStore
 	// Hosts are the host names people reach the console by (passkeys are
 	// bound to a DNS name: "localhost" and the --dns-name values; an IP
 	// address cannot be a WebAuthn relying party).
@@ -166,6 +170,9 @@ func New(opts Options) (*Console, error) {
 	c.registerViews()
 	if opts.Rules != nil {
 		c.registerRules()
+	}
+	if opts.Firmware != nil {
+		c.registerFirmware()
 	}
 	api := &web.API{Data: opts.Store, Proofs: opts.Proofs, Calibration: opts.Calibration, Grants: opts.Grants, Logger: c.log.With("component", "console-api"),
 		Identify: func(r *http.Request) (tacs.Subject, bool) {

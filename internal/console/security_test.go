@@ -161,7 +161,7 @@ func TestConsoleSecurity(t *testing.T) {
 	globex.login(loginLink(t, d, "viewer@globex-labs.example", "globex-labs", store.RoleViewer))
 
 	t.Run("NoSession", func(t *testing.T) {
-		for _, p := range []string{"/", "/fleet", "/devices/" + acmeDev, "/audit", "/ledger", "/admin", "/account", "/series/" + acmeDev + "?channel=flow", "/alarms", "/tasks", "/tasks/t-1"} {
+		for _, p := range []string{"/", "/fleet", "/devices/" + acmeDev, "/audit", "/ledger", "/admin", "/account", "/series/" + acmeDev + "?channel=flow", "/alarms", "/tasks", "/tasks/t-1", "/firmware", "/firmware/c-1"} {
 			resp, _ := anon.get(p)
 			if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, "/login?next=") {
 				t.Errorf("GET %s without a session: %d %s, want a redirect to /login", p, resp.StatusCode, loc)
@@ -254,6 +254,36 @@ func TestConsoleSecurity(t *testing.T) {
 		}
 		if _, body := globex.get("/fleet"); !strings.Contains(body, "globex-labs/") {
 			t.Error("globex's fleet does not show globex's devices")
+		}
+		// What was sent to acme's gateway, and acme's campaign.
+		sent := store.DeviceMessage{ID: "sec-acme-cmd", Kind: "command", Gateway: "acme-pumps/plant-berlin/gw-1", Ref: "sec-acme-cmd", Sender: "service:test",
+			Name: "acme-only-reboot", At: time.Now(), Body: []byte("sealed"), State: "sent", LedgerIndex: -1}
+		if err := d.Store.PutDeviceMessage(t.Context(), sent); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Store.CreateCampaign(t.Context(), store.Campaign{ID: "sec-acme-campaign", Version: "9.9.9", DeviceType: "pump", Target: "pump/9.9.9", Scope: []string{"acme-pumps"}, State: "running", Stage: 1},
+			[]store.CampaignDevice{{Campaign: "sec-acme-campaign", Path: "acme-pumps/plant-berlin/gw-1", Stage: 1, State: "pending"}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, body := acme.get("/audit?kind=command"); !strings.Contains(body, "acme-only-reboot") {
+			t.Error("acme's audit page does not show the command sent to its gateway")
+		}
+		for _, p := range []string{"/audit", "/audit?kind=command", "/audit?msgs_after=0"} {
+			if resp, body := globex.get(p); resp.StatusCode != http.StatusOK || strings.Contains(body, "acme-only-reboot") || strings.Contains(body, "acme-pumps/") {
+				t.Errorf("GET %s as globex: %d, shows acme's messages", p, resp.StatusCode)
+			}
+		}
+		for _, c := range []*browserClient{globex, acme} {
+			for _, p := range []string{"/firmware", "/firmware/sec-acme-campaign"} {
+				if resp, body := c.get(p); resp.StatusCode != http.StatusForbidden || strings.Contains(body, "9.9.9") {
+					t.Errorf("GET %s as a customer: %d, want 403 (campaigns are the vendor's)", p, resp.StatusCode)
+				}
+			}
+		}
+		vendor := newClient(t, base, root, nil)
+		vendor.login(loginLink(t, d, "ops@vendor.example", console.VendorScope, store.RoleViewer))
+		if resp, body := vendor.get("/firmware/sec-acme-campaign"); resp.StatusCode != http.StatusOK || !strings.Contains(body, `data-gateway="acme-pumps/plant-berlin/gw-1"`) {
+			t.Errorf("the vendor's campaign page: %d", resp.StatusCode)
 		}
 		// The proof of one of acme's snapshots.
 		recs, _ := d.Store.LatestSnapshots(t.Context(), "acme-pumps")
@@ -361,7 +391,7 @@ func TestConsoleSecurity(t *testing.T) {
 			t.Error("the audit page does not escape what it shows")
 		}
 		// Bad parameters: a clear 400, never a 500.
-		for _, p := range []string{"/fleet?page=-1", "/fleet?state=weird", "/fleet?q=" + strings.Repeat("x", 200), "/audit?from=yesterday", "/audit?after=garbage",
+		for _, p := range []string{"/fleet?page=-1", "/fleet?state=weird", "/fleet?q=" + strings.Repeat("x", 200), "/audit?from=yesterday", "/audit?after=garbage", "/audit?kind=crl", "/audit?msgs_after=x",
 			"/ledger?hash=xyz", "/ledger?before=0", "/devices/a/b", "/devices/" + acmeDev + "?range=1y", "/devices/" + acmeDev + "?channel=nope",
 			"/series/" + acmeDev + "?channel=flow&from=2026-01-01T00:00:00Z&to=2026-03-01T00:00:00Z", "/series/" + acmeDev + "?channel=../x"} {
 			if resp, _ := acme.get(p); resp.StatusCode != http.StatusBadRequest {

@@ -601,6 +601,7 @@ type auditView struct {
 	NextURL                      string
 	ExportURL, VerifyCmd, RootCA string
 	Audit                        []store.AuditEntry
+	Messages                     messagesView
 }
 
 const auditPageSize = 100
@@ -663,6 +664,14 @@ func (c *Console) auditView(w http.ResponseWriter, r *http.Request, v *Viewer) {
 	if len(recs) == auditPageSize {
 		nv := url.Values{"from": {av.FromText}, "to": {av.ToText}, "after": {encodeAuditCursor(recs[len(recs)-1].Cursor())}}
 		av.NextURL = "/audit?" + nv.Encode()
+	}
+	if av.Messages, err = c.deviceMessages(ctx, v, q, window, av.HeadSize, av.HasHead); err != nil {
+		if errors.Is(err, errBadInput) {
+			c.badInput(w, r, v, strings.TrimPrefix(err.Error(), errBadInput.Error()+": "))
+			return
+		}
+		c.serverError(w, r, v, err)
+		return
 	}
 	av.ExportURL = "/ui/api/v1/export?" + window.Encode()
 	av.VerifyCmd = "fieldtrust ledger verify --e2e-root e2e-root.pem --export export.json"

@@ -39,6 +39,44 @@ type Audit struct {
 	Log      *slog.Logger
 }
 
+// MayRead is the one rule of who reads the device messages of a scope (a
+// master account, an account or a gateway path; "" for everything):
+// reading a scope's messages is reading its gateways' topics, so TACS
+// decides, as on MQTT. An account identity reads its own subtree; a
+// service needs a role that may read every tenant's topics (admin). The
+// API and the console's audit page both ask it.
+func MayRead(g tacs.Grants, subj tacs.Subject, scope string) bool {
+	all := tacs.Authorize(g, subj, tacs.Subscribe, topic.Everything).Allowed
+	if scope == "" {
+		return all
+	}
+	return tacs.Authorize(g, subj, tacs.Subscribe, scope+"/#").Allowed && (!subj.IsService() || all)
+}
+
+// Outbound reports whether a message of the kind went to the gateway
+// (command, notice, download) rather than came from it (result, status,
+// refusal).
+func Outbound(kind string) bool {
+	return kind == KindCommand || kind == KindNotice || kind == KindDownload
+}
+
+// TopicOf is the MQTT topic a device message travelled on: commands and
+// results on the gateway's commands channels, notices, downloads (an
+// HTTPS download is also announced on the firmware topic) and status
+// reports on its firmware channels; a refusal on the channel it refers to.
+func TopicOf(m store.DeviceMessage) string {
+	switch {
+	case m.Kind == KindCommand:
+		return topic.CommandsOf(m.Gateway)
+	case m.Kind == KindResult, m.Kind == KindRefusal && m.Name == "commands":
+		return topic.CommandResultsOf(m.Gateway)
+	case m.Kind == KindNotice, m.Kind == KindDownload:
+		return topic.FirmwareOf(m.Gateway)
+	default:
+		return topic.FirmwareStatusOf(m.Gateway)
+	}
+}
+
 // AuditRecord is one record of the audit answer.
 type AuditRecord struct {
 	Seq         int64     `json:"seq"`
@@ -73,9 +111,7 @@ func (a *Audit) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("bad scope %q: want master, master/account or master/account/gateway", scope), http.StatusBadRequest)
 		return
 	}
-	// Reading a scope's messages is reading its gateways' topics: TACS
-	// decides, as on MQTT.
-	if !tacs.Authorize(a.Grants, subj, tacs.Subscribe, scope+"/#").Allowed || (subj.IsService() && !tacs.Authorize(a.Grants, subj, tacs.Subscribe, topic.Everything).Allowed) {
+	if !MayRead(a.Grants, subj, scope) {
 		http.Error(w, "not found", http.StatusNotFound)
 		return
 	}

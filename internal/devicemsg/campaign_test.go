@@ -455,10 +455,13 @@ func TestCampaign(t *testing.T) {
 			}
 			return code, b
 		}
+		// The list answers 200 to any known service (filtered), so wait
+		// for what only the admin role may see, and for the reader to be
+		// known at all.
 		waitUntil(t, 2*time.Minute, "the platform to know the operator's and the reader's roles", func() bool {
-			code, _, err := do(admin, http.MethodGet, "/api/v1/firmware/campaigns", "", nil)
+			code, _, err := do(admin, http.MethodGet, "/api/v1/firmware/campaigns/"+camp.ID, "", nil)
 			rcode, _, rerr := do(reader, http.MethodGet, "/api/v1/firmware/campaigns", "", nil)
-			return err == nil && code == http.StatusOK && rerr == nil && rcode != http.StatusUnauthorized
+			return err == nil && code == http.StatusOK && rerr == nil && rcode == http.StatusOK
 		})
 		spec := fmt.Sprintf(`{"version":"1.2.0","device_type":"pump","scope":[%q,%q]}`, paths[0], paths[41])
 		if code, body := post(cust1, "/api/v1/firmware/campaigns", spec, nil); code != http.StatusForbidden {

@@ -317,7 +317,7 @@ func Run(ctx context.Context, cfg Config) error {
 	consoleClient.GetClientCertificate = consoleTLS.GetClientCertificate
 	watcher := &console.StatusWatcher{TLS: consoleClient, ClientID: "console-status", Logger: log.With("component", "console")}
 	con, err := console.New(console.Options{
-		Store: d.Store, Grants: grants, Proofs: lg, Revoker: d.Transport, Status: watcher, Rules: d.Store, Calibration: api.Calibration,
+		Store: d.Store, Grants: grants, Proofs: lg, Revoker: d.Transport, Status: watcher, Rules: d.Store, Calibration: api.Calibration, Firmware: d.Store,
 		Hosts: append([]string{"localhost"}, cfg.DNSNames...), Logger: log.With("component", "console"),
 		CertSubject: func(r *http.Request) (tacs.Subject, *x509.Certificate, bool) {
 			id, ok := est.IdentityFromContext(r.Context())

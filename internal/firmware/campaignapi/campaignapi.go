@@ -102,15 +102,25 @@ func (h *Handler) caller(w http.ResponseWriter, r *http.Request) (tacs.Subject, 
 	return subj, true
 }
 
-// mayOrder is the one rule: subj may publish on every gateway's firmware
-// topic. It names the first gateway it may not.
-func (h *Handler) mayOrder(subj tacs.Subject, gateways []string) (string, bool) {
-	for _, g := range gateways {
-		if !tacs.Authorize(h.Grants, subj, tacs.Publish, topic.FirmwareOf(g)).Allowed {
-			return g, false
+// MayOrder is the one rule of who sees and steers a campaign: subj is a
+// service (account identities are refused: campaigns are the vendor's)
+// whose role may publish on every gateway's firmware topic. It names the
+// first gateway it may not (none for an account identity). The API and
+// the console's campaign pages both ask it.
+func MayOrder(g tacs.Grants, subj tacs.Subject, gateways []string) (string, bool) {
+	if !subj.IsService() {
+		return "", false
+	}
+	for _, gw := range gateways {
+		if !tacs.Authorize(g, subj, tacs.Publish, topic.FirmwareOf(gw)).Allowed {
+			return gw, false
 		}
 	}
 	return "", true
+}
+
+func (h *Handler) mayOrder(subj tacs.Subject, gateways []string) (string, bool) {
+	return MayOrder(h.Grants, subj, gateways)
 }
 
 // campaign loads a campaign the caller may steer; a campaign it may not is

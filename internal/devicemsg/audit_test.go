@@ -6,6 +6,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/devicemsg"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
 // TestMayRead: the one rule of who reads a scope's device messages (the
@@ -41,13 +42,13 @@ func TestTopicOf(t *testing.T) {
 		kind, name, topic string
 		outbound          bool
 	}{
-		{devicemsg.KindCommand, "reboot", gw + "/commands", true},
-		{devicemsg.KindNotice, "install", gw + "/firmware", true},
-		{devicemsg.KindDownload, "bytes=0-", gw + "/firmware", true},
-		{devicemsg.KindResult, "ok", gw + "/commands/result", false},
-		{devicemsg.KindStatus, "installed", gw + "/firmware/status", false},
-		{devicemsg.KindRefusal, "commands", gw + "/commands/result", false},
-		{devicemsg.KindRefusal, "firmware", gw + "/firmware/status", false},
+		{devicemsg.KindCommand, "reboot", topic.CommandsOf(gw), true},
+		{devicemsg.KindNotice, "install", topic.FirmwareOf(gw), true},
+		{devicemsg.KindDownload, "bytes=0-", topic.FirmwareOf(gw), true},
+		{devicemsg.KindResult, "ok", topic.CommandResultsOf(gw), false},
+		{devicemsg.KindStatus, "installed", topic.FirmwareStatusOf(gw), false},
+		{devicemsg.KindRefusal, "commands", topic.CommandResultsOf(gw), false},
+		{devicemsg.KindRefusal, "firmware", topic.FirmwareStatusOf(gw), false},
 	} {
 		m := store.DeviceMessage{Kind: tt.kind, Name: tt.name, Gateway: gw}
 		if got := devicemsg.TopicOf(m); got != tt.topic {

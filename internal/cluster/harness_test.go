@@ -164,6 +164,25 @@ func (e *env) startCluster(t testing.TB, n int) []*Node {
 			nd.Shutdown()
 		}
 	})
+	// A node is ready once JetStream is current, but the engine creates
+	// the account's MQTT streams on the first connection, which a loaded
+	// machine can fail (EOF) while the replicas settle: wait until every
+	// node takes an MQTT connection, as a gateway would retry.
+	probe := e.device(t, "ms-probe")
+	for _, nd := range nodes {
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			c, err := e.dial(t, nd.MQTTAddr(), probe, "ms-probe", true)
+			if err == nil {
+				c.Disconnect(0)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node %s takes no MQTT connection: %v", nd.cfg.Name, err)
+			}
+			time.Sleep(200 * time.Millisecond) // polling a condition with a deadline
+		}
+	}
 	return nodes
 }
 

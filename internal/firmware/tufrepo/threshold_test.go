@@ -1,0 +1,282 @@
+package tufrepo_test
+
+import (
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sigstore/sigstore/pkg/signature"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/fieldtrust/fieldtrust/internal/firmware"
+	"github.com/fieldtrust/fieldtrust/internal/firmware/tufrepo"
+	"github.com/fieldtrust/fieldtrust/internal/pki"
+)
+
+func holderKey(t *testing.T, keys string, i int, role string) crypto.Signer {
+	t.Helper()
+	k, err := pki.ReadKeyFile(filepath.Join(tufrepo.HolderDir(keys, i), role+".key"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// resign replaces the signatures of a metadata file of the repository
+// with those of signers (the same signer twice makes two signature
+// entries with one key id), as a forger holding some keys would.
+func resign[T metadata.Roles](t *testing.T, file string, load func(string) (*metadata.Metadata[T], error), signers ...crypto.Signer) {
+	t.Helper()
+	m, err := load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.ClearSignatures()
+	for _, k := range signers {
+		s, err := signature.LoadSigner(k, crypto.Hash(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Sign(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := m.ToBytes(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func loadTargets(f string) (*metadata.Metadata[metadata.TargetsType], error) {
+	return metadata.Targets().FromFile(f)
+}
+func loadRoot(f string) (*metadata.Metadata[metadata.RootType], error) {
+	return metadata.Root().FromFile(f)
+}
+
+// TestThresholds: root and targets with 2-of-3 keys held in three
+// holder directories. The repository counts distinct keys (one holder's
+// directory given twice is one signature) and stages targets metadata
+// until a second holder signs; the gateway's go-tuf client refuses
+// targets with one signature, with one key's signature twice, and with
+// a signature of a key root does not name, and accepts two holders'.
+func TestThresholds(t *testing.T) {
+	keys := t.TempDir()
+	root, err := tufrepo.InitKeysWith(keys, time.Now(), tufrepo.DefaultExpiry, tufrepo.Quorums{Root: tufrepo.Quorum{Threshold: 2, Keys: 3}, Targets: tufrepo.Quorum{Threshold: 2, Keys: 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rm, err := metadata.Root().FromBytes(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, role := range []string{"root", "targets"} {
+		if r := rm.Signed.Roles[role]; r.Threshold != 2 || len(r.KeyIDs) != 3 {
+			t.Fatalf("%s: threshold %d, %d keys", role, r.Threshold, len(r.KeyIDs))
+		}
+	}
+	if _, err := os.Stat(filepath.Join(keys, "root.key")); err == nil {
+		t.Fatal("a multi-key init left a root key outside the holder directories")
+	}
+	h1, h2 := tufrepo.HolderDir(keys, 1), tufrepo.HolderDir(keys, 2)
+	data := t.TempDir()
+	r := tufrepo.Open(data)
+	srv := serve(t, r)
+
+	// The first version, signed with the directory of 'keys init' (the
+	// online keys and every holder's keys).
+	if tg, err := r.AddSigned([]string{keys}, tufrepo.Artifact{File: artifact(t, "fw 1.0.0"), DeviceType: "pump", Version: "1.0.0"}); err != nil || tg.Awaiting != 0 {
+		t.Fatalf("add with two holders: %+v %v", tg, err)
+	}
+	if got, err := client(t, srv, root).Lookup("pump/1.0.0"); err != nil || got.Custom.Version != "1.0.0" {
+		t.Fatalf("lookup: %+v %v", got, err)
+	}
+
+	// One holder (its directory twice) stages; signing again with the
+	// same key adds nothing; the second holder publishes.
+	tg, err := r.AddSigned([]string{h1, h1}, tufrepo.Artifact{File: artifact(t, "fw 1.1.0"), DeviceType: "pump", Version: "1.1.0"})
+	if err != nil || tg.Awaiting != 1 {
+		t.Fatalf("add with one holder: %+v %v", tg, err)
+	}
+	if _, err := client(t, srv, root).Lookup("pump/1.1.0"); err == nil {
+		t.Fatal("a target signed by one of two required keys reached a client")
+	}
+	if _, err := r.AddSigned([]string{h2}, tufrepo.Artifact{File: artifact(t, "fw 1.2.0"), DeviceType: "pump", Version: "1.2.0"}); err == nil || !strings.Contains(err.Error(), "waits for signatures") {
+		t.Fatalf("add while targets wait for signatures: %v", err)
+	}
+	if _, err := r.Rotate([]string{keys}, "targets", tufrepo.Quorum{}); err == nil || !strings.Contains(err.Error(), "waits for signatures") {
+		t.Fatalf("rotate while targets wait for signatures: %v", err)
+	}
+	if s, err := r.Sign([]string{h1}); err != nil || s.Have != 1 || s.Need != 2 || s.Published {
+		t.Fatalf("sign again by holder 1: %+v %v", s, err)
+	}
+	if _, err := r.Sign([]string{t.TempDir()}); err == nil || !strings.Contains(err.Error(), "found none") {
+		t.Fatalf("sign with no targets key: %v", err)
+	}
+	if s, err := r.Sign([]string{h2}); err != nil || s.Have != 2 || !s.Published {
+		t.Fatalf("sign by holder 2: %+v %v", s, err)
+	}
+	if got, err := client(t, srv, root).Lookup("pump/1.1.0"); err != nil || got.Custom.Version != "1.1.0" {
+		t.Fatalf("lookup after the second signature: %+v %v", got, err)
+	}
+	if p, err := r.Pending(); p != nil || err != nil {
+		t.Fatalf("pending after publishing: %+v %v", p, err)
+	}
+
+	// A forger re-signs the published targets metadata: each with fewer
+	// than two distinct named keys is refused by a fresh gateway.
+	_, stranger, _ := ed25519.GenerateKey(rand.Reader)
+	k1, k2 := holderKey(t, keys, 1, "targets"), holderKey(t, keys, 2, "targets")
+	file := filepath.Join(data, "firmware", "metadata", "2.targets.json")
+	good, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name    string
+		signers []crypto.Signer
+		ok      bool
+	}{
+		{"one signature", []crypto.Signer{k1}, false},
+		{"one key twice", []crypto.Signer{k1, k1}, false},
+		{"one key and an unknown key", []crypto.Signer{k1, stranger}, false},
+		{"a root key for targets", []crypto.Signer{k1, holderKey(t, keys, 2, "root")}, false},
+		{"two holders", []crypto.Signer{k2, k1}, true},
+		{"two holders and an unknown key", []crypto.Signer{stranger, k1, k2}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			os.WriteFile(file, good, 0o644)
+			resign(t, file, loadTargets, c.signers...)
+			_, err := client(t, srv, root).Lookup("pump/1.1.0")
+			if c.ok && err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+			if !c.ok {
+				assertReason(t, err, firmware.ReasonMetadata)
+			}
+		})
+	}
+	os.WriteFile(file, good, 0o644)
+
+	// A staged targets file someone tampered with keeps only its valid
+	// signatures.
+	if _, err := r.AddSigned([]string{h1}, tufrepo.Artifact{File: artifact(t, "fw 1.3.0"), DeviceType: "pump", Version: "1.3.0"}); err != nil {
+		t.Fatal(err)
+	}
+	pending := filepath.Join(data, "firmware", "pending", "targets.json")
+	staged, _ := os.ReadFile(pending)
+	resign(t, pending, loadTargets, stranger)
+	if s, err := r.Sign([]string{h2}); err != nil || s.Have != 1 || s.Published {
+		t.Fatalf("sign a pending file with a forged signature: %+v %v", s, err)
+	}
+	os.WriteFile(pending, staged, 0o644)
+	resign(t, pending, loadTargets, k1, k1)
+	if _, err := r.Sign([]string{h2}); err == nil || !strings.Contains(err.Error(), "multiple signatures") {
+		t.Fatalf("sign a pending file with one key's signature twice: %v", err)
+	}
+	if err := r.Discard(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Sign([]string{h1}); err == nil {
+		t.Fatal("signed after discarding")
+	}
+}
+
+// TestThresholdRotation: a gateway pinned to a one-key root (threshold
+// 1) follows rotations to 2-of-3 targets and then 2-of-3 root keys
+// without being touched; a rotation with one of two required root keys
+// is refused by the repository, and a root version signed by one new
+// root key only is refused by the gateway.
+func TestThresholdRotation(t *testing.T) {
+	keys := t.TempDir()
+	root, err := tufrepo.InitKeys(keys, time.Now(), tufrepo.DefaultExpiry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+	r := tufrepo.Open(data)
+	srv := serve(t, r)
+	if _, err := r.Add(keys, tufrepo.Artifact{File: artifact(t, "fw 1.0.0"), DeviceType: "pump", Version: "1.0.0"}); err != nil {
+		t.Fatal(err)
+	}
+	saw := client(t, srv, root)
+	if _, err := saw.Lookup("pump/1.0.0"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		role  string
+		q     tufrepo.Quorum
+		keys  []string
+		want  string
+		rootV int64
+	}{
+		{"targets", tufrepo.Quorum{Threshold: 4, Keys: 3}, []string{keys}, "threshold 4 of 3", 0},
+		{"snapshot", tufrepo.Quorum{Threshold: 2, Keys: 2}, []string{keys}, "online role", 0},
+		{"targets", tufrepo.Quorum{Threshold: 2, Keys: 3}, []string{keys}, "", 2},
+		{"root", tufrepo.Quorum{Threshold: 2, Keys: 3}, []string{keys}, "", 3},
+		{"targets", tufrepo.Quorum{}, []string{tufrepo.HolderDir(keys, 1)}, "root needs 2 of its 3 keys", 0},
+		{"targets", tufrepo.Quorum{Threshold: 1, Keys: 1}, []string{keys, tufrepo.HolderDir(keys, 3)}, "", 4},
+	} {
+		v, err := r.Rotate(c.keys, c.role, c.q)
+		if c.want != "" {
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("rotate %s %+v: %v, want %q", c.role, c.q, err, c.want)
+			}
+			continue
+		}
+		if err != nil || v != c.rootV {
+			t.Fatalf("rotate %s %+v: v%d %v", c.role, c.q, v, err)
+		}
+		ver := fmt.Sprintf("1.%d.0", v)
+		tg, err := r.AddSigned(c.keys, tufrepo.Artifact{File: artifact(t, "fw "+ver), DeviceType: "pump", Version: ver})
+		if err != nil || tg.Awaiting != 0 {
+			t.Fatalf("add after rotating %s: %+v %v", c.role, tg, err)
+		}
+		for _, cl := range []*struct{ name string }{{"saw"}, {"pinned"}} {
+			cc := saw
+			if cl.name == "pinned" {
+				cc = client(t, srv, root)
+			}
+			got, err := cc.Lookup("pump/" + ver)
+			if err != nil || got.RootVersion != v {
+				t.Fatalf("%s client after rotating %s to %+v: %+v %v", cl.name, c.role, c.q, got, err)
+			}
+		}
+	}
+	rm, err := loadRoot(filepath.Join(keys, "root.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := rm.Signed.Roles["root"]; r.Threshold != 2 || len(r.KeyIDs) != 3 {
+		t.Fatalf("root role after rotation: %+v", r)
+	}
+	// A root v5 signed by one of the three new root keys (and one stale
+	// key twice): a gateway that trusts v4 refuses it.
+	v5 := filepath.Join(data, "firmware", "metadata", "5.root.json")
+	b, _ := os.ReadFile(filepath.Join(data, "firmware", "metadata", "4.root.json"))
+	m, _ := metadata.Root().FromBytes(b)
+	m.Signed.Version = 5
+	nb, _ := m.ToBytes(false)
+	os.WriteFile(v5, nb, 0o644)
+	k1 := holderKey(t, keys, 1, "root")
+	for _, signers := range [][]crypto.Signer{{k1}, {k1, k1}} {
+		os.WriteFile(v5, nb, 0o644)
+		resign(t, v5, loadRoot, signers...)
+		_, err := saw.Lookup("pump/1.4.0")
+		assertReason(t, err, firmware.ReasonMetadata)
+	}
+	os.WriteFile(v5, nb, 0o644)
+	resign(t, v5, loadRoot, k1, holderKey(t, keys, 2, "root"))
+	if got, err := client(t, srv, root).Lookup("pump/1.4.0"); err != nil || got.RootVersion != 5 {
+		t.Fatalf("a root signed by two of the root keys: %+v %v", got, err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -93,6 +94,57 @@ func TestFirmwareCLI(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(keys, "2.root.json")); err != nil {
 		t.Errorf("rotation left no 2.root.json: %v", err)
+	}
+}
+
+// TestFirmwareThresholdCLI: 2-of-3 root and targets keys from the CLI,
+// signing with several holders at once and one after the other, and a
+// rotation that changes the targets quorum.
+func TestFirmwareThresholdCLI(t *testing.T) {
+	data, keys := t.TempDir(), filepath.Join(t.TempDir(), "keys")
+	h := func(i int) string { return filepath.Join(keys, fmt.Sprintf("keyholder-%d", i)) }
+	fw := func(v string) string {
+		f := filepath.Join(t.TempDir(), "fw.bin")
+		os.WriteFile(f, []byte("pump firmware "+v), 0o600)
+		return f
+	}
+	add := func(v string, dirs ...string) []string {
+		args := []string{"firmware", "add", "--data", data, "--file", fw(v), "--version", v, "--device-type", "pump"}
+		for _, d := range dirs {
+			args = append(args, "--keys", d)
+		}
+		return args
+	}
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"firmware", "keys", "init", "--dir", keys, "--threshold", "snapshot=2"}, 2, "only the offline roles"},
+		{[]string{"firmware", "keys", "init", "--dir", keys, "--threshold", "root=3", "--keys", "root=2"}, 2, "threshold 3 of 2"},
+		{[]string{"firmware", "keys", "init", "--dir", keys, "--threshold", "root=2,targets=2", "--keys", "root=3,targets=3"}, 0, "key holder 3: " + h(3)},
+		{[]string{"firmware", "keys", "init", "--dir", keys}, 1, "already holds firmware keys"},
+		{add("1.0.0", h(1), h(2)), 1, "directory of 'firmware keys init'"},
+		{add("1.0.0", keys), 0, "added pump/1.0.0"},
+		{add("1.1.0", h(1), h(1)), 0, "needs 1 more signature"},
+		{add("1.2.0", h(2)), 1, "waits for signatures"},
+		{[]string{"firmware", "sign", "--data", data}, 0, "targets version 2 (pump/1.0.0, pump/1.1.0): 1 of 2 signatures"},
+		{[]string{"firmware", "sign", "--data", data, "--keys", h(1)}, 0, "1 of 2 signatures; another holder"},
+		{[]string{"firmware", "sign", "--data", data, "--keys", h(3)}, 0, "targets version 2 published with 2 of 2"},
+		{[]string{"firmware", "sign", "--data", data}, 0, "nothing waits"},
+		{[]string{"firmware", "list", "--data", data}, 0, "pump/1.1.0"},
+		{add("1.2.0", h(2), h(3)), 0, "added pump/1.2.0"},
+		{[]string{"firmware", "keys", "rotate", "--data", data, "--keys", h(1), "--role", "targets"}, 1, "root needs 2 of its 3 keys"},
+		{[]string{"firmware", "keys", "rotate", "--data", data, "--keys", h(1), "--role", "targets", "--threshold", "2"}, 2, "go together"},
+		{[]string{"firmware", "keys", "rotate", "--data", data, "--keys", h(1), "--keys", h(2), "--role", "targets", "--threshold", "3", "--count", "2"}, 2, "threshold 3 of 2"},
+		{[]string{"firmware", "keys", "rotate", "--data", data, "--keys", h(1), "--keys", h(2), "--role", "targets", "--threshold", "1", "--count", "1"}, 0, "root version 2"},
+		{add("1.3.0", h(1)), 0, "added pump/1.3.0"},
+		{[]string{"firmware", "sign", "--data", data, "--discard"}, 1, "no targets metadata waits"},
+	} {
+		out, code := run(t, c.args...)
+		if code != c.code || !strings.Contains(out, c.want) {
+			t.Errorf("%v: exit %d, %q; want exit %d and %q", c.args, code, out, c.code, c.want)
+		}
 	}
 }
 

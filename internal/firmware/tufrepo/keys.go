@@ -79,6 +79,37 @@ func ParseRoleCounts(s string) (map[string]int, error) {
 	return out, nil
 }
 
+// ParseQuorums reads keys init's --threshold and --keys ("root=2,targets=2",
+// "root=3,targets=3"; empty: SingleKeys): a role with a threshold only
+// gets as many keys, a role with a number of keys only a threshold of 1.
+func ParseQuorums(thresholds, counts string) (Quorums, error) {
+	qs := SingleKeys
+	var th, n map[string]int
+	var err error
+	if thresholds != "" {
+		if th, err = ParseRoleCounts(thresholds); err != nil {
+			return qs, fmt.Errorf("--threshold: %w", err)
+		}
+	}
+	if counts != "" {
+		if n, err = ParseRoleCounts(counts); err != nil {
+			return qs, fmt.Errorf("--keys: %w", err)
+		}
+	}
+	for role, q := range map[string]*Quorum{"root": &qs.Root, "targets": &qs.Targets} {
+		if v, ok := th[role]; ok {
+			q.Threshold, q.Keys = v, v
+		}
+		if v, ok := n[role]; ok {
+			q.Keys = v
+		}
+		if err := q.Check(role); err != nil {
+			return qs, err
+		}
+	}
+	return qs, nil
+}
+
 // HolderDir is the directory of key holder i (1-based) in a keys
 // directory with several keys per role: each is a complete --keys
 // directory for its holder, meant to be moved to that person's medium.

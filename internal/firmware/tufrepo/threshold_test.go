@@ -280,3 +280,56 @@ func TestThresholdRotation(t *testing.T) {
 		t.Fatalf("a root signed by two of the root keys: %+v %v", got, err)
 	}
 }
+
+func TestParseQuorums(t *testing.T) {
+	q := func(rt, rk, tt, tk int) tufrepo.Quorums {
+		return tufrepo.Quorums{Root: tufrepo.Quorum{Threshold: rt, Keys: rk}, Targets: tufrepo.Quorum{Threshold: tt, Keys: tk}}
+	}
+	for _, c := range []struct {
+		th, n string
+		want  tufrepo.Quorums
+		err   string
+	}{
+		{"", "", tufrepo.SingleKeys, ""},
+		{"root=2,targets=2", "root=3,targets=3", q(2, 3, 2, 3), ""},
+		{"root=2", "", q(2, 2, 1, 1), ""},
+		{"", "targets=3", q(1, 1, 1, 3), ""},
+		{" root=2 , targets=1", "root=2", q(2, 2, 1, 1), ""},
+		{"root=3", "root=2", tufrepo.Quorums{}, "threshold 3 of 2"},
+		{"root=0", "", tufrepo.Quorums{}, "from 1 to 16"},
+		{"root=17", "", tufrepo.Quorums{}, "from 1 to 16"},
+		{"snapshot=2", "", tufrepo.Quorums{}, "only the offline roles"},
+		{"root=2,root=3", "", tufrepo.Quorums{}, "twice"},
+		{"root", "", tufrepo.Quorums{}, "ROLE=N"},
+		{"root=2x", "", tufrepo.Quorums{}, "from 1 to 16"},
+		{"", "root=-1", tufrepo.Quorums{}, "from 1 to 16"},
+	} {
+		got, err := tufrepo.ParseQuorums(c.th, c.n)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%q %q: %v, want %q", c.th, c.n, err, c.err)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("%q %q: %+v %v, want %+v", c.th, c.n, got, err, c.want)
+		}
+	}
+}
+
+func FuzzParseQuorums(f *testing.F) {
+	for _, s := range []string{"root=2,targets=2", "root=3", "targets=16", "root=2,,", "=", "root=99999999999999999999"} {
+		f.Add(s, s)
+	}
+	f.Fuzz(func(t *testing.T, th, n string) {
+		qs, err := tufrepo.ParseQuorums(th, n)
+		if err != nil {
+			return
+		}
+		for _, q := range []tufrepo.Quorum{qs.Root, qs.Targets} {
+			if q.Check("x") != nil {
+				t.Fatalf("ParseQuorums(%q, %q) accepted %+v", th, n, q)
+			}
+		}
+	})
+}

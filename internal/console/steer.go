@@ -134,7 +134,7 @@ func (c *Console) campaignCreate(w http.ResponseWriter, r *http.Request, v *View
 		return
 	}
 	spec := rollout.Spec{Version: strings.TrimSpace(r.PostFormValue("version")), DeviceType: strings.TrimSpace(r.PostFormValue("device_type")),
-		Scope: strings.FieldsFunc(r.PostFormValue("scope"), func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\r' }),
+		Scope:         strings.FieldsFunc(r.PostFormValue("scope"), func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\r' }),
 		CanaryPercent: canary, MaxFailures: maxFail}
 	if spec.Version == "" || spec.DeviceType == "" {
 		c.badInput(w, r, v, "version and device type are required")

@@ -185,7 +185,11 @@ func New(opts Options) (*Console, error) {
 			c.registerSteering()
 		}
 	}
-	api := &web.API{Data: opts.Store, Proofs: opts.Proofs, Calibration: opts.Calibration, Grants: opts.Grants, Logger: c.log.With("component", "console-api"),
+	var msgs web.Messages
+	if opts.Firmware != nil {
+		msgs = opts.Firmware
+	}
+	api := &web.API{Data: opts.Store, Proofs: opts.Proofs, Calibration: opts.Calibration, Grants: opts.Grants, Messages: msgs, Logger: c.log.With("component", "console-api"),
 		Identify: func(r *http.Request) (tacs.Subject, bool) {
 			v, ok := viewerFrom(r.Context())
 			return v.Subject, ok

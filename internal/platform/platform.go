@@ -299,7 +299,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	api := &web.API{Calibration: dccReg.link(),
-		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"), Rules: d.Store,
+		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"), Rules: d.Store, Messages: d.Store,
 		Identify: func(r *http.Request) (tacs.Subject, bool) {
 			id, ok := est.IdentityFromContext(r.Context())
 			if !ok {

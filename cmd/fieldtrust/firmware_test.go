@@ -269,6 +269,37 @@ func TestDemoFirmware(t *testing.T) {
 	if code, _ := audit("globex-labs"); code != http.StatusNotFound {
 		t.Errorf("acme-pumps read globex-labs's audit: %d", code)
 	}
+
+	// The customer's signed export carries the same device messages, and
+	// 'fieldtrust ledger verify' proves each against the signed head
+	// offline. Exported once the head covers them all.
+	exportFile, e2eRoot := filepath.Join(t.TempDir(), "export.json"), filepath.Join(t.TempDir(), "e2e-root.pem")
+	e2ePEM, _ := os.ReadFile(filepath.Join(data, "pki", "e2e", "root.crt"))
+	os.WriteFile(e2eRoot, e2ePEM, 0o644)
+	var vout string
+	poll(t, time.Minute, "an export with the notices, downloads, command and result, verified offline", func() bool {
+		resp, err := client.Get("https://" + httpAddr + "/api/v1/export")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || os.WriteFile(exportFile, b, 0o600) != nil {
+			return false
+		}
+		var code int
+		vout, code = run(t, "ledger", "verify", "--e2e-root", e2eRoot, "--export", exportFile)
+		if code != 0 {
+			t.Fatalf("ledger verify of the customer's export: %d %s", code, vout)
+		}
+		if bytes.Contains(b, []byte(`"gateway":"globex-labs/`)) {
+			t.Fatal("acme-pumps's export holds globex-labs's device messages")
+		}
+		return strings.Contains(vout, "1 command,") && strings.Contains(vout, "1 result,") && !strings.Contains(vout, "device messages in range are not yet")
+	})
+	if !strings.Contains(vout, "notice") || !strings.Contains(vout, "download") {
+		t.Errorf("the verified export lacks notices or downloads: %s", vout)
+	}
 }
 
 // poll runs cond until it holds or within passes.

@@ -142,11 +142,13 @@ type ExportTrailer struct {
 	Next          string `json:"next,omitempty"`
 }
 
-// ExportMessagesTrailer follows the device messages of a version 2
-// export's last page.
+// ExportMessagesTrailer are the device message members of a version 2
+// export, present on its last page only (written and read as a stream,
+// like the snapshots: the struct names the members).
 type ExportMessagesTrailer struct {
-	MessageCount          uint64 `json:"message_count"`
-	MessagesNotYetCovered uint64 `json:"messages_not_yet_covered"`
+	DeviceMessages        []ExportMessage `json:"device_messages,omitempty"`
+	MessageCount          uint64          `json:"message_count,omitempty"`
+	MessagesNotYetCovered uint64          `json:"messages_not_yet_covered,omitempty"`
 }
 
 // ServicesCAName is the common name of the e2e services CA, the only CA

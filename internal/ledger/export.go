@@ -410,8 +410,8 @@ func (v *ExportVerifier) Page(r io.Reader) error {
 		return fmt.Errorf("export: %w", err)
 	}
 	var (
-		hdr   ExportHeader
-		head  Checkpoint
+		hdr    ExportHeader
+		head   Checkpoint
 		count  *uint64
 		n      int // snapshots in this page
 		tr     ExportTrailer

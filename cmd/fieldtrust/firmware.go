@@ -236,6 +236,7 @@ with a new snapshot and timestamp. Without --keys it shows what is staged.
 			if err != nil {
 				return err
 			}
+			fmt.Fprintf(out, "signed targets version %d, listing %s\n", s.Version, strings.Join(s.Targets, ", "))
 			if s.Published {
 				fmt.Fprintf(out, "targets version %d published with %d of %d signatures\n", s.Version, s.Have, s.Need)
 			} else {

@@ -379,7 +379,10 @@ func signing(root *metadata.Metadata[metadata.RootType], m *metadata.Metadata[me
 // publishes it, with a new snapshot and timestamp, once the distinct
 // valid signatures reach the threshold. Signatures that do not verify
 // with a key root names for targets are dropped first, and a key that
-// signed already adds nothing.
+// signed already adds nothing. Staged metadata without any valid
+// signature left is refused: a holder signs only what another holder
+// signed before (whoever controls the platform's directory can replace
+// the staged file, not sign it).
 func (r *Repo) Sign(keysDirs []string) (*Signing, error) {
 	unlock, err := r.lock()
 	if err != nil {
@@ -412,6 +415,12 @@ func (r *Repo) Sign(keysDirs []string) (*Signing, error) {
 		}
 	}
 	m.Signatures = valid
+	if len(valid) == 0 {
+		// Only a key holder's signature shows what a holder approved:
+		// whoever can write the platform's directory could have put
+		// anything here, and must not get it signed.
+		return nil, errors.New("the staged targets metadata carries no valid signature of a targets key (altered, or staged without one): nothing signed; drop it with 'fieldtrust firmware sign --discard' and add again")
+	}
 	tks, _, err := offlineKeys(keysDirs, st.root, metadata.TARGETS)
 	if err != nil {
 		return nil, err

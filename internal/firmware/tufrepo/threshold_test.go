@@ -87,7 +87,7 @@ func TestThresholds(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(keys, "root.key")); err == nil {
 		t.Fatal("a multi-key init left a root key outside the holder directories")
 	}
-	h1, h2 := tufrepo.HolderDir(keys, 1), tufrepo.HolderDir(keys, 2)
+	h1, h2, h3 := tufrepo.HolderDir(keys, 1), tufrepo.HolderDir(keys, 2), tufrepo.HolderDir(keys, 3)
 	data := t.TempDir()
 	r := tufrepo.Open(data)
 	srv := serve(t, r)
@@ -170,18 +170,48 @@ func TestThresholds(t *testing.T) {
 	}
 	os.WriteFile(file, good, 0o644)
 
-	// A staged targets file someone tampered with keeps only its valid
-	// signatures.
+	// A staged targets file someone replaced (whoever can write the
+	// platform's directory): a holder's signature over other content no
+	// longer verifies, a forged one never did; with no valid signature
+	// left nothing is signed. One valid signature and a forged one: the
+	// forged one is dropped.
 	if _, err := r.AddSigned([]string{h1}, tufrepo.Artifact{File: artifact(t, "fw 1.3.0"), DeviceType: "pump", Version: "1.3.0"}); err != nil {
 		t.Fatal(err)
 	}
 	pending := filepath.Join(data, "firmware", "pending", "targets.json")
 	staged, _ := os.ReadFile(pending)
+	evil := strings.Replace(string(staged), `"pump"`, `"compressor"`, 1)
+	os.WriteFile(pending, []byte(evil), 0o644)
+	if s, err := r.Sign([]string{h2}); err == nil || !strings.Contains(err.Error(), "no valid signature") {
+		t.Fatalf("sign a replaced pending file: %+v %v", s, err)
+	}
 	resign(t, pending, loadTargets, stranger)
-	if s, err := r.Sign([]string{h2}); err != nil || s.Have != 1 || s.Published {
-		t.Fatalf("sign a pending file with a forged signature: %+v %v", s, err)
+	if s, err := r.Sign([]string{h2}); err == nil || !strings.Contains(err.Error(), "no valid signature") {
+		t.Fatalf("sign a pending file with only a forged signature: %+v %v", s, err)
 	}
 	os.WriteFile(pending, staged, 0o644)
+	if err := r.Discard(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.AddSigned([]string{h1}, tufrepo.Artifact{File: artifact(t, "fw 1.3.0"), DeviceType: "pump", Version: "1.3.0"}); err != nil {
+		t.Fatal(err)
+	}
+	staged, _ = os.ReadFile(pending)
+	m, _ := metadata.Targets().FromBytes(staged)
+	sg, _ := signature.LoadSigner(stranger, crypto.Hash(0))
+	m.Sign(sg)
+	b, _ := m.ToBytes(true)
+	os.WriteFile(pending, b, 0o644)
+	if s, err := r.Sign([]string{h3}); err != nil || !s.Published || s.Have != 2 {
+		t.Fatalf("sign a pending file with a valid and a forged signature: %+v %v", s, err)
+	}
+	if _, err := client(t, srv, root).Lookup("pump/1.3.0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.AddSigned([]string{h1}, tufrepo.Artifact{File: artifact(t, "fw 1.4.0"), DeviceType: "pump", Version: "1.4.0"}); err != nil {
+		t.Fatal(err)
+	}
+	staged, _ = os.ReadFile(pending)
 	resign(t, pending, loadTargets, k1, k1)
 	if _, err := r.Sign([]string{h2}); err == nil || !strings.Contains(err.Error(), "multiple signatures") {
 		t.Fatalf("sign a pending file with one key's signature twice: %v", err)

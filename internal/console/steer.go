@@ -355,14 +355,14 @@ func (c *Console) commandSend(w http.ResponseWriter, r *http.Request, v *Viewer)
 	err = c.opts.Devices.SendCommand(r.Context(), cmd, Requester(v.User.Email))
 	switch {
 	case errors.Is(err, devicemsg.ErrNoE2E):
-		c.audit(r, v.User.Email, v.User.Scope, "command", p.String(), name+": "+err.Error(), false)
+		c.audit(r, v.User.Email, p.String(), "command", p.String(), name+": "+err.Error(), false)
 		c.fail(w, r, v, http.StatusNotFound, "The gateway "+p.String()+" cannot be sent anything: "+err.Error())
 		return
 	case err != nil:
 		c.serverError(w, r, v, err)
 		return
 	}
-	c.audit(r, v.User.Email, v.User.Scope, "command", p.String(), fmt.Sprintf("%s (command %s, signed by %s for %s)", name, cmd.ID, command.Signer, Requester(v.User.Email)), true)
+	c.audit(r, v.User.Email, p.String(), "command", p.String(), fmt.Sprintf("%s (command %s, signed by %s for %s)", name, cmd.ID, command.Signer, Requester(v.User.Email)), true)
 	c.log.Info("command sent from the console", "gateway", p.String(), "name", name, "id", cmd.ID, "by", v.User.Email)
 	http.Redirect(w, r, "/commands/"+url.PathEscape(cmd.ID), http.StatusSeeOther)
 }

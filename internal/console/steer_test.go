@@ -255,6 +255,14 @@ func TestSteering(t *testing.T) {
 			t.Errorf("audit %s by the operator: %d entries (%v)", a, got[a], got)
 		}
 	}
+	// The customer's audit log shows who commanded its gateway.
+	acme, err := st.AuditLog(ctx, "acme", 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(acme) != 1 || acme[0].Actor != "ops@vendor.example" || acme[0].Action != "command" || !strings.Contains(acme[0].Detail, "set-interval") {
+		t.Errorf("acme's audit log: %+v", acme)
+	}
 }
 
 // TestMayCommand is the command rule the API and the console share.

@@ -201,7 +201,7 @@ func newFirmwareSignCmd() *cobra.Command {
 		Use:   "sign --keys HOLDER_DIR [--keys ...] | --discard",
 		Short: "Add targets key holders' signatures to staged firmware metadata; publish it at the threshold",
 		Long: `With an M-of-N targets role, 'firmware add' with fewer than M holders' keys
-stages the new targets metadata (DIR/firmware/pending/targets.json) with the
+stages the new targets metadata (in the repository, pending/targets.json) with the
 signatures it has. Each further holder brings its directory and runs
 'firmware sign --keys DIR': its signature is added (a key that signed already
 counts once), and once M distinct keys have signed, the metadata is published

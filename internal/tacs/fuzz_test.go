@@ -25,8 +25,16 @@ func FuzzAuthorize(f *testing.F) {
 	f.Add("a\x00", "", "", "a/\xff", "a/\x00")
 
 	g := DefaultGrants()
+	f.Add("a/b", "", "", "a/b/+/commands", "a/b/c/commands")
 	f.Fuzz(func(t *testing.T, path, service, role, filter, topic string) {
-		s := Subject{Path: path, Service: service, Role: role}
+		checkFilterCovered(t, g, Subject{Path: path, Service: service, Role: role}, filter, topic)
+		checkFilterCovered(t, g, Subject{Path: path, Service: service, Role: role, Site: true}, filter, topic)
+	})
+}
+
+func checkFilterCovered(t *testing.T, g Grants, s Subject, filter, topic string) {
+	t.Helper()
+	{
 		d := Authorize(g, s, Subscribe, filter)
 		_ = Authorize(g, s, Publish, topic)
 		if !d.Allowed {
@@ -53,5 +61,5 @@ func FuzzAuthorize(f *testing.F) {
 				}
 			}
 		}
-	})
+	}
 }

@@ -46,6 +46,11 @@ func operational(r *http.Request, v OperationalVerifier) (*pki.Credential, *http
 		return nil, &httpError{http.StatusUnauthorized, "client certificate is not a valid operational transport certificate", err}
 	case id.IsService():
 		return nil, &httpError{http.StatusForbidden, "service certificates are issued by the operator ('fieldtrust pki issue --service'), not over EST", nil}
+	case id.Site:
+		// A site certificate proves an account but grants a site's rights
+		// only; a renewal over EST would come back as the account's own
+		// certificate. It speaks MQTT to the platform, nothing else.
+		return nil, &httpError{http.StatusForbidden, "site certificates are issued and renewed by the operator ('fieldtrust pki issue --site'), and are for a site's MQTT connection only", nil}
 	}
 	return &pki.Credential{Domain: pki.Transport, Identity: id, Chain: chain}, nil
 }

@@ -185,6 +185,11 @@ func GuardOperational(v OperationalVerifier, log *slog.Logger, next http.Handler
 			RefuseText(w, status, reason)
 			return
 		}
+		if id.Site {
+			log.Warn("request refused", "remote", r.RemoteAddr, "subject", id.String(), "path", r.URL.Path, "status", http.StatusForbidden, "reason", "site certificate")
+			RefuseText(w, http.StatusForbidden, "a site certificate is for the site's MQTT connection only; use an account or service certificate")
+			return
+		}
 		// Downstream handlers written for a TLS layer that verifies (they
 		// read r.TLS.VerifiedChains) keep working: hand them the chain
 		// verified here.

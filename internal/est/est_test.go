@@ -282,6 +282,7 @@ func TestRefusals(t *testing.T) {
 		{"e2e revoked", &revoked, e2eEnroll, pkcs10, good, 403, "revoked"},
 		{"reenroll with a site certificate", &site, reenroll, pkcs10, good, 403, "site certificates"},
 		{"e2e with a site certificate", &site, e2eEnroll, pkcs10, good, 403, "site certificates"},
+		{"guarded route with a site certificate", &site, "/other", pkcs10, good, 403, "MQTT connection only"},
 		{"bad CSR signature", &claimed, enroll, pkcs10, badSig, 400, "signature does not verify"},
 		{"not base64", &claimed, enroll, pkcs10, []byte("this is *not* base64!"), 400, "not base64"},
 		{"not a CSR", &claimed, enroll, pkcs10, []byte("aGVsbG8gd29ybGQ="), 400, "not a PKCS#10"},

@@ -2,6 +2,7 @@ package site
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -189,8 +190,27 @@ func (s *Site) collect(ctx context.Context, c *paho.Client, p *paho.Publish) {
 		return
 	}
 	item := encodeItem(m)
+	sum := sha256.Sum256(item)
+	digest := sum[:recentDigest]
+	recentKey := "recent/" + m.Topic
+	recent, err := s.q.State(recentKey)
+	if err != nil {
+		s.log.Warn("site queue state unreadable; the message may be forwarded twice", "err", err)
+	}
+	if p.Duplicate() && hasDigest(recent, digest) {
+		// The local broker sends again what it has no acknowledgement
+		// for (after a restart of the site, the last ones queued): it is
+		// in the queue already, and a second copy behind later messages
+		// would reach ingest out of order.
+		c.Ack(p)
+		return
+	}
+	recent = append(recent, digest...)
+	if len(recent) > recentDigest*recentPerTopic {
+		recent = recent[len(recent)-recentDigest*recentPerTopic:]
+	}
 	for {
-		_, err := s.q.Put(item)
+		_, err := s.q.PutWithState(item, []queue.KV{{Key: recentKey, Value: recent}})
 		if err == nil {
 			break
 		}
@@ -228,6 +248,24 @@ func (s *Site) collect(ctx context.Context, c *paho.Client, p *paho.Publish) {
 	default:
 	}
 	s.event(Event{Kind: "queued", N: 1})
+}
+
+// Per topic, the digests of the last recentPerTopic messages queued are
+// kept with the queue (atomically with each Put), so that the local
+// broker's redelivery of a message already queued is recognized, also
+// after a restart.
+const (
+	recentDigest   = 8
+	recentPerTopic = 64
+)
+
+func hasDigest(recent, d []byte) bool {
+	for i := 0; i+len(d) <= len(recent); i += len(d) {
+		if string(recent[i:i+len(d)]) == string(d) {
+			return true
+		}
+	}
+	return false
 }
 
 // logFull logs at most once per fullLog interval.

@@ -190,9 +190,6 @@ func open(cfg Config) (*Site, error) {
 	if err := s.planDirections(); err != nil {
 		return nil, err
 	}
-	if err := s.loadCRL(); err != nil {
-		return nil, err
-	}
 	opts := cfg.Queue
 	if opts.MaxItems <= 0 {
 		opts.MaxItems = siteQueue
@@ -206,6 +203,10 @@ func open(cfg Config) (*Site, error) {
 		return nil, fmt.Errorf("site: %w", err)
 	}
 	s.q = q
+	if err := s.loadCRL(); err != nil {
+		q.Close()
+		return nil, err
+	}
 	return s, nil
 }
 

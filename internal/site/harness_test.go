@@ -412,3 +412,7 @@ func (c *scaledClock) count() int {
 	defer c.mu.Unlock()
 	return len(c.waits)
 }
+
+func tlsConfig(e *platformtest.Env, cert tls.Certificate) *tls.Config {
+	return &tls.Config{RootCAs: e.Roots, Certificates: []tls.Certificate{cert}}
+}

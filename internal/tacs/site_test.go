@@ -86,6 +86,7 @@ func TestSiteSubject(t *testing.T) {
 		{Subject{Service: "s", Role: RoleSite, Site: true}, false},
 		{Subject{Path: "ms-acc-1/acc-1", Role: RoleSite, Site: true}, false},
 		{SiteSubject("pki/crl"), false},
+		{ServiceSubject("fw", RoleSite), false}, // the site grants hold only inside a site's subtree
 	} {
 		if err := tc.s.Validate(); (err == nil) != tc.ok {
 			t.Errorf("%+v: Validate() = %v; want ok=%v", tc.s, err, tc.ok)

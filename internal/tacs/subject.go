@@ -94,6 +94,11 @@ func (s Subject) Validate() error {
 		if err := ident.ValidateElement(s.Role); err != nil {
 			return fmt.Errorf("%w: service %s role: %v", ErrInvalidSubject, s.Service, err)
 		}
+		if s.Role == RoleSite {
+			// Its grants hold only inside a site's own subtree (rule 5);
+			// a service has none, so they would reach every tenant.
+			return fmt.Errorf("%w: service %s: role %q belongs to customer sites, not to services", ErrInvalidSubject, s.Service, RoleSite)
+		}
 		return nil
 	}
 	if s.Role != "" {

@@ -223,8 +223,12 @@ func (s *Site) collect(ctx context.Context, c *paho.Client, p *paho.Publish) {
 			return
 		}
 		s.mu.Lock()
+		entered := !s.full
 		s.full = true
 		s.mu.Unlock()
+		if entered {
+			s.event(Event{Kind: "queue-full"})
+		}
 		s.logFull("site queue full: forwarding waits for the platform; local gateways are slowed (backpressure), nothing is dropped",
 			"err", err, "items", st.Items, "bytes", st.Bytes)
 		select {

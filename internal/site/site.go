@@ -117,7 +117,7 @@ type Config struct {
 
 // Event is something the site reports to Config.Events.
 type Event struct {
-	Kind   string // "upstream-connected", "upstream-lost", "forwarded", "queued", "crl-applied", "backoff"
+	Kind   string // "upstream-connected", "upstream-lost", "forwarded", "queued", "queue-full", "crl-applied", "backoff"
 	N      int    // forwarded/queued: how many; backoff: the wait in ms
 	Err    error
 	Queued int // items in the queue after the event
@@ -313,6 +313,10 @@ func (s *Site) run(ctx context.Context) error {
 		Grants:   s.localGrants,
 		StateDir: filepath.Join(s.cfg.Dir, BrokerDir),
 		Logger:   s.log.With("component", "site-broker"),
+		// The bridge's session holds what the full queue cannot take yet
+		// (in memory and on disk): bounded here, not at the 1 GiB of a
+		// platform service. Beyond it the local broker drops and counts.
+		ServiceLimits: broker.Limits{QueuedBytesPerSession: bridgeSessionBytes, QueuedBytes: 2 * bridgeSessionBytes},
 	})
 	if err != nil {
 		return fmt.Errorf("site: start the local broker on %s: %w", s.cfg.MQTTAddr, err)

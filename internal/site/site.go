@@ -83,6 +83,8 @@ const (
 	backoffN  = 30 * time.Second    // default longest reconnect wait
 	siteQueue = 1_000_000           // default queue bound, items
 	siteBytes = int64(1 << 30)      // default queue bound, bytes
+	// bridgeSessionBytes bounds the bridge's session at the local broker.
+	bridgeSessionBytes = 64 << 20
 )
 
 // Config configures a site.

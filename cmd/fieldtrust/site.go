@@ -13,10 +13,10 @@ import (
 
 func newSiteCmd() *cobra.Command {
 	var (
-		dir, upstream, serverName, mqttAddr, grantsFile string
-		maxItems                                        int
-		maxBytes                                        int64
-		logLevel, logFormat                             string
+		dir, upstream, serverName, mqttAddr, grantsFile, name string
+		maxItems                                              int
+		maxBytes                                              int64
+		logLevel, logFormat                                   string
 	)
 	c := &cobra.Command{
 		Use:   "site --data SITEDIR --upstream HOST:PORT --mqtt-addr ADDR",
@@ -51,7 +51,7 @@ for enrollment, bootstrap and firmware downloads.`,
 			if dir == "" || upstream == "" {
 				return usageError{errors.New("--data SITEDIR and --upstream HOST:PORT are required")}
 			}
-			cfg := site.Config{Dir: dir, Upstream: upstream, ServerName: serverName, MQTTAddr: mqttAddr, Logger: log,
+			cfg := site.Config{Dir: dir, Upstream: upstream, ServerName: serverName, MQTTAddr: mqttAddr, Name: name, Logger: log,
 				Queue: queue.Options{MaxItems: maxItems, MaxBytes: maxBytes}}
 			if grantsFile != "" {
 				b, err := os.ReadFile(grantsFile)
@@ -70,6 +70,7 @@ for enrollment, bootstrap and firmware downloads.`,
 	f.StringVar(&upstream, "upstream", "", "the platform's MQTT address, HOST:PORT")
 	f.StringVar(&serverName, "upstream-name", "", "name the platform's certificate must carry (default: the host of --upstream)")
 	f.StringVar(&mqttAddr, "mqtt-addr", "0.0.0.0:8883", "local listen address for the site's gateways")
+	f.StringVar(&name, "name", "", "name of this site, if the account has several (keeps their sessions at the platform apart)")
 	f.IntVar(&maxItems, "queue-max", 1_000_000, "site queue bound, in messages")
 	f.Int64Var(&maxBytes, "queue-max-bytes", 1<<30, "site queue bound, in bytes")
 	f.StringVar(&grantsFile, "grants", "", "the platform's service grants file, if it narrows the site role (default: the built-in roles)")

@@ -97,6 +97,11 @@ type Config struct {
 	ServerName string
 	// MQTTAddr is the local listen address for the site's gateways.
 	MQTTAddr string
+	// Name tells several sites of one account apart at the platform: the
+	// upstream client ID is the site's subject name, ':' and Name (the
+	// form both broker tiers bind to the identity), so their persistent
+	// sessions do not take each other over. Empty: the subject name alone.
+	Name string
 	// Queue bounds the upward queue; zero fields take 1,000,000 items and
 	// 1 GiB. The policy is always RejectNew: the site never drops.
 	Queue queue.Options
@@ -174,6 +179,11 @@ func open(cfg Config) (*Site, error) {
 	}
 	if cfg.Grants == nil {
 		cfg.Grants = tacs.DefaultGrants()
+	}
+	if cfg.Name != "" {
+		if err := pki.ValidateElement(cfg.Name); err != nil {
+			return nil, fmt.Errorf("site: --name: %w", err)
+		}
 	}
 	if cfg.Upstream == "" {
 		return nil, errors.New("site: no upstream address (--upstream HOST:PORT of the platform's MQTT listener)")

@@ -53,7 +53,7 @@ func (s *Site) upstreamSession(ctx context.Context) (bool, error) {
 	lost := make(chan error, 1)
 	failed := make(chan error, 1)
 	opts := mqtt.NewClientOptions().AddBroker("ssl://" + s.cfg.Upstream).
-		SetClientID(s.subject.String()).SetCleanSession(false).
+		SetClientID(s.upstreamClientID()).SetCleanSession(false).
 		SetAutoReconnect(false).SetConnectRetry(false).
 		SetConnectTimeout(dialWait).SetKeepAlive(keepAlive).
 		SetTLSConfig(conf).SetOrderMatters(true).SetAutoAckDisabled(true).
@@ -91,7 +91,7 @@ func (s *Site) upstreamSession(ctx context.Context) (bool, error) {
 		}
 	}
 	st, _ := s.q.Stats()
-	s.log.Info("connected to the platform", "upstream", s.cfg.Upstream, "as", s.subject.String(), "queued", st.Items)
+	s.log.Info("connected to the platform", "upstream", s.cfg.Upstream, "as", s.subject.String(), "client_id", s.upstreamClientID(), "queued", st.Items)
 	s.event(Event{Kind: "upstream-connected"})
 
 	for {
@@ -154,6 +154,14 @@ func (s *Site) upstreamSession(ctx context.Context) (bool, error) {
 			return true, perr
 		}
 	}
+}
+
+// upstreamClientID is the site's client ID at the platform.
+func (s *Site) upstreamClientID() string {
+	if s.cfg.Name != "" {
+		return s.subject.String() + ":" + s.cfg.Name
+	}
+	return s.subject.String()
 }
 
 // topicOf names an item's topic for an error message.

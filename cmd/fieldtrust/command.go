@@ -73,8 +73,10 @@ or wrongly signed commands and reports every refusal.`,
 			if err != nil {
 				return err
 			}
-			now := time.Now()
-			cm := command.Command{ID: devicemsg.NewID(), Type: args[1], Args: cargs, Gateway: path.String(), Issued: now, Expires: now.Add(expires), Nonce: devicemsg.NewID() + devicemsg.NewID()}
+			cm, err := devicemsg.NewCommand(path.String(), args[1], cargs, expires, time.Now())
+			if err != nil {
+				return usageError{err}
+			}
 			if err := devicemsg.QueueCommand(ctx, d.Store, e2e, func() (*envelope.Signer, error) { return signer, nil }, "service:"+as, cm); err != nil {
 				return err
 			}

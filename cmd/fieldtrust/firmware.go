@@ -36,42 +36,67 @@ out to a device type within a scope, canary first.`,
 		newCampaignMoveCmd("pause", "Stop notifying further gateways", rollout.Pause),
 		newCampaignMoveCmd("resume", "Continue a paused campaign (accepting the failures so far)", rollout.Resume),
 		newCampaignMoveCmd("abort", "Stop the campaign and tell gateways that have not installed yet to stop", rollout.Abort))
-	c.AddCommand(keys, newFirmwareAddCmd(), newFirmwareListCmd(), campaign)
+	c.AddCommand(keys, newFirmwareAddCmd(), newFirmwareSignCmd(), newFirmwareListCmd(), campaign)
 	return c
 }
 
 func newFirmwareKeysInitCmd() *cobra.Command {
-	var dir string
+	var dir, thresholds, counts string
 	c := &cobra.Command{
-		Use:   "init --dir KEYS",
+		Use:   "init --dir KEYS [--threshold root=M,targets=M --keys root=N,targets=N]",
 		Short: "Create the firmware keys (root, targets offline; snapshot, timestamp online) and root.json",
 		Long: `Create the four TUF role keys (Ed25519) and version 1 of the root metadata in
 KEYS. KEYS/root.key and KEYS/targets.key are the offline keys: move KEYS off
 the platform after the first 'firmware add' (set ` + tufrepo.PassphraseEnv + ` to
 encrypt them). KEYS/online/ holds the snapshot and timestamp keys, which the
 first 'firmware add' copies into the platform. KEYS/root.json is what gateways
-pin (fieldtrust gateway --firmware-root root.json).`,
+pin (fieldtrust gateway --firmware-root root.json).
+
+With --keys root=N,targets=N the offline roles get N keys each, of which
+--threshold root=M,targets=M must sign (M-of-N, counted by every gateway as
+distinct keys). Each key holder's keys are then in KEYS/keyholder-I/ (holder I
+has root key I and targets key I): hand each directory to its holder. Sign
+with several holders' directories ('firmware add --keys KEYS/keyholder-1
+--keys KEYS/keyholder-2'), or one after the other ('firmware sign').`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dir == "" {
 				return usageError{errors.New("--dir KEYS is required")}
 			}
-			if _, err := tufrepo.InitKeys(dir, time.Now(), tufrepo.DefaultExpiry); err != nil {
+			qs, err := tufrepo.ParseQuorums(thresholds, counts)
+			if err != nil {
+				return usageError{err}
+			}
+			if _, err := tufrepo.InitKeysWith(dir, time.Now(), tufrepo.DefaultExpiry, qs); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "firmware keys created in %s\npin %s in every gateway: fieldtrust gateway ... --firmware-root %s\n",
-				dir, filepath.Join(dir, "root.json"), filepath.Join(dir, "root.json"))
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "firmware keys created in %s\n", dir)
+			if qs != tufrepo.SingleKeys {
+				fmt.Fprintf(out, "root: %d of %d keys must sign; targets: %d of %d\n", qs.Root.Threshold, qs.Root.Keys, qs.Targets.Threshold, qs.Targets.Keys)
+				for i := 1; i <= max(qs.Root.Keys, qs.Targets.Keys); i++ {
+					fmt.Fprintf(out, "key holder %d: %s (move it to that person's medium)\n", i, tufrepo.HolderDir(dir, i))
+				}
+			}
+			fmt.Fprintf(out, "pin %s in every gateway: fieldtrust gateway ... --firmware-root %s\n",
+				filepath.Join(dir, "root.json"), filepath.Join(dir, "root.json"))
 			return nil
 		},
 	}
 	c.Flags().StringVar(&dir, "dir", "", "directory for the keys (must not hold keys yet)")
+	c.Flags().StringVar(&thresholds, "threshold", "", "signatures required per offline role, e.g. root=2,targets=2 (default 1)")
+	c.Flags().StringVar(&counts, "keys", "", "keys per offline role, e.g. root=3,targets=3 (default: the threshold)")
 	return c
 }
 
 func newFirmwareKeysRotateCmd() *cobra.Command {
-	var dir, keys, role string
+	var (
+		dir, role        string
+		keys             []string
+		threshold, count int
+	)
 	c := &cobra.Command{
-		Use:   "rotate --keys KEYS --role root|targets|snapshot|timestamp",
+		Use:   "rotate --keys KEYS [--keys KEYS2 ...] --role root|targets|snapshot|timestamp [--threshold M --count N]",
 		Short: "Replace a role's key through a new root version (gateways follow by themselves)",
 		Long: `Replace one TUF role's key: a new root version names the new key instead of
 the old one, signed by the root key (and by the new root key when the root
@@ -81,10 +106,16 @@ targets keys are the offline ones in KEYS (the old one stays as
 ROLE.key.retired-N); the snapshot and timestamp keys are the online keys
 the platform keeps in its data directory (rotate them when the platform may
 have been compromised). Run it where the platform's data directory is; the new
-KEYS/root.json is what new gateways pin.`,
+KEYS/root.json is what new gateways pin.
+
+The new root version needs the root role's threshold of root keys: with
+several root key holders, give each one's directory (--keys, repeated).
+--threshold M --count N change an offline role's quorum (M of N keys; default:
+as it is); several new keys are written to the first KEYS as
+keyholder-I/ROLE.key, one as ROLE.key.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if keys == "" {
+			if len(keys) == 0 {
 				return usageError{errors.New("--keys KEYS is required")}
 			}
 			switch role {
@@ -92,33 +123,58 @@ KEYS/root.json is what new gateways pin.`,
 			default:
 				return usageError{fmt.Errorf("--role %q: want root, targets, snapshot or timestamp", role)}
 			}
-			v, err := tufrepo.Open(dir).RotateKey(keys, role)
+			q := tufrepo.Quorum{Threshold: threshold, Keys: count}
+			switch {
+			case threshold == 0 && count == 0:
+			case threshold == 0 || count == 0:
+				return usageError{errors.New("--threshold and --count go together (M of N keys)")}
+			default:
+				if err := q.Check(role); err != nil {
+					return usageError{err}
+				}
+			}
+			v, err := tufrepo.Open(dir).Rotate(keys, role, q)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s key rotated: root version %d names the new key; gateways update their trust on their next check\n", role, v)
+			if count > 1 {
+				for i := 1; i <= count; i++ {
+					fmt.Fprintf(cmd.OutOrStdout(), "new %s key of holder %d: %s\n", role, i, filepath.Join(tufrepo.HolderDir(keys[0], i), role+".key"))
+				}
+			}
 			return nil
 		},
 	}
 	addDataFlag(c, &dir)
-	c.Flags().StringVar(&keys, "keys", "", "the offline keys directory (of 'firmware keys init')")
+	c.Flags().StringArrayVar(&keys, "keys", nil, "an offline keys directory (of 'firmware keys init', or a key holder's); repeat for several holders")
+	c.Flags().IntVar(&threshold, "threshold", 0, "new threshold of the role (with --count)")
+	c.Flags().IntVar(&count, "count", 0, "new number of keys of the role (with --threshold)")
 	c.Flags().StringVar(&role, "role", "targets", "role whose key to rotate: root, targets, snapshot or timestamp")
 	return c
 }
 
 func newFirmwareAddCmd() *cobra.Command {
-	var dir, keys, file, version, devType, minVersion string
+	var (
+		dir, file, version, devType, minVersion string
+		keys                                    []string
+	)
 	c := &cobra.Command{
 		Use:   "add --keys KEYS --file F --version V --device-type T [--min-version V]",
 		Short: "Store a firmware artifact and sign new targets metadata",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if keys == "" || file == "" || version == "" || devType == "" {
+			if len(keys) == 0 || file == "" || version == "" || devType == "" {
 				return usageError{errors.New("--keys, --file, --version and --device-type are required")}
 			}
-			t, err := tufrepo.Open(dir).Add(keys, tufrepo.Artifact{File: file, DeviceType: devType, Version: version, MinVersion: minVersion})
+			t, err := tufrepo.Open(dir).AddSigned(keys, tufrepo.Artifact{File: file, DeviceType: devType, Version: version, MinVersion: minVersion})
 			if err != nil {
 				return err
+			}
+			if t.Awaiting > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "staged %s (%d bytes, sha256 %s): the targets metadata needs %d more signature(s) of other targets key holders\nsign: fieldtrust firmware sign --data %s --keys HOLDER_DIR\n",
+					t.Name, t.Length, t.SHA256, t.Awaiting, dir)
+				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "added %s (%d bytes, sha256 %s)\nroll it out: fieldtrust firmware campaign create --data %s --version %s --device-type %s --scope MASTER[/ACCOUNT[/GATEWAY]] --canary 10\n",
 				t.Name, t.Length, t.SHA256, dir, version, devType)
@@ -127,11 +183,71 @@ func newFirmwareAddCmd() *cobra.Command {
 	}
 	addDataFlag(c, &dir)
 	f := c.Flags()
-	f.StringVar(&keys, "keys", "", "the offline keys directory (of 'firmware keys init')")
+	f.StringArrayVar(&keys, "keys", nil, "the offline keys directory (of 'firmware keys init', or a key holder's); repeat for several holders")
 	f.StringVar(&file, "file", "", "the firmware artifact")
 	f.StringVar(&version, "version", "", "its semantic version, e.g. 2.4.1")
 	f.StringVar(&devType, "device-type", "", "the device type it is for, e.g. pump")
 	f.StringVar(&minVersion, "min-version", "", "the oldest installed version it may be installed over")
+	return c
+}
+
+func newFirmwareSignCmd() *cobra.Command {
+	var (
+		dir     string
+		keys    []string
+		discard bool
+	)
+	c := &cobra.Command{
+		Use:   "sign --keys HOLDER_DIR [--keys ...] | --discard",
+		Short: "Add targets key holders' signatures to staged firmware metadata; publish it at the threshold",
+		Long: `With an M-of-N targets role, 'firmware add' with fewer than M holders' keys
+stages the new targets metadata (in the repository, pending/targets.json) with the
+signatures it has. Each further holder brings its directory and runs
+'firmware sign --keys DIR': its signature is added (a key that signed already
+counts once), and once M distinct keys have signed, the metadata is published
+with a new snapshot and timestamp. Without --keys it shows what is staged.
+--discard drops the staged metadata.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			repo := tufrepo.Open(dir)
+			out := cmd.OutOrStdout()
+			switch {
+			case discard && len(keys) > 0:
+				return usageError{errors.New("--discard or --keys, not both")}
+			case discard:
+				if err := repo.Discard(); err != nil {
+					return err
+				}
+				fmt.Fprintln(out, "staged targets metadata dropped")
+				return nil
+			case len(keys) == 0:
+				p, err := repo.Pending()
+				if err != nil {
+					return err
+				}
+				if p == nil {
+					fmt.Fprintln(out, "nothing waits for signatures")
+					return nil
+				}
+				fmt.Fprintf(out, "targets version %d (%s): %d of %d signatures\n", p.Version, strings.Join(p.Targets, ", "), p.Have, p.Need)
+				return nil
+			}
+			s, err := repo.Sign(keys)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "signed targets version %d, listing %s\n", s.Version, strings.Join(s.Targets, ", "))
+			if s.Published {
+				fmt.Fprintf(out, "targets version %d published with %d of %d signatures\n", s.Version, s.Have, s.Need)
+			} else {
+				fmt.Fprintf(out, "targets version %d: %d of %d signatures; another holder signs next: fieldtrust firmware sign --data %s --keys HOLDER_DIR\n", s.Version, s.Have, s.Need, dir)
+			}
+			return nil
+		},
+	}
+	addDataFlag(c, &dir)
+	c.Flags().StringArrayVar(&keys, "keys", nil, "a targets key holder's directory; repeat for several")
+	c.Flags().BoolVar(&discard, "discard", false, "drop the staged targets metadata")
 	return c
 }
 

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -93,6 +94,57 @@ func TestFirmwareCLI(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(keys, "2.root.json")); err != nil {
 		t.Errorf("rotation left no 2.root.json: %v", err)
+	}
+}
+
+// TestFirmwareThresholdCLI: 2-of-3 root and targets keys from the CLI,
+// signing with several holders at once and one after the other, and a
+// rotation that changes the targets quorum.
+func TestFirmwareThresholdCLI(t *testing.T) {
+	data, keys := t.TempDir(), filepath.Join(t.TempDir(), "keys")
+	h := func(i int) string { return filepath.Join(keys, fmt.Sprintf("keyholder-%d", i)) }
+	fw := func(v string) string {
+		f := filepath.Join(t.TempDir(), "fw.bin")
+		os.WriteFile(f, []byte("pump firmware "+v), 0o600)
+		return f
+	}
+	add := func(v string, dirs ...string) []string {
+		args := []string{"firmware", "add", "--data", data, "--file", fw(v), "--version", v, "--device-type", "pump"}
+		for _, d := range dirs {
+			args = append(args, "--keys", d)
+		}
+		return args
+	}
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"firmware", "keys", "init", "--dir", keys, "--threshold", "snapshot=2"}, 2, "only the offline roles"},
+		{[]string{"firmware", "keys", "init", "--dir", keys, "--threshold", "root=3", "--keys", "root=2"}, 2, "threshold 3 of 2"},
+		{[]string{"firmware", "keys", "init", "--dir", keys, "--threshold", "root=2,targets=2", "--keys", "root=3,targets=3"}, 0, "key holder 3: " + h(3)},
+		{[]string{"firmware", "keys", "init", "--dir", keys}, 1, "already holds firmware keys"},
+		{add("1.0.0", h(1), h(2)), 1, "directory of 'firmware keys init'"},
+		{add("1.0.0", keys), 0, "added pump/1.0.0"},
+		{add("1.1.0", h(1), h(1)), 0, "needs 1 more signature"},
+		{add("1.2.0", h(2)), 1, "waits for signatures"},
+		{[]string{"firmware", "sign", "--data", data}, 0, "targets version 2 (pump/1.0.0, pump/1.1.0): 1 of 2 signatures"},
+		{[]string{"firmware", "sign", "--data", data, "--keys", h(1)}, 0, "1 of 2 signatures; another holder"},
+		{[]string{"firmware", "sign", "--data", data, "--keys", h(3)}, 0, "targets version 2 published with 2 of 2"},
+		{[]string{"firmware", "sign", "--data", data}, 0, "nothing waits"},
+		{[]string{"firmware", "list", "--data", data}, 0, "pump/1.1.0"},
+		{add("1.2.0", h(2), h(3)), 0, "added pump/1.2.0"},
+		{[]string{"firmware", "keys", "rotate", "--data", data, "--keys", h(1), "--role", "targets"}, 1, "root needs 2 of its 3 keys"},
+		{[]string{"firmware", "keys", "rotate", "--data", data, "--keys", h(1), "--role", "targets", "--threshold", "2"}, 2, "go together"},
+		{[]string{"firmware", "keys", "rotate", "--data", data, "--keys", h(1), "--keys", h(2), "--role", "targets", "--threshold", "3", "--count", "2"}, 2, "threshold 3 of 2"},
+		{[]string{"firmware", "keys", "rotate", "--data", data, "--keys", h(1), "--keys", h(2), "--role", "targets", "--threshold", "1", "--count", "1"}, 0, "root version 2"},
+		{add("1.3.0", h(1)), 0, "added pump/1.3.0"},
+		{[]string{"firmware", "sign", "--data", data, "--discard"}, 1, "no targets metadata waits"},
+	} {
+		out, code := run(t, c.args...)
+		if code != c.code || !strings.Contains(out, c.want) {
+			t.Errorf("%v: exit %d, %q; want exit %d and %q", c.args, code, out, c.code, c.want)
+		}
 	}
 }
 
@@ -216,6 +268,37 @@ func TestDemoFirmware(t *testing.T) {
 	})
 	if code, _ := audit("globex-labs"); code != http.StatusNotFound {
 		t.Errorf("acme-pumps read globex-labs's audit: %d", code)
+	}
+
+	// The customer's signed export carries the same device messages, and
+	// 'fieldtrust ledger verify' proves each against the signed head
+	// offline. Exported once the head covers them all.
+	exportFile, e2eRoot := filepath.Join(t.TempDir(), "export.json"), filepath.Join(t.TempDir(), "e2e-root.pem")
+	e2ePEM, _ := os.ReadFile(filepath.Join(data, "pki", "e2e", "root.crt"))
+	os.WriteFile(e2eRoot, e2ePEM, 0o644)
+	var vout string
+	poll(t, time.Minute, "an export with the notices, downloads, command and result, verified offline", func() bool {
+		resp, err := client.Get("https://" + httpAddr + "/api/v1/export")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || os.WriteFile(exportFile, b, 0o600) != nil {
+			return false
+		}
+		var code int
+		vout, code = run(t, "ledger", "verify", "--e2e-root", e2eRoot, "--export", exportFile)
+		if code != 0 {
+			t.Fatalf("ledger verify of the customer's export: %d %s", code, vout)
+		}
+		if bytes.Contains(b, []byte(`"gateway":"globex-labs/`)) {
+			t.Fatal("acme-pumps's export holds globex-labs's device messages")
+		}
+		return strings.Contains(vout, "1 command,") && strings.Contains(vout, "1 result,") && !strings.Contains(vout, "device messages in range are not yet")
+	})
+	if !strings.Contains(vout, "notice") || !strings.Contains(vout, "download") {
+		t.Errorf("the verified export lacks notices or downloads: %s", vout)
 	}
 }
 

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -100,6 +102,9 @@ Exits 0 when everything verifies, 1 naming the first failed check.`,
 				}
 				fmt.Fprintf(out, "verified %d snapshots of %d devices%s against tree head of size %d signed at %s by %s\n",
 					rep.Snapshots, rep.Devices, pages, head.Size, head.Time.Format(time.RFC3339), ledger.SignerIdentity)
+				if rep.Header.Version >= ledger.ExportVersion {
+					fmt.Fprintf(out, "verified %d device messages sent to and received from the scope's gateways%s\n", rep.Messages, messageKinds(rep.MessageKinds))
+				}
 				for _, g := range rep.Gaps {
 					fmt.Fprintf(out, "gap: %s\n", g)
 				}
@@ -108,6 +113,9 @@ Exits 0 when everything verifies, 1 naming the first failed check.`,
 				}
 				if rep.NotYetCovered > 0 {
 					fmt.Fprintf(out, "note: %d snapshots in range arrived after this head was signed and are not in the export; export again shortly for them\n", rep.NotYetCovered)
+				}
+				if rep.MessagesNotYetCovered > 0 {
+					fmt.Fprintf(out, "note: %d device messages in range are not yet in this head and not in the export; export again shortly for them\n", rep.MessagesNotYetCovered)
 				}
 				if rep.Next != "" {
 					fmt.Fprintf(out, "note: the export continues after %s: fetch the next page with after=%s and verify all pages together (repeat --export, in order)\n", exportFiles[len(exportFiles)-1], rep.Next)
@@ -254,4 +262,16 @@ func readLimited(name string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s: larger than %d bytes", name, limit)
 	}
 	return b, nil
+}
+
+// messageKinds is " (3 command, 2 result)": the kinds in a stable order.
+func messageKinds(kinds map[string]int) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(kinds)) {
+		parts = append(parts, fmt.Sprintf("%d %s", kinds[k], k))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
 }

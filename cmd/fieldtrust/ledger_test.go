@@ -206,6 +206,7 @@ func TestLedgerVerifyCLI(t *testing.T) {
 		return write(name, out)
 	}
 	gapFile := tamper("gap.json", func(d *ltExport) { d.Snapshots = append(d.Snapshots[:2], d.Snapshots[3:]...); d.Count-- })
+	strippedFile := tamper("stripped.json", func(d *ltExport) { d.DeviceMessages, d.MessageCount, d.MessagesNotYetCovered = nil, nil, nil })
 	alteredFile := tamper("altered.json", func(d *ltExport) {
 		s, _ := snapshot.Decode(snap3)
 		s.Values[0].Value = 1000
@@ -257,6 +258,7 @@ func TestLedgerVerifyCLI(t *testing.T) {
 		{"one snapshot", []string{"--head", headFile, "--proof", proofFile, "--snapshot", snapFile},
 			0, []string{"verified snapshot ms-1/acc-1/gw-1/pump-1 seq 3"}},
 		{"gap", []string{"--export", gapFile}, 1, []string{"hash chain gaps", "ms-1/acc-1/gw-1/pump-1: seq 3 is missing"}},
+		{"device messages stripped", []string{"--export", strippedFile}, 1, []string{"device messages were removed"}},
 		{"gap allowed", []string{"--export", gapFile, "--allow-gaps"}, 0, []string{"verified 6 snapshots", "gap: ms-1/acc-1/gw-1/pump-1: seq 3 is missing"}},
 		{"altered value", []string{"--export", alteredFile},
 			1, []string{"snapshot #3 (ms-1/acc-1/gw-1/pump-1 seq 3): inclusion proof of leaf", "does not verify"}},
@@ -302,12 +304,16 @@ func TestLedgerVerifyCLI(t *testing.T) {
 
 // ltExport is an export decoded whole, to tamper with.
 type ltExport struct {
-	Version       int                     `json:"version"`
-	Scope         string                  `json:"scope"`
-	TreeHead      ledger.SignedHead       `json:"tree_head"`
-	Snapshots     []ledger.ExportSnapshot `json:"snapshots"`
-	Count         uint64                  `json:"count"`
-	NotYetCovered uint64                  `json:"not_yet_covered"`
+	Version   int                     `json:"version"`
+	Scope     string                  `json:"scope"`
+	TreeHead  ledger.SignedHead       `json:"tree_head"`
+	Snapshots []ledger.ExportSnapshot `json:"snapshots"`
+	Count     uint64                  `json:"count"`
+	// Version 2: the device messages of the last page.
+	DeviceMessages        *[]ledger.ExportMessage `json:"device_messages,omitempty"`
+	MessageCount          *uint64                 `json:"message_count,omitempty"`
+	MessagesNotYetCovered *uint64                 `json:"messages_not_yet_covered,omitempty"`
+	NotYetCovered         uint64                  `json:"not_yet_covered"`
 }
 
 func writeJSON(t *testing.T, write func(string, []byte) string, name string, v any) string {

@@ -501,6 +501,63 @@ func TestBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	screenshot(t, ctx, shots, "firmware")
+
+	// 12. The vendor admin steers the campaign and sends a command from
+	// the console: the platform signs it (service:platform for the
+	// person), a real demo gateway runs it and its signed result, verified,
+	// is on the command's page; the audit log names the person.
+	// (The platform may have paused the campaign by now: its target is
+	// not in the repository. Abort works from running and paused.)
+	step(t, ctx, "abort the campaign", chromedp.Reload(), chromedp.Click(css("#campaign-abort")),
+		chromedp.WaitVisible(css(`#campaign-state[data-state="aborting"], #campaign-state[data-state="aborted"]`)))
+	if c, err := d.Store.Campaign(t.Context(), "browser-campaign"); err != nil || (c.State != "aborting" && c.State != "aborted") {
+		t.Fatalf("the campaign after abort in the browser: %+v %v", c, err)
+	}
+	step(t, ctx, "send a command",
+		chromedp.Navigate(base+"/commands?gateway="+gw1),
+		chromedp.WaitVisible(css("#command-send")),
+		chromedp.SetValue(css(`#command-send select[name="name"]`), "clean"),
+		chromedp.Click(css(`#command-send button[type="submit"]`)),
+		chromedp.WaitVisible(css("#command-name")))
+	if s := text(t, ctx, "#command-sender"); !strings.Contains(s, "service:platform for console:"+demo.VendorAdmin) {
+		t.Fatalf("the command's signer: %q", s)
+	}
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		step(t, ctx, "reload the command", chromedp.Reload(), chromedp.WaitVisible(css("#command-name")))
+		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`!!document.querySelector('.result[data-verified="true"][data-status="ok"]')`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no verified result on the command's page: %s", text(t, ctx, "main"))
+		}
+	}
+	if s := text(t, ctx, "#result-signature"); !strings.Contains(s, "signed by the gateway "+gw1+", verified") {
+		t.Fatalf("the result's signature: %q", s)
+	}
+	if s := text(t, ctx, "#result-output"); !strings.Contains(s, "cleaned_devices=") {
+		t.Fatalf("the result's output: %q", s)
+	}
+	screenshot(t, ctx, shots, "command")
+	audit, err := d.Store.AuditLog(t.Context(), "", 0, 200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, e := range audit {
+		if e.Actor == demo.VendorAdmin && e.OK {
+			seen[e.Action] = true
+		}
+	}
+	for _, a := range []string{"campaign-abort", "command"} {
+		if !seen[a] {
+			t.Errorf("no audit entry %s by %s", a, demo.VendorAdmin)
+		}
+	}
 	t.Logf("screenshots in %s", shots)
 }
 

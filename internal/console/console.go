@@ -40,6 +40,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fieldtrust/fieldtrust/internal/firmware/tufrepo"
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
@@ -103,6 +104,11 @@ type Options struct {
 	// back (issue 12): the Firmware pages and, on the audit page, what
 	// was sent to the viewer's devices.
 	Firmware FirmwareStore
+	// Devices and FirmwareRepo, if set (with Firmware), let users of the
+	// vendor's scope with the operator role create and steer campaigns
+	// and send commands (the Commands pages); see DeviceActions.
+	Devices      DeviceActions
+	FirmwareRepo *tufrepo.Repo
 	// Hosts are the host names people reach the console by (passkeys are
 	// bound to a DNS name: "localhost" and the --dns-name values; an IP
 	// address cannot be a WebAuthn relying party).
@@ -141,6 +147,7 @@ type Console struct {
 	api       http.Handler
 	onceNav   sync.Once
 	vendorSub tacs.Subject
+	forms     *formOnce
 }
 
 // New returns the console.
@@ -171,10 +178,18 @@ func New(opts Options) (*Console, error) {
 	if opts.Rules != nil {
 		c.registerRules()
 	}
+	c.forms = &formOnce{ttl: cmp.Or(opts.SessionTTL, DefaultSessionTTL)}
 	if opts.Firmware != nil {
 		c.registerFirmware()
+		if opts.Devices != nil {
+			c.registerSteering()
+		}
 	}
-	api := &web.API{Data: opts.Store, Proofs: opts.Proofs, Calibration: opts.Calibration, Grants: opts.Grants, Logger: c.log.With("component", "console-api"),
+	var msgs web.Messages
+	if opts.Firmware != nil {
+		msgs = opts.Firmware
+	}
+	api := &web.API{Data: opts.Store, Proofs: opts.Proofs, Calibration: opts.Calibration, Grants: opts.Grants, Messages: msgs, Logger: c.log.With("component", "console-api"),
 		Identify: func(r *http.Request) (tacs.Subject, bool) {
 			v, ok := viewerFrom(r.Context())
 			return v.Subject, ok

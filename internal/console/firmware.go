@@ -30,8 +30,9 @@ type FirmwareStore interface {
 // campaign API's rule (campaignapi.MayOrder): the vendor's scope only, and
 // there only campaigns whose every gateway the viewer's role may order.
 func (c *Console) registerFirmware() {
-	c.pages.Add(Page{Path: "/firmware", Title: "Firmware", Nav: true, Order: 40, VendorOnly: true, Handle: c.campaignsView})
-	c.pages.Add(Page{Path: "/firmware/{id}", Title: "Campaign", Order: 41, VendorOnly: true, Handle: c.campaignView})
+	list, one := c.steeringActions()
+	c.pages.Add(Page{Path: "/firmware", Title: "Firmware", Nav: true, Order: 40, VendorOnly: true, Handle: c.campaignsView, Actions: list})
+	c.pages.Add(Page{Path: "/firmware/{id}", Title: "Campaign", Order: 41, VendorOnly: true, Handle: c.campaignView, Actions: one})
 }
 
 // --- device messages on the audit page ---
@@ -132,6 +133,8 @@ type stateCount struct {
 }
 
 type campaignsView struct {
+	Steer            bool   // the viewer may create campaigns here
+	Request          string // the forms' request id (see formOnce)
 	Rows             []campaignRow
 	State            string
 	States           []string
@@ -181,7 +184,7 @@ func progress(rep rollout.Report) campaignRow {
 
 func (c *Console) campaignsView(w http.ResponseWriter, r *http.Request, v *Viewer) {
 	q := r.URL.Query()
-	cv := campaignsView{State: q.Get("state"), States: campaignStates}
+	cv := campaignsView{State: q.Get("state"), States: campaignStates, Steer: c.maySteer(v), Request: devicemsg.NewID()}
 	if !slices.Contains(campaignStates, cv.State) {
 		c.badInput(w, r, v, fmt.Sprintf("state %q: one of running, paused, aborting, aborted, completed", cv.State))
 		return
@@ -242,6 +245,8 @@ func (c *Console) campaignsView(w http.ResponseWriter, r *http.Request, v *Viewe
 }
 
 type campaignView struct {
+	Steer            bool
+	Request          string
 	C                store.Campaign
 	Progress         campaignRow
 	Devices          []rollout.DeviceReport
@@ -273,7 +278,7 @@ func (c *Console) campaignView(w http.ResponseWriter, r *http.Request, v *Viewer
 		c.serverError(w, r, v, err)
 		return
 	}
-	cv := campaignView{C: camp, Progress: progress(rep), Page: page}
+	cv := campaignView{C: camp, Progress: progress(rep), Page: page, Steer: c.maySteer(v), Request: devicemsg.NewID()}
 	from := min((page-1)*campaignDevicesPageSize, len(rep.Devices))
 	to := min(from+campaignDevicesPageSize, len(rep.Devices))
 	cv.Devices = rep.Devices[from:to]
@@ -285,4 +290,10 @@ func (c *Console) campaignView(w http.ResponseWriter, r *http.Request, v *Viewer
 		cv.PrevURL = base + strconv.Itoa(page-1)
 	}
 	c.Render(w, r, v, "campaign", "Campaign "+id, cv)
+}
+
+// maySteer reports whether the campaign pages offer their actions to the
+// viewer (the actions check again, with the campaign API's rule).
+func (c *Console) maySteer(v *Viewer) bool {
+	return c.opts.Devices != nil && c.opts.FirmwareRepo != nil && v.Vendor() && v.Has(store.RoleOperator)
 }

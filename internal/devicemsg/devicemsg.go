@@ -17,10 +17,8 @@ package devicemsg
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -83,31 +81,14 @@ type E2E interface {
 	envelope.SignerVerifier
 }
 
-// RecordHash is what the ledger leaf of a device message commits to:
-// SHA-256 over "fieldtrust.device-message/v1", the kind, id, ref, sender,
-// name and time (Unix milliseconds, 8 bytes big-endian), each
-// length-prefixed (4 bytes big-endian), then SHA-256 of the body. The leaf
-// is ledger.LeafData(gateway, RecordHash).
-func RecordHash(m store.DeviceMessage) [32]byte {
-	h := sha256.New()
-	field := func(s string) {
-		var n [4]byte
-		binary.BigEndian.PutUint32(n[:], uint32(len(s)))
-		h.Write(n[:])
-		h.Write([]byte(s))
-	}
-	field("fieldtrust.device-message/v1")
-	for _, s := range []string{m.Kind, m.ID, m.Ref, m.Sender, m.Name} {
-		field(s)
-	}
-	var at [8]byte
-	binary.BigEndian.PutUint64(at[:], uint64(m.At.UnixMilli()))
-	h.Write(at[:])
-	body := sha256.Sum256(m.Body)
-	h.Write(body[:])
-	var out [32]byte
-	copy(out[:], h.Sum(nil))
-	return out
+// RecordHash is what the ledger leaf of a device message commits to
+// (ledger.MessageRecord.Hash); the leaf is ledger.LeafData(gateway,
+// RecordHash).
+func RecordHash(m store.DeviceMessage) [32]byte { return Record(m).Hash() }
+
+// Record is the ledger's view of a device message.
+func Record(m store.DeviceMessage) ledger.MessageRecord {
+	return ledger.MessageRecord{Kind: m.Kind, ID: m.ID, Ref: m.Ref, Sender: m.Sender, Name: m.Name, At: m.At, Body: m.Body}
 }
 
 // NewID returns a random message id.

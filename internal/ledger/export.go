@@ -55,9 +55,13 @@ type ConsistencyProof struct {
 	Proof []string `json:"proof"` // hex node hashes
 }
 
-// ExportVersion is the version of the export format this package writes
-// and reads.
-const ExportVersion = 1
+// ExportVersion is the version of the export format with device
+// messages (2); version 1, an export of snapshots only, is still read.
+const ExportVersion = 2
+
+// ExportVersionSnapshots is the version of an export without device
+// messages (what an API without a message store writes).
+const ExportVersionSnapshots = 1
 
 // ExportHeader is everything of an export page except its snapshots.
 //
@@ -77,6 +81,13 @@ const ExportVersion = 1
 //	  "snapshots": [ ExportSnapshot, ... ],
 //	  "count":     N,                  the number of snapshots above: a truncated
 //	                                   page never passes for a complete one
+//	  "device_messages": [ ExportMessage, ... ],   version 2, last page only: every
+//	                                   command, campaign notice, firmware download,
+//	                                   result, status report and refusal of the
+//	                                   scope's gateways recorded in [from, to) and
+//	                                   covered by the first page's tree_head
+//	  "message_count": K,              the number of messages above (version 2, last page)
+//	  "messages_not_yet_covered": J,   messages in range not yet in that tree head
 //	  "not_yet_covered": M,            snapshots in range that arrived after the
 //	                                   first page's tree_head was signed and are
 //	                                   left out; export again later for them
@@ -96,6 +107,11 @@ const ExportVersion = 1
 // device's chain (the next one's prev hash names them), and, for an
 // export without "from", removed first snapshots (every chain must start
 // at seq 1), but not removed last ones.
+//
+// Version 2 adds the device messages (ledger.MessageRecord): each is
+// proved by its inclusion proof against tree_head too. The last page of a
+// version 2 export (no "next") must carry them, with their count; other
+// pages must not.
 type ExportHeader struct {
 	Version  int        `json:"version"`
 	Scope    string     `json:"scope"`
@@ -124,6 +140,15 @@ type ExportTrailer struct {
 	Count         uint64 `json:"count"`
 	NotYetCovered uint64 `json:"not_yet_covered"`
 	Next          string `json:"next,omitempty"`
+}
+
+// ExportMessagesTrailer are the device message members of a version 2
+// export, present on its last page only (written and read as a stream,
+// like the snapshots: the struct names the members).
+type ExportMessagesTrailer struct {
+	DeviceMessages        []ExportMessage `json:"device_messages,omitempty"`
+	MessageCount          uint64          `json:"message_count,omitempty"`
+	MessagesNotYetCovered uint64          `json:"messages_not_yet_covered,omitempty"`
 }
 
 // ServicesCAName is the common name of the e2e services CA, the only CA
@@ -313,6 +338,10 @@ type ExportReport struct {
 	Next     string
 	Gaps     []Gap // at most maxGapsReported
 	MoreGaps int   // gaps beyond those in Gaps
+	// Messages are the verified device messages (version 2), by kind.
+	Messages              int
+	MessageKinds          map[string]int
+	MessagesNotYetCovered uint64
 }
 
 // ExportOptions configure VerifyExport.
@@ -356,6 +385,7 @@ type ExportVerifier struct {
 	opts   ExportOptions
 	rep    *ExportReport
 	chains *chainChecker
+	leaves map[uint64]bool // device messages' leaf indexes (no message twice)
 }
 
 // NewExportVerifier returns a verifier for the pages of one export.
@@ -363,7 +393,7 @@ func NewExportVerifier(opts ExportOptions) (*ExportVerifier, error) {
 	if opts.Root == nil {
 		return nil, errors.New("no e2e root certificate to verify against")
 	}
-	return &ExportVerifier{opts: opts, rep: &ExportReport{}}, nil
+	return &ExportVerifier{opts: opts, rep: &ExportReport{MessageKinds: map[string]int{}}, leaves: map[uint64]bool{}}, nil
 }
 
 // Page verifies the next page. Any failure is returned, as a
@@ -380,14 +410,18 @@ func (v *ExportVerifier) Page(r io.Reader) error {
 		return fmt.Errorf("export: %w", err)
 	}
 	var (
-		hdr   ExportHeader
-		head  Checkpoint
-		count *uint64
-		n     int // snapshots in this page
-		tr    ExportTrailer
-		seen  = map[string]bool{}
+		hdr    ExportHeader
+		head   Checkpoint
+		count  *uint64
+		n      int // snapshots in this page
+		tr     ExportTrailer
+		mtr    ExportMessagesTrailer
+		msgs   int // device messages in this page
+		seen   = map[string]bool{}
+		kinds  = map[string]int{}
+		mcount *uint64
 	)
-	order := []string{"version", "scope", "from", "to", "after", "tree_head", "snapshots", "count", "not_yet_covered", "next"}
+	order := []string{"version", "scope", "from", "to", "after", "tree_head", "snapshots", "count", "device_messages", "message_count", "messages_not_yet_covered", "not_yet_covered", "next"}
 	pos := 0
 	for dec.More() {
 		tok, err := dec.Token()
@@ -410,8 +444,11 @@ func (v *ExportVerifier) Page(r io.Reader) error {
 			if err := dec.Decode(&hdr.Version); err != nil {
 				return fmt.Errorf("export version: %w", err)
 			}
-			if hdr.Version != ExportVersion {
-				return fmt.Errorf("export version %d; this verifier reads version %d", hdr.Version, ExportVersion)
+			if hdr.Version != ExportVersion && hdr.Version != ExportVersionSnapshots {
+				return fmt.Errorf("export version %d; this verifier reads versions %d and %d", hdr.Version, ExportVersionSnapshots, ExportVersion)
+			}
+			if rep.Pages > 0 && hdr.Version != rep.Header.Version {
+				return fmt.Errorf("export: page %d is of version %d, page 1 of version %d: not the same export", rep.Pages+1, hdr.Version, rep.Header.Version)
 			}
 		case "scope":
 			err = dec.Decode(&hdr.Scope)
@@ -452,6 +489,21 @@ func (v *ExportVerifier) Page(r io.Reader) error {
 		case "count":
 			count = new(uint64)
 			err = dec.Decode(count)
+		case "device_messages":
+			if hdr.Version < ExportVersion {
+				return fmt.Errorf("export: device_messages in a version %d export", hdr.Version)
+			}
+			if !seen["snapshots"] {
+				return errors.New("export: device_messages before snapshots")
+			}
+			if err := v.verifyMessages(dec, head, &msgs, kinds); err != nil {
+				return err
+			}
+		case "message_count":
+			mcount = new(uint64)
+			err = dec.Decode(mcount)
+		case "messages_not_yet_covered":
+			err = dec.Decode(&mtr.MessagesNotYetCovered)
 		case "not_yet_covered":
 			err = dec.Decode(&tr.NotYetCovered)
 		case "next":
@@ -478,6 +530,19 @@ func (v *ExportVerifier) Page(r io.Reader) error {
 	if *count != uint64(n) {
 		return fmt.Errorf("export: count says %d snapshots, the export holds %d: snapshots were added or removed", *count, n)
 	}
+	if hdr.Version >= ExportVersion {
+		last := tr.Next == ""
+		switch {
+		case last && (!seen["device_messages"] || mcount == nil):
+			return errors.New("export: the last page has no device_messages and message_count: the device messages were removed or the export is truncated")
+		case !last && (seen["device_messages"] || mcount != nil):
+			return errors.New("export: device messages on a page that is not the last")
+		case last && *mcount != uint64(msgs):
+			return fmt.Errorf("export: message_count says %d device messages, the export holds %d: messages were added or removed", *mcount, msgs)
+		}
+	} else if seen["message_count"] || seen["messages_not_yet_covered"] {
+		return fmt.Errorf("export: device message members in a version %d export", hdr.Version)
+	}
 	if rep.Pages == 0 {
 		rep.Header = hdr
 	}
@@ -486,6 +551,39 @@ func (v *ExportVerifier) Page(r io.Reader) error {
 	rep.Snapshots += n
 	rep.NotYetCovered += tr.NotYetCovered
 	rep.Next = tr.Next
+	rep.Messages += msgs
+	rep.MessagesNotYetCovered += mtr.MessagesNotYetCovered
+	for k, c := range kinds {
+		rep.MessageKinds[k] += c
+	}
+	return nil
+}
+
+// verifyMessages checks the device_messages array of a page, counting
+// them in *n and by kind.
+func (v *ExportVerifier) verifyMessages(dec *json.Decoder, head Checkpoint, n *int, kinds map[string]int) error {
+	if err := expectDelim(dec, '['); err != nil {
+		return fmt.Errorf("export device_messages: %w", err)
+	}
+	for dec.More() {
+		var e ExportMessage
+		if err := dec.Decode(&e); err != nil {
+			return fmt.Errorf("export: device message #%d: %w", *n+1, err)
+		}
+		m, err := VerifyMessage(head, e)
+		if err != nil {
+			return &MessageError{Index: *n, ID: e.ID, Err: err}
+		}
+		if v.leaves[e.LeafIndex] {
+			return &MessageError{Index: *n, ID: e.ID, Err: fmt.Errorf("leaf %d is in the export twice", e.LeafIndex)}
+		}
+		v.leaves[e.LeafIndex] = true
+		kinds[m.Kind]++
+		*n++
+	}
+	if err := expectDelim(dec, ']'); err != nil {
+		return fmt.Errorf("export device_messages: %w", err)
+	}
 	return nil
 }
 

@@ -32,9 +32,14 @@ type exportFixture struct {
 	root *x509.Certificate
 	head SignedHead
 	snap []ExportSnapshot
+	msgs []ExportMessage
 }
 
-func newExportFixture(t testing.TB) *exportFixture {
+func newExportFixture(t testing.TB) *exportFixture { return newFixture(t, nil) }
+
+// newFixture is newExportFixture with device messages of ms/acc/gw
+// logged after the snapshots.
+func newFixture(t testing.TB, msgs []MessageRecord) *exportFixture {
 	t.Helper()
 	ctx := t.Context()
 	dir := t.TempDir()
@@ -65,6 +70,11 @@ func newExportFixture(t testing.TB) *exportFixture {
 			t.Fatal(err)
 		}
 	}
+	for _, m := range msgs {
+		if _, _, _, err := l.Append(ctx, [][]byte{LeafData("ms/acc/gw", m.Hash())}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	size, root, _ := l.Size()
 	key, _ := pki.GenerateKey(elliptic.P256())
 	iss, err := e2e.Issue(ctx, pki.LeafRequest{Service: "ledger", PublicKey: key.Public()})
@@ -91,6 +101,14 @@ func newExportFixture(t testing.TB) *exportFixture {
 		f.snap = append(f.snap, ExportSnapshot{Path: "ms/acc/gw/" + s.Device, Seq: s.Seq, Hash: hex.EncodeToString(h[:]),
 			Snapshot: base64.StdEncoding.EncodeToString(enc), LeafIndex: uint64(i), Proof: ph})
 	}
+	for i, m := range msgs {
+		idx := uint64(len(encs) + i)
+		p, err := l.InclusionProof(ctx, idx, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.msgs = append(f.msgs, ExportMessageOf("ms/acc/gw", m, idx, p))
+	}
 	return f
 }
 
@@ -99,8 +117,8 @@ func newExportFixture(t testing.TB) *exportFixture {
 // leaves a member out.
 func (f *exportFixture) export(t testing.TB, members ...any) []byte {
 	t.Helper()
-	m := map[string]any{"version": ExportVersion, "scope": "ms", "from": nil, "to": nil, "tree_head": f.head, "snapshots": f.snap, "count": len(f.snap), "not_yet_covered": 0}
-	order := []string{"version", "scope", "from", "to", "after", "tree_head", "snapshots", "count", "not_yet_covered", "next"}
+	m := map[string]any{"version": ExportVersionSnapshots, "scope": "ms", "from": nil, "to": nil, "tree_head": f.head, "snapshots": f.snap, "count": len(f.snap), "not_yet_covered": 0}
+	order := []string{"version", "scope", "from", "to", "after", "tree_head", "snapshots", "count", "device_messages", "message_count", "messages_not_yet_covered", "not_yet_covered", "next"}
 	for i := 0; i+1 < len(members); i += 2 {
 		k := members[i].(string)
 		if !slices.Contains(order, k) {
@@ -316,15 +334,17 @@ func TestChainChecker(t *testing.T) {
 // FuzzVerifyExport: whatever a file holds, verification fails cleanly or
 // succeeds, never panics.
 func FuzzVerifyExport(f *testing.F) {
-	fx := newExportFixture(f)
+	fx := newFixture(f, []MessageRecord{{Kind: "command", ID: "c1", Ref: "c1", Sender: "service:platform", Name: "reboot", At: time.UnixMilli(1e12), Body: []byte("x")}})
 	f.Add(fx.export(f))
+	f.Add(fx.export(f, "version", ExportVersion, "device_messages", fx.msgs, "message_count", 1, "messages_not_yet_covered", 0))
+	f.Add([]byte(`{"version":2,"snapshots":[],"count":0,"device_messages":[{}],"message_count":1}`))
 	f.Add([]byte(`{"version":1,"snapshots":[]}`))
 	f.Add([]byte(`{"version":1,"tree_head":{},"snapshots":[{}],"count":1}`))
 	f.Add(fx.export(f, "after", "a", "next", "b"))
 	f.Add([]byte(`{"version":1,"scope":"","after":"","snapshots":[],"count":0,"next":""}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		rep, err := VerifyExport(bytes.NewReader(b), ExportOptions{Root: fx.root})
-		if err == nil && rep.Snapshots > 0 && rep.Head.Size == 0 {
+		if err == nil && (rep.Snapshots > 0 || rep.Messages > 0) && rep.Head.Size == 0 {
 			t.Fatal("snapshots verified against an empty tree")
 		}
 		var se *SnapshotError
@@ -332,4 +352,56 @@ func FuzzVerifyExport(f *testing.F) {
 			t.Fatal("negative snapshot index")
 		}
 	})
+}
+
+// TestVerifyExportMessages: a version 2 export carries the scope's device
+// messages, each proved against the tree head; a removed, added, altered,
+// repeated or misplaced message is refused, and so is a last page whose
+// messages were stripped.
+func TestVerifyExportMessages(t *testing.T) {
+	at := time.Now().UTC().Truncate(time.Millisecond)
+	f := newFixture(t, []MessageRecord{
+		{Kind: "command", ID: "c1", Ref: "c1", Sender: "service:platform for console:ops@vendor.example", Name: "reboot", At: at, Body: []byte("sealed command")},
+		{Kind: "result", ID: "r1", Ref: "c1", Sender: "ms/acc/gw", Name: "ok", At: at.Add(time.Second), Body: []byte("signed result")},
+		{Kind: "download", ID: "d1", Ref: "camp-1", Sender: "ms/acc/gw", Name: "bytes=0-", At: at.Add(2 * time.Second), Body: []byte(`{"range":"bytes=0-"}`)},
+	})
+	v2 := func(msgs []ExportMessage, members ...any) []byte {
+		return f.export(t, append([]any{"version", ExportVersion, "device_messages", msgs, "message_count", len(msgs), "messages_not_yet_covered", 0}, members...)...)
+	}
+	rep, err := VerifyExport(bytes.NewReader(v2(f.msgs)), ExportOptions{Root: f.root})
+	if err != nil || rep.Messages != 3 || rep.MessageKinds["command"] != 1 || rep.MessageKinds["download"] != 1 || rep.Snapshots != 5 {
+		t.Fatalf("a version 2 export: %+v %v", rep, err)
+	}
+	if rep, err := VerifyExport(bytes.NewReader(v2([]ExportMessage{})), ExportOptions{Root: f.root}); err != nil || rep.Messages != 0 {
+		t.Fatalf("a version 2 export without messages: %+v %v", rep, err)
+	}
+	alter := func(i int, fn func(*ExportMessage)) []ExportMessage {
+		out := slices.Clone(f.msgs)
+		fn(&out[i])
+		return out
+	}
+	for _, tt := range []struct {
+		name string
+		doc  []byte
+		want string
+	}{
+		{"messages stripped", f.export(t, "version", ExportVersion), "no device_messages"},
+		{"a message removed", v2(f.msgs[1:], "message_count", 3), "message_count says 3"},
+		{"a message added twice", v2(append(slices.Clone(f.msgs), f.msgs[0])), "twice"},
+		{"an altered body", v2(alter(0, func(m *ExportMessage) { m.Body = base64.StdEncoding.EncodeToString([]byte("other")) })), "not the record hash"},
+		{"an altered sender, hash recomputed", v2(alter(0, func(m *ExportMessage) { m.Sender, m.RecordHash = "service:evil", "" })), "does not verify"},
+		{"another gateway", v2(alter(1, func(m *ExportMessage) { m.Gateway = "ms/acc/gw2" })), "does not verify"},
+		{"another time", v2(alter(2, func(m *ExportMessage) { m.At = at.Add(time.Hour).Format(time.RFC3339Nano); m.RecordHash = "" })), "does not verify"},
+		{"a leaf outside the tree", v2(alter(2, func(m *ExportMessage) { m.LeafIndex = 99 })), "outside the tree"},
+		{"not a gateway", v2(alter(0, func(m *ExportMessage) { m.Gateway = "ms/acc" })), "want master/account/gateway"},
+		{"a bad time", v2(alter(0, func(m *ExportMessage) { m.At = "yesterday" })), "RFC 3339"},
+		{"messages in version 1", f.export(t, "device_messages", f.msgs, "message_count", 3), "version 1"},
+		{"messages on a page with next", v2(f.msgs, "next", "cursor"), "not the last"},
+		{"messages before snapshots", f.export(t, "version", ExportVersion, "snapshots", nil, "device_messages", f.msgs), "before snapshots"},
+	} {
+		_, err := VerifyExport(bytes.NewReader(tt.doc), ExportOptions{Root: f.root})
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want %q", tt.name, err, tt.want)
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package platform
 
 import (
+	"context"
 	"crypto"
 	"crypto/x509"
 	"encoding/json"
@@ -17,6 +18,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/est"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
@@ -66,12 +68,16 @@ func (c *commander) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// Ordering a gateway is publishing on its commands topic, through
 	// the platform's signature: the role's grants decide, as on MQTT.
-	if !tacs.Authorize(c.grants, subj, tacs.Publish, topic.CommandsOf(path.String())).Allowed {
+	if !devicemsg.MayCommand(c.grants, subj, path.String()) {
 		http.Error(w, fmt.Sprintf("forbidden: service role %s may not publish on %s", subj.Role, topic.CommandsOf(path.String())), http.StatusForbidden)
 		return
 	}
 	now := time.Now()
-	cmd := command.Command{ID: devicemsg.NewID(), Type: command.Rebootstrap, Gateway: path.String(), Issued: now, Expires: now.Add(command.DefaultLifetime), Nonce: newNonce()}
+	cmd, err := devicemsg.NewCommand(path.String(), command.Rebootstrap, nil, 0, now)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
 	if verb == "rebootstrap" {
 		cmd.RotateKeys = r.URL.Query().Get("rotate_keys") == "true"
 	} else {
@@ -90,17 +96,17 @@ func (c *commander) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		life := command.DefaultLifetime
-		if req.ExpiresInSeconds != 0 {
-			life = time.Duration(req.ExpiresInSeconds) * time.Second
-		}
-		if life <= 0 || life > command.MaxLifetime {
+		life := time.Duration(req.ExpiresInSeconds) * time.Second
+		if req.ExpiresInSeconds < 0 || life > command.MaxLifetime {
 			http.Error(w, fmt.Sprintf("expires_in_seconds: want 1 to %d", int(command.MaxLifetime.Seconds())), http.StatusBadRequest)
 			return
 		}
-		cmd.Type, cmd.Args, cmd.Expires = req.Name, req.Args, now.Add(life)
+		if cmd, err = devicemsg.NewCommand(path.String(), req.Name, req.Args, life, now); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
 	}
-	if err := devicemsg.QueueCommand(r.Context(), c.store, c.e2e, c.signer.signer, command.Signer+" for "+subj.String(), cmd); err != nil {
+	if err := c.queue(r.Context(), cmd, subj.String()); err != nil {
 		status := http.StatusInternalServerError
 		switch {
 		case errors.Is(err, devicemsg.ErrNoE2E):
@@ -112,11 +118,40 @@ func (c *commander) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), status)
 		return
 	}
-	c.devices.Wake()
 	c.log.Info("command queued", "gateway", path.String(), "type", cmd.Type, "id", cmd.ID, "by", subj.String())
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusAccepted)
 	json.NewEncoder(w).Encode(cmd)
+}
+
+// queue signs cmd with the platform's e2e identity, seals and queues it
+// (the record's sender names the requester: a service, or a console
+// user) and wakes the device messaging service.
+func (c *commander) queue(ctx context.Context, cmd command.Command, requester string) error {
+	if err := devicemsg.QueueCommand(ctx, c.store, c.e2e, c.signer.signer, command.Signer+" for "+requester, cmd); err != nil {
+		return err
+	}
+	c.Wake()
+	return nil
+}
+
+// SendCommand is queue for the console (console.DeviceActions): the
+// platform signs what a logged-in vendor operator asked for.
+func (c *commander) SendCommand(ctx context.Context, cmd command.Command, requester string) error {
+	return c.queue(ctx, cmd, requester)
+}
+
+// CommandResult verifies a result's gateway signature (console.DeviceActions).
+func (c *commander) CommandResult(ctx context.Context, m store.DeviceMessage) (command.Result, error) {
+	return devicemsg.OpenResult(ctx, c.e2e, m)
+}
+
+// Wake tells the device messaging service to look now (it is set once
+// the service exists).
+func (c *commander) Wake() {
+	if c.devices != nil {
+		c.devices.Wake()
+	}
 }
 
 // cutLast splits "a/b/c/verb" into "a/b/c" and "verb".
@@ -127,8 +162,6 @@ func cutLast(p string) (string, string, bool) {
 	}
 	return p[:i], p[i+1:], true
 }
-
-func newNonce() string { return devicemsg.NewID() + devicemsg.NewID() }
 
 // signer is the service certificate as an envelope signer.
 func (s *serviceCert) signer() (*envelope.Signer, error) {

@@ -299,7 +299,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	api := &web.API{Calibration: dccReg.link(),
-		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"), Rules: d.Store,
+		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"), Rules: d.Store, Messages: d.Store,
 		Identify: func(r *http.Request) (tacs.Subject, bool) {
 			id, ok := est.IdentityFromContext(r.Context())
 			if !ok {
@@ -316,8 +316,12 @@ func Run(ctx context.Context, cfg Config) error {
 	consoleClient := tlspolicy.Client(transportRoots, nil)
 	consoleClient.GetClientCertificate = consoleTLS.GetClientCertificate
 	watcher := &console.StatusWatcher{TLS: consoleClient, ClientID: "console-status", Logger: log.With("component", "console")}
+	// Commands from the API and the console; the device messaging service
+	// it wakes is set below.
+	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, store: d.Store, ids: ids, grants: grants, log: log.With("component", "commands")}
 	con, err := console.New(console.Options{
 		Store: d.Store, Grants: grants, Proofs: lg, Revoker: d.Transport, Status: watcher, Rules: d.Store, Calibration: api.Calibration, Firmware: d.Store,
+		Devices: cmds, FirmwareRepo: tufrepo.Open(cfg.DataDir),
 		Hosts: append([]string{"localhost"}, cfg.DNSNames...), Logger: log.With("component", "console"),
 		CertSubject: func(r *http.Request) (tacs.Subject, *x509.Certificate, bool) {
 			id, ok := est.IdentityFromContext(r.Context())
@@ -372,7 +376,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Register(mux, func(h http.Handler) http.Handler { return est.GuardOperational(verifier, log, h) })
 	(&campaignapi.Handler{Store: d.Store, Repo: fwRepo, Identify: api.Identify, Grants: grants, Wake: devices.Wake, Log: log.With("component", "campaigns")}).
 		Register(mux, func(h http.Handler) http.Handler { return est.GuardOperational(verifier, log, h) })
-	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, store: d.Store, devices: devices, ids: ids, grants: grants, log: log.With("component", "commands")}
+	cmds.devices = devices
 	mux.Handle("POST /api/v1/gateways/{path...}", est.GuardOperational(verifier, log, cmds))
 	mux.Handle("GET /api/v1/gateways/{path...}", est.GuardOperational(verifier, log, &devicemsg.Audit{Store: d.Store, Identify: api.Identify, Grants: grants, Log: log.With("component", "audit")}))
 	mux.Handle("/", est.GuardOperational(verifier, log, web.New(web.Options{

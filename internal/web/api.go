@@ -32,6 +32,11 @@ type Data interface {
 	LatestTreeHead(ctx context.Context) (store.TreeHead, error)
 }
 
+// Messages reads device messages (the store), by sequence.
+type Messages interface {
+	DeviceMessages(ctx context.Context, f store.MessageFilter) ([]store.DeviceMessage, error)
+}
+
 // Proofs serves ledger proofs (*ledger.Log).
 type Proofs interface {
 	InclusionProof(ctx context.Context, index, size uint64) ([][]byte, error)
@@ -54,6 +59,10 @@ type API struct {
 	// reads carry a calibration flag, and a device's instrument is read
 	// and declared at /api/v1/devices/{path}/calibration and /equipment.
 	Calibration Calibration
+	// Messages, if set, are the device messages (docs/firmware.md):
+	// exports carry those of the caller's scope (version 2), for callers
+	// the messages API shows them to (devicemsg.MayRead).
+	Messages Messages
 	// ExportLimits bound each tenant's exports; zero fields take the
 	// defaults.
 	ExportLimits ExportLimits

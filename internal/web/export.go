@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/fieldtrust/fieldtrust/internal/devicemsg"
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
@@ -109,7 +110,14 @@ func (a *API) export(w http.ResponseWriter, r *http.Request, subj tacs.Subject, 
 		}
 		covered = after.Covered
 	}
-	hdr := ledger.ExportHeader{Version: ledger.ExportVersion, Scope: scope,
+	// Device messages (version 2) for callers the messages API would show
+	// them to; others get the snapshots-only export.
+	withMessages := a.Messages != nil && devicemsg.MayRead(a.Grants, subj, scope)
+	version := ledger.ExportVersionSnapshots
+	if withMessages {
+		version = ledger.ExportVersion
+	}
+	hdr := ledger.ExportHeader{Version: version, Scope: scope,
 		TreeHead: ledger.SignedHead{Size: th.Size, Root: hex.EncodeToString(th.Root), Checkpoint: string(th.Checkpoint),
 			Signature: base64.StdEncoding.EncodeToString(th.Signature), CertChain: string(th.CertChain)}}
 	if !from.IsZero() {
@@ -191,11 +199,75 @@ func (a *API) export(w http.ResponseWriter, r *http.Request, subj tacs.Subject, 
 		}
 		q.After = recs[len(recs)-1].Cursor()
 	}
-	tail, _ := json.Marshal(trailer)
-	bw.WriteString("\n],")
-	bw.Write(bytes.TrimPrefix(tail, []byte("{")))
-	bw.WriteByte('\n')
+	fmt.Fprintf(bw, "\n],\"count\":%d", trailer.Count)
+	if withMessages && trailer.Next == "" {
+		// The last page carries the device messages.
+		mt, err := a.exportMessages(r, bw, subj, scope, from, to, covered, th.Size)
+		if err != nil {
+			abort(err)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		fmt.Fprintf(bw, ",\"message_count\":%d,\"messages_not_yet_covered\":%d", mt.MessageCount, mt.MessagesNotYetCovered)
+	}
+	fmt.Fprintf(bw, ",\"not_yet_covered\":%d", trailer.NotYetCovered)
+	if trailer.Next != "" {
+		next, _ := json.Marshal(trailer.Next)
+		bw.WriteString(`,"next":`)
+		bw.Write(next)
+	}
+	bw.WriteString("}\n")
 	bw.Flush()
+}
+
+// exportMessages writes the device_messages member: every message of the
+// scope's gateways recorded in [from, to) and in the ledger below covered,
+// proved against the head of size size; the others are counted as not yet
+// covered.
+func (a *API) exportMessages(r *http.Request, bw *bufio.Writer, subj tacs.Subject, scope string, from, to time.Time, covered, size uint64) (ledger.ExportMessagesTrailer, error) {
+	ctx := r.Context()
+	var mt ledger.ExportMessagesTrailer
+	bw.WriteString(`,"device_messages":[`)
+	f := store.MessageFilter{Scope: scope, Limit: exportPage}
+	for {
+		ms, err := a.Messages.DeviceMessages(ctx, f)
+		if err != nil {
+			return mt, err
+		}
+		for _, m := range ms {
+			if !a.canRead(subj, m.Gateway) || (!from.IsZero() && m.At.Before(from)) || (!to.IsZero() && !m.At.Before(to)) {
+				continue
+			}
+			if m.LedgerIndex < 0 || uint64(m.LedgerIndex) >= covered {
+				mt.MessagesNotYetCovered++
+				continue
+			}
+			p, err := a.Proofs.InclusionProof(ctx, uint64(m.LedgerIndex), size)
+			if err != nil {
+				return mt, fmt.Errorf("inclusion proof of message %s, leaf %d: %w", m.ID, m.LedgerIndex, err)
+			}
+			e, err := json.Marshal(ledger.ExportMessageOf(m.Gateway, devicemsg.Record(m), uint64(m.LedgerIndex), p))
+			if err != nil {
+				return mt, err
+			}
+			if mt.MessageCount > 0 {
+				bw.WriteByte(',')
+			}
+			bw.WriteByte('\n')
+			bw.Write(e)
+			mt.MessageCount++
+		}
+		if _, err := bw.Write(nil); err != nil || ctx.Err() != nil {
+			return mt, nil // the client went away
+		}
+		if len(ms) < f.Limit {
+			break
+		}
+		f.After = ms[len(ms)-1].Seq
+	}
+	bw.WriteString("\n]")
+	return mt, nil
 }
 
 // exportEntry re-encodes a stored snapshot and proves its leaf.

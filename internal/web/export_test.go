@@ -100,14 +100,18 @@ func (e *env) waitHead(t *testing.T, id identity, size uint64) web.TreeHeadJSON 
 // exportDoc is an export decoded whole, to tamper with in tests; its
 // fields are in the order of the format.
 type exportDoc struct {
-	Version       int                     `json:"version"`
-	Scope         string                  `json:"scope"`
-	From          string                  `json:"from,omitempty"`
-	To            string                  `json:"to,omitempty"`
-	TreeHead      ledger.SignedHead       `json:"tree_head"`
-	Snapshots     []ledger.ExportSnapshot `json:"snapshots"`
-	Count         uint64                  `json:"count"`
-	NotYetCovered uint64                  `json:"not_yet_covered"`
+	Version   int                     `json:"version"`
+	Scope     string                  `json:"scope"`
+	From      string                  `json:"from,omitempty"`
+	To        string                  `json:"to,omitempty"`
+	TreeHead  ledger.SignedHead       `json:"tree_head"`
+	Snapshots []ledger.ExportSnapshot `json:"snapshots"`
+	Count     uint64                  `json:"count"`
+	// Version 2 (with a message store): present on the last page.
+	DeviceMessages        *[]ledger.ExportMessage `json:"device_messages,omitempty"`
+	MessageCount          *uint64                 `json:"message_count,omitempty"`
+	MessagesNotYetCovered *uint64                 `json:"messages_not_yet_covered,omitempty"`
+	NotYetCovered         uint64                  `json:"not_yet_covered"`
 }
 
 func decodeExport(t *testing.T, b []byte) exportDoc {
@@ -313,8 +317,8 @@ func TestExportVerifiesOffline(t *testing.T) {
 			d.Count++
 		}, []string{"seq 3 after seq 5", "repeated or out of order"}, 10},
 		{"unsupported version", func(d *exportDoc) {
-			d.Version = 2
-		}, []string{"export version 2"}, -1},
+			d.Version = 3
+		}, []string{"export version 3"}, -1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

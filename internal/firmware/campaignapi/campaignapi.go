@@ -196,17 +196,11 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "version and device_type are required", http.StatusBadRequest)
 		return
 	}
-	st := &guarded{Store: h.Store, check: func(gws []string) error {
-		if g, ok := h.mayOrder(subj, gws); !ok {
-			return fmt.Errorf("%w: service role %s may not publish on %s", errForbidden, subj.Role, topic.FirmwareOf(g))
-		}
-		return nil
-	}}
-	c, _, err := rollout.Create(r.Context(), st, h.Repo, rollout.Spec{Version: req.Version, DeviceType: req.DeviceType, Scope: req.Scope, CanaryPercent: req.CanaryPercent, MaxFailures: req.MaxFailures})
+	c, err := Create(r.Context(), h.Store, h.Repo, h.Grants, subj, rollout.Spec{Version: req.Version, DeviceType: req.DeviceType, Scope: req.Scope, CanaryPercent: req.CanaryPercent, MaxFailures: req.MaxFailures})
 	if err != nil {
 		status := http.StatusInternalServerError
 		switch {
-		case errors.Is(err, errForbidden):
+		case errors.Is(err, ErrForbidden):
 			status = http.StatusForbidden
 		case errors.Is(err, rollout.ErrSpec), errors.Is(err, tufrepo.ErrNotFound):
 			status = http.StatusBadRequest
@@ -240,11 +234,7 @@ func (h *Handler) move(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	moves := map[string]func(context.Context, rollout.Store, string) (store.Campaign, error){
-		"pause": rollout.Pause, "resume": rollout.Resume, "abort": rollout.Abort,
-	}
-	mv, known := moves[r.PathValue("action")]
-	if !known {
+	if _, known := moves[r.PathValue("action")]; !known {
 		http.Error(w, "use POST "+Path+"/{id}/pause, .../resume or .../abort", http.StatusNotFound)
 		return
 	}
@@ -252,7 +242,7 @@ func (h *Handler) move(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if _, err := mv(r.Context(), h.Store, c.ID); err != nil {
+	if _, err := Move(r.Context(), h.Store, h.Grants, subj, c.ID, r.PathValue("action")); err != nil {
 		if errors.Is(err, rollout.ErrState) {
 			http.Error(w, err.Error(), http.StatusConflict)
 			return
@@ -282,7 +272,51 @@ func (h *Handler) wake() {
 	}
 }
 
-var errForbidden = errors.New("forbidden")
+// ErrForbidden: the caller may not order a gateway of the campaign.
+var ErrForbidden = errors.New("forbidden")
+
+// Create is rollout.Create for subj: a campaign naming a gateway subj may
+// not order (MayOrder) is refused with ErrForbidden before anything is
+// stored. The API and the console both create through it.
+func Create(ctx context.Context, st Store, repo *tufrepo.Repo, g tacs.Grants, subj tacs.Subject, spec rollout.Spec) (store.Campaign, error) {
+	gs := &guarded{Store: st, check: func(gws []string) error {
+		if gw, ok := MayOrder(g, subj, gws); !ok {
+			if !subj.IsService() {
+				return fmt.Errorf("%w: campaigns are ordered by the vendor's services and operators", ErrForbidden)
+			}
+			return fmt.Errorf("%w: service role %s may not publish on %s", ErrForbidden, subj.Role, topic.FirmwareOf(gw))
+		}
+		return nil
+	}}
+	c, _, err := rollout.Create(ctx, gs, repo, spec)
+	return c, err
+}
+
+// moves are the steps Move takes, by name.
+var moves = map[string]func(context.Context, rollout.Store, string) (store.Campaign, error){
+	"pause": rollout.Pause, "resume": rollout.Resume, "abort": rollout.Abort,
+}
+
+// Move pauses, resumes or aborts campaign id for subj. A campaign subj
+// may not steer is store.ErrNotFound, as an unknown one; a move its state
+// does not allow is rollout.ErrState.
+func Move(ctx context.Context, st Store, g tacs.Grants, subj tacs.Subject, id, action string) (store.Campaign, error) {
+	mv, known := moves[action]
+	if !known {
+		return store.Campaign{}, fmt.Errorf("%w: action %q: pause, resume or abort", rollout.ErrSpec, action)
+	}
+	devs, err := st.CampaignDevices(ctx, id)
+	if err != nil {
+		return store.Campaign{}, err
+	}
+	if _, err := st.Campaign(ctx, id); err != nil {
+		return store.Campaign{}, err
+	}
+	if _, ok := MayOrder(g, subj, paths(devs)); !ok {
+		return store.Campaign{}, fmt.Errorf("campaign %q: %w", id, store.ErrNotFound)
+	}
+	return mv(ctx, st, id)
+}
 
 // guarded refuses to store a campaign whose gateways the caller may not
 // order: rollout.Create resolves the scope to gateways, the check sees

@@ -18,8 +18,6 @@ package tufrepo
 
 import (
 	"crypto"
-	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/hex"
@@ -90,70 +88,32 @@ func (r *Repo) Initialized() bool {
 
 func passphrase() []byte { return []byte(os.Getenv(PassphraseEnv)) }
 
-// InitKeys creates the four role keys (Ed25519) and version 1 of the root
-// metadata in keysDir, which must not hold keys yet, and returns the root
-// metadata (also written to keysDir/root.json: the file gateways pin).
+// InitKeys creates the four role keys (Ed25519), one per role, and
+// version 1 of the root metadata in keysDir, which must not hold keys
+// yet, and returns the root metadata (also written to keysDir/root.json:
+// the file gateways pin).
 func InitKeys(keysDir string, now time.Time, exp Expiry) ([]byte, error) {
-	if _, err := os.Stat(filepath.Join(keysDir, "root.key")); err == nil {
-		return nil, fmt.Errorf("%s already holds firmware keys; use another directory (or 'firmware keys rotate')", keysDir)
-	}
-	if err := os.MkdirAll(filepath.Join(keysDir, "online"), 0o700); err != nil {
-		return nil, err
-	}
-	root := metadata.Root(now.Add(exp.Root).UTC())
-	root.Signed.ConsistentSnapshot = true
-	keys := map[string]crypto.Signer{}
-	for _, role := range []string{metadata.ROOT, metadata.TARGETS, metadata.SNAPSHOT, metadata.TIMESTAMP} {
-		_, k, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			return nil, err
-		}
-		keys[role] = k
-		pub, err := metadata.KeyFromPublicKey(k.Public())
-		if err != nil {
-			return nil, err
-		}
-		if err := root.Signed.AddKey(pub, role); err != nil {
-			return nil, err
-		}
-		file := filepath.Join(keysDir, role+".key")
-		var pass []byte
-		if role == metadata.ROOT || role == metadata.TARGETS {
-			pass = passphrase()
-		} else {
-			file = filepath.Join(keysDir, "online", role+".key")
-		}
-		if err := pki.WriteKeyFile(file, k, pass); err != nil {
-			return nil, err
-		}
-	}
-	if err := sign(root, keys[metadata.ROOT]); err != nil {
-		return nil, err
-	}
-	b, err := root.ToBytes(true)
-	if err != nil {
-		return nil, err
-	}
-	for _, name := range []string{"1.root.json", "root.json"} {
-		if err := atomicfile.Write(filepath.Join(keysDir, name), b, 0o644); err != nil {
-			return nil, err
-		}
-	}
-	return b, nil
+	return InitKeysWith(keysDir, now, exp, SingleKeys)
 }
 
 func sign[T metadata.Roles](m *metadata.Metadata[T], keys ...crypto.Signer) error {
 	m.ClearSignatures()
 	for _, k := range keys {
-		s, err := signature.LoadSigner(k, crypto.Hash(0))
-		if err != nil {
-			return err
-		}
-		if _, err := m.Sign(s); err != nil {
+		if err := appendSignature(m, k); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// appendSignature adds k's signature to those m has.
+func appendSignature[T metadata.Roles](m *metadata.Metadata[T], k crypto.Signer) error {
+	s, err := signature.LoadSigner(k, crypto.Hash(0))
+	if err != nil {
+		return err
+	}
+	_, err = m.Sign(s)
+	return err
 }
 
 // lock takes the repository's exclusive lock (the CLI and the running
@@ -241,30 +201,35 @@ func highestRoot(dir string) (int64, error) {
 // then delete from KEYS/online). Later it adds root versions the
 // repository does not have yet and checks that the online keys are the
 // ones root names.
-func (r *Repo) importKeys(keysDir string) error {
+func (r *Repo) importKeys(keysDirs []string) error {
+	if len(keysDirs) == 0 {
+		return errors.New("no firmware keys directory given")
+	}
 	for _, d := range []string{r.metaDir(), r.keyDir(), r.targetsDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return err
 		}
 	}
-	ents, err := os.ReadDir(keysDir)
-	if err != nil {
-		return fmt.Errorf("firmware keys %s: %w", keysDir, err)
-	}
-	for _, e := range ents {
-		if !rootFile.MatchString(e.Name()) {
-			continue
-		}
-		dst := filepath.Join(r.metaDir(), e.Name())
-		if _, err := os.Stat(dst); err == nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(keysDir, e.Name()))
+	for _, keysDir := range keysDirs {
+		ents, err := os.ReadDir(keysDir)
 		if err != nil {
-			return err
+			return fmt.Errorf("firmware keys %s: %w", keysDir, err)
 		}
-		if err := atomicfile.Write(dst, b, 0o644); err != nil {
-			return err
+		for _, e := range ents {
+			if !rootFile.MatchString(e.Name()) {
+				continue
+			}
+			dst := filepath.Join(r.metaDir(), e.Name())
+			if _, err := os.Stat(dst); err == nil {
+				continue
+			}
+			b, err := os.ReadFile(filepath.Join(keysDir, e.Name()))
+			if err != nil {
+				return err
+			}
+			if err := atomicfile.Write(dst, b, 0o644); err != nil {
+				return err
+			}
 		}
 	}
 	for _, role := range []string{metadata.SNAPSHOT, metadata.TIMESTAMP} {
@@ -272,9 +237,15 @@ func (r *Repo) importKeys(keysDir string) error {
 		if _, err := os.Stat(dst); err == nil {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(keysDir, "online", role+".key"))
+		var b []byte
+		err := os.ErrNotExist
+		for _, keysDir := range keysDirs {
+			if b, err = os.ReadFile(filepath.Join(keysDir, "online", role+".key")); err == nil {
+				break
+			}
+		}
 		if err != nil {
-			return fmt.Errorf("the platform has no online %s key and %s has none to import: %w", role, keysDir, err)
+			return fmt.Errorf("the platform has no online %s key and %s has none to import (give the directory of 'firmware keys init'): %w", role, strings.Join(keysDirs, ", "), err)
 		}
 		if err := atomicfile.Write(dst, b, 0o600); err != nil {
 			return err
@@ -287,10 +258,6 @@ var rootFile = regexp.MustCompile(`^[1-9][0-9]{0,9}\.root\.json$`)
 
 func (r *Repo) onlineKey(role string) (crypto.Signer, error) {
 	return pki.ReadKeyFile(filepath.Join(r.keyDir(), role+".key"), nil)
-}
-
-func offlineKey(keysDir, role string) (crypto.Signer, error) {
-	return pki.ReadKeyFile(filepath.Join(keysDir, role+".key"), passphrase())
 }
 
 // checkKey makes sure root lists k for role: a key that does not match is
@@ -327,6 +294,9 @@ type Target struct {
 	Length int64
 	SHA256 string
 	firmware.Custom
+	// Awaiting is, after Add, how many more targets signatures the new
+	// targets metadata needs before it is published (0: published).
+	Awaiting int
 }
 
 // Add stores the artifact (content-addressed) and publishes new targets,
@@ -334,6 +304,16 @@ type Target struct {
 // from keysDir. A device type's version is immutable: adding it again
 // with other content is refused, with the same content it is a no-op.
 func (r *Repo) Add(keysDir string, a Artifact) (Target, error) {
+	return r.AddSigned([]string{keysDir}, a)
+}
+
+// AddSigned is Add with the targets keys of every directory in keysDirs
+// (several holders of a multi-key targets role). With fewer distinct
+// targets keys than the threshold, the new targets metadata waits in
+// DIR/firmware/pending/ with the signatures it has (Target.Awaiting says
+// how many are missing) until Sign adds the rest; nothing is published
+// before.
+func (r *Repo) AddSigned(keysDirs []string, a Artifact) (Target, error) {
 	if err := firmware.CheckDeviceType(a.DeviceType); err != nil {
 		return Target{}, err
 	}
@@ -350,18 +330,9 @@ func (r *Repo) Add(keysDir string, a Artifact) (Target, error) {
 		return Target{}, err
 	}
 	defer unlock()
-	if err := r.importKeys(keysDir); err != nil {
+	if err := r.importKeys(keysDirs); err != nil {
 		return Target{}, err
 	}
-	tk, err := offlineKey(keysDir, metadata.TARGETS)
-	if err != nil {
-		return Target{}, err
-	}
-	sha, length, err := r.store(a.File)
-	if err != nil {
-		return Target{}, err
-	}
-	name := firmware.TargetName(a.DeviceType, a.Version)
 	st, err := r.load()
 	if errors.Is(err, ErrNotInitialized) {
 		st, err = r.fresh()
@@ -369,9 +340,21 @@ func (r *Repo) Add(keysDir string, a Artifact) (Target, error) {
 	if err != nil {
 		return Target{}, err
 	}
-	if err := checkKey(st.root, metadata.TARGETS, tk); err != nil {
+	if err := r.noPending(); err != nil {
 		return Target{}, err
 	}
+	tks, _, err := offlineKeys(keysDirs, st.root, metadata.TARGETS)
+	if err != nil {
+		return Target{}, err
+	}
+	if len(tks) == 0 {
+		return Target{}, thresholdError(keysDirs, st.root, metadata.TARGETS, 0)
+	}
+	sha, length, err := r.store(a.File)
+	if err != nil {
+		return Target{}, err
+	}
+	name := firmware.TargetName(a.DeviceType, a.Version)
 	if old, ok := st.targets.Signed.Targets[name]; ok {
 		if hex.EncodeToString(old.Hashes["sha256"]) == sha {
 			return toTarget(name, old)
@@ -398,10 +381,12 @@ func (r *Repo) Add(keysDir string, a Artifact) (Target, error) {
 	tf.Hashes = metadata.Hashes{"sha256": h256.Sum(nil), "sha512": h512.Sum(nil)}
 	tf.Custom = &raw
 	st.targets.Signed.Targets[name] = tf
-	if err := r.publishTargets(st, tk); err != nil {
-		return Target{}, err
+	t, err := toTarget(name, tf)
+	if err != nil {
+		return t, err
 	}
-	return toTarget(name, tf)
+	t.Awaiting, err = r.publishTargets(st, tks...)
+	return t, err
 }
 
 func toTarget(name string, tf *metadata.TargetFiles) (Target, error) {
@@ -461,14 +446,28 @@ func (r *Repo) store(file string) (sha string, length int64, err error) {
 	return sha, length, atomicfile.SyncDir(r.targetsDir())
 }
 
-// publishTargets signs st.targets as the next version with tk, then a new
-// snapshot and timestamp with the online keys.
-func (r *Repo) publishTargets(st *state, tk crypto.Signer) error {
+// publishTargets signs st.targets as the next version with tks, then a
+// new snapshot and timestamp with the online keys. With fewer keys than
+// the targets threshold it stages the signed metadata instead (see Sign)
+// and returns how many signatures are missing.
+func (r *Repo) publishTargets(st *state, tks ...crypto.Signer) (awaiting int, err error) {
 	now := r.Now()
 	st.targets.Signed.Version++
 	st.targets.Signed.Expires = now.Add(r.Expiry.Targets).UTC()
-	if err := sign(st.targets, tk); err != nil {
-		return err
+	if err := sign(st.targets, tks...); err != nil {
+		return 0, err
+	}
+	if th := st.root.Signed.Roles[metadata.TARGETS].Threshold; len(tks) < th {
+		return th - len(tks), r.stage(st.targets)
+	}
+	return 0, r.commitTargets(st)
+}
+
+// commitTargets writes st.targets, fully signed, then snapshot and
+// timestamp.
+func (r *Repo) commitTargets(st *state) error {
+	if err := st.root.VerifyDelegate(metadata.TARGETS, st.targets); err != nil {
+		return fmt.Errorf("targets version %d: %w", st.targets.Signed.Version, err)
 	}
 	if err := r.write(fmt.Sprintf("%d.targets.json", st.targets.Signed.Version), st.targets); err != nil {
 		return err
@@ -563,22 +562,36 @@ func (r *Repo) Refresh() (bool, error) {
 // platform's online keys (rotating them is the answer to a stolen
 // platform). What the new key signs is re-signed at once.
 func (r *Repo) RotateKey(keysDir, role string) (rootVersion int64, err error) {
-	var keyFile string
-	var pass []byte
-	switch role {
-	case metadata.ROOT, metadata.TARGETS:
-		keyFile, pass = filepath.Join(keysDir, role+".key"), passphrase()
-	case metadata.SNAPSHOT, metadata.TIMESTAMP:
-		keyFile = filepath.Join(r.keyDir(), role+".key")
-	default:
+	return r.Rotate([]string{keysDir}, role, Quorum{})
+}
+
+// Rotate is RotateKey for roles with several keys, and for changing a
+// role's quorum: q (zero: the role's current threshold and number of
+// keys) is the new threshold and number of keys of an offline role (the
+// online roles keep one key). The new root version is signed by the
+// threshold of root keys in force, found in keysDirs (every holder's
+// directory, or the one of 'keys init'), and — when root rotates — by
+// every new root key. New offline keys are written to the first of
+// keysDirs: ROLE.key for one key, keyholder-i/ROLE.key for several (a
+// key they replace there is kept as ROLE.key.retired-N); hand each
+// keyholder directory to its holder.
+func (r *Repo) Rotate(keysDirs []string, role string, q Quorum) (rootVersion int64, err error) {
+	offline := role == metadata.ROOT || role == metadata.TARGETS
+	if !offline && role != metadata.SNAPSHOT && role != metadata.TIMESTAMP {
 		return 0, fmt.Errorf("role %q: want root, targets, snapshot or timestamp", role)
+	}
+	if !offline && q != (Quorum{}) && q != (Quorum{1, 1}) {
+		return 0, fmt.Errorf("%s is an online role with one key signed by the platform: no threshold to set", role)
 	}
 	unlock, err := r.lock()
 	if err != nil {
 		return 0, err
 	}
 	defer unlock()
-	if err := r.importKeys(keysDir); err != nil {
+	if err := r.importKeys(keysDirs); err != nil {
+		return 0, err
+	}
+	if err := r.noPending(); err != nil {
 		return 0, err
 	}
 	st, err := r.load()
@@ -588,34 +601,66 @@ func (r *Repo) RotateKey(keysDir, role string) (rootVersion int64, err error) {
 	if err != nil {
 		return 0, err
 	}
-	rk, err := offlineKey(keysDir, metadata.ROOT)
+	rks, err := quorumKeys(keysDirs, st.root, metadata.ROOT)
 	if err != nil {
 		return 0, err
 	}
-	if err := checkKey(st.root, metadata.ROOT, rk); err != nil {
+	cur := st.root.Signed.Roles[role]
+	if q == (Quorum{}) {
+		q = Quorum{Threshold: cur.Threshold, Keys: len(cur.KeyIDs)}
+	}
+	if err := q.Check(role); err != nil {
 		return 0, err
 	}
-	_, nk, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return 0, err
+	next := st.root.Signed.Version + 1
+	// Where the new keys go: the online key's place, or the offline
+	// layout of the first keys directory.
+	var files []string
+	var pass []byte
+	switch {
+	case !offline:
+		files = []string{filepath.Join(r.keyDir(), role+".key")}
+	case q.Keys == 1:
+		files, pass = []string{filepath.Join(keysDirs[0], role+".key")}, passphrase()
+	default:
+		pass = passphrase()
+		for i := 1; i <= q.Keys; i++ {
+			files = append(files, filepath.Join(HolderDir(keysDirs[0], i), role+".key"))
+		}
 	}
-	pub, err := metadata.KeyFromPublicKey(nk.Public())
-	if err != nil {
-		return 0, err
-	}
-	for _, kid := range append([]string(nil), st.root.Signed.Roles[role].KeyIDs...) {
+	for _, kid := range append([]string(nil), cur.KeyIDs...) {
 		if err := st.root.Signed.RevokeKey(kid, role); err != nil {
 			return 0, err
 		}
 	}
-	if err := st.root.Signed.AddKey(pub, role); err != nil {
-		return 0, err
+	// The new keys first (a crash after them leaves the old ones in
+	// force, retired beside them), then the root that names them, then
+	// what they sign.
+	retire := files
+	if offline {
+		// Every key of the role in the first directory retires, also
+		// where the layout changes (one key to holders, or back).
+		retire = keyFiles(keysDirs[:1], role)
 	}
-	st.root.Signed.Version++
+	for _, f := range retire {
+		if err := os.Rename(f, fmt.Sprintf("%s.retired-%d", f, next)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return 0, err
+		}
+	}
+	var nks []crypto.Signer
+	for _, f := range files {
+		k, err := newKey(st.root, role, f, pass)
+		if err != nil {
+			return 0, err
+		}
+		nks = append(nks, k)
+	}
+	st.root.Signed.Roles[role].Threshold = q.Threshold
+	st.root.Signed.Version = next
 	st.root.Signed.Expires = r.Now().Add(r.Expiry.Root).UTC()
-	signers := []crypto.Signer{rk}
+	signers := rks
 	if role == metadata.ROOT {
-		signers = append(signers, nk)
+		signers = append(signers, nks...)
 	}
 	if err := sign(st.root, signers...); err != nil {
 		return 0, err
@@ -624,25 +669,18 @@ func (r *Repo) RotateKey(keysDir, role string) (rootVersion int64, err error) {
 	if err != nil {
 		return 0, err
 	}
-	name := fmt.Sprintf("%d.root.json", st.root.Signed.Version)
-	// The new key first (a crash after it leaves the old one in force,
-	// retired beside it), then the root that names it, then what it signs.
-	retired := fmt.Sprintf("%s.retired-%d", keyFile, st.root.Signed.Version)
-	if err := os.Rename(keyFile, retired); err != nil {
-		return 0, err
-	}
-	if err := pki.WriteKeyFile(keyFile, nk, pass); err != nil {
-		return 0, err
-	}
-	if role == metadata.SNAPSHOT || role == metadata.TIMESTAMP {
+	name := fmt.Sprintf("%d.root.json", next)
+	if !offline {
 		// A copy the operator left in KEYS/online is stale now: it must
 		// not be imported into a new repository.
-		stale := filepath.Join(keysDir, "online", role+".key")
-		if err := os.Rename(stale, stale+fmt.Sprintf(".retired-%d", st.root.Signed.Version)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return 0, err
+		for _, d := range keysDirs {
+			stale := filepath.Join(d, "online", role+".key")
+			if err := os.Rename(stale, stale+fmt.Sprintf(".retired-%d", next)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return 0, err
+			}
 		}
 	}
-	for _, f := range []string{filepath.Join(keysDir, name), filepath.Join(keysDir, "root.json"), filepath.Join(r.metaDir(), name)} {
+	for _, f := range []string{filepath.Join(keysDirs[0], name), filepath.Join(keysDirs[0], "root.json"), filepath.Join(r.metaDir(), name)} {
 		if err := atomicfile.Write(f, b, 0o644); err != nil {
 			return 0, err
 		}
@@ -650,7 +688,7 @@ func (r *Repo) RotateKey(keysDir, role string) (rootVersion int64, err error) {
 	if st.targets.Signed.Version > 0 {
 		switch role {
 		case metadata.TARGETS:
-			err = r.publishTargets(st, nk)
+			_, err = r.publishTargets(st, nks...)
 		case metadata.SNAPSHOT:
 			err = r.publishSnapshot(st)
 		case metadata.TIMESTAMP:
@@ -660,7 +698,7 @@ func (r *Repo) RotateKey(keysDir, role string) (rootVersion int64, err error) {
 			return 0, err
 		}
 	}
-	return st.root.Signed.Version, nil
+	return next, nil
 }
 
 var metaName = regexp.MustCompile(`^(?:[1-9][0-9]{0,9}\.(?:root|targets|snapshot)|timestamp)\.json$`)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -248,5 +249,32 @@ func FuzzSnapshotEventMatchesEncodingJSON(f *testing.F) {
 		r := store.SnapshotRecord{Gateway: gw, Device: dev, Seq: seq, LedgerIndex: seq / 3, Time: at, ReceivedAt: at.Add(time.Hour),
 			Hash: []byte(strings.Repeat(ch, 2)), Values: []snapshot.Value{{Channel: ch, Value: math.Float64frombits(bits), Unit: unit}, {Channel: unit, Value: float64(seq)}}}
 		checkSnapshotEvent(t, r)
+	})
+}
+
+// BenchmarkSnapshotEvent: the live feed's event of a snapshot of the
+// end-to-end workload's shape (340 values), as encoding/json made it and
+// as appendSnapshotEvent makes it.
+func BenchmarkSnapshotEvent(b *testing.B) {
+	at := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	r := store.SnapshotRecord{Gateway: "ms-00/acc-0/gw-0", Device: "dev-0", Seq: 42, Time: at, ReceivedAt: at, LedgerIndex: 123456, Hash: make([]byte, 32)}
+	for i := range 340 {
+		r.Values = append(r.Values, snapshot.Value{Channel: "group-" + string(rune('a'+i%12)) + ".channel-" + strconv.Itoa(i), Value: float64(i)*1.37 + 0.001, Unit: []string{"Cel", "bar", "m3/h", ""}[i%4]})
+	}
+	b.Run("encoding-json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := oldSnapshotEvent(r); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("append", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := appendSnapshotEvent(nil, &r); err != nil {
+				b.Fatal(err)
+			}
+		}
 	})
 }

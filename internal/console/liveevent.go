@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 // one escaping rule.
 func appendSnapshotEvent(b []byte, r *store.SnapshotRecord) ([]byte, error) {
 	var err error
+	b = slices.Grow(b, 256+len(r.Gateway)*2+len(r.Device)*2+len(r.Values)*48)
 	b = append(b, `{"device":`...)
 	b = appendJSONString(b, r.Device)
 	b = append(b, `,"gateway":`...)

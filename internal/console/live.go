@@ -3,6 +3,7 @@ package console
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"sync"
@@ -16,13 +17,23 @@ import (
 // watch) and hands each to the streams whose viewer may read its gateway
 // (TACS, as every page). Gateway status changes arrive from the status
 // watcher.
+//
+// Nobody watching costs nothing: the poller reads the store only while a
+// stream is open. The first stream to open after an idle spell finds where
+// the ledger ends (one cheap read), and the feed starts there: a stream
+// shows what arrives after it opened, as it always did. Each snapshot's
+// event is encoded once, however many streams get it, and only if one of
+// them may read it.
 type hub struct {
-	c    *Console
-	mu   sync.Mutex
+	c  *Console
+	mu sync.Mutex
+	// Guarded by mu.
 	subs map[*stream]struct{}
-	next uint64 // the ledger index of the next snapshot to look for
-	// ready is closed once the poller has found where the ledger is.
-	ready chan struct{}
+	// next is the ledger index of the next snapshot to look for; it is
+	// valid while synced, which the first stream after an idle spell sets
+	// and the poller clears when it finds no stream.
+	next   uint64
+	synced bool
 }
 
 type stream struct {
@@ -44,10 +55,11 @@ const (
 )
 
 func newHub(c *Console) *hub {
-	return &hub{c: c, subs: map[*stream]struct{}{}, ready: make(chan struct{})}
+	return &hub{c: c, subs: map[*stream]struct{}{}}
 }
 
-// LedgerSizer tells the hub where the ledger ends when it starts.
+// LedgerSizer tells the hub where the ledger ends when the first stream
+// opens. Without it the feed starts at the beginning of the ledger.
 type LedgerSizer interface {
 	LedgerSize(ctx context.Context) (uint64, error)
 }
@@ -57,14 +69,6 @@ func (h *hub) run(ctx context.Context) error {
 	if every <= 0 {
 		every = time.Second
 	}
-	if ls, ok := h.c.opts.Store.(LedgerSizer); ok {
-		n, err := ls.LedgerSize(ctx)
-		if err != nil {
-			return fmt.Errorf("console live feed: %w", err)
-		}
-		h.next = n
-	}
-	close(h.ready)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -79,37 +83,58 @@ func (h *hub) run(ctx context.Context) error {
 	}
 }
 
-// poll publishes what arrived since the last poll.
+// pollBatch is how many snapshots one store read of the poller returns.
+const pollBatch = 1000
+
+// poll publishes what arrived since the last poll, if anyone watches.
 func (h *hub) poll(ctx context.Context) error {
 	for {
-		recs, err := h.c.opts.Store.SnapshotsSince(ctx, "", h.next, 1000)
+		h.mu.Lock()
+		if len(h.subs) == 0 {
+			h.synced = false
+			h.mu.Unlock()
+			return nil
+		}
+		from := h.next
+		h.mu.Unlock()
+		recs, err := h.c.opts.Store.SnapshotsSince(ctx, "", from, pollBatch)
 		if err != nil {
 			return err
 		}
-		for _, r := range recs {
-			h.publish(event{kind: "snapshot", gateway: r.Gateway, data: snapshotEvent(r)})
-			h.next = r.LedgerIndex + 1
+		for i := range recs {
+			h.publishSnapshot(&recs[i])
 		}
-		if len(recs) < 1000 {
+		if len(recs) > 0 {
+			h.mu.Lock()
+			h.next = recs[len(recs)-1].LedgerIndex + 1
+			h.mu.Unlock()
+		}
+		if len(recs) < pollBatch {
 			return nil
 		}
 	}
 }
 
-type liveValue struct {
-	Channel string  `json:"c"`
-	Value   float64 `json:"v"`
-	Unit    string  `json:"u,omitempty"`
-}
-
-func snapshotEvent(r store.SnapshotRecord) []byte {
-	vals := make([]liveValue, 0, len(r.Values))
-	for _, v := range r.Values {
-		vals = append(vals, liveValue{v.Channel, v.Value, v.Unit})
+// publishSnapshot encodes r's event once, if a stream may read it, and
+// hands it to those that may.
+func (h *hub) publishSnapshot(r *store.SnapshotRecord) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var e event
+	for s := range h.subs {
+		if !s.v.CanRead(r.Gateway) {
+			continue
+		}
+		if e.data == nil {
+			data, err := appendSnapshotEvent(nil, r)
+			if err != nil {
+				h.c.log.Warn("console live feed: snapshot left out", "gateway", r.Gateway, "device", r.Device, "seq", r.Seq, "err", err)
+				return
+			}
+			e = event{kind: "snapshot", gateway: r.Gateway, data: data}
+		}
+		h.send(s, e)
 	}
-	b, _ := json.Marshal(map[string]any{"path": r.Path(), "gateway": r.Gateway, "device": r.Device, "seq": r.Seq,
-		"time": r.Time, "received": r.ReceivedAt, "ledger_index": r.LedgerIndex, "hash": hexHash(r.Hash), "values": vals})
-	return b
 }
 
 // statusChanged publishes a gateway's new online state.
@@ -118,34 +143,53 @@ func (h *hub) statusChanged(gw string, s GatewayStatus) {
 	h.publish(event{kind: "status", gateway: gw, data: b})
 }
 
-// publish hands e to every stream whose viewer may read its gateway. A
-// stream that does not keep up is closed (the browser reconnects).
+// publish hands e to every stream whose viewer may read its gateway.
 func (h *hub) publish(e event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for s := range h.subs {
-		if !s.v.CanRead(e.gateway) {
-			continue
-		}
-		select {
-		case s.ch <- e:
-		default:
-			delete(h.subs, s)
-			close(s.ch)
+		if s.v.CanRead(e.gateway) {
+			h.send(s, e)
 		}
 	}
 }
 
-func (h *hub) add(v *Viewer) (*stream, bool) {
+// send hands e to s; a stream that does not keep up is closed (the
+// browser reconnects). h.mu is held.
+func (h *hub) send(s *stream, e event) {
+	select {
+	case s.ch <- e:
+	default:
+		delete(h.subs, s)
+		close(s.ch)
+	}
+}
+
+// add opens a stream for v. The first stream after an idle spell finds
+// where the ledger ends, so the feed starts there.
+func (h *hub) add(ctx context.Context, v *Viewer) (*stream, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.subs) >= maxStreams {
-		return nil, false
+		return nil, errTooManyStreams
+	}
+	if !h.synced {
+		h.next = 0
+		if ls, ok := h.c.opts.Store.(LedgerSizer); ok {
+			n, err := ls.LedgerSize(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("console live feed: where the ledger ends: %w", err)
+			}
+			h.next = n
+		}
+		h.synced = true
 	}
 	s := &stream{v: v, ch: make(chan event, streamBuffer)}
 	h.subs[s] = struct{}{}
-	return s, true
+	return s, nil
 }
+
+var errTooManyStreams = errors.New("too many live views open")
 
 func (h *hub) remove(s *stream) {
 	h.mu.Lock()
@@ -163,10 +207,16 @@ const revalidateEvery = 2 * time.Second
 // serve is GET /events: Server-Sent Events of what the viewer may read.
 func (h *hub) serve(w http.ResponseWriter, r *http.Request, v *Viewer) {
 	rc := http.NewResponseController(w)
-	s, ok := h.add(v)
-	if !ok {
+	s, err := h.add(r.Context(), v)
+	if errors.Is(err, errTooManyStreams) {
 		w.Header().Set("Retry-After", "10")
 		http.Error(w, "too many live views open; try again shortly", http.StatusServiceUnavailable)
+		return
+	}
+	if err != nil {
+		h.c.log.Warn("console live feed: a stream could not start", "err", err)
+		w.Header().Set("Retry-After", "3")
+		http.Error(w, "the live view could not start; try again shortly", http.StatusServiceUnavailable)
 		return
 	}
 	defer h.remove(s)

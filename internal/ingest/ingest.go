@@ -56,15 +56,16 @@
 //
 // # Pipeline
 //
-// Messages are taken in batches (BatchSize, BatchWait). Opening and
-// decoding, ingest's CPU-bound work (ECDH, AES-GCM, ECDSA and the chain
-// check, CBOR), runs on Workers goroutines at once and independently per
-// message; results keep arrival order. One committer then classifies the
-// batch against the chain heads in arrival order (so per-device order and
-// the gap, stale and fork judgement are those of a single-threaded
-// ingest), looks all its ledger leaves up in one query, appends the new
-// ones, and inserts the batch in one transaction. While it commits a
-// batch, the next one is being opened.
+// Opening and decoding, ingest's CPU-bound work (ECDH, AES-GCM, ECDSA and
+// the chain check, CBOR), runs on Workers goroutines, independently per
+// message, as soon as a message arrives. One committer takes the opened
+// messages in arrival order in batches (BatchSize, BatchWait), classifies
+// each batch against the chain heads in arrival order (so per-device
+// order and the gap, stale and fork judgement are those of a
+// single-threaded ingest), looks all its ledger leaves up in one query,
+// appends the new ones, and inserts the batch in one transaction. While
+// it commits a batch, the workers open what arrives, up to two batches
+// ahead (TestIngestOpensWhileCommitting).
 //
 // # Failures
 //

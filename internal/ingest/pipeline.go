@@ -103,6 +103,11 @@ func (p *processor) enqueue(q *queue, in mqtt.Message) error {
 // item is a message on its way through a batch.
 type item struct {
 	msg *message
+	// opened is closed when a worker is done with the message; unopened
+	// says it skipped it (the connection ended), so that it never counts
+	// as processed.
+	opened   chan struct{}
+	unopened bool
 	// Set by open (in parallel).
 	gw       string
 	snap     *snapshot.Snapshot
@@ -130,28 +135,63 @@ type batch struct {
 	rejects []store.Reject
 }
 
-// pipeline runs one connection's batches: one goroutine opens, the caller
-// commits and acknowledges, until connCtx ends.
+// pipeline runs one connection's messages until connCtx ends. A feeder
+// hands each delivery, in arrival order, to the workers, which open and
+// decode it as soon as it arrives, and to the committer (the caller),
+// which takes the opened messages in arrival order in batches, commits
+// and acknowledges them. So the workers open what arrives while a batch
+// commits, and a batch's messages are opened by the time it is complete
+// (before, a batch was opened only once it was complete, and the last
+// message's open held both the next batch and the committer up).
 func (p *processor) pipeline(ctx, connCtx context.Context, q *queue) {
-	batches := make(chan *batch, 1)
+	// order holds what is received and not yet in a batch: the next batch
+	// being opened (and one more), as many as the earlier pipeline held
+	// beyond the queue. When it is full the feeder waits, and the queue
+	// bounds the rest as before.
+	order := make(chan *item, 2*p.cfg.BatchSize)
+	work := make(chan *item, 3*p.cfg.BatchSize)
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		defer close(batches)
+		defer close(work)
+		defer close(order)
 		for {
-			items := p.collect(connCtx, q)
-			if items == nil {
-				return
-			}
-			p.openAll(ctx, items)
+			var m *message
 			select {
-			case batches <- &batch{items: items}:
 			case <-connCtx.Done():
 				return
+			case m = <-q.ch:
+			}
+			if m.qos == 0 {
+				q.qos0.Add(-1)
+			}
+			it := &item{msg: m, opened: make(chan struct{})}
+			for _, ch := range []chan *item{order, work} {
+				select {
+				case ch <- it:
+				case <-connCtx.Done():
+					return
+				}
 			}
 		}
 	})
+	for range p.cfg.Workers {
+		wg.Go(func() {
+			for it := range work {
+				if connCtx.Err() == nil {
+					p.open(ctx, it)
+				} else {
+					it.unopened = true // never committed: nextBatch ends first
+				}
+				close(it.opened)
+			}
+		})
+	}
 	defer wg.Wait()
-	for b := range batches {
+	for {
+		b := p.nextBatch(connCtx, order)
+		if b == nil {
+			break
+		}
 		if !p.commitWithRetry(ctx, connCtx, b) {
 			break
 		}
@@ -161,9 +201,53 @@ func (p *processor) pipeline(ctx, connCtx context.Context, q *queue) {
 		}
 		q.done(len(b.items))
 	}
-	// Drain what will not be acknowledged on this connection.
-	for range batches {
+	// What is left is not acknowledged on this connection (the broker
+	// redelivers it); the feeder and the workers end with connCtx.
+}
+
+// nextBatch takes up to BatchSize opened messages in arrival order,
+// waiting at most BatchWait after the first for more to arrive (and for
+// those that arrived to be opened); nil when connCtx ends.
+func (p *processor) nextBatch(connCtx context.Context, order <-chan *item) *batch {
+	var items []*item
+	take := func(it *item, ok bool) bool {
+		if !ok {
+			return false
+		}
+		select {
+		case <-it.opened:
+		case <-connCtx.Done():
+			return false
+		}
+		if it.unopened || connCtx.Err() != nil {
+			return false
+		}
+		items = append(items, it)
+		return true
 	}
+	select {
+	case it, ok := <-order:
+		if !take(it, ok) {
+			return nil
+		}
+	case <-connCtx.Done():
+		return nil
+	}
+	timer := time.NewTimer(p.cfg.BatchWait)
+	defer timer.Stop()
+	for len(items) < p.cfg.BatchSize {
+		select {
+		case it, ok := <-order:
+			if !take(it, ok) {
+				return nil
+			}
+		case <-timer.C:
+			return &batch{items: items}
+		case <-connCtx.Done():
+			return nil
+		}
+	}
+	return &batch{items: items}
 }
 
 // committed tells Config.Committed what the batch made durable: the
@@ -180,51 +264,6 @@ func (p *processor) committed(b *batch) {
 		}
 	}
 	p.cfg.Committed(snaps, b.events, b.rejects)
-}
-
-// collect takes up to BatchSize messages, waiting at most BatchWait after
-// the first; nil when connCtx ends.
-func (p *processor) collect(connCtx context.Context, q *queue) []*item {
-	take := func(m *message) *item {
-		if m.qos == 0 {
-			q.qos0.Add(-1)
-		}
-		return &item{msg: m}
-	}
-	var batch []*item
-	select {
-	case <-connCtx.Done():
-		return nil
-	case m := <-q.ch:
-		batch = append(make([]*item, 0, p.cfg.BatchSize), take(m))
-	}
-	timer := time.NewTimer(p.cfg.BatchWait)
-	defer timer.Stop()
-	for len(batch) < p.cfg.BatchSize {
-		select {
-		case m := <-q.ch:
-			batch = append(batch, take(m))
-		case <-timer.C:
-			return batch
-		case <-connCtx.Done():
-			return nil
-		}
-	}
-	return batch
-}
-
-// openAll opens and decodes the batch on Workers goroutines.
-func (p *processor) openAll(ctx context.Context, batch []*item) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(p.cfg.Workers, len(batch)) {
-		wg.Go(func() {
-			for i := int(next.Add(1) - 1); i < len(batch); i = int(next.Add(1) - 1) {
-				p.open(ctx, batch[i])
-			}
-		})
-	}
-	wg.Wait()
 }
 
 // open is the per-message work that needs no state: topic, envelope,

@@ -3,6 +3,7 @@ package ingest_test
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -51,11 +52,24 @@ func (f *failing) AppendLedger(ctx context.Context, start uint64, leaves [][]byt
 	return f.Store.AppendLedger(ctx, start, leaves, nodes)
 }
 
+// countingLookup counts the signer lookups of ingest's opener: one per
+// envelope opened.
+type countingLookup struct {
+	envelope.SignerLookup
+	n atomic.Int64
+}
+
+func (c *countingLookup) LookupSigner(ctx context.Context, id envelope.SignerID) (*x509.Certificate, error) {
+	c.n.Add(1)
+	return c.SignerLookup.LookupSigner(ctx, id)
+}
+
 // ingestEnv is the platform with a second, separately stored ingest
 // (its own service identity and shared-subscription group) on its broker.
 type ingestEnv struct {
 	*platformtest.Env
 	db     *failing
+	opens  *countingLookup
 	cfg    ingest.Config
 	stored func() uint64
 }
@@ -83,8 +97,9 @@ func newIngestEnv(t *testing.T) *ingestEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	opens := &countingLookup{SignerLookup: ingest.SignerLookup{V: v}}
 	opener, err := envelope.NewOpener(e.IngestCert, key, envelope.OpenOptions{
-		VerifyOptions: envelope.VerifyOptions{Signers: ingest.SignerLookup{V: v}, Verifier: v},
+		VerifyOptions: envelope.VerifyOptions{Signers: opens, Verifier: v},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -104,7 +119,7 @@ func newIngestEnv(t *testing.T) *ingestEnv {
 		}
 		return n
 	}
-	return &ingestEnv{Env: e, db: db, cfg: cfg, stored: stored}
+	return &ingestEnv{Env: e, db: db, opens: opens, cfg: cfg, stored: stored}
 }
 
 // run runs the ingest until the test ends.
@@ -174,6 +189,9 @@ func TestIngestSurvivesStoreAndLedgerFailures(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 		return e.stored() > 0
 	})
+	// A probe delivered just before the one that was stored may still be
+	// on its way: every probe ingest-2 opened is stored, then count.
+	waitFor(t, "every probe stored", func() bool { return e.stored() == uint64(e.opens.n.Load()) })
 	base := e.stored() // the probes stored
 	send(2)
 	waitFor(t, "the first snapshots stored", func() bool { return e.stored() == base+uint64(sent) })
@@ -298,5 +316,57 @@ func TestRefusedSharedSubscriptionIsAnError(t *testing.T) {
 		case <-deadline:
 			t.Fatal("no refusal logged within 30 s")
 		}
+	}
+}
+
+// TestIngestOpensOnArrival: a message is opened when it arrives, not once
+// its batch is complete (the workers open what arrives while a batch
+// waits or commits), and batches still commit whole and in arrival order.
+// Before, a batch was opened only once BatchSize messages had arrived or
+// BatchWait had passed.
+func TestIngestOpensOnArrival(t *testing.T) {
+	e := newIngestEnv(t)
+	cfg := e.cfg
+	cfg.BatchWait = time.Hour // a batch is only ever complete by its size
+	e.run(t, cfg)
+	gw := e.Identity(t, "ms-1/acc-1/gw-1", true)
+	c := e.MQTT(t, gw)
+	gwTopic := topic.SnapshotsOf("ms-1/acc-1/gw-1")
+	sent := 0
+	send := func(device string, seq int) {
+		enc, _, err := (&snapshot.Builder{Device: device}).Next(int64(seq), []snapshot.Value{{Channel: "c", Value: float64(seq)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		publish(t, c, gwTopic, seal(t, enc, gw.E2E, e.IngestCert))
+		sent++
+	}
+	// Probe until ingest-2 opens one (it takes a poll of the broker's
+	// role reload to subscribe): one-snapshot devices, opened while their
+	// batch is still short of BatchSize.
+	probes := 0
+	waitFor(t, "ingest-2 opening a message of an incomplete batch", func() bool {
+		probes++
+		send(fmt.Sprintf("probe-%d", probes), 1)
+		time.Sleep(100 * time.Millisecond)
+		return e.opens.n.Load() > 0
+	})
+	if e.stored() != 0 {
+		t.Fatalf("%d snapshots stored from an incomplete batch", e.stored())
+	}
+	opened := e.opens.n.Load()
+	for i := range 2 {
+		send(fmt.Sprintf("more-%d", i), 1)
+	}
+	waitFor(t, "two more messages opened", func() bool { return e.opens.n.Load() >= opened+2 })
+	total := e.opens.n.Load() // what was delivered: a slow probe may have been opened since
+	// Complete the last batch: everything opened is stored, in batches.
+	for i := 0; total%int64(cfg.BatchSize) != 0; i++ {
+		send(fmt.Sprintf("fill-%d", i), 1)
+		total++
+	}
+	waitFor(t, "every opened message stored", func() bool { return e.stored() == uint64(total) })
+	if evs, err := e.db.IntegrityEvents(t.Context(), "", time.Time{}, time.Time{}, 0); err != nil || len(evs) != 0 {
+		t.Fatalf("integrity events = %+v, %v; want none", evs, err)
 	}
 }

@@ -106,14 +106,31 @@ func (l *Log) load(ctx context.Context) error {
 // first one and the new size and root. After a failed append the next one
 // first reloads the log's state from storage, so a storage outage (or a
 // commit whose outcome was lost) never leaves the log unable to append.
+// When another process appended to the same storage meanwhile (several
+// nodes' ingest on one PostgreSQL), the storage refuses the append
+// (store.ErrLedgerMoved, decided under its lock): the log reloads and
+// appends after what the other wrote, so the nodes build one log.
 func (l *Log) Append(ctx context.Context, leaves [][]byte) (first, size uint64, root []byte, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.stale {
-		if err := l.load(ctx); err != nil {
-			return 0, 0, nil, err
+	for attempt := 0; ; attempt++ {
+		if l.stale {
+			if err := l.load(ctx); err != nil {
+				return 0, 0, nil, err
+			}
+		}
+		first, size, root, err = l.appendLocked(ctx, leaves)
+		if !errors.Is(err, store.ErrLedgerMoved) || attempt == maxMovedRetries {
+			return first, size, root, err
 		}
 	}
+}
+
+// maxMovedRetries bounds the reloads of one Append that others keep
+// overtaking (each retry is one short transaction of the storage).
+const maxMovedRetries = 64
+
+func (l *Log) appendLocked(ctx context.Context, leaves [][]byte) (first, size uint64, root []byte, err error) {
 	start := l.rng.End()
 	next := l.rf.NewEmptyRange(start)
 	var nodes []store.LedgerNode

@@ -144,9 +144,9 @@ type Config struct {
 	// ends with an error.
 	Filters []string
 	Opener  *envelope.Opener
-	Store    Store
-	Ledger   Ledger
-	Logger   *slog.Logger
+	Store   Store
+	Ledger  Ledger
+	Logger  *slog.Logger
 	// Registerer receives ingest metrics; nil keeps them private.
 	Registerer prometheus.Registerer
 	// Status, if set, receives ingest's state (for health checks).

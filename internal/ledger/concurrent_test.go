@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 
 	"github.com/fieldtrust/fieldtrust/internal/store/postgres/pgtest"
@@ -34,6 +35,7 @@ func TestConcurrentAppenders(t *testing.T) {
 			}
 			const appenders, batches, perBatch = 3, 30, 4
 			var all [][]byte
+			var logs []*Log
 			var wg sync.WaitGroup
 			errs := make(chan error, appenders*batches)
 			for a := range appenders {
@@ -41,6 +43,7 @@ func TestConcurrentAppenders(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				logs = append(logs, l)
 				var mine [][]byte
 				for b := range batches {
 					var batch [][]byte
@@ -96,6 +99,17 @@ func TestConcurrentAppenders(t *testing.T) {
 			want, err := r.GetRootHash(nil)
 			if err != nil || !slices.Equal(want, root) {
 				t.Fatalf("stored root %x, the leaves in index order give %x (%v)", root, want, err)
+			}
+			// Every appender proves against the whole log, also one whose
+			// own view is older than the last append.
+			for i, l := range logs {
+				p, err := l.InclusionProof(t.Context(), 0, size)
+				if err != nil {
+					t.Fatalf("appender %d: proof against size %d: %v", i, size, err)
+				}
+				if err := proof.VerifyInclusion(rfc6962.DefaultHasher, 0, size, rfc6962.DefaultHasher.HashLeaf(byIndex[0]), p, root); err != nil {
+					t.Fatalf("appender %d: proof does not verify: %v", i, err)
+				}
 			}
 		})
 	}

@@ -233,7 +233,7 @@ func (l *Log) FindAll(ctx context.Context, leaves [][]byte) (map[string]uint64, 
 
 // InclusionProof proves that leaf index is in the tree of the given size.
 func (l *Log) InclusionProof(ctx context.Context, index, size uint64) ([][]byte, error) {
-	if err := l.checkSize(size); err != nil {
+	if err := l.checkSize(ctx, size); err != nil {
 		return nil, err
 	}
 	n, err := proof.Inclusion(index, size)
@@ -246,7 +246,7 @@ func (l *Log) InclusionProof(ctx context.Context, index, size uint64) ([][]byte,
 // ConsistencyProof proves that the tree of size1 is a prefix of the tree of
 // size2.
 func (l *Log) ConsistencyProof(ctx context.Context, size1, size2 uint64) ([][]byte, error) {
-	if err := l.checkSize(size2); err != nil {
+	if err := l.checkSize(ctx, size2); err != nil {
 		return nil, err
 	}
 	n, err := proof.Consistency(size1, size2)
@@ -260,12 +260,22 @@ func (l *Log) ConsistencyProof(ctx context.Context, size1, size2 uint64) ([][]by
 // than the ledger: the asker's mistake, not the ledger's.
 var ErrBeyondTree = errors.New("beyond the ledger")
 
-func (l *Log) checkSize(size uint64) error {
+// checkSize refuses a proof beyond the stored ledger. The storage decides
+// when the log in memory is shorter: other nodes on the same database
+// append too, and their nodes are stored like this one's.
+func (l *Log) checkSize(ctx context.Context, size uint64) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if size > l.rng.End() {
-
-		return fmt.Errorf("tree size %d is larger than the ledger (%d): %w", size, l.rng.End(), ErrBeyondTree)
+	end := l.rng.End()
+	l.mu.Unlock()
+	if size <= end {
+		return nil
+	}
+	stored, err := l.st.LedgerSize(ctx)
+	if err != nil {
+		return fmt.Errorf("ledger: size: %w", err)
+	}
+	if size > stored {
+		return fmt.Errorf("tree size %d is larger than the ledger (%d): %w", size, stored, ErrBeyondTree)
 	}
 	return nil
 }

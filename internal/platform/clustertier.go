@@ -32,15 +32,12 @@ type ClusterOptions struct {
 	// Addr is the listener for routes from the other nodes; empty for a
 	// single node.
 	Addr string
-	// Routes are the other nodes' route addresses. Not yet accepted by
-	// Run (errMultiNode).
+	// Routes are the other nodes' route addresses. With Addr or Routes
+	// set, the node is one of several: the store must be PostgreSQL,
+	// ingest runs by partitions and the singleton roles by lease
+	// (multinode.go, docs/scale.md).
 	Routes []string
 }
-
-// errMultiNode refuses a multi-node cluster under 'up': the tier has no
-// shared subscriptions, so every node's ingest would take every snapshot
-// (item 3 of issue 16, not built; docs/scale.md).
-var errMultiNode = errors.New("--broker cluster runs a single node for now: with routes to other nodes every node's ingest would receive every snapshot (see docs/scale.md)")
 
 // publisherService is the service identity the platform publishes CRLs
 // and commands with on the clustered tier (role admin: it writes
@@ -77,8 +74,8 @@ func setClusterRoles(ctx context.Context, d *datadir.Dir, o ClusterOptions) erro
 // and routes, client for routes out; it names the MQTT and route
 // addresses.
 func nodeCert(d *datadir.Dir, cfg Config, dns []string, ips []net.IP, log *slog.Logger) (*serviceCert, error) {
-	if len(cfg.Cluster.Routes) > 0 {
-		return nil, errMultiNode
+	if len(cfg.Cluster.Routes) > 0 && cfg.Cluster.Addr == "" {
+		return nil, errors.New("--routes needs --cluster-addr: the other nodes route to this node's listener too")
 	}
 	if cfg.Cluster.Addr != "" {
 		a, err := serverAddresses(cfg.Cluster.Addr)

@@ -166,13 +166,13 @@ func Run(ctx context.Context, cfg Config) error {
 	switch cfg.Broker {
 	case "", BrokerEmbedded:
 	case BrokerCluster:
+		if _, ok := d.Store.(leaseStore); cfg.Cluster.multiNode() && !ok {
+			return errMultiNodeSQLite
+		}
 		if nodeTLS, err = nodeCert(d, cfg, dns, ips, log); err != nil {
 			return err
 		}
 		serviceCerts = append(serviceCerts, nodeTLS)
-		if _, ok := d.Store.(leaseStore); cfg.Cluster.multiNode() && !ok {
-			return errMultiNodeSQLite
-		}
 		if err := setClusterRoles(ctx, d, cfg.Cluster); err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/cluster"
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
@@ -125,7 +126,7 @@ func startClusterTier(ctx context.Context, cfg Config, d *datadir.Dir, node, pub
 	}
 	client := tlspolicy.Client(roots, nil)
 	client.GetClientCertificate = publisher.GetClientCertificate
-	pub, err := cluster.Dial(ctx, n.MQTTAddr(), cfg.Cluster.clientID(publisherService), client, log.With("component", "publisher"))
+	pub, err := dialPublisher(ctx, cfg, n, client, log)
 	if err != nil {
 		n.Shutdown()
 		return nil, err
@@ -142,5 +143,30 @@ func (c *clusterTier) run(ctx context.Context) error {
 		return nil
 	case <-c.node.Done():
 		return errors.New("cluster node stopped")
+	}
+}
+
+// clusterFormTimeout bounds how long a node of several waits at start for
+// the engine to place its replicated MQTT streams (it needs as many live
+// nodes as replicas: the other nodes starting too).
+const clusterFormTimeout = 2 * time.Minute
+
+// dialPublisher connects the platform's publisher to the node; on a node
+// of several it tries again until the cluster has formed (the engine
+// refuses MQTT connections until it can place the account's streams:
+// "no suitable peers for placement").
+func dialPublisher(ctx context.Context, cfg Config, n *cluster.Node, client *tls.Config, log *slog.Logger) (*cluster.Publisher, error) {
+	deadline := time.Now().Add(clusterFormTimeout)
+	for {
+		pub, err := cluster.Dial(ctx, n.MQTTAddr(), cfg.Cluster.clientID(publisherService), client, log.With("component", "publisher"))
+		if err == nil || !cfg.Cluster.multiNode() || time.Now().After(deadline) || ctx.Err() != nil {
+			return pub, err
+		}
+		log.Info("waiting for the cluster's other nodes (the engine cannot place its replicated streams yet)", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
 }

@@ -322,12 +322,12 @@ func (g *clusterGateway) run(ctx context.Context, every time.Duration) error {
 // gateways issues the gateways' identities (transport and e2e, under the
 // shape's accounts), fetches each one's bootstrap document from the first
 // node and seals its snapshots for the ingest certificate it names.
-func (c *testCluster) gateways(t *testing.T, shape loadgen.Shape) []*clusterGateway {
+func (c *testCluster) gateways(t *testing.T, shape loadgen.Shape, pathOf func(int) string) []*clusterGateway {
 	t.Helper()
 	ctx := t.Context()
 	var out []*clusterGateway
 	for g := range shape.NumGateways() {
-		path := shape.Gateway(g)
+		path := pathOf(g)
 		p, err := pki.ParsePath(path)
 		if err != nil {
 			t.Fatal(err)
@@ -472,7 +472,7 @@ func TestClusterKill9(t *testing.T) {
 	}
 	shape := loadgen.Shape{Masters: 3, Accounts: 1, Gateways: 3, Devices: 2, PerDevice: 40, Channels: 4,
 		Every: time.Second, Start: time.Now().Add(-time.Hour).Truncate(time.Second)}
-	gws := c.gateways(t, shape)
+	gws := c.gateways(t, shape, shape.Gateway)
 	total := 0
 	for _, g := range gws {
 		total += len(g.envs)
@@ -630,7 +630,7 @@ func TestClusterKill9(t *testing.T) {
 		t.Errorf("ledger has %d leaves for %d snapshots (a snapshot appended twice, or one missing)", got.leaves, total)
 	}
 	if got.events != 0 || got.rejects != 0 {
-		t.Errorf("integrity events %d, rejects %d: want none (hash chains complete)", got.events, got.rejects)
+		t.Errorf("integrity events %d, rejects %d: want none (hash chains complete): %s", got.events, got.rejects, c.events(t))
 	}
 	// The customer on the first node received every snapshot of its
 	// master account's gateways, those on the other nodes included.
@@ -668,14 +668,57 @@ func TestClusterKill9(t *testing.T) {
 		}
 		g.mu.Unlock()
 	}
+
+	// The window of a brand-new account (on the survivors): its
+	// partition's owner subscribes on its next accounts poll; what the
+	// gateway publishes before that has no subscriber and is dropped by
+	// the engine. The gateway here sends its first snapshot again every
+	// 100 ms until it is stored.
+	created := time.Now()
+	fresh := c.gateways(t, loadgen.Shape{Masters: 1, Accounts: 1, Gateways: 1, Devices: 1, PerDevice: 1, Channels: 2,
+		Every: time.Second, Start: shape.Start}, func(int) string { return "ms-09/acc-new/gw-0" })[0]
+	window, sends := c.newAccountWindow(t, fresh, created)
+	t.Logf("new account: its first snapshot stored %v after the account was created (identities, bootstrap and sealing included); %d sends, the first %d dropped before its partition subscribed",
+		window.Round(10*time.Millisecond), sends, sends-1)
+	if after := c.counts(t); after.snapshots != total+1 || after.events != 0 || after.leaves != total+1 {
+		t.Errorf("after the new account: %+v, want %d snapshots and leaves, no events", after, total+1)
+	}
 }
 
-func custGot2(seen map[string]map[[32]byte]bool) int {
-	n := 0
-	for _, m := range seen {
-		n += len(m)
+// newAccountWindow publishes the gateway's first snapshot every 100 ms
+// until it is stored, and returns how long after created that was and how
+// many sends it took.
+func (c *testCluster) newAccountWindow(t *testing.T, g *clusterGateway, created time.Time) (time.Duration, int) {
+	t.Helper()
+	var cl mqtt.Client
+	for _, b := range g.brokers {
+		cl = mqtt.NewClient(mqtt.NewClientOptions().AddBroker("ssl://" + b).SetClientID(g.path).SetTLSConfig(g.tls).
+			SetProtocolVersion(4).SetCleanSession(true).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
+		if tok := cl.Connect(); tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+			break
+		}
+		cl = nil
 	}
-	return n
+	if cl == nil {
+		t.Fatalf("%s: no broker of %v took the connection", g.path, g.brokers)
+	}
+	defer cl.Disconnect(0)
+	sends := 0
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		tok := cl.Publish(topic.SnapshotsOf(g.path), 1, false, g.envs[0])
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+		sends++
+		if at := c.firstStoredAfter(t, []string{g.path}, created.Add(-time.Hour)); !at.IsZero() {
+			return at.Sub(created), sends
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the new account's snapshot was not stored within 30 s (%d sends)", sends)
+		}
+		time.Sleep(100 * time.Millisecond) // the gateway's resend interval, not a synchronisation
+	}
 }
 
 func (c *testCluster) issueTLS(t *testing.T, path string) tls.Certificate {
@@ -715,4 +758,38 @@ func partitionsOf(shape loadgen.Shape) int {
 		seen[lease.PartitionOf(gw[:strings.LastIndex(gw, "/")], platform.IngestPartitions)] = true
 	}
 	return len(seen)
+}
+
+func custGot2(seen map[string]map[[32]byte]bool) int {
+	n := 0
+	for _, m := range seen {
+		n += len(m)
+	}
+	return n
+}
+
+// events lists the integrity events the store recorded.
+func (c *testCluster) events(t *testing.T) string {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), c.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(t.Context())
+	rows, err := conn.Query(t.Context(), `SELECT gateway, device, kind, seq, expected_seq, detail, at FROM integrity_events ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var b strings.Builder
+	for rows.Next() {
+		var gw, dev, kind, detail string
+		var seq, exp int64
+		var at time.Time
+		if err := rows.Scan(&gw, &dev, &kind, &seq, &exp, &detail, &at); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "\n  %s %s/%s seq %d expected %d at %s: %s", kind, gw, dev, seq, exp, at.Format("15:04:05.000"), detail)
+	}
+	return b.String()
 }

@@ -143,7 +143,16 @@ type Config struct {
 	// partition (docs/scale.md). Each must be granted, or the session
 	// ends with an error.
 	Filters []string
-	Opener  *envelope.Opener
+	// HoldGaps, if positive, is how long after each connection's start a
+	// snapshot that would open a gap in its device's chain is neither
+	// stored nor acknowledged: the broker delivers it again (after its
+	// ack wait), by then behind the missing one. For a session taken over
+	// from a dead node on the clustered tier, where the engine redelivers
+	// what the dead node had received but not acknowledged only after its
+	// ack wait, while new messages flow at once (docs/scale.md). Beyond
+	// HoldGaps a gap is recorded as usual.
+	HoldGaps time.Duration
+	Opener   *envelope.Opener
 	Store   Store
 	Ledger  Ledger
 	Logger  *slog.Logger
@@ -342,6 +351,7 @@ func (p *processor) connection(ctx context.Context) error {
 			}
 		}
 	}
+	p.holdUntil = cfg.Now().Add(cfg.HoldGaps)
 	cfg.Logger.Info("ingest subscribed", "filter", filter, "queue", cfg.Queue)
 	cfg.Status.connected(q)
 	p.pipeline(ctx, connCtx, q)

@@ -117,6 +117,7 @@ type item struct {
 	leaf   []byte
 	events []store.IntegrityEvent // to record
 	dup    bool
+	held   bool // a gap within Config.HoldGaps: not stored, not acknowledged
 }
 
 // batch is what is committed in one go.
@@ -157,7 +158,9 @@ func (p *processor) pipeline(ctx, connCtx context.Context, q *queue) {
 		}
 		p.committed(b)
 		for _, it := range b.items {
-			it.msg.ack() // a no-op for QoS 0, and on a lost connection (the broker redelivers)
+			if !it.held { // held: the broker delivers it again
+				it.msg.ack() // a no-op for QoS 0, and on a lost connection (the broker redelivers)
+			}
 		}
 		q.done(len(b.items))
 	}
@@ -296,12 +299,16 @@ type processor struct {
 	heads   map[deviceKey]*snapshot.Head
 	budget  *rejectBudget
 	dropLog sync.Once
+	// holdUntil ends the current connection's Config.HoldGaps; set by
+	// the connection before its pipeline runs, read by its committer.
+	holdUntil time.Time
 }
 
 func newProcessor(cfg Config) *processor {
 	return &processor{
 		cfg: cfg, log: cfg.Logger, m: newMetrics(cfg.Registerer, cfg.Status),
 		heads:  map[deviceKey]*snapshot.Head{},
+		// holdUntil is set per connection (Config.HoldGaps).
 		budget: newRejectBudget(cfg.RejectBurst, cfg.RejectEvery),
 	}
 }
@@ -373,7 +380,7 @@ func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
 		if it.stored || it.snap == nil {
 			continue // stored by an earlier attempt, or rejected before classification
 		}
-		it.rec, it.dup, it.rerr, it.events = nil, false, nil, nil
+		it.rec, it.dup, it.rerr, it.events, it.held = nil, false, nil, nil, false
 		if err := p.classify(ctx, it, staged); err != nil {
 			return err
 		}
@@ -496,6 +503,14 @@ func (p *processor) classify(ctx context.Context, it *item, staged map[deviceKey
 		it.rerr = &rejectErr{ReasonFork, gw, fmt.Errorf("seq %d of %s forks the chain", s.Seq, s.Device)}
 		return nil
 	case snapshot.LinkGap:
+		if now.Before(p.holdUntil) && it.msg.qos > 0 {
+			// Not yet: the missing snapshot may be a redelivery still on
+			// its way (a session taken over from a dead node).
+			it.held = true
+			p.m.held.Inc()
+			p.log.Debug("ingest: gap held for redelivery", "gateway", gw, "device", s.Device, "seq", s.Seq, "expected", expectedAfter(head))
+			return nil
+		}
 		event(store.EventGap, expectedAfter(head), fmt.Sprintf("%d snapshot(s) missing", s.Seq-expectedAfter(head)))
 	case snapshot.LinkStale:
 		// Below the head: a redelivery of a stored snapshot, or a late one
@@ -604,7 +619,7 @@ func budgetKey(topic string) string {
 func gatewayOf(t string) (string, error) { return topic.ParseChannel(t, topic.Snapshots) }
 
 type metrics struct {
-	received, accepted, duplicates, dropped, batchFailures prometheus.Counter
+	received, accepted, duplicates, dropped, batchFailures, held prometheus.Counter
 	rejected, events                                       *prometheus.CounterVec
 }
 
@@ -618,6 +633,7 @@ func newMetrics(reg prometheus.Registerer, st *Status) *metrics {
 		duplicates:    counter("duplicates_total", "Redelivered snapshots stored once."),
 		dropped:       counter("dropped_total", "QoS 0 snapshot messages dropped beyond ingest's queue."),
 		batchFailures: counter("batch_failures_total", "Failed attempts to store a batch (each is retried)."),
+		held:          counter("gaps_held_total", "Snapshots that would open a gap, left unacknowledged for redelivery (Config.HoldGaps)."),
 		rejected:      prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "rejects_total", Help: "Messages rejected, by reason."}, []string{"reason"}),
 		events:        prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "integrity_events_total", Help: "Hash-chain integrity events, by kind."}, []string{"kind"}),
 	}
@@ -642,6 +658,7 @@ func newMetrics(reg prometheus.Registerer, st *Status) *metrics {
 	m.received = register(m.received).(prometheus.Counter)
 	m.accepted = register(m.accepted).(prometheus.Counter)
 	m.duplicates = register(m.duplicates).(prometheus.Counter)
+	m.held = register(m.held).(prometheus.Counter)
 	m.dropped = register(m.dropped).(prometheus.Counter)
 	m.batchFailures = register(m.batchFailures).(prometheus.Counter)
 	m.rejected = register(m.rejected).(*prometheus.CounterVec)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fieldtrust/fieldtrust/internal/cluster"
 	"github.com/fieldtrust/fieldtrust/internal/ingest"
 	"github.com/fieldtrust/fieldtrust/internal/lease"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
@@ -33,6 +34,12 @@ const IngestPartitions = 16
 // its partition to subscribe to: the window in which a brand-new
 // account's snapshots have no subscriber (docs/scale.md).
 const accountPoll = time.Second
+
+// partitionHoldGaps is ingest.Config.HoldGaps of a partition session: a
+// session taken over from a killed node gets new snapshots at once and
+// what the dead node had not acknowledged only after the engine's ack
+// wait; twice that covers the redelivery of both.
+const partitionHoldGaps = 2 * cluster.DefaultAckWait
 
 // errMultiNodeSQLite refuses a multi-node cluster on SQLite.
 var errMultiNodeSQLite = errors.New("a multi-node cluster (--cluster-addr, --routes) needs PostgreSQL: SQLite is one file on one machine, which the other nodes cannot share; start the data directory with --db postgres://... (docs/scale.md), or run one node without --cluster-addr and --routes")
@@ -115,7 +122,7 @@ func (pi *partitionedIngest) run(ctx context.Context, p int) error {
 			}
 		}
 		cfg := pi.base
-		cfg.ClientID, cfg.Status = partitionClientID(p), st
+		cfg.ClientID, cfg.Status, cfg.HoldGaps = partitionClientID(p), st, partitionHoldGaps
 		for _, a := range accts {
 			cfg.Filters = append(cfg.Filters, topic.Of(a+"/+", topic.Snapshots))
 		}

@@ -126,7 +126,7 @@ func startClusterTier(ctx context.Context, cfg Config, d *datadir.Dir, node, pub
 	}
 	client := tlspolicy.Client(roots, nil)
 	client.GetClientCertificate = publisher.GetClientCertificate
-	pub, err := dialPublisher(ctx, cfg, n, client, log)
+	pub, err := dialPublisher(ctx, cfg, n, client, ids, log)
 	if err != nil {
 		n.Shutdown()
 		return nil, err
@@ -154,8 +154,11 @@ const clusterFormTimeout = 2 * time.Minute
 // dialPublisher connects the platform's publisher to the node; on a node
 // of several it tries again until the cluster has formed (the engine
 // refuses MQTT connections until it can place the account's streams:
-// "no suitable peers for placement").
-func dialPublisher(ctx context.Context, cfg Config, n *cluster.Node, client *tls.Config, log *slog.Logger) (*cluster.Publisher, error) {
+// "no suitable peers for placement"). Meanwhile it rereads the service
+// roles: the nodes starting with it record their node roles, which its
+// route hook must know to let them join (the revocation service, which
+// rereads them once a second, starts only after this).
+func dialPublisher(ctx context.Context, cfg Config, n *cluster.Node, client *tls.Config, ids *identities, log *slog.Logger) (*cluster.Publisher, error) {
 	deadline := time.Now().Add(clusterFormTimeout)
 	for {
 		pub, err := cluster.Dial(ctx, n.MQTTAddr(), cfg.Cluster.clientID(publisherService), client, log.With("component", "publisher"))
@@ -163,6 +166,9 @@ func dialPublisher(ctx context.Context, cfg Config, n *cluster.Node, client *tls
 			return pub, err
 		}
 		log.Info("waiting for the cluster's other nodes (the engine cannot place its replicated streams yet)", "err", err)
+		if _, err := ids.refresh(ctx); err != nil {
+			return nil, fmt.Errorf("reread service roles: %w", err)
+		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()

@@ -153,9 +153,9 @@ type Config struct {
 	// HoldGaps a gap is recorded as usual.
 	HoldGaps time.Duration
 	Opener   *envelope.Opener
-	Store   Store
-	Ledger  Ledger
-	Logger  *slog.Logger
+	Store    Store
+	Ledger   Ledger
+	Logger   *slog.Logger
 	// Registerer receives ingest metrics; nil keeps them private.
 	Registerer prometheus.Registerer
 	// Status, if set, receives ingest's state (for health checks).

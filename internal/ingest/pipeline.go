@@ -308,7 +308,6 @@ func newProcessor(cfg Config) *processor {
 	return &processor{
 		cfg: cfg, log: cfg.Logger, m: newMetrics(cfg.Registerer, cfg.Status),
 		heads:  map[deviceKey]*snapshot.Head{},
-		// holdUntil is set per connection (Config.HoldGaps).
 		budget: newRejectBudget(cfg.RejectBurst, cfg.RejectEvery),
 	}
 }
@@ -620,7 +619,7 @@ func gatewayOf(t string) (string, error) { return topic.ParseChannel(t, topic.Sn
 
 type metrics struct {
 	received, accepted, duplicates, dropped, batchFailures, held prometheus.Counter
-	rejected, events                                       *prometheus.CounterVec
+	rejected, events                                             *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, st *Status) *metrics {

@@ -395,9 +395,9 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 			return health(sup.Status(), ingestHealth(), v)
 		},
-		API:     api,
-		Pages:   con,
-		Logger:  log,
+		API:    api,
+		Pages:  con,
+		Logger: log,
 	})))
 	httpTLS := tlspolicy.Server(cert.GetCertificate, nil, tls.RequestClientCert, nil)
 	newServer := func() *http.Server {

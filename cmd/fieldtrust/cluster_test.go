@@ -142,14 +142,17 @@ func startCluster(t *testing.T, n int) *testCluster {
 func (c *testCluster) upArgs(nd *clusterNode) []string {
 	args := []string{"up", "--data", nd.dir, "--broker", "cluster", "--node-name", nd.name,
 		"--http-addr", nd.http, "--mqtt-addr", nd.mqtt, "--log-format", "json", "--log-level", "info"}
-	if len(c.nodes) > 1 {
-		var routes []string
-		for _, o := range c.nodes {
-			if o != nd {
-				routes = append(routes, o.route)
-			}
+	// Always a multi-node configuration (ingest by partitions), also
+	// for one node.
+	args = append(args, "--cluster-addr", nd.route)
+	var routes []string
+	for _, o := range c.nodes {
+		if o != nd {
+			routes = append(routes, o.route)
 		}
-		args = append(args, "--cluster-addr", nd.route, "--routes", strings.Join(routes, ","))
+	}
+	if len(routes) > 0 {
+		args = append(args, "--routes", strings.Join(routes, ","))
 	}
 	for _, o := range c.nodes {
 		args = append(args, "--broker-url", "mqtts://"+o.mqtt)

@@ -190,7 +190,7 @@ func (c *testCluster) settled(nd *clusterNode, live []string) bool {
 	if err != nil || h.Cluster == nil || !h.Cluster.Connected || !slices.Equal(h.Cluster.Members, live) {
 		return false
 	}
-	if len(h.Cluster.Partitions) != 16 || len(h.Cluster.Roles) != 3 {
+	if len(h.Cluster.Partitions) != 16 || len(h.Cluster.Roles) != 4 {
 		return false
 	}
 	for _, owner := range h.Cluster.Partitions {

@@ -205,6 +205,11 @@ func retrying(name string, run func(context.Context) error, log *slog.Logger) fu
 // cluster at a time, each under a lease (docs/scale.md "Who runs what"):
 // what they do must not happen once per node.
 var singletonRoles = []string{
+	// The rules engine evaluates every snapshot once, in ledger order: on
+	// the leader it reads what other nodes' ingest stored from the store
+	// (its catch-up from the one cursor); several would evaluate
+	// everything each, and race on the cursor.
+	"rules",
 	"outbox",    // delivers what rules sent: once, not once per node
 	"treeheads", // signs the ledger's tree heads: one signer of one log
 	"devices",   // publishes queued commands and campaign notices, records results: once

@@ -134,4 +134,3 @@ func procCPU(t *testing.T, pid int) time.Duration {
 	st, _ := strconv.ParseInt(fields[12], 10, 64)
 	return time.Duration(ut+st) * 10 * time.Millisecond
 }
-

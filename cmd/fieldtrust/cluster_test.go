@@ -101,7 +101,7 @@ type testCluster struct {
 // startCluster prepares n node directories from one (the first start
 // creates the platform's keys, 'cluster add-node' copies them) and starts
 // the n nodes at once.
-func startCluster(t *testing.T, n int) *testCluster {
+func startCluster(t *testing.T, n int, prepare ...func(first string)) *testCluster {
 	t.Helper()
 	c := &testCluster{db: clusterDB(t)}
 	base := t.TempDir()
@@ -111,6 +111,9 @@ func startCluster(t *testing.T, n int) *testCluster {
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	if err := p.cmd.Wait(); err != nil {
 		t.Fatalf("first start: %v\n%s", err, p.logs())
+	}
+	for _, f := range prepare {
+		f(first)
 	}
 	for i := range n {
 		nd := &clusterNode{name: fmt.Sprintf("n%d", i+1), dir: filepath.Join(base, fmt.Sprintf("n%d", i+1)),
@@ -468,7 +471,18 @@ func (c *testCluster) firstStoredAfter(t *testing.T, gateways []string, t0 time.
 // gateways of the others throughout.
 func TestClusterKill9(t *testing.T) {
 	clusterTest(t)
-	c := startCluster(t, 3)
+	// A rule that holds for every snapshot of the first master account's
+	// devices, with a task action: one alarm and one task per device,
+	// however many nodes run (rules and outbox are singleton roles).
+	rule := filepath.Join(t.TempDir(), "every.yaml")
+	if err := os.WriteFile(rule, []byte("version: 1\nname: every-snapshot\nscope: ms-00\nwhen: 'true'\nactions:\n  - task: {title: \"check {{.Device}}\"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := startCluster(t, 3, func(first string) {
+		if out, code := run(t, "rule", "add", "--data", first, rule); code != 0 {
+			t.Fatalf("rule add: %s", out)
+		}
+	})
 	all := c.live()
 	for _, nd := range c.nodes {
 		waitFor(t, 90*time.Second, nd.name+" sees 3 nodes owning every partition and role", func() bool { return c.settled(nd, all) })
@@ -672,6 +686,14 @@ func TestClusterKill9(t *testing.T) {
 		g.mu.Unlock()
 	}
 
+	// One alarm and one task per device of ms-00, not one per node.
+	ruleDevices := 3 * shape.Devices
+	var alarms, tasks int
+	waitFor(t, time.Minute, "the rule's tasks", func() bool {
+		alarms, tasks = c.ruleCounts(t)
+		return tasks >= ruleDevices
+	})
+
 	// The window of a brand-new account (on the survivors): its
 	// partition's owner subscribes on its next accounts poll; what the
 	// gateway publishes before that has no subscriber and is dropped by
@@ -686,6 +708,23 @@ func TestClusterKill9(t *testing.T) {
 	if after := c.counts(t); after.snapshots != total+1 || after.events != 0 || after.leaves != total+1 {
 		t.Errorf("after the new account: %+v, want %d snapshots and leaves, no events", after, total+1)
 	}
+	if alarms, tasks = c.ruleCounts(t); alarms != ruleDevices || tasks != ruleDevices {
+		t.Errorf("the rule raised %d alarms and created %d tasks, want %d each (one per device)", alarms, tasks, ruleDevices)
+	}
+}
+
+// ruleCounts are the alarms and tasks in the store.
+func (c *testCluster) ruleCounts(t *testing.T) (alarms, tasks int) {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), c.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(t.Context())
+	if err := conn.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM alarms), (SELECT count(*) FROM tasks)`).Scan(&alarms, &tasks); err != nil {
+		t.Fatal(err)
+	}
+	return alarms, tasks
 }
 
 // newAccountWindow publishes the gateway's first snapshot every 100 ms

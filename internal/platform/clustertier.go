@@ -114,8 +114,15 @@ func startClusterTier(ctx context.Context, cfg Config, d *datadir.Dir, node, pub
 	roots := x509.NewCertPool()
 	roots.AddCert(d.Transport.Root())
 	replicas := min(1+len(cfg.Cluster.Routes), 3)
+	// The engine runs a clustered JetStream only with routes: a node with
+	// --cluster-addr and no --routes runs alone (still with partitions and
+	// leases; no other node can join it).
+	clusterAddr := cfg.Cluster.Addr
+	if len(cfg.Cluster.Routes) == 0 {
+		clusterAddr = ""
+	}
 	n, err := cluster.Start(ctx, cluster.Config{
-		Name: cfg.Cluster.nodeName(), MQTTAddr: cfg.MQTTAddr, ClusterAddr: cfg.Cluster.Addr, Routes: cfg.Cluster.Routes,
+		Name: cfg.Cluster.nodeName(), MQTTAddr: cfg.MQTTAddr, ClusterAddr: clusterAddr, Routes: cfg.Cluster.Routes,
 		StoreDir: filepath.Join(cfg.DataDir, "cluster", cfg.Cluster.nodeName()), Replicas: replicas,
 		Certificate: func() (*tls.Certificate, error) { return node.Current(), nil },
 		Roots:       roots, Identify: cluster.Identify(verifier, ids.subjectOf), Grants: grants,

@@ -81,7 +81,7 @@ func TestClusterThroughput(t *testing.T) {
 				sum += d
 				per = append(per, fmt.Sprintf("%s %.0f%%", nd.name, 100*d.Seconds()/elapsed.Seconds()))
 			}
-			t.Logf("%d node(s): %d snapshots from %d gateways (%d per node: %v) stored in %v (published in %v): %.0f snapshots/s; node CPU %s (sum %.0f%% of one core, %.1f ms per snapshot); events %d",
+			t.Logf("%d node(s): %d snapshots from %d gateways (%d nodes took gateways: %v) stored in %v (published in %v): %.0f snapshots/s; node CPU %s (sum %.0f%% of one core, %.1f ms per snapshot); events %d",
 				n, total, len(gws), len(feeds), feedCounts(feeds), elapsed.Round(10*time.Millisecond), published.Round(10*time.Millisecond),
 				float64(total)/elapsed.Seconds(), strings.Join(per, ", "), 100*sum.Seconds()/elapsed.Seconds(),
 				float64(sum.Milliseconds())/float64(total), got.events)

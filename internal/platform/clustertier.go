@@ -113,6 +113,15 @@ func startClusterTier(ctx context.Context, cfg Config, d *datadir.Dir, node, pub
 	verifier *pki.Verifier, ids *identities, grants tacs.Grants, log *slog.Logger) (*clusterTier, error) {
 	roots := x509.NewCertPool()
 	roots.AddCert(d.Transport.Root())
+	if cfg.Cluster.multiNode() {
+		// The nodes starting with this one record their node roles in the
+		// store meanwhile; the route hook must know them to let them join,
+		// and the revocation service, which rereads roles once a second,
+		// starts only once this node is up.
+		formed := make(chan struct{})
+		defer close(formed)
+		go rereadRolesUntil(ctx, formed, ids, log)
+	}
 	replicas := min(1+len(cfg.Cluster.Routes), 3)
 	// The engine runs a clustered JetStream only with routes: a node with
 	// --cluster-addr and no --routes runs alone (still with partitions and
@@ -133,7 +142,7 @@ func startClusterTier(ctx context.Context, cfg Config, d *datadir.Dir, node, pub
 	}
 	client := tlspolicy.Client(roots, nil)
 	client.GetClientCertificate = publisher.GetClientCertificate
-	pub, err := dialPublisher(ctx, cfg, n, client, ids, log)
+	pub, err := dialPublisher(ctx, cfg, n, client, log)
 	if err != nil {
 		n.Shutdown()
 		return nil, err
@@ -161,11 +170,8 @@ const clusterFormTimeout = 2 * time.Minute
 // dialPublisher connects the platform's publisher to the node; on a node
 // of several it tries again until the cluster has formed (the engine
 // refuses MQTT connections until it can place the account's streams:
-// "no suitable peers for placement"). Meanwhile it rereads the service
-// roles: the nodes starting with it record their node roles, which its
-// route hook must know to let them join (the revocation service, which
-// rereads them once a second, starts only after this).
-func dialPublisher(ctx context.Context, cfg Config, n *cluster.Node, client *tls.Config, ids *identities, log *slog.Logger) (*cluster.Publisher, error) {
+// "no suitable peers for placement").
+func dialPublisher(ctx context.Context, cfg Config, n *cluster.Node, client *tls.Config, log *slog.Logger) (*cluster.Publisher, error) {
 	deadline := time.Now().Add(clusterFormTimeout)
 	for {
 		pub, err := cluster.Dial(ctx, n.MQTTAddr(), cfg.Cluster.clientID(publisherService), client, log.With("component", "publisher"))
@@ -173,13 +179,30 @@ func dialPublisher(ctx context.Context, cfg Config, n *cluster.Node, client *tls
 			return pub, err
 		}
 		log.Info("waiting for the cluster's other nodes (the engine cannot place its replicated streams yet)", "err", err)
-		if _, err := ids.refresh(ctx); err != nil {
-			return nil, fmt.Errorf("reread service roles: %w", err)
-		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// rereadRolesUntil rereads the service roles (and revocations) once a
+// second until done is closed, while the node waits for the cluster to
+// form.
+func rereadRolesUntil(ctx context.Context, done <-chan struct{}, ids *identities, log *slog.Logger) {
+	t := time.NewTicker(revocationPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-done:
+			return
+		case <-t.C:
+			if _, err := ids.refresh(ctx); err != nil && ctx.Err() == nil {
+				log.Warn("rereading service roles while the cluster forms failed; retrying", "err", err)
+			}
 		}
 	}
 }

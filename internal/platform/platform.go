@@ -505,6 +505,9 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		ingestHealth = pi.health
+		if len(cfg.BrokerURLs) < 2 {
+			log.Warn("a node of several without a --broker-url per node: gateways bootstrapped here learn only this node and cannot fail over (docs/scale.md)")
+		}
 	}
 	if err := rev.publishCRLs(ctx); err != nil {
 		return err

@@ -338,19 +338,11 @@ func (c *testCluster) gateways(t *testing.T, shape loadgen.Shape, pathOf func(in
 		if err != nil {
 			t.Fatal(err)
 		}
-		tk, _ := pki.GenerateKey(elliptic.P256())
-		tiss, err := c.d.Transport.Issue(ctx, pki.LeafRequest{Path: p, PublicKey: tk.Public()})
-		if err != nil {
-			t.Fatal(err)
-		}
+		cert := c.issueTLS(t, path)
 		ek, _ := pki.GenerateKey(elliptic.P256())
 		eiss, err := c.d.E2E.Issue(ctx, pki.LeafRequest{Path: p, PublicKey: ek.Public()})
 		if err != nil {
 			t.Fatal(err)
-		}
-		cert := tls.Certificate{PrivateKey: tk, Leaf: tiss.Cert}
-		for _, x := range tiss.Chain {
-			cert.Certificate = append(cert.Certificate, x.Raw)
 		}
 		tc := &tls.Config{RootCAs: c.roots, Certificates: []tls.Certificate{cert}}
 		doc := c.bootstrap(t, tc)
@@ -660,16 +652,12 @@ func TestClusterKill9(t *testing.T) {
 	custGot := func() int {
 		seenMu.Lock()
 		defer seenMu.Unlock()
-		n := 0
-		for _, m := range seen {
-			n += len(m)
-		}
-		return n
+		return distinctSeen(seen)
 	}
 	waitFor(t, time.Minute, "the customer received every snapshot of its gateways", func() bool { return custGot() >= want })
 	seenMu.Lock()
 	t.Logf("customer on %s: %d distinct snapshots of %d gateways (want %d); its connection was lost %d times: %v",
-		c.nodes[0].name, custGot2(seen), len(seen), want, len(custLost), custLost)
+		c.nodes[0].name, distinctSeen(seen), len(seen), want, len(custLost), custLost)
 	for _, g := range gws {
 		if !strings.HasPrefix(g.path, shape.Master(0)+"/") {
 			if len(seen[g.path]) > 0 {
@@ -802,7 +790,8 @@ func partitionsOf(shape loadgen.Shape) int {
 	return len(seen)
 }
 
-func custGot2(seen map[string]map[[32]byte]bool) int {
+// distinctSeen counts the distinct snapshots received.
+func distinctSeen(seen map[string]map[[32]byte]bool) int {
 	n := 0
 	for _, m := range seen {
 		n += len(m)

@@ -244,9 +244,9 @@ func (p *upProcess) logs() string {
 }
 
 // startUp starts 'fieldtrust up' and waits until it logs that it is up.
-func startUp(t *testing.T, data, httpAddr, mqttAddr string) *upProcess {
+func startUp(t *testing.T, data, httpAddr, mqttAddr string, extra ...string) *upProcess {
 	t.Helper()
-	p := launchUp(t, "up", "--data", data, "--http-addr", httpAddr, "--mqtt-addr", mqttAddr, "--log-format", "json")
+	p := launchUp(t, append([]string{"up", "--data", data, "--http-addr", httpAddr, "--mqtt-addr", mqttAddr, "--log-format", "json"}, extra...)...)
 	p.waitUp(t)
 	return p
 }

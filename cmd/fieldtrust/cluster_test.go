@@ -522,7 +522,7 @@ func TestClusterKill9(t *testing.T) {
 		t.Fatalf("customer connect: %v", tok.Error())
 	}
 	defer cust.Disconnect(0)
-	if tok := cust.Subscribe(shape.Master(0)+"/+/+/snapshots", 1, nil); !tok.WaitTimeout(15*time.Second) || tok.Error() != nil {
+	if tok := cust.Subscribe(topic.Of(shape.Master(0)+"/+/+", topic.Snapshots), 1, nil); !tok.WaitTimeout(15*time.Second) || tok.Error() != nil {
 		t.Fatalf("customer subscribe: %v", tok.Error())
 	}
 

@@ -128,8 +128,26 @@ func startCluster(t *testing.T, n int, prepare ...func(first string)) *testClust
 	for _, nd := range c.nodes {
 		nd.proc = launchUp(t, c.upArgs(nd)...)
 	}
+	// Wait for all at once: a node that exits (a port taken meanwhile by
+	// another process of the machine) is reported with its own logs.
+	deadline := time.After(2 * time.Minute)
 	for _, nd := range c.nodes {
-		nd.proc.waitUp(t)
+		for up := false; !up; {
+			select {
+			case <-nd.proc.up:
+				up = true
+			case <-deadline:
+				t.Fatalf("%s did not come up; logs:\n%s", nd.name, nd.proc.logs())
+			case <-time.After(100 * time.Millisecond):
+				for _, o := range c.nodes {
+					select {
+					case <-o.proc.logDone:
+						t.Fatalf("%s exited before coming up; logs:\n%s", o.name, o.proc.logs())
+					default:
+					}
+				}
+			}
+		}
 	}
 	d, err := datadir.Open(t.Context(), first, nil)
 	if err != nil {

@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/fieldtrust
 DATA    ?= ./fieldtrust-data
 
-.PHONY: build run up test deps vet fuzz bench bench-broker bench-idle bench-registry bench-dcc bench-console bench-agents load-firmware clean
+.PHONY: build run up test test-cluster bench-cluster deps vet fuzz bench bench-broker bench-idle bench-registry bench-dcc bench-console bench-agents load-firmware clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/fieldtrust
@@ -32,6 +32,19 @@ vet:
 test: deps vet
 	FIELDTRUST_TEST_POSTGRES="$$(./scripts/postgres-test.sh)" && export FIELDTRUST_TEST_POSTGRES && \
 	CI=$${CI:-true} $(GO) test -race -count=1 ./...
+
+# The multi-node tests (docs/scale.md): three 'fieldtrust up --broker
+# cluster' processes on one PostgreSQL, one killed with SIGKILL mid-traffic
+# (about 1-2 min); .ci/run runs it after 'make test'.
+test-cluster: deps
+	FIELDTRUST_TEST_POSTGRES="$$(./scripts/postgres-test.sh)" && export FIELDTRUST_TEST_POSTGRES && \
+	FIELDTRUST_TEST_CLUSTER=1 CI=$${CI:-true} $(GO) test -count=1 -run '^TestClusterKill9$$' -v -timeout 10m ./cmd/fieldtrust/
+
+# Cluster throughput with 1, 2 and 3 nodes on this machine, snapshots/s
+# stored and per-node CPU (docs/benchmarks.md "Cluster"; a few minutes).
+bench-cluster: deps
+	FIELDTRUST_TEST_POSTGRES="$$(./scripts/postgres-test.sh)" && export FIELDTRUST_TEST_POSTGRES && \
+	FIELDTRUST_TEST_CLUSTER=1 FIELDTRUST_BENCH_CLUSTER=1 $(GO) test -count=1 -run '^TestClusterThroughput$$' -v -timeout 30m ./cmd/fieldtrust/
 
 # Short fuzzing runs of every fuzz target (FUZZTIME per target).
 FUZZTIME ?= 30s

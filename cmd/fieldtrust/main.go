@@ -67,6 +67,7 @@ Start the platform with 'fieldtrust up'; manage certificates with 'fieldtrust pk
 		newRuleCmd(), newAlarmCmd(), newTaskCmd(), newOutboxCmd(),
 		newAgentCmd(),
 		newDCCCmd(), newRegistryCmd(),
+		newClusterCmd(),
 		// Further subcommands register here, one constructor per file.
 	)
 	return root

@@ -229,6 +229,7 @@ type upProcess struct {
 	mu      sync.Mutex
 	buf     bytes.Buffer
 	logDone chan struct{}
+	up      chan struct{} // closed once it logged "platform up"
 }
 
 // logs returns what the process logged so far (all of it once it exited).
@@ -245,8 +246,17 @@ func (p *upProcess) logs() string {
 // startUp starts 'fieldtrust up' and waits until it logs that it is up.
 func startUp(t *testing.T, data, httpAddr, mqttAddr string, extra ...string) *upProcess {
 	t.Helper()
-	p := &upProcess{logDone: make(chan struct{})}
-	p.cmd = exec.Command(binary, append([]string{"up", "--data", data, "--http-addr", httpAddr, "--mqtt-addr", mqttAddr, "--log-format", "json"}, extra...)...)
+	p := launchUp(t, append([]string{"up", "--data", data, "--http-addr", httpAddr, "--mqtt-addr", mqttAddr, "--log-format", "json"}, extra...)...)
+	p.waitUp(t)
+	return p
+}
+
+// launchUp starts the binary with args (an 'up' logging JSON) without
+// waiting for it: waitUp does.
+func launchUp(t *testing.T, args ...string) *upProcess {
+	t.Helper()
+	p := &upProcess{logDone: make(chan struct{}), up: make(chan struct{})}
+	p.cmd = exec.Command(binary, args...)
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -255,10 +265,10 @@ func startUp(t *testing.T, data, httpAddr, mqttAddr string, extra ...string) *up
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.cmd.Process.Kill(); p.cmd.Wait() })
-	up := make(chan struct{})
 	go func() {
 		defer close(p.logDone)
 		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		once := false
 		for sc.Scan() {
 			p.mu.Lock()
@@ -266,18 +276,23 @@ func startUp(t *testing.T, data, httpAddr, mqttAddr string, extra ...string) *up
 			p.mu.Unlock()
 			if !once && strings.Contains(sc.Text(), `"msg":"platform up"`) {
 				once = true
-				close(up)
+				close(p.up)
 			}
 		}
 	}()
+	return p
+}
+
+// waitUp waits until the process logged that the platform is up.
+func (p *upProcess) waitUp(t *testing.T) {
+	t.Helper()
 	select {
-	case <-up:
+	case <-p.up:
 	case <-p.logDone:
 		t.Fatalf("platform exited before coming up; logs:\n%s", p.logs())
-	case <-time.After(60 * time.Second):
+	case <-time.After(90 * time.Second):
 		t.Fatalf("platform did not come up; logs:\n%s", p.logs())
 	}
-	return p
 }
 
 func freeAddr(t *testing.T) string {

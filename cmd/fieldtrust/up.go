@@ -46,8 +46,10 @@ func (f *upFlags) register(c *cobra.Command) {
 	c.Flags().StringVar(&f.smtpURL, "smtp-url", "", "SMTP server for rule emails: smtp://[user:pass@]host:port?from=ADDR (STARTTLS; plain only to loopback) or smtps://...; default $"+mail.URLEnv+" (prefer the variable: flags show in ps)")
 	c.Flags().BoolVar(&f.webhookPrivate, "webhook-allow-private", false, "let rule webhooks reach loopback and private addresses (a receiver on this site)")
 	c.Flags().StringVar(&f.externalURL, "external-url", "", "the platform's URL as HTTPS agents reach it, their boarding configuration's baseUrl (default https:// + --http-addr)")
-	c.Flags().StringVar(&f.broker, "broker", platform.BrokerEmbedded, "broker tier: embedded, or cluster (a single node of the clustered NATS tier, MQTT 3.1.1 only; docs/scale.md)")
+	c.Flags().StringVar(&f.broker, "broker", platform.BrokerEmbedded, "broker tier: embedded, or cluster (a node of the clustered NATS tier, MQTT 3.1.1 only; docs/scale.md)")
 	c.Flags().StringVar(&f.cluster.Node, "node-name", "n1", "with --broker cluster: this node's name, unique in the cluster")
+	c.Flags().StringVar(&f.cluster.Addr, "cluster-addr", "", "with --broker cluster: this node's route listener, host:port, for a cluster of several nodes (needs PostgreSQL; docs/scale.md)")
+	c.Flags().StringSliceVar(&f.cluster.Routes, "routes", nil, "with --broker cluster: the other nodes' --cluster-addr, host:port (comma-separated or repeated)")
 	addLogFlags(c, &f.logLevel, &f.logFormat, "info")
 }
 

@@ -94,6 +94,9 @@ type Config struct {
 	now func() time.Time
 }
 
+// DefaultAckWait is Config.AckWait's default.
+const DefaultAckWait = 10 * time.Second
+
 // Node is a running broker node.
 type Node struct {
 	cfg  Config
@@ -115,7 +118,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		cfg.Replicas = 1
 	}
 	if cfg.AckWait <= 0 {
-		cfg.AckWait = 10 * time.Second
+		cfg.AckWait = DefaultAckWait
 	}
 	if cfg.MaxStore <= 0 {
 		cfg.MaxStore = 8 << 30

@@ -138,6 +138,21 @@ type Config struct {
 	// tier that has none (the clustered tier, MQTT 3.1.1): then only one
 	// ingest may serve the tier.
 	Unshared bool
+	// Filters, if set, are what ingest subscribes to instead (without a
+	// shared subscription): one partition of the gateway space on the
+	// clustered tier, e.g. "ms/acc/+/snapshots" for each account of the
+	// partition (docs/scale.md). Each must be granted, or the session
+	// ends with an error.
+	Filters []string
+	// HoldGaps, if positive, is how long after each connection's start a
+	// snapshot that would open a gap in its device's chain is neither
+	// stored nor acknowledged: the broker delivers it again (after its
+	// ack wait), by then behind the missing one. For a session taken over
+	// from a dead node on the clustered tier, where the engine redelivers
+	// what the dead node had received but not acknowledged only after its
+	// ack wait, while new messages flow at once (docs/scale.md). Beyond
+	// HoldGaps a gap is recorded as usual.
+	HoldGaps time.Duration
 	Opener   *envelope.Opener
 	Store    Store
 	Ledger   Ledger
@@ -317,17 +332,27 @@ func (p *processor) connection(ctx context.Context) error {
 	if cfg.Unshared {
 		filter = topic.AllSnapshots
 	}
-	tok := c.Subscribe(filter, 1, nil)
+	subs := map[string]byte{filter: 1}
+	if len(cfg.Filters) > 0 {
+		subs = make(map[string]byte, len(cfg.Filters))
+		for _, f := range cfg.Filters {
+			subs[f] = 1
+		}
+		filter = strings.Join(cfg.Filters, ",")
+	}
+	tok := c.SubscribeMultiple(subs, nil)
 	if !waitToken(connCtx, tok) {
 		return fmt.Errorf("subscribe %s: %w", filter, tokenErr(connCtx, tok))
 	}
-	// paho keys a SUBACK's results by the filter without "$share/GROUP/";
-	// a result that is missing counts as a refusal (fail closed).
+	// A result that is missing counts as a refusal (fail closed).
 	if st, ok := tok.(*mqtt.SubscribeToken); ok {
-		if code, found := st.Result()[topic.AllSnapshots]; !found || code >= 0x80 {
-			return fmt.Errorf("subscribe %s: refused by the broker (code %#x); does the ingest service have the role snapshot-reader?", filter, code)
+		for f := range subs {
+			if code, found := st.Result()[f]; !found || code >= 0x80 {
+				return fmt.Errorf("subscribe %s: refused by the broker (code %#x); does the ingest service have the role snapshot-reader?", f, code)
+			}
 		}
 	}
+	p.holdUntil = cfg.Now().Add(cfg.HoldGaps)
 	cfg.Logger.Info("ingest subscribed", "filter", filter, "queue", cfg.Queue)
 	cfg.Status.connected(q)
 	p.pipeline(ctx, connCtx, q)

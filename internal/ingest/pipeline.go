@@ -122,6 +122,7 @@ type item struct {
 	leaf   []byte
 	events []store.IntegrityEvent // to record
 	dup    bool
+	held   bool // a gap within Config.HoldGaps: not stored, not acknowledged
 }
 
 // batch is what is committed in one go.
@@ -197,7 +198,9 @@ func (p *processor) pipeline(ctx, connCtx context.Context, q *queue) {
 		}
 		p.committed(b)
 		for _, it := range b.items {
-			it.msg.ack() // a no-op for QoS 0, and on a lost connection (the broker redelivers)
+			if !it.held { // held: the broker delivers it again
+				it.msg.ack() // a no-op for QoS 0, and on a lost connection (the broker redelivers)
+			}
 		}
 		q.done(len(b.items))
 	}
@@ -335,6 +338,9 @@ type processor struct {
 	heads   map[deviceKey]*snapshot.Head
 	budget  *rejectBudget
 	dropLog sync.Once
+	// holdUntil ends the current connection's Config.HoldGaps; set by
+	// the connection before its pipeline runs, read by its committer.
+	holdUntil time.Time
 }
 
 func newProcessor(cfg Config) *processor {
@@ -412,7 +418,7 @@ func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
 		if it.stored || it.snap == nil {
 			continue // stored by an earlier attempt, or rejected before classification
 		}
-		it.rec, it.dup, it.rerr, it.events = nil, false, nil, nil
+		it.rec, it.dup, it.rerr, it.events, it.held = nil, false, nil, nil, false
 		if err := p.classify(ctx, it, staged); err != nil {
 			return err
 		}
@@ -535,6 +541,14 @@ func (p *processor) classify(ctx context.Context, it *item, staged map[deviceKey
 		it.rerr = &rejectErr{ReasonFork, gw, fmt.Errorf("seq %d of %s forks the chain", s.Seq, s.Device)}
 		return nil
 	case snapshot.LinkGap:
+		if now.Before(p.holdUntil) && it.msg.qos > 0 {
+			// Not yet: the missing snapshot may be a redelivery still on
+			// its way (a session taken over from a dead node).
+			it.held = true
+			p.m.held.Inc()
+			p.log.Debug("ingest: gap held for redelivery", "gateway", gw, "device", s.Device, "seq", s.Seq, "expected", expectedAfter(head))
+			return nil
+		}
 		event(store.EventGap, expectedAfter(head), fmt.Sprintf("%d snapshot(s) missing", s.Seq-expectedAfter(head)))
 	case snapshot.LinkStale:
 		// Below the head: a redelivery of a stored snapshot, or a late one
@@ -643,8 +657,8 @@ func budgetKey(topic string) string {
 func gatewayOf(t string) (string, error) { return topic.ParseChannel(t, topic.Snapshots) }
 
 type metrics struct {
-	received, accepted, duplicates, dropped, batchFailures prometheus.Counter
-	rejected, events                                       *prometheus.CounterVec
+	received, accepted, duplicates, dropped, batchFailures, held prometheus.Counter
+	rejected, events                                             *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, st *Status) *metrics {
@@ -657,6 +671,7 @@ func newMetrics(reg prometheus.Registerer, st *Status) *metrics {
 		duplicates:    counter("duplicates_total", "Redelivered snapshots stored once."),
 		dropped:       counter("dropped_total", "QoS 0 snapshot messages dropped beyond ingest's queue."),
 		batchFailures: counter("batch_failures_total", "Failed attempts to store a batch (each is retried)."),
+		held:          counter("gaps_held_total", "Snapshots that would open a gap, left unacknowledged for redelivery (Config.HoldGaps)."),
 		rejected:      prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "rejects_total", Help: "Messages rejected, by reason."}, []string{"reason"}),
 		events:        prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "integrity_events_total", Help: "Hash-chain integrity events, by kind."}, []string{"kind"}),
 	}
@@ -681,6 +696,7 @@ func newMetrics(reg prometheus.Registerer, st *Status) *metrics {
 	m.received = register(m.received).(prometheus.Counter)
 	m.accepted = register(m.accepted).(prometheus.Counter)
 	m.duplicates = register(m.duplicates).(prometheus.Counter)
+	m.held = register(m.held).(prometheus.Counter)
 	m.dropped = register(m.dropped).(prometheus.Counter)
 	m.batchFailures = register(m.batchFailures).(prometheus.Counter)
 	m.rejected = register(m.rejected).(*prometheus.CounterVec)

@@ -106,14 +106,31 @@ func (l *Log) load(ctx context.Context) error {
 // first one and the new size and root. After a failed append the next one
 // first reloads the log's state from storage, so a storage outage (or a
 // commit whose outcome was lost) never leaves the log unable to append.
+// When another process appended to the same storage meanwhile (several
+// nodes' ingest on one PostgreSQL), the storage refuses the append
+// (store.ErrLedgerMoved, decided under its lock): the log reloads and
+// appends after what the other wrote, so the nodes build one log.
 func (l *Log) Append(ctx context.Context, leaves [][]byte) (first, size uint64, root []byte, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.stale {
-		if err := l.load(ctx); err != nil {
-			return 0, 0, nil, err
+	for attempt := 0; ; attempt++ {
+		if l.stale {
+			if err := l.load(ctx); err != nil {
+				return 0, 0, nil, err
+			}
+		}
+		first, size, root, err = l.appendLocked(ctx, leaves)
+		if !errors.Is(err, store.ErrLedgerMoved) || attempt == maxMovedRetries {
+			return first, size, root, err
 		}
 	}
+}
+
+// maxMovedRetries bounds the reloads of one Append that others keep
+// overtaking (each retry is one short transaction of the storage).
+const maxMovedRetries = 64
+
+func (l *Log) appendLocked(ctx context.Context, leaves [][]byte) (first, size uint64, root []byte, err error) {
 	start := l.rng.End()
 	next := l.rf.NewEmptyRange(start)
 	var nodes []store.LedgerNode
@@ -216,7 +233,7 @@ func (l *Log) FindAll(ctx context.Context, leaves [][]byte) (map[string]uint64, 
 
 // InclusionProof proves that leaf index is in the tree of the given size.
 func (l *Log) InclusionProof(ctx context.Context, index, size uint64) ([][]byte, error) {
-	if err := l.checkSize(size); err != nil {
+	if err := l.checkSize(ctx, size); err != nil {
 		return nil, err
 	}
 	n, err := proof.Inclusion(index, size)
@@ -229,7 +246,7 @@ func (l *Log) InclusionProof(ctx context.Context, index, size uint64) ([][]byte,
 // ConsistencyProof proves that the tree of size1 is a prefix of the tree of
 // size2.
 func (l *Log) ConsistencyProof(ctx context.Context, size1, size2 uint64) ([][]byte, error) {
-	if err := l.checkSize(size2); err != nil {
+	if err := l.checkSize(ctx, size2); err != nil {
 		return nil, err
 	}
 	n, err := proof.Consistency(size1, size2)
@@ -243,12 +260,22 @@ func (l *Log) ConsistencyProof(ctx context.Context, size1, size2 uint64) ([][]by
 // than the ledger: the asker's mistake, not the ledger's.
 var ErrBeyondTree = errors.New("beyond the ledger")
 
-func (l *Log) checkSize(size uint64) error {
+// checkSize refuses a proof beyond the stored ledger. The storage decides
+// when the log in memory is shorter: other nodes on the same database
+// append too, and their nodes are stored like this one's.
+func (l *Log) checkSize(ctx context.Context, size uint64) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if size > l.rng.End() {
-
-		return fmt.Errorf("tree size %d is larger than the ledger (%d): %w", size, l.rng.End(), ErrBeyondTree)
+	end := l.rng.End()
+	l.mu.Unlock()
+	if size <= end {
+		return nil
+	}
+	stored, err := l.st.LedgerSize(ctx)
+	if err != nil {
+		return fmt.Errorf("ledger: size: %w", err)
+	}
+	if size > stored {
+		return fmt.Errorf("tree size %d is larger than the ledger (%d): %w", size, stored, ErrBeyondTree)
 	}
 	return nil
 }

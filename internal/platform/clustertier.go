@@ -10,6 +10,7 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/cluster"
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
@@ -32,15 +33,12 @@ type ClusterOptions struct {
 	// Addr is the listener for routes from the other nodes; empty for a
 	// single node.
 	Addr string
-	// Routes are the other nodes' route addresses. Not yet accepted by
-	// Run (errMultiNode).
+	// Routes are the other nodes' route addresses. With Addr or Routes
+	// set, the node is one of several: the store must be PostgreSQL,
+	// ingest runs by partitions and the singleton roles by lease
+	// (multinode.go, docs/scale.md).
 	Routes []string
 }
-
-// errMultiNode refuses a multi-node cluster under 'up': the tier has no
-// shared subscriptions, so every node's ingest would take every snapshot
-// (item 3 of issue 16, not built; docs/scale.md).
-var errMultiNode = errors.New("--broker cluster runs a single node for now: with routes to other nodes every node's ingest would receive every snapshot (see docs/scale.md)")
 
 // publisherService is the service identity the platform publishes CRLs
 // and commands with on the clustered tier (role admin: it writes
@@ -77,8 +75,8 @@ func setClusterRoles(ctx context.Context, d *datadir.Dir, o ClusterOptions) erro
 // and routes, client for routes out; it names the MQTT and route
 // addresses.
 func nodeCert(d *datadir.Dir, cfg Config, dns []string, ips []net.IP, log *slog.Logger) (*serviceCert, error) {
-	if len(cfg.Cluster.Routes) > 0 {
-		return nil, errMultiNode
+	if len(cfg.Cluster.Routes) > 0 && cfg.Cluster.Addr == "" {
+		return nil, errors.New("--routes needs --cluster-addr: the other nodes route to this node's listener too")
 	}
 	if cfg.Cluster.Addr != "" {
 		a, err := serverAddresses(cfg.Cluster.Addr)
@@ -115,9 +113,25 @@ func startClusterTier(ctx context.Context, cfg Config, d *datadir.Dir, node, pub
 	verifier *pki.Verifier, ids *identities, grants tacs.Grants, log *slog.Logger) (*clusterTier, error) {
 	roots := x509.NewCertPool()
 	roots.AddCert(d.Transport.Root())
+	if cfg.Cluster.multiNode() {
+		// The nodes starting with this one record their node roles in the
+		// store meanwhile; the route hook must know them to let them join,
+		// and the revocation service, which rereads roles once a second,
+		// starts only once this node is up.
+		formed := make(chan struct{})
+		defer close(formed)
+		go rereadRolesUntil(ctx, formed, ids, log)
+	}
 	replicas := min(1+len(cfg.Cluster.Routes), 3)
+	// The engine runs a clustered JetStream only with routes: a node with
+	// --cluster-addr and no --routes runs alone (still with partitions and
+	// leases; no other node can join it).
+	clusterAddr := cfg.Cluster.Addr
+	if len(cfg.Cluster.Routes) == 0 {
+		clusterAddr = ""
+	}
 	n, err := cluster.Start(ctx, cluster.Config{
-		Name: cfg.Cluster.nodeName(), MQTTAddr: cfg.MQTTAddr, ClusterAddr: cfg.Cluster.Addr, Routes: cfg.Cluster.Routes,
+		Name: cfg.Cluster.nodeName(), MQTTAddr: cfg.MQTTAddr, ClusterAddr: clusterAddr, Routes: cfg.Cluster.Routes,
 		StoreDir: filepath.Join(cfg.DataDir, "cluster", cfg.Cluster.nodeName()), Replicas: replicas,
 		Certificate: func() (*tls.Certificate, error) { return node.Current(), nil },
 		Roots:       roots, Identify: cluster.Identify(verifier, ids.subjectOf), Grants: grants,
@@ -128,7 +142,7 @@ func startClusterTier(ctx context.Context, cfg Config, d *datadir.Dir, node, pub
 	}
 	client := tlspolicy.Client(roots, nil)
 	client.GetClientCertificate = publisher.GetClientCertificate
-	pub, err := cluster.Dial(ctx, n.MQTTAddr(), cfg.Cluster.clientID(publisherService), client, log.With("component", "publisher"))
+	pub, err := dialPublisher(ctx, cfg, n, client, log)
 	if err != nil {
 		n.Shutdown()
 		return nil, err
@@ -145,5 +159,50 @@ func (c *clusterTier) run(ctx context.Context) error {
 		return nil
 	case <-c.node.Done():
 		return errors.New("cluster node stopped")
+	}
+}
+
+// clusterFormTimeout bounds how long a node of several waits at start for
+// the engine to place its replicated MQTT streams (it needs as many live
+// nodes as replicas: the other nodes starting too).
+const clusterFormTimeout = 2 * time.Minute
+
+// dialPublisher connects the platform's publisher to the node; on a node
+// of several it tries again until the cluster has formed (the engine
+// refuses MQTT connections until it can place the account's streams:
+// "no suitable peers for placement").
+func dialPublisher(ctx context.Context, cfg Config, n *cluster.Node, client *tls.Config, log *slog.Logger) (*cluster.Publisher, error) {
+	deadline := time.Now().Add(clusterFormTimeout)
+	for {
+		pub, err := cluster.Dial(ctx, n.MQTTAddr(), cfg.Cluster.clientID(publisherService), client, log.With("component", "publisher"))
+		if err == nil || !cfg.Cluster.multiNode() || time.Now().After(deadline) || ctx.Err() != nil {
+			return pub, err
+		}
+		log.Info("waiting for the cluster's other nodes (the engine cannot place its replicated streams yet)", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// rereadRolesUntil rereads the service roles (and revocations) once a
+// second until done is closed, while the node waits for the cluster to
+// form.
+func rereadRolesUntil(ctx context.Context, done <-chan struct{}, ids *identities, log *slog.Logger) {
+	t := time.NewTicker(revocationPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-done:
+			return
+		case <-t.C:
+			if _, err := ids.refresh(ctx); err != nil && ctx.Err() == nil {
+				log.Warn("rereading service roles while the cluster forms failed; retrying", "err", err)
+			}
+		}
 	}
 }

@@ -51,9 +51,9 @@ func TestClusterTierUp(t *testing.T) {
 	}
 }
 
-// TestBrokerTierRefusals: an unknown tier, and a multi-node cluster under
-// 'up' (every node's ingest would take every snapshot), are refused
-// before anything listens.
+// TestBrokerTierRefusals: an unknown tier, and a multi-node cluster on
+// SQLite (one file the other nodes cannot share), are refused before
+// anything listens.
 func TestBrokerTierRefusals(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -61,7 +61,8 @@ func TestBrokerTierRefusals(t *testing.T) {
 		want string
 	}{
 		{"unknown", Config{Broker: "mosquitto"}, `--broker "mosquitto"`},
-		{"multi-node", Config{Broker: BrokerCluster, Cluster: ClusterOptions{Routes: []string{"127.0.0.1:6222"}}}, errMultiNode.Error()},
+		{"multi-node on SQLite (routes)", Config{Broker: BrokerCluster, Cluster: ClusterOptions{Routes: []string{"127.0.0.1:6222"}}}, errMultiNodeSQLite.Error()},
+		{"multi-node on SQLite (first node)", Config{Broker: BrokerCluster, Cluster: ClusterOptions{Addr: "127.0.0.1:0"}}, errMultiNodeSQLite.Error()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := tc.cfg

@@ -2,6 +2,7 @@ package platform
 
 import (
 	"github.com/fieldtrust/fieldtrust/internal/ingest"
+	"github.com/fieldtrust/fieldtrust/internal/lease"
 	"github.com/fieldtrust/fieldtrust/internal/supervisor"
 )
 
@@ -12,6 +13,9 @@ type healthJSON struct {
 	Status   string                       `json:"status"` // "ok" or "unhealthy"
 	Services map[string]serviceHealthJSON `json:"services"`
 	Ingest   ingestHealthJSON             `json:"ingest"`
+	// Cluster is, on a node of a multi-node cluster, who runs what: the
+	// live nodes, each ingest partition's and each singleton role's node.
+	Cluster *lease.View `json:"cluster,omitempty"`
 }
 
 type serviceHealthJSON struct {
@@ -28,9 +32,9 @@ type ingestHealthJSON struct {
 
 // health judges the platform: healthy when every service runs and ingest
 // makes progress (web serves 503 otherwise).
-func health(services []supervisor.Status, in ingest.Health) (bool, any) {
-	ok := in.Healthy()
-	h := healthJSON{Services: map[string]serviceHealthJSON{}, Ingest: ingestHealthJSON{
+func health(services []supervisor.Status, in ingest.Health, cluster *lease.View) (bool, any) {
+	ok := in.Healthy() && (cluster == nil || cluster.Connected)
+	h := healthJSON{Cluster: cluster, Services: map[string]serviceHealthJSON{}, Ingest: ingestHealthJSON{
 		State: in.State, Connected: in.Connected, Pending: in.Pending, LagSeconds: in.Lag.Seconds(),
 	}}
 	for _, s := range services {

@@ -37,6 +37,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/firmware/signedurl"
 	"github.com/fieldtrust/fieldtrust/internal/firmware/tufrepo"
 	"github.com/fieldtrust/fieldtrust/internal/ingest"
+	"github.com/fieldtrust/fieldtrust/internal/lease"
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/supervisor"
@@ -165,6 +166,9 @@ func Run(ctx context.Context, cfg Config) error {
 	switch cfg.Broker {
 	case "", BrokerEmbedded:
 	case BrokerCluster:
+		if _, ok := d.Store.(leaseStore); cfg.Cluster.multiNode() && !ok {
+			return errMultiNodeSQLite
+		}
 		if nodeTLS, err = nodeCert(d, cfg, dns, ips, log); err != nil {
 			return err
 		}
@@ -294,6 +298,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	sup := supervisor.New(servicePolicy(cfg.hooks), log.With("component", "supervisor"))
 	ingestStatus := &ingest.Status{}
+	ingestHealth := ingestStatus.Health // a multi-node cluster's node sums up its partitions
+	var leases *lease.Manager           // a multi-node cluster's: who runs what
 	dccReg, err := newDCCRegistry(d.Store, cfg.DataDir, log.With("component", "registry"))
 	if err != nil {
 		return err
@@ -316,6 +322,9 @@ func Run(ctx context.Context, cfg Config) error {
 	consoleClient := tlspolicy.Client(transportRoots, nil)
 	consoleClient.GetClientCertificate = consoleTLS.GetClientCertificate
 	watcher := &console.StatusWatcher{TLS: consoleClient, ClientID: "console-status", Logger: log.With("component", "console")}
+	if cfg.Broker == BrokerCluster {
+		watcher.ClientID = cfg.Cluster.clientID("console") // the cluster binds sessions to identities
+	}
 	// Commands from the API and the console; the device messaging service
 	// it wakes is set below.
 	cmds := &commander{signer: commandE2E, e2e: e2eVerifier, store: d.Store, ids: ids, grants: grants, log: log.With("component", "commands")}
@@ -382,10 +391,17 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.Handle("/", est.GuardOperational(verifier, log, web.New(web.Options{
 		Roots:   map[pki.Domain]*x509.Certificate{pki.Transport: d.Transport.Root(), pki.E2E: d.E2E.Root()},
 		Metrics: requireGrant(ids, grants, topic.System, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),
-		Health:  func() (bool, any) { return health(sup.Status(), ingestStatus.Health()) },
-		API:     api,
-		Pages:   con,
-		Logger:  log,
+		Health: func() (bool, any) {
+			var v *lease.View
+			if leases != nil {
+				view := leases.View()
+				v = &view
+			}
+			return health(sup.Status(), ingestHealth(), v)
+		},
+		API:    api,
+		Pages:  con,
+		Logger: log,
 	})))
 	httpTLS := tlspolicy.Server(cert.GetCertificate, nil, tls.RequestClientCert, nil)
 	newServer := func() *http.Server {
@@ -407,7 +423,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	ingestClient := tlspolicy.Client(transportRoots, nil)
 	ingestClient.GetClientCertificate = ingestTLS.GetClientCertificate
-	heads := &treeHeads{log: lg, store: d.Store, signer: ledgerE2E, logger: log}
+	heads := &treeHeads{log: lg, store: d.Store, signer: ledgerE2E, logger: log, reload: cfg.Cluster.multiNode()}
 	httpAddr := httpLn.Addr().String()
 	watcher.Broker = mqttAddr
 	rulesClient := tlspolicy.Client(transportRoots, nil)
@@ -481,6 +497,21 @@ func Run(ctx context.Context, cfg Config) error {
 	services = append(services, rp.services()...)
 	if ct != nil {
 		services[0] = supervisor.Service{Name: "broker", Run: ct.run}
+	}
+	if ct != nil && cfg.Cluster.multiNode() {
+		// Several nodes: ingest by partitions, the singletons by lease.
+		// Partition sessions keep their metrics private (a partition
+		// moves between nodes; the store's counts are the totals).
+		pi := &partitionedIngest{certs: d.Store, statuses: map[int]*ingest.Status{}, log: log.With("component", "ingest"),
+			base: ingest.Config{Broker: mqttAddr, TLS: ingestClient, Opener: opener, Store: ingestStore, Ledger: lg,
+				Logger: log.With("component", "ingest"), Committed: rp.committed}}
+		if services, leases, err = splitForCluster(cfg.Cluster.nodeName(), d.Store.(leaseStore), services, pi, log); err != nil {
+			return err
+		}
+		ingestHealth = pi.health
+		if len(cfg.BrokerURLs) < 2 {
+			log.Warn("a node of several without a --broker-url per node: gateways bootstrapped here learn only this node and cannot fail over (docs/scale.md)")
+		}
 	}
 	if err := rev.publishCRLs(ctx); err != nil {
 		return err

@@ -29,6 +29,9 @@ type treeHeads struct {
 	signer *serviceCert
 	logger *slog.Logger
 	last   []byte // root of the last signed head
+	// reload rereads the log before signing: on a node of several, the
+	// other nodes' ingest appends too.
+	reload bool
 }
 
 // run signs heads every treeHeadInterval until ctx ends; a failure is
@@ -50,6 +53,11 @@ func (t *treeHeads) run(ctx context.Context) error {
 
 // sign signs the current head if it changed since the last one.
 func (t *treeHeads) sign(ctx context.Context) error {
+	if t.reload {
+		if err := t.log.Reload(ctx); err != nil {
+			return err
+		}
+	}
 	size, root, err := t.log.Size()
 	if err != nil {
 		return err

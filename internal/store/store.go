@@ -15,6 +15,11 @@ var ErrNotFound = errors.New("not found")
 // ErrExists is returned (wrapped) when a record with the same key exists.
 var ErrExists = errors.New("already exists")
 
+// ErrLedgerMoved is returned (wrapped) by AppendLedger when the ledger no
+// longer ends where the caller read it: another process on the same
+// database (another node's ingest) appended meanwhile.
+var ErrLedgerMoved = errors.New("the ledger grew since it was read")
+
 // Certificate is the record of one certificate a fieldtrust CA issued.
 type Certificate struct {
 	Domain       string // trust domain: "transport" or "e2e"

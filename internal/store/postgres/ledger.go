@@ -40,7 +40,7 @@ func (s *Store) AppendLedger(ctx context.Context, start uint64, leafData [][]byt
 		return fmt.Errorf("append ledger: %w", err)
 	}
 	if uint64(n) != start {
-		return fmt.Errorf("append ledger at %d: the ledger has %d leaves", start, n)
+		return fmt.Errorf("append ledger at %d: the ledger has %d leaves: %w", start, n, store.ErrLedgerMoved)
 	}
 	// Two statements, whatever the number of leaves and nodes: each row
 	// as its own INSERT cost the server a statement's setup per row.

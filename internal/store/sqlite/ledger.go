@@ -37,7 +37,7 @@ func (s *Store) AppendLedger(ctx context.Context, start uint64, leafData [][]byt
 		return err
 	}
 	if uint64(n) != start {
-		return fmt.Errorf("append ledger at %d: the ledger has %d leaves", start, n)
+		return fmt.Errorf("append ledger at %d: the ledger has %d leaves: %w", start, n, store.ErrLedgerMoved)
 	}
 	leafStmt, err := tx.PrepareContext(ctx, `INSERT INTO ledger_leaves (idx, leaf_hash, data) VALUES (?, ?, ?)`)
 	if err != nil {

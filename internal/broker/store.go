@@ -137,8 +137,8 @@ type pendingPut struct {
 
 // storeTuning is what tests change; the zero value is production.
 type storeTuning struct {
-	walFileMax      int64              // walFileMax
-	checkpointEvery time.Duration      // checkpointEvery
+	walFileMax      int64             // walFileMax
+	checkpointEvery time.Duration     // checkpointEvery
 	crash           func(step string) // crash tests' hook (wal.crash)
 }
 

@@ -87,6 +87,7 @@ func TestIdleConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	var rs []IdleResult
+	var memTables strings.Builder
 	for _, run := range []struct {
 		name     string
 		leafOnly bool
@@ -97,15 +98,32 @@ func TestIdleConnections(t *testing.T) {
 		}
 		var b *Broker
 		if run.name == "fieldtrust" {
-			b, err = StartFieldtrust(ctx, bin, p, d, "", "-intermediates", inter)
+			b, err = StartFieldtrust(ctx, bin, p, d, "", "-intermediates", inter, "-debug-addr", "127.0.0.1:0")
 		} else {
 			b, err = StartMosquitto(ctx, mosq, p, d, MosquittoOptions{})
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
+		var mem [3]MemoryClasses // before, after, after a forced GC
+		inspect := func(stage string) error {
+			if b.DebugAddr == "" {
+				return nil
+			}
+			var err error
+			if stage == "before" {
+				mem[0], err = b.Memory(ctx, false)
+				return err
+			}
+			if mem[1], err = b.Memory(ctx, false); err != nil {
+				return err
+			}
+			mem[2], err = b.Memory(ctx, true)
+			return err
+		}
 		r, err := Idle(ctx, b, p, certs, IdleOptions{Conns: conns, Workers: 4 * runtime.GOMAXPROCS(0), LeafOnly: run.leafOnly,
-			SourceIPs: sources, KeepAlive: keepAlive, Settle: 5 * time.Second, Hold: hold, Progress: func(s string) { t.Log(s) }})
+			SourceIPs: sources, KeepAlive: keepAlive, Settle: 5 * time.Second, Hold: hold, Progress: func(s string) { t.Log(s) },
+			Inspect: inspect})
 		if stopErr := b.Stop(60 * time.Second); stopErr != nil {
 			t.Errorf("stop %s: %v", b.Name, stopErr)
 		}
@@ -114,11 +132,19 @@ func TestIdleConnections(t *testing.T) {
 		}
 		t.Logf("%s (leaf only %v): %d connections at %.0f/s, %.0f B/conn, idle CPU %.1f%%", b.Name, run.leafOnly, r.Conns, r.ConnectRate, r.PerConn(), 100*r.CPUIdle)
 		rs = append(rs, r)
+		if mem[2] != nil {
+			chain := "leaf + 2 CAs"
+			if run.leafOnly {
+				chain = "leaf only"
+			}
+			memTables.WriteString("\n" + MemoryTable(fmt.Sprintf("%s, %s", b.Name, chain), r.Conns, mem[0], mem[1], mem[2]))
+		}
 	}
 	var out strings.Builder
 	fmt.Fprintf(&out, "Idle connections: %d (asked for %d; open-file limit %d), one device identity each, %d source addresses, MQTT 3.1.1 keepalive %v with a PINGREQ every %v for %v; %s, GOMAXPROCS %d, %s.\n\n",
 		conns, want, soft, sources, keepAlive, keepAlive/2, hold, runtime.Version(), runtime.GOMAXPROCS(0), MosquittoVersion(mosq))
 	out.WriteString(IdleTable(rs))
+	out.WriteString(memTables.String())
 	t.Log("\n" + out.String())
 	if f := os.Getenv("FIELDTRUST_IDLE_OUT"); f != "" {
 		if err := os.WriteFile(f, []byte(out.String()), 0o644); err != nil {

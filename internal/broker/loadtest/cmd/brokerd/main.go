@@ -27,7 +27,10 @@ import (
 	_ "net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 
@@ -126,8 +129,10 @@ func run() error {
 		if !ln.Addr().(*net.TCPAddr).IP.IsLoopback() {
 			return fmt.Errorf("-debug-addr %s: loopback only", *debugAddr)
 		}
+		http.HandleFunc("/debug/memory", memoryClasses)
 		go func() { _ = http.Serve(ln, nil) }() // net/http/pprof registers on the default mux
 		fmt.Fprintf(os.Stderr, "pprof on http://%s/debug/pprof/\n", ln.Addr())
+		fmt.Printf("DEBUG %s\n", ln.Addr())
 	}
 	fmt.Printf("ADDR %s\n", b.Addr())
 	return b.Serve(ctx)
@@ -151,4 +156,25 @@ func readCert(file string) (*x509.Certificate, error) {
 		return nil, fmt.Errorf("%s: want one certificate, got %d", file, len(certs))
 	}
 	return certs[0], nil
+}
+
+// memoryClasses writes where the process's memory is, from runtime/metrics
+// ("NAME VALUE" lines; ?gc=1 collects first): live heap objects against
+// free, unused and released heap spans, stacks and the runtime's own, so
+// an idle connection's RSS can be split into live data and GC slack.
+func memoryClasses(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Get("gc") == "1" {
+		runtime.GC()
+	}
+	var samples []metrics.Sample
+	for _, d := range metrics.All() {
+		if d.Kind == metrics.KindUint64 && (strings.HasPrefix(d.Name, "/memory/classes/") || strings.HasPrefix(d.Name, "/gc/heap/") ||
+			d.Name == "/gc/gogc:percent" || d.Name == "/gc/gomemlimit:bytes" || d.Name == "/sched/goroutines:goroutines") {
+			samples = append(samples, metrics.Sample{Name: d.Name})
+		}
+	}
+	metrics.Read(samples)
+	for _, s := range samples {
+		fmt.Fprintf(w, "%s %d\n", s.Name, s.Value.Uint64())
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync"
 
 	"go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
@@ -31,7 +32,12 @@ import (
 // file is reused from offset 0, once everything in it is checkpointed. A
 // file is preallocated by writing zeros (not fallocate: its unwritten extents
 // would make every first write a metadata update), so fdatasync in steady
-// state writes data only.
+// state writes data only. A file grows only while it is not the one being
+// written (a background goroutine extends it and syncs the zeros itself,
+// so the writer's fdatasync never carries them): created at walFirstAlloc,
+// it grows fourfold each time the writer leaves it, up to walFileMax — a
+// broker that writes little keeps small files, a busy one reaches the
+// steady state after a few switches.
 //
 // Record: crc32c(4) | body length(4) | LSN(8) | body; all big endian, the
 // checksum (Castagnoli) over everything after itself. Body: mutations, each
@@ -46,7 +52,8 @@ const (
 	walMaxBody    = 1 << 30  // far above any record the journal writes (bounded by MaxPacketSize)
 	walRecordSoft = 4 << 20  // a record is closed once its body reaches this (it holds at least one mutation)
 	walFileMax    = 64 << 20 // the next file is used when a record would take this one beyond it
-	walFirstAlloc = 1 << 20  // a new file's first preallocation; it grows by doubling up to walFileMax
+	walFirstAlloc = 256 << 10 // a new file's preallocation
+	walGrowth     = 4         // a file left by the writer grows to this many times its size, up to walFileMax
 	walZeroChunk  = 1 << 20
 	keyWALApplied = "w" // in bbolt: the LSN of the last mutation checkpointed (8 bytes big endian)
 )
@@ -181,12 +188,14 @@ func scanWAL(b []byte) (recs []walRecord, corrupt error) {
 type walFile struct {
 	path string
 	f    *os.File
-	size int64  // bytes preallocated (written) in the file
+	size int64  // bytes preallocated (written and synced); guarded by wal.gmu once the log is open
 	last uint64 // LSN of the last record in it not known to be checkpointed; 0: none
 }
 
-// wal appends records; only the journal's goroutine uses it.
+// wal appends records; only the journal's goroutine uses it, apart from
+// the grower (grow), which extends files.
 type wal struct {
+	log   *slog.Logger
 	files [2]walFile
 	cur   int
 	off   int64
@@ -194,6 +203,13 @@ type wal struct {
 	max   int64  // walFileMax; smaller in tests
 	buf   []byte
 	err   error // sticky: after a failed write or sync the log's state is unknown
+
+	gmu     sync.Mutex
+	gcond   *sync.Cond
+	want    [2]int64 // size asked of the grower; guarded by gmu
+	growErr error    // guarded by gmu
+	gstop   bool     // guarded by gmu
+	gdone   chan struct{}
 
 	// checkpointed blocks until every record up to lsn is in bbolt.
 	checkpointed func(lsn uint64) error
@@ -210,7 +226,7 @@ func (w *wal) hook(step string) {
 
 // openWALFiles opens (creating and preallocating) the two log files of
 // base and returns their contents.
-func openWALFiles(base string) (files [2]walFile, data [2][]byte, err error) {
+func openWALFiles(base string, tune storeTuning) (files [2]walFile, data [2][]byte, err error) {
 	for i := range files {
 		p := fmt.Sprintf("%s.%d", base, i)
 		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
@@ -226,7 +242,7 @@ func openWALFiles(base string) (files [2]walFile, data [2][]byte, err error) {
 		}
 		files[i].size = st.Size()
 		if st.Size() == 0 {
-			if err := preallocate(&files[i], walFirstAlloc); err != nil {
+			if err := preallocate(&files[i], min(walFirstAlloc, tune.walFileMax)); err != nil {
 				closeWALFiles(files)
 				return files, data, err
 			}
@@ -306,17 +322,18 @@ func (w *wal) writeRecords(muts []walMut) (uint64, error) {
 			n++
 		}
 		w.buf = appendWALRecord(w.buf[:0], w.next, muts[:n])
-		if w.off > 0 && w.off+int64(len(w.buf)) > w.max {
+		if w.off > 0 && w.off+int64(len(w.buf)) > w.sizeOf(w.cur) {
 			if err := w.switchFile(); err != nil {
 				return 0, err
 			}
 		}
-		f := &w.files[w.cur]
-		if end := w.off + int64(len(w.buf)); end > f.size {
-			if err := preallocate(f, max(end, min(2*f.size, w.max))); err != nil {
+		if end := w.off + int64(len(w.buf)); end > w.sizeOf(w.cur) {
+			// A record larger than the whole file: wait for it to grow.
+			if err := w.grow(w.cur, end, true); err != nil {
 				return 0, err
 			}
 		}
+		f := &w.files[w.cur]
 		w.hook("log:before-write")
 		if _, err := f.f.WriteAt(w.buf, w.off); err != nil {
 			return 0, fmt.Errorf("write log %s: %w", f.path, err)
@@ -353,11 +370,84 @@ func (w *wal) switchFile() error {
 		other.last = 0
 	}
 	w.hook("log:switch")
+	if size := w.sizeOf(w.cur); size < w.max {
+		_ = w.grow(w.cur, min(size*walGrowth, w.max), false)
+	}
 	w.cur, w.off = 1-w.cur, 0
 	return nil
 }
 
+func (w *wal) sizeOf(i int) int64 {
+	w.gmu.Lock()
+	defer w.gmu.Unlock()
+	return w.files[i].size
+}
+
+// grow asks the grower to extend file i to size; with wait it returns once
+// it has (or failed).
+func (w *wal) grow(i int, size int64, wait bool) error {
+	w.gmu.Lock()
+	defer w.gmu.Unlock()
+	w.want[i] = max(w.want[i], size)
+	w.gcond.Broadcast()
+	for wait && w.files[i].size < size {
+		if w.growErr != nil {
+			return w.growErr
+		}
+		w.gcond.Wait()
+	}
+	return nil
+}
+
+// grower extends files with zeros beyond what the writer may use (it
+// writes only below a file's published size), then syncs them and
+// publishes the new size.
+func (w *wal) grower() {
+	defer close(w.gdone)
+	w.gmu.Lock()
+	defer w.gmu.Unlock()
+	for {
+		i := -1
+		for k := range w.files {
+			if w.want[k] > w.files[k].size {
+				i = k
+			}
+		}
+		if i < 0 {
+			if w.gstop {
+				return
+			}
+			w.gcond.Wait()
+			continue
+		}
+		f := walFile{path: w.files[i].path, f: w.files[i].f, size: w.files[i].size}
+		target := w.want[i]
+		w.gmu.Unlock()
+		err := preallocate(&f, target)
+		w.hook("log:grown")
+		if err == nil {
+			if err = unix.Fdatasync(int(f.f.Fd())); err != nil {
+				err = fmt.Errorf("sync log %s: %w", f.path, err)
+			}
+		}
+		w.gmu.Lock()
+		if err != nil {
+			w.log.Error("broker store: cannot preallocate the write-ahead log", "error", err)
+			w.growErr, w.want[i] = err, w.files[i].size
+		} else {
+			w.files[i].size = target
+		}
+		w.gcond.Broadcast()
+	}
+}
+
 func (w *wal) close() error {
+	w.gmu.Lock()
+	w.gstop = true
+	w.want = [2]int64{} // what is still to grow is not needed any more
+	w.gcond.Broadcast()
+	w.gmu.Unlock()
+	<-w.gdone
 	var first error
 	for _, f := range w.files {
 		if err := f.f.Close(); err != nil && first == nil {
@@ -386,7 +476,7 @@ func openWAL(db *bbolt.DB, base string, tune storeTuning, log *slog.Logger) (*wa
 	if err != nil {
 		return nil, 0, err
 	}
-	files, data, err := openWALFiles(base)
+	files, data, err := openWALFiles(base, tune)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -428,5 +518,8 @@ func openWAL(db *bbolt.DB, base string, tune storeTuning, log *slog.Logger) (*wa
 	}
 	// Everything readable is in bbolt now: both files are free, and the
 	// log continues in file 0 after the highest LSN either file holds.
-	return &wal{files: files, next: highest + 1, max: tune.walFileMax, crash: tune.crash}, last, nil
+	w := &wal{log: log, files: files, next: highest + 1, max: tune.walFileMax, crash: tune.crash, gdone: make(chan struct{})}
+	w.gcond = sync.NewCond(&w.gmu)
+	go w.grower()
+	return w, last, nil
 }

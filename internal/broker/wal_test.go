@@ -170,7 +170,7 @@ func TestWALCrashChild(t *testing.T) {
 	step := os.Getenv("FIELDTRUST_WAL_CRASH_STEP")
 	at, _ := strconv.Atoi(os.Getenv("FIELDTRUST_WAL_CRASH_AT"))
 	seen := 0
-	tune := storeTuning{walFileMax: 256 << 10, checkpointEvery: 2 * time.Millisecond, crash: func(s string) {
+	tune := storeTuning{walFileMax: 1 << 20, checkpointEvery: 2 * time.Millisecond, crash: func(s string) {
 		if s == step {
 			if seen++; seen == at {
 				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
@@ -206,7 +206,7 @@ func TestWALCrashChild(t *testing.T) {
 
 // TestWALCrash: SIGKILL at every step of logging and checkpointing — before
 // the log write, between write and sync, after the sync (before the
-// acknowledgements), while switching files, inside a bbolt checkpoint
+// acknowledgements), while switching files, while a file grows, inside a bbolt checkpoint
 // transaction, after it — and with a torn last record. After each, the
 // reopened state is exactly the state after some prefix of the workload
 // that contains every acknowledged op: nothing acknowledged is lost, and
@@ -225,6 +225,7 @@ func TestWALCrash(t *testing.T) {
 		{"log:before-sync", 70, true}, // and the record written is torn
 		{"log:after-sync", 80, false},
 		{"log:switch", 3, false},
+		{"log:grown", 2, false}, // zeros written beyond a file's end, not yet synced; files grow in round 1 only
 		{"checkpoint:in-tx", 10, false},
 		{"checkpoint:after-commit", 12, false},
 	}
@@ -235,75 +236,112 @@ func TestWALCrash(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
-			cmd := exec.Command(os.Args[0], "-test.run=^TestWALCrashChild$", "-test.count=1")
-			cmd.Env = append(os.Environ(), "FIELDTRUST_WAL_CRASH_DIR="+dir, "FIELDTRUST_WAL_CRASH_STEP="+tc.step,
-				"FIELDTRUST_WAL_CRASH_AT="+strconv.Itoa(tc.at))
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			out, err := cmd.Output()
-			ee, ok := err.(*exec.ExitError)
-			if !ok || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-				t.Fatalf("child did not die by SIGKILL at %s: %v\n%s%s", tc.step, err, out, stderr.String())
-			}
-			acked := 0
-			sc := bufio.NewScanner(bytes.NewReader(out))
-			for sc.Scan() {
-				if v, ok := strings.CutPrefix(sc.Text(), "ack "); ok {
-					i, _ := strconv.Atoi(v)
-					if i != acked {
-						t.Fatalf("ack %d after %d acks: out of order", i, acked)
-					}
-					acked++
-				}
-			}
-			if tc.torn {
-				tearLastRecord(t, filepath.Join(dir, "broker.wal"))
-			}
-			var logs bytes.Buffer
-			st, err := openStore(filepath.Join(dir, "broker.db"), slog.New(slog.NewTextHandler(&logs, nil)), storeTuning{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := map[string]string{}
-			err = st.db.View(func(tx *bbolt.Tx) error {
-				c := tx.Bucket([]byte(bucketName)).Cursor()
-				for k, v := c.Seek([]byte("q/")); k != nil && bytes.HasPrefix(k, []byte("q/")); k, v = c.Next() {
-					got[string(k)] = string(v)
-				}
-				return nil
-			})
-			if cerr := st.close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if strings.Contains(logs.String(), "level=ERROR") {
-				t.Fatalf("reopening logged an error:\n%s", logs.String())
-			}
-			// Some prefix of at least the acknowledged ops, exactly.
+			// Twice on the same state: the second run continues a log that
+			// holds the first one's records (LSNs go on, files are reused).
 			model := map[string]string{}
-			for k := 0; k <= walCrashN; k++ {
-				if k >= acked && maps.Equal(model, got) {
-					t.Logf("%d ops acknowledged; the state after the crash is the state after %d", acked, k)
-					return
+			for round := 1; round <= 2; round++ {
+				at := tc.at
+				if round == 2 && at < 5 { // the files are grown: fewer switches
+					at = 1
 				}
-				if k == walCrashN {
+				if round == 2 && tc.step == "log:grown" {
 					break
 				}
-				switch op, key, val := walCrashOp(k); op {
-				case mutPut:
-					enc, _ := encMode.Marshal(val) // as store.put writes it
-					model[key] = string(enc)
-				case mutDelete:
-					delete(model, key)
-				case mutDeletePrefix:
-					maps.DeleteFunc(model, func(mk, _ string) bool { return strings.HasPrefix(mk, key) })
+				acked := runWALCrashChild(t, dir, tc.step, at)
+				if tc.torn {
+					tearLastRecord(t, filepath.Join(dir, "broker.wal"))
+				}
+				got := reopenWALState(t, dir)
+				// Some prefix of at least the acknowledged ops, exactly.
+				prev := maps.Clone(model)
+				found := false
+				for k := 0; k <= walCrashN; k++ {
+					if k >= acked && maps.Equal(model, got) {
+						t.Logf("round %d: %d ops acknowledged; the state after the crash is the state after %d", round, acked, k)
+						found = true
+						break
+					}
+					if k == walCrashN {
+						break
+					}
+					applyWALCrashOp(model, k)
+				}
+				if !found {
+					t.Fatalf("round %d: %d ops acknowledged; the %d records after the crash are not the state after any prefix of at least those (%d records before the round)",
+						round, acked, len(got), len(prev))
 				}
 			}
-			t.Fatalf("%d ops acknowledged; the %d records after the crash are not the state after any prefix of at least those", acked, len(got))
 		})
 	}
+}
+
+func applyWALCrashOp(model map[string]string, k int) {
+	switch op, key, val := walCrashOp(k); op {
+	case mutPut:
+		enc, _ := encMode.Marshal(val) // as store.put writes it
+		model[key] = string(enc)
+	case mutDelete:
+		delete(model, key)
+	case mutDeletePrefix:
+		maps.DeleteFunc(model, func(mk, _ string) bool { return strings.HasPrefix(mk, key) })
+	}
+}
+
+// runWALCrashChild runs TestWALCrashChild on dir until it kills itself at
+// the at-th step, and returns how many ops it acknowledged.
+func runWALCrashChild(t *testing.T, dir, step string, at int) int {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestWALCrashChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "FIELDTRUST_WAL_CRASH_DIR="+dir, "FIELDTRUST_WAL_CRASH_STEP="+step,
+		"FIELDTRUST_WAL_CRASH_AT="+strconv.Itoa(at))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("child did not die by SIGKILL at %s: %v\n%s%s", step, err, out, stderr.String())
+	}
+	acked := 0
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "ack "); ok {
+			i, _ := strconv.Atoi(v)
+			if i != acked {
+				t.Fatalf("ack %d after %d acks: out of order", i, acked)
+			}
+			acked++
+		}
+	}
+	return acked
+}
+
+// reopenWALState opens the store in dir as a restarted broker does (the
+// log replayed), and returns its q/ records.
+func reopenWALState(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	var logs bytes.Buffer
+	st, err := openStore(filepath.Join(dir, "broker.db"), slog.New(slog.NewTextHandler(&logs, nil)), storeTuning{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	err = st.db.View(func(tx *bbolt.Tx) error {
+		c := tx.Bucket([]byte(bucketName)).Cursor()
+		for k, v := c.Seek([]byte("q/")); k != nil && bytes.HasPrefix(k, []byte("q/")); k, v = c.Next() {
+			got[string(k)] = string(v)
+		}
+		return nil
+	})
+	if cerr := st.close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs.String(), "level=ERROR") {
+		t.Fatalf("reopening logged an error:\n%s", logs.String())
+	}
+	return got
 }
 
 // tearLastRecord damages the second half of the log's newest record, as a

@@ -49,9 +49,9 @@ import (
 // the newest ones — all of them never acknowledged or already checkpointed.
 const (
 	walHeader     = 16
-	walMaxBody    = 1 << 30  // far above any record the journal writes (bounded by MaxPacketSize)
-	walRecordSoft = 4 << 20  // a record is closed once its body reaches this (it holds at least one mutation)
-	walFileMax    = 64 << 20 // the next file is used when a record would take this one beyond it
+	walMaxBody    = 1 << 30   // far above any record the journal writes (bounded by MaxPacketSize)
+	walRecordSoft = 4 << 20   // a record is closed once its body reaches this (it holds at least one mutation)
+	walFileMax    = 64 << 20  // the next file is used when a record would take this one beyond it
 	walFirstAlloc = 256 << 10 // a new file's preallocation
 	walGrowth     = 4         // a file left by the writer grows to this many times its size, up to walFileMax
 	walZeroChunk  = 1 << 20

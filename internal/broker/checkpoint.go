@@ -17,8 +17,10 @@ const (
 	// within it costs no bbolt write at all (its put and delete cancel);
 	// the log then holds that much more to replay after a crash.
 	checkpointEvery = 100 * time.Millisecond
-	// checkpointBacklog applies at once when this many mutations wait.
-	checkpointBacklog = 64 << 10
+	// checkpointBacklog and checkpointBacklogBytes: a round starts at once
+	// when this many mutations, or bytes of them, wait.
+	checkpointBacklog      = 64 << 10
+	checkpointBacklogBytes = 16 << 20
 )
 
 // checkpointer applies the mutations the journal has logged to bbolt, in
@@ -34,6 +36,7 @@ type checkpointer struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	queue   []walMut // logged, not yet applied; guarded by mu
+	qbytes  int      // bytes of keys and values in queue; guarded by mu
 	queued  uint64   // LSN of the last batch in queue; guarded by mu
 	applied uint64   // every LSN up to this one is in bbolt; guarded by mu
 	closing bool     // guarded by mu
@@ -60,8 +63,11 @@ func (c *checkpointer) hook(step string) {
 func (c *checkpointer) add(muts []walMut, lsn uint64) {
 	c.mu.Lock()
 	c.queue = append(c.queue, muts...)
+	for _, m := range muts {
+		c.qbytes += len(m.key) + len(m.val)
+	}
 	c.queued = lsn
-	full := len(c.queue) >= checkpointBacklog
+	full := len(c.queue) >= checkpointBacklog || c.qbytes >= checkpointBacklogBytes
 	c.mu.Unlock()
 	if full {
 		c.wake()
@@ -109,7 +115,7 @@ func (c *checkpointer) loop() {
 		}
 		c.mu.Lock()
 		muts, lsn, closing := c.queue, c.queued, c.closing
-		c.queue = nil
+		c.queue, c.qbytes = nil, 0
 		c.mu.Unlock()
 		var err error
 		if len(muts) > 0 {
@@ -122,6 +128,9 @@ func (c *checkpointer) loop() {
 		c.mu.Lock()
 		if err != nil {
 			c.queue = append(muts, c.queue...)
+			for _, m := range muts {
+				c.qbytes += len(m.key) + len(m.val)
+			}
 		} else if len(muts) > 0 {
 			c.applied = lsn
 		}

@@ -154,16 +154,14 @@ func startBrokerd(ctx context.Context, bin, dir string, args []string) (*Broker,
 	}
 }
 
-// Memory reads brokerd's runtime/metrics memory classes (after a forced
-// GC with gc); it needs -debug-addr.
-func (b *Broker) Memory(ctx context.Context, gc bool) (MemoryClasses, error) {
+// Memory reads brokerd's runtime/metrics memory classes; query "gc=1"
+// collects first, "free=1" also returns free memory to the OS. It needs
+// -debug-addr.
+func (b *Broker) Memory(ctx context.Context, query string) (MemoryClasses, error) {
 	if b.DebugAddr == "" {
 		return nil, errors.New(b.Name + ": started without -debug-addr")
 	}
-	u := "http://" + b.DebugAddr + "/debug/memory"
-	if gc {
-		u += "?gc=1"
-	}
+	u := "http://" + b.DebugAddr + "/debug/memory?" + query
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, err

@@ -28,6 +28,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"runtime/pprof"
 	"strings"
@@ -58,7 +59,15 @@ func run() error {
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	intermediates := flag.String("intermediates", "", "account and master CAs (PEM): clients may then present their leaf alone, as with the platform")
 	debugAddr := flag.String("debug-addr", "", "serve net/http/pprof on this loopback address (memory and goroutine profiles of a run)")
+	gogc := flag.Int("gogc", 0, "GC percent (0: the runtime's default or $GOGC; as debug.SetGCPercent)")
+	memLimit := flag.Int64("memlimit", 0, "soft memory limit in bytes (0: none or $GOMEMLIMIT; as debug.SetMemoryLimit)")
 	flag.Parse()
+	if *gogc != 0 {
+		debug.SetGCPercent(*gogc)
+	}
+	if *memLimit > 0 {
+		debug.SetMemoryLimit(*memLimit)
+	}
 	if *rootFile == "" || *servicesFile == "" || *certFile == "" || *keyFile == "" || *stateDir == "" {
 		return errors.New("-root, -services, -cert, -key and -state are required")
 	}
@@ -159,11 +168,15 @@ func readCert(file string) (*x509.Certificate, error) {
 }
 
 // memoryClasses writes where the process's memory is, from runtime/metrics
-// ("NAME VALUE" lines; ?gc=1 collects first): live heap objects against
+// ("NAME VALUE" lines; ?gc=1 collects first, ?free=1 also returns free
+// memory to the OS): live heap objects against
 // free, unused and released heap spans, stacks and the runtime's own, so
 // an idle connection's RSS can be split into live data and GC slack.
 func memoryClasses(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Query().Get("gc") == "1" {
+	switch {
+	case r.URL.Query().Get("free") == "1":
+		debug.FreeOSMemory() // a GC, then every free span returned to the OS
+	case r.URL.Query().Get("gc") == "1":
 		runtime.GC()
 	}
 	var samples []metrics.Sample

@@ -41,13 +41,14 @@ type checkpointer struct {
 	applied uint64   // every LSN up to this one is in bbolt; guarded by mu
 	closing bool     // guarded by mu
 	stopped bool     // guarded by mu
-	kick    chan struct{}
+	kick    chan struct{} // something was queued: a round within every
+	urgent  chan struct{} // a round now (backlog, a waiter, close)
 	done    chan struct{}
 }
 
 func newCheckpointer(db *bbolt.DB, applied uint64, every time.Duration, crash func(string), log *slog.Logger) *checkpointer {
 	c := &checkpointer{db: db, log: log, every: every, crash: crash, applied: applied, queued: applied,
-		kick: make(chan struct{}, 1), done: make(chan struct{})}
+		kick: make(chan struct{}, 1), urgent: make(chan struct{}, 1), done: make(chan struct{})}
 	c.cond = sync.NewCond(&c.mu)
 	go c.loop()
 	return c
@@ -62,6 +63,7 @@ func (c *checkpointer) hook(step string) {
 // add queues a logged batch (muts are copied; their bytes are not).
 func (c *checkpointer) add(muts []walMut, lsn uint64) {
 	c.mu.Lock()
+	first := len(c.queue) == 0
 	c.queue = append(c.queue, muts...)
 	for _, m := range muts {
 		c.qbytes += len(m.key) + len(m.val)
@@ -70,13 +72,15 @@ func (c *checkpointer) add(muts []walMut, lsn uint64) {
 	full := len(c.queue) >= checkpointBacklog || c.qbytes >= checkpointBacklogBytes
 	c.mu.Unlock()
 	if full {
-		c.wake()
+		signal(c.urgent)
+	} else if first {
+		signal(c.kick)
 	}
 }
 
-func (c *checkpointer) wake() {
+func signal(ch chan struct{}) {
 	select {
-	case c.kick <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
 }
@@ -89,7 +93,7 @@ func (c *checkpointer) waitApplied(lsn uint64) error {
 		if c.stopped {
 			return errStoreClosed
 		}
-		c.wake()
+		signal(c.urgent)
 		c.cond.Wait()
 	}
 	return nil
@@ -100,18 +104,26 @@ func (c *checkpointer) close() {
 	c.mu.Lock()
 	c.closing = true
 	c.mu.Unlock()
-	c.wake()
+	signal(c.urgent)
 	<-c.done
 }
 
 func (c *checkpointer) loop() {
 	defer close(c.done)
+	// Idle, the loop sleeps until something is queued; then a round
+	// gathers for every (or less, if urgent).
 	t := time.NewTimer(c.every)
-	defer t.Stop()
+	t.Stop()
 	for {
 		select {
 		case <-c.kick:
-		case <-t.C:
+			t.Reset(c.every)
+			select {
+			case <-t.C:
+			case <-c.urgent:
+				t.Stop()
+			}
+		case <-c.urgent:
 		}
 		c.mu.Lock()
 		muts, lsn, closing := c.queue, c.queued, c.closing
@@ -141,7 +153,9 @@ func (c *checkpointer) loop() {
 		if stop {
 			return
 		}
-		t.Reset(c.every)
+		if err != nil { // the queue is not empty: retry within every
+			signal(c.kick)
+		}
 	}
 }
 

@@ -35,12 +35,12 @@ type checkpointer struct {
 
 	mu      sync.Mutex
 	cond    *sync.Cond
-	queue   []walMut // logged, not yet applied; guarded by mu
-	qbytes  int      // bytes of keys and values in queue; guarded by mu
-	queued  uint64   // LSN of the last batch in queue; guarded by mu
-	applied uint64   // every LSN up to this one is in bbolt; guarded by mu
-	closing bool     // guarded by mu
-	stopped bool     // guarded by mu
+	queue   []walMut      // logged, not yet applied; guarded by mu
+	qbytes  int           // bytes of keys and values in queue; guarded by mu
+	queued  uint64        // LSN of the last batch in queue; guarded by mu
+	applied uint64        // every LSN up to this one is in bbolt; guarded by mu
+	closing bool          // guarded by mu
+	stopped bool          // guarded by mu
 	kick    chan struct{} // something was queued: a round within every
 	urgent  chan struct{} // a round now (backlog, a waiter, close)
 	done    chan struct{}

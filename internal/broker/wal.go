@@ -49,11 +49,12 @@ import (
 // the newest ones — all of them never acknowledged or already checkpointed.
 const (
 	walHeader     = 16
-	walMaxBody    = 1 << 30   // far above any record the journal writes (bounded by MaxPacketSize)
-	walRecordSoft = 4 << 20   // a record is closed once its body reaches this (it holds at least one mutation)
-	walFileMax    = 64 << 20  // the next file is used when a record would take this one beyond it
-	walFirstAlloc = 256 << 10 // a new file's preallocation
-	walGrowth     = 4         // a file left by the writer grows to this many times its size, up to walFileMax
+	walMaxBody    = 1 << 30
+	walMaxValue   = walMaxBody / 2 // a record of one mutation stays readable (and bbolt takes it)   // far above any record the journal writes (bounded by MaxPacketSize)
+	walRecordSoft = 4 << 20        // a record is closed once its body reaches this (it holds at least one mutation)
+	walFileMax    = 64 << 20       // the next file is used when a record would take this one beyond it
+	walFirstAlloc = 256 << 10      // a new file's preallocation
+	walGrowth     = 4              // a file left by the writer grows to this many times its size, up to walFileMax
 	walZeroChunk  = 1 << 20
 	keyWALApplied = "w" // in bbolt: the LSN of the last mutation checkpointed (8 bytes big endian)
 )
@@ -85,8 +86,8 @@ func validMut(m walMut) error {
 		return fmt.Errorf("unknown mutation %d", m.op)
 	case len(m.key) == 0 || len(m.key) > bbolt.MaxKeySize:
 		return fmt.Errorf("key of %d bytes (1 to %d)", len(m.key), bbolt.MaxKeySize)
-	case m.op == mutPut && len(m.val) > bbolt.MaxValueSize:
-		return fmt.Errorf("value of %d bytes (at most %d)", len(m.val), bbolt.MaxValueSize)
+	case m.op == mutPut && len(m.val) > walMaxValue:
+		return fmt.Errorf("value of %d bytes (at most %d)", len(m.val), walMaxValue)
 	case m.op != mutPut && len(m.val) > 0:
 		return errors.New("value on a deletion")
 	}
@@ -286,6 +287,9 @@ func syncDir(dir string) error {
 
 // preallocate extends f with zeros to size bytes.
 func preallocate(f *walFile, size int64) error {
+	if size <= f.size {
+		return nil
+	}
 	zeros := make([]byte, min(walZeroChunk, size-f.size))
 	for f.size < size {
 		n := min(int64(len(zeros)), size-f.size)

@@ -12,7 +12,6 @@ import (
 	"sync"
 
 	"go.etcd.io/bbolt"
-	"golang.org/x/sys/unix"
 )
 
 // The write-ahead log: what the journal makes durable before a PUBACK.
@@ -247,7 +246,7 @@ func openWALFiles(base string, tune storeTuning) (files [2]walFile, data [2][]by
 				closeWALFiles(files)
 				return files, data, err
 			}
-			if err := unix.Fdatasync(int(f.Fd())); err != nil {
+			if err := datasync(f); err != nil {
 				closeWALFiles(files)
 				return files, data, fmt.Errorf("sync log %s: %w", p, err)
 			}
@@ -348,7 +347,7 @@ func (w *wal) writeRecords(muts []walMut) (uint64, error) {
 		muts = muts[n:]
 	}
 	w.hook("log:before-sync")
-	if err := unix.Fdatasync(int(w.files[w.cur].f.Fd())); err != nil {
+	if err := datasync(w.files[w.cur].f); err != nil {
 		return 0, fmt.Errorf("sync log %s: %w", w.files[w.cur].path, err)
 	}
 	w.hook("log:after-sync")
@@ -363,7 +362,7 @@ func (w *wal) writeRecords(muts []walMut) (uint64, error) {
 // are durable in LSN order.
 func (w *wal) switchFile() error {
 	cur := &w.files[w.cur]
-	if err := unix.Fdatasync(int(cur.f.Fd())); err != nil {
+	if err := datasync(cur.f); err != nil {
 		return fmt.Errorf("sync log %s: %w", cur.path, err)
 	}
 	other := &w.files[1-w.cur]
@@ -430,7 +429,7 @@ func (w *wal) grower() {
 		err := preallocate(&f, target)
 		w.hook("log:grown")
 		if err == nil {
-			if err = unix.Fdatasync(int(f.f.Fd())); err != nil {
+			if err = datasync(f.f); err != nil {
 				err = fmt.Errorf("sync log %s: %w", f.path, err)
 			}
 		}

@@ -4,58 +4,60 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
-	"time"
-
-	"go.etcd.io/bbolt"
+	"sync/atomic"
 )
 
-// groupCommit is how long a batch gathers before it is committed.
-const groupCommit = 2 * time.Millisecond
-
-// maxJournalBatch bounds the operations committed in one transaction, so a
-// backlog becomes several fsyncs of bounded size rather than one huge one.
+// maxJournalBatch bounds the operations logged in one batch, so a backlog
+// becomes several syncs of bounded size rather than one huge one.
 const maxJournalBatch = 8192
 
 var errStoreClosed = errors.New("broker store closed")
 
-// journal is the store's single writer. Operations are applied in the
-// order they were submitted, grouped into one durable (fsync'd) bbolt
-// transaction per batch: while one batch commits, the next accumulates.
+// journal is the store's single writer. Operations are resolved into
+// mutations in the order they were submitted and logged, a batch at a
+// time, with one fdatasync of the write-ahead log (wal.go): while one batch
+// syncs, the next accumulates — across every connection (group commit).
+// The checkpointer applies logged batches to bbolt in the background.
 //
 // Order is the point: an asynchronous operation (submit with wait=false)
 // is durable no later than every operation submitted after it. So writers
 // never wait: a publish queues its subscribers' entries, and its
 // acknowledgement is a barrier callback (then) that runs once they — and
-// everything before them — are on disk. Many publishers' acknowledgements
-// share one fsync (group commit).
+// everything before them — are on disk.
 type journal struct {
-	db  *bbolt.DB
-	log *slog.Logger
+	log  *slog.Logger
+	wal  *wal
+	ckpt *checkpointer
 
 	mu     sync.Mutex
 	queue  []journalOp // guarded by mu
 	closed bool        // guarded by mu
 	wake   chan struct{}
 	done   chan struct{} // closed when the loop has drained and exited
+
+	logged atomic.Uint64 // LSN of the last record made durable
 }
 
 type journalOp struct {
-	what  string
-	apply func(b *bbolt.Bucket) error // nil for a barrier
-	done  chan error                  // nil for fire-and-forget
-	then  func(error)                 // called once durable (or failed); may be nil
+	what string
+	// resolve appends the op's mutations to dst, at the moment its batch
+	// is logged (so a write cancelled before then costs nothing); nil for
+	// a barrier.
+	resolve func(dst []walMut) []walMut
+	done    chan error  // nil for fire-and-forget
+	then    func(error) // called once durable (or failed); may be nil
 }
 
-func newJournal(db *bbolt.DB, log *slog.Logger) *journal {
-	j := &journal{db: db, log: log, wake: make(chan struct{}, 1), done: make(chan struct{})}
+func newJournal(w *wal, ckpt *checkpointer, log *slog.Logger) *journal {
+	j := &journal{log: log, wal: w, ckpt: ckpt, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go j.loop()
 	return j
 }
 
 // submit queues fn. With wait it returns once fn is durable (or failed);
 // without, it returns at once and failures are only logged.
-func (j *journal) submit(what string, fn func(b *bbolt.Bucket) error, wait bool) error {
-	op := journalOp{what: what, apply: fn}
+func (j *journal) submit(what string, fn func(dst []walMut) []walMut, wait bool) error {
+	op := journalOp{what: what, resolve: fn}
 	if wait {
 		op.done = make(chan error, 1)
 	}
@@ -90,7 +92,7 @@ func (j *journal) enqueue(op journalOp) error {
 	return <-op.done
 }
 
-// close lets the loop commit everything queued, then stops it.
+// close lets the loop log everything queued, then stops it.
 func (j *journal) close() {
 	j.mu.Lock()
 	if !j.closed {
@@ -107,17 +109,15 @@ func (j *journal) close() {
 func (j *journal) loop() {
 	defer close(j.done)
 	var batch []journalOp
+	var errs []error
+	var muts []walMut
 	for range j.wake {
-		// Group commit: let a batch gather for a moment. Writes that are
-		// undone meanwhile (a delivery acknowledged before its record hit
-		// the disk) then cost nothing, and one fsync covers every
-		// publisher that arrived in the window. Only acknowledgements to
-		// publishers wait for it; deliveries do not.
 		for {
 			j.mu.Lock()
-			n := min(len(j.queue), maxJournalBatch)
+			n, old := min(len(j.queue), maxJournalBatch), len(j.queue)
 			batch = append(batch[:0], j.queue[:n]...)
 			j.queue = append(j.queue[:0], j.queue[n:]...)
+			clear(j.queue[len(j.queue):old]) // drop the moved ops' references
 			closed := j.closed
 			j.mu.Unlock()
 			if len(batch) == 0 {
@@ -126,60 +126,61 @@ func (j *journal) loop() {
 				}
 				break
 			}
-			j.commit(batch)
+			muts, errs = j.commit(batch, muts[:0], errs[:0])
 			clear(batch) // drop references to payloads
+			clear(muts)
 		}
 	}
 }
 
-// commit applies a batch in one transaction. If that fails, every op is
-// retried in its own transaction so one bad op cannot take the others
-// down with it (bbolt's Batch does the same).
-func (j *journal) commit(batch []journalOp) {
-	writes := false
-	for _, op := range batch {
-		writes = writes || op.apply != nil
-	}
-	if !writes { // only barriers: what they wait for is already durable
-		for _, op := range batch {
-			op.finish(nil)
-		}
-		return
-	}
-	err := j.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket([]byte(bucketName))
-		for _, op := range batch {
-			if op.apply == nil {
-				continue
-			}
-			if err := op.apply(b); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err == nil {
-		for _, op := range batch {
-			op.finish(nil)
-		}
-		return
-	}
-	// Retry one by one so one bad op cannot take the others down; a
-	// barrier reports the first failure before it.
-	var failed error
+// commit resolves a batch, logs it with one sync, hands it to the
+// checkpointer and completes its ops. An op whose mutations bbolt would
+// refuse fails alone; a failed log write fails the batch.
+func (j *journal) commit(batch []journalOp, muts []walMut, errs []error) ([]walMut, []error) {
 	for _, op := range batch {
 		var err error
-		if op.apply != nil {
-			err = j.db.Update(func(tx *bbolt.Tx) error { return op.apply(tx.Bucket([]byte(bucketName))) })
-			if err != nil {
-				j.log.Error("broker store write failed", "op", op.what, "error", err)
-				failed = err
+		if op.resolve != nil {
+			n0 := len(muts)
+			muts = op.resolve(muts)
+			for _, m := range muts[n0:] {
+				if err = validMut(m); err != nil {
+					break
+				}
 			}
+			if err != nil {
+				j.log.Error("broker store write refused", "op", op.what, "error", err)
+				clear(muts[n0:])
+				muts = muts[:n0]
+			}
+		}
+		errs = append(errs, err)
+	}
+	var logErr error
+	if len(muts) > 0 { // else only barriers or cancelled writes: what they wait for is durable
+		lsn, err := j.wal.write(muts)
+		if err != nil {
+			j.log.Error("broker store write failed", "ops", len(batch), "error", err)
+			logErr = err
 		} else {
+			j.logged.Store(lsn)
+			j.ckpt.add(muts, lsn)
+		}
+	}
+	// A barrier reports the last failure before it in its batch.
+	var failed error
+	for i, op := range batch {
+		err := errs[i]
+		if err == nil && op.resolve != nil {
+			err = logErr
+		}
+		if err != nil {
+			failed = err
+		} else if op.resolve == nil {
 			err = failed
 		}
 		op.finish(err)
 	}
+	return muts, errs
 }
 
 func (op journalOp) finish(err error) {

@@ -32,6 +32,7 @@ import (
 //	                or inflight (SEQ: 8 bytes big endian, arrival order)
 //	i/KEY\0PID      inbound QoS 2 packet id awaiting PUBREL (2 bytes)
 //	r/TOPIC         retainedRecord
+//	w               the last write-ahead log LSN applied (wal.go, 8 bytes)
 //
 // Values are CBOR (deterministic encoding, integer keys); messages inside
 // them are MQTT 5 PUBLISH packets, so one fuzzed codec reads both the wire
@@ -47,7 +48,7 @@ const (
 	keyInbound    = "i/"
 	keyRetained   = "r/"
 	sep           = "\x00"
-	storeVersion  = "2"
+	storeVersion  = "3" // 3: written through the write-ahead log (2 had none)
 	storeLockWait = 2 * time.Second
 )
 
@@ -113,9 +114,11 @@ var (
 type store struct {
 	log *slog.Logger
 
-	mu sync.RWMutex // guards db against close (scans); writes go through j
-	db *bbolt.DB    // nil after close
-	j  *journal
+	mu   sync.RWMutex // guards db against close (scans); writes go through j
+	db   *bbolt.DB    // nil after close
+	j    *journal
+	wal  *wal
+	ckpt *checkpointer
 
 	// Delivery records queued on the journal and not yet applied: a
 	// delivery acknowledged (or re-recorded) before its write reaches the
@@ -132,7 +135,23 @@ type pendingPut struct {
 	applied, canceled bool   // guarded by store.pmu
 }
 
-func openStore(path string, log *slog.Logger) (*store, error) {
+// storeTuning is what tests change; the zero value is production.
+type storeTuning struct {
+	walFileMax      int64             // walFileMax
+	checkpointEvery time.Duration     // checkpointEvery
+	crash           func(step string) // crash tests' hook (wal.crash)
+}
+
+// openStore opens the bbolt state at path and its write-ahead log
+// (path without ".db" + ".wal.0" and ".wal.1"), replaying into bbolt what
+// the log holds beyond the last checkpoint.
+func openStore(path string, log *slog.Logger, tune storeTuning) (*store, error) {
+	if tune.walFileMax == 0 {
+		tune.walFileMax = walFileMax
+	}
+	if tune.checkpointEvery == 0 {
+		tune.checkpointEvery = checkpointEvery
+	}
 	// The freelist is rebuilt on open instead of written on every commit:
 	// the store churns (a record per queued message), and writing the
 	// freelist each time made commits grow with the file.
@@ -152,6 +171,8 @@ func openStore(path string, log *slog.Logger) (*store, error) {
 				return err
 			}
 			return b.Put([]byte(keyVersion), []byte(storeVersion))
+		case string(v) == "2": // the same records, no log yet
+			return b.Put([]byte(keyVersion), []byte(storeVersion))
 		case string(v) != storeVersion:
 			return fmt.Errorf("state format %q is newer than this broker understands (%s); run the newer fieldtrust", v, storeVersion)
 		}
@@ -161,7 +182,14 @@ func openStore(path string, log *slog.Logger) (*store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("init state %s: %w", path, err)
 	}
-	return &store{log: log, db: db, j: newJournal(db, log), pending: map[string]*pendingPut{}}, nil
+	w, applied, err := openWAL(db, strings.TrimSuffix(path, ".db")+".wal", tune, log)
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("state %s: %w", path, err)
+	}
+	ckpt := newCheckpointer(db, applied, tune.checkpointEvery, tune.crash, log)
+	w.checkpointed = ckpt.waitApplied
+	return &store{log: log, db: db, wal: w, ckpt: ckpt, j: newJournal(w, ckpt, log), pending: map[string]*pendingPut{}}, nil
 }
 
 func (s *store) close() error {
@@ -170,10 +198,23 @@ func (s *store) close() error {
 	if s.db == nil {
 		return nil
 	}
-	s.j.close() // commits everything queued
+	s.j.close()    // logs everything queued
+	s.ckpt.close() // applies it to bbolt
 	err := s.db.Close()
+	if werr := s.wal.close(); err == nil {
+		err = werr
+	}
 	s.db = nil
 	return err
+}
+
+// checkpoint returns once everything written before it is in bbolt (for
+// reads of bbolt: tests, diagnostics).
+func (s *store) checkpoint() error {
+	if err := s.barrier(); err != nil {
+		return err
+	}
+	return s.ckpt.waitApplied(s.j.logged.Load())
 }
 
 // barrier returns once everything written before it is durable.
@@ -188,35 +229,26 @@ func (s *store) put(what, key string, v any) {
 		s.log.Error("broker store encode failed", "op", what, "error", err)
 		return
 	}
-	_ = s.j.submit(what, func(b *bbolt.Bucket) error { return b.Put([]byte(key), data) }, false)
+	_ = s.j.submit(what, func(dst []walMut) []walMut {
+		return append(dst, walMut{op: mutPut, key: []byte(key), val: data})
+	}, false)
 }
 
 func (s *store) del(what string, keys ...string) {
-	_ = s.j.submit(what, func(b *bbolt.Bucket) error {
+	_ = s.j.submit(what, func(dst []walMut) []walMut {
 		for _, k := range keys {
-			if err := b.Delete([]byte(k)); err != nil {
-				return err
-			}
+			dst = append(dst, walMut{op: mutDelete, key: []byte(k)})
 		}
-		return nil
+		return dst
 	}, false)
 }
 
 func (s *store) delPrefix(what string, prefixes ...string) {
-	_ = s.j.submit(what, func(b *bbolt.Bucket) error {
+	_ = s.j.submit(what, func(dst []walMut) []walMut {
 		for _, p := range prefixes {
-			c := b.Cursor()
-			var doomed [][]byte
-			for k, _ := c.Seek([]byte(p)); k != nil && bytes.HasPrefix(k, []byte(p)); k, _ = c.Next() {
-				doomed = append(doomed, append([]byte(nil), k...))
-			}
-			for _, k := range doomed {
-				if err := b.Delete(k); err != nil {
-					return err
-				}
-			}
+			dst = append(dst, walMut{op: mutDeletePrefix, key: []byte(p)})
 		}
-		return nil
+		return dst
 	}, false)
 }
 
@@ -329,19 +361,17 @@ func (st *store) putPendingLocked(what, key string, v any) {
 	}
 	pp := &pendingPut{data: data}
 	st.pending[key] = pp
-	_ = st.j.submit(what, func(b *bbolt.Bucket) error {
+	_ = st.j.submit(what, func(dst []walMut) []walMut {
 		st.pmu.Lock()
+		defer st.pmu.Unlock()
 		if pp.canceled {
-			st.pmu.Unlock()
-			return nil
+			return dst
 		}
 		pp.applied = true
-		data := pp.data
 		if st.pending[key] == pp {
 			delete(st.pending, key)
 		}
-		st.pmu.Unlock()
-		return b.Put([]byte(key), data)
+		return append(dst, walMut{op: mutPut, key: []byte(key), val: pp.data})
 	}, false)
 }
 
@@ -357,7 +387,8 @@ func (st *store) deletePendingLocked(what, key string) {
 }
 
 func (st *store) putInbound(s *session, pid uint16) {
-	_ = st.j.submit("put inbound", func(b *bbolt.Bucket) error { return b.Put([]byte(pidKey(s.key, pid)), nil) }, false)
+	key := pidKey(s.key, pid)
+	_ = st.j.submit("put inbound", func(dst []walMut) []walMut { return append(dst, walMut{op: mutPut, key: []byte(key)}) }, false)
 }
 
 func (st *store) deleteInbound(s *session, pid uint16) { st.del("delete inbound", pidKey(s.key, pid)) }
@@ -716,6 +747,9 @@ func (b *Broker) restoreWill(s *session, w *willRecord) {
 
 // count returns how many records have prefix (tests, diagnostics).
 func (st *store) count(prefix string) (int, error) {
+	if err := st.checkpoint(); err != nil {
+		return 0, err
+	}
 	st.mu.RLock()
 	defer st.mu.RUnlock()
 	if st.db == nil {

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,9 +29,11 @@ type Target interface {
 type Broker struct {
 	Name string
 	Addr string // host:port on loopback
-	cmd  *exec.Cmd
-	done chan error
-	log  *os.File
+	// DebugAddr serves pprof and /debug/memory (brokerd -debug-addr).
+	DebugAddr string
+	cmd       *exec.Cmd
+	done      chan error
+	log       *os.File
 	// again starts the same broker on the same state (Restart).
 	again func(ctx context.Context) (*Broker, error)
 }
@@ -127,6 +131,9 @@ func startBrokerd(ctx context.Context, bin, dir string, args []string) (*Broker,
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "DEBUG "); ok {
+				b.DebugAddr = a // before ADDR, which the receive below waits for
+			}
 			if a, ok := strings.CutPrefix(sc.Text(), "ADDR "); ok {
 				addr <- a
 			}
@@ -145,6 +152,33 @@ func startBrokerd(ctx context.Context, bin, dir string, args []string) (*Broker,
 		_ = cmd.Process.Kill()
 		return nil, ctx.Err()
 	}
+}
+
+// Memory reads brokerd's runtime/metrics memory classes; query "gc=1"
+// collects first, "free=1" also returns free memory to the OS. It needs
+// -debug-addr.
+func (b *Broker) Memory(ctx context.Context, query string) (MemoryClasses, error) {
+	if b.DebugAddr == "" {
+		return nil, errors.New(b.Name + ": started without -debug-addr")
+	}
+	u := "http://" + b.DebugAddr + "/debug/memory?" + query
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s memory: %w", b.Name, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s memory: %w", b.Name, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s memory: %s", b.Name, resp.Status)
+	}
+	return ParseMemoryClasses(string(body))
 }
 
 // MosquittoOptions are the settings that differ between runs.

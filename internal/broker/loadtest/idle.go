@@ -57,6 +57,9 @@ type IdleOptions struct {
 	KeepAlive    time.Duration
 	Settle, Hold time.Duration
 	Progress     func(string)
+	// Inspect, if set, runs once RSSBefore is read (stage "before") and
+	// once RSSAfter is (stage "after", every connection open).
+	Inspect func(stage string) error
 }
 
 // Idle opens o.Conns idle MQTT 3.1.1 connections over mutual TLS to b, each
@@ -95,6 +98,11 @@ func Idle(ctx context.Context, b Target, p *PKI, certs []tls.Certificate, o Idle
 	var err error
 	if res.RSSBefore, err = b.RSS(); err != nil {
 		return res, err
+	}
+	if o.Inspect != nil {
+		if err := o.Inspect("before"); err != nil {
+			return res, err
+		}
 	}
 
 	start := time.Now()
@@ -149,6 +157,11 @@ func Idle(ctx context.Context, b Target, p *PKI, certs []tls.Certificate, o Idle
 	time.Sleep(o.Settle)
 	if res.RSSAfter, err = b.RSS(); err != nil {
 		return res, err
+	}
+	if o.Inspect != nil {
+		if err := o.Inspect("after"); err != nil {
+			return res, err
+		}
 	}
 	if o.Hold > 0 {
 		cpu0, err := cpuTime(b)

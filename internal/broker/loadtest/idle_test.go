@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -27,7 +28,9 @@ import (
 // Knobs (FIELDTRUST_IDLE_*): CONNS (100000; capped by the open-file limit
 // of this process and the broker's, which each need one descriptor per
 // connection), HOLD (seconds idle, 60), KEEPALIVE (seconds, 30), SOURCES
-// (source addresses, 8), OUT (markdown file). Bounded: every step has a
+// (source addresses, 8), OUT (markdown file), GOGC and MEMLIMIT (bytes)
+// for our broker's runtime (0: defaults), ONLY (one run: fieldtrust,
+// fieldtrust-leaf or mosquitto). Bounded: every step has a
 // deadline, and the run stops by itself.
 func TestIdleConnections(t *testing.T) {
 	if os.Getenv("FIELDTRUST_IDLE_BENCH") == "" {
@@ -87,25 +90,54 @@ func TestIdleConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	var rs []IdleResult
+	var memTables strings.Builder
 	for _, run := range []struct {
 		name     string
 		leafOnly bool
 	}{{"fieldtrust", false}, {"fieldtrust", true}, {"mosquitto", false}} {
+		if only := os.Getenv("FIELDTRUST_IDLE_ONLY"); only != "" && only != run.name+map[bool]string{true: "-leaf"}[run.leafOnly] {
+			continue
+		}
 		d := filepath.Join(dir, fmt.Sprintf("%s-%v", run.name, run.leafOnly))
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			t.Fatal(err)
 		}
 		var b *Broker
 		if run.name == "fieldtrust" {
-			b, err = StartFieldtrust(ctx, bin, p, d, "", "-intermediates", inter)
+			b, err = StartFieldtrust(ctx, bin, p, d, "", "-intermediates", inter, "-debug-addr", "127.0.0.1:0",
+				"-gogc", strconv.Itoa(env("GOGC", 0)), "-memlimit", strconv.Itoa(env("MEMLIMIT", 0)))
 		} else {
 			b, err = StartMosquitto(ctx, mosq, p, d, MosquittoOptions{})
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
+		var mem [3]MemoryClasses // before, after, after a forced GC
+		var rssFreed int64       // RSS after the memory the runtime holds free went back to the OS
+		inspect := func(stage string) error {
+			if b.DebugAddr == "" {
+				return nil
+			}
+			var err error
+			if stage == "before" {
+				mem[0], err = b.Memory(ctx, "")
+				return err
+			}
+			if mem[1], err = b.Memory(ctx, ""); err != nil {
+				return err
+			}
+			if mem[2], err = b.Memory(ctx, "gc=1"); err != nil {
+				return err
+			}
+			if _, err = b.Memory(ctx, "free=1"); err != nil {
+				return err
+			}
+			rssFreed, err = b.RSS()
+			return err
+		}
 		r, err := Idle(ctx, b, p, certs, IdleOptions{Conns: conns, Workers: 4 * runtime.GOMAXPROCS(0), LeafOnly: run.leafOnly,
-			SourceIPs: sources, KeepAlive: keepAlive, Settle: 5 * time.Second, Hold: hold, Progress: func(s string) { t.Log(s) }})
+			SourceIPs: sources, KeepAlive: keepAlive, Settle: 5 * time.Second, Hold: hold, Progress: func(s string) { t.Log(s) },
+			Inspect: inspect})
 		if stopErr := b.Stop(60 * time.Second); stopErr != nil {
 			t.Errorf("stop %s: %v", b.Name, stopErr)
 		}
@@ -114,11 +146,21 @@ func TestIdleConnections(t *testing.T) {
 		}
 		t.Logf("%s (leaf only %v): %d connections at %.0f/s, %.0f B/conn, idle CPU %.1f%%", b.Name, run.leafOnly, r.Conns, r.ConnectRate, r.PerConn(), 100*r.CPUIdle)
 		rs = append(rs, r)
+		if mem[2] != nil {
+			chain := "leaf + 2 CAs"
+			if run.leafOnly {
+				chain = "leaf only"
+			}
+			memTables.WriteString("\n" + MemoryTable(fmt.Sprintf("%s, %s", b.Name, chain), r.Conns, mem[0], mem[1], mem[2]))
+			memTables.WriteString(fmt.Sprintf("\nRSS after a forced GC and returning free memory to the OS (debug.FreeOSMemory): %.0f bytes per connection (measured: %.0f).\n",
+				float64(rssFreed-r.RSSBefore)/float64(r.Conns), r.PerConn()))
+		}
 	}
 	var out strings.Builder
 	fmt.Fprintf(&out, "Idle connections: %d (asked for %d; open-file limit %d), one device identity each, %d source addresses, MQTT 3.1.1 keepalive %v with a PINGREQ every %v for %v; %s, GOMAXPROCS %d, %s.\n\n",
 		conns, want, soft, sources, keepAlive, keepAlive/2, hold, runtime.Version(), runtime.GOMAXPROCS(0), MosquittoVersion(mosq))
 	out.WriteString(IdleTable(rs))
+	out.WriteString(memTables.String())
 	t.Log("\n" + out.String())
 	if f := os.Getenv("FIELDTRUST_IDLE_OUT"); f != "" {
 		if err := os.WriteFile(f, []byte(out.String()), 0o644); err != nil {

@@ -74,3 +74,52 @@ func IdleTable(rs []IdleResult) string {
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+// MemoryClasses are brokerd's runtime/metrics memory figures
+// (/debug/memory), by metric name.
+type MemoryClasses map[string]uint64
+
+// ParseMemoryClasses reads /debug/memory's "NAME VALUE" lines.
+func ParseMemoryClasses(text string) (MemoryClasses, error) {
+	m := MemoryClasses{}
+	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		var name string
+		var v uint64
+		if _, err := fmt.Sscan(line, &name, &v); err != nil {
+			return nil, fmt.Errorf("memory classes: line %q: %w", line, err)
+		}
+		m[name] = v
+	}
+	return m, nil
+}
+
+// MemoryTable splits the growth from before to after per connection:
+// heap objects as found (live or garbage not yet collected) and after a
+// forced GC (live), heap spans resident but unused or free, stacks, the
+// runtime's other structures, and what the runtime holds from the OS
+// (mapped minus released, about its RSS).
+func MemoryTable(label string, conns int, before, after, afterGC MemoryClasses) string {
+	const (
+		objects  = "/memory/classes/heap/objects:bytes"
+		unused   = "/memory/classes/heap/unused:bytes"
+		free     = "/memory/classes/heap/free:bytes"
+		released = "/memory/classes/heap/released:bytes"
+		stacks   = "/memory/classes/heap/stacks:bytes"
+		total    = "/memory/classes/total:bytes"
+	)
+	other := func(m MemoryClasses) int64 {
+		return int64(m[total]) - int64(m[objects]+m[unused]+m[free]+m[released]+m[stacks])
+	}
+	held := func(m MemoryClasses) int64 { return int64(m[total]) - int64(m[released]) }
+	per := func(a, b int64) string { return fmt.Sprintf("%.0f", float64(a-b)/float64(conns)) }
+	g := func(m MemoryClasses, n string) int64 { return int64(m[n]) }
+	var b strings.Builder
+	b.WriteString("| " + label + ", bytes per connection | heap objects | live (after a forced GC) | heap unused in spans | heap free, not released | stacks | runtime other | held from the OS (mapped − released) | GC heap goal |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| growth from before the connections | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+		per(g(after, objects), g(before, objects)), per(g(afterGC, objects), g(before, objects)),
+		per(g(after, unused), g(before, unused)), per(g(after, free), g(before, free)),
+		per(g(after, stacks), g(before, stacks)), per(other(after), other(before)),
+		per(held(after), held(before)), per(g(after, "/gc/heap/goal:bytes"), g(before, "/gc/heap/goal:bytes")))
+	return b.String()
+}

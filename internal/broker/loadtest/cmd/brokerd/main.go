@@ -27,7 +27,11 @@ import (
 	_ "net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 
@@ -55,7 +59,15 @@ func run() error {
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	intermediates := flag.String("intermediates", "", "account and master CAs (PEM): clients may then present their leaf alone, as with the platform")
 	debugAddr := flag.String("debug-addr", "", "serve net/http/pprof on this loopback address (memory and goroutine profiles of a run)")
+	gogc := flag.Int("gogc", 0, "GC percent (0: the runtime's default or $GOGC; as debug.SetGCPercent)")
+	memLimit := flag.Int64("memlimit", 0, "soft memory limit in bytes (0: none or $GOMEMLIMIT; as debug.SetMemoryLimit)")
 	flag.Parse()
+	if *gogc != 0 {
+		debug.SetGCPercent(*gogc)
+	}
+	if *memLimit > 0 {
+		debug.SetMemoryLimit(*memLimit)
+	}
 	if *rootFile == "" || *servicesFile == "" || *certFile == "" || *keyFile == "" || *stateDir == "" {
 		return errors.New("-root, -services, -cert, -key and -state are required")
 	}
@@ -126,8 +138,10 @@ func run() error {
 		if !ln.Addr().(*net.TCPAddr).IP.IsLoopback() {
 			return fmt.Errorf("-debug-addr %s: loopback only", *debugAddr)
 		}
+		http.HandleFunc("/debug/memory", memoryClasses)
 		go func() { _ = http.Serve(ln, nil) }() // net/http/pprof registers on the default mux
 		fmt.Fprintf(os.Stderr, "pprof on http://%s/debug/pprof/\n", ln.Addr())
+		fmt.Printf("DEBUG %s\n", ln.Addr())
 	}
 	fmt.Printf("ADDR %s\n", b.Addr())
 	return b.Serve(ctx)
@@ -151,4 +165,29 @@ func readCert(file string) (*x509.Certificate, error) {
 		return nil, fmt.Errorf("%s: want one certificate, got %d", file, len(certs))
 	}
 	return certs[0], nil
+}
+
+// memoryClasses writes where the process's memory is, from runtime/metrics
+// ("NAME VALUE" lines; ?gc=1 collects first, ?free=1 also returns free
+// memory to the OS): live heap objects against
+// free, unused and released heap spans, stacks and the runtime's own, so
+// an idle connection's RSS can be split into live data and GC slack.
+func memoryClasses(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case r.URL.Query().Get("free") == "1":
+		debug.FreeOSMemory() // a GC, then every free span returned to the OS
+	case r.URL.Query().Get("gc") == "1":
+		runtime.GC()
+	}
+	var samples []metrics.Sample
+	for _, d := range metrics.All() {
+		if d.Kind == metrics.KindUint64 && (strings.HasPrefix(d.Name, "/memory/classes/") || strings.HasPrefix(d.Name, "/gc/heap/") ||
+			d.Name == "/gc/gogc:percent" || d.Name == "/gc/gomemlimit:bytes" || d.Name == "/sched/goroutines:goroutines") {
+			samples = append(samples, metrics.Sample{Name: d.Name})
+		}
+	}
+	metrics.Read(samples)
+	for _, s := range samples {
+		fmt.Fprintf(w, "%s %d\n", s.Name, s.Value.Uint64())
+	}
 }

@@ -76,6 +76,11 @@ type Registry struct {
 	lookupRate float64 // per client address
 
 	pendingContent []byte // the whole DCC of the registration being applied; guarded by mu
+
+	certPEM  string     // cert, PEM, as every head carries it
+	headMu   sync.Mutex // guards head and headRead
+	head     *Head      // the latest signed head read (lookups reuse it: headFor)
+	headRead time.Time
 }
 
 // Options configure New.
@@ -100,6 +105,9 @@ func New(ctx context.Context, st *registrystore.Store, o Options) (*Registry, er
 		return nil, fmt.Errorf("registry log: %w", err)
 	}
 	r := &Registry{st: st, log: l, key: o.Key, cert: o.Cert, now: o.Now, lg: o.Logger, lookupRate: o.LookupRate}
+	if r.cert != nil {
+		r.certPEM = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.cert.Raw}))
+	}
 	if r.lookupRate <= 0 {
 		r.lookupRate = LookupRate
 	}
@@ -285,7 +293,7 @@ func (r *Registry) register(ctx context.Context, lab string, md dcc.Metadata, st
 		case om.ContentHash != md.ContentHash:
 			return nil, fmt.Errorf("%w (%s)", ErrReplace, md.ID)
 		}
-		return r.record(ctx, old) // the same submission again
+		return r.Lookup(ctx, md.ID) // the same submission again
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return nil, err
 	}
@@ -372,6 +380,7 @@ func (r *Registry) signHead(ctx context.Context, size uint64, root []byte) error
 	if err != nil {
 		return err
 	}
+	defer r.forgetHead()
 	return r.st.PutHead(ctx, size, text, sig)
 }
 

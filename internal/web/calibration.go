@@ -112,6 +112,13 @@ func (a *API) bindEquipment(w http.ResponseWriter, r *http.Request, subj tacs.Su
 			writeError(w, http.StatusBadRequest, err.Error())
 			return
 		}
+		if errors.Is(err, calibration.ErrNotTheirs) {
+			if a.Logger != nil {
+				a.Logger.Warn("equipment binding refused", "by", by, "gateway", gateway, "device", device, "err", err)
+			}
+			writeError(w, http.StatusConflict, err.Error())
+			return
+		}
 		a.serverError(w, r, err)
 		return
 	}

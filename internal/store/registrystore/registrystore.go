@@ -398,7 +398,7 @@ func (s *Store) AppendLedger(ctx context.Context, start uint64, leafData [][]byt
 // equipment history's proofs together a few times that; one round trip
 // each made a lookup on PostgreSQL cost tens of them, and a text built per
 // call made SQLite parse a new statement every lookup). PostgreSQL takes
-// the ids as two arrays, SQLite as one JSON array of [level, idx] pairs.
+// the ids as two arrays, SQLite as one JSON array of integers.
 func (s *Store) LedgerNodes(ctx context.Context, ids []store.LedgerNode) ([][]byte, error) {
 	out := make([][]byte, len(ids))
 	for start := 0; start < len(ids); start += nodesPerQuery {
@@ -421,8 +421,11 @@ const nodesPerQuery = 10000
 const (
 	nodesQueryPostgres = `SELECT q.ord, n.hash FROM unnest(?::integer[], ?::bigint[]) WITH ORDINALITY AS q (level, idx, ord)
 	JOIN registry_log_nodes n ON n.level = q.level AND n.idx = q.idx`
+	// Each id is one integer, level·2^56 + idx (idx < 2^56: a log of
+	// 7·10^16 leaves), so SQLite reads each with integer arithmetic
+	// instead of a JSON path per row (a third of a lookup's time).
 	nodesQuerySQLite = `SELECT q.key + 1, n.hash FROM json_each(?) AS q
-	JOIN registry_log_nodes n ON n.level = q.value ->> 0 AND n.idx = q.value ->> 1`
+	JOIN registry_log_nodes n ON n.level = (q.value >> 56) AND n.idx = (q.value & 72057594037927935)`
 )
 
 func (s *Store) ledgerNodes(ctx context.Context, ids []store.LedgerNode, out [][]byte) error {
@@ -437,17 +440,16 @@ func (s *Store) ledgerNodes(ctx context.Context, ids []store.LedgerNode, out [][
 		st, err = s.prepared(ctx, nodesQueryPostgres)
 		args = []any{levels, idxs}
 	} else {
-		b := make([]byte, 0, 24*len(ids))
+		b := make([]byte, 0, 20*len(ids)+2)
 		b = append(b, '[')
 		for i, id := range ids {
+			if id.Level > 127 || id.Index >= 1<<56 {
+				return fmt.Errorf("registry log node %d/%d: beyond the log's bounds", id.Level, id.Index)
+			}
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = append(b, '[')
-			b = strconv.AppendUint(b, uint64(id.Level), 10)
-			b = append(b, ',')
-			b = strconv.AppendUint(b, id.Index, 10)
-			b = append(b, ']')
+			b = strconv.AppendUint(b, uint64(id.Level)<<56|id.Index, 10)
 		}
 		b = append(b, ']')
 		st, err = s.prepared(ctx, nodesQuerySQLite)

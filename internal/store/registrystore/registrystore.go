@@ -27,30 +27,55 @@ type Store struct {
 	postgres bool
 
 	mu    sync.Mutex
-	stmts map[string]*sql.Stmt // prepared once per query text; guarded by mu
+	stmts map[string]*sql.Stmt // SQLite: prepared once per query text; guarded by mu
+	texts map[string]string    // PostgreSQL: the rewritten texts; guarded by mu
 }
 
 // New wraps a database handle; postgres selects $n placeholders.
 func New(db *sql.DB, postgres bool) *Store {
-	return &Store{db: db, postgres: postgres, stmts: map[string]*sql.Stmt{}}
+	return &Store{db: db, postgres: postgres, stmts: map[string]*sql.Stmt{}, texts: map[string]string{}}
 }
 
-// prepared returns the prepared statement of a query (? placeholders),
-// preparing it on first use: the lookups' queries run thousands of times a
-// second, and SQLite would parse each text anew. The texts are this
-// file's constants (a handful), so the map stays small.
-func (s *Store) prepared(ctx context.Context, query string) (*sql.Stmt, error) {
+// statement returns how to run one of this file's constant queries (?
+// placeholders) that lookups run thousands of times a second: on SQLite a
+// statement prepared once (the driver would parse the text anew each
+// time); on PostgreSQL the rewritten text, which pgx prepares and caches
+// per connection itself — a database/sql statement there was prepared
+// again and deallocated whenever database/sql's pool dropped an idle
+// connection (it keeps 2), two more round trips in many lookups. The
+// texts are a handful, so the maps stay small.
+func (s *Store) statement(ctx context.Context, query string) (*sql.Stmt, string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if st := s.stmts[query]; st != nil {
-		return st, nil
+	if s.postgres {
+		t, ok := s.texts[query]
+		if !ok {
+			t = s.q(query)
+			s.texts[query] = t
+		}
+		return nil, t, nil
 	}
-	st, err := s.db.PrepareContext(ctx, s.q(query))
+	if st := s.stmts[query]; st != nil {
+		return st, "", nil
+	}
+	st, err := s.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, "", err
+	}
+	s.stmts[query] = st
+	return st, "", nil
+}
+
+// query runs a lookup query (statement).
+func (s *Store) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st, text, err := s.statement(ctx, query)
 	if err != nil {
 		return nil, err
 	}
-	s.stmts[query] = st
-	return st, nil
+	if st != nil {
+		return st.QueryContext(ctx, args...)
+	}
+	return s.db.QueryContext(ctx, text, args...)
 }
 
 // q rewrites ? placeholders for PostgreSQL.
@@ -233,19 +258,23 @@ const lookupQuery = `SELECT ` + lookupCols + `, coalesce((SELECT d2.dcc_id FROM 
 // RevokeEntry, without Content and Equipment) and the id of the DCC that
 // supersedes it ("" if none), in one query; store.ErrNotFound if unknown.
 func (s *Store) Lookup(ctx context.Context, id string) (DCC, string, error) {
-	st, err := s.prepared(ctx, lookupQuery)
+	rows, err := s.query(ctx, lookupQuery, id)
 	if err != nil {
 		return DCC{}, "", fmt.Errorf("dcc %s: %w", id, err)
 	}
-	var by string
-	d, err := scanLookup(st.QueryRowContext(ctx, id), &by)
-	if errors.Is(err, sql.ErrNoRows) {
-		return d, "", fmt.Errorf("dcc %s: %w", id, store.ErrNotFound)
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return DCC{}, "", fmt.Errorf("dcc %s: %w", id, err)
+		}
+		return DCC{}, "", fmt.Errorf("dcc %s: %w", id, store.ErrNotFound)
 	}
+	var by string
+	d, err := scanLookup(rows, &by)
 	if err != nil {
 		return d, "", fmt.Errorf("dcc %s: %w", id, err)
 	}
-	return d, by, nil
+	return d, by, rows.Close()
 }
 
 const byEquipment = `SELECT ` + lookupCols + ` FROM registry_equipment e JOIN registry_dccs d ON d.dcc_id = e.dcc_id` + lookupJoins + ` WHERE e.value = ?`
@@ -260,11 +289,7 @@ func (s *Store) ByEquipment(ctx context.Context, issuer, value string, limit int
 	if issuer != "" {
 		query, args = byEquipment+` AND e.issuer = ?`+byEquipmentOrder, []any{value, issuer, limit}
 	}
-	st, err := s.prepared(ctx, query)
-	if err != nil {
-		return nil, fmt.Errorf("dccs of equipment %s/%s: %w", issuer, value, err)
-	}
-	rows, err := st.QueryContext(ctx, args...)
+	rows, err := s.query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("dccs of equipment %s/%s: %w", issuer, value, err)
 	}
@@ -429,15 +454,12 @@ const (
 )
 
 func (s *Store) ledgerNodes(ctx context.Context, ids []store.LedgerNode, out [][]byte) error {
-	var st *sql.Stmt
-	var args []any
-	var err error
+	query, args := nodesQueryPostgres, []any(nil)
 	if s.postgres {
 		levels, idxs := make([]int32, len(ids)), make([]int64, len(ids))
 		for i, id := range ids {
 			levels[i], idxs[i] = int32(id.Level), int64(id.Index)
 		}
-		st, err = s.prepared(ctx, nodesQueryPostgres)
 		args = []any{levels, idxs}
 	} else {
 		b := make([]byte, 0, 20*len(ids)+2)
@@ -452,13 +474,9 @@ func (s *Store) ledgerNodes(ctx context.Context, ids []store.LedgerNode, out [][
 			b = strconv.AppendUint(b, uint64(id.Level)<<56|id.Index, 10)
 		}
 		b = append(b, ']')
-		st, err = s.prepared(ctx, nodesQuerySQLite)
-		args = []any{string(b)}
+		query, args = nodesQuerySQLite, []any{string(b)}
 	}
-	if err != nil {
-		return fmt.Errorf("registry log nodes: %w", err)
-	}
-	rows, err := st.QueryContext(ctx, args...)
+	rows, err := s.query(ctx, query, args...)
 	if err != nil {
 		return fmt.Errorf("registry log nodes: %w", err)
 	}

@@ -1,10 +1,12 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"database/sql"
 	"database/sql/driver"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"sync/atomic"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/fieldtrust/fieldtrust/internal/dcc"
 	"github.com/fieldtrust/fieldtrust/internal/dcc/dcctest"
+	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/registrystore"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
 )
@@ -158,4 +161,75 @@ func TestLookupRoundTrips(t *testing.T) {
 		t.Fatalf("after a write: head %d, history %d", l.Head.Size, len(l.History))
 	}
 	check(l)
+}
+
+// TestCachedProofNodes: with the log's upper nodes cached (a log of 1,500
+// entries: levels 6 to 10), lookups read again and again give proofs that
+// verify offline, the same as the first, and the cache holds only upper
+// nodes, each equal to the stored one.
+func TestCachedProofNodes(t *testing.T) {
+	ctx := context.Background()
+	st := sqliteStore(t)
+	r, cert := newRegistry(t, st)
+	lab := dcctest.NewLab(t, "Lab A", false)
+	if err := r.AddIssuer(ctx, lab.Name, []*x509.Certificate{lab.Root}); err != nil {
+		t.Fatal(err)
+	}
+	var leaves [][]byte
+	for j := range 1500 {
+		ev := Event{Type: "register", Lab: lab.Name, Time: "2026-01-01T00:00:00Z", SignatureStatus: "declared",
+			DCC: &dcc.Metadata{ID: fmt.Sprintf("C-%04d", j), SchemaVersion: "3.3.0", Lab: lab.Name,
+				Equipment:       []dcc.EquipmentID{{Issuer: "manufacturer", Value: fmt.Sprintf("SN-%04d", j/3)}},
+				PerformanceDate: fmt.Sprintf("202%d-01-01", j%3), ContentHash: fmt.Sprintf("%064x", j)}}
+		b, err := json.Marshal(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaves = append(leaves, b)
+	}
+	if _, _, _, err := r.log.Append(ctx, leaves); err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(ctx, st, Options{Key: r.key, Cert: cert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	size, root, _ := r.log.Size()
+	if err := r.signHead(ctx, size, root); err != nil {
+		t.Fatal(err)
+	}
+	first := map[string]string{}
+	for round := range 2 {
+		for _, j := range []int{0, 1, 700, 1023, 1024, 1499} {
+			l, err := r.LookupEquipment(ctx, "manufacturer", fmt.Sprintf("SN-%04d", j/3))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(l.History) != 3 {
+				t.Fatalf("SN-%04d: %d records", j/3, len(l.History))
+			}
+			for _, rec := range l.History {
+				if err := VerifyRecord(l.Head, cert, &rec); err != nil {
+					t.Fatalf("round %d, %s: %v", round, rec.DCC.ID, err)
+				}
+				b, _ := json.Marshal(rec.Proofs)
+				if round == 0 {
+					first[rec.DCC.ID] = string(b)
+				} else if first[rec.DCC.ID] != string(b) {
+					t.Errorf("%s: the proof from the cache differs from the first", rec.DCC.ID)
+				}
+			}
+		}
+	}
+	r.nodes.mu.RLock()
+	defer r.nodes.mu.RUnlock()
+	if len(r.nodes.nodes) == 0 {
+		t.Fatal("no node cached")
+	}
+	for id, h := range r.nodes.nodes {
+		stored, err := st.LedgerNodes(ctx, []store.LedgerNode{{Level: id.level, Index: id.index}})
+		if id.level < cachedLevel || err != nil || !bytes.Equal(stored[0], h) {
+			t.Fatalf("cached node %d/%d: %x, stored %x (%v)", id.level, id.index, h, stored, err)
+		}
+	}
 }

@@ -65,13 +65,14 @@ type Event struct {
 
 // Registry is one registry instance.
 type Registry struct {
-	st   *registrystore.Store
-	log  *ledger.Log
-	key  *ecdsa.PrivateKey // signs checkpoints; nil for a mirror
-	cert *x509.Certificate // the checkpoint signer's certificate
-	now  func() time.Time
-	lg   *slog.Logger
-	mu   sync.Mutex // one writer
+	st    *registrystore.Store
+	log   *ledger.Log
+	nodes *cachedNodes      // the log's storage
+	key   *ecdsa.PrivateKey // signs checkpoints; nil for a mirror
+	cert  *x509.Certificate // the checkpoint signer's certificate
+	now   func() time.Time
+	lg    *slog.Logger
+	mu    sync.Mutex // one writer
 
 	lookupRate float64 // per client address
 
@@ -100,11 +101,12 @@ const replayPage = 10000
 // New opens a registry on its storage and replays log entries the tables
 // do not reflect yet (a crash between the two writes).
 func New(ctx context.Context, st *registrystore.Store, o Options) (*Registry, error) {
-	l, err := ledger.Open(ctx, st)
+	nodes := newCachedNodes(st)
+	l, err := ledger.Open(ctx, nodes)
 	if err != nil {
 		return nil, fmt.Errorf("registry log: %w", err)
 	}
-	r := &Registry{st: st, log: l, key: o.Key, cert: o.Cert, now: o.Now, lg: o.Logger, lookupRate: o.LookupRate}
+	r := &Registry{st: st, log: l, nodes: nodes, key: o.Key, cert: o.Cert, now: o.Now, lg: o.Logger, lookupRate: o.LookupRate}
 	if r.cert != nil {
 		r.certPEM = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.cert.Raw}))
 	}

@@ -61,10 +61,17 @@ func (c *cachedNodes) LedgerNodes(ctx context.Context, ids []store.LedgerNode) (
 	if err != nil {
 		return nil, err
 	}
+	upper := false
+	for j, h := range hs {
+		out[at[j]] = h
+		upper = upper || miss[j].Level >= cachedLevel
+	}
+	if !upper {
+		return out, nil // the usual case once warm: no write lock per lookup
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for j, h := range hs {
-		out[at[j]] = h
 		if id := miss[j]; id.Level >= cachedLevel && len(c.nodes) < maxCachedNodes {
 			c.nodes[nodeID{id.Level, id.Index}] = h
 		}

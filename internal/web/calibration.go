@@ -112,10 +112,7 @@ func (a *API) bindEquipment(w http.ResponseWriter, r *http.Request, subj tacs.Su
 			writeError(w, http.StatusBadRequest, err.Error())
 			return
 		}
-		if errors.Is(err, calibration.ErrNotTheirs) {
-			if a.Logger != nil {
-				a.Logger.Warn("equipment binding refused", "by", by, "gateway", gateway, "device", device, "err", err)
-			}
+		if errors.Is(err, calibration.ErrNotTheirs) { // logged by the link
 			writeError(w, http.StatusConflict, err.Error())
 			return
 		}

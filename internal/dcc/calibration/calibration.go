@@ -184,8 +184,12 @@ func (l *Link) prove(ctx context.Context, gateway string, e dcc.EquipmentID) (st
 		}
 	}
 	if other != nil {
-		return "", fmt.Errorf("%w: manufacturer serial %q is the onboarding identity of %s (manufacturer CA %q), not of %s: bind the instrument this gateway measures with",
-			ErrNotTheirs, e.Value, other.Path, other.ManufacturerSubject, gateway)
+		// Whose it is stays in the log: the binder may be another
+		// customer's gateway.
+		l.logger().Warn("calibration: binding to another device's manufacturer serial refused", "gateway", gateway, "serial", e.Value,
+			"enrolled_as", other.Path, "manufacturer", other.ManufacturerSubject)
+		return "", fmt.Errorf("%w: manufacturer serial %q is the onboarding identity of another enrolled device, not of %s: bind the instrument this gateway measures with",
+			ErrNotTheirs, e.Value, gateway)
 	}
 	return "", nil
 }

@@ -296,6 +296,9 @@ func TestBindingProof(t *testing.T) {
 			if !errors.Is(err, tt.err) {
 				t.Fatalf("bind: %v, want %v", err, tt.err)
 			}
+			if err != nil && (strings.Contains(err.Error(), "gw-2") || strings.Contains(err.Error(), "Other Maker")) {
+				t.Errorf("the refusal names the other device: %v", err)
+			}
 			rep, err := l.Report(ctx, "ms/acc/gw", dev)
 			if err != nil && !errors.Is(err, ErrUnavailable) {
 				t.Fatal(err)

@@ -59,7 +59,7 @@ Start the platform with 'fieldtrust up'; manage certificates with 'fieldtrust pk
 		newPKICmd(),
 		newSealCmd(), newOpenCmd(),
 		newManufacturerCmd(), newDeviceCmd(),
-		newGatewayCmd(),
+		newGatewayCmd(), newSiteCmd(),
 		newDemoCmd(),
 		newLedgerCmd(),
 		newUserCmd(),

@@ -243,10 +243,10 @@ func (p *upProcess) logs() string {
 }
 
 // startUp starts 'fieldtrust up' and waits until it logs that it is up.
-func startUp(t *testing.T, data, httpAddr, mqttAddr string) *upProcess {
+func startUp(t *testing.T, data, httpAddr, mqttAddr string, extra ...string) *upProcess {
 	t.Helper()
 	p := &upProcess{logDone: make(chan struct{})}
-	p.cmd = exec.Command(binary, "up", "--data", data, "--http-addr", httpAddr, "--mqtt-addr", mqttAddr, "--log-format", "json")
+	p.cmd = exec.Command(binary, append([]string{"up", "--data", data, "--http-addr", httpAddr, "--mqtt-addr", mqttAddr, "--log-format", "json"}, extra...)...)
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"maps"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -24,8 +25,12 @@ import (
 )
 
 // serviceRoles are the roles 'pki issue --service' accepts: those the
-// platform has grants for (the built-in roles, and a grants file's).
-func serviceRoles(g tacs.Grants) []string { return slices.Sorted(maps.Keys(g)) }
+// platform has grants for (the built-in roles, and a grants file's),
+// except the customer sites' role.
+func serviceRoles(g tacs.Grants) []string {
+	roles := slices.Sorted(maps.Keys(g))
+	return slices.DeleteFunc(roles, func(r string) bool { return r == tacs.RoleSite }) // a site's, never a service's
+}
 
 func newPKICmd() *cobra.Command {
 	c := &cobra.Command{
@@ -68,8 +73,10 @@ func newPKIIssueCmd() *cobra.Command {
 	var (
 		dir, out, service, role string
 		grantsFile              string
-		e2e, force, p12         bool
+		e2e, force, p12, isSite bool
 		days                    int
+		dnsNames                []string
+		ips                     []net.IP
 	)
 	c := &cobra.Command{
 		Use:   "issue [PATH] --out OUTDIR",
@@ -82,8 +89,15 @@ Writes OUTDIR/cert.pem (leaf followed by its intermediates), OUTDIR/key.pem
 (PKCS#8, mode 0600) and OUTDIR/ca.pem (the root of that PKI). With --p12 also
 OUTDIR/identity.p12 (mode 0600), for importing into a browser to log into the
 web console with the certificate; its password comes from
-FIELDTRUST_P12_PASSWORD or is asked for on the terminal.`,
+FIELDTRUST_P12_PASSWORD or is asked for on the terminal.
+
+With --site, PATH is an account (master/account) and the certificate is its
+customer site's (fieldtrust site): it forwards the account's gateways to the
+platform and may do nothing else (no web API, no EST, no topic outside the
+gateway channels of the account). --ip and --dns name the site's LAN address
+its gateways connect to; OUTDIR is then the site's --data directory.`,
 		Example: `  fieldtrust pki issue --data ./fieldtrust-data ms-acc-1/acc-1/dev-1 --out ./dev-1
+  fieldtrust pki issue ms-acc-1/acc-1 --site --ip 192.168.10.5 --out ./site-acc-1
   fieldtrust pki issue ms-acc-1/acc-1/dev-1 --e2e --days 30 --out ./dev-1-e2e
   fieldtrust pki issue --service ingest --role snapshot-reader --out ./ingest
   FIELDTRUST_P12_PASSWORD=... fieldtrust pki issue acme-pumps --p12 --out ./acme-pumps`,
@@ -91,6 +105,10 @@ FIELDTRUST_P12_PASSWORD or is asked for on the terminal.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req := pki.LeafRequest{Validity: time.Duration(days) * 24 * time.Hour}
 			switch {
+			case isSite && (service != "" || e2e):
+				return usageError{errors.New("--site issues a transport certificate of an account: not with --service or --e2e")}
+			case (len(dnsNames) > 0 || len(ips) > 0) && !isSite:
+				return usageError{errors.New("--dns and --ip name a site's LAN address: use them with --site")}
 			case service != "" && len(args) > 0:
 				return usageError{errors.New("give either an identity PATH or --service, not both")}
 			case service == "" && len(args) == 0:
@@ -113,6 +131,15 @@ FIELDTRUST_P12_PASSWORD or is asked for on the terminal.`,
 					return usageError{err}
 				}
 				req.Path = p
+				if isSite {
+					if len(p) != pki.SitePathElements {
+						return usageError{fmt.Errorf("--site: %q is not an account; a site belongs to master/account", p)}
+					}
+					if len(dnsNames) == 0 && len(ips) == 0 {
+						return usageError{errors.New("--site needs the LAN address the gateways connect to: --ip and/or --dns")}
+					}
+					req.Site, req.DNSNames, req.IPAddresses = true, dnsNames, ips
+				}
 			}
 			if out == "" {
 				return usageError{errors.New("missing --out OUTDIR")}
@@ -208,6 +235,9 @@ FIELDTRUST_P12_PASSWORD or is asked for on the terminal.`,
 	c.Flags().StringVar(&role, "role", "", "role of the service: "+strings.Join(serviceRoles(tacs.DefaultGrants()), ", ")+", or one of the grants file's")
 	c.Flags().StringVar(&grantsFile, "grants", "", "service grants file that defines --role (default DIR/grants.json if it exists)")
 	c.Flags().BoolVar(&force, "force", false, "overwrite existing files in OUTDIR")
+	c.Flags().BoolVar(&isSite, "site", false, "issue the customer-site certificate of account PATH (for 'fieldtrust site')")
+	c.Flags().StringSliceVar(&dnsNames, "dns", nil, "with --site: DNS name of the site's local broker (repeatable)")
+	c.Flags().IPSliceVar(&ips, "ip", nil, "with --site: IP address of the site's local broker (repeatable)")
 	c.Flags().BoolVar(&p12, "p12", false, "also write OUTDIR/identity.p12 for a browser (password: FIELDTRUST_P12_PASSWORD, or asked on the terminal)")
 	return c
 }

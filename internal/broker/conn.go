@@ -476,10 +476,7 @@ func (c *conn) connect() (bool, error) {
 	}
 	persistent := !cp.CleanStart
 	var expiry time.Duration
-	lim := &c.b.accountLimits
-	if subj.IsService() {
-		lim = &c.b.serviceLimits
-	}
+	lim := c.b.limitsFor(subj)
 	if c.version == packet.V5 {
 		secs := cp.Props.SessionExpiry
 		expiry = time.Duration(secs) * time.Second

@@ -1,6 +1,10 @@
 package broker
 
-import "time"
+import (
+	"time"
+
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
+)
 
 // Limits bound what one identity can make the broker hold, so that no
 // device (or stolen device credential) can exhaust memory, disk or
@@ -131,3 +135,13 @@ const (
 	// does not read for that long is disconnected.
 	writeTimeout = 30 * time.Second
 )
+
+// limitsFor picks the limits of a subject: a customer site forwards for
+// all the gateways of its account (their retained status messages, their
+// queues), so it gets the service limits rather than one device's.
+func (b *Broker) limitsFor(subj tacs.Subject) *Limits {
+	if subj.IsService() || subj.Site {
+		return &b.serviceLimits
+	}
+	return &b.accountLimits
+}

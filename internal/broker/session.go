@@ -36,11 +36,7 @@ func (b *Broker) identityFor(subj tacs.Subject) *identity {
 	key := subj.String()
 	id := b.identities[key]
 	if id == nil {
-		lim := &b.accountLimits
-		if subj.IsService() {
-			lim = &b.serviceLimits
-		}
-		id = &identity{key: key, subject: subj, limits: lim}
+		id = &identity{key: key, subject: subj, limits: b.limitsFor(subj)}
 		b.identities[key] = id
 	}
 	id.refs++

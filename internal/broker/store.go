@@ -460,11 +460,15 @@ func chainState(ders [][]byte) (tls.ConnectionState, error) {
 	return tls.ConnectionState{HandshakeComplete: true, PeerCertificates: chain[:1], VerifiedChains: [][]*x509.Certificate{chain}}, nil
 }
 
-// subjectKey encodes a subject in a stored record: "PATH" or
-// "service:NAME:ROLE".
+// subjectKey encodes a subject in a stored record: "PATH",
+// "service:NAME:ROLE" or "site:PATH" (a site restored as a plain PATH
+// would gain the account's rights).
 func subjectKey(s tacs.Subject) string {
 	if s.IsService() {
 		return "service:" + s.Service + ":" + s.Role
+	}
+	if s.Site {
+		return "site:" + s.Path
 	}
 	return s.Path
 }
@@ -474,6 +478,10 @@ func parseSubjectKey(k string) (tacs.Subject, bool) {
 		name, role, ok := strings.Cut(rest, ":")
 		subj := tacs.ServiceSubject(name, role)
 		return subj, ok && subj.Validate() == nil
+	}
+	if path, ok := strings.CutPrefix(k, "site:"); ok {
+		subj := tacs.SiteSubject(path)
+		return subj, subj.Validate() == nil
 	}
 	subj := tacs.Account(k)
 	return subj, subj.Validate() == nil

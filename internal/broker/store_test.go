@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
+
 	"fmt"
 	"testing"
 
@@ -69,4 +71,18 @@ func TestMessageStoredOnce(t *testing.T) {
 	e.restart()
 	consume(2)
 	counts(0, 0)
+}
+
+// TestSubjectKeyRoundTrip: a stored session or retained message comes
+// back with the subject it was recorded with; a site restored as its plain
+// account path would gain the account's rights after a restart.
+func TestSubjectKeyRoundTrip(t *testing.T) {
+	for _, s := range []tacs.Subject{
+		tacs.Account("ms/acc/gw"), tacs.Account("ms/acc"), tacs.ServiceSubject("ingest", tacs.RoleSnapshotReader), tacs.SiteSubject("ms/acc"),
+	} {
+		got, ok := parseSubjectKey(subjectKey(s))
+		if !ok || got != s {
+			t.Errorf("%+v: stored as %q, restored as %+v (ok=%v)", s, subjectKey(s), got, ok)
+		}
+	}
 }

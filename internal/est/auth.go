@@ -46,6 +46,11 @@ func operational(r *http.Request, v OperationalVerifier) (*pki.Credential, *http
 		return nil, &httpError{http.StatusUnauthorized, "client certificate is not a valid operational transport certificate", err}
 	case id.IsService():
 		return nil, &httpError{http.StatusForbidden, "service certificates are issued by the operator ('fieldtrust pki issue --service'), not over EST", nil}
+	case id.Site:
+		// A site certificate proves an account but grants a site's rights
+		// only; a renewal over EST would come back as the account's own
+		// certificate. It speaks MQTT to the platform, nothing else.
+		return nil, &httpError{http.StatusForbidden, "site certificates are issued and renewed by the operator ('fieldtrust pki issue --site'), and are for a site's MQTT connection only", nil}
 	}
 	return &pki.Credential{Domain: pki.Transport, Identity: id, Chain: chain}, nil
 }
@@ -178,6 +183,11 @@ func GuardOperational(v OperationalVerifier, log *slog.Logger, next http.Handler
 			}
 			log.Warn("request refused", "remote", r.RemoteAddr, "subject", peerSubject(r), "path", r.URL.Path, "status", status, "reason", reason, "err", err.Error())
 			RefuseText(w, status, reason)
+			return
+		}
+		if id.Site {
+			log.Warn("request refused", "remote", r.RemoteAddr, "subject", id.String(), "path", r.URL.Path, "status", http.StatusForbidden, "reason", "site certificate")
+			RefuseText(w, http.StatusForbidden, "a site certificate is for the site's MQTT connection only; use an account or service certificate")
 			return
 		}
 		// Downstream handlers written for a TLS layer that verifies (they

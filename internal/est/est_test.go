@@ -223,6 +223,7 @@ func TestRefusals(t *testing.T) {
 	untrusted := rogue.device(t, "ACME-GW-0100") // same subject as a claimed device
 	op := p.operational(t, "ms-1/acc-1/gw-200")
 	revoked := p.operational(t, "ms-1/acc-1/gw-201")
+	site := p.site(t, "ms-1/acc-1")
 	if _, err := p.d.Transport.Revoke(ctx, revoked.Leaf.SerialNumber, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -279,6 +280,9 @@ func TestRefusals(t *testing.T) {
 		{"reenroll revoked", &revoked, reenroll, pkcs10, good, 403, "revoked"},
 		{"e2e with onboarding cert", &claimed, e2eEnroll, pkcs10, good, 401, "not a valid operational"},
 		{"e2e revoked", &revoked, e2eEnroll, pkcs10, good, 403, "revoked"},
+		{"reenroll with a site certificate", &site, reenroll, pkcs10, good, 403, "site certificates"},
+		{"e2e with a site certificate", &site, e2eEnroll, pkcs10, good, 403, "site certificates"},
+		{"guarded route with a site certificate", &site, "/other", pkcs10, good, 403, "MQTT connection only"},
 		{"bad CSR signature", &claimed, enroll, pkcs10, badSig, 400, "signature does not verify"},
 		{"not base64", &claimed, enroll, pkcs10, []byte("this is *not* base64!"), 400, "not base64"},
 		{"not a CSR", &claimed, enroll, pkcs10, []byte("aGVsbG8gd29ybGQ="), 400, "not a PKCS#10"},

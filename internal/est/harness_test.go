@@ -193,6 +193,17 @@ func (m *manufacturer) key(kind, value string) store.ClaimKey {
 // operational issues an operational transport certificate directly.
 func (p *platform) operational(t testing.TB, path string) tls.Certificate {
 	t.Helper()
+	return p.operationalReq(t, path, false)
+}
+
+// site issues the site certificate of an account.
+func (p *platform) site(t testing.TB, path string) tls.Certificate {
+	t.Helper()
+	return p.operationalReq(t, path, true)
+}
+
+func (p *platform) operationalReq(t testing.TB, path string, site bool) tls.Certificate {
+	t.Helper()
 	key, err := pki.GenerateKey(elliptic.P256())
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +212,7 @@ func (p *platform) operational(t testing.TB, path string) tls.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	iss, err := p.d.Transport.Issue(t.Context(), pki.LeafRequest{Path: pp, PublicKey: key.Public()})
+	iss, err := p.d.Transport.Issue(t.Context(), pki.LeafRequest{Path: pp, PublicKey: key.Public(), Site: site})
 	if err != nil {
 		t.Fatal(err)
 	}

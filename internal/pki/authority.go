@@ -183,6 +183,12 @@ type LeafRequest struct {
 	// DNSNames and IPAddresses make a server certificate (transport only).
 	DNSNames    []string
 	IPAddresses []net.IP
+	// Site issues the certificate of a customer site for the account Path
+	// (master/account; transport only): the site policy (OIDSitePolicy)
+	// makes IdentityFromChain name it Identity{Site: true}, whose rights
+	// are a site's (tacs rule 5), not the account's. With DNSNames or
+	// IPAddresses it also serves the site's local broker.
+	Site bool
 
 	// AuthenticatedBy is the verified credential the request was made
 	// with (EST re-enrollment and e2e enrollment), or nil (the operator,
@@ -238,6 +244,9 @@ func (a *Authority) Issue(ctx context.Context, req LeafRequest) (*Issued, error)
 	}
 	if (len(req.DNSNames) > 0 || len(req.IPAddresses) > 0) && a.domain != Transport {
 		return nil, errors.New("issue: server names only make sense in the transport PKI")
+	}
+	if req.Site && (a.domain != Transport || len(req.Path) != SitePathElements) {
+		return nil, fmt.Errorf("issue: a site certificate is a transport certificate of an account (master/account), not %q in the %s PKI", req.Path, a.domain)
 	}
 	unlock, err := a.lock()
 	if err != nil {
@@ -300,7 +309,7 @@ func (a *Authority) Issue(ctx context.Context, req LeafRequest) (*Issued, error)
 	if err != nil {
 		return nil, fmt.Errorf("issue %s: %w", tmpl.Subject.CommonName, err)
 	}
-	kind := KindLeaf
+	kind := KindLeaf // a site's too: RevokePath of the account revokes it by serial
 	if req.Service != "" {
 		kind = KindService
 	}
@@ -429,6 +438,9 @@ func (a *Authority) leafTemplate(req LeafRequest, issuer *x509.Certificate, earl
 		IsCA:                  false,
 		DNSNames:              req.DNSNames,
 		IPAddresses:           req.IPAddresses,
+	}
+	if req.Site {
+		t.Policies = []x509.OID{OIDSitePolicy}
 	}
 	switch a.domain {
 	case Transport:

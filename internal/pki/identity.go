@@ -16,6 +16,38 @@ var ErrNotInNamespace = errors.New("identity outside the issuing CA's namespace"
 type Identity struct {
 	Path    Path
 	Service string
+	// Site: the certificate of a customer site (LeafRequest.Site) of the
+	// account Path. It proves the account, but grants only what a site may
+	// do (tacs rule 5).
+	Site bool
+}
+
+// SitePathElements is the length of a site's path: its account,
+// master/account.
+const SitePathElements = 2
+
+// OIDSitePolicy is the certificate policy that marks a customer site's
+// certificate. It is a UUID OID (ITU-T X.667, 2.25.<uuid>), so it needs no
+// registered arc and cannot collide. Only the platform's CAs issue it; a
+// leaf carrying it anywhere but on an account's own path is refused.
+var OIDSitePolicy = mustOID("2.25.86438104989870845629744330660337910894")
+
+func mustOID(s string) x509.OID {
+	o, err := x509.ParseOID(s)
+	if err != nil {
+		panic(err)
+	}
+	return o
+}
+
+// hasSitePolicy reports whether c carries OIDSitePolicy.
+func hasSitePolicy(c *x509.Certificate) bool {
+	for _, p := range c.Policies {
+		if p.Equal(OIDSitePolicy) {
+			return true
+		}
+	}
+	return false
 }
 
 // IsService reports whether the identity is a platform service.
@@ -25,6 +57,9 @@ func (id Identity) IsService() bool { return id.Service != "" }
 func (id Identity) String() string {
 	if id.IsService() {
 		return "service:" + id.Service
+	}
+	if id.Site {
+		return "site:" + id.Path.String()
 	}
 	return id.Path.String()
 }
@@ -59,7 +94,11 @@ func IdentityFromChain(chain []*x509.Certificate, servicesCA *x509.Certificate) 
 			return Identity{}, fmt.Errorf("%w: %q in the chain is not a CA", ErrNotInNamespace, ca.Subject.CommonName)
 		}
 	}
+	site := hasSitePolicy(leaf)
 	if servicesCA != nil && cas[0].Equal(servicesCA) {
+		if site {
+			return Identity{}, fmt.Errorf("%w: service certificate %q carries the site policy", ErrNotInNamespace, leaf.Subject.CommonName)
+		}
 		if len(cas) != 1 {
 			return Identity{}, fmt.Errorf("%w: services CA below another CA", ErrNotInNamespace)
 		}
@@ -90,7 +129,10 @@ func IdentityFromChain(chain []*x509.Certificate, servicesCA *x509.Certificate) 
 	if !p.HasPrefix(ns) || len(p)-len(ns) > 1 {
 		return Identity{}, fmt.Errorf("%w: leaf %q issued by CA %q", ErrNotInNamespace, p, ns)
 	}
-	return Identity{Path: p}, nil
+	if site && (len(p) != SitePathElements || !p.Equal(ns)) {
+		return Identity{}, fmt.Errorf("%w: leaf %q carries the site policy; only an account's own certificate (master/account, issued by its account CA) may be a site", ErrNotInNamespace, p)
+	}
+	return Identity{Path: p, Site: site}, nil
 }
 
 // IdentifyVerifiedChain names the holder of a chain that was verified

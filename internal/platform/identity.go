@@ -57,6 +57,9 @@ func (ids *identities) Subject(cs tls.ConnectionState) (tacs.Subject, error) {
 }
 
 func (ids *identities) subjectOf(id pki.Identity) (tacs.Subject, error) {
+	if id.Site {
+		return tacs.SiteSubject(id.Path.String()), nil
+	}
 	if !id.IsService() {
 		return tacs.Account(id.Path.String()), nil
 	}

@@ -21,6 +21,9 @@ const (
 	// publishes commands and campaign notices and reads what gateways
 	// answer.
 	RoleDeviceManager = "device-manager"
+	// RoleSite is what a customer site (Subject.Site) may do, inside its
+	// account's subtree only (rule 5 of Authorize).
+	RoleSite = "site"
 )
 
 // Grant allows the actions it names on every topic Filter matches — or,
@@ -63,7 +66,14 @@ type Grants map[string][]Grant
 //     +/+/+/firmware and +/+/+/commands, read +/+/+/firmware/status and
 //     +/+/+/commands/result;
 //   - rules-engine (the rules service): read +/+/+/status (silence),
-//     write +/+/+/events (the MQTT events of rules).
+//     write +/+/+/events (the MQTT events of rules);
+//   - site (a customer site's forwarding broker, within its account's
+//     subtree only): write the gateway→platform channels +/+/+/snapshots,
+//     +/+/+/status, +/+/+/firmware/status and +/+/+/commands/result;
+//     read the platform→gateway channels +/+/+/commands and
+//     +/+/+/firmware. Never +/+/+/events, which the platform's rules
+//     service writes. The two sets are disjoint, so nothing a site
+//     forwards up can come back down to it.
 func DefaultGrants() Grants {
 	return Grants{
 		RoleAdmin: {
@@ -79,6 +89,14 @@ func DefaultGrants() Grants {
 			{Filter: "+/+/+/commands", Write: true},
 			{Filter: "+/+/+/firmware/status", Read: true},
 			{Filter: "+/+/+/commands/result", Read: true},
+		},
+		RoleSite: {
+			{Filter: "+/+/+/snapshots", Write: true},
+			{Filter: "+/+/+/status", Write: true},
+			{Filter: "+/+/+/firmware/status", Write: true},
+			{Filter: "+/+/+/commands/result", Write: true},
+			{Filter: "+/+/+/commands", Read: true},
+			{Filter: "+/+/+/firmware", Read: true},
 		},
 	}
 }

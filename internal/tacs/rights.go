@@ -1,6 +1,9 @@
 package tacs
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // CRLFilter is the subtree every valid subject may read (rule 3).
 const CRLFilter = "pki/crl/#"
@@ -19,8 +22,8 @@ func Rights(g Grants, s Subject) ([]Grant, error) {
 		return nil, fmt.Errorf("rights of %s: %w", s, err)
 	}
 	var out []Grant
-	if s.IsService() {
-		grants, ok := g[s.Role]
+	if s.IsService() || s.Site {
+		grants, ok := g[s.role()]
 		if !ok {
 			return nil, fmt.Errorf("rights of %s: unknown role %q", s, s.Role)
 		}
@@ -30,14 +33,42 @@ func Rights(g Grants, s Subject) ([]Grant, error) {
 			}
 		}
 		for _, gr := range grants {
-			if !gr.Deny {
-				if _, r := parseFilter(gr.Filter); r == "" {
-					out = append(out, gr)
-				}
+			if gr.Deny {
+				continue
+			}
+			gl, r := parseFilter(gr.Filter)
+			if r != "" {
+				continue
+			}
+			if !s.Site {
+				out = append(out, gr)
+			} else if in, ok := intersectSubtree(splitPath(s.Path), gl); ok {
+				// Rule 5: the grant, narrowed to the site's subtree.
+				gr.Filter = strings.Join(in, "/")
+				out = append(out, gr)
 			}
 		}
 	} else {
 		out = append(out, Grant{Filter: s.Path + "/#", Read: true, Write: true})
 	}
 	return append(out, Grant{Filter: CRLFilter, Read: true}), nil
+}
+
+// intersectSubtree returns the filter matching exactly the topics that both
+// the subtree PATH/# (path: literal levels) and filter f match, and false
+// if there are none.
+func intersectSubtree(path, f []string) ([]string, bool) {
+	for i, p := range path {
+		if i == len(f) {
+			return nil, false // f is shallower than the subtree's root
+		}
+		switch f[i] {
+		case "#":
+			return append(append([]string{}, path...), "#"), true
+		case "+", p:
+		default:
+			return nil, false
+		}
+	}
+	return append(append([]string{}, path...), f[len(path):]...), true
 }

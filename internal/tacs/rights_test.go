@@ -76,11 +76,14 @@ func TestRightsAgreeWithAuthorize(t *testing.T) {
 		ServiceSubject("ingest", RoleSnapshotReader), ServiceSubject("admin", RoleAdmin),
 		ServiceSubject("fw", RoleFirmwareWriter), ServiceSubject("interop", "interop"),
 		ServiceSubject("x", "no-such-role"), {Path: "pki/x"}, {},
+		SiteSubject("ms-acc-1/acc-1"), SiteSubject("ms-acc-2/acc-1"), SiteSubject("ms-acc-1"), {Path: "ms-acc-1/acc-1", Site: true, Role: "x"},
 	}
 	requests := []string{"#", "+/#", "ms-acc-1/#", "ms-acc-1", "ms-acc-1/acc-1/dev-1/snapshots", "ms-acc-10/#",
 		"ms-acc-2/acc-1/dev-1/#", "pki/crl/transport", "pki/crl/#", "pki/#", "$SYS/broker/uptime", "$SYS/#",
 		"a/b/c/snapshots", "+/+/+/snapshots", "+/+/+/firmware", "a/b/c/firmware", "test/nosubscribe", "test/#",
-		"$share/g/+/+/+/snapshots", "$share/g/#", "ms-acc-1/+/dev-1/status"}
+		"$share/g/+/+/+/snapshots", "$share/g/#", "ms-acc-1/+/dev-1/status",
+		"ms-acc-1/acc-1/+/commands", "ms-acc-1/acc-1/dev-1/commands", "ms-acc-1/acc-1/dev-1/commands/result", "ms-acc-1/acc-1/#",
+		"ms-acc-1/acc-1", "ms-acc-1/+/+/commands", "+/acc-1/dev-1/snapshots", "ms-acc-1/acc-1/+/#", "ms-acc-1/acc-1/+/+/result"}
 	for _, row := range tacstest.ThesisTable {
 		requests = append(requests, row.Request)
 	}
@@ -102,11 +105,14 @@ func FuzzRights(f *testing.F) {
 	f.Add("a", "", "", "pki/crl/+", true)
 	f.Add("a", "", "", "a", false)
 	g := DefaultGrants()
+	f.Add("a/b", "", "", "a/+/c/snapshots", false)
+	f.Add("a/b", "", "", "a/b/+/commands", true)
 	f.Fuzz(func(t *testing.T, path, service, role, req string, sub bool) {
 		a := Publish
 		if sub {
 			a = Subscribe
 		}
 		checkAgree(t, g, Subject{Path: path, Service: service, Role: role}, a, req)
+		checkAgree(t, g, Subject{Path: path, Service: service, Role: role, Site: true}, a, req)
 	})
 }

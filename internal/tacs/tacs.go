@@ -13,7 +13,12 @@
 //  4. An account identity may read and write its own subtree PATH/#, which
 //     includes PATH itself. Because paths nest (master/account/device), a
 //     master account sees all its accounts and an account all its devices.
-//  5. Everything else is refused.
+//  5. A customer site (Subject.Site, an account's forwarding broker) may do
+//     only what the RoleSite grants allow AND inside its own subtree: a
+//     grant decides the topic kinds (gateway→platform channels to publish,
+//     platform→gateway channels to read), the subtree the tenant. Its
+//     deny grants apply first, as for a service.
+//  6. Everything else is refused.
 //
 // A subscription filter is allowed only if EVERY topic it can match is
 // allowed: the filter must be covered by a single allowed filter (own
@@ -79,6 +84,10 @@ const (
 	ReasonSystemTopic     Reason = "system_topic"
 	ReasonForeignTopic    Reason = "foreign_topic"
 	ReasonRoleDenied      Reason = "role_denied"
+	// ReasonSiteChannel refuses a site a topic of its own subtree that no
+	// RoleSite grant covers (a platform→gateway channel to publish, a
+	// gateway→platform channel to read, a wildcard over both).
+	ReasonSiteChannel Reason = "site_channel"
 )
 
 // Decision is the outcome of Authorize.
@@ -119,23 +128,25 @@ func Authorize(g Grants, s Subject, a Action, topicOrFilter string) Decision {
 		return deny(r)
 	}
 
-	if s.IsService() {
-		grants, ok := g[s.Role]
+	if s.IsService() || s.Site {
+		grants, ok := g[s.role()]
 		if !ok {
 			return deny(ReasonUnknownRole)
 		}
 		// Deny grants first: what one covers is refused whatever else the
 		// role or the CRL rule would allow.
 		for _, gr := range grants {
-			if !gr.Deny || (a == Subscribe && !gr.Read) || (a == Publish && !gr.Write) {
+			if !gr.Deny || !gr.permits(a) {
 				continue
 			}
 			if gl, r := parseFilter(gr.Filter); r == "" && covers(gl, levels) {
 				return deny(ReasonRoleDenied)
 			}
 		}
+		// A site's grants count only inside its own subtree (rule 5).
+		inside := !s.Site || covers(append(splitPath(s.Path), "#"), levels)
 		for _, gr := range grants {
-			if gr.Deny || (a == Subscribe && !gr.Read) || (a == Publish && !gr.Write) {
+			if gr.Deny || !gr.permits(a) || !inside {
 				continue
 			}
 			gl, r := parseFilter(gr.Filter)
@@ -146,11 +157,14 @@ func Authorize(g Grants, s Subject, a Action, topicOrFilter string) Decision {
 				return allow(ReasonRoleGrant)
 			}
 		}
+		if s.Site && inside {
+			return deny(ReasonSiteChannel)
+		}
 	}
 	if a == Subscribe && covers(crlSubtree, levels) {
 		return allow(ReasonCRLRead)
 	}
-	if !s.IsService() {
+	if !s.IsService() && !s.Site {
 		own := append(splitPath(s.Path), "#")
 		if covers(own, levels) {
 			return allow(ReasonOwnSubtree)
@@ -174,4 +188,9 @@ func splitPath(p string) []string {
 		}
 	}
 	return append(out, p[start:])
+}
+
+// permits reports whether the grant names action a.
+func (g Grant) permits(a Action) bool {
+	return (a == Subscribe && g.Read) || (a == Publish && g.Write)
 }

@@ -40,15 +40,17 @@ type Env struct {
 	IngestCert         *x509.Certificate // ingest's e2e certificate: the recipient of snapshots
 }
 
-// Start runs the platform with cfg (DataDir, addresses, Logger and Ready
-// are filled in) until the test ends.
+// Start runs the platform with cfg (DataDir, addresses, Ready and, unless
+// set, Logger are filled in) until the test ends.
 func Start(t testing.TB, cfg platform.Config) *Env {
 	t.Helper()
 	cfg.DataDir = t.TempDir()
 	cfg.HTTPAddr, cfg.MQTTAddr = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	if os.Getenv("FIELDTRUST_TEST_LOG") != "" {
-		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if cfg.Logger == nil { // a test may read the platform's log
+		cfg.Logger = slog.New(slog.DiscardHandler)
+		if os.Getenv("FIELDTRUST_TEST_LOG") != "" {
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+		}
 	}
 	ready := make(chan [2]string, 1)
 	cfg.Ready = func(h, m string) { ready <- [2]string{h, m} }

@@ -14,10 +14,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
+	"github.com/fieldtrust/fieldtrust/internal/dcc/calibration"
+	"github.com/fieldtrust/fieldtrust/internal/dcc/registry"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/rules"
 	"github.com/fieldtrust/fieldtrust/internal/secretbox"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/store/registrystore"
 	"github.com/fieldtrust/fieldtrust/internal/webhook"
 )
 
@@ -236,7 +239,15 @@ func newRuleTestCmd() *cobra.Command {
 			return withStore(cmd.Context(), dir, func(d *datadir.Dir) error {
 				out := cmd.OutOrStdout()
 				fired := 0
-				n, err := rules.Replay(cmd.Context(), d.Store, r, device, fromT, toT, func(f rules.Fired) {
+				var cal rules.Calibrations
+				if r.UsesCalibration() {
+					link, err := fleetLink(cmd.Context(), d.Store)
+					if err != nil {
+						return err
+					}
+					cal = link
+				}
+				n, err := rules.Replay(cmd.Context(), d.Store, cal, r, device, fromT, toT, func(f rules.Fired) {
 					fired++
 					line := fmt.Sprintf("%s  %-8s %s", f.At.Format(time.RFC3339), f.Event, f.Device)
 					if f.Seq > 0 {
@@ -529,4 +540,20 @@ func newOutboxCmd() *cobra.Command {
 	addDataFlag(retry, &rdir)
 	c.AddCommand(list, retry)
 	return c
+}
+
+// fleetLink is the DCC fleet link on the data directory's database, for
+// 'rule test': the device's bindings and the registry's tables, opened
+// read-only (no checkpoint key; the registry applies log entries its
+// tables miss, as 'up' would, idempotently).
+func fleetLink(ctx context.Context, st store.Store) (*calibration.Link, error) {
+	rs, err := registrystore.Of(st)
+	if err != nil {
+		return nil, err
+	}
+	reg, err := registry.New(ctx, rs, registry.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("the DCC registry (for the rule's calibration): %w", err)
+	}
+	return &calibration.Link{Bindings: rs, Enrollments: st, Registry: func() calibration.Registry { return reg }}, nil
 }

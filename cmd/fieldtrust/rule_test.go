@@ -16,6 +16,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/mailcatcher"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/store/registrystore"
 )
 
 const crashRule = `version: 1
@@ -93,6 +94,26 @@ func TestRuleCLI(t *testing.T) {
 	}
 	if out, code = run(t, "rule", "test", "--data", data, bad, "--device", "ms-1/acc-1/gw-1/pump-1"); code != 2 || !strings.Contains(out, bad+":4:20:") {
 		t.Fatalf("rule test of a bad file: %d %s", code, out)
+	}
+
+	// With the fleet link: pump-1 is bound to an instrument the registry
+	// has no DCC for, so each measurement is uncalibrated (without the
+	// link, as before, calibration was unknown and nothing matched).
+	d = openData(t, data)
+	rs, err := registrystore.Of(d.Store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rs.PutBinding(context.Background(), registrystore.Binding{Gateway: "ms-1/acc-1/gw-1", Device: "pump-1", SinceMs: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli(),
+		Issuer: "manufacturer", Value: "SN-NODCC", SetBy: "ms-1/acc-1/gw-1"}); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	cal := filepath.Join(work, "cal.yaml")
+	os.WriteFile(cal, []byte("version: 1\nname: uncal\nscope: ms-1\nmode: each\nwhen: calibration.status == \"uncalibrated\" && calibration.flagged && !calibration.proven\nactions:\n  - mqtt: {}\n"), 0o600)
+	out, code = run(t, "rule", "test", "--data", data, cal, "--device", "ms-1/acc-1/gw-1/pump-1")
+	if code != 0 || strings.Count(out, "  matched  ") != 10 || !strings.Contains(out, "replayed through uncal: 10 event(s)") {
+		t.Fatalf("rule test with calibration: exit %d:\n%s", code, out)
 	}
 }
 

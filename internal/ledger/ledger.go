@@ -233,14 +233,44 @@ func (l *Log) FindAll(ctx context.Context, leaves [][]byte) (map[string]uint64, 
 
 // InclusionProof proves that leaf index is in the tree of the given size.
 func (l *Log) InclusionProof(ctx context.Context, index, size uint64) ([][]byte, error) {
-	if err := l.checkSize(ctx, size); err != nil {
-		return nil, err
-	}
-	n, err := proof.Inclusion(index, size)
+	p, err := l.InclusionProofs(ctx, []uint64{index}, size)
 	if err != nil {
 		return nil, err
 	}
-	return l.fetch(ctx, n)
+	return p[0], nil
+}
+
+// InclusionProofs proves that each leaf of indexes is in the tree of the
+// given size, reading the nodes of all proofs from storage at once (one
+// query, not one per proof: a lookup proving several records costs one
+// round trip to the database).
+func (l *Log) InclusionProofs(ctx context.Context, indexes []uint64, size uint64) ([][][]byte, error) {
+	if err := l.checkSize(ctx, size); err != nil {
+		return nil, err
+	}
+	ns := make([]proof.Nodes, len(indexes))
+	var ids []compact.NodeID
+	for i, index := range indexes {
+		n, err := proof.Inclusion(index, size)
+		if err != nil {
+			return nil, err
+		}
+		ns[i] = n
+		ids = append(ids, n.IDs...)
+	}
+	hashes, err := l.st.LedgerNodes(ctx, toStore(ids))
+	if err != nil {
+		return nil, err
+	}
+	out := make([][][]byte, len(ns))
+	for i, n := range ns {
+		own := hashes[:len(n.IDs):len(n.IDs)]
+		hashes = hashes[len(n.IDs):]
+		if out[i], err = n.Rehash(own, hasher.HashChildren); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // ConsistencyProof proves that the tree of size1 is a prefix of the tree of

@@ -24,10 +24,11 @@ import (
 // it until up stops; until it has, and while the supervisor restarts it,
 // the routes answer 503.
 type dccRegistry struct {
-	store *registrystore.Store
-	key   *ecdsa.PrivateKey
-	cert  *x509.Certificate
-	log   *slog.Logger
+	store  *registrystore.Store
+	enroll store.Enrollments // proves manufacturer bindings (calibration.Link)
+	key    *ecdsa.PrivateKey
+	cert   *x509.Certificate
+	log    *slog.Logger
 
 	reg     atomic.Pointer[registry.Registry]
 	handler atomic.Pointer[http.Handler]
@@ -46,13 +47,13 @@ func newDCCRegistry(st store.Store, dataDir string, log *slog.Logger) (*dccRegis
 	if err != nil {
 		return nil, err
 	}
-	return &dccRegistry{store: rs, key: key, cert: cert, log: log}, nil
+	return &dccRegistry{store: rs, enroll: st, key: key, cert: cert, log: log}, nil
 }
 
 // link is the fleet link on the registry's tables: the API flags
 // measurements with it (unknown while the registry is not open).
 func (d *dccRegistry) link() *calibration.Link {
-	return &calibration.Link{Bindings: d.store, Logger: d.log, Registry: func() calibration.Registry {
+	return &calibration.Link{Bindings: d.store, Enrollments: d.enroll, Logger: d.log, Registry: func() calibration.Registry {
 		if r := d.reg.Load(); r != nil {
 			return r
 		}

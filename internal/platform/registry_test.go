@@ -19,6 +19,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
+	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/registrystore"
 	"github.com/fieldtrust/fieldtrust/internal/supervisor"
 	"github.com/fieldtrust/fieldtrust/internal/topic"
@@ -227,6 +228,15 @@ func TestCalibrationLink(t *testing.T) {
 	}
 	if code := call(t, gw, "PUT", base+"equipment", `{"issuer":"vendor","value":"SN-7"}`, nil); code != 400 {
 		t.Errorf("bad issuer: %d", code)
+	}
+	// Another manufacturer's instrument, claimed for another gateway: the
+	// platform knows it is not this one (docs/dcc.md "The fleet link").
+	if err := r.d.Store.PutClaims(ctx, []store.Claim{{ClaimKey: store.ClaimKey{ManufacturerKeyID: strings.Repeat("b", 64), Kind: store.ClaimBySerial, Value: "SN-OTHER"},
+		ManufacturerSubject: "CN=Other Maker", Path: "ms-1/acc-1/gw-2", CreatedAt: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	if code := call(t, gw, "PUT", base+"equipment", `{"issuer":"manufacturer","value":"SN-OTHER"}`, nil); code != 409 {
+		t.Errorf("another device's manufacturer serial: %d, want 409", code)
 	}
 
 	var after snapshots

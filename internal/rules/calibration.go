@@ -28,13 +28,15 @@ const NoInstrument = "none"
 
 // calibrationVars is what a condition sees as calibration: status (valid,
 // overdue, revoked, uncalibrated, unknown, or none), flagged, overdue,
-// dcc_id, lab, and due (a timestamp: the first overdue instant) when the
-// applicable DCC states a due date. A nil flag is no instrument.
+// dcc_id, lab, proven (the platform verified the device's binding to the
+// instrument, docs/dcc.md), and due (a timestamp: the first overdue
+// instant) when the applicable DCC states a due date. A nil flag is no
+// instrument.
 func calibrationVars(f *calibration.Flag) map[string]any {
 	if f == nil {
-		return map[string]any{"status": NoInstrument, "flagged": false, "overdue": false, "dcc_id": "", "lab": ""}
+		return map[string]any{"status": NoInstrument, "flagged": false, "overdue": false, "dcc_id": "", "lab": "", "proven": false}
 	}
-	m := map[string]any{"status": f.Status, "flagged": f.Flagged, "overdue": f.Overdue, "dcc_id": f.DCCID, "lab": f.Lab}
+	m := map[string]any{"status": f.Status, "flagged": f.Flagged, "overdue": f.Overdue, "dcc_id": f.DCCID, "lab": f.Lab, "proven": f.Proven}
 	if f.DueUnix != 0 {
 		m["due"] = time.Unix(f.DueUnix, 0).UTC()
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -249,17 +250,18 @@ func TestParseOverdueCalibration(t *testing.T) {
 	}
 }
 
-// TestServiceCalibration: the service runs overdue {calibration: true}
-// against the real fleet link — a registry on SQLite with the instrument's
-// DCC, the device bound to it — on the platform's store: a measurement
-// after the due date raises the alarm, one before does not.
-func TestServiceCalibration(t *testing.T) {
+// calibratedFleet is a platform store (SQLite) with a DCC registry holding
+// instrument SN-1's DCC-1 (performed 2026-01-05, due 2026-11-30) and
+// devices "due" and "early" of gateway ms/acc/gw bound to it since
+// 2026-01-01, and the real fleet link on it.
+func calibratedFleet(t *testing.T) (*sqlite.Store, *calibration.Link) {
+	t.Helper()
 	ctx := context.Background()
 	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
 	rs, err := registrystore.Of(st)
 	if err != nil {
 		t.Fatal(err)
@@ -290,6 +292,16 @@ func TestServiceCalibration(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	return st, link
+}
+
+// TestServiceCalibration: the service runs overdue {calibration: true}
+// against the real fleet link — a registry on SQLite with the instrument's
+// DCC, the device bound to it — on the platform's store: a measurement
+// after the due date raises the alarm, one before does not.
+func TestServiceCalibration(t *testing.T) {
+	ctx := context.Background()
+	st, link := calibratedFleet(t)
 	if _, err := Add(ctx, st, Author{Vendor: true}, "r.yaml", []byte("version: 1\nname: dcc-due\nscope: ms\noverdue: {calibration: true}\nactions:\n  - email: [lab@x.example]\n"), t0); err != nil {
 		t.Fatal(err)
 	}
@@ -345,5 +357,62 @@ func TestServiceCalibration(t *testing.T) {
 	}
 	if errs, _ := st.RuleErrors(ctx, "", 10); len(errs) != 0 {
 		t.Fatalf("rule errors %+v", errs)
+	}
+}
+
+// TestReplayCalibration: 'rule test' (Replay) with the fleet link gives
+// rules the calibration of each replayed measurement at its time — an
+// overdue {calibration: true} rule raises at the first measurement past
+// DCC-1's due day, and a condition on calibration.status and dcc_id sees
+// the DCC — where without the link every calibration is unknown and
+// neither fires.
+func TestReplayCalibration(t *testing.T) {
+	ctx := context.Background()
+	st, link := calibratedFleet(t)
+	var recs []store.SnapshotRecord
+	for i, at := range []time.Time{
+		time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC),
+		time.Date(2026, 11, 30, 23, 59, 0, 0, time.UTC),
+		time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC),
+		time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC),
+	} {
+		b := snapshot.Builder{Device: "due"}
+		enc, s, err := b.Next(at.UnixMilli(), []snapshot.Value{{Channel: "t", Value: 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := snapshot.Hash(enc)
+		recs = append(recs, store.SnapshotRecord{Gateway: "ms/acc/gw", Device: "due", Seq: uint64(i + 1), Time: s.Time(), Hash: h[:], Prev: s.Prev, Values: s.Values,
+			Signer: "x", SignedAt: s.Time(), ReceivedAt: s.Time(), LedgerIndex: uint64(i)})
+	}
+	if _, err := st.InsertSnapshots(ctx, recs); err != nil {
+		t.Fatal(err)
+	}
+	overdue := mustRule(t, "o.yaml", "version: 1\nname: dcc-due\nscope: ms\noverdue: {calibration: true}\nactions:\n  - email: [lab@x.example]\n")
+	valid := mustRule(t, "v.yaml", "version: 1\nname: calibrated\nscope: ms\nmode: each\nwhen: calibration.status == \"valid\" && calibration.dcc_id == \"DCC-1\"\nactions:\n  - email: [lab@x.example]\n")
+	for _, tc := range []struct {
+		name string
+		cal  Calibrations
+		r    *Rule
+		want []string // event at
+	}{
+		{"overdue with the link", link, overdue, []string{"raised 2026-12-01T08:00:00Z"}},
+		{"overdue without", nil, overdue, nil},
+		{"calibration.status with the link", link, valid, []string{"matched 2026-11-29T12:00:00Z", "matched 2026-11-30T23:59:00Z"}},
+		{"calibration.status without", nil, valid, nil},
+	} {
+		var got []string
+		n, err := Replay(ctx, st, tc.cal, tc.r, "ms/acc/gw/due", time.Time{}, time.Time{}, func(f Fired) {
+			if f.Event == "error" {
+				t.Errorf("%s: %s", tc.name, f.Summary)
+			}
+			got = append(got, f.Event+" "+f.At.UTC().Format(time.RFC3339))
+		})
+		if err != nil || n != 4 {
+			t.Fatalf("%s: %d replayed, %v", tc.name, n, err)
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/fieldtrust/fieldtrust/internal/dcc/calibration"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 )
 
@@ -27,12 +28,25 @@ type Fired struct {
 // (gateway/device) with from <= time < to (zero bounds open), as the
 // engine would have, and reports what fired, without raising or sending
 // anything. Silence is checked before each snapshot and at the end.
-func Replay(ctx context.Context, q Querier, r *Rule, device string, from, to time.Time, out func(Fired)) (int, error) {
+//
+// cal is the DCC fleet link: a rule reading calibration (or overdue:
+// {calibration: true}) sees the device's calibration at each replayed
+// measurement's time, as the service would have, from the device's
+// bindings and its instrument's registry history read once; nil: every
+// calibration is unknown.
+func Replay(ctx context.Context, q Querier, cal Calibrations, r *Rule, device string, from, to time.Time, out func(Fired)) (int, error) {
 	gw, dev, err := splitDevice(device)
 	if err != nil {
 		return 0, err
 	}
 	e := NewEngine()
+	if cal != nil && r.UsesCalibration() {
+		flag, err := cal.Flags(ctx, gw, dev)
+		if err != nil {
+			return 0, fmt.Errorf("replay %s: calibration: %w", device, err)
+		}
+		e.Calibration = func(_, _ string, t time.Time) *calibration.Flag { return flag(t) }
+	}
 	rr := *r
 	rr.Enabled = true
 	if rr.ID == "" {

@@ -112,6 +112,10 @@ func (a *API) bindEquipment(w http.ResponseWriter, r *http.Request, subj tacs.Su
 			writeError(w, http.StatusBadRequest, err.Error())
 			return
 		}
+		if errors.Is(err, calibration.ErrNotTheirs) { // logged by the link
+			writeError(w, http.StatusConflict, err.Error())
+			return
+		}
 		a.serverError(w, r, err)
 		return
 	}

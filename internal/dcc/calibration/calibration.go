@@ -31,6 +31,7 @@ import (
 
 	"github.com/fieldtrust/fieldtrust/internal/dcc"
 	"github.com/fieldtrust/fieldtrust/internal/dcc/registry"
+	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/registrystore"
 )
 
@@ -56,6 +57,9 @@ type Flag struct {
 	Lab       string          `json:"lab,omitempty"`
 	DueDate   string          `json:"due_date,omitempty"` // as the DCC states it
 	DueUnix   int64           `json:"due_unix,omitempty"` // the start (UTC) of the day after DueDate
+	// Proven says the binding that names the instrument was verified by
+	// the platform (Binding.Proof), not only declared.
+	Proven bool `json:"proven"`
 }
 
 // Binding is one of a device's bindings as the API shows it.
@@ -64,6 +68,10 @@ type Binding struct {
 	Since     time.Time       `json:"since"`
 	SetBy     string          `json:"set_by"`
 	SetAt     time.Time       `json:"set_at"`
+	// Proven: the platform verified it (Proof says what); else the
+	// binding is SetBy's declaration.
+	Proven bool   `json:"proven"`
+	Proof  string `json:"proof,omitempty"`
 }
 
 // Report is what GET /api/v1/devices/{path}/calibration returns.
@@ -87,9 +95,19 @@ type Registry interface {
 	LookupEquipment(ctx context.Context, issuer, value string) (*registry.Lookup, error)
 }
 
+// Enrollments is what the link reads of zero-touch onboarding
+// (store.Enrollments): the claims gateways enrolled with.
+type Enrollments interface {
+	Claims(ctx context.Context) ([]store.Claim, error)
+}
+
 // Link is the fleet link.
 type Link struct {
 	Bindings Bindings
+	// Enrollments proves manufacturer bindings (Bind); nil: every
+	// binding is declared, and one to another device's onboarding
+	// identity cannot be told apart.
+	Enrollments Enrollments
 	// Registry returns the registry, nil while it is not open (its
 	// service starting): measurements are then flagged unknown.
 	Registry func() Registry
@@ -100,6 +118,7 @@ type Link struct {
 // Errors, for errors.Is.
 var (
 	ErrInvalid     = errors.New("invalid binding")
+	ErrNotTheirs   = errors.New("the identification is another enrolled device's")
 	ErrUnavailable = errors.New("the DCC registry is not available; retry shortly")
 )
 
@@ -119,13 +138,60 @@ func (l *Link) Bind(ctx context.Context, gateway, device string, e dcc.Equipment
 	case since.Before(time.UnixMilli(0)):
 		return fmt.Errorf("%w: since is before 1970", ErrInvalid)
 	}
+	var proof string
 	if e.Value != "" {
 		if err := e.Check(); err != nil {
 			return fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
+		var err error
+		if proof, err = l.prove(ctx, gateway, e); err != nil {
+			return err
+		}
 	}
 	return l.Bindings.PutBinding(ctx, registrystore.Binding{Gateway: gateway, Device: device, SinceMs: since.UnixMilli(),
-		Issuer: e.Issuer, Value: e.Value, SetBy: by, SetAtMs: now.UnixMilli()})
+		Issuer: e.Issuer, Value: e.Value, SetBy: by, SetAtMs: now.UnixMilli(), Proof: proof})
+}
+
+// prove checks a binding against what EST verified when gateways
+// enrolled, the one place of that rule. A manufacturer identification
+// (the instrument's serial) is proven when it is the onboarding identity
+// this gateway enrolled with — its consumed, unrevoked claim's serial or
+// subject name, or the serial of the onboarding certificate that consumed
+// it, under the manufacturer CA the claim names — and refused
+// (ErrNotTheirs) when it is the onboarding identity of another device's
+// claim (another manufacturer's, or another gateway's): the platform knows
+// that instrument is elsewhere. Anything else (another issuer, a serial no
+// claim names: an instrument behind the gateway) is declared: proof "".
+func (l *Link) prove(ctx context.Context, gateway string, e dcc.EquipmentID) (string, error) {
+	if e.Issuer != "manufacturer" || l.Enrollments == nil {
+		return "", nil
+	}
+	claims, err := l.Enrollments.Claims(ctx)
+	if err != nil {
+		return "", fmt.Errorf("bind %s: enrollment claims: %w", gateway, err)
+	}
+	var other *store.Claim
+	for i, c := range claims {
+		if c.Revoked() || (c.Value != e.Value && (!c.Consumed() || c.ConsumedBy != e.Value)) {
+			continue
+		}
+		if c.Path == gateway && c.Consumed() && !c.Legacy() {
+			return fmt.Sprintf("enrollment: %s enrolled with the onboarding certificate of serial %s (claim by %s %s) of manufacturer CA %q",
+				gateway, c.ConsumedBy, c.Kind, c.Value, c.ManufacturerSubject), nil
+		}
+		if c.Path != gateway {
+			other = &claims[i]
+		}
+	}
+	if other != nil {
+		// Whose it is stays in the log: the binder may be another
+		// customer's gateway.
+		l.logger().Warn("calibration: binding to another device's manufacturer serial refused", "gateway", gateway, "serial", e.Value,
+			"enrolled_as", other.Path, "manufacturer", other.ManufacturerSubject)
+		return "", fmt.Errorf("%w: manufacturer serial %q is the onboarding identity of another enrolled device, not of %s: bind the instrument this gateway measures with",
+			ErrNotTheirs, e.Value, gateway)
+	}
+	return "", nil
 }
 
 // Flags loads what flagging a device's measurements needs and returns the
@@ -167,9 +233,11 @@ func (l *Link) Flags(ctx context.Context, gateway, device string) (func(t time.T
 		}
 		e := dcc.EquipmentID{Issuer: b.Issuer, Value: b.Value}
 		if failed[e] {
-			return &Flag{Equipment: e, Status: Unknown, Flagged: true}
+			return &Flag{Equipment: e, Status: Unknown, Flagged: true, Proven: b.Proof != ""}
 		}
-		return flagAt(e, hist[e], t)
+		f := flagAt(e, hist[e], t)
+		f.Proven = b.Proof != ""
+		return f
 	}, nil
 }
 
@@ -183,7 +251,7 @@ func (l *Link) Report(ctx context.Context, gateway, device string) (*Report, err
 	rep := &Report{Path: gateway + "/" + device, Bindings: []Binding{}, Records: []registry.Record{}}
 	for _, b := range bs {
 		rep.Bindings = append(rep.Bindings, Binding{Equipment: dcc.EquipmentID{Issuer: b.Issuer, Value: b.Value},
-			Since: time.UnixMilli(b.SinceMs).UTC(), SetBy: b.SetBy, SetAt: time.UnixMilli(b.SetAtMs).UTC()})
+			Since: time.UnixMilli(b.SinceMs).UTC(), SetBy: b.SetBy, SetAt: time.UnixMilli(b.SetAtMs).UTC(), Proven: b.Proof != "", Proof: b.Proof})
 	}
 	now := l.now()
 	b := bindingAt(bs, now)
@@ -205,6 +273,7 @@ func (l *Link) Report(ctx context.Context, gateway, device string) (*Report, err
 		rep.TreeHead, rep.Records = &lk.Head, lk.History
 	}
 	rep.Calibration = flagAt(e, rep.Records, now)
+	rep.Calibration.Proven = b.Proof != ""
 	return rep, nil
 }
 

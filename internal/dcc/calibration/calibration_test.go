@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/dcc/dcctest"
 	"github.com/fieldtrust/fieldtrust/internal/dcc/registry"
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
+	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/postgres/pgtest"
 	"github.com/fieldtrust/fieldtrust/internal/store/registrystore"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
@@ -243,5 +245,84 @@ func TestBindRefuses(t *testing.T) {
 	}
 	if bs, _ := l.Bindings.Bindings(context.Background(), "ms/acc/gw", "dev-2"); len(bs) != 0 {
 		t.Fatalf("a refused binding was stored: %+v", bs)
+	}
+}
+
+// TestBindingProof: a manufacturer identification is proven when it is the
+// onboarding identity the gateway enrolled with (its claim's serial or
+// subject, or the onboarding certificate's serial), refused when it is
+// another device's (another manufacturer's instrument serial, enrolled
+// elsewhere), and any other binding is declared; the report and the flag
+// say which.
+func TestBindingProof(t *testing.T) {
+	ctx := context.Background()
+	s, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "r.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	now := day("2026-06-01")
+	claims := []store.Claim{
+		{ClaimKey: store.ClaimKey{ManufacturerKeyID: strings.Repeat("a", 64), Kind: store.ClaimBySerial, Value: "SN-A1"}, ManufacturerSubject: "CN=Acme Instruments", Path: "ms/acc/gw", CreatedAt: now},
+		{ClaimKey: store.ClaimKey{ManufacturerKeyID: strings.Repeat("b", 64), Kind: store.ClaimBySubject, Value: "SN-B7"}, ManufacturerSubject: "CN=Other Maker", Path: "ms/acc/gw-2", CreatedAt: now},
+		{ClaimKey: store.ClaimKey{ManufacturerKeyID: strings.Repeat("b", 64), Kind: store.ClaimBySerial, Value: "SN-B8"}, ManufacturerSubject: "CN=Other Maker", Path: "ms/acc/gw-3", CreatedAt: now},
+	}
+	if err := s.PutClaims(ctx, claims); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range claims[:2] {
+		if err := s.ConsumeClaim(ctx, c.ClaimKey, store.Consumer{Serial: fmt.Sprintf("5e1a%d", i), Fingerprint: strings.Repeat("f", 64)}, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l := &Link{Bindings: registrystore.New(s.SQL(), false), Enrollments: s, Now: func() time.Time { return now }}
+	for _, tt := range []struct {
+		name   string
+		e      dcc.EquipmentID
+		err    error
+		proven bool
+	}{
+		{"its own claim's serial", dcc.EquipmentID{Issuer: "manufacturer", Value: "SN-A1"}, nil, true},
+		{"its onboarding certificate's serial", dcc.EquipmentID{Issuer: "manufacturer", Value: "5e1a0"}, nil, true},
+		{"another manufacturer's enrolled instrument", dcc.EquipmentID{Issuer: "manufacturer", Value: "SN-B7"}, ErrNotTheirs, false},
+		{"another enrolled instrument's certificate serial", dcc.EquipmentID{Issuer: "manufacturer", Value: "5e1a1"}, ErrNotTheirs, false},
+		{"another device's claim, not enrolled yet", dcc.EquipmentID{Issuer: "manufacturer", Value: "SN-B8"}, ErrNotTheirs, false},
+		{"a serial no claim names", dcc.EquipmentID{Issuer: "manufacturer", Value: "SN-Z"}, nil, false},
+		{"the customer's inventory number", dcc.EquipmentID{Issuer: "customer", Value: "SN-B7"}, nil, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dev := "dev-" + tt.e.Value
+			err := l.Bind(ctx, "ms/acc/gw", dev, tt.e, day("2026-01-01"), "ms/acc/gw")
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("bind: %v, want %v", err, tt.err)
+			}
+			if err != nil && (strings.Contains(err.Error(), "gw-2") || strings.Contains(err.Error(), "Other Maker")) {
+				t.Errorf("the refusal names the other device: %v", err)
+			}
+			rep, err := l.Report(ctx, "ms/acc/gw", dev)
+			if err != nil && !errors.Is(err, ErrUnavailable) {
+				t.Fatal(err)
+			}
+			if tt.err != nil {
+				if rep == nil || len(rep.Bindings) != 0 {
+					t.Fatalf("a refused binding was stored: %+v", rep)
+				}
+				return
+			}
+			bs, _ := l.Bindings.Bindings(ctx, "ms/acc/gw", dev)
+			if len(bs) != 1 || (bs[0].Proof != "") != tt.proven {
+				t.Fatalf("stored %+v, proven %v", bs, tt.proven)
+			}
+			if tt.proven && !strings.Contains(bs[0].Proof, "Acme Instruments") {
+				t.Errorf("proof %q does not name the manufacturer", bs[0].Proof)
+			}
+			flag, err := l.Flags(ctx, "ms/acc/gw", dev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f := flag(now); f == nil || f.Proven != tt.proven || f.Status != Unknown {
+				t.Errorf("flag %+v, proven %v", f, tt.proven)
+			}
+		})
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -19,6 +20,9 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/dcc"
 	"github.com/fieldtrust/fieldtrust/internal/dcc/dcctest"
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
+	"github.com/fieldtrust/fieldtrust/internal/store/postgres/pgtest"
+	"github.com/fieldtrust/fieldtrust/internal/store/registrystore"
+	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
 )
 
 // TestRegistryLoad is the registry's load test (make bench-registry;
@@ -43,17 +47,62 @@ func TestRegistryLoad(t *testing.T) {
 	if lookups <= 0 {
 		lookups = 20000
 	}
-	for name, open := range stores(t) {
+	// FIELDTRUST_BENCH_REGISTRY_KEEP=DIR keeps the loaded database (SQLite:
+	// DIR/sqlite/registry-N.db; PostgreSQL: schema ft_bench_registry_N) and
+	// the checkpoint key (DIR/STORE/registry/), and a later run with the
+	// same N reuses them: loading 1,000,000 DCCs takes minutes, a lookup
+	// run seconds. An interrupted load resumes where it stopped.
+	keep := os.Getenv("FIELDTRUST_BENCH_REGISTRY_KEEP")
+	open := stores(t)
+	if keep != "" {
+		open["sqlite"] = func(t *testing.T) *registrystore.Store {
+			if err := os.MkdirAll(filepath.Join(keep, "sqlite"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			s, err := sqlite.Open(context.Background(), filepath.Join(keep, "sqlite", fmt.Sprintf("registry-%d.db", n)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return registrystore.New(s.SQL(), false)
+		}
+		open["postgres"] = func(t *testing.T) *registrystore.Store {
+			return registrystore.New(pgtest.OpenKept(t, fmt.Sprintf("ft_bench_registry_%d", n)).SQL(), true)
+		}
+	}
+	for name, open := range open {
 		if name == "postgres" && os.Getenv("FIELDTRUST_TEST_POSTGRES") == "" {
 			continue
 		}
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			st := open(t)
-			r, cert := newRegistry(t, st)
+			var r *Registry
+			var cert *x509.Certificate
+			if keep != "" {
+				key, c, err := LoadKey(filepath.Join(keep, name))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r, err = New(ctx, st, Options{Key: key, Cert: c}); err != nil {
+					t.Fatal(err)
+				}
+				cert = c
+			} else {
+				r, cert = newRegistry(t, st)
+			}
 			lab := dcctest.NewLab(t, "Load Lab", false)
-			if err := r.AddIssuer(ctx, lab.Name, []*x509.Certificate{lab.Root}); err != nil {
+			have, _, err := r.log.Size()
+			if err != nil {
 				t.Fatal(err)
+			}
+			if have == 0 {
+				if err := r.AddIssuer(ctx, lab.Name, []*x509.Certificate{lab.Root}); err != nil {
+					t.Fatal(err)
+				}
+				have = 1
+			} else {
+				t.Logf("%s: reusing the kept database: %d log entries", name, have)
 			}
 
 			start := time.Now()
@@ -63,7 +112,7 @@ func TestRegistryLoad(t *testing.T) {
 			}
 			base := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
 			const batch = 10000
-			for i := 0; i < n; i += batch {
+			for i := int(have) - 1; i < n; i += batch {
 				var leaves [][]byte
 				for j := i; j < min(n, i+batch); j++ {
 					ev := Event{Type: "register", Lab: lab.Name, Time: base.Add(time.Duration(j) * time.Second).Format(time.RFC3339), SignatureStatus: "declared",

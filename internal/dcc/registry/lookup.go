@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"time"
@@ -54,7 +53,14 @@ type Lookup struct {
 	History []Record `json:"history,omitempty"` // equipment lookups: in calibration order
 }
 
-// LatestHead returns the latest signed head.
+// headTTL is how long a lookup reuses the signed head it read: the head
+// changes only when the log grows, which this process knows of (signHead,
+// a mirror's sync) and an operator command beside it ('registry issuer')
+// does only with entries no lookup returns. A record whose entries the
+// cached head does not cover reads the head again whatever its age.
+const headTTL = time.Second
+
+// LatestHead returns the latest signed head, read from storage.
 func (r *Registry) LatestHead(ctx context.Context) (Head, error) {
 	text, sig, err := r.st.LatestHead(ctx)
 	if errors.Is(err, store.ErrNotFound) {
@@ -74,11 +80,31 @@ func (r *Registry) LatestHead(ctx context.Context) (Head, error) {
 			return Head{}, err
 		}
 	}
-	h := Head{Size: c.Size, Root: hex.EncodeToString(c.Root), Checkpoint: string(text), Signature: base64.StdEncoding.EncodeToString(sig)}
-	if r.cert != nil {
-		h.Certificate = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.cert.Raw}))
-	}
+	h := Head{Size: c.Size, Root: hex.EncodeToString(c.Root), Checkpoint: string(text), Signature: base64.StdEncoding.EncodeToString(sig), Certificate: r.certPEM}
+	r.headMu.Lock()
+	r.head, r.headRead = &h, time.Now()
+	r.headMu.Unlock()
 	return h, nil
+}
+
+// headFor returns a signed head whose tree holds every leaf below need:
+// the one read within headTTL if it does, else the latest from storage.
+// Lookups never sign (a head is signed once per write).
+func (r *Registry) headFor(ctx context.Context, need uint64) (Head, error) {
+	r.headMu.Lock()
+	h, at := r.head, r.headRead
+	r.headMu.Unlock()
+	if h != nil && h.Size >= need && time.Since(at) < headTTL {
+		return *h, nil
+	}
+	return r.LatestHead(ctx)
+}
+
+// forgetHead drops the cached head: the log grew.
+func (r *Registry) forgetHead() {
+	r.headMu.Lock()
+	r.head = nil
+	r.headMu.Unlock()
 }
 
 // Lookup returns a DCC's record with proofs.
@@ -90,70 +116,69 @@ func (r *Registry) Lookup(ctx context.Context, id string) (*Record, error) {
 	return l.Record, nil
 }
 
-// LookupDCC is the lookup by DCC id.
+// LookupDCC is the lookup by DCC id: two queries (the record with its log
+// entries and supersession; its proofs' nodes) and the cached head.
 func (r *Registry) LookupDCC(ctx context.Context, id string) (*Lookup, error) {
-	head, err := r.LatestHead(ctx)
-	if err != nil {
-		return nil, err
-	}
-	row, err := r.st.DCC(ctx, id)
+	row, by, err := r.st.Lookup(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Errorf("%w %s", ErrUnknown, id)
 	}
 	if err != nil {
 		return nil, err
 	}
-	rec, err := r.recordAt(ctx, row, head.Size, true)
+	rec, err := r.recordOf(row)
 	if err != nil {
 		return nil, err
 	}
-	// Superseded: a later, unrevoked DCC of the same instrument.
-	for _, e := range row.Equipment {
-		hist, err := r.st.ByEquipment(ctx, e[0], e[1], 1000)
-		if err != nil {
-			return nil, err
-		}
-		for _, h := range hist {
-			if h.ID != row.ID && h.RevokedAt == 0 && (h.Performed > row.Performed || (h.Performed == row.Performed && h.RegisteredAt > row.RegisteredAt)) && rec.Status == "valid" {
-				rec.Status, rec.SupersededBy = "superseded", h.ID
-			}
-		}
+	if by != "" && rec.Status == "valid" {
+		// Superseded: a later, unrevoked DCC of the same instrument.
+		rec.Status, rec.SupersededBy = "superseded", by
 	}
-	return &Lookup{Head: head, Record: rec}, nil
+	l := &Lookup{Record: rec}
+	if err := r.prove(ctx, l, []registrystore.DCC{row}, []*Record{rec}); err != nil {
+		return nil, err
+	}
+	return l, nil
 }
 
 // LookupEquipment returns an instrument's calibration history (every DCC
 // naming the identification, oldest first), each with its status and
-// proofs. An empty issuer matches identifications of any issuer.
+// proofs: two queries (the records with their log entries; all their
+// proofs' nodes) and the cached head.
 func (r *Registry) LookupEquipment(ctx context.Context, issuer, value string) (*Lookup, error) {
-	head, err := r.LatestHead(ctx)
+	rows, h, err := r.history(ctx, issuer, value)
 	if err != nil {
 		return nil, err
 	}
-	h, err := r.history(ctx, issuer, value, head.Size, true)
-	if err != nil {
+	l := &Lookup{History: h}
+	recs := make([]*Record, len(h))
+	for i := range h {
+		recs[i] = &h[i]
+	}
+	if err := r.prove(ctx, l, rows, recs); err != nil {
 		return nil, err
 	}
-	return &Lookup{Head: head, History: h}, nil
+	return l, nil
 }
 
 // HistoryOf is LookupEquipment's history without proofs (and without a
 // head): what the fleet link needs to flag measurements.
 func (r *Registry) HistoryOf(ctx context.Context, issuer, value string) ([]Record, error) {
-	return r.history(ctx, issuer, value, 0, false)
+	_, h, err := r.history(ctx, issuer, value)
+	return h, err
 }
 
-func (r *Registry) history(ctx context.Context, issuer, value string, size uint64, proofs bool) ([]Record, error) {
+func (r *Registry) history(ctx context.Context, issuer, value string) ([]registrystore.DCC, []Record, error) {
 	rows, err := r.st.ByEquipment(ctx, issuer, value, 1000)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := []Record{}
+	out := make([]Record, 0, len(rows))
 	var latest int = -1
 	for _, row := range rows {
-		rec, err := r.recordAt(ctx, row, size, proofs)
+		rec, err := r.recordOf(row)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		out = append(out, *rec)
 		if rec.Status == "valid" {
@@ -163,21 +188,11 @@ func (r *Registry) history(ctx context.Context, issuer, value string, size uint6
 			latest = len(out) - 1
 		}
 	}
-	return out, nil
+	return rows, out, nil
 }
 
-func (r *Registry) record(ctx context.Context, row registrystore.DCC) (*Record, error) {
-	head, err := r.LatestHead(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return r.recordAt(ctx, row, head.Size, true)
-}
-
-// recordAt builds a record with its proofs against the tree of size, or
-// without any (proofs false: for the fleet link's flags, which need the
-// status only).
-func (r *Registry) recordAt(ctx context.Context, row registrystore.DCC, size uint64, proofs bool) (*Record, error) {
+// recordOf builds a record, without proofs, from a row a lookup read.
+func (r *Registry) recordOf(row registrystore.DCC) (*Record, error) {
 	var md struct {
 		dcc.Metadata
 		SignatureStatus string `json:"signature_status"`
@@ -186,43 +201,60 @@ func (r *Registry) recordAt(ctx context.Context, row registrystore.DCC, size uin
 		return nil, fmt.Errorf("dcc %s: metadata: %w", row.ID, err)
 	}
 	rec := &Record{DCC: md.Metadata, Lab: row.Lab, SignatureStatus: md.SignatureStatus, Status: "valid",
-		RegisteredAt: time.Unix(row.RegisteredAt, 0).UTC().Format(time.RFC3339), HasContent: row.Content != nil}
+		RegisteredAt: time.Unix(row.RegisteredAt, 0).UTC().Format(time.RFC3339), HasContent: row.HasContent}
 	if due, ok := rec.DCC.Due(); ok && !r.now().Before(due) {
 		rec.Overdue = true
 	}
-	leaves := []uint64{row.LeafIndex}
 	if row.RevokedAt != 0 {
 		rec.Status, rec.RevokeReason = "revoked", row.RevokeReason
 		rec.RevokedAt = time.Unix(row.RevokedAt, 0).UTC().Format(time.RFC3339)
-		leaves = append(leaves, row.RevokeLeaf)
-	}
-	if !proofs {
-		return rec, nil
-	}
-	for _, idx := range leaves {
-		p, err := r.proof(ctx, idx, size)
-		if err != nil {
-			return nil, err
-		}
-		rec.Proofs = append(rec.Proofs, p)
 	}
 	return rec, nil
 }
 
-func (r *Registry) proof(ctx context.Context, idx, size uint64) (Proof, error) {
-	data, err := r.st.Entries(ctx, idx, idx+1)
-	if err != nil || len(data) != 1 {
-		return Proof{}, fmt.Errorf("registry log entry %d: %v", idx, err)
+// prove sets the lookup's head and each record's proofs (registration,
+// then revocation) against it, reading the nodes of all proofs at once.
+func (r *Registry) prove(ctx context.Context, l *Lookup, rows []registrystore.DCC, recs []*Record) error {
+	var need uint64
+	var idx []uint64
+	var data [][]byte
+	for _, row := range rows {
+		idx, data = append(idx, row.LeafIndex), append(data, row.Entry)
+		need = max(need, row.LeafIndex+1)
+		if row.RevokedAt != 0 {
+			idx, data = append(idx, row.RevokeLeaf), append(data, row.RevokeEntry)
+			need = max(need, row.RevokeLeaf+1)
+		}
 	}
-	hashes, err := r.log.InclusionProof(ctx, idx, size)
+	head, err := r.headFor(ctx, need)
 	if err != nil {
-		return Proof{}, err
+		return err
 	}
-	p := Proof{LeafIndex: idx, LeafData: base64.StdEncoding.EncodeToString(data[0]), Hashes: []string{}}
-	for _, h := range hashes {
-		p.Hashes = append(p.Hashes, hex.EncodeToString(h))
+	l.Head = head
+	if len(idx) == 0 {
+		return nil
 	}
-	return p, nil
+	proofs, err := r.log.InclusionProofs(ctx, idx, head.Size)
+	if err != nil {
+		return fmt.Errorf("registry proofs: %w", err)
+	}
+	k := 0
+	for i, row := range rows {
+		n := 1
+		if row.RevokedAt != 0 {
+			n = 2
+		}
+		recs[i].Proofs = make([]Proof, 0, n)
+		for range n {
+			p := Proof{LeafIndex: idx[k], LeafData: base64.StdEncoding.EncodeToString(data[k]), Hashes: make([]string, len(proofs[k]))}
+			for j, h := range proofs[k] {
+				p.Hashes[j] = hex.EncodeToString(h)
+			}
+			recs[i].Proofs = append(recs[i].Proofs, p)
+			k++
+		}
+	}
+	return nil
 }
 
 // Content returns the signed DCC exactly as submitted (ErrUnknown when the

@@ -114,6 +114,7 @@ func (m *Mirror) Sync(ctx context.Context) (int, error) {
 		return copied, fmt.Errorf("mirror: after %d entries our root is %x, the source's signed head says %s: the source's log is not consistent with what it served", size, root, h.Root)
 	}
 	sig, _ := base64.StdEncoding.DecodeString(h.Signature)
+	defer r.forgetHead()
 	return copied, r.st.PutHead(ctx, c.Size, []byte(h.Checkpoint), sig)
 }
 

@@ -65,17 +65,23 @@ type Event struct {
 
 // Registry is one registry instance.
 type Registry struct {
-	st   *registrystore.Store
-	log  *ledger.Log
-	key  *ecdsa.PrivateKey // signs checkpoints; nil for a mirror
-	cert *x509.Certificate // the checkpoint signer's certificate
-	now  func() time.Time
-	lg   *slog.Logger
-	mu   sync.Mutex // one writer
+	st    *registrystore.Store
+	log   *ledger.Log
+	nodes *cachedNodes      // the log's storage
+	key   *ecdsa.PrivateKey // signs checkpoints; nil for a mirror
+	cert  *x509.Certificate // the checkpoint signer's certificate
+	now   func() time.Time
+	lg    *slog.Logger
+	mu    sync.Mutex // one writer
 
 	lookupRate float64 // per client address
 
 	pendingContent []byte // the whole DCC of the registration being applied; guarded by mu
+
+	certPEM  string     // cert, PEM, as every head carries it
+	headMu   sync.Mutex // guards head and headRead
+	head     *Head      // the latest signed head read (lookups reuse it: headFor)
+	headRead time.Time
 }
 
 // Options configure New.
@@ -95,11 +101,15 @@ const replayPage = 10000
 // New opens a registry on its storage and replays log entries the tables
 // do not reflect yet (a crash between the two writes).
 func New(ctx context.Context, st *registrystore.Store, o Options) (*Registry, error) {
-	l, err := ledger.Open(ctx, st)
+	nodes := newCachedNodes(st)
+	l, err := ledger.Open(ctx, nodes)
 	if err != nil {
 		return nil, fmt.Errorf("registry log: %w", err)
 	}
-	r := &Registry{st: st, log: l, key: o.Key, cert: o.Cert, now: o.Now, lg: o.Logger, lookupRate: o.LookupRate}
+	r := &Registry{st: st, log: l, nodes: nodes, key: o.Key, cert: o.Cert, now: o.Now, lg: o.Logger, lookupRate: o.LookupRate}
+	if r.cert != nil {
+		r.certPEM = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.cert.Raw}))
+	}
 	if r.lookupRate <= 0 {
 		r.lookupRate = LookupRate
 	}
@@ -285,7 +295,7 @@ func (r *Registry) register(ctx context.Context, lab string, md dcc.Metadata, st
 		case om.ContentHash != md.ContentHash:
 			return nil, fmt.Errorf("%w (%s)", ErrReplace, md.ID)
 		}
-		return r.record(ctx, old) // the same submission again
+		return r.Lookup(ctx, md.ID) // the same submission again
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return nil, err
 	}
@@ -372,6 +382,7 @@ func (r *Registry) signHead(ctx context.Context, size uint64, root []byte) error
 	if err != nil {
 		return err
 	}
+	defer r.forgetHead()
 	return r.st.PutHead(ctx, size, text, sig)
 }
 

@@ -15,14 +15,17 @@ type Binding struct {
 	Issuer, Value   string
 	SetBy           string
 	SetAtMs         int64
+	// Proof is what the platform verified of the binding (migration
+	// 0028), empty when it is only declared.
+	Proof string
 }
 
 // PutBinding records a binding; one at the same device and time replaces
 // it (PUT is idempotent).
 func (s *Store) PutBinding(ctx context.Context, b Binding) error {
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO device_equipment (gateway, device, since_ms, issuer, value, set_by, set_at) VALUES (?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (gateway, device, since_ms) DO UPDATE SET issuer = excluded.issuer, value = excluded.value, set_by = excluded.set_by, set_at = excluded.set_at`),
-		b.Gateway, b.Device, b.SinceMs, b.Issuer, b.Value, b.SetBy, b.SetAtMs)
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO device_equipment (gateway, device, since_ms, issuer, value, set_by, set_at, proof) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (gateway, device, since_ms) DO UPDATE SET issuer = excluded.issuer, value = excluded.value, set_by = excluded.set_by, set_at = excluded.set_at, proof = excluded.proof`),
+		b.Gateway, b.Device, b.SinceMs, b.Issuer, b.Value, b.SetBy, b.SetAtMs, b.Proof)
 	if err != nil {
 		return fmt.Errorf("bind %s/%s: %w", b.Gateway, b.Device, err)
 	}
@@ -36,7 +39,7 @@ const maxBindings = 1000
 // Bindings returns a device's bindings, oldest first (at most the latest
 // 1000).
 func (s *Store) Bindings(ctx context.Context, gateway, device string) ([]Binding, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT since_ms, issuer, value, set_by, set_at FROM device_equipment
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT since_ms, issuer, value, set_by, set_at, proof FROM device_equipment
 		WHERE gateway = ? AND device = ? ORDER BY since_ms DESC LIMIT ?`), gateway, device, maxBindings)
 	if err != nil {
 		return nil, fmt.Errorf("bindings of %s/%s: %w", gateway, device, err)
@@ -45,7 +48,7 @@ func (s *Store) Bindings(ctx context.Context, gateway, device string) ([]Binding
 	var out []Binding
 	for rows.Next() {
 		b := Binding{Gateway: gateway, Device: device}
-		if err := rows.Scan(&b.SinceMs, &b.Issuer, &b.Value, &b.SetBy, &b.SetAtMs); err != nil {
+		if err := rows.Scan(&b.SinceMs, &b.Issuer, &b.Value, &b.SetBy, &b.SetAtMs, &b.Proof); err != nil {
 			return nil, err
 		}
 		out = append(out, b)

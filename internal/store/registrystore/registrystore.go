@@ -26,13 +26,57 @@ type Store struct {
 	db       *sql.DB
 	postgres bool
 
-	nodesOnce sync.Once
-	nodesStmt *sql.Stmt // LedgerNodes' query, prepared once
-	nodesErr  error
+	mu    sync.Mutex
+	stmts map[string]*sql.Stmt // SQLite: prepared once per query text; guarded by mu
+	texts map[string]string    // PostgreSQL: the rewritten texts; guarded by mu
 }
 
 // New wraps a database handle; postgres selects $n placeholders.
-func New(db *sql.DB, postgres bool) *Store { return &Store{db: db, postgres: postgres} }
+func New(db *sql.DB, postgres bool) *Store {
+	return &Store{db: db, postgres: postgres, stmts: map[string]*sql.Stmt{}, texts: map[string]string{}}
+}
+
+// statement returns how to run one of this file's constant queries (?
+// placeholders) that lookups run thousands of times a second: on SQLite a
+// statement prepared once (the driver would parse the text anew each
+// time); on PostgreSQL the rewritten text, which pgx prepares and caches
+// per connection itself — a database/sql statement there was prepared
+// again and deallocated whenever database/sql's pool dropped an idle
+// connection (it keeps 2), two more round trips in many lookups. The
+// texts are a handful, so the maps stay small.
+func (s *Store) statement(ctx context.Context, query string) (*sql.Stmt, string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.postgres {
+		t, ok := s.texts[query]
+		if !ok {
+			t = s.q(query)
+			s.texts[query] = t
+		}
+		return nil, t, nil
+	}
+	if st := s.stmts[query]; st != nil {
+		return st, "", nil
+	}
+	st, err := s.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, "", err
+	}
+	s.stmts[query] = st
+	return st, "", nil
+}
+
+// query runs a lookup query (statement).
+func (s *Store) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st, text, err := s.statement(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	if st != nil {
+		return st.QueryContext(ctx, args...)
+	}
+	return s.db.QueryContext(ctx, text, args...)
+}
 
 // q rewrites ? placeholders for PostgreSQL.
 func (s *Store) q(query string) string {
@@ -100,6 +144,13 @@ type DCC struct {
 	RevokeReason string
 	RevokeLeaf   uint64
 	Equipment    [][2]string // issuer, value
+
+	// Read by lookups (Lookup, ByEquipment) in the same query as the row,
+	// which leave Content and Equipment empty (the metadata names the
+	// equipment): what a record's proofs need.
+	HasContent  bool
+	Entry       []byte // the registration's log entry (leaf data)
+	RevokeEntry []byte // the revocation's, nil unless revoked
 }
 
 // PutDCC inserts a DCC and its equipment in one transaction; an existing
@@ -154,6 +205,7 @@ func (s *Store) DCC(ctx context.Context, id string) (DCC, error) {
 	if err != nil {
 		return d, fmt.Errorf("dcc %s: %w", id, err)
 	}
+	d.HasContent = d.Content != nil
 	return d, s.equipment(ctx, &d)
 }
 
@@ -173,45 +225,88 @@ func (s *Store) equipment(ctx context.Context, d *DCC) error {
 	return rows.Err()
 }
 
-// ByEquipment returns the DCCs naming an equipment identification, in
-// calibration order (performance date, then registration). An empty issuer
-// matches any issuer. At most limit rows.
-func (s *Store) ByEquipment(ctx context.Context, issuer, value string, limit int) ([]DCC, error) {
-	query := `SELECT d.dcc_id, d.lab, d.performed, d.registered_at, d.leaf_index, d.metadata, d.content, coalesce(d.revoked_at, 0), coalesce(d.revoke_reason, ''), coalesce(d.revoke_leaf, 0) FROM registry_equipment e JOIN registry_dccs d ON d.dcc_id = e.dcc_id WHERE e.value = ?`
-	args := []any{value}
-	if issuer != "" {
-		query += ` AND e.issuer = ?`
-		args = append(args, issuer)
+// lookupCols are a lookup's columns: the row without its content, and the
+// data of its registration and revocation log entries (joined, so a
+// record and what its proofs prove are one query).
+const lookupCols = `d.dcc_id, d.lab, d.performed, d.registered_at, d.leaf_index, d.metadata, d.content IS NOT NULL, coalesce(d.revoked_at, 0), coalesce(d.revoke_reason, ''), coalesce(d.revoke_leaf, 0), l.data, r.data`
+
+const lookupJoins = ` JOIN registry_log_leaves l ON l.idx = d.leaf_index LEFT JOIN registry_log_leaves r ON r.idx = d.revoke_leaf AND d.revoked_at IS NOT NULL`
+
+func scanLookup(sc interface{ Scan(...any) error }, more ...any) (DCC, error) {
+	var d DCC
+	var leaf, rleaf int64
+	err := sc.Scan(append([]any{&d.ID, &d.Lab, &d.Performed, &d.RegisteredAt, &leaf, &d.Metadata, &d.HasContent, &d.RevokedAt, &d.RevokeReason, &rleaf, &d.Entry, &d.RevokeEntry}, more...)...)
+	d.LeafIndex, d.RevokeLeaf = uint64(leaf), uint64(rleaf)
+	if err == nil && (d.Entry == nil || (d.RevokedAt != 0 && d.RevokeEntry == nil)) {
+		err = fmt.Errorf("dcc %s: its log entry is missing from the registry's log", d.ID)
 	}
-	query += ` ORDER BY d.performed, d.registered_at, d.dcc_id LIMIT ?`
-	args = append(args, limit)
-	rows, err := s.db.QueryContext(ctx, s.q(query), args...)
+	return d, err
+}
+
+// lookupQuery reads a DCC for a lookup, with the DCC that supersedes it:
+// the first later (performance date, then registration), unrevoked DCC
+// naming one of its equipment identifications (in issuer, value order).
+const lookupQuery = `SELECT ` + lookupCols + `, coalesce((SELECT d2.dcc_id FROM registry_equipment e1
+	JOIN registry_equipment e2 ON e2.issuer = e1.issuer AND e2.value = e1.value
+	JOIN registry_dccs d2 ON d2.dcc_id = e2.dcc_id
+	WHERE e1.dcc_id = d.dcc_id AND d2.dcc_id <> d.dcc_id AND d2.revoked_at IS NULL
+	  AND (d2.performed > d.performed OR (d2.performed = d.performed AND d2.registered_at > d.registered_at))
+	ORDER BY e1.issuer, e1.value, d2.performed, d2.registered_at, d2.dcc_id LIMIT 1), '')
+	FROM registry_dccs d` + lookupJoins + ` WHERE d.dcc_id = ?`
+
+// Lookup returns a DCC as a lookup answers it (with Entry and
+// RevokeEntry, without Content and Equipment) and the id of the DCC that
+// supersedes it ("" if none), in one query; store.ErrNotFound if unknown.
+func (s *Store) Lookup(ctx context.Context, id string) (DCC, string, error) {
+	rows, err := s.query(ctx, lookupQuery, id)
+	if err != nil {
+		return DCC{}, "", fmt.Errorf("dcc %s: %w", id, err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return DCC{}, "", fmt.Errorf("dcc %s: %w", id, err)
+		}
+		return DCC{}, "", fmt.Errorf("dcc %s: %w", id, store.ErrNotFound)
+	}
+	var by string
+	d, err := scanLookup(rows, &by)
+	if err != nil {
+		return d, "", fmt.Errorf("dcc %s: %w", id, err)
+	}
+	return d, by, rows.Close()
+}
+
+const byEquipment = `SELECT ` + lookupCols + ` FROM registry_equipment e JOIN registry_dccs d ON d.dcc_id = e.dcc_id` + lookupJoins + ` WHERE e.value = ?`
+const byEquipmentOrder = ` ORDER BY d.performed, d.registered_at, d.dcc_id LIMIT ?`
+
+// ByEquipment returns the DCCs naming an equipment identification, in
+// calibration order (performance date, then registration), as Lookup
+// reads them, in one query. An empty issuer matches any issuer. At most
+// limit rows.
+func (s *Store) ByEquipment(ctx context.Context, issuer, value string, limit int) ([]DCC, error) {
+	query, args := byEquipment+byEquipmentOrder, []any{value, limit}
+	if issuer != "" {
+		query, args = byEquipment+` AND e.issuer = ?`+byEquipmentOrder, []any{value, issuer, limit}
+	}
+	rows, err := s.query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("dccs of equipment %s/%s: %w", issuer, value, err)
 	}
+	defer rows.Close()
 	var out []DCC
 	seen := map[string]bool{}
 	for rows.Next() {
-		d, err := scanDCC(rows)
+		d, err := scanLookup(rows)
 		if err != nil {
-			rows.Close()
 			return nil, err
 		}
-		if !seen[d.ID] {
+		if !seen[d.ID] { // one DCC naming the value under two issuers
 			seen[d.ID] = true
 			out = append(out, d)
 		}
 	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	for i := range out {
-		if err := s.equipment(ctx, &out[i]); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
+	return out, rows.Err()
 }
 
 // Applied is how many log entries the tables reflect.
@@ -323,54 +418,16 @@ func (s *Store) AppendLedger(ctx context.Context, start uint64, leafData [][]byt
 	return tx.Commit()
 }
 
-// LedgerNodes implements ledger.Storage: one query for the whole set (a
-// proof needs about 2·log2(size) nodes; one round trip each made a lookup
-// on PostgreSQL cost tens of them).
+// LedgerNodes implements ledger.Storage: one query for the whole set, of
+// one text whatever its size (a proof needs about log2(size) nodes, an
+// equipment history's proofs together a few times that; one round trip
+// each made a lookup on PostgreSQL cost tens of them, and a text built per
+// call made SQLite parse a new statement every lookup). PostgreSQL takes
+// the ids as two arrays, SQLite as one JSON array of integers.
 func (s *Store) LedgerNodes(ctx context.Context, ids []store.LedgerNode) ([][]byte, error) {
 	out := make([][]byte, len(ids))
-	type key struct {
-		level uint
-		idx   uint64
-	}
-	want := make(map[key][]int, len(ids))
-	var uniq []key
-	for i, id := range ids {
-		k := key{id.Level, id.Index}
-		if want[k] == nil {
-			uniq = append(uniq, k)
-		}
-		want[k] = append(want[k], i)
-	}
-	stmt, err := s.nodesQuery()
-	if err != nil {
-		return nil, err
-	}
-	for len(uniq) > 0 {
-		page := uniq[:min(len(uniq), nodesPerQuery)]
-		uniq = uniq[len(page):]
-		args := make([]any, 0, 2*nodesPerQuery)
-		for i := range nodesPerQuery {
-			k := page[min(i, len(page)-1)] // padded with the last: one query text for every proof
-			args = append(args, k.level, int64(k.idx))
-		}
-		rows, err := stmt.QueryContext(ctx, args...)
-		if err != nil {
-			return nil, fmt.Errorf("registry log nodes: %w", err)
-		}
-		for rows.Next() {
-			var level, idx int64
-			var h []byte
-			if err := rows.Scan(&level, &idx, &h); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			for _, i := range want[key{uint(level), uint64(idx)}] {
-				out[i] = h
-			}
-		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
+	for start := 0; start < len(ids); start += nodesPerQuery {
+		if err := s.ledgerNodes(ctx, ids[start:min(len(ids), start+nodesPerQuery)], out[start:]); err != nil {
 			return nil, err
 		}
 	}
@@ -382,29 +439,63 @@ func (s *Store) LedgerNodes(ctx context.Context, ids []store.LedgerNode) ([][]by
 	return out, nil
 }
 
-// nodesPerQuery is the (level, idx) pairs of LedgerNodes' one query: an
-// inclusion proof in a log of 10^12 leaves has 40 nodes.
-const nodesPerQuery = 64
+// nodesPerQuery bounds one query's ids (an equipment history of 1000 DCCs
+// at 10^6 leaves asks for about 40,000 nodes: a few queries).
+const nodesPerQuery = 10000
 
-// nodesQuery prepares LedgerNodes' query once: built per call with as many
-// pairs as the proof had nodes, SQLite parsed a new statement for every
-// lookup, which was most of a lookup's time.
-func (s *Store) nodesQuery() (*sql.Stmt, error) {
-	s.nodesOnce.Do(func() {
-		var b strings.Builder
-		b.WriteString(`SELECT level, idx, hash FROM registry_log_nodes WHERE `)
-		for i := range nodesPerQuery {
-			if i > 0 {
-				b.WriteString(" OR ")
-			}
-			b.WriteString("(level = ? AND idx = ?)")
+const (
+	nodesQueryPostgres = `SELECT q.ord, n.hash FROM unnest(?::integer[], ?::bigint[]) WITH ORDINALITY AS q (level, idx, ord)
+	JOIN registry_log_nodes n ON n.level = q.level AND n.idx = q.idx`
+	// Each id is one integer, level·2^56 + idx (idx < 2^56: a log of
+	// 7·10^16 leaves), so SQLite reads each with integer arithmetic
+	// instead of a JSON path per row (a third of a lookup's time).
+	nodesQuerySQLite = `SELECT q.key + 1, n.hash FROM json_each(?) AS q
+	JOIN registry_log_nodes n ON n.level = (q.value >> 56) AND n.idx = (q.value & 72057594037927935)`
+)
+
+func (s *Store) ledgerNodes(ctx context.Context, ids []store.LedgerNode, out [][]byte) error {
+	query, args := nodesQueryPostgres, []any(nil)
+	if s.postgres {
+		levels, idxs := make([]int32, len(ids)), make([]int64, len(ids))
+		for i, id := range ids {
+			levels[i], idxs[i] = int32(id.Level), int64(id.Index)
 		}
-		s.nodesStmt, s.nodesErr = s.db.PrepareContext(context.Background(), s.q(b.String()))
-	})
-	if s.nodesErr != nil {
-		return nil, fmt.Errorf("registry log nodes: %w", s.nodesErr)
+		args = []any{levels, idxs}
+	} else {
+		b := make([]byte, 0, 20*len(ids)+2)
+		b = append(b, '[')
+		for i, id := range ids {
+			if id.Level > 127 || id.Index >= 1<<56 {
+				return fmt.Errorf("registry log node %d/%d: beyond the log's bounds", id.Level, id.Index)
+			}
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendUint(b, uint64(id.Level)<<56|id.Index, 10)
+		}
+		b = append(b, ']')
+		query, args = nodesQuerySQLite, []any{string(b)}
 	}
-	return s.nodesStmt, nil
+	rows, err := s.query(ctx, query, args...)
+	if err != nil {
+		return fmt.Errorf("registry log nodes: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var ord int64
+		var h []byte
+		if err := rows.Scan(&ord, &h); err != nil {
+			return fmt.Errorf("registry log nodes: %w", err)
+		}
+		if ord < 1 || ord > int64(len(ids)) {
+			return fmt.Errorf("registry log nodes: position %d of %d", ord, len(ids))
+		}
+		out[ord-1] = h
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("registry log nodes: %w", err)
+	}
+	return nil
 }
 
 // LedgerLeaf implements ledger.Storage.

@@ -69,6 +69,29 @@ func Open(t testing.TB) *postgres.Store {
 	return s
 }
 
+// OpenKept returns a store in the named schema of the test server, created
+// if missing and kept when t ends: a load test reuses a database it took
+// minutes to fill (make bench-registry with FIELDTRUST_BENCH_REGISTRY_KEEP).
+func OpenKept(t testing.TB, schema string) *postgres.Store {
+	t.Helper()
+	dsn := DSN(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+pgx.Identifier{schema}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	s, err := postgres.Open(ctx, withSearchPath(t, dsn, schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 func withSearchPath(t testing.TB, dsn, schema string) string {
 	if strings.Contains(dsn, "://") {
 		u, err := url.Parse(dsn)

@@ -413,13 +413,14 @@ func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
 		return nil
 	}
 	staged := map[deviceKey]*snapshot.Head{}
+	inBatch := map[snapshotKey]bool{} // the batch's candidates so far
 	var cands []*item
 	for _, it := range b.items {
 		if it.stored || it.snap == nil {
 			continue // stored by an earlier attempt, or rejected before classification
 		}
 		it.rec, it.dup, it.rerr, it.events, it.held = nil, false, nil, nil, false
-		if err := p.classify(ctx, it, staged); err != nil {
+		if err := p.classify(ctx, it, staged, inBatch); err != nil {
 			return err
 		}
 		if it.rec != nil {
@@ -513,8 +514,9 @@ func (p *processor) insertEach(ctx context.Context, cands []*item) error {
 
 // classify relates a decoded snapshot to its device's chain: it becomes a
 // candidate to store (it.rec), a redelivery (it.dup) or a fork reject, with
-// the integrity events to record.
-func (p *processor) classify(ctx context.Context, it *item, staged map[deviceKey]*snapshot.Head) error {
+// the integrity events to record. inBatch holds the candidates classified
+// before it in the same batch, which the store does not have yet.
+func (p *processor) classify(ctx context.Context, it *item, staged map[deviceKey]*snapshot.Head, inBatch map[snapshotKey]bool) error {
 	s, gw, hash := it.snap, it.gw, it.hash
 	key := deviceKey{gw, s.Device}
 	head := staged[key]
@@ -553,6 +555,11 @@ func (p *processor) classify(ctx context.Context, it *item, staged map[deviceKey
 	case snapshot.LinkStale:
 		// Below the head: a redelivery of a stored snapshot, or a late one
 		// that fills a gap (a conflicting one fails at insert: a fork).
+		// The original may be earlier in this very batch.
+		if inBatch[snapshotKey{gw, hash}] {
+			it.dup = true
+			return nil
+		}
 		if _, err := p.cfg.Store.SnapshotByHash(ctx, gw, hash[:]); err == nil {
 			it.dup = true
 			return nil
@@ -570,7 +577,15 @@ func (p *processor) classify(ctx context.Context, it *item, staged map[deviceKey
 		Signer: it.signer, SignedAt: it.signedAt, ReceivedAt: it.msg.at,
 	}
 	it.leaf = ledger.LeafData(gw, hash)
+	inBatch[snapshotKey{gw, hash}] = true
 	return nil
+}
+
+// snapshotKey names a snapshot within a gateway's scope, as the store's
+// SnapshotByHash does.
+type snapshotKey struct {
+	gateway string
+	hash    [32]byte
 }
 
 func expectedAfter(h *snapshot.Head) uint64 {

@@ -140,6 +140,7 @@ type storeTuning struct {
 	walFileMax      int64             // walFileMax
 	checkpointEvery time.Duration     // checkpointEvery
 	crash           func(step string) // crash tests' hook (wal.crash)
+	observe         *storeMetrics     // the store's latency histograms; nil: not measured
 }
 
 // openStore opens the bbolt state at path and its write-ahead log
@@ -188,8 +189,9 @@ func openStore(path string, log *slog.Logger, tune storeTuning) (*store, error) 
 		return nil, fmt.Errorf("state %s: %w", path, err)
 	}
 	ckpt := newCheckpointer(db, applied, tune.checkpointEvery, tune.crash, log)
-	w.checkpointed = ckpt.waitApplied
-	return &store{log: log, db: db, wal: w, ckpt: ckpt, j: newJournal(w, ckpt, log), pending: map[string]*pendingPut{}}, nil
+	ckpt.obs = tune.observe
+	w.checkpointed, w.obs, w.rounds = ckpt.waitApplied, tune.observe, &ckpt.rounds
+	return &store{log: log, db: db, wal: w, ckpt: ckpt, j: newJournal(w, ckpt, tune.observe, log), pending: map[string]*pendingPut{}}, nil
 }
 
 func (s *store) close() error {

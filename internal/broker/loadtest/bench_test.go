@@ -108,7 +108,8 @@ func TestBrokerBench(t *testing.T) {
 		var err error
 		switch name {
 		case ours:
-			b, err = StartFieldtrust(ctx, bin, p, d, profile(tag))
+			// -debug-addr: the paced runs' stage histograms (StageTable).
+			b, err = StartFieldtrust(ctx, bin, p, d, profile(tag), "-debug-addr", "127.0.0.1:0")
 		case mosquitto:
 			b, err = StartMosquitto(ctx, mosq, p, d, MosquittoOptions{})
 		default:
@@ -145,6 +146,7 @@ func TestBrokerBench(t *testing.T) {
 		{"QoS 1, persistent sessions resumed after a restart", "resume", with(func(w *Workload) { w.QoS, w.Messages = 1, resume }), []string{ours, persist}, false, true},
 	}
 	var scenarios []Scenario
+	var stages []string // attribution tables of our broker's paced runs
 	for _, c := range cases {
 		if only != "" && !strings.Contains(c.name, only) {
 			continue
@@ -194,6 +196,13 @@ func TestBrokerBench(t *testing.T) {
 		for _, name := range c.brokers {
 			b := start(name, c.tag+"-paced")
 			r, err := w.Run(ctx, b.Name, b.Addr, p)
+			if err == nil && b.DebugAddr != "" {
+				if fams, merr := b.Metrics(ctx); merr != nil {
+					t.Errorf("%s: %v", ps.Name, merr)
+				} else {
+					stages = append(stages, StageTable(name+", "+ps.Name, fams))
+				}
+			}
 			stop(b)
 			if err != nil {
 				t.Fatalf("%s %s: %v", name, ps.Name, err)
@@ -230,6 +239,9 @@ func TestBrokerBench(t *testing.T) {
 	fmt.Fprintf(&out, "Workload: %d publishers (devices), %d subscribers (account, `%s/+/snapshots`), max rate: %d (QoS 0) / %d (QoS 1 and 2) measured messages per publisher after 10%% warm-up, paced: %d%% of the slower broker's rate for ~%d s; fan-out: one admin publisher on `%s`, %d device subscribers; resume: %d messages per publisher queued for offline persistent sessions across a clean restart; 1 KiB payload, window %d; harness client `loadtest.Client` (MQTT 3.1.1 unless marked MQTT 5); %s, GOMAXPROCS %d, %s.\n\n",
 		pubs, subs, Account, msgs0, msgs1, pacedPct, pacedSeconds, FanOutTopic, fanout, resume, window, runtime.Version(), runtime.GOMAXPROCS(0), MosquittoVersion(mosq))
 	out.WriteString(ThroughputTable(scenarios))
+	for _, s := range stages {
+		out.WriteString("\n" + s)
+	}
 	if len(idle) > 0 {
 		out.WriteString("\n" + IdleTable(idle))
 	}

@@ -200,7 +200,7 @@ func TestBrokerBench(t *testing.T) {
 				if fams, merr := b.Metrics(ctx); merr != nil {
 					t.Errorf("%s: %v", ps.Name, merr)
 				} else {
-					stages = append(stages, StageTable(name+", "+ps.Name, fams))
+					stages = append(stages, StageTable(fmt.Sprintf("%s, %s; publishes that waited for a PUBACK: %d", name, ps.Name, r.WindowWaits), fams))
 				}
 			}
 			stop(b)

@@ -147,6 +147,7 @@ func TestBrokerBench(t *testing.T) {
 	}
 	var scenarios []Scenario
 	var stages []string // attribution tables of our broker's paced runs
+	var cpuRows []string // each broker's CPU time in the paced runs
 	for _, c := range cases {
 		if only != "" && !strings.Contains(c.name, only) {
 			continue
@@ -195,12 +196,17 @@ func TestBrokerBench(t *testing.T) {
 		ps := Scenario{Name: fmt.Sprintf("%s, paced %.0f pub/s", c.name, w.Rate)}
 		for _, name := range c.brokers {
 			b := start(name, c.tag+"-paced")
+			cpu0, cerr0 := cpuTime(b)
 			r, err := w.Run(ctx, b.Name, b.Addr, p)
+			if cpu1, cerr1 := cpuTime(b); err == nil && cerr0 == nil && cerr1 == nil {
+				published := (w.Messages + w.Warmup) * w.Publishers
+				cpuRows = append(cpuRows, fmt.Sprintf("| %s | %s | %.2f s | %.1f µs |\n", ps.Name, name, (cpu1 - cpu0).Seconds(), float64((cpu1-cpu0).Microseconds())/float64(published)))
+			}
 			if err == nil && b.DebugAddr != "" {
 				if fams, merr := b.Metrics(ctx); merr != nil {
 					t.Errorf("%s: %v", ps.Name, merr)
 				} else {
-					stages = append(stages, StageTable(fmt.Sprintf("%s, %s; publishes that waited for a PUBACK: %d", name, ps.Name, r.WindowWaits), fams))
+					stages = append(stages, StageTable(fmt.Sprintf("%s, %s; publishes that waited for a PUBACK: %d", name, ps.Name, r.WindowWaits), fams, (w.Messages+w.Warmup)*w.Publishers))
 				}
 			}
 			stop(b)
@@ -239,6 +245,10 @@ func TestBrokerBench(t *testing.T) {
 	fmt.Fprintf(&out, "Workload: %d publishers (devices), %d subscribers (account, `%s/+/snapshots`), max rate: %d (QoS 0) / %d (QoS 1 and 2) measured messages per publisher after 10%% warm-up, paced: %d%% of the slower broker's rate for ~%d s; fan-out: one admin publisher on `%s`, %d device subscribers; resume: %d messages per publisher queued for offline persistent sessions across a clean restart; 1 KiB payload, window %d; harness client `loadtest.Client` (MQTT 3.1.1 unless marked MQTT 5); %s, GOMAXPROCS %d, %s.\n\n",
 		pubs, subs, Account, msgs0, msgs1, pacedPct, pacedSeconds, FanOutTopic, fanout, resume, window, runtime.Version(), runtime.GOMAXPROCS(0), MosquittoVersion(mosq))
 	out.WriteString(ThroughputTable(scenarios))
+	if len(cpuRows) > 0 {
+		out.WriteString("\nBroker CPU (user + system) during each paced run, connections and warm-up included:\n\n| scenario | broker | CPU | per published message |\n|---|---|---:|---:|\n")
+		out.WriteString(strings.Join(cpuRows, ""))
+	}
 	for _, s := range stages {
 		out.WriteString("\n" + s)
 	}

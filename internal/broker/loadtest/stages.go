@@ -122,10 +122,13 @@ func counter(fams map[string]*dto.MetricFamily, name string) float64 {
 	return m.GetGauge().GetValue()
 }
 
-// StageTable is the markdown table of StageRows for one run.
-func StageTable(label string, fams map[string]*dto.MetricFamily) string {
+// StageTable is the markdown table of StageRows for one run; published
+// is the number of messages the broker accepted in the process's life
+// (its CPU time is shown per message).
+func StageTable(label string, fams map[string]*dto.MetricFamily, published int) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Where the time goes (%s; bucket upper bounds; GC cycles %.0f):\n\n", label, counter(fams, "go_gc_cycles_total_gc_cycles_total"))
+	fmt.Fprintf(&b, "Where the time goes (%s; bucket upper bounds; GC cycles %.0f; broker CPU %.1f µs per published message):\n\n",
+		label, counter(fams, "go_gc_cycles_total_gc_cycles_total"), counter(fams, "process_cpu_seconds_total")*1e6/float64(max(published, 1)))
 	b.WriteString("| histogram | count | p50 ≤ | p99 ≤ | max ≤ |\n|---|---:|---:|---:|---:|\n")
 	for _, r := range StageRows(fams) {
 		if r.Count == 0 {

@@ -113,7 +113,8 @@ func run() error {
 	// latencies, served on -debug-addr at /metrics: the harness attributes
 	// a run's latency with them (loadtest.Broker.Metrics).
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsGC, collectors.MetricsScheduler)))
+	reg.MustRegister(collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsGC, collectors.MetricsScheduler)),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	b, err := broker.New(broker.Config{
 		Registerer:   reg,
 		Addr:         *addr,

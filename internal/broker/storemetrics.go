@@ -14,6 +14,7 @@ type storeMetrics struct {
 	sync                        [2]prometheus.Observer // [1]: a checkpoint was running during the sync
 	checkpoint                  prometheus.Observer
 	batch                       prometheus.Observer
+	logged, cancelled           prometheus.Counter // message and delivery writes: logged, or cancelled before (acknowledged first)
 }
 
 // storeStageBuckets: 5 µs to 2 s in steps of about a third, fine enough
@@ -37,7 +38,16 @@ func newStoreMetrics(reg prometheus.Registerer) (*storeMetrics, error) {
 	if err != nil {
 		return nil, err
 	}
+	writes, err := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "fieldtrust", Subsystem: "broker", Name: "store_delivery_writes_total",
+		Help: "Writes of persistent sessions' messages and deliveries that reached the write-ahead log (logged), or were cancelled before because the subscriber had acknowledged the delivery (cancelled).",
+	}, []string{"result"}))
+	if err != nil {
+		return nil, err
+	}
 	return &storeMetrics{
+		logged:     writes.WithLabelValues("logged"),
+		cancelled:  writes.WithLabelValues("cancelled"),
 		queue:      stages.WithLabelValues("queue", ""),
 		resolve:    stages.WithLabelValues("resolve", ""),
 		write:      stages.WithLabelValues("write", ""),

@@ -127,8 +127,21 @@ func counter(fams map[string]*dto.MetricFamily, name string) float64 {
 // (its CPU time is shown per message).
 func StageTable(label string, fams map[string]*dto.MetricFamily, published int) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Where the time goes (%s; bucket upper bounds; GC cycles %.0f; broker CPU %.1f µs per published message):\n\n",
-		label, counter(fams, "go_gc_cycles_total_gc_cycles_total"), counter(fams, "process_cpu_seconds_total")*1e6/float64(max(published, 1)))
+	logged, cancelled := 0.0, 0.0
+	if f := fams["fieldtrust_broker_store_delivery_writes_total"]; f != nil {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				switch {
+				case l.GetName() == "result" && l.GetValue() == "logged":
+					logged = m.GetCounter().GetValue()
+				case l.GetName() == "result" && l.GetValue() == "cancelled":
+					cancelled = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	fmt.Fprintf(&b, "Where the time goes (%s; bucket upper bounds; GC cycles %.0f; broker CPU %.1f µs per published message; message and delivery writes logged %.0f, cancelled before logging %.0f):\n\n",
+		label, counter(fams, "go_gc_cycles_total_gc_cycles_total"), counter(fams, "process_cpu_seconds_total")*1e6/float64(max(published, 1)), logged, cancelled)
 	b.WriteString("| histogram | count | p50 ≤ | p99 ≤ | max ≤ |\n|---|---:|---:|---:|---:|\n")
 	for _, r := range StageRows(fams) {
 		if r.Count == 0 {

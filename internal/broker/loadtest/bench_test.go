@@ -43,7 +43,8 @@ func benchEnv(t *testing.T, name string, def int) int {
 // case), RESUME (messages per publisher queued across a restart), IDLE
 // (connections), ONLY (a substring: run only matching scenarios), OUT
 // (file for the markdown tables), PROFILES (directory for brokerd CPU
-// profiles). It never checks timings: it reports them.
+// profiles), BASE (a brokerd binary of another version, run after ours in
+// each scenario). It never checks timings: it reports them.
 func TestBrokerBench(t *testing.T) {
 	if os.Getenv("FIELDTRUST_BROKER_BENCH") == "" {
 		t.Skip("set FIELDTRUST_BROKER_BENCH=1 (see scripts/bench-broker.sh)")
@@ -93,9 +94,13 @@ func TestBrokerBench(t *testing.T) {
 
 	const (
 		ours      = "fieldtrust"
+		baseName  = "fieldtrust (base)"
 		mosquitto = "mosquitto"
 		persist   = "mosquitto (persistence true)"
 	)
+	// BASE: another build of brokerd (e.g. of main) run right after ours
+	// in every scenario, to compare two versions in one run.
+	baseBin := os.Getenv("FIELDTRUST_BROKER_BENCH_BASE")
 	n := 0
 	start := func(name, tag string) *Broker {
 		t.Helper()
@@ -110,6 +115,10 @@ func TestBrokerBench(t *testing.T) {
 		case ours:
 			// -debug-addr: the paced runs' stage histograms (StageTable).
 			b, err = StartFieldtrust(ctx, bin, p, d, profile(tag), "-debug-addr", "127.0.0.1:0")
+		case baseName:
+			if b, err = StartFieldtrust(ctx, baseBin, p, d, "", "-debug-addr", "127.0.0.1:0"); err == nil {
+				b.Name = baseName
+			}
 		case mosquitto:
 			b, err = StartMosquitto(ctx, mosq, p, d, MosquittoOptions{})
 		default:
@@ -151,6 +160,9 @@ func TestBrokerBench(t *testing.T) {
 	for _, c := range cases {
 		if only != "" && !strings.Contains(c.name, only) {
 			continue
+		}
+		if baseBin != "" && c.brokers[0] == ours {
+			c.brokers = append([]string{ours, baseName}, c.brokers[1:]...)
 		}
 		for i := range c.w.Subscribers * btoi(c.w.FanOut) { // fan-out subscribers are device identities
 			if _, err := p.Identity(ctx, DevicePath(i)); err != nil {
@@ -202,7 +214,7 @@ func TestBrokerBench(t *testing.T) {
 				published := (w.Messages + w.Warmup) * w.Publishers
 				cpuRows = append(cpuRows, fmt.Sprintf("| %s | %s | %.2f s | %.1f µs |\n", ps.Name, name, (cpu1 - cpu0).Seconds(), float64((cpu1-cpu0).Microseconds())/float64(published)))
 			}
-			if err == nil && b.DebugAddr != "" {
+			if err == nil && name == ours {
 				if fams, merr := b.Metrics(ctx); merr != nil {
 					t.Errorf("%s: %v", ps.Name, merr)
 				} else {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -39,9 +40,10 @@ func benchEnv(t *testing.T, name string, def int) int {
 // (FIELDTRUST_BROKER_BENCH_*): PUBLISHERS, SUBSCRIBERS, MESSAGES_QOS0 and
 // MESSAGES_QOS1 (per publisher; QoS 2 uses the QoS 1 count), WINDOW,
 // PACED_PERCENT (paced rate as a percentage of the slower broker's
-// measured throughput), PACED_SECONDS, FANOUT (subscribers of the fan-out
+// measured throughput), PACED_RATE (publishes per second instead, the same
+// in every scenario), PACED_SECONDS, FANOUT (subscribers of the fan-out
 // case), RESUME (messages per publisher queued across a restart), IDLE
-// (connections), ONLY (a substring: run only matching scenarios), OUT
+// (connections), ONLY (a regular expression: run only matching scenarios), OUT
 // (file for the markdown tables), PROFILES (directory for brokerd CPU
 // profiles), BASE (a brokerd binary of another version, run after ours in
 // each scenario). It never checks timings: it reports them.
@@ -91,6 +93,11 @@ func TestBrokerBench(t *testing.T) {
 	resume := benchEnv(t, "RESUME", 200)
 	idleN := benchEnv(t, "IDLE", 10_000)
 	only := os.Getenv("FIELDTRUST_BROKER_BENCH_ONLY")
+	onlyRE, err := regexp.Compile(only)
+	if err != nil {
+		t.Fatalf("FIELDTRUST_BROKER_BENCH_ONLY=%q: want a regular expression: %v", only, err)
+	}
+	pacedRate := benchEnv(t, "PACED_RATE", 0)
 
 	const (
 		ours      = "fieldtrust"
@@ -158,7 +165,7 @@ func TestBrokerBench(t *testing.T) {
 	var stages []string // attribution tables of our broker's paced runs
 	var cpuRows []string // each broker's CPU time in the paced runs
 	for _, c := range cases {
-		if only != "" && !strings.Contains(c.name, only) {
+		if only != "" && !onlyRE.MatchString(c.name) {
 			continue
 		}
 		if baseBin != "" && c.brokers[0] == ours {
@@ -203,6 +210,9 @@ func TestBrokerBench(t *testing.T) {
 		// one sustained, so latency is not queueing.
 		w := c.w
 		w.Rate = slowest / float64(w.Subscribers) * float64(pacedPct) / 100
+		if pacedRate > 0 {
+			w.Rate = float64(pacedRate)
+		}
 		w.Messages = max(1, min(w.Messages, int(w.Rate*float64(pacedSeconds))/w.Publishers))
 		w.Warmup = max(1, w.Messages/10)
 		ps := Scenario{Name: fmt.Sprintf("%s, paced %.0f pub/s", c.name, w.Rate)}

@@ -148,3 +148,45 @@ func TestPendingWriteEncodedByTheJournal(t *testing.T) {
 		}
 	}
 }
+
+// TestJournalGathers: the journal's group commit waits for more ops
+// (journalGather) before logging, so a delivery its subscriber
+// acknowledges meanwhile is cancelled: nothing is written for it. A
+// waiting submit (barrier, as a SUBACK) does not wait for the gathering.
+func TestJournalGathers(t *testing.T) {
+	// A gathering that never ends by itself: only the barrier ends it,
+	// so the test does not depend on how fast the machine is.
+	st, err := openStore(filepath.Join(t.TempDir(), "broker.db"), slog.New(slog.NewTextHandler(io.Discard, nil)), storeTuning{gather: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	sess := &session{key: "dev|c"}
+	before := st.wal.next
+	acked := make(chan error, 1)
+	sess.mu.Lock()
+	for i := range 100 {
+		m := newMessage("ms-acc-1/acc-1/dev-1/snapshots", []byte("x"), 1, false, packet.Properties{}, "", time.Now())
+		d := &delivery{msg: m, qos: 1, seq: uint64(i)}
+		st.putDelivery(sess, d)
+		if i == 99 {
+			st.afterDurable(func(err error) { acked <- err }) // a publisher's PUBACK
+		}
+		st.deleteDelivery(sess, d) // the subscriber's PUBACK, before the batch is logged
+	}
+	sess.mu.Unlock()
+	select {
+	case err := <-acked:
+		t.Fatalf("the acknowledgement did not wait for the gathering batch (err %v)", err)
+	default:
+	}
+	if err := st.barrier(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-acked; err != nil {
+		t.Fatal(err)
+	}
+	if st.wal.next != before {
+		t.Errorf("%d log records written for deliveries acknowledged before their batch was logged; want none", st.wal.next-before)
+	}
+}

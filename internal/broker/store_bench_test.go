@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -56,40 +55,6 @@ func BenchmarkStoreAck(b *testing.B) {
 		}()
 	}
 	wg.Wait()
-	b.StopTimer()
-	reportPercentiles(b, waits)
-}
-
-// BenchmarkFdatasync: the floor under BenchmarkStoreAck on the same disk —
-// an overwrite of 16 KiB in a preallocated file, then fdatasync, as the
-// log does for one batch.
-func BenchmarkFdatasync(b *testing.B) {
-	f, err := os.Create(filepath.Join(b.TempDir(), "sync"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	const size, block = 64 << 20, 16 << 10
-	wf := walFile{path: f.Name(), f: f}
-	if err := preallocate(&wf, size); err != nil {
-		b.Fatal(err)
-	}
-	if err := datasync(f); err != nil {
-		b.Fatal(err)
-	}
-	buf := make([]byte, block)
-	waits := make([]time.Duration, 0, b.N)
-	b.ResetTimer()
-	for i := range b.N {
-		t0 := time.Now()
-		if _, err := f.WriteAt(buf, int64(i*block)%size); err != nil {
-			b.Fatal(err)
-		}
-		if err := datasync(f); err != nil {
-			b.Fatal(err)
-		}
-		waits = append(waits, time.Since(t0))
-	}
 	b.StopTimer()
 	reportPercentiles(b, waits)
 }

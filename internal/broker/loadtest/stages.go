@@ -148,6 +148,9 @@ func StageTable(label string, fams map[string]*dto.MetricFamily, published int) 
 			continue
 		}
 		v := func(x float64) string {
+			if math.IsInf(x, 1) {
+				return "beyond the last bucket"
+			}
 			if r.Name == "ops per batch" {
 				return fmt.Sprintf("%.0f", x)
 			}

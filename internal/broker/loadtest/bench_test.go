@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,7 +47,7 @@ func benchEnv(t *testing.T, name string, def int) int {
 // (connections), ONLY (a regular expression: run only matching scenarios), OUT
 // (file for the markdown tables), PROFILES (directory for brokerd CPU
 // profiles), BASE (a brokerd binary of another version, run after ours in
-// each scenario). It never checks timings: it reports them.
+// each scenario; before it with BASE_FIRST=1). It never checks timings: it reports them.
 func TestBrokerBench(t *testing.T) {
 	if os.Getenv("FIELDTRUST_BROKER_BENCH") == "" {
 		t.Skip("set FIELDTRUST_BROKER_BENCH=1 (see scripts/bench-broker.sh)")
@@ -111,6 +112,10 @@ func TestBrokerBench(t *testing.T) {
 	n := 0
 	start := func(name, tag string) *Broker {
 		t.Helper()
+		// The previous broker's writes (a persistent run writes hundreds
+		// of MiB) would otherwise be flushed by the kernel during this
+		// one's run and stall its fdatasyncs: each starts on a clean disk.
+		syscall.Sync()
 		n++
 		d := filepath.Join(dir, fmt.Sprintf("%s-%d", tag, n))
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -169,7 +174,11 @@ func TestBrokerBench(t *testing.T) {
 			continue
 		}
 		if baseBin != "" && c.brokers[0] == ours {
-			c.brokers = append([]string{ours, baseName}, c.brokers[1:]...)
+			first, second := ours, baseName
+			if os.Getenv("FIELDTRUST_BROKER_BENCH_BASE_FIRST") != "" {
+				first, second = baseName, ours
+			}
+			c.brokers = append([]string{first, second}, c.brokers[1:]...)
 		}
 		for i := range c.w.Subscribers * btoi(c.w.FanOut) { // fan-out subscribers are device identities
 			if _, err := p.Identity(ctx, DevicePath(i)); err != nil {

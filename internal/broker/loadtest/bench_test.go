@@ -128,7 +128,8 @@ func TestBrokerBench(t *testing.T) {
 			// -debug-addr: the paced runs' stage histograms (StageTable).
 			b, err = StartFieldtrust(ctx, bin, p, d, profile(tag), "-debug-addr", "127.0.0.1:0")
 		case baseName:
-			if b, err = StartFieldtrust(ctx, baseBin, p, d, "", "-debug-addr", "127.0.0.1:0"); err == nil {
+			// Profiled like ours (the profiler's cost on both).
+			if b, err = StartFieldtrust(ctx, baseBin, p, d, profile(tag+"-base"), "-debug-addr", "127.0.0.1:0"); err == nil {
 				b.Name = baseName
 			}
 		case mosquitto:

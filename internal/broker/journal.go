@@ -12,22 +12,6 @@ import (
 // becomes several syncs of bounded size rather than one huge one.
 const maxJournalBatch = 8192
 
-// journalGather is how long the oldest queued operation waits for others
-// before its batch is logged (group commit with a delay, as PostgreSQL's
-// commit_delay): a live persistent subscriber acknowledges a delivery
-// within about a millisecond, and a write acknowledged before it is logged
-// is cancelled — never encoded, written, synced or checkpointed. Without
-// the delay the journal logged a batch of a few ops every fdatasync
-// (about 1,000–5,000 syncs a second under the paced benchmark, each ~30 µs
-// of kernel CPU on cores the broker shares), and logged nearly every
-// delivery. What it costs is the delay on a persistent publisher's PUBACK;
-// a batch that reaches journalGatherOps, a waiting submit (a SUBACK) and
-// close do not wait (docs/benchmarks.md).
-const (
-	journalGather    = 2 * time.Millisecond
-	journalGatherOps = 1024
-)
-
 var errStoreClosed = errors.New("broker store closed")
 
 // journal is the store's single writer. Operations are resolved into
@@ -47,14 +31,10 @@ type journal struct {
 	ckpt *checkpointer
 	obs  *storeMetrics // nil: not measured
 
-	gather time.Duration // journalGather; 0: log at once (tests)
-
 	mu     sync.Mutex
 	queue  []journalOp // guarded by mu
-	first  time.Time   // when the oldest op in queue was queued; zero: it has waited enough; guarded by mu
 	closed bool        // guarded by mu
 	wake   chan struct{}
-	hurry  chan struct{} // the batch need not wait for more (full, a waiter, close)
 	done   chan struct{} // closed when the loop has drained and exited
 
 	logged atomic.Uint64 // LSN of the last record made durable
@@ -71,9 +51,8 @@ type journalOp struct {
 	at      time.Time   // when a barrier was queued (measured journals only)
 }
 
-func newJournal(w *wal, ckpt *checkpointer, gather time.Duration, obs *storeMetrics, log *slog.Logger) *journal {
-	j := &journal{log: log, wal: w, ckpt: ckpt, obs: obs, gather: gather,
-		wake: make(chan struct{}, 1), hurry: make(chan struct{}, 1), done: make(chan struct{})}
+func newJournal(w *wal, ckpt *checkpointer, obs *storeMetrics, log *slog.Logger) *journal {
+	j := &journal{log: log, wal: w, ckpt: ckpt, obs: obs, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go j.loop()
 	return j
 }
@@ -108,15 +87,11 @@ func (j *journal) enqueue(op journalOp) error {
 		j.log.Error("broker store closed; write lost", "op", what)
 		return errStoreClosed
 	}
-	if len(j.queue) == 0 {
-		j.first = time.Now()
-	}
 	j.queue = append(j.queue, op)
-	hurry := op.done != nil || len(j.queue) >= journalGatherOps
 	j.mu.Unlock()
-	signal(j.wake)
-	if hurry {
-		signal(j.hurry)
+	select {
+	case j.wake <- struct{}{}:
+	default:
 	}
 	if op.done == nil {
 		return nil
@@ -129,8 +104,10 @@ func (j *journal) close() {
 	j.mu.Lock()
 	if !j.closed {
 		j.closed = true
-		signal(j.wake)
-		signal(j.hurry)
+		select {
+		case j.wake <- struct{}{}:
+		default:
+		}
 	}
 	j.mu.Unlock()
 	<-j.done
@@ -141,17 +118,13 @@ func (j *journal) loop() {
 	var batch []journalOp
 	var errs []error
 	var muts []walMut
-	t := time.NewTimer(time.Hour)
-	t.Stop()
 	for range j.wake {
 		for {
-			j.gatherMore(t)
 			j.mu.Lock()
 			n, old := min(len(j.queue), maxJournalBatch), len(j.queue)
 			batch = append(batch[:0], j.queue[:n]...)
 			j.queue = append(j.queue[:0], j.queue[n:]...)
 			clear(j.queue[len(j.queue):old]) // drop the moved ops' references
-			j.first = time.Time{}             // what is left has waited for this batch: next at once
 			closed := j.closed
 			j.mu.Unlock()
 			if len(batch) == 0 {
@@ -164,29 +137,6 @@ func (j *journal) loop() {
 			clear(batch) // drop references to payloads
 			clear(muts)
 		}
-	}
-}
-
-// gatherMore waits until the oldest queued op has waited j.gather, unless
-// the batch should go now (hurry).
-func (j *journal) gatherMore(t *time.Timer) {
-	if j.gather <= 0 {
-		return
-	}
-	j.mu.Lock()
-	var d time.Duration
-	if !j.first.IsZero() && !j.closed && len(j.queue) < journalGatherOps {
-		d = j.gather - time.Since(j.first)
-	}
-	j.mu.Unlock()
-	if d <= 0 {
-		return
-	}
-	t.Reset(d)
-	select {
-	case <-t.C:
-	case <-j.hurry:
-		t.Stop()
 	}
 }
 

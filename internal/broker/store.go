@@ -146,7 +146,6 @@ type storeTuning struct {
 	checkpointEvery time.Duration     // checkpointEvery
 	crash           func(step string) // crash tests' hook (wal.crash)
 	observe         *storeMetrics     // the store's latency histograms; nil: not measured
-	gather          time.Duration     // journalGather; < 0: none
 }
 
 // openStore opens the bbolt state at path and its write-ahead log
@@ -158,9 +157,6 @@ func openStore(path string, log *slog.Logger, tune storeTuning) (*store, error) 
 	}
 	if tune.checkpointEvery == 0 {
 		tune.checkpointEvery = checkpointEvery
-	}
-	if tune.gather == 0 {
-		tune.gather = journalGather
 	}
 	// The freelist is rebuilt on open instead of written on every commit:
 	// the store churns (a record per queued message), and writing the
@@ -200,7 +196,7 @@ func openStore(path string, log *slog.Logger, tune storeTuning) (*store, error) 
 	ckpt := newCheckpointer(db, applied, tune.checkpointEvery, tune.crash, log)
 	ckpt.obs = tune.observe
 	w.checkpointed, w.obs, w.rounds = ckpt.waitApplied, tune.observe, &ckpt.rounds
-	return &store{log: log, db: db, wal: w, ckpt: ckpt, j: newJournal(w, ckpt, tune.gather, tune.observe, log), pending: map[string]*pendingPut{}}, nil
+	return &store{log: log, db: db, wal: w, ckpt: ckpt, j: newJournal(w, ckpt, tune.observe, log), pending: map[string]*pendingPut{}}, nil
 }
 
 func (s *store) close() error {

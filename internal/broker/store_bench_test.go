@@ -14,7 +14,7 @@ import (
 // BenchmarkStoreAck: what a persistent session's PUBACK waits for — 16
 // publishers, each queuing a 1 KiB message and four delivery references,
 // then waiting for the acknowledgement barrier (afterDurable, the PUBACK's
-// path, group commit delay included), as a publish to four offline
+// own path), as a publish to four offline
 // persistent subscribers does. Reports the wait's p50 and p99; compare
 // with BenchmarkFdatasync in the same run (the disk alone):
 //

@@ -168,7 +168,7 @@ func TestBrokerBench(t *testing.T) {
 		{"QoS 1, persistent sessions resumed after a restart", "resume", with(func(w *Workload) { w.QoS, w.Messages = 1, resume }), []string{ours, persist}, false, true},
 	}
 	var scenarios []Scenario
-	var stages []string // attribution tables of our broker's paced runs
+	var stages []string  // attribution tables of our broker's paced runs
 	var cpuRows []string // each broker's CPU time in the paced runs
 	for _, c := range cases {
 		if only != "" && !onlyRE.MatchString(c.name) {
@@ -232,7 +232,7 @@ func TestBrokerBench(t *testing.T) {
 			r, err := w.Run(ctx, b.Name, b.Addr, p)
 			if cpu1, cerr1 := cpuTime(b); err == nil && cerr0 == nil && cerr1 == nil {
 				published := (w.Messages + w.Warmup) * w.Publishers
-				cpuRows = append(cpuRows, fmt.Sprintf("| %s | %s | %.2f s | %.1f µs |\n", ps.Name, name, (cpu1 - cpu0).Seconds(), float64((cpu1-cpu0).Microseconds())/float64(published)))
+				cpuRows = append(cpuRows, fmt.Sprintf("| %s | %s | %.2f s | %.1f µs |\n", ps.Name, name, (cpu1-cpu0).Seconds(), float64((cpu1-cpu0).Microseconds())/float64(published)))
 			}
 			if err == nil && name == ours {
 				if fams, merr := b.Metrics(ctx); merr != nil {

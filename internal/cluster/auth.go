@@ -35,6 +35,10 @@ type conn struct {
 	expiry  *time.Timer
 }
 
+// admitTimeout bounds Config.Admit: the engine waits for its hook (the
+// client's CONNECT, within the engine's auth timeout).
+const admitTimeout = 3 * time.Second
+
 // Refusal reasons, logged (WARN "mqtt refused", as the embedded broker).
 var (
 	errNotMQTT      = errors.New("only MQTT clients may connect")
@@ -91,6 +95,13 @@ func (a *authenticator) check(c server.ClientAuthentication) (tacs.Subject, []*x
 	}
 	if !ClientIDAllowed(subj, cid) {
 		return subj, nil, fmt.Errorf("%w (identity %s, client ID %q)", errBadClientID, subj, cid)
+	}
+	if a.cfg.Admit != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), admitTimeout)
+		defer cancel()
+		if err := a.cfg.Admit(ctx, subj); err != nil {
+			return subj, nil, fmt.Errorf("not admitted yet: %w", err)
+		}
 	}
 	return subj, cs.PeerCertificates, nil
 }

@@ -3,17 +3,20 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/tacs/tacsprobe"
 )
 
@@ -318,5 +321,36 @@ func TestClusterRefusesNonNodes(t *testing.T) {
 	all, _ := io.ReadAll(nc)
 	if !strings.Contains(string(all), "Authorization Violation") || strings.Contains(string(all), "PONG") {
 		t.Fatalf("NATS-protocol client not refused: %q", all)
+	}
+}
+
+// TestClusterAdmit: a node refuses at CONNECT what Config.Admit does not
+// admit yet (an account's gateway before ingest covers the account), and
+// takes the same identity once admitted; the publish of a refused client
+// is never acknowledged.
+func TestClusterAdmit(t *testing.T) {
+	e := newEnv(t)
+	var covered atomic.Bool
+	e.admit = func(_ context.Context, s tacs.Subject) error {
+		if strings.HasPrefix(s.Path, "ms-acc-1/acc-new/") && !covered.Load() {
+			return errors.New("account ms-acc-1/acc-new not covered by ingest yet")
+		}
+		return nil
+	}
+	nodes := e.startCluster(t, 1)
+	path := "ms-acc-1/acc-new/gw-1"
+	cert := e.device(t, path)
+	if c, err := e.dial(t, nodes[0].MQTTAddr(), cert, path, true); err == nil {
+		c.Disconnect(0)
+		t.Fatal("a gateway of an account not admitted yet was taken")
+	}
+	other := e.mustDial(t, nodes[0].MQTTAddr(), e.device(t, "ms-acc-1/acc-1/gw-1"), "ms-acc-1/acc-1/gw-1")
+	if tok := other.Publish("ms-acc-1/acc-1/gw-1/snapshots", 1, false, "x"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("an admitted gateway's publish: %v", tok.Error())
+	}
+	covered.Store(true)
+	gw := e.mustDial(t, nodes[0].MQTTAddr(), cert, path)
+	if tok := gw.Publish(path+"/snapshots", 1, false, "x"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish once admitted: %v", tok.Error())
 	}
 }

@@ -28,6 +28,9 @@ type env struct {
 	roots    *x509.CertPool
 	grants   tacs.Grants
 	log      *slog.Logger
+	// admit is the nodes' Config.Admit (nil: none), set before
+	// startCluster.
+	admit func(context.Context, tacs.Subject) error
 
 	mu    sync.Mutex
 	roles map[string]string
@@ -141,6 +144,7 @@ func (e *env) startCluster(t testing.TB, n int) []*Node {
 			Name: name, MQTTAddr: "127.0.0.1:0", StoreDir: filepath.Join(t.TempDir(), name),
 			Certificate: func() (*tls.Certificate, error) { return &cert, nil }, Roots: e.roots,
 			Identify: Identify(e.verifier, e.subjectOf), Grants: e.grants, Logger: e.log, Replicas: min(n, 3),
+			Admit: e.admit,
 		}
 		if n > 1 {
 			cfg.ClusterAddr, cfg.Routes = addrs[i], routes

@@ -84,6 +84,14 @@ type Config struct {
 	Identify func(chain []*x509.Certificate) (tacs.Subject, error)
 	// Grants are the service roles' grants.
 	Grants tacs.Grants
+	// Admit, if set, decides after identification whether the node takes
+	// the connection now; an error refuses it (CONNACK "not authorized":
+	// the engine has no other refusal for its hook), logged as a refusal,
+	// and the client tries again or the next broker of its list. A node
+	// of several refuses an account's gateways until an ingest session
+	// covers the account, so nothing they publish is acknowledged and
+	// dropped (docs/scale.md "The window of a brand-new account").
+	Admit func(ctx context.Context, s tacs.Subject) error
 	// AckWait is how long a QoS 1/2 delivery waits for its acknowledgement
 	// before the engine redelivers it (default 10 s).
 	AckWait time.Duration

@@ -153,6 +153,11 @@ type Config struct {
 	// ack wait, while new messages flow at once (docs/scale.md). Beyond
 	// HoldGaps a gap is recorded as usual.
 	HoldGaps time.Duration
+	// Subscribed, if set, is called on every connection once the broker
+	// granted every subscription, before the first message is processed;
+	// an error ends the connection (retried as any). A partition session
+	// of a multi-node cluster records here which accounts it covers.
+	Subscribed func(ctx context.Context) error
 	Opener   *envelope.Opener
 	Store    Store
 	Ledger   Ledger
@@ -350,6 +355,11 @@ func (p *processor) connection(ctx context.Context) error {
 			if code, found := st.Result()[f]; !found || code >= 0x80 {
 				return fmt.Errorf("subscribe %s: refused by the broker (code %#x); does the ingest service have the role snapshot-reader?", f, code)
 			}
+		}
+	}
+	if cfg.Subscribed != nil {
+		if err := cfg.Subscribed(connCtx); err != nil {
+			return fmt.Errorf("subscribed %s: %w", filter, err)
 		}
 	}
 	p.holdUntil = cfg.Now().Add(cfg.HoldGaps)

@@ -93,7 +93,10 @@ type View struct {
 	Roles      map[string]string `json:"roles"`      // role → owner
 	Held       []int             `json:"held"`       // partitions this node runs (sorted)
 	HeldRoles  []string          `json:"held_roles"` // roles this node runs (sorted)
-	At         time.Time         `json:"at"`
+	// Draining: the node was told to drain (Manager.Drain); it runs
+	// nothing and is no member once Drained.
+	Draining bool      `json:"draining,omitempty"`
+	At       time.Time `json:"at"`
 }
 
 // Manager runs a node's leases.
@@ -101,9 +104,13 @@ type Manager struct {
 	cfg   Config
 	roles []string // sorted: a role's index is its key
 
-	mu      sync.Mutex
-	view    View
-	workers map[key]*worker
+	mu       sync.Mutex
+	view     View
+	workers  map[key]*worker
+	draining bool
+	member   int           // this session's member slot, -1 without one
+	drained  chan struct{} // closed once a draining node holds nothing
+	once     sync.Once
 }
 
 type key struct {
@@ -134,7 +141,7 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	m := &Manager{cfg: cfg, workers: map[key]*worker{}}
+	m := &Manager{cfg: cfg, workers: map[key]*worker{}, member: -1, drained: make(chan struct{})}
 	for name := range cfg.Roles {
 		m.roles = append(m.roles, name)
 	}
@@ -167,6 +174,26 @@ func (m *Manager) heldLocked() ([]int, []string) {
 	slices.Sort(parts)
 	slices.Sort(roles)
 	return parts, roles
+}
+
+// Drain makes the node give everything up for good (until the process
+// starts again): on its next round it stops every partition and role it
+// runs, then unlocks them (the order of the balance: never two nodes at
+// once), and releases its member lock, so the others count one node less
+// and take its share; it takes nothing again. The channel is closed when
+// that is done.
+func (m *Manager) Drain() <-chan struct{} {
+	m.mu.Lock()
+	m.draining = true
+	m.view.Draining = true
+	m.mu.Unlock()
+	return m.drained
+}
+
+func (m *Manager) isDraining() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.draining
 }
 
 // Run holds and balances the node's leases until ctx ends. It returns nil
@@ -225,6 +252,9 @@ func (m *Manager) session(ctx context.Context) (err error) {
 	}
 	member := -1
 	for k := range maxMembers {
+		if m.isDraining() {
+			break // a draining node is no member
+		}
 		ok, err := tryLock(ctx, conn, ns, kindMember, k)
 		if err != nil {
 			return err
@@ -234,9 +264,12 @@ func (m *Manager) session(ctx context.Context) (err error) {
 			break
 		}
 	}
-	if member < 0 {
+	if member < 0 && !m.isDraining() {
 		return fmt.Errorf("lease: more than %d nodes", maxMembers)
 	}
+	m.mu.Lock()
+	m.member = member
+	m.mu.Unlock()
 	m.cfg.Logger.Info("lease connection up", "node", m.cfg.Node, "member_slot", member)
 	for {
 		// A round that cannot finish (the server unreachable) ends the
@@ -342,6 +375,14 @@ func (m *Manager) round(ctx context.Context, conn *pgx.Conn, ns int64) error {
 		default:
 		}
 	}
+	if m.isDraining() {
+		if err := m.release(ctx, conn, ns, locks); err != nil {
+			return err
+		}
+		m.publish(locks)
+		m.once.Do(func() { close(m.drained) })
+		return nil
+	}
 	members := 0
 	for k := range locks {
 		if k.kind == kindMember {
@@ -404,6 +445,40 @@ func (m *Manager) round(ctx context.Context, conn *pgx.Conn, ns int64) error {
 		m.start(k, m.cfg.Roles[name])
 		m.cfg.Logger.Info("lease: role taken", "node", m.cfg.Node, "role", name)
 	}
+	m.publish(locks)
+	return nil
+}
+
+// release stops and unlocks everything a draining node runs, then its
+// member lock.
+func (m *Manager) release(ctx context.Context, conn *pgx.Conn, ns int64, locks map[key]string) error {
+	for k := range m.snapshotWorkers() {
+		m.stop(k)
+		if err := unlock(ctx, conn, ns, k); err != nil {
+			return err
+		}
+		delete(locks, k)
+		m.cfg.Logger.Info("lease: released to drain", "node", m.cfg.Node, "what", m.name(k))
+	}
+	m.mu.Lock()
+	member := m.member
+	m.mu.Unlock()
+	if member >= 0 {
+		k := key{kindMember, member}
+		if err := unlock(ctx, conn, ns, k); err != nil {
+			return err
+		}
+		delete(locks, k)
+		m.mu.Lock()
+		m.member = -1
+		m.mu.Unlock()
+		m.cfg.Logger.Info("lease: drained: this node runs nothing and is no member", "node", m.cfg.Node)
+	}
+	return nil
+}
+
+// publish makes the round's view of the locks the manager's view.
+func (m *Manager) publish(locks map[key]string) {
 	v := View{Node: m.cfg.Node, Connected: true, Partitions: map[int]string{}, Roles: map[string]string{}, At: time.Now()}
 	for k, owner := range locks {
 		switch k.kind {
@@ -419,13 +494,13 @@ func (m *Manager) round(ctx context.Context, conn *pgx.Conn, ns int64) error {
 	}
 	slices.Sort(v.Members)
 	m.mu.Lock()
+	v.Draining = m.draining
 	m.view = v
 	v.Held, v.HeldRoles = m.heldLocked()
 	m.mu.Unlock()
 	if m.cfg.Rounds != nil {
 		m.cfg.Rounds(v)
 	}
-	return nil
 }
 
 func (m *Manager) name(k key) string {

@@ -130,11 +130,20 @@ func startClusterTier(ctx context.Context, cfg Config, d *datadir.Dir, node, pub
 	if len(cfg.Cluster.Routes) == 0 {
 		clusterAddr = ""
 	}
+	var admit func(context.Context, tacs.Subject) error
+	if cfg.Cluster.multiNode() {
+		cs, ok := d.Store.(coverageStore)
+		if !ok {
+			return nil, errMultiNodeSQLite
+		}
+		admit = newAdmission(cs).admit
+	}
 	n, err := cluster.Start(ctx, cluster.Config{
 		Name: cfg.Cluster.nodeName(), MQTTAddr: cfg.MQTTAddr, ClusterAddr: clusterAddr, Routes: cfg.Cluster.Routes,
 		StoreDir: filepath.Join(cfg.DataDir, "cluster", cfg.Cluster.nodeName()), Replicas: replicas,
 		Certificate: func() (*tls.Certificate, error) { return node.Current(), nil },
 		Roots:       roots, Identify: cluster.Identify(verifier, ids.subjectOf), Grants: grants,
+		Admit:  admit,
 		Logger: log.With("component", "cluster"),
 	})
 	if err != nil {

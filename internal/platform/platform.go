@@ -502,7 +502,7 @@ func Run(ctx context.Context, cfg Config) error {
 		// Several nodes: ingest by partitions, the singletons by lease.
 		// Partition sessions keep their metrics private (a partition
 		// moves between nodes; the store's counts are the totals).
-		pi := &partitionedIngest{certs: d.Store, statuses: map[int]*ingest.Status{}, log: log.With("component", "ingest"),
+		pi := &partitionedIngest{certs: d.Store, cover: d.Store.(coverageStore), statuses: map[int]*ingest.Status{}, log: log.With("component", "ingest"),
 			base: ingest.Config{Broker: mqttAddr, TLS: ingestClient, Opener: opener, Store: ingestStore, Ledger: lg,
 				Logger: log.With("component", "ingest"), Committed: rp.committed}}
 		if services, leases, err = splitForCluster(cfg.Cluster.nodeName(), d.Store.(leaseStore), services, pi, log); err != nil {

@@ -158,10 +158,11 @@ type Config struct {
 	// an error ends the connection (retried as any). A partition session
 	// of a multi-node cluster records here which accounts it covers.
 	Subscribed func(ctx context.Context) error
-	Opener     *envelope.Opener
-	Store      Store
-	Ledger     Ledger
-	Logger     *slog.Logger
+
+	Opener   *envelope.Opener
+	Store    Store
+	Ledger   Ledger
+	Logger   *slog.Logger
 	// Registerer receives ingest metrics; nil keeps them private.
 	Registerer prometheus.Registerer
 	// Status, if set, receives ingest's state (for health checks).

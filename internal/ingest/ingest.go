@@ -153,12 +153,6 @@ type Config struct {
 	// ack wait, while new messages flow at once (docs/scale.md). Beyond
 	// HoldGaps a gap is recorded as usual.
 	HoldGaps time.Duration
-	// Subscribed, if set, is called on every connection once the broker
-	// granted every subscription, before the first message is processed;
-	// an error ends the connection (retried as any). A partition session
-	// of a multi-node cluster records here which accounts it covers.
-	Subscribed func(ctx context.Context) error
-
 	Opener   *envelope.Opener
 	Store    Store
 	Ledger   Ledger
@@ -197,6 +191,11 @@ type Config struct {
 	// rules engine runs on it), after the commit and before the
 	// acknowledgements. It must not block.
 	Committed func(snaps []store.SnapshotRecord, events []store.IntegrityEvent, rejects []store.Reject)
+	// Subscribed, if set, is called on every connection once the broker
+	// granted every subscription, before the first message is processed;
+	// an error ends the connection (retried as any). A partition session
+	// of a multi-node cluster records here which accounts it covers.
+	Subscribed func(ctx context.Context) error
 }
 
 // DefaultQueue is 16 times the embedded broker's send window for an MQTT

@@ -354,3 +354,73 @@ func TestClusterAdmit(t *testing.T) {
 		t.Fatalf("publish once admitted: %v", tok.Error())
 	}
 }
+
+// TestClusterDrain: a node of three drains while a gateway connected to it
+// publishes QoS 1: its connection is closed, the node refuses it again,
+// the gateway resends what was not acknowledged through another node, and
+// a persistent subscriber on a third node receives every message; the
+// drained node shuts down and the two others go on.
+func TestClusterDrain(t *testing.T) {
+	e := newEnv(t)
+	nodes := e.startCluster(t, 3)
+	const n = 200
+	path := "ms-acc-1/acc-1/gw-d"
+	got := make(chan string, 4*n)
+	sub, err := e.dial(t, nodes[0].MQTTAddr(), e.device(t, "ms-acc-1"), "ms-acc-1:drain", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok := sub.Subscribe(path+"/snapshots", 1, func(_ mqtt.Client, m mqtt.Message) { got <- string(m.Payload()) }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	cert := e.device(t, path)
+	gw := e.mustDial(t, nodes[1].MQTTAddr(), cert, path)
+	drained := make(chan error, 1)
+	moved, started := 0, false
+	for i := 0; i < n; {
+		if i == n/4 && !started {
+			started = true
+			go func() { drained <- nodes[1].Drain(context.Background(), time.Second) }()
+		}
+		tok := gw.Publish(path+"/snapshots", 1, false, fmt.Sprint(i))
+		if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+			i++
+			continue
+		}
+		// Not acknowledged: the node is draining. It refuses the gateway
+		// now; the next node of its list takes it.
+		gw.Disconnect(0)
+		if c, err := e.dial(t, nodes[1].MQTTAddr(), cert, path, true); err == nil {
+			c.Disconnect(0)
+			t.Fatal("the draining node took a new connection")
+		}
+		gw = e.mustDial(t, nodes[2].MQTTAddr(), cert, path)
+		moved++
+	}
+	if moved != 1 {
+		t.Errorf("the gateway moved %d times, want once (off the draining node)", moved)
+	}
+	select {
+	case err := <-drained:
+		if err != nil {
+			t.Fatalf("drain: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the node did not finish draining within 60 s")
+	}
+	select {
+	case <-nodes[1].Done():
+	case <-time.After(10 * time.Second):
+		t.Error("the drained node still runs")
+	}
+	seen := map[string]bool{}
+	deadline := time.After(30 * time.Second)
+	for len(seen) < n {
+		select {
+		case m := <-got:
+			seen[m] = true
+		case <-deadline:
+			t.Fatalf("the subscriber received %d of %d", len(seen), n)
+		}
+	}
+}

@@ -237,11 +237,42 @@ func (n *Node) Connections() int {
 	return len(n.auth.conns)
 }
 
-// Drain puts the node in lame-duck mode: it stops accepting connections
-// and closes its clients gradually (over the engine's lame-duck duration),
-// so gateways move to the next broker of their bootstrap list; then the
-// node shuts down.
-func (n *Node) Drain() { go n.s.LameDuckShutdown() }
+// Drain takes the node out of the cluster without losing what its
+// clients sent: from now on the hook refuses every CONNECT ("node
+// draining"), the node's MQTT connections are closed one at a time over
+// spread (their clients, gateways above all, move to the next broker of
+// their list and resend what was not acknowledged; what was acknowledged
+// is in the replicated streams), then the engine hands the JetStream
+// leaderships it holds to the other nodes (its lame-duck mode) and shuts
+// down. It returns when the node has shut down. The platform stops the
+// node's ingest partitions and roles before (docs/scale.md "Draining a
+// node").
+func (n *Node) Drain(ctx context.Context, spread time.Duration) error {
+	ids := n.auth.drain()
+	n.cfg.Logger.Warn("node draining: refusing new connections, closing the open ones", "node", n.cfg.Name,
+		"connections", len(ids), "over", spread)
+	step := time.Duration(0)
+	if len(ids) > 0 {
+		step = spread / time.Duration(len(ids))
+	}
+	for _, id := range ids {
+		// An error is a connection that closed meanwhile: nothing to do.
+		_ = n.s.DisconnectClientByID(id)
+		n.auth.forget(id)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("drain node %s: %w", n.cfg.Name, ctx.Err())
+		case <-time.After(step):
+		}
+	}
+	go n.s.LameDuckShutdown()
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("drain node %s: %w", n.cfg.Name, ctx.Err())
+	case <-n.Done():
+		return nil
+	}
+}
 
 // Shutdown stops the node.
 func (n *Node) Shutdown() {

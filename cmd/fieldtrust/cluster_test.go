@@ -848,7 +848,10 @@ func TestClusterDrain(t *testing.T) {
 	defer cancel()
 	var wg sync.WaitGroup
 	for _, g := range gws {
-		wg.Go(func() { g.run(ctx, 40*time.Millisecond) })
+		// Slow enough that every gateway still publishes when the
+		// drain closes its connection (the engine spreads the closes over
+		// 10 s).
+		wg.Go(func() { g.run(ctx, 250*time.Millisecond) })
 	}
 	acked := func() int {
 		n := 0

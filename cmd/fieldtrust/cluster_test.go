@@ -648,6 +648,31 @@ func TestClusterKill9(t *testing.T) {
 	})
 	t.Logf("failover: partitions re-owned %v after the kill, first snapshot of a failed-over gateway stored %v after it",
 		reowned.Round(10*time.Millisecond), firstStored.Round(10*time.Millisecond))
+	// Connections to the survivors that the engine ended because a
+	// JetStream store of a QoS 1 publish was not acknowledged within its
+	// MQTT JS API timeout (the stream's leader was on the killed node and
+	// the election took longer): docs/scale.md "Failover after kill -9".
+	var ended []string
+	for _, nd := range c.nodes {
+		if nd.killed {
+			continue
+		}
+		nd.proc.mu.Lock()
+		n := strings.Count(nd.proc.buf.String(), "JetStream failed a pipelined QoS1/2 operation")
+		nd.proc.mu.Unlock()
+		if n > 0 {
+			ended = append(ended, fmt.Sprintf("%s: %d", nd.name, n))
+		}
+	}
+	var onSurvivors []string
+	for _, g := range gws {
+		g.mu.Lock()
+		if !g.failedAt.IsZero() && !slices.Contains(failing, g.path) {
+			onSurvivors = append(onSurvivors, fmt.Sprintf("%s at +%v", g.path, g.failedAt.Sub(killAt).Round(time.Millisecond)))
+		}
+		g.mu.Unlock()
+	}
+	t.Logf("connections to surviving nodes lost: %d %v; the engine's JetStream ack timeouts on the survivors: %v", len(onSurvivors), onSurvivors, ended)
 	for _, g := range gws {
 		g.mu.Lock()
 		if slices.Contains(failing, g.path) && g.resumedOn == "" {

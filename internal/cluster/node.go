@@ -95,6 +95,14 @@ type Config struct {
 	// AckWait is how long a QoS 1/2 delivery waits for its acknowledgement
 	// before the engine redelivers it (default 10 s).
 	AckWait time.Duration
+	// JSAPITimeout is how long the engine's MQTT layer waits for a
+	// JetStream request, above all the store of a QoS 1 publish before its
+	// PUBACK (default DefaultJSAPITimeout). When the leader of the
+	// messages stream dies, the store waits for the election of a new one
+	// (NATS: 4–9 s, longer on a loaded machine); beyond this timeout the
+	// engine closes the publisher's connection, on whichever node it is
+	// (docs/scale.md "Failover after kill -9").
+	JSAPITimeout time.Duration
 	// MaxStore bounds the node's JetStream disk use (default 8 GiB).
 	MaxStore int64
 	Logger   *slog.Logger
@@ -104,6 +112,11 @@ type Config struct {
 
 // DefaultAckWait is Config.AckWait's default.
 const DefaultAckWait = 10 * time.Second
+
+// DefaultJSAPITimeout is Config.JSAPITimeout's default: three times the
+// engine's own (5 s), beyond its longest election timeout, and above the
+// gateways' PUBACK timeout (10 s), which then decides.
+const DefaultJSAPITimeout = 15 * time.Second
 
 // Node is a running broker node.
 type Node struct {
@@ -127,6 +140,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if cfg.AckWait <= 0 {
 		cfg.AckWait = DefaultAckWait
+	}
+	if cfg.JSAPITimeout <= 0 {
+		cfg.JSAPITimeout = DefaultJSAPITimeout
 	}
 	if cfg.MaxStore <= 0 {
 		cfg.MaxStore = 8 << 30
@@ -159,7 +175,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		JetStreamMaxStore:  cfg.MaxStore,
 		MQTT: server.MQTTOpts{
 			Host: mhost, Port: mport, TLSConfig: mqttTLS, TLSTimeout: 10, AuthTimeout: 10,
-			StreamReplicas: cfg.Replicas, AckWait: cfg.AckWait,
+			StreamReplicas: cfg.Replicas, AckWait: cfg.AckWait, JSAPITimeout: cfg.JSAPITimeout,
 		},
 		CustomClientAuthentication: a,
 	}

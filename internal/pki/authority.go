@@ -476,6 +476,9 @@ func (a *Authority) loadOrCreateCA(ctx context.Context, name string, parent *x50
 	if _, err := os.Stat(keyFile); err == nil {
 		return nil, fmt.Errorf("%s PKI is damaged: key %s has no certificate; restore %s from a backup", a.domain, keyFile, a.dir)
 	}
+	if err := a.notMadeElsewhere(ctx, path, kind); err != nil {
+		return nil, err
+	}
 	curve := elliptic.P384()
 	key, err := GenerateKey(curve)
 	if err != nil {
@@ -544,6 +547,32 @@ func (a *Authority) loadOrCreateCA(ctx context.Context, name string, parent *x50
 	}
 	a.log.Info("CA created", "kind", kind, "name", recName, "serial", SerialHex(cert.SerialNumber))
 	return cert, nil
+}
+
+// ErrCAElsewhere refuses to make a master or account CA that the store
+// already holds, made by another data directory sharing the database (a
+// node of several): a second CA for one path would split the account's
+// identities between two issuers.
+var ErrCAElsewhere = errors.New("the CA exists in the store but its key is not in this data directory")
+
+// notMadeElsewhere fails with ErrCAElsewhere if the store holds a valid,
+// unrevoked CA of this kind for path.
+func (a *Authority) notMadeElsewhere(ctx context.Context, path Path, kind string) error {
+	if path == nil {
+		return nil // root and services CAs: made by Open, per directory
+	}
+	recs, err := a.records.ListCertificates(ctx, store.CertFilter{Domain: string(a.domain), Name: path.String(), Kinds: []string{kind}})
+	if err != nil {
+		return fmt.Errorf("create CA %s: look for an existing one: %w", path, err)
+	}
+	now := time.Now()
+	for _, r := range recs {
+		if !r.Revoked() && now.Before(r.NotAfter) {
+			return fmt.Errorf("create %s CA %s: %w (serial %s): on a cluster of several nodes, share DIR/pki between the nodes or issue through the node that made it (docs/scale.md)",
+				a.domain, path, ErrCAElsewhere, r.Serial)
+		}
+	}
+	return nil
 }
 
 // sign fills serial and key identifiers and signs t.

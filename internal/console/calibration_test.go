@@ -142,7 +142,7 @@ func TestDeviceCalibration(t *testing.T) {
 		">revoked</span>", "&lt;script&gt;alert(1)&lt;/script&gt; out of tolerance", // the revocation, escaped
 		">superseded</span> by <code>DCC-A3</code>",
 		"<code>DCC-A1</code>", "<code>DCC-B2</code>",
-		"<code>acme/berlin/gw-1</code>", // who declared the binding
+		"<code>acme/berlin/gw-1</code>",                                           // who declared the binding
 		`data-binding>declared</span>`, `<span class="pill warn">declared</span>`, // not proven
 	} {
 		if !strings.Contains(card, want) {

@@ -114,6 +114,13 @@ func TestClusterAdversarial(t *testing.T) {
 		Roots:   e.roots,
 		Account: func(t testing.TB, path string) tls.Certificate { return e.device(t, path) },
 		Service: func(t testing.TB, name, role string) tls.Certificate { return e.service(t, name, role) },
+		Site: func(t testing.TB, account string) tls.Certificate {
+			p, err := pki.ParsePath(account)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return e.issue(t, pki.LeafRequest{Path: p, Site: true})
+		},
 		Revoke: func(t testing.TB, path string) {
 			p, err := pki.ParsePath(path)
 			if err != nil {

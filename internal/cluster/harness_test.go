@@ -58,16 +58,9 @@ func newEnv(t testing.TB) *env {
 }
 
 func (e *env) subjectOf(id pki.Identity) (tacs.Subject, error) {
-	if !id.IsService() {
-		return tacs.Account(id.Path.String()), nil
-	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	role, ok := e.roles[id.Service]
-	if !ok {
-		return tacs.Subject{}, fmt.Errorf("service %q has no role", id.Service)
-	}
-	return tacs.ServiceSubject(id.Service, role), nil
+	return tacs.SubjectOf(id, func(service string) (string, bool) { r, ok := e.roles[service]; return r, ok })
 }
 
 func (e *env) issue(t testing.TB, req pki.LeafRequest) tls.Certificate {

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/drain"
+	"github.com/fieldtrust/fieldtrust/internal/lease"
 )
 
 func newClusterCmd() *cobra.Command {
@@ -79,16 +81,25 @@ node").`,
 				return err
 			}
 			defer d.Close()
-			st, ok := d.Store.(drain.RequestStore)
+			st, ok := d.Store.(interface {
+				drain.RequestStore
+				LeaseConn(ctx context.Context, application string) (*pgx.Conn, error)
+			})
 			if !ok {
 				return fmt.Errorf("%s uses SQLite: a single node, nothing to drain (a cluster of several nodes runs on PostgreSQL)", data)
 			}
+			conn, err := st.LeaseConn(ctx, "fieldtrust-cli/cluster-drain")
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.Background())
+			members := func(ctx context.Context) ([]string, error) { return lease.Members(ctx, conn) }
 			minOthers := drain.MinOthers
 			if force {
 				minOthers = 0
 			}
 			out := cmd.OutOrStdout()
-			took, err := drain.Request(ctx, st, args[0], minOthers, func(msg string) { fmt.Fprintln(out, msg) })
+			took, err := drain.Request(ctx, st, members, args[0], minOthers, func(msg string) { fmt.Fprintln(out, msg) })
 			if err != nil {
 				return err
 			}

@@ -6,7 +6,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/fieldtrust/fieldtrust/internal/lease"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 )
 
@@ -14,8 +13,11 @@ import (
 type RequestStore interface {
 	RequestDrain(ctx context.Context, node string) error
 	DrainRequest(ctx context.Context, node string) (store.DrainRequest, error)
-	LeaseNodes(ctx context.Context, prefix string) ([]string, error)
 }
+
+// Members lists the cluster's running nodes that are not draining
+// (lease.Members).
+type Members func(ctx context.Context) ([]string, error)
 
 // MinOthers is how many other running nodes a drain must leave: the
 // engine's MQTT streams have three replicas (min(nodes, 3)) and need a
@@ -23,30 +25,18 @@ type RequestStore interface {
 const MinOthers = 2
 
 // Request asks node to drain and waits until it has, reporting progress
-// (at most every 5 s). It refuses a node that is not running, and a drain
-// that would leave fewer than minOthers running nodes not draining
-// themselves.
-func Request(ctx context.Context, st RequestStore, node string, minOthers int, progress func(string)) (time.Duration, error) {
-	running, err := st.LeaseNodes(ctx, lease.ApplicationPrefix)
+// (at most every 5 s). It refuses a node that is not running (or drains
+// already), and a drain that would leave fewer than minOthers running
+// nodes that do not drain.
+func Request(ctx context.Context, st RequestStore, members Members, node string, minOthers int, progress func(string)) (time.Duration, error) {
+	running, err := members(ctx)
 	if err != nil {
 		return 0, err
 	}
 	if !slices.Contains(running, node) {
-		return 0, fmt.Errorf("node %q is not running (running: %v): nothing to drain; check the name ('up --node-name')", node, running)
+		return 0, fmt.Errorf("node %q is not running, or drains already (running: %v); check the name ('up --node-name')", node, running)
 	}
-	var others []string
-	for _, o := range running {
-		if o == node {
-			continue
-		}
-		req, err := st.DrainRequest(ctx, o)
-		if err != nil {
-			return 0, err
-		}
-		if !req.Requested() {
-			others = append(others, o)
-		}
-	}
+	others := slices.DeleteFunc(slices.Clone(running), func(o string) bool { return o == node })
 	if len(others) < minOthers {
 		return 0, fmt.Errorf("draining %s would leave %d running node(s) %v, and the cluster needs %d to keep its replicated sessions and messages: start another node first, or drain after the others are back (docs/scale.md \"Draining a node\")",
 			node, len(others), others, minOthers)
@@ -77,13 +67,6 @@ func Request(ctx context.Context, st RequestStore, node string, minOthers int, p
 		}
 		if time.Since(lastReport) >= 5*time.Second {
 			lastReport = time.Now()
-			running, err := st.LeaseNodes(ctx, lease.ApplicationPrefix)
-			if err != nil {
-				return 0, err
-			}
-			if !slices.Contains(running, node) {
-				return 0, fmt.Errorf("node %s stopped before it recorded its drain: check its log", node)
-			}
 			progress(fmt.Sprintf("%s draining (%s)", node, time.Since(start).Round(time.Second)))
 		}
 	}

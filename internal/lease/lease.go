@@ -246,9 +246,9 @@ func (m *Manager) session(ctx context.Context) (err error) {
 	if _, err := conn.Exec(ctx, `SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3`); err != nil {
 		return fmt.Errorf("lease connection keepalives: %w", err)
 	}
-	var ns int64
-	if err := conn.QueryRow(ctx, `SELECT (hashtext(current_database() || '/' || current_schema()) & 2147483647)::int8`).Scan(&ns); err != nil {
-		return fmt.Errorf("lease namespace: %w", err)
+	ns, err := namespace(ctx, conn)
+	if err != nil {
+		return err
 	}
 	member := -1
 	for k := range maxMembers {
@@ -331,8 +331,44 @@ func unlock(ctx context.Context, conn *pgx.Conn, ns int64, k key) error {
 	return nil
 }
 
+// namespace is the first key of the cluster's advisory locks: a hash of
+// the database and schema, so that clusters sharing a server do not meet.
+func namespace(ctx context.Context, conn *pgx.Conn) (int64, error) {
+	var ns int64
+	if err := conn.QueryRow(ctx, `SELECT (hashtext(current_database() || '/' || current_schema()) & 2147483647)::int8`).Scan(&ns); err != nil {
+		return 0, fmt.Errorf("lease namespace: %w", err)
+	}
+	return ns, nil
+}
+
+// Members lists the nodes that hold a member lock now — running and not
+// draining — sorted; conn is any connection to the cluster's database and
+// schema (the operator's 'cluster drain').
+func Members(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	ns, err := namespace(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	locks, err := readLocks(ctx, conn, ns)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for k, owner := range locks {
+		if k.kind == kindMember {
+			out = append(out, owner)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
 // locks reads every lock of the namespace and its holder's node name.
 func (m *Manager) locks(ctx context.Context, conn *pgx.Conn, ns int64) (map[key]string, error) {
+	return readLocks(ctx, conn, ns)
+}
+
+func readLocks(ctx context.Context, conn *pgx.Conn, ns int64) (map[key]string, error) {
 	rows, err := conn.Query(ctx, `SELECT l.objid::int8, coalesce(a.application_name, '')
 		FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
 		WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid::int8 = $1

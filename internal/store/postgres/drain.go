@@ -52,19 +52,3 @@ func (s *Store) ClearDrain(ctx context.Context, node string) error {
 	}
 	return nil
 }
-
-// LeaseNodes lists the nodes holding a lease connection now (those whose
-// connection's application name starts with prefix, lease.ApplicationPrefix),
-// by name, sorted.
-func (s *Store) LeaseNodes(ctx context.Context, prefix string) ([]string, error) {
-	rows, err := s.pool.Query(ctx, `SELECT DISTINCT substr(application_name, length($1) + 1) FROM pg_stat_activity
-		WHERE starts_with(application_name, $1) AND datname = current_database() ORDER BY 1`, prefix)
-	if err != nil {
-		return nil, fmt.Errorf("list the cluster's nodes: %w", err)
-	}
-	nodes, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("list the cluster's nodes: %w", err)
-	}
-	return nodes, nil
-}

@@ -918,7 +918,7 @@ func TestClusterDrain(t *testing.T) {
 		}
 	}
 	// Not the first node: the test's identities and the demo gateways'
-	// enrollment make their CAs there (see shareCAKeys).
+	// enrollment make their CAs there, so it comes back to CAs it never made.
 	victim := c.nodes[1]
 	if prefer["mqtts://"+c.nodes[2].mqtt] > prefer["mqtts://"+victim.mqtt] {
 		victim = c.nodes[2]
@@ -1048,15 +1048,8 @@ func TestClusterDrain(t *testing.T) {
 		return true
 	})
 	// The account CAs made meanwhile on the other nodes (the test's
-	// identities, the demo gateways' enrollment) have their keys in those
-	// nodes' directories; a node needs every one at its start (docs/scale.md
-	// "Not built": the CA keys are per node directory). The operator shares
-	// them, here by copying.
-	for _, nd := range c.nodes {
-		if nd != victim {
-			shareCAKeys(t, nd.dir, victim.dir)
-		}
-	}
+	// identities, the demo gateways' enrollment) are in the shared store:
+	// the node comes back without a copy of their files.
 	victim.proc = launchUp(t, c.upArgs(victim)...)
 	victim.proc.waitUp(t)
 	back := time.Now()
@@ -1088,32 +1081,6 @@ func TestClusterDrain(t *testing.T) {
 	gwg.Wait()
 	if got := c.counts(t); got.events != 0 || got.rejects != 0 {
 		t.Errorf("after the rebalance: %d integrity events, %d rejects, want none: %s", got.events, got.rejects, c.events(t))
-	}
-}
-
-// shareCAKeys copies the master and account CA files (DIR/pki/DOMAIN/ca/)
-// of node directory from that to's lacks.
-func shareCAKeys(t *testing.T, from, to string) {
-	t.Helper()
-	for _, domain := range []string{"transport", "e2e"} {
-		src := filepath.Join(from, "pki", domain, "ca")
-		entries, err := os.ReadDir(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range entries {
-			dst := filepath.Join(to, "pki", domain, "ca", e.Name())
-			if _, err := os.Stat(dst); err == nil {
-				continue
-			}
-			b, err := os.ReadFile(filepath.Join(src, e.Name()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(dst, b, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
 	}
 }
 

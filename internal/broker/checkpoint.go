@@ -16,13 +16,13 @@ const (
 	// checkpointEvery is how often logged mutations are applied to bbolt.
 	// Longer gathers more per bbolt commit, and a delivery acknowledged
 	// within it costs no bbolt write at all (its put and delete cancel);
-	// the log then holds that much more to replay after a crash. It is
-	// 1 s, not 100 ms, because a log fdatasync that overlaps a bbolt
-	// commit (two fsyncs of its own) is slower — measured in the paced
-	// benchmark, p50 2× and p99 2–9× (fieldtrust_broker_store_seconds
-	// {stage="sync"}) — and at 100 ms 3–10 % of the log's syncs overlapped
-	// one: enough to set the PUBACK's p99. At 1 s it is a tenth of that.
-	checkpointEvery = time.Second
+	// the log then holds that much more to replay after a crash. Measured
+	// both ways (docs/benchmarks.md): at 100 ms, 2–10 % of the log's
+	// fdatasyncs overlap a bbolt commit and are slower (store_seconds
+	// {stage="sync",checkpoint="yes"}); at 1 s, a round applies ten times
+	// as much in one burst (20–56 ms of CPU on one of two cores), which
+	// delayed deliveries more. 100 ms stays.
+	checkpointEvery = 100 * time.Millisecond
 	// checkpointBacklog and checkpointBacklogBytes: a round starts at once
 	// when this many mutations, or bytes of them, wait.
 	checkpointBacklog      = 64 << 10

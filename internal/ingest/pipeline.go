@@ -189,20 +189,25 @@ func (p *processor) pipeline(ctx, connCtx context.Context, q *queue) {
 	}
 	defer wg.Wait()
 	for {
+		t := time.Now()
 		b := p.nextBatch(connCtx, order)
+		t = p.m.stage(stageWait, t)
 		if b == nil {
 			break
 		}
 		if !p.commitWithRetry(ctx, connCtx, b) {
 			break
 		}
+		t = time.Now()
 		p.committed(b)
+		t = p.m.stage(stageCommitted, t)
 		for _, it := range b.items {
 			if !it.held { // held: the broker delivers it again
 				it.msg.ack() // a no-op for QoS 0, and on a lost connection (the broker redelivers)
 			}
 		}
 		q.done(len(b.items))
+		p.m.stage(stageAck, t)
 	}
 	// What is left is not acknowledged on this connection (the broker
 	// redelivers it); the feeder and the workers end with connCtx.
@@ -358,6 +363,7 @@ func (p *processor) commit(ctx context.Context, b *batch) error {
 	if err := p.storeSnapshots(ctx, b); err != nil {
 		return err
 	}
+	defer p.m.stage(stageRecord, time.Now())
 	now := p.cfg.Now()
 	recorded := false
 	for _, it := range b.items {
@@ -412,6 +418,7 @@ func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
 	if b.stored {
 		return nil
 	}
+	t := time.Now()
 	staged := map[deviceKey]*snapshot.Head{}
 	inBatch := map[snapshotKey]bool{} // the batch's candidates so far
 	var cands []*item
@@ -427,6 +434,7 @@ func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
 			cands = append(cands, it)
 		}
 	}
+	t = p.m.stage(stageClassify, t)
 	if len(cands) == 0 {
 		b.stored = true
 		return nil
@@ -437,6 +445,7 @@ func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
 		leaves[i] = it.leaf
 	}
 	found, err := p.cfg.Ledger.FindAll(ctx, leaves)
+	t = p.m.stage(stageLedgerLookup, t)
 	if err != nil {
 		return fmt.Errorf("ledger lookup: %w", err)
 	}
@@ -452,6 +461,7 @@ func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
 	}
 	if len(fresh) > 0 {
 		first, _, _, err := p.cfg.Ledger.Append(ctx, fresh)
+		t = p.m.stage(stageLedgerAppend, t)
 		if err != nil {
 			return fmt.Errorf("ledger append: %w", err)
 		}
@@ -464,6 +474,7 @@ func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
 		recs[i] = *it.rec
 	}
 	_, err = p.cfg.Store.InsertSnapshots(ctx, recs)
+	p.m.stage(stageInsert, t)
 	if errors.Is(err, store.ErrExists) {
 		// Some snapshot conflicts with a stored one of the same seq (a
 		// fork the chain check could not see, e.g. below the head): store
@@ -674,6 +685,32 @@ func gatewayOf(t string) (string, error) { return topic.ParseChannel(t, topic.Sn
 type metrics struct {
 	received, accepted, duplicates, dropped, batchFailures, held prometheus.Counter
 	rejected, events                                             *prometheus.CounterVec
+	// stages is the committer's wall time by stage (stageWait …), the
+	// view that shows what its serial path waits for.
+	stages *prometheus.CounterVec
+	stageC [numStages]prometheus.Counter
+}
+
+// The committer's stages, in the order of a batch.
+const (
+	stageWait         = iota // for the batch's messages to arrive and be opened
+	stageClassify            // against the chain heads (device head and stale lookups)
+	stageLedgerLookup        // FindAll
+	stageLedgerAppend        // Append
+	stageInsert              // InsertSnapshots
+	stageRecord              // integrity events, rejects, summaries
+	stageCommitted           // Config.Committed
+	stageAck                 // acknowledgements
+	numStages
+)
+
+var stageNames = [numStages]string{"wait", "classify", "ledger_lookup", "ledger_append", "insert", "record", "committed", "ack"}
+
+// stage adds the time since start to the stage's counter and returns now.
+func (m *metrics) stage(s int, start time.Time) time.Time {
+	now := time.Now()
+	m.stageC[s].Add(now.Sub(start).Seconds())
+	return now
 }
 
 func newMetrics(reg prometheus.Registerer, st *Status) *metrics {
@@ -689,7 +726,14 @@ func newMetrics(reg prometheus.Registerer, st *Status) *metrics {
 		held:          counter("gaps_held_total", "Snapshots that would open a gap, left unacknowledged for redelivery (Config.HoldGaps)."),
 		rejected:      prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "rejects_total", Help: "Messages rejected, by reason."}, []string{"reason"}),
 		events:        prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "integrity_events_total", Help: "Hash-chain integrity events, by kind."}, []string{"kind"}),
+		stages: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "committer_seconds_total",
+			Help: "Wall time of ingest's committer, by stage: waiting for opened messages, classify, ledger lookup and append, insert, record (events and rejects), committed (the rules' hook) and ack."}, []string{"stage"}),
 	}
+	defer func() {
+		for i, n := range stageNames {
+			m.stageC[i] = m.stages.WithLabelValues(n)
+		}
+	}()
 	lag := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "lag_seconds",
 		Help: "Age of the oldest snapshot message received and not yet acknowledged (0 when none)."},
 		func() float64 { return st.Health().Lag.Seconds() })
@@ -716,6 +760,7 @@ func newMetrics(reg prometheus.Registerer, st *Status) *metrics {
 	m.batchFailures = register(m.batchFailures).(prometheus.Counter)
 	m.rejected = register(m.rejected).(*prometheus.CounterVec)
 	m.events = register(m.events).(*prometheus.CounterVec)
+	m.stages = register(m.stages).(*prometheus.CounterVec)
 	register(lag)
 	return m
 }

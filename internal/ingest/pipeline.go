@@ -128,6 +128,15 @@ type item struct {
 // batch is what is committed in one go.
 type batch struct {
 	items []*item
+	// prep is the batch's classification, set by the committer before the
+	// store stage takes the batch (nil: classify when storing).
+	prep *prepared
+	// merged is the classification whose heads the batch's commit kept
+	// (nil after a fork found at insert, which drops the cached heads);
+	// headsDone is set once the heads are kept, so a batch prepared later
+	// sees them in the cache.
+	merged    *prepared
+	headsDone atomic.Bool
 	// stored: the snapshots are stored and the classification final;
 	// what is left are events and rejects.
 	stored bool
@@ -188,15 +197,61 @@ func (p *processor) pipeline(ctx, connCtx context.Context, q *queue) {
 		})
 	}
 	defer wg.Wait()
+	// The committer is two stages: this goroutine takes each batch and
+	// prepares it (classification against the chain heads the batch
+	// before it leaves, and the ledger lookup) while the store stage
+	// writes the batch before it (ledger append, insert, events and
+	// rejects) and acknowledges it. A batch is acknowledged only after
+	// its own commit, and batches are stored one at a time, in order.
+	toStore := make(chan *batch)
+	var sg sync.WaitGroup
+	sg.Go(func() { p.storeStage(ctx, connCtx, q, toStore) })
+	defer sg.Wait()
+	defer close(toStore)
+	var prev *batch        // the batch handed to the store stage last
+	var prevPrep *prepared // its classification (the store stage owns prev.prep)
 	for {
 		t := time.Now()
 		b := p.nextBatch(connCtx, order)
 		t = p.m.stage(stageWait, t)
 		if b == nil {
-			break
+			return
+		}
+		// A batch that cannot be prepared now is prepared again by the
+		// store stage, in order (its error is that stage's to retry).
+		if err := p.prepare(ctx, b, prev, prevPrep); err != nil {
+			b.prep = nil
+		}
+		t, pr := time.Now(), b.prep
+		select {
+		case toStore <- b:
+			prev, prevPrep = b, pr
+			p.m.stage(stageHandoff, t)
+		case <-connCtx.Done():
+			return
+		}
+	}
+	// What is left is not acknowledged on this connection (the broker
+	// redelivers it); the feeder and the workers end with connCtx.
+}
+
+// storeStage stores the prepared batches in order, and acknowledges each
+// once its outcome is durable. A batch prepared against the chain heads
+// of a batch before it that did not commit as prepared (a failed attempt,
+// a fork found at insert) is classified again.
+func (p *processor) storeStage(ctx, connCtx context.Context, q *queue, in <-chan *batch) {
+	var prev *batch
+	t := time.Now()
+	for b := range in {
+		p.m.stage(stageStoreWait, t)
+		if prev != nil && b.prep != nil && !b.prep.sawDone && (b.prep.after == nil || b.prep.after != prev.merged) {
+			// Prepared against heads the batch before did not keep.
+			b.prep = nil
 		}
 		if !p.commitWithRetry(ctx, connCtx, b) {
-			break
+			for range in { // the committer stops with connCtx
+			}
+			return
 		}
 		t = time.Now()
 		p.committed(b)
@@ -207,10 +262,9 @@ func (p *processor) pipeline(ctx, connCtx context.Context, q *queue) {
 			}
 		}
 		q.done(len(b.items))
-		p.m.stage(stageAck, t)
+		t = p.m.stage(stageAck, t)
+		prev = b
 	}
-	// What is left is not acknowledged on this connection (the broker
-	// redelivers it); the feeder and the workers end with connCtx.
 }
 
 // nextBatch takes up to BatchSize opened messages in arrival order,
@@ -335,14 +389,18 @@ type deviceKey struct{ gateway, device string }
 
 // processor holds what lives across batches and connections: the chain
 // heads (a cache of the store's), the reject budgets and the metrics. It
-// is used by one committer at a time.
+// is used by one committer at a time, whose two stages share the heads
+// (headsMu): the stage that prepares a batch reads them while the one
+// that stores the batch before it moves them.
 type processor struct {
-	cfg     Config
-	log     *slog.Logger
-	m       *metrics
-	heads   map[deviceKey]*snapshot.Head
-	budget  *rejectBudget
-	dropLog sync.Once
+	cfg      Config
+	log      *slog.Logger
+	m        *metrics
+	headsMu  sync.Mutex
+	heads    map[deviceKey]*snapshot.Head
+	headsGen uint64 // counts clearHeads: a head read before is not cached
+	budget   *rejectBudget
+	dropLog  sync.Once
 	// holdUntil ends the current connection's Config.HoldGaps; set by
 	// the connection before its pipeline runs, read by its committer.
 	holdUntil time.Time
@@ -409,50 +467,114 @@ func (p *processor) commit(ctx context.Context, b *batch) error {
 	return nil
 }
 
-// storeSnapshots classifies the batch's messages that are not yet
-// classified, records the new snapshots in the ledger and stores them, in
-// one transaction. Until it succeeds its classification does not count:
-// the chain heads it moves are staged and kept only then, and a retry
-// classifies again.
-func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
-	if b.stored {
-		return nil
+// prepared is a batch's classification, before it is stored: the chain
+// heads it moves (staged), its candidates to store and the ledger
+// indexes of those already in the log.
+type prepared struct {
+	staged  map[deviceKey]*snapshot.Head
+	inBatch map[snapshotKey]bool // the candidates
+	cands   []*item
+	found   map[string]uint64
+	// after is the classification of the batch before, which was not
+	// stored yet when this one was prepared; sawDone: it was, and its
+	// heads were in the cache.
+	after   *prepared
+	sawDone bool
+}
+
+// headOf is the chain head of a device as the batch sees it: moved by
+// the batch itself, by the batch before it, or the stored (cached) one.
+func (p *processor) headOf(ctx context.Context, pr *prepared, key deviceKey) (*snapshot.Head, error) {
+	if h := pr.staged[key]; h != nil {
+		return h, nil
 	}
+	if pr.after != nil {
+		if h := pr.after.staged[key]; h != nil {
+			return h, nil
+		}
+	}
+	return p.head(ctx, key)
+}
+
+// candidate reports whether a snapshot is to be stored by the batch or
+// by the one before it (the store does not have it yet).
+func (pr *prepared) candidate(k snapshotKey) bool {
+	return pr.inBatch[k] || (pr.after != nil && pr.after.inBatch[k])
+}
+
+// prepare classifies the batch's messages that are not yet classified
+// and looks their ledger leaves up. prev is the batch before it, which may
+// be committing meanwhile (prevPrep its classification): its staged heads
+// and candidates count as if stored. The classification counts only once
+// the batch is stored.
+func (p *processor) prepare(ctx context.Context, b, prev *batch, prevPrep *prepared) error {
+	pr := &prepared{staged: map[deviceKey]*snapshot.Head{}, inBatch: map[snapshotKey]bool{}}
+	switch {
+	case prev == nil:
+		pr.sawDone = true // the store stage has nothing before it
+	case prev.headsDone.Load():
+		pr.sawDone = true
+	default:
+		pr.after = prevPrep // nil if it could not be prepared: then never valid
+	}
+	b.prep = pr
 	t := time.Now()
-	staged := map[deviceKey]*snapshot.Head{}
-	inBatch := map[snapshotKey]bool{} // the batch's candidates so far
-	var cands []*item
 	for _, it := range b.items {
 		if it.stored || it.snap == nil {
 			continue // stored by an earlier attempt, or rejected before classification
 		}
 		it.rec, it.dup, it.rerr, it.events, it.held = nil, false, nil, nil, false
-		if err := p.classify(ctx, it, staged, inBatch); err != nil {
+		if err := p.classify(ctx, it, pr); err != nil {
 			return err
 		}
 		if it.rec != nil {
-			cands = append(cands, it)
+			pr.cands = append(pr.cands, it)
 		}
 	}
 	t = p.m.stage(stageClassify, t)
-	if len(cands) == 0 {
-		b.stored = true
+	if len(pr.cands) == 0 {
 		return nil
 	}
 	// Ledger first, idempotently: a redelivered snapshot finds its leaf.
-	leaves := make([][]byte, len(cands))
-	for i, it := range cands {
+	leaves := make([][]byte, len(pr.cands))
+	for i, it := range pr.cands {
 		leaves[i] = it.leaf
 	}
 	found, err := p.cfg.Ledger.FindAll(ctx, leaves)
-	t = p.m.stage(stageLedgerLookup, t)
+	p.m.stage(stageLedgerLookup, t)
 	if err != nil {
 		return fmt.Errorf("ledger lookup: %w", err)
 	}
+	pr.found = found
+	return nil
+}
+
+// storeSnapshots records the batch's new snapshots in the ledger and
+// stores them, in one transaction, classifying the batch first unless it
+// was prepared. Until it succeeds its classification does not count: the
+// chain heads it moves are staged and kept only then, and a retry
+// classifies again.
+func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
+	if b.stored {
+		return nil
+	}
+	pr := b.prep
+	b.prep = nil // a retry classifies again
+	if pr == nil {
+		if err := p.prepare(ctx, b, nil, nil); err != nil {
+			return err
+		}
+		pr, b.prep = b.prep, nil
+	}
+	if len(pr.cands) == 0 {
+		p.keep(b, pr)
+		return nil
+	}
+	t := time.Now()
 	var fresh [][]byte
 	var freshItems []*item
-	for _, it := range cands {
-		if idx, ok := found[string(it.leaf)]; ok {
+	for _, it := range pr.cands {
+		if idx, ok := pr.found[string(it.leaf)]; ok {
 			it.rec.LedgerIndex = idx
 		} else {
 			fresh = append(fresh, it.leaf)
@@ -460,43 +582,50 @@ func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
 		}
 	}
 	if len(fresh) > 0 {
-		first, _, _, err := p.cfg.Ledger.Append(ctx, fresh)
+		at, _, _, err := p.cfg.Ledger.Append(ctx, fresh)
 		t = p.m.stage(stageLedgerAppend, t)
 		if err != nil {
 			return fmt.Errorf("ledger append: %w", err)
 		}
 		for k, it := range freshItems {
-			it.rec.LedgerIndex = first + uint64(k)
+			it.rec.LedgerIndex = at + uint64(k)
 		}
 	}
-	recs := make([]store.SnapshotRecord, len(cands))
-	for i, it := range cands {
+	recs := make([]store.SnapshotRecord, len(pr.cands))
+	for i, it := range pr.cands {
 		recs[i] = *it.rec
 	}
-	_, err = p.cfg.Store.InsertSnapshots(ctx, recs)
+	_, err := p.cfg.Store.InsertSnapshots(ctx, recs)
 	p.m.stage(stageInsert, t)
 	if errors.Is(err, store.ErrExists) {
 		// Some snapshot conflicts with a stored one of the same seq (a
 		// fork the chain check could not see, e.g. below the head): store
 		// the rest one by one and reject the conflicting ones.
-		clear(p.heads)
-		if err := p.insertEach(ctx, cands); err != nil {
+		p.clearHeads()
+		if err := p.insertEach(ctx, pr.cands); err != nil {
 			return err
 		}
-		b.stored = true
+		p.keep(b, nil)
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("store snapshots: %w", err)
 	}
-	for _, it := range cands {
+	for _, it := range pr.cands {
 		it.stored = true
 	}
-	for k, h := range staged {
-		p.heads[k] = h
-	}
-	b.stored = true
+	p.keep(b, pr)
 	return nil
+}
+
+// keep ends a batch's storing: the heads its classification moved are
+// cached (pr nil: the cache was dropped instead).
+func (p *processor) keep(b *batch, pr *prepared) {
+	if pr != nil {
+		p.mergeHeads(pr.staged)
+	}
+	b.stored, b.merged = true, pr
+	b.headsDone.Store(true)
 }
 
 // insertEach stores candidates one by one; one that conflicts with a
@@ -525,17 +654,15 @@ func (p *processor) insertEach(ctx context.Context, cands []*item) error {
 
 // classify relates a decoded snapshot to its device's chain: it becomes a
 // candidate to store (it.rec), a redelivery (it.dup) or a fork reject, with
-// the integrity events to record. inBatch holds the candidates classified
-// before it in the same batch, which the store does not have yet.
-func (p *processor) classify(ctx context.Context, it *item, staged map[deviceKey]*snapshot.Head, inBatch map[snapshotKey]bool) error {
+// the integrity events to record. pr holds the candidates classified
+// before it in the same batch and the one before, which the store does
+// not have yet.
+func (p *processor) classify(ctx context.Context, it *item, pr *prepared) error {
 	s, gw, hash := it.snap, it.gw, it.hash
 	key := deviceKey{gw, s.Device}
-	head := staged[key]
-	if head == nil {
-		var err error
-		if head, err = p.head(ctx, key); err != nil {
-			return err
-		}
+	head, err := p.headOf(ctx, pr, key)
+	if err != nil {
+		return err
 	}
 	now := p.cfg.Now()
 	event := func(kind string, expected uint64, detail string) {
@@ -567,7 +694,7 @@ func (p *processor) classify(ctx context.Context, it *item, staged map[deviceKey
 		// Below the head: a redelivery of a stored snapshot, or a late one
 		// that fills a gap (a conflicting one fails at insert: a fork).
 		// The original may be earlier in this very batch.
-		if inBatch[snapshotKey{gw, hash}] {
+		if pr.candidate(snapshotKey{gw, hash}) {
 			it.dup = true
 			return nil
 		}
@@ -580,7 +707,7 @@ func (p *processor) classify(ctx context.Context, it *item, staged map[deviceKey
 		event(store.EventStale, expectedAfter(head), "arrived after a later snapshot")
 	}
 	if link != snapshot.LinkStale {
-		staged[key] = &snapshot.Head{Seq: s.Seq, Hash: hash}
+		pr.staged[key] = &snapshot.Head{Seq: s.Seq, Hash: hash}
 	}
 	it.rec = &store.SnapshotRecord{
 		Gateway: gw, Device: s.Device, DeviceType: s.DeviceType, Seq: s.Seq, Time: s.Time(),
@@ -588,7 +715,7 @@ func (p *processor) classify(ctx context.Context, it *item, staged map[deviceKey
 		Signer: it.signer, SignedAt: it.signedAt, ReceivedAt: it.msg.at,
 	}
 	it.leaf = ledger.LeafData(gw, hash)
-	inBatch[snapshotKey{gw, hash}] = true
+	pr.inBatch[snapshotKey{gw, hash}] = true
 	return nil
 }
 
@@ -606,8 +733,13 @@ func expectedAfter(h *snapshot.Head) uint64 {
 	return h.Seq + 1
 }
 
+// head is a device's stored chain head, through the cache.
 func (p *processor) head(ctx context.Context, key deviceKey) (*snapshot.Head, error) {
-	if h, ok := p.heads[key]; ok {
+	p.headsMu.Lock()
+	h, ok := p.heads[key]
+	gen := p.headsGen
+	p.headsMu.Unlock()
+	if ok {
 		return h, nil
 	}
 	seq, hash, err := p.cfg.Store.DeviceHead(ctx, key.gateway, key.device)
@@ -617,10 +749,31 @@ func (p *processor) head(ctx context.Context, key deviceKey) (*snapshot.Head, er
 	if err != nil {
 		return nil, fmt.Errorf("device head: %w", err)
 	}
-	h := &snapshot.Head{Seq: seq}
+	h = &snapshot.Head{Seq: seq}
 	copy(h.Hash[:], hash)
-	p.heads[key] = h
+	p.headsMu.Lock()
+	if _, moved := p.heads[key]; !moved && gen == p.headsGen {
+		p.heads[key] = h
+	}
+	p.headsMu.Unlock()
 	return h, nil
+}
+
+// mergeHeads keeps the chain heads a stored batch moved.
+func (p *processor) mergeHeads(staged map[deviceKey]*snapshot.Head) {
+	p.headsMu.Lock()
+	defer p.headsMu.Unlock()
+	for k, h := range staged {
+		p.heads[k] = h
+	}
+}
+
+// clearHeads forgets the cached heads: the store is the truth again.
+func (p *processor) clearHeads() {
+	p.headsMu.Lock()
+	defer p.headsMu.Unlock()
+	clear(p.heads)
+	p.headsGen++
 }
 
 // rejectErr carries a reject's reason.
@@ -696,6 +849,8 @@ const (
 	stageWait         = iota // for the batch's messages to arrive and be opened
 	stageClassify            // against the chain heads (device head and stale lookups)
 	stageLedgerLookup        // FindAll
+	stageHandoff             // for the store stage to take the prepared batch
+	stageStoreWait           // the store stage, for the next prepared batch
 	stageLedgerAppend        // Append
 	stageInsert              // InsertSnapshots
 	stageRecord              // integrity events, rejects, summaries
@@ -704,7 +859,7 @@ const (
 	numStages
 )
 
-var stageNames = [numStages]string{"wait", "classify", "ledger_lookup", "ledger_append", "insert", "record", "committed", "ack"}
+var stageNames = [numStages]string{"wait", "classify", "ledger_lookup", "handoff", "store_wait", "ledger_append", "insert", "record", "committed", "ack"}
 
 // stage adds the time since start to the stage's counter and returns now.
 func (m *metrics) stage(s int, start time.Time) time.Time {
@@ -727,7 +882,7 @@ func newMetrics(reg prometheus.Registerer, st *Status) *metrics {
 		rejected:      prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "rejects_total", Help: "Messages rejected, by reason."}, []string{"reason"}),
 		events:        prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "integrity_events_total", Help: "Hash-chain integrity events, by kind."}, []string{"kind"}),
 		stages: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "committer_seconds_total",
-			Help: "Wall time of ingest's committer, by stage: waiting for opened messages, classify, ledger lookup and append, insert, record (events and rejects), committed (the rules' hook) and ack."}, []string{"stage"}),
+			Help: "Wall time of ingest's committer, by stage: the preparing stage waits for opened messages (wait), classifies (classify), looks the ledger up (ledger_lookup) and hands the batch over (handoff); the store stage waits for it (store_wait), appends to the ledger (ledger_append), inserts (insert), records events and rejects (record), runs the rules' hook (committed) and acknowledges (ack)."}, []string{"stage"}),
 	}
 	defer func() {
 		for i, n := range stageNames {

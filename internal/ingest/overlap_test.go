@@ -1,0 +1,126 @@
+package ingest_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fieldtrust/fieldtrust/internal/ingest"
+	"github.com/fieldtrust/fieldtrust/internal/snapshot"
+	"github.com/fieldtrust/fieldtrust/internal/topic"
+)
+
+// TestIngestPreparesWhileStoring: the committer classifies a batch and
+// looks its ledger leaves up while the batch before it is being stored
+// (before, nothing of a batch happened until the one before was stored
+// and acknowledged), and the outcome is that of a single-threaded ingest:
+// the second batch continues the device's chain from the first one's
+// staged heads (no gap), a redelivery of a snapshot of the first batch is
+// a duplicate (not a stale event), every snapshot is stored once with its
+// ledger leaf in arrival order. When the first batch's insert fails, it is
+// classified again, and so is the second, prepared against heads it did
+// not keep yet.
+func TestIngestPreparesWhileStoring(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		failFirst   bool
+		wantLookups int64 // ledger lookups: one per classification of a batch
+	}{
+		{"stored as prepared", false, 2},
+		{"first insert fails", true, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newIngestEnv(t)
+			gw := e.Identity(t, "ms-1/acc-1/gw-1", true)
+			c := e.MQTT(t, gw)
+			to := topic.SnapshotsOf("ms-1/acc-1/gw-1")
+			// A first run with the defaults makes ingest's persistent session;
+			// what follows is queued there for the second run.
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan error, 1)
+			go func() { done <- ingest.Run(ctx, e.cfg) }()
+			waitFor(t, "ingest subscribed", func() bool {
+				enc, _, _ := (&snapshot.Builder{Device: "first"}).Next(1, []snapshot.Value{{Channel: "c", Value: 1}})
+				publish(t, c, to, seal(t, enc, gw.E2E, e.IngestCert))
+				return e.stored() > 0
+			})
+			enc, _, _ := (&snapshot.Builder{Device: "last"}).Next(1, []snapshot.Value{{Channel: "c", Value: 1}})
+			publish(t, c, to, seal(t, enc, gw.E2E, e.IngestCert))
+			waitFor(t, "the first run drained", func() bool { return e.stored() == 2 })
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			base := e.stored()
+			lookups0 := e.db.lookups.Load()
+
+			// Batch 1: seq 1–4 of d. Batch 2: seq 5, 6, seq 3 again, seq 7.
+			b := &snapshot.Builder{Device: "d"}
+			var sealed [][]byte
+			var hashes [][32]byte
+			for i := range 7 {
+				enc, _, err := b.Next(int64(i), []snapshot.Value{{Channel: "c", Value: float64(i)}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				sealed = append(sealed, seal(t, enc, gw.E2E, e.IngestCert))
+				hashes = append(hashes, sha256.Sum256(enc))
+			}
+			for _, i := range []int{0, 1, 2, 3, 4, 5, 2, 6} {
+				publish(t, c, to, sealed[i])
+			}
+			e.db.hold, e.db.holding = make(chan struct{}), make(chan struct{}, 1)
+			if tc.failFirst {
+				e.db.failNext.Store(1)
+			}
+			cfg := e.cfg
+			cfg.BatchSize, cfg.BatchWait = 4, time.Hour
+			cfg.RetryMin, cfg.RetryMax = time.Millisecond, 5*time.Millisecond
+			e.run(t, cfg)
+			release := sync.OnceFunc(func() { close(e.db.hold) })
+			t.Cleanup(release) // before the ingest's cleanup, which waits for it to stop
+			select {
+			case <-e.db.holding:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the first batch's insert did not start")
+			}
+			waitFor(t, "the second batch's ledger lookup while the first batch's insert is held", func() bool {
+				return e.db.lookups.Load()-lookups0 >= 2
+			})
+			if n := e.stored(); n != base {
+				t.Fatalf("%d snapshots stored while the insert is held", n-base)
+			}
+			release()
+			waitFor(t, "both batches stored", func() bool { return e.stored() == base+7 })
+			if n := e.db.lookups.Load() - lookups0; n != tc.wantLookups {
+				t.Errorf("%d ledger lookups, want %d (one per classification of a batch)", n, tc.wantLookups)
+			}
+			evs, err := e.db.IntegrityEvents(t.Context(), "", time.Time{}, time.Time{}, 0)
+			if err != nil || len(evs) != 0 {
+				t.Fatalf("integrity events %+v (%v), want none", evs, err)
+			}
+			rejects, err := e.db.Rejects(t.Context(), time.Time{}, time.Time{}, 0)
+			if err != nil || len(rejects) != 0 {
+				t.Fatalf("rejects %+v (%v), want none", rejects, err)
+			}
+			var first uint64
+			for i, h := range hashes {
+				rec, err := e.db.SnapshotByHash(t.Context(), "ms-1/acc-1/gw-1", h[:])
+				if err != nil {
+					t.Fatalf("seq %d: %v", i+1, err)
+				}
+				if i == 0 {
+					first = rec.LedgerIndex
+				}
+				if rec.Seq != uint64(i+1) || rec.LedgerIndex != first+uint64(i) {
+					t.Errorf("snapshot %d: seq %d, ledger index %d; want seq %d at %d", i, rec.Seq, rec.LedgerIndex, i+1, first+uint64(i))
+				}
+			}
+			if size, err := e.db.LedgerSize(t.Context()); err != nil || size != first+7 {
+				t.Errorf("ledger size %d (%v), want %d: one leaf per stored snapshot", size, err, first+7)
+			}
+		})
+	}
+}

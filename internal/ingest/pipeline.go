@@ -186,9 +186,10 @@ func (p *processor) pipeline(ctx, connCtx context.Context, q *queue) {
 	})
 	for range p.cfg.Workers {
 		wg.Go(func() {
+			var dc snapshot.Decoder // the worker's channel names
 			for it := range work {
 				if connCtx.Err() == nil {
-					p.open(ctx, it)
+					p.open(ctx, it, &dc)
 				} else {
 					it.unopened = true // never committed: nextBatch ends first
 				}
@@ -197,23 +198,28 @@ func (p *processor) pipeline(ctx, connCtx context.Context, q *queue) {
 		})
 	}
 	defer wg.Wait()
-	// The committer is two stages: this goroutine takes each batch and
+	// The committer is three stages: this goroutine takes each batch and
 	// prepares it (classification against the chain heads the batch
 	// before it leaves, and the ledger lookup) while the store stage
 	// writes the batch before it (ledger append, insert, events and
-	// rejects) and acknowledges it. A batch is acknowledged only after
-	// its own commit, and batches are stored one at a time, in order.
+	// rejects), and the ack stage acknowledges the batches stored (paho
+	// writes a packet per acknowledgement: 256 writes per batch, which
+	// held the store stage up). Batches are stored one at a time, in
+	// order, and a batch is acknowledged only after its own commit.
 	toStore := make(chan *batch)
+	toAck := make(chan *batch, 2)
 	var sg sync.WaitGroup
-	sg.Go(func() { p.storeStage(ctx, connCtx, q, toStore) })
+	sg.Go(func() {
+		defer close(toAck)
+		p.storeStage(ctx, connCtx, toStore, toAck)
+	})
+	sg.Go(func() { p.ackStage(q, toAck) })
 	defer sg.Wait()
 	defer close(toStore)
 	var prev *batch        // the batch handed to the store stage last
 	var prevPrep *prepared // its classification (the store stage owns prev.prep)
 	for {
-		t := time.Now()
 		b := p.nextBatch(connCtx, order)
-		t = p.m.stage(stageWait, t)
 		if b == nil {
 			return
 		}
@@ -239,7 +245,7 @@ func (p *processor) pipeline(ctx, connCtx context.Context, q *queue) {
 // once its outcome is durable. A batch prepared against the chain heads
 // of a batch before it that did not commit as prepared (a failed attempt,
 // a fork found at insert) is classified again.
-func (p *processor) storeStage(ctx, connCtx context.Context, q *queue, in <-chan *batch) {
+func (p *processor) storeStage(ctx, connCtx context.Context, in <-chan *batch, acks chan<- *batch) {
 	var prev *batch
 	t := time.Now()
 	for b := range in {
@@ -256,14 +262,23 @@ func (p *processor) storeStage(ctx, connCtx context.Context, q *queue, in <-chan
 		t = time.Now()
 		p.committed(b)
 		t = p.m.stage(stageCommitted, t)
+		acks <- b // the ack stage never waits for anything but paho
+		t = p.m.stage(stageAckHandoff, t)
+		prev = b
+	}
+}
+
+// ackStage acknowledges the stored batches, in order.
+func (p *processor) ackStage(q *queue, in <-chan *batch) {
+	for b := range in {
+		t := time.Now()
 		for _, it := range b.items {
 			if !it.held { // held: the broker delivers it again
 				it.msg.ack() // a no-op for QoS 0, and on a lost connection (the broker redelivers)
 			}
 		}
 		q.done(len(b.items))
-		t = p.m.stage(stageAck, t)
-		prev = b
+		p.m.stage(stageAck, t)
 	}
 }
 
@@ -287,6 +302,7 @@ func (p *processor) nextBatch(connCtx context.Context, order <-chan *item) *batc
 		items = append(items, it)
 		return true
 	}
+	t := time.Now()
 	select {
 	case it, ok := <-order:
 		if !take(it, ok) {
@@ -295,6 +311,8 @@ func (p *processor) nextBatch(connCtx context.Context, order <-chan *item) *batc
 	case <-connCtx.Done():
 		return nil
 	}
+	t = p.m.stage(stageIdle, t)
+	defer p.m.stage(stageWait, t)
 	timer := time.NewTimer(p.cfg.BatchWait)
 	defer timer.Stop()
 	for len(items) < p.cfg.BatchSize {
@@ -330,7 +348,7 @@ func (p *processor) committed(b *batch) {
 
 // open is the per-message work that needs no state: topic, envelope,
 // signer, snapshot decoding.
-func (p *processor) open(ctx context.Context, it *item) {
+func (p *processor) open(ctx context.Context, it *item, dc *snapshot.Decoder) {
 	reject := func(reason, gw string, err error) { it.rerr = &rejectErr{reason, gw, err} }
 	gw, err := gatewayOf(it.msg.topic)
 	if err != nil {
@@ -347,7 +365,7 @@ func (p *processor) open(ctx context.Context, it *item) {
 		reject(ReasonWrongDevice, gw, fmt.Errorf("signed by %q but published on %s's topic", opened.Signer, gw))
 		return
 	}
-	s, err := snapshot.Decode(opened.Content)
+	s, err := dc.Decode(opened.Content)
 	if err != nil {
 		reject(ReasonMalformedSnapshot, gw, err)
 		return
@@ -846,7 +864,8 @@ type metrics struct {
 
 // The committer's stages, in the order of a batch.
 const (
-	stageWait         = iota // for the batch's messages to arrive and be opened
+	stageIdle         = iota // for a batch's first message (to arrive and be opened)
+	stageWait                // for the rest of the batch's messages
 	stageClassify            // against the chain heads (device head and stale lookups)
 	stageLedgerLookup        // FindAll
 	stageHandoff             // for the store stage to take the prepared batch
@@ -855,11 +874,12 @@ const (
 	stageInsert              // InsertSnapshots
 	stageRecord              // integrity events, rejects, summaries
 	stageCommitted           // Config.Committed
-	stageAck                 // acknowledgements
+	stageAckHandoff          // for the ack stage to take the batch
+	stageAck                 // the ack stage: acknowledgements
 	numStages
 )
 
-var stageNames = [numStages]string{"wait", "classify", "ledger_lookup", "handoff", "store_wait", "ledger_append", "insert", "record", "committed", "ack"}
+var stageNames = [numStages]string{"idle", "wait", "classify", "ledger_lookup", "handoff", "store_wait", "ledger_append", "insert", "record", "committed", "ack_handoff", "ack"}
 
 // stage adds the time since start to the stage's counter and returns now.
 func (m *metrics) stage(s int, start time.Time) time.Time {
@@ -882,7 +902,7 @@ func newMetrics(reg prometheus.Registerer, st *Status) *metrics {
 		rejected:      prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "rejects_total", Help: "Messages rejected, by reason."}, []string{"reason"}),
 		events:        prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "integrity_events_total", Help: "Hash-chain integrity events, by kind."}, []string{"kind"}),
 		stages: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "committer_seconds_total",
-			Help: "Wall time of ingest's committer, by stage: the preparing stage waits for opened messages (wait), classifies (classify), looks the ledger up (ledger_lookup) and hands the batch over (handoff); the store stage waits for it (store_wait), appends to the ledger (ledger_append), inserts (insert), records events and rejects (record), runs the rules' hook (committed) and acknowledges (ack)."}, []string{"stage"}),
+			Help: "Wall time of ingest's committer, by stage: the preparing stage waits for a batch's first opened message (idle) and the rest (wait), classifies (classify), looks the ledger up (ledger_lookup) and hands the batch over (handoff); the store stage waits for it (store_wait), appends to the ledger (ledger_append), inserts (insert), records events and rejects (record), runs the rules' hook (committed) and hands the batch to the ack stage (ack_handoff), which acknowledges it (ack)."}, []string{"stage"}),
 	}
 	defer func() {
 		for i, n := range stageNames {

@@ -294,7 +294,7 @@ func TestEndToEnd(t *testing.T) {
 		delta(loadgen.MetricBrokerIn), delta(loadgen.MetricBrokerOut), rssKiB("VmHWM")/1024, rssBefore/1024)
 	// Where ingest's one committer spent its wall time (the serial path).
 	var stages []string
-	for _, st := range []string{"wait", "classify", "ledger_lookup", "handoff", "store_wait", "ledger_append", "insert", "record", "committed", "ack"} {
+	for _, st := range []string{"idle", "wait", "classify", "ledger_lookup", "handoff", "store_wait", "ledger_append", "insert", "record", "committed", "ack_handoff", "ack"} {
 		d := delta(`fieldtrust_ingest_committer_seconds_total{stage="` + st + `"}`)
 		stages = append(stages, fmt.Sprintf("%s %.1f s (%.0f µs per snapshot)", st, d, d*1e6/stored))
 	}

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/fieldtrust/fieldtrust/internal/ingest"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/topic"
@@ -78,6 +80,8 @@ func TestIngestPreparesWhileStoring(t *testing.T) {
 			cfg := e.cfg
 			cfg.BatchSize, cfg.BatchWait = 4, time.Hour
 			cfg.RetryMin, cfg.RetryMax = time.Millisecond, 5*time.Millisecond
+			reg := prometheus.NewRegistry()
+			cfg.Registerer = reg
 			e.run(t, cfg)
 			release := sync.OnceFunc(func() { close(e.db.hold) })
 			t.Cleanup(release) // before the ingest's cleanup, which waits for it to stop
@@ -121,6 +125,40 @@ func TestIngestPreparesWhileStoring(t *testing.T) {
 			if size, err := e.db.LedgerSize(t.Context()); err != nil || size != first+7 {
 				t.Errorf("ledger size %d (%v), want %d: one leaf per stored snapshot", size, err, first+7)
 			}
+			// The committer's wall time by stage: each stage a batch went
+			// through counted some.
+			stages := committerStages(t, reg)
+			for _, st := range []string{"idle", "wait", "classify", "ledger_lookup", "ledger_append", "insert", "ack"} {
+				if stages[st] <= 0 {
+					t.Errorf("stage %s: %v s, want > 0 (all: %v)", st, stages[st], stages)
+				}
+			}
+			if len(stages) != 12 {
+				t.Errorf("%d stages %v, want 12", len(stages), stages)
+			}
 		})
 	}
+}
+
+// committerStages reads fieldtrust_ingest_committer_seconds_total by stage.
+func committerStages(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "fieldtrust_ingest_committer_seconds_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "stage" {
+					out[l.GetValue()] = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out
 }

@@ -28,10 +28,13 @@ func TestIngestPreparesWhileStoring(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
 		failFirst   bool
+		concurrent  bool  // the store takes concurrent writers: the second batch's leaves are appended while the first is inserted
 		wantLookups int64 // ledger lookups: one per classification of a batch
 	}{
-		{"stored as prepared", false, 2},
-		{"first insert fails", true, 4},
+		{"stored as prepared", false, false, 2},
+		{"first insert fails", true, false, 4},
+		{"concurrent writers", false, true, 2},
+		{"concurrent writers, first insert fails", true, true, 4},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newIngestEnv(t)
@@ -57,6 +60,10 @@ func TestIngestPreparesWhileStoring(t *testing.T) {
 			}
 			base := e.stored()
 			lookups0 := e.db.lookups.Load()
+			ledger0, err := e.db.LedgerSize(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
 
 			// Batch 1: seq 1–4 of d. Batch 2: seq 5, 6, seq 3 again, seq 7.
 			b := &snapshot.Builder{Device: "d"}
@@ -78,6 +85,9 @@ func TestIngestPreparesWhileStoring(t *testing.T) {
 				e.db.failNext.Store(1)
 			}
 			cfg := e.cfg
+			if tc.concurrent {
+				cfg.Store = concurrentStore{e.db}
+			}
 			cfg.BatchSize, cfg.BatchWait = 4, time.Hour
 			cfg.RetryMin, cfg.RetryMax = time.Millisecond, 5*time.Millisecond
 			reg := prometheus.NewRegistry()
@@ -95,6 +105,20 @@ func TestIngestPreparesWhileStoring(t *testing.T) {
 			})
 			if n := e.stored(); n != base {
 				t.Fatalf("%d snapshots stored while the insert is held", n-base)
+			}
+			// The first batch's 4 leaves are appended before its insert;
+			// the second batch's 3 new ones (its fourth is a redelivery)
+			// before the first batch is stored only with concurrent writers.
+			want := ledger0 + 4
+			if tc.concurrent {
+				want += 3
+				waitFor(t, "the second batch's leaves appended while the first batch's insert is held", func() bool {
+					n, err := e.db.LedgerSize(t.Context())
+					return err == nil && n >= want
+				})
+			}
+			if n, err := e.db.LedgerSize(t.Context()); err != nil || n != want {
+				t.Fatalf("ledger size %d (%v) while the first insert is held, want %d", n, err, want)
 			}
 			release()
 			waitFor(t, "both batches stored", func() bool { return e.stored() == base+7 })
@@ -139,6 +163,11 @@ func TestIngestPreparesWhileStoring(t *testing.T) {
 		})
 	}
 }
+
+// concurrentStore is a store that says it takes concurrent writers.
+type concurrentStore struct{ *failing }
+
+func (concurrentStore) ConcurrentWrites() bool { return true }
 
 // committerStages reads fieldtrust_ingest_committer_seconds_total by stage.
 func committerStages(t *testing.T, reg *prometheus.Registry) map[string]float64 {

@@ -218,6 +218,7 @@ func (p *processor) pipeline(ctx, connCtx context.Context, q *queue) {
 	defer close(toStore)
 	var prev *batch        // the batch handed to the store stage last
 	var prevPrep *prepared // its classification (the store stage owns prev.prep)
+	prevAppended := true   // its new leaves were in the ledger when handed over
 	for {
 		b := p.nextBatch(connCtx, order)
 		if b == nil {
@@ -225,13 +226,19 @@ func (p *processor) pipeline(ctx, connCtx context.Context, q *queue) {
 		}
 		// A batch that cannot be prepared now is prepared again by the
 		// store stage, in order (its error is that stage's to retry).
-		if err := p.prepare(ctx, b, prev, prevPrep); err != nil {
+		// With a store that takes concurrent writers, the batch's new
+		// leaves are appended now, while the one before is inserted, if
+		// that one's leaves are in the ledger already: leaves stay in
+		// arrival order.
+		ahead := p.appendAhead && (prevAppended || prev.headsDone.Load())
+		if err := p.prepare(ctx, b, prev, prevPrep, ahead); err != nil {
 			b.prep = nil
 		}
 		t, pr := time.Now(), b.prep
+		appended := pr != nil && pr.appended
 		select {
 		case toStore <- b:
-			prev, prevPrep = b, pr
+			prev, prevPrep, prevAppended = b, pr, appended
 			p.m.stage(stageHandoff, t)
 		case <-connCtx.Done():
 			return
@@ -419,14 +426,25 @@ type processor struct {
 	headsGen uint64 // counts clearHeads: a head read before is not cached
 	budget   *rejectBudget
 	dropLog  sync.Once
+	// appendAhead: the store takes concurrent writers (ConcurrentWrites),
+	// so a batch's ledger append may run while the batch before it is
+	// inserted.
+	appendAhead bool
 	// holdUntil ends the current connection's Config.HoldGaps; set by
 	// the connection before its pipeline runs, read by its committer.
 	holdUntil time.Time
 }
 
+// ConcurrentWrites is what a Store implements that runs write
+// transactions concurrently (PostgreSQL; SQLite has one writer, where a
+// second waits for the first's lock).
+type ConcurrentWrites interface{ ConcurrentWrites() bool }
+
 func newProcessor(cfg Config) *processor {
+	cw, ok := cfg.Store.(ConcurrentWrites)
 	return &processor{
-		cfg: cfg, log: cfg.Logger, m: newMetrics(cfg.Registerer, cfg.Status),
+		appendAhead: ok && cw.ConcurrentWrites(),
+		cfg:         cfg, log: cfg.Logger, m: newMetrics(cfg.Registerer, cfg.Status),
 		heads:  map[deviceKey]*snapshot.Head{},
 		budget: newRejectBudget(cfg.RejectBurst, cfg.RejectEvery),
 	}
@@ -493,6 +511,9 @@ type prepared struct {
 	inBatch map[snapshotKey]bool // the candidates
 	cands   []*item
 	found   map[string]uint64
+	// appended: the candidates' ledger indexes are set (the new leaves
+	// appended).
+	appended bool
 	// after is the classification of the batch before, which was not
 	// stored yet when this one was prepared; sawDone: it was, and its
 	// heads were in the cache.
@@ -525,7 +546,9 @@ func (pr *prepared) candidate(k snapshotKey) bool {
 // be committing meanwhile (prevPrep its classification): its staged heads
 // and candidates count as if stored. The classification counts only once
 // the batch is stored.
-func (p *processor) prepare(ctx context.Context, b, prev *batch, prevPrep *prepared) error {
+//
+// If appendLeaves, it also appends the batch's new leaves to the ledger.
+func (p *processor) prepare(ctx context.Context, b, prev *batch, prevPrep *prepared, appendLeaves bool) error {
 	pr := &prepared{staged: map[deviceKey]*snapshot.Head{}, inBatch: map[snapshotKey]bool{}}
 	switch {
 	case prev == nil:
@@ -551,6 +574,7 @@ func (p *processor) prepare(ctx context.Context, b, prev *batch, prevPrep *prepa
 	}
 	t = p.m.stage(stageClassify, t)
 	if len(pr.cands) == 0 {
+		pr.appended = true
 		return nil
 	}
 	// Ledger first, idempotently: a redelivered snapshot finds its leaf.
@@ -564,6 +588,37 @@ func (p *processor) prepare(ctx context.Context, b, prev *batch, prevPrep *prepa
 		return fmt.Errorf("ledger lookup: %w", err)
 	}
 	pr.found = found
+	if appendLeaves {
+		return p.appendLeaves(ctx, pr)
+	}
+	return nil
+}
+
+// appendLeaves appends the candidates' leaves that are not in the ledger
+// yet and sets every candidate's ledger index.
+func (p *processor) appendLeaves(ctx context.Context, pr *prepared) error {
+	t := time.Now()
+	var fresh [][]byte
+	var freshItems []*item
+	for _, it := range pr.cands {
+		if idx, ok := pr.found[string(it.leaf)]; ok {
+			it.rec.LedgerIndex = idx
+		} else {
+			fresh = append(fresh, it.leaf)
+			freshItems = append(freshItems, it)
+		}
+	}
+	if len(fresh) > 0 {
+		at, _, _, err := p.cfg.Ledger.Append(ctx, fresh)
+		p.m.stage(stageLedgerAppend, t)
+		if err != nil {
+			return fmt.Errorf("ledger append: %w", err)
+		}
+		for k, it := range freshItems {
+			it.rec.LedgerIndex = at + uint64(k)
+		}
+	}
+	pr.appended = true
 	return nil
 }
 
@@ -579,7 +634,7 @@ func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
 	pr := b.prep
 	b.prep = nil // a retry classifies again
 	if pr == nil {
-		if err := p.prepare(ctx, b, nil, nil); err != nil {
+		if err := p.prepare(ctx, b, nil, nil, false); err != nil {
 			return err
 		}
 		pr, b.prep = b.prep, nil
@@ -588,27 +643,12 @@ func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
 		p.keep(b, pr)
 		return nil
 	}
+	if !pr.appended {
+		if err := p.appendLeaves(ctx, pr); err != nil {
+			return err
+		}
+	}
 	t := time.Now()
-	var fresh [][]byte
-	var freshItems []*item
-	for _, it := range pr.cands {
-		if idx, ok := pr.found[string(it.leaf)]; ok {
-			it.rec.LedgerIndex = idx
-		} else {
-			fresh = append(fresh, it.leaf)
-			freshItems = append(freshItems, it)
-		}
-	}
-	if len(fresh) > 0 {
-		at, _, _, err := p.cfg.Ledger.Append(ctx, fresh)
-		t = p.m.stage(stageLedgerAppend, t)
-		if err != nil {
-			return fmt.Errorf("ledger append: %w", err)
-		}
-		for k, it := range freshItems {
-			it.rec.LedgerIndex = at + uint64(k)
-		}
-	}
 	recs := make([]store.SnapshotRecord, len(pr.cands))
 	for i, it := range pr.cands {
 		recs[i] = *it.rec

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,6 +41,12 @@ type failing struct {
 	holding  chan struct{}
 	failNext atomic.Int64
 	lookups  atomic.Int64 // LedgerLeafIndexes calls (a batch's ledger lookup)
+	// failGateway makes failGatewayN inserts fail that hold a snapshot of
+	// that gateway; insertCalls records each insert's gateways.
+	failGateway  string
+	failGatewayN atomic.Int64
+	callsMu      sync.Mutex
+	insertCalls  [][]string
 }
 
 func (f *failing) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord) ([]bool, error) {
@@ -53,6 +60,19 @@ func (f *failing) InsertSnapshots(ctx context.Context, recs []store.SnapshotReco
 	if f.inserts.Load() || f.failNext.Add(-1) >= 0 {
 		f.failed.Add(1)
 		return nil, errors.New("store failing on purpose")
+	}
+	var gws []string
+	for _, r := range recs {
+		if !slices.Contains(gws, r.Gateway) {
+			gws = append(gws, r.Gateway)
+		}
+	}
+	f.callsMu.Lock()
+	f.insertCalls = append(f.insertCalls, gws)
+	f.callsMu.Unlock()
+	if f.failGateway != "" && slices.Contains(gws, f.failGateway) && f.failGatewayN.Add(-1) >= 0 {
+		f.failed.Add(1)
+		return nil, errors.New("store failing on purpose for " + f.failGateway)
 	}
 	return f.Store.InsertSnapshots(ctx, recs)
 }

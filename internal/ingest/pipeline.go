@@ -258,7 +258,7 @@ func (p *processor) storeStage(ctx, connCtx context.Context, in <-chan *batch, a
 	t := time.Now()
 	for b := range in {
 		p.m.stage(stageStoreWait, t)
-		if prev != nil && b.prep != nil && !b.prep.sawDone && (b.prep.after == nil || b.prep.after != prev.merged) {
+		if prev != nil && b.prep != nil && !b.prep.sawDone && (b.prep.afterID == 0 || prev.merged == nil || b.prep.afterID != prev.merged.id) {
 			// Prepared against heads the batch before did not keep.
 			b.prep = nil
 		}
@@ -431,6 +431,7 @@ type processor struct {
 	// so a batch's ledger append may run while the batch before it is
 	// inserted.
 	appendAhead bool
+	preps       atomic.Uint64 // numbers the classifications (prepared.id)
 	// holdUntil ends the current connection's Config.HoldGaps; set by
 	// the connection before its pipeline runs, read by its committer.
 	holdUntil time.Time
@@ -515,11 +516,14 @@ type prepared struct {
 	// appended: the candidates' ledger indexes are set (the new leaves
 	// appended).
 	appended bool
-	// after is the classification of the batch before, which was not
-	// stored yet when this one was prepared; sawDone: it was, and its
-	// heads were in the cache.
-	after   *prepared
-	sawDone bool
+	// id names the classification (processor.preps). after is the
+	// classification of the batch before, which was not stored yet when
+	// this one was prepared, while it is prepared (then nil: a chain of
+	// them would keep every batch); afterID names it. sawDone: the batch
+	// before was stored, and its heads were in the cache.
+	id, afterID uint64
+	after       *prepared
+	sawDone     bool
 }
 
 // headOf is the chain head of a device as the batch sees it: moved by
@@ -550,15 +554,16 @@ func (pr *prepared) candidate(k snapshotKey) bool {
 //
 // If appendLeaves, it also appends the batch's new leaves to the ledger.
 func (p *processor) prepare(ctx context.Context, b, prev *batch, prevPrep *prepared, appendLeaves bool) error {
-	pr := &prepared{staged: map[deviceKey]*snapshot.Head{}, inBatch: map[snapshotKey]bool{}}
+	pr := &prepared{staged: map[deviceKey]*snapshot.Head{}, inBatch: map[snapshotKey]bool{}, id: p.preps.Add(1)}
 	switch {
 	case prev == nil:
 		pr.sawDone = true // the store stage has nothing before it
 	case prev.headsDone.Load():
 		pr.sawDone = true
-	default:
-		pr.after = prevPrep // nil if it could not be prepared: then never valid
+	case prevPrep != nil: // else it could not be prepared: then this is never valid
+		pr.after, pr.afterID = prevPrep, prevPrep.id
 	}
+	defer func() { pr.after = nil }()
 	b.prep = pr
 	t := time.Now()
 	for _, it := range b.items {

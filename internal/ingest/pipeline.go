@@ -552,8 +552,12 @@ func (pr *prepared) candidate(k snapshotKey) bool {
 // and candidates count as if stored. The classification counts only once
 // the batch is stored.
 //
-// If appendLeaves, it also appends the batch's new leaves to the ledger.
-func (p *processor) prepare(ctx context.Context, b, prev *batch, prevPrep *prepared, appendLeaves bool) error {
+// If ledgerAhead, it also looks the batch's leaves up in the ledger and
+// appends the new ones. Otherwise the store stage does, on the connection
+// of its write transaction: with SQLite, whose page cache is per
+// connection and dropped when another connection commits, a lookup on a
+// second connection read the index pages again for every batch.
+func (p *processor) prepare(ctx context.Context, b, prev *batch, prevPrep *prepared, ledgerAhead bool) error {
 	pr := &prepared{staged: map[deviceKey]*snapshot.Head{}, inBatch: map[snapshotKey]bool{}, id: p.preps.Add(1)}
 	switch {
 	case prev == nil:
@@ -578,32 +582,32 @@ func (p *processor) prepare(ctx context.Context, b, prev *batch, prevPrep *prepa
 			pr.cands = append(pr.cands, it)
 		}
 	}
-	t = p.m.stage(stageClassify, t)
+	p.m.stage(stageClassify, t)
+	if ledgerAhead {
+		return p.ledger(ctx, pr)
+	}
+	return nil
+}
+
+// ledger looks the candidates' leaves up in the ledger, appends those
+// that are not in it yet, and sets every candidate's ledger index.
+func (p *processor) ledger(ctx context.Context, pr *prepared) error {
 	if len(pr.cands) == 0 {
 		pr.appended = true
 		return nil
 	}
 	// Ledger first, idempotently: a redelivered snapshot finds its leaf.
+	t := time.Now()
 	leaves := make([][]byte, len(pr.cands))
 	for i, it := range pr.cands {
 		leaves[i] = it.leaf
 	}
 	found, err := p.cfg.Ledger.FindAll(ctx, leaves)
-	p.m.stage(stageLedgerLookup, t)
+	t = p.m.stage(stageLedgerLookup, t)
 	if err != nil {
 		return fmt.Errorf("ledger lookup: %w", err)
 	}
 	pr.found = found
-	if appendLeaves {
-		return p.appendLeaves(ctx, pr)
-	}
-	return nil
-}
-
-// appendLeaves appends the candidates' leaves that are not in the ledger
-// yet and sets every candidate's ledger index.
-func (p *processor) appendLeaves(ctx context.Context, pr *prepared) error {
-	t := time.Now()
 	var fresh [][]byte
 	var freshItems []*item
 	for _, it := range pr.cands {
@@ -650,7 +654,7 @@ func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
 		return nil
 	}
 	if !pr.appended {
-		if err := p.appendLeaves(ctx, pr); err != nil {
+		if err := p.ledger(ctx, pr); err != nil {
 			return err
 		}
 	}

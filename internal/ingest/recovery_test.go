@@ -47,6 +47,7 @@ type failing struct {
 	failGatewayN atomic.Int64
 	callsMu      sync.Mutex
 	insertCalls  [][]string
+	headLookups  []string // the devices of DeviceHead calls
 }
 
 func (f *failing) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord) ([]bool, error) {
@@ -75,6 +76,26 @@ func (f *failing) InsertSnapshots(ctx context.Context, recs []store.SnapshotReco
 		return nil, errors.New("store failing on purpose for " + f.failGateway)
 	}
 	return f.Store.InsertSnapshots(ctx, recs)
+}
+
+func (f *failing) DeviceHead(ctx context.Context, gateway, device string) (uint64, []byte, error) {
+	f.callsMu.Lock()
+	f.headLookups = append(f.headLookups, device)
+	f.callsMu.Unlock()
+	return f.Store.DeviceHead(ctx, gateway, device)
+}
+
+// headLookupsOf counts the DeviceHead calls for a device.
+func (f *failing) headLookupsOf(device string) int {
+	f.callsMu.Lock()
+	defer f.callsMu.Unlock()
+	n := 0
+	for _, d := range f.headLookups {
+		if d == device {
+			n++
+		}
+	}
+	return n
 }
 
 func (f *failing) LedgerLeafIndexes(ctx context.Context, hashes [][]byte) (map[string]uint64, error) {

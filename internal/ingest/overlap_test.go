@@ -3,19 +3,13 @@ package ingest_test
 import (
 	"context"
 	"crypto/sha256"
-	"fmt"
-	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fieldtrust/fieldtrust/internal/ingest"
-	"github.com/fieldtrust/fieldtrust/internal/lease"
-	"github.com/fieldtrust/fieldtrust/internal/platform/platformtest"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
@@ -214,114 +208,4 @@ func committerStages(t *testing.T, reg *prometheus.Registry) map[string]float64 
 		}
 	}
 	return out
-}
-
-// TestIngestInsertLanes: with a store that takes concurrent writers, a
-// batch is inserted in several transactions at once, split by account
-// partition (each transaction holds the snapshots of one lane's accounts
-// only, a device's snapshots in one of them, in order). When one lane
-// fails, what the others stored stays stored and the rest is stored on
-// the retry: every snapshot once, its ledger leaf in arrival order per
-// device, no integrity event.
-func TestIngestInsertLanes(t *testing.T) {
-	e := newIngestEnv(t)
-	// Two accounts in different lanes.
-	var accounts []string
-	for i := 1; len(accounts) < 2; i++ {
-		a := fmt.Sprintf("ms-1/acc-%d", i)
-		if len(accounts) == 0 || lease.PartitionOf(a, 4) != lease.PartitionOf(accounts[0], 4) {
-			accounts = append(accounts, a)
-		}
-	}
-	type gateway struct {
-		path string
-		id   platformtest.Identity
-		c    mqtt.Client
-	}
-	var gws []gateway
-	for _, a := range accounts {
-		p := a + "/gw-1"
-		id := e.Identity(t, p, true)
-		gws = append(gws, gateway{p, id, e.MQTT(t, id)})
-	}
-	// A first run makes ingest's persistent session.
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- ingest.Run(ctx, e.cfg) }()
-	waitFor(t, "ingest subscribed", func() bool {
-		enc, _, _ := (&snapshot.Builder{Device: "first"}).Next(1, []snapshot.Value{{Channel: "c", Value: 1}})
-		publish(t, gws[0].c, topic.SnapshotsOf(gws[0].path), seal(t, enc, gws[0].id.E2E, e.IngestCert))
-		return e.stored() > 0
-	})
-	enc, _, _ := (&snapshot.Builder{Device: "last"}).Next(1, []snapshot.Value{{Channel: "c", Value: 1}})
-	publish(t, gws[0].c, topic.SnapshotsOf(gws[0].path), seal(t, enc, gws[0].id.E2E, e.IngestCert))
-	waitFor(t, "the first run drained", func() bool { return e.stored() == 2 })
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	base := e.stored()
-
-	// 3 snapshots of 2 devices behind each gateway: one batch of 12.
-	hashes := map[string][][32]byte{} // by gateway/device, in seq order
-	for _, g := range gws {
-		for _, dev := range []string{"d1", "d2"} {
-			b := &snapshot.Builder{Device: dev}
-			for i := range 3 {
-				enc, _, err := b.Next(int64(i), []snapshot.Value{{Channel: "c", Value: float64(i)}})
-				if err != nil {
-					t.Fatal(err)
-				}
-				publish(t, g.c, topic.SnapshotsOf(g.path), seal(t, enc, g.id.E2E, e.IngestCert))
-				hashes[g.path+"/"+dev] = append(hashes[g.path+"/"+dev], sha256.Sum256(enc))
-			}
-		}
-	}
-	e.db.failGateway = gws[1].path
-	e.db.failGatewayN.Store(1)
-	e.db.callsMu.Lock()
-	e.db.insertCalls = nil
-	e.db.callsMu.Unlock()
-	cfg := e.cfg
-	cfg.Store = concurrentStore{e.db}
-	cfg.BatchSize, cfg.BatchWait = 12, time.Hour
-	cfg.RetryMin, cfg.RetryMax = time.Millisecond, 5*time.Millisecond
-	e.run(t, cfg)
-	waitFor(t, "every snapshot stored", func() bool { return e.stored() == base+12 })
-
-	e.db.callsMu.Lock()
-	calls := slices.Clone(e.db.insertCalls)
-	e.db.callsMu.Unlock()
-	if len(calls) < 3 {
-		t.Errorf("insert calls %v: want one per lane, and the failed lane's again", calls)
-	}
-	for _, gw := range calls {
-		if len(gw) != 1 {
-			t.Errorf("an insert held the snapshots of %v: want one lane's accounts", gw)
-		}
-	}
-	if evs, err := e.db.IntegrityEvents(t.Context(), "", time.Time{}, time.Time{}, 0); err != nil || len(evs) != 0 {
-		t.Fatalf("integrity events %+v (%v), want none", evs, err)
-	}
-	if rejects, err := e.db.Rejects(t.Context(), time.Time{}, time.Time{}, 0); err != nil || len(rejects) != 0 {
-		t.Fatalf("rejects %+v (%v), want none", rejects, err)
-	}
-	leaves := map[uint64]bool{}
-	for key, hs := range hashes {
-		gw := key[:strings.LastIndexByte(key, '/')]
-		var last uint64
-		for i, h := range hs {
-			rec, err := e.db.SnapshotByHash(t.Context(), gw, h[:])
-			if err != nil {
-				t.Fatalf("%s seq %d: %v", key, i+1, err)
-			}
-			if rec.Seq != uint64(i+1) || (i > 0 && rec.LedgerIndex <= last) || leaves[rec.LedgerIndex] {
-				t.Errorf("%s: seq %d at ledger index %d after %d: want seq %d, indexes rising and each once", key, rec.Seq, rec.LedgerIndex, last, i+1)
-			}
-			last, leaves[rec.LedgerIndex] = rec.LedgerIndex, true
-		}
-	}
-	if size, err := e.db.LedgerSize(t.Context()); err != nil || size != e.stored() {
-		t.Errorf("ledger size %d (%v), want %d: one leaf per stored snapshot", size, err, e.stored())
-	}
 }

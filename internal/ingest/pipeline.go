@@ -14,7 +14,6 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/fieldtrust/fieldtrust/internal/lease"
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
 	"github.com/fieldtrust/fieldtrust/internal/snapshot"
 	"github.com/fieldtrust/fieldtrust/internal/store"
@@ -659,20 +658,18 @@ func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
 		}
 	}
 	t := time.Now()
-	err := p.insert(ctx, pr.cands)
+	recs := make([]store.SnapshotRecord, len(pr.cands))
+	for i, it := range pr.cands {
+		recs[i] = *it.rec
+	}
+	_, err := p.cfg.Store.InsertSnapshots(ctx, recs)
 	p.m.stage(stageInsert, t)
 	if errors.Is(err, store.ErrExists) {
 		// Some snapshot conflicts with a stored one of the same seq (a
 		// fork the chain check could not see, e.g. below the head): store
 		// the rest one by one and reject the conflicting ones.
 		p.clearHeads()
-		var rest []*item
-		for _, it := range pr.cands {
-			if !it.stored {
-				rest = append(rest, it)
-			}
-		}
-		if err := p.insertEach(ctx, rest); err != nil {
+		if err := p.insertEach(ctx, pr.cands); err != nil {
 			return err
 		}
 		p.keep(b, nil)
@@ -681,83 +678,11 @@ func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
 	if err != nil {
 		return fmt.Errorf("store snapshots: %w", err)
 	}
+	for _, it := range pr.cands {
+		it.stored = true
+	}
 	p.keep(b, pr)
 	return nil
-}
-
-// insertLanes is how many transactions insert a batch at once with a
-// store that takes concurrent writers: PostgreSQL runs them on its own
-// backends (the insert was the PostgreSQL run's serial path).
-const insertLanes = 4
-
-// insert stores the candidates and marks those stored. With a store that
-// takes concurrent writers, the batch is split by account partition
-// (lease.PartitionOf, as the cluster splits accounts) into insertLanes
-// transactions that run at once: a device's snapshots stay in one, in
-// order. When some lanes fail, what the others stored stays stored (its
-// heads are in the store, and the cache is dropped), and the error is
-// returned (ErrExists if any lane had a conflict, for insertEach to
-// find it among the rest).
-func (p *processor) insert(ctx context.Context, cands []*item) error {
-	var lanes [insertLanes][]*item
-	if !p.appendAhead {
-		lanes[0] = cands
-	} else {
-		for _, it := range cands {
-			l := lease.PartitionOf(accountOf(it.rec.Gateway), insertLanes)
-			lanes[l] = append(lanes[l], it)
-		}
-	}
-	var errs [insertLanes]error
-	var wg sync.WaitGroup
-	for l, items := range lanes {
-		if len(items) == 0 {
-			continue
-		}
-		run := func() {
-			recs := make([]store.SnapshotRecord, len(items))
-			for i, it := range items {
-				recs[i] = *it.rec
-			}
-			if _, errs[l] = p.cfg.Store.InsertSnapshots(ctx, recs); errs[l] == nil {
-				for _, it := range items {
-					it.stored = true
-				}
-			}
-		}
-		if len(items) == len(cands) {
-			run() // one lane: no goroutine
-		} else {
-			wg.Go(run)
-		}
-	}
-	wg.Wait()
-	var failed error
-	for _, err := range errs {
-		switch {
-		case err == nil:
-		case errors.Is(err, store.ErrExists):
-			if failed == nil || !errors.Is(failed, store.ErrExists) {
-				failed = err // the conflict first: insertEach sorts it out
-			}
-		case failed == nil:
-			failed = err
-		}
-	}
-	if failed != nil {
-		p.clearHeads() // some lanes are stored, with their heads
-	}
-	return failed
-}
-
-// accountOf is the account path ("master/account") of a gateway path.
-func accountOf(gateway string) string {
-	if i := strings.IndexByte(gateway, '/'); i >= 0 {
-		if j := strings.IndexByte(gateway[i+1:], '/'); j >= 0 {
-			return gateway[:i+1+j]
-		}
-	}
-	return gateway
 }
 
 // keep ends a batch's storing: the heads its classification moved are

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -37,17 +36,12 @@ type failing struct {
 	failed           atomic.Int64 // calls failed on purpose
 	// hold, if set, makes InsertSnapshots wait until it is closed (after
 	// telling holding); failNext makes that many inserts fail first.
-	hold     chan struct{}
-	holding  chan struct{}
-	failNext atomic.Int64
-	lookups  atomic.Int64 // LedgerLeafIndexes calls (a batch's ledger lookup)
-	// failGateway makes failGatewayN inserts fail that hold a snapshot of
-	// that gateway; insertCalls records each insert's gateways.
-	failGateway  string
-	failGatewayN atomic.Int64
-	callsMu      sync.Mutex
-	insertCalls  [][]string
-	headLookups  []string // the devices of DeviceHead calls
+	hold        chan struct{}
+	holding     chan struct{}
+	failNext    atomic.Int64
+	lookups     atomic.Int64 // LedgerLeafIndexes calls (a batch's ledger lookup)
+	callsMu     sync.Mutex
+	headLookups []string // the devices of DeviceHead calls
 }
 
 func (f *failing) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord) ([]bool, error) {
@@ -61,19 +55,6 @@ func (f *failing) InsertSnapshots(ctx context.Context, recs []store.SnapshotReco
 	if f.inserts.Load() || f.failNext.Add(-1) >= 0 {
 		f.failed.Add(1)
 		return nil, errors.New("store failing on purpose")
-	}
-	var gws []string
-	for _, r := range recs {
-		if !slices.Contains(gws, r.Gateway) {
-			gws = append(gws, r.Gateway)
-		}
-	}
-	f.callsMu.Lock()
-	f.insertCalls = append(f.insertCalls, gws)
-	f.callsMu.Unlock()
-	if f.failGateway != "" && slices.Contains(gws, f.failGateway) && f.failGatewayN.Add(-1) >= 0 {
-		f.failed.Add(1)
-		return nil, errors.New("store failing on purpose for " + f.failGateway)
 	}
 	return f.Store.InsertSnapshots(ctx, recs)
 }

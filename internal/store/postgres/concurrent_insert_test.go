@@ -11,7 +11,7 @@ import (
 )
 
 // TestConcurrentInsertsOfNewNames: transactions that insert at once (the
-// lanes of ingest, ConcurrentWrites) and meet the same new units, groups
+// partition sessions of a multi-node cluster, each an ingest) and meet the same new units, groups
 // and channels in different orders all commit, each device's head and
 // values right: a name another transaction inserted and has not committed
 // yet waits for it (ON CONFLICT DO NOTHING), then is found.

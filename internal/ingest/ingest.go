@@ -65,16 +65,18 @@
 //
 //   - prepare: classify the batch against the chain heads in arrival
 //     order (so per-device order and the gap, stale and fork judgement
-//     are those of a single-threaded ingest) and look all its ledger
-//     leaves up in one query. The batch before it may be storing
-//     meanwhile: its staged heads and candidates count as if stored, and
-//     if it does not commit as prepared (a failed attempt, a fork found at
-//     insert) the batch is classified again before it is stored.
-//   - store: append the new leaves to the ledger and insert the batch in
-//     one transaction, record its events and rejects. With a store that
-//     takes concurrent writers (PostgreSQL: ConcurrentWrites) the ledger
-//     append runs in prepare instead, while the batch before is inserted,
-//     as long as that batch's leaves are in: leaves stay in arrival order.
+//     are those of a single-threaded ingest). The batch before it may be
+//     storing meanwhile: its staged heads and candidates count as if
+//     stored, and if it does not commit as prepared (a failed attempt, a
+//     fork found at insert) the batch is classified again before it is
+//     stored.
+//   - store: look all the batch's ledger leaves up in one query, append
+//     the new ones, insert the batch in one transaction, record its
+//     events and rejects. With a store that takes concurrent writers
+//     (PostgreSQL: ConcurrentWrites) the lookup and append run in prepare
+//     instead, while the batch before is inserted, as long as that
+//     batch's leaves are in: leaves stay in arrival order. With SQLite
+//     they stay here, on the write transaction's connection.
 //   - ack: acknowledge the stored batch's messages, in arrival order
 //     (paho writes a packet per acknowledgement).
 //

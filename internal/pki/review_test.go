@@ -1,0 +1,109 @@
+package pki
+
+import (
+	"context"
+	"crypto/elliptic"
+	"errors"
+	"path/filepath"
+	"testing"
+
+	"github.com/fieldtrust/fieldtrust/internal/secretbox"
+
+	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/store/postgres/pgtest"
+	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
+)
+
+// failingCARecords is a real SQLite store whose reads of one certificate
+// record fail, as a PostgreSQL store's do when the server goes away.
+type failingCARecords struct {
+	*sqlite.Store
+	serial string
+}
+
+func (f *failingCARecords) Certificate(ctx context.Context, domain, serial string) (store.Certificate, error) {
+	if serial == f.serial {
+		return store.Certificate{}, errors.New("connection reset by peer")
+	}
+	return f.Store.Certificate(ctx, domain, serial)
+}
+
+// TestIssueFailsClosedOnCARecordError: Issue checks that no CA of the
+// chain is revoked; when the store cannot say, it must refuse, not issue
+// below a CA that may be revoked (review of issue 16: a node that adopted
+// a revoked CA from the shared store relies on this check alone).
+func TestIssueFailsClosedOnCARecordError(t *testing.T) {
+	dir := t.TempDir()
+	db, err := sqlite.Open(t.Context(), filepath.Join(dir, "fieldtrust.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	recs := &failingCARecords{Store: db}
+	a, err := Open(t.Context(), dir, Transport, recs, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := issue(t, a, "ms-1/acc-1/gw-1")
+	if _, err := a.Revoke(t.Context(), first.Chain[1].SerialNumber, 1); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := GenerateKey(elliptic.P256())
+	if _, err := a.Issue(t.Context(), LeafRequest{Path: mustPath(t, "ms-1/acc-1/gw-2"), PublicKey: key.Public()}); err == nil {
+		t.Fatal("issued below a revoked account CA")
+	}
+	recs.serial = SerialHex(first.Chain[1].SerialNumber)
+	iss, err := a.Issue(t.Context(), LeafRequest{Path: mustPath(t, "ms-1/acc-1/gw-3"), PublicKey: key.Public()})
+	if err == nil {
+		t.Fatalf("issued %s below a revoked CA whose record could not be read", iss.Cert.Subject.CommonName)
+	}
+	t.Log(err)
+}
+
+// TestRevokedCANotUsedByAdopter: an account CA revoked on the node that
+// made it is refused on a node that never had it and would adopt it from
+// the shared store, and a node with a passphrase the maker did not have is
+// told so (review of issue 16; evidence, passes on main).
+func TestRevokedCANotUsedByAdopter(t *testing.T) {
+	db := pgtest.Open(t)
+	dirA, a := vaultNode(t, db, "")
+	_, b := vaultNode(t, db, dirA)
+	first, _ := issue(t, a, "ms-7/acc-1/gw-1")
+	if _, err := a.Revoke(t.Context(), first.Chain[1].SerialNumber, 1); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := GenerateKey(elliptic.P256())
+	if _, err := b.Issue(t.Context(), LeafRequest{Path: mustPath(t, "ms-7/acc-1/gw-2"), PublicKey: key.Public()}); err == nil {
+		t.Fatal("a node that adopted a revoked account CA issued below it")
+	} else {
+		t.Log(err)
+	}
+}
+
+// TestAdoptedCAKeyEncryptedWithThisNodesPassphrase: a node with a
+// passphrase keeps its CA keys encrypted at rest; one it adopts from the
+// shared store, made by a node without the passphrase, must not land in
+// its directory in the clear (review of issue 16: it was written as it
+// was sealed, unencrypted).
+func TestAdoptedCAKeyEncryptedWithThisNodesPassphrase(t *testing.T) {
+	db := pgtest.Open(t)
+	dirA, a := vaultNode(t, db, "")
+	issue(t, a, "ms-8/acc-1/gw-1")
+
+	dirP, _ := vaultNode(t, db, dirA) // the copy of what add-node copies
+	pass := []byte("correct horse battery staple")
+	p, err := Open(t.Context(), dirP, Transport, db, Options{Passphrase: pass, Vault: db, Sealer: secretbox.New(dirP, pass)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue(t, p, "ms-8/acc-1/gw-2")
+	for _, name := range []string{"ms-8", "ms-8+acc-1"} {
+		_, keyFile := p.caFiles(name)
+		if _, err := ReadKeyFile(keyFile, nil); err == nil {
+			t.Errorf("adopted CA key %s is stored unencrypted on a node with a passphrase", name)
+		}
+		if _, err := ReadKeyFile(keyFile, pass); err != nil {
+			t.Errorf("adopted CA key %s does not open with the node's passphrase: %v", name, err)
+		}
+	}
+}

@@ -314,14 +314,20 @@ func (a *Authority) Issue(ctx context.Context, req LeafRequest) (*Issued, error)
 			}
 			// Fail closed: a CA whose record cannot be read may be
 			// revoked (one adopted from the shared store has only this
-			// check). No record at all (a CA whose maker stopped before
-			// recording it) cannot be revoked either, and issues.
+			// check). A CA without a record (its maker's record failed
+			// or it stopped after writing the files, or after sharing
+			// the key) is recorded now: unrecorded it could not be
+			// revoked, and its account is not listed.
 			rec, err := a.records.Certificate(ctx, string(a.domain), SerialHex(ca.SerialNumber))
 			switch {
-			case err == nil && rec.Revoked():
-				return nil, fmt.Errorf("issue %s: CA %s is revoked; nothing can be issued below it", req.Path, caPath)
-			case err != nil && !errors.Is(err, store.ErrNotFound):
+			case errors.Is(err, store.ErrNotFound):
+				if err := a.record(ctx, ca, kind, caPath.String(), parent); err != nil && !errors.Is(err, store.ErrExists) {
+					return nil, err
+				}
+			case err != nil:
 				return nil, fmt.Errorf("issue %s: check that CA %s is not revoked: %w; try again", req.Path, caPath, err)
+			case rec.Revoked():
+				return nil, fmt.Errorf("issue %s: CA %s is revoked; nothing can be issued below it", req.Path, caPath)
 			}
 			chain = append([]*x509.Certificate{ca}, chain...)
 			parent = ca
@@ -613,7 +619,8 @@ func (a *Authority) loadOrCreateCA(ctx context.Context, name string, parent *x50
 	if parent != nil {
 		parentCert = parent
 	}
-	if err := a.record(ctx, cert, kind, recName, parentCert); err != nil {
+	// ErrExists: a node that adopted this CA recorded it first.
+	if err := a.record(ctx, cert, kind, recName, parentCert); err != nil && !errors.Is(err, store.ErrExists) {
 		return nil, err
 	}
 	a.log.Info("CA created", "kind", kind, "name", recName, "serial", SerialHex(cert.SerialNumber))

@@ -107,3 +107,52 @@ func TestAdoptedCAKeyEncryptedWithThisNodesPassphrase(t *testing.T) {
 		}
 	}
 }
+
+// failingPutRecords fails the next PutCertificate of a CA of kind.
+type failingPutRecords struct {
+	*sqlite.Store
+	failKind string
+}
+
+func (f *failingPutRecords) PutCertificate(ctx context.Context, c store.Certificate) error {
+	if c.Kind == f.failKind {
+		f.failKind = ""
+		return errors.New("connection reset by peer")
+	}
+	return f.Store.PutCertificate(ctx, c)
+}
+
+// TestCARecordedAfterAFailedRecord: a CA whose record failed after its
+// files were written (a store error, or the maker stopped; on a cluster,
+// after its sealed key was shared) is recorded by the next issue below
+// it. Review of issue 16: it stayed unrecorded for good, so it could not
+// be revoked, had no CRL, and its account was never listed for an ingest
+// partition (whose coverage a cluster node's admission waits for).
+func TestCARecordedAfterAFailedRecord(t *testing.T) {
+	dir := t.TempDir()
+	db, err := sqlite.Open(t.Context(), filepath.Join(dir, "fieldtrust.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	recs := &failingPutRecords{Store: db, failKind: KindAccountCA}
+	a, err := Open(t.Context(), dir, Transport, recs, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := GenerateKey(elliptic.P256())
+	if _, err := a.Issue(t.Context(), LeafRequest{Path: mustPath(t, "ms-1/acc-1/gw-1"), PublicKey: key.Public()}); err == nil {
+		t.Fatal("the failed record went unnoticed")
+	}
+	iss, _ := issue(t, a, "ms-1/acc-1/gw-2")
+	rec, err := db.Certificate(t.Context(), string(Transport), SerialHex(iss.Chain[1].SerialNumber))
+	if err != nil {
+		t.Fatalf("the account CA is still not recorded: %v", err)
+	}
+	if rec.Kind != KindAccountCA || rec.Name != "ms-1/acc-1" || rec.IssuerSerial != SerialHex(iss.Chain[2].SerialNumber) {
+		t.Errorf("record %+v", rec)
+	}
+	if _, err := a.Revoke(t.Context(), iss.Chain[1].SerialNumber, 1); err != nil {
+		t.Errorf("revoke the account CA: %v", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/secretbox"
 
@@ -154,5 +155,49 @@ func TestCARecordedAfterAFailedRecord(t *testing.T) {
 	}
 	if _, err := a.Revoke(t.Context(), iss.Chain[1].SerialNumber, 1); err != nil {
 		t.Errorf("revoke the account CA: %v", err)
+	}
+}
+
+// TestCRLsNotWedgedByAPlantedCARecord: a CA record that is no CA of this
+// PKI (garbage, or a CA certificate of another root), planted by whoever
+// can write the database, is skipped; every real CA still gets its CRL.
+// Review of issue 16: one such record made CRLs fail, so no node
+// published a CRL bundle again.
+func TestCRLsNotWedgedByAPlantedCARecord(t *testing.T) {
+	p := newTestPKI(t, Options{})
+	gw, _ := issue(t, p.t, "ms-1/acc-1/gw-1")
+	other := newTestPKI(t, Options{})
+	foreign, _ := issue(t, other.t, "ms-9/acc-1/gw-1")
+	now := time.Now()
+	for _, r := range []store.Certificate{
+		{Serial: "abcdef", Kind: KindAccountCA, Name: "ms-9/acc-1", IssuerSerial: SerialHex(gw.Chain[2].SerialNumber), DER: []byte("junk")},
+		{Serial: SerialHex(foreign.Chain[2].SerialNumber), Kind: KindMasterCA, Name: "ms-9", IssuerSerial: SerialHex(p.t.Root().SerialNumber), DER: foreign.Chain[2].Raw},
+		{Serial: SerialHex(foreign.Chain[1].SerialNumber), Kind: KindAccountCA, Name: "ms-9/acc-1", IssuerSerial: SerialHex(foreign.Chain[2].SerialNumber), DER: foreign.Chain[1].Raw},
+	} {
+		r.Domain, r.NotBefore, r.NotAfter = string(Transport), now, now.Add(time.Hour)
+		if err := p.db.PutCertificate(t.Context(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := p.t.Revoke(t.Context(), gw.Cert.SerialNumber, 1); err != nil {
+		t.Fatal(err)
+	}
+	crls, err := p.t.CRLs(t.Context())
+	if err != nil {
+		t.Fatalf("CRLs with planted CA records: %v", err)
+	}
+	if len(crls) != 4 { // root, services, ms-1, ms-1/acc-1
+		t.Errorf("%d CRLs; want 4", len(crls))
+	}
+	listed := false
+	for _, l := range crls {
+		if l.CheckSignatureFrom(gw.Chain[1]) == nil {
+			for _, e := range l.RevokedCertificateEntries {
+				listed = listed || e.SerialNumber.Cmp(gw.Cert.SerialNumber) == 0
+			}
+		}
+	}
+	if !listed {
+		t.Error("the revoked gw-1 is not in its account CA's CRL")
 	}
 }

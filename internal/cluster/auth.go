@@ -117,12 +117,28 @@ func (a *authenticator) check(c server.ClientAuthentication) (tacs.Subject, []*x
 // ClientIDAllowed is the session-binding rule of the cluster tier: the
 // engine keys MQTT sessions by client ID alone, so a client ID must name
 // its identity — the subject's name, or the name, ':' and any suffix
-// (identity paths and service names cannot contain ':', and services are
-// "service:NAME"). Then no identity can resume, take over or read another
-// identity's session.
+// (identity paths and service names cannot contain ':'). Then no identity
+// can resume, take over or read another identity's session. The name is
+// read back from the client ID by its namespace ("service:NAME",
+// "site:PATH", else a path), not matched as a prefix: a master account may
+// be named "service" or "site", and its identity must not take the client
+// IDs of the platform's services ("service:ingest:p3") or of the
+// customer sites.
 func ClientIDAllowed(s tacs.Subject, clientID string) bool {
-	name := s.String()
-	return clientID == name || strings.HasPrefix(clientID, name+":")
+	return clientIDOwner(clientID) == s.String()
+}
+
+// clientIDOwner is the identity name a client ID belongs to.
+func clientIDOwner(clientID string) string {
+	ns := ""
+	for _, p := range []string{"service:", "site:"} {
+		if strings.HasPrefix(clientID, p) {
+			ns, clientID = p, clientID[len(p):]
+			break
+		}
+	}
+	name, _, _ := strings.Cut(clientID, ":")
+	return ns + name
 }
 
 // mqttClientID asks the engine for the MQTT client ID of a connection

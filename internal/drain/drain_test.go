@@ -130,3 +130,72 @@ func TestRequest(t *testing.T) {
 		t.Errorf("after clearing: %+v %v", req, err)
 	}
 }
+
+// TestRequestWhileAnotherIsPending: a drain that was requested but that
+// its node has not acted on yet (it reads its row once a second, then
+// stops its partition sessions before it releases its member lock) counts
+// as a node leaving: a second drain in that window, from another shell or
+// at the same instant, must not leave the cluster below its majority.
+// Review of issue 16: both were accepted, since the first node still held
+// its member lock.
+func TestRequestWhileAnotherIsPending(t *testing.T) {
+	st := pgtest.Open(t)
+	ctx := t.Context()
+	conn, err := st.LeaseConn(ctx, "test-operator")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	members := func(ctx context.Context) ([]string, error) { return lease.Members(ctx, conn) }
+	quiet := func(string) {}
+	for _, n := range []string{"n1", "n2", "n3"} {
+		running(t, st, n)
+	}
+	waitMembers(t, members, "n1", "n2", "n3")
+
+	// Two operators at the same instant: exactly one drain is accepted.
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, 2)
+	for _, n := range []string{"n2", "n3"} {
+		opConn, err := st.LeaseConn(ctx, "test-operator-"+n) // each operator's own
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer opConn.Close(context.Background())
+		opMembers := func(ctx context.Context) ([]string, error) { return lease.Members(ctx, opConn) }
+		go func() {
+			_, err := drain.Request(rctx, st, opMembers, n, drain.MinOthers, quiet)
+			errs <- err
+		}()
+	}
+	// Neither node acts on its request: the refused one returns, the
+	// accepted one waits for its node.
+	select {
+	case err := <-errs:
+		if err == nil || !strings.Contains(err.Error(), "would leave 1 running node") {
+			t.Fatalf("second drain while one is pending: %v; want a refusal", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("both drains were accepted while neither node had drained")
+	}
+	pending := 0
+	for _, n := range []string{"n2", "n3"} {
+		if req, err := st.DrainRequest(ctx, n); err != nil {
+			t.Fatal(err)
+		} else if req.Requested() {
+			pending++
+		}
+	}
+	if pending != 1 {
+		t.Errorf("%d drain requests recorded; want 1", pending)
+	}
+	cancel()
+	<-errs
+
+	// Sequentially, in the window before the requested node released its
+	// member lock: refused too, and the pending one is named.
+	if _, err := drain.Request(ctx, st, members, "n1", drain.MinOthers, quiet); err == nil || !strings.Contains(err.Error(), "would leave 1 running node") {
+		t.Errorf("drain of n1 while another drain is pending: %v; want a refusal", err)
+	}
+}

@@ -11,7 +11,10 @@ import (
 
 // RequestStore is what an operator's request needs (postgres.Store).
 type RequestStore interface {
-	RequestDrain(ctx context.Context, node string) error
+	// RequestDrain records the request if admit, given the other nodes
+	// whose drain is requested and not done, accepts; requests are
+	// serialised, so two operators cannot both pass admit.
+	RequestDrain(ctx context.Context, node string, admit func(pending []string) error) error
 	DrainRequest(ctx context.Context, node string) (store.DrainRequest, error)
 }
 
@@ -36,12 +39,23 @@ func Request(ctx context.Context, st RequestStore, members Members, node string,
 	if !slices.Contains(running, node) {
 		return 0, fmt.Errorf("node %q is not running, or drains already (running: %v); check the name ('up --node-name')", node, running)
 	}
-	others := slices.DeleteFunc(slices.Clone(running), func(o string) bool { return o == node })
-	if len(others) < minOthers {
-		return 0, fmt.Errorf("draining %s would leave %d running node(s) %v, and the cluster needs %d to keep its replicated sessions and messages: start another node first, or drain after the others are back (docs/scale.md \"Draining a node\")",
-			node, len(others), others, minOthers)
+	// A node whose drain is requested but not done may still hold its
+	// member lock (it reads its row once a second, then stops its
+	// partition sessions): it is leaving, not one of the others.
+	var others []string
+	admit := func(pending []string) error {
+		others = slices.DeleteFunc(slices.Clone(running), func(o string) bool { return o == node || slices.Contains(pending, o) })
+		if len(others) < minOthers {
+			leaving := ""
+			if p := slices.DeleteFunc(slices.Clone(pending), func(o string) bool { return !slices.Contains(running, o) }); len(p) > 0 {
+				leaving = fmt.Sprintf(" (%v drain(s) already)", p)
+			}
+			return fmt.Errorf("draining %s would leave %d running node(s) %v%s, and the cluster needs %d to keep its replicated sessions and messages: start another node first, or drain after the others are back (docs/scale.md \"Draining a node\")",
+				node, len(others), others, leaving, minOthers)
+		}
+		return nil
 	}
-	if err := st.RequestDrain(ctx, node); err != nil {
+	if err := st.RequestDrain(ctx, node, admit); err != nil {
 		return 0, err
 	}
 	start := time.Now()

@@ -312,7 +312,21 @@ func (a *Authority) Issue(ctx context.Context, req LeafRequest) (*Issued, error)
 			if created {
 				out.CreatedCAs = append(out.CreatedCAs, caPath.String())
 			}
-			if rec, err := a.records.Certificate(ctx, string(a.domain), SerialHex(ca.SerialNumber)); err == nil && rec.Revoked() {
+			// Fail closed: a CA whose record cannot be read may be
+			// revoked (one adopted from the shared store has only this
+			// check). A CA without a record (its maker's record failed
+			// or it stopped after writing the files, or after sharing
+			// the key) is recorded now: unrecorded it could not be
+			// revoked, and its account is not listed.
+			rec, err := a.records.Certificate(ctx, string(a.domain), SerialHex(ca.SerialNumber))
+			switch {
+			case errors.Is(err, store.ErrNotFound):
+				if err := a.record(ctx, ca, kind, caPath.String(), parent); err != nil && !errors.Is(err, store.ErrExists) {
+					return nil, err
+				}
+			case err != nil:
+				return nil, fmt.Errorf("issue %s: check that CA %s is not revoked: %w; try again", req.Path, caPath, err)
+			case rec.Revoked():
 				return nil, fmt.Errorf("issue %s: CA %s is revoked; nothing can be issued below it", req.Path, caPath)
 			}
 			chain = append([]*x509.Certificate{ca}, chain...)
@@ -605,7 +619,8 @@ func (a *Authority) loadOrCreateCA(ctx context.Context, name string, parent *x50
 	if parent != nil {
 		parentCert = parent
 	}
-	if err := a.record(ctx, cert, kind, recName, parentCert); err != nil {
+	// ErrExists: a node that adopted this CA recorded it first.
+	if err := a.record(ctx, cert, kind, recName, parentCert); err != nil && !errors.Is(err, store.ErrExists) {
 		return nil, err
 	}
 	a.log.Info("CA created", "kind", kind, "name", recName, "serial", SerialHex(cert.SerialNumber))
@@ -621,39 +636,45 @@ func vaultName(d Domain, name string) string { return "pki-ca-key:" + string(d) 
 // the certificate, and the certificate must be a CA signed by parent (nil:
 // any of this domain's; the caller then checks the issuer), so that whoever
 // can write the database but holds no CA key cannot plant a CA.
-func (a *Authority) openVaultCA(name string, parent *x509.Certificate, der, sealed []byte) (*x509.Certificate, []byte, crypto.Signer, error) {
+func (a *Authority) openVaultCA(name string, parent *x509.Certificate, der, sealed []byte) (*x509.Certificate, crypto.Signer, error) {
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%s CA %s in the shared store: %w", a.domain, name, err)
+		return nil, nil, fmt.Errorf("%s CA %s in the shared store: %w", a.domain, name, err)
 	}
 	if !cert.IsCA {
-		return nil, nil, nil, fmt.Errorf("%s CA %s in the shared store is not a CA certificate", a.domain, name)
+		return nil, nil, fmt.Errorf("%s CA %s in the shared store is not a CA certificate", a.domain, name)
 	}
 	if parent != nil {
 		if err := cert.CheckSignatureFrom(parent); err != nil {
-			return nil, nil, nil, fmt.Errorf("%s CA %s in the shared store is not signed by its parent CA: %w", a.domain, name, err)
+			return nil, nil, fmt.Errorf("%s CA %s in the shared store is not signed by its parent CA: %w", a.domain, name, err)
 		}
 	}
 	keyPEM, err := a.sealer.Open(vaultName(a.domain, name), sealed)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%s CA %s in the shared store: %w (every node needs the first node's DIR/platform/secrets.key, or the same %s)", a.domain, name, err, PassphraseEnv)
+		return nil, nil, fmt.Errorf("%s CA %s in the shared store: %w (every node needs the first node's DIR/platform/secrets.key, or the same %s)", a.domain, name, err, PassphraseEnv)
 	}
 	key, err := ParseKeyPEM(keyPEM, a.pass)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%s CA %s in the shared store: %w", a.domain, name, err)
+		return nil, nil, fmt.Errorf("%s CA %s in the shared store: %w", a.domain, name, err)
 	}
 	if !publicKeysEqual(key.Public(), cert.PublicKey) {
-		return nil, nil, nil, fmt.Errorf("%s CA %s in the shared store: the key is not the certificate's", a.domain, name)
+		return nil, nil, fmt.Errorf("%s CA %s in the shared store: the key is not the certificate's", a.domain, name)
 	}
-	return cert, keyPEM, key, nil
+	return cert, key, nil
 }
 
 // adoptCA writes a CA the shared store holds (made by another node) into
 // this directory. The caller holds the lock.
 func (a *Authority) adoptCA(name string, parent *x509.Certificate, der, sealed []byte) (*x509.Certificate, error) {
-	cert, keyPEM, _, err := a.openVaultCA(name, parent, der, sealed)
+	cert, key, err := a.openVaultCA(name, parent, der, sealed)
 	if err != nil {
 		return nil, err
+	}
+	// As this node keeps its own CA keys: encrypted with its passphrase,
+	// if it has one, whatever the node that made the CA had.
+	keyPEM, err := MarshalKeyPEM(key, a.pass)
+	if err != nil {
+		return nil, fmt.Errorf("adopt CA %s: %w", name, err)
 	}
 	certFile, keyFile := a.caFiles(name)
 	if err := writeNew(keyFile, keyPEM, 0o600); err != nil {
@@ -760,7 +781,7 @@ func (a *Authority) issuerKey(ctx context.Context, rec store.Certificate) (crypt
 	if !bytes.Equal(der, rec.DER) {
 		return nil, fmt.Errorf("%s CA %s: the shared store holds another certificate than the record %s", a.domain, name, rec.Serial)
 	}
-	_, _, key, err := a.openVaultCA(name, nil, der, sealed)
+	_, key, err := a.openVaultCA(name, nil, der, sealed)
 	return key, err
 }
 

@@ -171,11 +171,17 @@ func (a *Authority) CRLs(ctx context.Context) ([]*x509.RevocationList, error) {
 	if err != nil {
 		return nil, err
 	}
+	anchored := a.anchoredCAs(all)
 	var out []*x509.RevocationList
 	for _, c := range all {
-		switch c.Kind {
-		case KindRoot, KindServicesCA, KindMasterCA, KindAccountCA:
-		default:
+		if !isCAKind(c.Kind) {
+			continue
+		}
+		if !anchored[c.Serial] {
+			// Not a CA of this PKI (a record planted by whoever can
+			// write the database): no verifier accepts a chain through
+			// it, and it must not keep every CA's CRL from being issued.
+			a.log.Warn("CRL: a CA record that does not chain to this domain's root is skipped", "name", c.Name, "serial", c.Serial)
 			continue
 		}
 		crl, err := a.issueCRLFor(ctx, c.Serial)
@@ -185,6 +191,52 @@ func (a *Authority) CRLs(ctx context.Context) ([]*x509.RevocationList, error) {
 		out = append(out, crl)
 	}
 	return out, nil
+}
+
+func isCAKind(kind string) bool {
+	switch kind {
+	case KindRoot, KindServicesCA, KindMasterCA, KindAccountCA:
+		return true
+	}
+	return false
+}
+
+// anchoredCAs reports, by serial, which CA records of recs are this
+// domain's root or signed by an anchored CA record named as their issuer.
+func (a *Authority) anchoredCAs(recs []store.Certificate) map[string]bool {
+	cas := map[string]*x509.Certificate{}
+	issuers := map[string]string{}
+	for _, r := range recs {
+		if !isCAKind(r.Kind) {
+			continue
+		}
+		if c, err := x509.ParseCertificate(r.DER); err == nil && c.IsCA {
+			cas[r.Serial], issuers[r.Serial] = c, r.IssuerSerial
+		}
+	}
+	out := map[string]bool{}
+	var anchored func(serial string, depth int) bool
+	anchored = func(serial string, depth int) bool {
+		if v, ok := out[serial]; ok {
+			return v
+		}
+		out[serial] = false // a cycle anchors nothing
+		c, ok := cas[serial]
+		switch {
+		case !ok:
+		case c.Equal(a.root):
+			out[serial] = true
+		case depth < 4:
+			if p, ok := cas[issuers[serial]]; ok && anchored(issuers[serial], depth+1) {
+				out[serial] = c.CheckSignatureFrom(p) == nil
+			}
+		}
+		return out[serial]
+	}
+	for serial := range cas {
+		anchored(serial, 0)
+	}
+	return out
 }
 
 // issueCRLFor issues the CRL of the CA with serial caSerial.

@@ -36,23 +36,28 @@ func newAdmission(s coverageStore) *admission {
 }
 
 // accountOf is the account ("master/account") an account identity is in;
-// false for services and master accounts, which are in none.
-func accountOf(s tacs.Subject) (string, bool) {
+// false for services and master accounts, which are in none. Fail closed:
+// a subject that is neither a service nor a valid path is refused, not
+// taken for one in no account.
+func accountOf(s tacs.Subject) (string, bool, error) {
 	if s.Service != "" {
-		return "", false
+		return "", false, nil
 	}
 	p, err := pki.ParsePath(s.Path)
-	if err != nil || len(p) < 2 {
-		return "", false
+	if err != nil {
+		return "", false, fmt.Errorf("identity %q: %w", s.Path, err)
 	}
-	return p[:2].String(), true
+	if len(p) < 2 {
+		return "", false, nil
+	}
+	return p[:2].String(), true, nil
 }
 
 // admit is cluster.Config.Admit.
 func (a *admission) admit(ctx context.Context, s tacs.Subject) error {
-	acct, ok := accountOf(s)
-	if !ok {
-		return nil
+	acct, ok, err := accountOf(s)
+	if err != nil || !ok {
+		return err
 	}
 	a.mu.Lock()
 	hit := a.covered[acct]
@@ -60,7 +65,7 @@ func (a *admission) admit(ctx context.Context, s tacs.Subject) error {
 	if hit {
 		return nil
 	}
-	ok, err := a.store.AccountCovered(ctx, acct)
+	ok, err = a.store.AccountCovered(ctx, acct)
 	if err != nil {
 		return err
 	}

@@ -11,10 +11,35 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/store"
 )
 
-// RequestDrain asks node to drain (again, if it drained before).
-func (s *Store) RequestDrain(ctx context.Context, node string) error {
-	if _, err := s.pool.Exec(ctx, `INSERT INTO cluster_drains (node, requested_at) VALUES ($1, now())
+// RequestDrain asks node to drain (again, if it drained before) if admit,
+// given the other nodes whose drain is requested and not done yet, accepts.
+// Requests are serialised (a transaction lock), so that two operators
+// cannot both pass a check that counts the nodes left (drain.Request).
+func (s *Store) RequestDrain(ctx context.Context, node string, admit func(pending []string) error) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("request drain of node %s: %w", node, err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('fieldtrust cluster_drains/' || current_schema(), 0))`); err != nil {
+		return fmt.Errorf("request drain of node %s: %w", node, err)
+	}
+	rows, err := tx.Query(ctx, `SELECT node FROM cluster_drains WHERE drained_at IS NULL AND node <> $1 ORDER BY node`, node)
+	if err != nil {
+		return fmt.Errorf("request drain of node %s: read pending drains: %w", node, err)
+	}
+	pending, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("request drain of node %s: read pending drains: %w", node, err)
+	}
+	if err := admit(pending); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO cluster_drains (node, requested_at) VALUES ($1, now())
 		ON CONFLICT (node) DO UPDATE SET requested_at = now(), drained_at = NULL`, node); err != nil {
+		return fmt.Errorf("request drain of node %s: %w", node, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("request drain of node %s: %w", node, err)
 	}
 	return nil

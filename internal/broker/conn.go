@@ -227,20 +227,10 @@ func (c *conn) serve() {
 
 // readLoop reads and handles packets until an error ends the connection.
 func (c *conn) readLoop() error {
-	limit := c.keepAlive + c.keepAlive/2
+	if c.deadline.IsZero() {
+		c.moveDeadline() // the first time; a resumed reader keeps its deadline
+	}
 	for {
-		// Keepalive: the client must send something within 1.5 × its
-		// keepalive (MQTT 5 §3.1.2.10). The deadline is moved at most every
-		// quarter keepalive, which still leaves the client more than its
-		// keepalive after any packet.
-		if now := time.Now(); now.Sub(c.deadlineSet) > c.keepAlive/4 {
-			d := now.Add(limit)
-			if !c.notAfter.IsZero() && c.notAfter.Before(d) {
-				d = c.notAfter
-			}
-			_ = c.nc.SetReadDeadline(d)
-			c.deadline, c.deadlineSet = d, now
-		}
 		if err := c.waitInbound(); err != nil {
 			return err
 		}
@@ -276,7 +266,26 @@ func (c *conn) readLoop() error {
 		if c.closed.Load() {
 			return errConnClosed
 		}
+		c.moveDeadline()
 	}
+}
+
+// moveDeadline moves the read deadline after a packet. Keepalive: the
+// client must send something within 1.5 × its keepalive (MQTT 5
+// §3.1.2.10); the deadline is moved at most every quarter keepalive,
+// which still leaves the client more than its keepalive after any packet.
+// It never passes the chain's expiry.
+func (c *conn) moveDeadline() {
+	now := time.Now()
+	if now.Sub(c.deadlineSet) <= c.keepAlive/4 {
+		return
+	}
+	d := now.Add(c.keepAlive + c.keepAlive/2)
+	if !c.notAfter.IsZero() && c.notAfter.Before(d) {
+		d = c.notAfter
+	}
+	_ = c.nc.SetReadDeadline(d)
+	c.deadline, c.deadlineSet = d, now
 }
 
 var (

@@ -29,7 +29,9 @@ import (
 // of this process and the broker's, which each need one descriptor per
 // connection), HOLD (seconds idle, 60), KEEPALIVE (seconds, 30), SOURCES
 // (source addresses, 8), OUT (markdown file), GOGC and MEMLIMIT (bytes)
-// for our broker's runtime (0: defaults), ONLY (one run: fieldtrust,
+// for our broker's runtime (0: defaults), READERS ("goroutine": one
+// blocked reader goroutine per connection instead of parked readers,
+// for comparison), ONLY (one run: fieldtrust,
 // fieldtrust-leaf or mosquitto). Bounded: every step has a
 // deadline, and the run stops by itself.
 func TestIdleConnections(t *testing.T) {
@@ -104,8 +106,16 @@ func TestIdleConnections(t *testing.T) {
 		}
 		var b *Broker
 		if run.name == "fieldtrust" {
-			b, err = StartFieldtrust(ctx, bin, p, d, "", "-intermediates", inter, "-debug-addr", "127.0.0.1:0",
-				"-gogc", strconv.Itoa(env("GOGC", 0)), "-memlimit", strconv.Itoa(env("MEMLIMIT", 0)))
+			args := []string{"-intermediates", inter, "-debug-addr", "127.0.0.1:0",
+				"-gogc", strconv.Itoa(env("GOGC", 0)), "-memlimit", strconv.Itoa(env("MEMLIMIT", 0))}
+			switch m := os.Getenv("FIELDTRUST_IDLE_READERS"); m {
+			case "", "parked":
+			case "goroutine":
+				args = append(args, "-goroutine-per-conn")
+			default:
+				t.Fatalf("FIELDTRUST_IDLE_READERS=%q: want parked or goroutine", m)
+			}
+			b, err = StartFieldtrust(ctx, bin, p, d, "", args...)
 		} else {
 			b, err = StartMosquitto(ctx, mosq, p, d, MosquittoOptions{})
 		}

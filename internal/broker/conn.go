@@ -71,6 +71,7 @@ type conn struct {
 	first       [1]byte   // the next packet's first byte, taken by probe
 	hasFirst    bool
 	parked      bool // guarded by parker.mu
+	registered  bool // the socket is in the parker's pollset; guarded by parker.mu
 	heapIdx     int  // in parker.heap; guarded by parker.mu
 }
 
@@ -111,7 +112,7 @@ func (c *conn) fail(error) {
 // was set, so it does not park again).
 func (c *conn) unpark() {
 	if c.b.parker != nil && c.pc != nil {
-		c.b.parker.wake(c)
+		c.b.parker.unpark(c)
 	}
 }
 

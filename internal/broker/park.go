@@ -26,17 +26,23 @@ import (
 // connection (Config.GoroutinePerConnection forces that model anywhere).
 //
 // Invariants, all under parker.mu: a socket is registered with the pollset
-// exactly while its connection is parked; a connection parks only while it
-// is not closed; every path that closes a socket first marks the
-// connection closed and then wakes it (which unregisters it), so a closed
-// descriptor is never in the pollset and a reused descriptor number can
-// never be confused with the old connection.
+// from its connection's first park until the connection closes (re-armed,
+// one-shot, at each park: one epoll_ctl per idle period); only parked
+// connections are in the descriptor index, so a late event for a running
+// or gone connection is ignored; a connection parks only while it is not
+// closed; every path that closes a socket first marks the connection
+// closed and then unparks it (which unregisters the socket), so a closed
+// descriptor is never in the pollset. A reused descriptor number can at
+// worst receive a stale event: its connection wakes, finds nothing to
+// read and parks again.
 
 // pollSet is the OS readiness notification the parker needs: one-shot
 // read readiness of a descriptor, reported by a blocking wait.
 type pollSet interface {
-	// add arms fd for one readiness report.
+	// add registers fd and arms it for one readiness report.
 	add(fd int) error
+	// rearm arms a registered fd for one more report.
+	rearm(fd int) error
 	// del removes fd; it must run before fd is closed.
 	del(fd int) error
 	// wait blocks until descriptors are ready and calls ready for each;
@@ -62,7 +68,20 @@ type parker struct {
 	closed  bool          // guarded by mu
 
 	done chan struct{} // closed when the wait loop returned
+
+	// Resumed readers run on idle workers when there are any: a new
+	// goroutine per wake-up would grow a fresh stack each time (the
+	// read path needs about 4 KiB), which costs more CPU than the wake-up
+	// itself. Workers exit after workerIdle without work.
+	work    chan *conn
+	quit    chan struct{}
+	workers sync.WaitGroup
 }
+
+// workerIdle is how long a resume worker waits for the next connection
+// before it exits. Idle connections pinging every few seconds keep a few
+// workers; a quiet broker keeps none.
+const workerIdle = 10 * time.Second
 
 // newParker starts the poller's wait loop; it returns nil (and logs why)
 // where parking is not available, and the broker keeps one reader
@@ -75,7 +94,7 @@ func newParker(log *slog.Logger) *parker {
 		}
 		return nil
 	}
-	p := &parker{ps: ps, log: log, byFD: map[int]*conn{}, done: make(chan struct{})}
+	p := &parker{ps: ps, log: log, byFD: map[int]*conn{}, done: make(chan struct{}), work: make(chan *conn), quit: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		if err := ps.wait(p.ready); err != nil {
@@ -105,6 +124,37 @@ func (p *parker) close() {
 	if err := p.ps.release(); err != nil {
 		p.log.Warn("broker: release readiness poller", "error", err)
 	}
+	close(p.quit)
+	p.workers.Wait()
+}
+
+// resume runs a woken connection's reader: on an idle worker if one is
+// waiting, else on a new one.
+func (p *parker) resume(c *conn) {
+	select {
+	case p.work <- c:
+	default:
+		p.workers.Add(1)
+		go p.worker(c)
+	}
+}
+
+// worker runs resumed readers until none came for workerIdle.
+func (p *parker) worker(c *conn) {
+	defer p.workers.Done()
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		c.resume()
+		idle.Reset(workerIdle)
+		select {
+		case c = <-p.work:
+		case <-idle.C:
+			return
+		case <-p.quit:
+			return
+		}
+	}
 }
 
 // shut refuses further parking and resumes every parked connection.
@@ -114,11 +164,12 @@ func (p *parker) shut() {
 	var woken []*conn
 	for _, c := range p.byFD {
 		p.removeLocked(c)
+		p.unregisterLocked(c)
 		woken = append(woken, c)
 	}
 	p.mu.Unlock()
 	for _, c := range woken {
-		go c.resume()
+		p.resume(c)
 	}
 }
 
@@ -134,10 +185,15 @@ func (p *parker) park(c *conn) bool {
 		return false
 	}
 	fd := c.pc.fd
-	if err := p.ps.add(fd); err != nil {
+	arm := p.ps.add
+	if c.registered {
+		arm = p.ps.rearm
+	}
+	if err := arm(fd); err != nil {
 		p.log.Warn("broker: cannot park connection; its reader blocks", "error", err)
 		return false
 	}
+	c.registered = true
 	c.parked = true
 	p.byFD[fd] = c
 	heap.Push(&p.heap, c)
@@ -145,18 +201,34 @@ func (p *parker) park(c *conn) bool {
 	return true
 }
 
-// wake resumes c if it is parked; it is how terminate, fail and the
-// shutdown reach a connection that has no goroutine. It returns once c is
-// no longer registered, so the caller may close c's socket after it.
-func (p *parker) wake(c *conn) {
+// unpark unregisters c's socket and resumes c if it is parked; it is how
+// terminate, fail and the shutdown reach a connection that has no
+// goroutine. c is closed already (it will not park again), and once
+// unpark returns its socket may be closed.
+func (p *parker) unpark(c *conn) {
 	p.mu.Lock()
-	if !c.parked {
-		p.mu.Unlock()
+	parked := c.parked
+	if parked {
+		p.removeLocked(c)
+	}
+	p.unregisterLocked(c)
+	p.mu.Unlock()
+	if parked {
+		p.resume(c)
+	}
+}
+
+// unregisterLocked removes c's socket from the pollset. The caller holds
+// mu.
+func (p *parker) unregisterLocked(c *conn) {
+	if !c.registered {
 		return
 	}
-	p.removeLocked(c)
-	p.mu.Unlock()
-	go c.resume()
+	c.registered = false
+	if err := p.ps.del(c.pc.fd); err != nil {
+		// Only a bug gets here (the descriptor was closed while registered).
+		p.log.Error("broker: unregister connection from the poller", "error", err)
+	}
 }
 
 // ready is the wait loop's callback: fd is readable (data, EOF, reset).
@@ -169,7 +241,7 @@ func (p *parker) ready(fd int) {
 	}
 	p.removeLocked(c)
 	p.mu.Unlock()
-	go c.resume()
+	p.resume(c)
 }
 
 // expire runs on the heap's timer: connections whose read deadline has
@@ -188,16 +260,14 @@ func (p *parker) expire() {
 	p.rearmLocked()
 	p.mu.Unlock()
 	for _, c := range woken {
-		go c.resume()
+		p.resume(c)
 	}
 }
 
-// removeLocked unregisters a parked connection. The caller holds mu.
+// removeLocked takes c out of the parked set (its socket stays
+// registered, disarmed or armed: a late event finds c not parked). The
+// caller holds mu.
 func (p *parker) removeLocked(c *conn) {
-	if err := p.ps.del(c.pc.fd); err != nil {
-		// Only a bug gets here (the descriptor was closed while parked).
-		p.log.Error("broker: unregister parked connection", "error", err)
-	}
 	delete(p.byFD, c.pc.fd)
 	heap.Remove(&p.heap, c.heapIdx)
 	c.parked = false
@@ -358,7 +428,7 @@ func (c *conn) probe() (parked bool, err error) {
 	return false, nil
 }
 
-// resume continues a parked connection's reader on a new goroutine.
+// resume continues a parked connection's reader (on a parker worker).
 func (c *conn) resume() {
 	_ = c.nc.SetReadDeadline(c.deadline)
 	c.serve()

@@ -43,6 +43,13 @@ func (s *epollSet) add(fd int) error {
 	return nil
 }
 
+func (s *epollSet) rearm(fd int) error {
+	if err := unix.EpollCtl(s.ep, unix.EPOLL_CTL_MOD, fd, &unix.EpollEvent{Events: parkEvents, Fd: int32(fd)}); err != nil {
+		return fmt.Errorf("epoll_ctl mod %d: %w", fd, err)
+	}
+	return nil
+}
+
 func (s *epollSet) del(fd int) error {
 	if err := unix.EpollCtl(s.ep, unix.EPOLL_CTL_DEL, fd, nil); err != nil {
 		return fmt.Errorf("epoll_ctl del %d: %w", fd, err)

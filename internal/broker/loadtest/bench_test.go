@@ -41,7 +41,8 @@ func benchEnv(t *testing.T, name string, def int) int {
 // PACED_PERCENT (paced rate as a percentage of the slower broker's
 // measured throughput), PACED_SECONDS, FANOUT (subscribers of the fan-out
 // case), RESUME (messages per publisher queued across a restart), IDLE
-// (connections), ONLY (a substring: run only matching scenarios), OUT
+// (connections), READERS (our broker's reader model: parked or
+// goroutine), ONLY (a substring: run only matching scenarios), OUT
 // (file for the markdown tables), PROFILES (directory for brokerd CPU
 // profiles). It never checks timings: it reports them.
 func TestBrokerBench(t *testing.T) {
@@ -108,7 +109,7 @@ func TestBrokerBench(t *testing.T) {
 		var err error
 		switch name {
 		case ours:
-			b, err = StartFieldtrust(ctx, bin, p, d, profile(tag))
+			b, err = StartFieldtrust(ctx, bin, p, d, profile(tag), readerArgs(t, "FIELDTRUST_BROKER_BENCH_READERS")...)
 		case mosquitto:
 			b, err = StartMosquitto(ctx, mosq, p, d, MosquittoOptions{})
 		default:

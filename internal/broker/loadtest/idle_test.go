@@ -108,14 +108,7 @@ func TestIdleConnections(t *testing.T) {
 		if run.name == "fieldtrust" {
 			args := []string{"-intermediates", inter, "-debug-addr", "127.0.0.1:0",
 				"-gogc", strconv.Itoa(env("GOGC", 0)), "-memlimit", strconv.Itoa(env("MEMLIMIT", 0))}
-			switch m := os.Getenv("FIELDTRUST_IDLE_READERS"); m {
-			case "", "parked":
-			case "goroutine":
-				args = append(args, "-goroutine-per-conn")
-			default:
-				t.Fatalf("FIELDTRUST_IDLE_READERS=%q: want parked or goroutine", m)
-			}
-			b, err = StartFieldtrust(ctx, bin, p, d, "", args...)
+			b, err = StartFieldtrust(ctx, bin, p, d, "", append(args, readerArgs(t, "FIELDTRUST_IDLE_READERS")...)...)
 		} else {
 			b, err = StartMosquitto(ctx, mosq, p, d, MosquittoOptions{})
 		}
@@ -176,5 +169,20 @@ func TestIdleConnections(t *testing.T) {
 		if err := os.WriteFile(f, []byte(out.String()), 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// readerArgs are brokerd's flags for the reader model the environment
+// variable names: "parked" (the default) or "goroutine" (one blocked
+// reader goroutine per connection).
+func readerArgs(t *testing.T, name string) []string {
+	switch m := os.Getenv(name); m {
+	case "", "parked":
+		return nil
+	case "goroutine":
+		return []string{"-goroutine-per-conn"}
+	default:
+		t.Fatalf("%s=%q: want parked or goroutine", name, m)
+		return nil
 	}
 }

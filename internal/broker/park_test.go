@@ -405,3 +405,34 @@ func TestProbeSeesTheSocket(t *testing.T) {
 		return err != nil && !errors.Is(err, errWouldBlock)
 	})
 }
+
+// TestPollerFailureResumesParked: if the poller's wait loop fails (here:
+// its epoll descriptor is closed under it), parked connections resume,
+// nothing parks any more, and connections keep working with blocking
+// reads — pings answered, revocation still reaches them.
+func TestPollerFailureResumesParked(t *testing.T) {
+	e := newEnv(t)
+	cert := e.pki.identity("ms-acc-1/acc-1/dev-1")
+	r, _ := e.dialRaw(cert, packet.Connect{ClientID: "pf", KeepAlive: 30})
+	e.idle(t, "pf", true)
+	es, ok := e.b.parker.ps.(*epollSet)
+	if !ok {
+		t.Skip("no epoll on this system")
+	}
+	_ = es.f.Close() // not through interrupt: the wait loop sees a failure
+	<-e.b.parker.done
+	until(t, "the parked reader resumed", func() bool {
+		return !e.isParked(e.connOf("pf")) && e.b.readers.Load() == 1
+	})
+	for range 3 {
+		r.ping()
+	}
+	if e.isParked(e.connOf("pf")) || e.b.readers.Load() != 1 {
+		t.Fatal("parked after the poller failed")
+	}
+	e.id.revoke(cert)
+	if n := e.b.Revalidate(context.Background()); n != 1 {
+		t.Fatalf("Revalidate = %d; want 1", n)
+	}
+	r.expectClosed(packet.NotAuthorized)
+}

@@ -206,7 +206,7 @@ func (c *conn) accept() bool {
 
 // serve reads packets until the connection ends, then handles the end for
 // the session and the will. When the reader parks, serve returns early;
-// the parker calls it again (resume) on a new goroutine. The connection
+// the parker calls it again (resume) on one of its workers. The connection
 // counts in connWG from accept until serve really ends.
 func (c *conn) serve() {
 	c.b.readers.Add(1)

@@ -84,11 +84,14 @@ func (s *epollSet) wait(ready func(fd int)) error {
 				werr = fmt.Errorf("epoll_wait: %w", err)
 				return true
 			}
-			if n == 0 {
-				return false // drained: sleep until the runtime sees new events
-			}
 			for _, e := range events[:n] {
 				ready(int(e.Fd))
+			}
+			if n < len(events) {
+				// Drained (one system call per wake-up, not two): an event
+				// that arrives from here on wakes the runtime's poller
+				// again, which runs this function again.
+				return false
 			}
 		}
 	})

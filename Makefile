@@ -38,7 +38,7 @@ test: deps vet
 # (about 1-2 min); .ci/run runs it after 'make test'.
 test-cluster: deps
 	FIELDTRUST_TEST_POSTGRES="$$(./scripts/postgres-test.sh)" && export FIELDTRUST_TEST_POSTGRES && \
-	FIELDTRUST_TEST_CLUSTER=1 CI=$${CI:-true} $(GO) test -count=1 -run '^TestClusterKill9$$' -v -timeout 10m ./cmd/fieldtrust/
+	FIELDTRUST_TEST_CLUSTER=1 CI=$${CI:-true} $(GO) test -count=1 -run '^(TestClusterKill9|TestClusterDrain)$$' -v -timeout 10m ./cmd/fieldtrust/
 
 # Cluster throughput with 1, 2 and 3 nodes on this machine, snapshots/s
 # stored and per-node CPU (docs/benchmarks.md "Cluster"; a few minutes).

@@ -1,11 +1,16 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
+	"github.com/fieldtrust/fieldtrust/internal/drain"
+	"github.com/fieldtrust/fieldtrust/internal/lease"
 )
 
 func newClusterCmd() *cobra.Command {
@@ -42,5 +47,68 @@ Then start each node with its own name and the route addresses of the others
 	addDataFlag(add, &data)
 	add.Flags().StringVar(&out, "out", "", "the new node's data directory (must not exist or be empty)")
 	c.AddCommand(add)
+	c.AddCommand(newClusterDrainCmd())
 	return c
+}
+
+func newClusterDrainCmd() *cobra.Command {
+	var data string
+	var timeout time.Duration
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "drain NODE",
+		Short: "Take a running node out of the cluster without losing anything, then stop it",
+		Long: `Asks the node named NODE ('up --node-name') to drain, through the cluster's
+PostgreSQL database, and waits until it has: the node hands its ingest
+partitions and singleton roles to the other nodes, refuses new connections,
+closes its open ones one at a time (gateways move to the next broker of their
+bootstrap list and resend what was not acknowledged), hands its engine
+leaderships over, shuts its engine down and stops its 'up' process (exit
+status 0). Its /healthz says "draining" meanwhile. Start it again with the same
+'up' command: a start clears the request.
+
+It refuses a node that is not running, and a drain that would leave fewer than
+two other running nodes (the replicated sessions need a majority of their three
+replicas) unless --force. Drain one node at a time (docs/scale.md "Draining a
+node").`,
+		Example: `  fieldtrust cluster drain --data /srv/n1 n2`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			d, err := datadir.Open(ctx, data, nil)
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			st, ok := d.Store.(interface {
+				drain.RequestStore
+				LeaseConn(ctx context.Context, application string) (*pgx.Conn, error)
+			})
+			if !ok {
+				return fmt.Errorf("%s uses SQLite: a single node, nothing to drain (a cluster of several nodes runs on PostgreSQL)", data)
+			}
+			conn, err := st.LeaseConn(ctx, "fieldtrust-cli/cluster-drain")
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.Background())
+			members := func(ctx context.Context) ([]string, error) { return lease.Members(ctx, conn) }
+			minOthers := drain.MinOthers
+			if force {
+				minOthers = 0
+			}
+			out := cmd.OutOrStdout()
+			took, err := drain.Request(ctx, st, members, args[0], minOthers, func(msg string) { fmt.Fprintln(out, msg) })
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "%s drained in %s: it owns no partition or role, takes no connection, and its up process stopped\n", args[0], took.Round(100*time.Millisecond))
+			return nil
+		},
+	}
+	addDataFlag(cmd, &data)
+	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "how long to wait for the node to drain")
+	cmd.Flags().BoolVar(&force, "force", false, "drain even if fewer than two other nodes would keep running")
+	return cmd
 }

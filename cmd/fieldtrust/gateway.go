@@ -25,6 +25,7 @@ func newGatewayCmd() *cobra.Command {
 		fwRoot                                        string
 		fwTypes                                       []string
 		healthTimeout                                 time.Duration
+		failback                                      time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "gateway --platform URL --ca ROOT.pem --onboarding-cert C --onboarding-key K --state DIR",
@@ -62,7 +63,7 @@ needed if the operational certificate expired while offline.`,
 			cfg := gateway.Config{
 				Platform: platform, CA: ca, StateDir: state, Simulate: simulate, SimulateEvery: every,
 				ListenLocal: local, ReenrollExpired: !noReenroll, Logger: log,
-				Queue: queue.Options{MaxItems: maxItems},
+				Queue: queue.Options{MaxItems: maxItems}, Failback: failback,
 			}
 			if rejectNew {
 				cfg.Queue.Policy = queue.RejectNew
@@ -101,6 +102,7 @@ needed if the operational certificate expired while offline.`,
 	f.StringVar(&fwRoot, "firmware-root", "", "TUF root metadata pinned for firmware updates (KEYS/root.json of 'fieldtrust firmware keys init'); without it no firmware is installed")
 	f.StringSliceVar(&fwTypes, "firmware-device-type", nil, "device types to install firmware for (default: those of the simulated devices)")
 	f.DurationVar(&healthTimeout, "firmware-health-timeout", 2*time.Minute, "how long a new firmware version has to report healthy before it is rolled back")
+	f.DurationVar(&failback, "failback", 5*time.Minute, "about how often a gateway on a later broker of its bootstrap list checks whether an earlier one is back, and moves to it (jittered; negative: never)")
 	addLogFlags(c, &logLevel, &logFormat, "info")
 	return c
 }

@@ -74,10 +74,18 @@ func (l *wanLink) setCut(cut bool) {
 // store through the site, also across a WAN outage (the site's link cut
 // and restored), and a command sent with 'fieldtrust command send' reaches
 // the gateway behind the site and its signed result comes back.
-func TestSiteEndToEnd(t *testing.T) {
+func TestSiteEndToEnd(t *testing.T) { siteEndToEnd(t) }
+
+// TestSiteEndToEndCluster: the same against 'up --broker cluster' (a node
+// of the clustered tier, NATS): the site's upstream session is MQTT 3.1.1
+// with its subject's name as client ID, as the cluster requires, and the
+// cluster's hook applies rule 5 through tacs.Rights.
+func TestSiteEndToEndCluster(t *testing.T) { siteEndToEnd(t, "--broker", "cluster") }
+
+func siteEndToEnd(t *testing.T, upArgs ...string) {
 	data, work := t.TempDir(), t.TempDir()
 	httpAddr, mqttAddr, siteAddr := freeAddr(t), freeAddr(t), freeAddr(t)
-	p := startUp(t, data, httpAddr, mqttAddr, "--broker-url", "mqtts://"+siteAddr)
+	p := startUp(t, data, httpAddr, mqttAddr, append([]string{"--broker-url", "mqtts://" + siteAddr}, upArgs...)...)
 	caFile, certFile, keyFile, serial := manufacturer(t, work, "ACME-SN-0042")
 	siteDir := filepath.Join(work, "site")
 	for _, args := range [][]string{

@@ -24,8 +24,9 @@ type authenticator struct {
 	cfg Config
 	s   *server.Server
 
-	mu    sync.Mutex
-	conns map[uint64]*conn // accepted and maybe still open, by engine client id
+	mu       sync.Mutex
+	conns    map[uint64]*conn // accepted and maybe still open, by engine client id
+	draining bool             // Node.Drain: every CONNECT is refused
 }
 
 // conn is what revalidation needs of an accepted connection.
@@ -35,12 +36,17 @@ type conn struct {
 	expiry  *time.Timer
 }
 
+// admitTimeout bounds Config.Admit: the engine waits for its hook (the
+// client's CONNECT, within the engine's auth timeout).
+const admitTimeout = 3 * time.Second
+
 // Refusal reasons, logged (WARN "mqtt refused", as the embedded broker).
 var (
 	errNotMQTT      = errors.New("only MQTT clients may connect")
 	errNoCert       = errors.New("no client certificate")
 	errBadClientID  = errors.New("client ID must be the identity's name, optionally followed by ':' and a suffix")
 	errNoClientInfo = errors.New("connection not found")
+	errDraining     = errors.New("node draining: connect to another node of the cluster")
 )
 
 // Check implements server.Authentication.
@@ -77,6 +83,12 @@ func (a *authenticator) check(c server.ClientAuthentication) (tacs.Subject, []*x
 	if c.Kind() != server.CLIENT {
 		return tacs.Subject{}, nil, errNotMQTT
 	}
+	a.mu.Lock()
+	draining := a.draining
+	a.mu.Unlock()
+	if draining {
+		return tacs.Subject{}, nil, errDraining
+	}
 	cs := c.GetTLSConnectionState()
 	if cs == nil || len(cs.PeerCertificates) == 0 {
 		return tacs.Subject{}, nil, errNoCert
@@ -91,6 +103,13 @@ func (a *authenticator) check(c server.ClientAuthentication) (tacs.Subject, []*x
 	}
 	if !ClientIDAllowed(subj, cid) {
 		return subj, nil, fmt.Errorf("%w (identity %s, client ID %q)", errBadClientID, subj, cid)
+	}
+	if a.cfg.Admit != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), admitTimeout)
+		defer cancel()
+		if err := a.cfg.Admit(ctx, subj); err != nil {
+			return subj, nil, fmt.Errorf("not admitted yet: %w", err)
+		}
 	}
 	return subj, cs.PeerCertificates, nil
 }
@@ -171,6 +190,19 @@ func (a *authenticator) revalidate(ctx context.Context) int {
 		a.forget(id)
 	}
 	return ended
+}
+
+// drain makes the hook refuse every CONNECT from now on and returns the
+// connections it accepted (maybe closed since).
+func (a *authenticator) drain() []uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.draining = true
+	ids := make([]uint64, 0, len(a.conns))
+	for id := range a.conns {
+		ids = append(ids, id)
+	}
+	return ids
 }
 
 // prune forgets connections the engine has closed.

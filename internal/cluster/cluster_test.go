@@ -3,17 +3,20 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/tacs/tacsprobe"
 )
 
@@ -111,6 +114,13 @@ func TestClusterAdversarial(t *testing.T) {
 		Roots:   e.roots,
 		Account: func(t testing.TB, path string) tls.Certificate { return e.device(t, path) },
 		Service: func(t testing.TB, name, role string) tls.Certificate { return e.service(t, name, role) },
+		Site: func(t testing.TB, account string) tls.Certificate {
+			p, err := pki.ParsePath(account)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return e.issue(t, pki.LeafRequest{Path: p, Site: true})
+		},
 		Revoke: func(t testing.TB, path string) {
 			p, err := pki.ParsePath(path)
 			if err != nil {
@@ -318,5 +328,111 @@ func TestClusterRefusesNonNodes(t *testing.T) {
 	all, _ := io.ReadAll(nc)
 	if !strings.Contains(string(all), "Authorization Violation") || strings.Contains(string(all), "PONG") {
 		t.Fatalf("NATS-protocol client not refused: %q", all)
+	}
+}
+
+// TestClusterAdmit: a node refuses at CONNECT what Config.Admit does not
+// admit yet (an account's gateway before ingest covers the account), and
+// takes the same identity once admitted; the publish of a refused client
+// is never acknowledged.
+func TestClusterAdmit(t *testing.T) {
+	e := newEnv(t)
+	var covered atomic.Bool
+	e.admit = func(_ context.Context, s tacs.Subject) error {
+		if strings.HasPrefix(s.Path, "ms-acc-1/acc-new/") && !covered.Load() {
+			return errors.New("account ms-acc-1/acc-new not covered by ingest yet")
+		}
+		return nil
+	}
+	nodes := e.startCluster(t, 1)
+	path := "ms-acc-1/acc-new/gw-1"
+	cert := e.device(t, path)
+	if c, err := e.dial(t, nodes[0].MQTTAddr(), cert, path, true); err == nil {
+		c.Disconnect(0)
+		t.Fatal("a gateway of an account not admitted yet was taken")
+	}
+	other := e.mustDial(t, nodes[0].MQTTAddr(), e.device(t, "ms-acc-1/acc-1/gw-1"), "ms-acc-1/acc-1/gw-1")
+	if tok := other.Publish("ms-acc-1/acc-1/gw-1/snapshots", 1, false, "x"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("an admitted gateway's publish: %v", tok.Error())
+	}
+	covered.Store(true)
+	gw := e.mustDial(t, nodes[0].MQTTAddr(), cert, path)
+	if tok := gw.Publish(path+"/snapshots", 1, false, "x"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish once admitted: %v", tok.Error())
+	}
+}
+
+// TestClusterDrain: a node of three drains while a gateway connected to it
+// publishes QoS 1: its connection is closed, the node refuses it again,
+// the gateway resends what was not acknowledged through another node, and
+// a persistent subscriber on a third node receives every message; the
+// drained node shuts down and the two others go on.
+func TestClusterDrain(t *testing.T) {
+	e := newEnv(t)
+	nodes := e.startCluster(t, 3)
+	const n = 200
+	path := "ms-acc-1/acc-1/gw-d"
+	got := make(chan string, 1<<16)
+	sub, err := e.dial(t, nodes[0].MQTTAddr(), e.device(t, "ms-acc-1"), "ms-acc-1:drain", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok := sub.Subscribe(path+"/snapshots", 1, func(_ mqtt.Client, m mqtt.Message) { got <- string(m.Payload()) }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	cert := e.device(t, path)
+	gw := e.mustDial(t, nodes[1].MQTTAddr(), cert, path)
+	drained := make(chan error, 1)
+	moved, started, i := 0, false, 0
+	// At least n messages, and on until the drain moved the gateway.
+	for i < n || moved == 0 {
+		if i > 100*n {
+			t.Fatal("the draining node never closed the gateway's connection")
+		}
+		if i == n/4 && !started {
+			started = true
+			go func() { drained <- nodes[1].Drain(context.Background(), time.Second) }()
+		}
+		tok := gw.Publish(path+"/snapshots", 1, false, fmt.Sprint(i))
+		if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+			i++
+			continue
+		}
+		// Not acknowledged: the node is draining. It refuses the gateway
+		// now; the next node of its list takes it.
+		gw.Disconnect(0)
+		if c, err := e.dial(t, nodes[1].MQTTAddr(), cert, path, true); err == nil {
+			c.Disconnect(0)
+			t.Fatal("the draining node took a new connection")
+		}
+		gw = e.mustDial(t, nodes[2].MQTTAddr(), cert, path)
+		moved++
+	}
+	if moved != 1 {
+		t.Errorf("the gateway moved %d times, want once (off the draining node)", moved)
+	}
+	published := i
+	select {
+	case err := <-drained:
+		if err != nil {
+			t.Fatalf("drain: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the node did not finish draining within 60 s")
+	}
+	select {
+	case <-nodes[1].Done():
+	case <-time.After(10 * time.Second):
+		t.Error("the drained node still runs")
+	}
+	seen := map[string]bool{}
+	deadline := time.After(30 * time.Second)
+	for len(seen) < published {
+		select {
+		case m := <-got:
+			seen[m] = true
+		case <-deadline:
+			t.Fatalf("the subscriber received %d of %d", len(seen), published)
+		}
 	}
 }

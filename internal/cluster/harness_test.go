@@ -28,6 +28,9 @@ type env struct {
 	roots    *x509.CertPool
 	grants   tacs.Grants
 	log      *slog.Logger
+	// admit is the nodes' Config.Admit (nil: none), set before
+	// startCluster.
+	admit func(context.Context, tacs.Subject) error
 
 	mu    sync.Mutex
 	roles map[string]string
@@ -55,16 +58,9 @@ func newEnv(t testing.TB) *env {
 }
 
 func (e *env) subjectOf(id pki.Identity) (tacs.Subject, error) {
-	if !id.IsService() {
-		return tacs.Account(id.Path.String()), nil
-	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	role, ok := e.roles[id.Service]
-	if !ok {
-		return tacs.Subject{}, fmt.Errorf("service %q has no role", id.Service)
-	}
-	return tacs.ServiceSubject(id.Service, role), nil
+	return tacs.SubjectOf(id, func(service string) (string, bool) { r, ok := e.roles[service]; return r, ok })
 }
 
 func (e *env) issue(t testing.TB, req pki.LeafRequest) tls.Certificate {
@@ -141,6 +137,7 @@ func (e *env) startCluster(t testing.TB, n int) []*Node {
 			Name: name, MQTTAddr: "127.0.0.1:0", StoreDir: filepath.Join(t.TempDir(), name),
 			Certificate: func() (*tls.Certificate, error) { return &cert, nil }, Roots: e.roots,
 			Identify: Identify(e.verifier, e.subjectOf), Grants: e.grants, Logger: e.log, Replicas: min(n, 3),
+			Admit: e.admit,
 		}
 		if n > 1 {
 			cfg.ClusterAddr, cfg.Routes = addrs[i], routes

@@ -84,9 +84,25 @@ type Config struct {
 	Identify func(chain []*x509.Certificate) (tacs.Subject, error)
 	// Grants are the service roles' grants.
 	Grants tacs.Grants
+	// Admit, if set, decides after identification whether the node takes
+	// the connection now; an error refuses it (CONNACK "not authorized":
+	// the engine has no other refusal for its hook), logged as a refusal,
+	// and the client tries again or the next broker of its list. A node
+	// of several refuses an account's gateways until an ingest session
+	// covers the account, so nothing they publish is acknowledged and
+	// dropped (docs/scale.md "The window of a brand-new account").
+	Admit func(ctx context.Context, s tacs.Subject) error
 	// AckWait is how long a QoS 1/2 delivery waits for its acknowledgement
 	// before the engine redelivers it (default 10 s).
 	AckWait time.Duration
+	// JSAPITimeout is how long the engine's MQTT layer waits for a
+	// JetStream request, above all the store of a QoS 1 publish before its
+	// PUBACK (default DefaultJSAPITimeout). When the leader of the
+	// messages stream dies, the store waits for the election of a new one
+	// (NATS: 4–9 s, longer on a loaded machine); beyond this timeout the
+	// engine closes the publisher's connection, on whichever node it is
+	// (docs/scale.md "Failover after kill -9").
+	JSAPITimeout time.Duration
 	// MaxStore bounds the node's JetStream disk use (default 8 GiB).
 	MaxStore int64
 	Logger   *slog.Logger
@@ -96,6 +112,11 @@ type Config struct {
 
 // DefaultAckWait is Config.AckWait's default.
 const DefaultAckWait = 10 * time.Second
+
+// DefaultJSAPITimeout is Config.JSAPITimeout's default: three times the
+// engine's own (5 s), beyond its longest election timeout, and above the
+// gateways' PUBACK timeout (10 s), which then decides.
+const DefaultJSAPITimeout = 15 * time.Second
 
 // Node is a running broker node.
 type Node struct {
@@ -119,6 +140,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if cfg.AckWait <= 0 {
 		cfg.AckWait = DefaultAckWait
+	}
+	if cfg.JSAPITimeout <= 0 {
+		cfg.JSAPITimeout = DefaultJSAPITimeout
 	}
 	if cfg.MaxStore <= 0 {
 		cfg.MaxStore = 8 << 30
@@ -151,7 +175,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		JetStreamMaxStore:  cfg.MaxStore,
 		MQTT: server.MQTTOpts{
 			Host: mhost, Port: mport, TLSConfig: mqttTLS, TLSTimeout: 10, AuthTimeout: 10,
-			StreamReplicas: cfg.Replicas, AckWait: cfg.AckWait,
+			StreamReplicas: cfg.Replicas, AckWait: cfg.AckWait, JSAPITimeout: cfg.JSAPITimeout,
 		},
 		CustomClientAuthentication: a,
 	}
@@ -229,11 +253,42 @@ func (n *Node) Connections() int {
 	return len(n.auth.conns)
 }
 
-// Drain puts the node in lame-duck mode: it stops accepting connections
-// and closes its clients gradually (over the engine's lame-duck duration),
-// so gateways move to the next broker of their bootstrap list; then the
-// node shuts down.
-func (n *Node) Drain() { go n.s.LameDuckShutdown() }
+// Drain takes the node out of the cluster without losing what its
+// clients sent: from now on the hook refuses every CONNECT ("node
+// draining"), the node's MQTT connections are closed one at a time over
+// spread (their clients, gateways above all, move to the next broker of
+// their list and resend what was not acknowledged; what was acknowledged
+// is in the replicated streams), then the engine hands the JetStream
+// leaderships it holds to the other nodes (its lame-duck mode) and shuts
+// down. It returns when the node has shut down. The platform stops the
+// node's ingest partitions and roles before (docs/scale.md "Draining a
+// node").
+func (n *Node) Drain(ctx context.Context, spread time.Duration) error {
+	ids := n.auth.drain()
+	n.cfg.Logger.Warn("node draining: refusing new connections, closing the open ones", "node", n.cfg.Name,
+		"connections", len(ids), "over", spread)
+	step := time.Duration(0)
+	if len(ids) > 0 {
+		step = spread / time.Duration(len(ids))
+	}
+	for _, id := range ids {
+		// An error is a connection that closed meanwhile: nothing to do.
+		_ = n.s.DisconnectClientByID(id)
+		n.auth.forget(id)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("drain node %s: %w", n.cfg.Name, ctx.Err())
+		case <-time.After(step):
+		}
+	}
+	go n.s.LameDuckShutdown()
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("drain node %s: %w", n.cfg.Name, ctx.Err())
+	case <-n.Done():
+		return nil
+	}
+}
 
 // Shutdown stops the node.
 func (n *Node) Shutdown() {

@@ -237,6 +237,15 @@ func TestBrowser(t *testing.T) {
 		time.Sleep(200 * time.Millisecond) // polling the store for a condition, with a deadline
 	}
 
+	// 0. An invitation link with a token the platform does not know: the
+	// page says so, and never offers to create a passkey for it.
+	step(t, ctx, "invitation page with an unknown token", chromedp.Navigate(base+"/invite#not-a-token"))
+	waitFor(t, ctx, `document.querySelector("#invite-error").textContent.length > 0`)
+	if shown := waitFor(t, ctx, `String(document.querySelector("#invite-passkey").offsetParent !== null)`); shown != "false" {
+		t.Errorf("the passkey button is shown for an unknown invitation")
+	}
+	step(t, ctx, "leave the invitation page", chromedp.Navigate("about:blank")) // the next link differs in its #token only
+
 	// 1. The invitation: register a passkey, land on the fleet.
 	err = chromedp.Do(ctx,
 		chromedp.Navigate(inv.Link(base)),

@@ -92,6 +92,12 @@ func TestDeviceCalibration(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// globex's binding was proven (the gateway's own enrollment identity,
+	// calibration.Link.Bind): the same binding with the platform's proof.
+	if err := rs.PutBinding(ctx, registrystore.Binding{Gateway: globexGW, Device: "pump-1", SinceMs: time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli(),
+		Issuer: "manufacturer", Value: globexSerial, SetBy: globexGW, SetAtMs: now.UnixMilli(), Proof: "EST claim serial <SN-GLOBEX-9>"}); err != nil {
+		t.Fatal(err)
+	}
 	var idx uint64
 	var recs []store.SnapshotRecord
 	for _, d := range []struct{ gw, dev string }{{acmeGW, "pump-1"}, {acmeGW, "pump-2"}, {globexGW, "pump-1"}} {
@@ -136,7 +142,8 @@ func TestDeviceCalibration(t *testing.T) {
 		">revoked</span>", "&lt;script&gt;alert(1)&lt;/script&gt; out of tolerance", // the revocation, escaped
 		">superseded</span> by <code>DCC-A3</code>",
 		"<code>DCC-A1</code>", "<code>DCC-B2</code>",
-		"<code>acme/berlin/gw-1</code>", // who declared the binding
+		"<code>acme/berlin/gw-1</code>",                                           // who declared the binding
+		`data-binding>declared</span>`, `<span class="pill warn">declared</span>`, // not proven
 	} {
 		if !strings.Contains(card, want) {
 			t.Errorf("the calibration card lacks %q:\n%s", want, card)
@@ -171,6 +178,8 @@ func TestDeviceCalibration(t *testing.T) {
 	globex := newPerson(t, st, "viewer@globex.example", "globex", store.RoleViewer)
 	if code, body := get(mux, globex, "/devices/"+globexGW+"/pump-1"); code != http.StatusOK || !strings.Contains(body, "<code>DCC-GLOBEX</code> by Lab A") || strings.Contains(body, "DCC-A3") {
 		t.Errorf("globex's own device: %d %.300s", code, body)
+	} else if !strings.Contains(body, `data-binding>proven</span>`) || !strings.Contains(body, `<span class="pill ok">proven</span> EST claim serial &lt;SN-GLOBEX-9&gt;`) {
+		t.Errorf("globex's proven binding is not shown as proven, with its proof escaped")
 	}
 
 	// A device without an instrument, and a registry not open yet.

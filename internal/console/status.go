@@ -12,6 +12,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/fieldtrust/fieldtrust/internal/pahotoken"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
@@ -68,17 +69,16 @@ func (w *StatusWatcher) Run(ctx context.Context) error {
 		SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { w.handle(m.Topic(), m.Payload(), log) }).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) { lost(fmt.Errorf("connection lost: %w", err)) })
 	c := mqtt.NewClient(opts)
-	tok := c.Connect()
-	if !wait(connCtx, tok) {
-		return fmt.Errorf("connect to broker %s: %w", w.Broker, tokErr(connCtx, tok))
+	if err := pahotoken.Wait(connCtx, c.Connect(), tokenWait); err != nil {
+		return fmt.Errorf("connect to broker %s: %w", w.Broker, err)
 	}
 	defer c.Disconnect(250)
-	tok = c.Subscribe(filter, 1, nil)
-	if !wait(connCtx, tok) {
-		return fmt.Errorf("subscribe %s: %w", filter, tokErr(connCtx, tok))
+	tok := c.Subscribe(filter, 1, nil)
+	if err := pahotoken.Wait(connCtx, tok, tokenWait); err != nil {
+		return fmt.Errorf("subscribe %s: %w", filter, err)
 	}
-	if st, ok := tok.(*mqtt.SubscribeToken); ok && st.Result()[filter] >= 0x80 {
-		return fmt.Errorf("subscribe %s: refused by the broker; does the console service have the role %s?", filter, RoleStatusReader)
+	if err := pahotoken.Granted(tok, RoleStatusReader, filter); err != nil {
+		return err
 	}
 	log.Info("console status watcher subscribed", "filter", filter)
 	<-connCtx.Done()
@@ -121,23 +121,5 @@ func (w *StatusWatcher) handle(t string, payload []byte, log *slog.Logger) {
 	}
 }
 
-func wait(ctx context.Context, tok mqtt.Token) bool {
-	select {
-	case <-tok.Done():
-		return tok.Error() == nil
-	case <-ctx.Done():
-		return false
-	case <-time.After(15 * time.Second):
-		return false
-	}
-}
-
-func tokErr(ctx context.Context, tok mqtt.Token) error {
-	if err := tok.Error(); err != nil {
-		return err
-	}
-	if err := context.Cause(ctx); err != nil {
-		return err
-	}
-	return errors.New("timed out after 15 s")
-}
+// tokenWait bounds the wait for the broker's CONNACK and SUBACK.
+const tokenWait = 15 * time.Second

@@ -23,6 +23,7 @@ import (
 	"syscall"
 
 	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/secretbox"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/postgres"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
@@ -63,7 +64,19 @@ func OpenDB(ctx context.Context, dir, db string, log *slog.Logger) (*Dir, error)
 	if err != nil {
 		return nil, err
 	}
-	opts := pki.Options{Passphrase: []byte(os.Getenv(pki.PassphraseEnv)), Logger: log}
+	pass := []byte(os.Getenv(pki.PassphraseEnv))
+	opts := pki.Options{Passphrase: pass, Logger: log}
+	if v, ok := st.(pki.KeyVault); ok {
+		// A database other data directories may share (PostgreSQL: the
+		// nodes of a cluster): master and account CAs are kept there,
+		// sealed, for every node.
+		box := secretbox.New(dir, pass)
+		if err := box.Ensure(); err != nil {
+			st.Close()
+			return nil, fmt.Errorf("data directory %s: secrets key: %w", dir, err)
+		}
+		opts.Vault, opts.Sealer = v, box
+	}
 	d := &Dir{Path: dir, Store: st}
 	if d.Transport, err = pki.Open(ctx, dir, pki.Transport, st, opts); err != nil {
 		st.Close()

@@ -24,6 +24,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -38,8 +40,10 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/firmware/signedurl"
 	"github.com/fieldtrust/fieldtrust/internal/firmware/tufrepo"
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
+	"github.com/fieldtrust/fieldtrust/internal/pahotoken"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
@@ -269,21 +273,17 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		})
 	c := mqtt.NewClient(opts)
-	if tok := c.Connect(); !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
-		return fmt.Errorf("device messaging: connect to %s: %v", s.cfg.Broker, errors.Join(tok.Error(), errors.New("no CONNACK")))
+	if err := pahotoken.Wait(ctx, c.Connect(), 30*time.Second); err != nil {
+		return fmt.Errorf("device messaging: connect to %s: %w", s.cfg.Broker, err)
 	}
 	defer c.Disconnect(250)
 	subs := map[string]byte{topic.AllCommandResults: 1, topic.AllFirmwareStatus: 1}
 	tok := c.SubscribeMultiple(subs, func(_ mqtt.Client, m mqtt.Message) { in <- m })
-	if !tok.WaitTimeout(15*time.Second) || tok.Error() != nil {
-		return fmt.Errorf("device messaging: subscribe: %v", tok.Error())
+	if err := pahotoken.Wait(ctx, tok, 15*time.Second); err != nil {
+		return fmt.Errorf("device messaging: subscribe: %w", err)
 	}
-	if st, ok := tok.(*mqtt.SubscribeToken); ok {
-		for f := range subs {
-			if q := st.Result()[f]; q > 2 {
-				return fmt.Errorf("device messaging: the broker refused %s: does the service have the %s role?", f, "device-manager")
-			}
-		}
+	if err := pahotoken.Granted(tok, tacs.RoleDeviceManager, slices.Collect(maps.Keys(subs))...); err != nil {
+		return fmt.Errorf("device messaging: %w", err)
 	}
 	s.log.Info("device messaging connected", "broker", s.cfg.Broker)
 	t := time.NewTicker(s.cfg.Every)

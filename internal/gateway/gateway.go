@@ -73,6 +73,15 @@ type Config struct {
 	// Commands are handlers for commands beyond the built-ins (reboot,
 	// clean, set-interval, rebootstrap), by name.
 	Commands map[string]CommandHandler
+	// Failback is about how often a gateway connected to a broker that is
+	// not the first of its bootstrap list checks whether an earlier one
+	// takes connections again (an MQTT CONNECT with its own identity and
+	// the client ID PATH:probe), and then moves back to it: the
+	// rebalancing of a cluster after a node returns (docs/scale.md
+	// "Rebalancing"). Each wait is drawn from [Failback/2, 3*Failback/2),
+	// so that the gateways of a node do not all move at once. Default
+	// 5 min; negative: never.
+	Failback time.Duration
 
 	hooks testHooks
 }

@@ -2,10 +2,14 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
+	"net/url"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -70,6 +74,13 @@ func (g *Gateway) session(ctx context.Context, first bool) error {
 	for _, b := range doc.Brokers {
 		opts.AddBroker(b)
 	}
+	// The broker of the list the connection was made with: paho tries
+	// them in order, and calls this before each attempt.
+	var attempted atomic.Pointer[url.URL]
+	opts.SetConnectionAttemptHandler(func(b *url.URL, tc *tls.Config) *tls.Config {
+		attempted.Store(b)
+		return tc
+	})
 	lost := make(chan error, 1)
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 		select {
@@ -101,7 +112,14 @@ func (g *Gateway) session(ctx context.Context, first bool) error {
 	if err := subscribed(tok, subs); err != nil {
 		return err
 	}
-	g.log.Info("connected to broker", "identity", g.path)
+	at := brokerIndex(doc.Brokers, attempted.Load())
+	g.log.Info("connected to broker", "identity", g.path, "broker", brokerName(doc.Brokers, at))
+	back := make(chan string, 1)
+	if at > 0 && g.cfg.Failback >= 0 {
+		fctx, stopFailback := context.WithCancel(ctx)
+		defer stopFailback()
+		go g.failback(fctx, doc.Brokers[:at], tlsConf, back)
+	}
 	if first && g.cfg.Ready != nil {
 		g.cfg.Ready(g.path)
 	}
@@ -118,6 +136,15 @@ func (g *Gateway) session(ctx context.Context, first bool) error {
 		return fmt.Errorf("connection lost: %w", err)
 	case err := <-drained:
 		return err
+	case earlier := <-back:
+		// Rebalancing: the session ends cleanly and the next one starts
+		// at once, with the list in order (what was not acknowledged
+		// stays queued and is sent again).
+		g.log.Info("an earlier broker of the bootstrap list takes connections again: moving back to it",
+			"identity", g.path, "broker", earlier, "from", brokerName(doc.Brokers, at))
+		cancel()
+		<-drained
+		return nil
 	case order := <-g.orders:
 		cancel()
 		<-drained
@@ -129,6 +156,68 @@ func (g *Gateway) session(ctx context.Context, first bool) error {
 		}
 		g.reportResult(order.cmd, nil, err)
 		return err
+	}
+}
+
+// brokerIndex is the position in the list of the broker u (nil or not
+// found: -1).
+func brokerIndex(brokers []string, u *url.URL) int {
+	if u == nil {
+		return -1
+	}
+	for i, b := range brokers {
+		if p, err := url.Parse(b); err == nil && p.Host == u.Host {
+			return i
+		}
+	}
+	return -1
+}
+
+func brokerName(brokers []string, i int) string {
+	if i < 0 || i >= len(brokers) {
+		return "?"
+	}
+	return brokers[i]
+}
+
+// failbackEvery is Config.Failback's default.
+const failbackEvery = 5 * time.Minute
+
+// failback waits a jittered Failback, then probes the brokers earlier in
+// the list than the one of the current session, in order, with an MQTT
+// CONNECT of the gateway's identity (client ID PATH:probe, clean session,
+// no will); it sends the first that takes it on back, or tries again
+// after the next wait, until ctx ends. A probe proves what a TCP or TLS
+// handshake would not: that the node takes a session (not draining, its
+// engine ready, the hook admitting the gateway).
+func (g *Gateway) failback(ctx context.Context, earlier []string, tc *tls.Config, back chan<- string) {
+	every := g.cfg.Failback
+	if every == 0 {
+		every = failbackEvery
+	}
+	for {
+		wait := every/2 + time.Duration(rand.Int64N(int64(every)))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		for _, b := range earlier {
+			p := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(b).SetClientID(g.path + ":probe").
+				SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).
+				SetConnectTimeout(10 * time.Second).SetTLSConfig(tc))
+			tok := p.Connect()
+			ok := tok.WaitTimeout(15*time.Second) && tok.Error() == nil
+			if ok {
+				p.Disconnect(0)
+				select {
+				case back <- b:
+				case <-ctx.Done():
+				}
+				return
+			}
+			g.log.Debug("failback probe: the earlier broker does not take connections yet", "broker", b, "err", tok.Error())
+		}
 	}
 }
 

@@ -98,7 +98,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -106,8 +108,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
+	"github.com/fieldtrust/fieldtrust/internal/pahotoken"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
@@ -191,6 +195,11 @@ type Config struct {
 	// rules engine runs on it), after the commit and before the
 	// acknowledgements. It must not block.
 	Committed func(snaps []store.SnapshotRecord, events []store.IntegrityEvent, rejects []store.Reject)
+	// Subscribed, if set, is called on every connection once the broker
+	// granted every subscription, before the first message is processed;
+	// an error ends the connection (retried as any). A partition session
+	// of a multi-node cluster records here which accounts it covers.
+	Subscribed func(ctx context.Context) error
 }
 
 // DefaultQueue is 16 times the embedded broker's send window for an MQTT
@@ -324,8 +333,8 @@ func (p *processor) connection(ctx context.Context) error {
 		}).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) { lost(fmt.Errorf("connection lost: %w", err)) })
 	c := mqtt.NewClient(opts)
-	if tok := c.Connect(); !waitToken(connCtx, tok) {
-		return fmt.Errorf("connect to broker %s: %w", cfg.Broker, tokenErr(connCtx, tok))
+	if err := pahotoken.Wait(connCtx, c.Connect(), tokenWait); err != nil {
+		return fmt.Errorf("connect to broker %s: %w", cfg.Broker, err)
 	}
 	defer c.Disconnect(250)
 	filter := topic.Shared(cfg.Group, topic.AllSnapshots)
@@ -341,15 +350,15 @@ func (p *processor) connection(ctx context.Context) error {
 		filter = strings.Join(cfg.Filters, ",")
 	}
 	tok := c.SubscribeMultiple(subs, nil)
-	if !waitToken(connCtx, tok) {
-		return fmt.Errorf("subscribe %s: %w", filter, tokenErr(connCtx, tok))
+	if err := pahotoken.Wait(connCtx, tok, tokenWait); err != nil {
+		return fmt.Errorf("subscribe %s: %w", filter, err)
 	}
-	// A result that is missing counts as a refusal (fail closed).
-	if st, ok := tok.(*mqtt.SubscribeToken); ok {
-		for f := range subs {
-			if code, found := st.Result()[f]; !found || code >= 0x80 {
-				return fmt.Errorf("subscribe %s: refused by the broker (code %#x); does the ingest service have the role snapshot-reader?", f, code)
-			}
+	if err := pahotoken.Granted(tok, tacs.RoleSnapshotReader, slices.Collect(maps.Keys(subs))...); err != nil {
+		return err
+	}
+	if cfg.Subscribed != nil {
+		if err := cfg.Subscribed(connCtx); err != nil {
+			return fmt.Errorf("subscribed %s: %w", filter, err)
 		}
 	}
 	p.holdUntil = cfg.Now().Add(cfg.HoldGaps)
@@ -362,28 +371,8 @@ func (p *processor) connection(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// waitToken waits for a paho token until ctx ends or 15 s pass; it
-// reports whether the token completed without error.
-func waitToken(ctx context.Context, tok mqtt.Token) bool {
-	select {
-	case <-tok.Done():
-		return tok.Error() == nil
-	case <-ctx.Done():
-		return false
-	case <-time.After(15 * time.Second):
-		return false
-	}
-}
-
-func tokenErr(ctx context.Context, tok mqtt.Token) error {
-	if err := tok.Error(); err != nil {
-		return err
-	}
-	if err := context.Cause(ctx); err != nil {
-		return err
-	}
-	return errors.New("timed out after 15 s")
-}
+// tokenWait bounds the wait for the broker's CONNACK and SUBACK.
+const tokenWait = 15 * time.Second
 
 func reasonOfOpen(err error) string {
 	switch {

@@ -93,7 +93,10 @@ type View struct {
 	Roles      map[string]string `json:"roles"`      // role → owner
 	Held       []int             `json:"held"`       // partitions this node runs (sorted)
 	HeldRoles  []string          `json:"held_roles"` // roles this node runs (sorted)
-	At         time.Time         `json:"at"`
+	// Draining: the node was told to drain (Manager.Drain); it runs
+	// nothing and is no member once Drained.
+	Draining bool      `json:"draining,omitempty"`
+	At       time.Time `json:"at"`
 }
 
 // Manager runs a node's leases.
@@ -101,9 +104,13 @@ type Manager struct {
 	cfg   Config
 	roles []string // sorted: a role's index is its key
 
-	mu      sync.Mutex
-	view    View
-	workers map[key]*worker
+	mu       sync.Mutex
+	view     View
+	workers  map[key]*worker
+	draining bool
+	member   int           // this session's member slot, -1 without one
+	drained  chan struct{} // closed once a draining node holds nothing
+	once     sync.Once
 }
 
 type key struct {
@@ -134,7 +141,7 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	m := &Manager{cfg: cfg, workers: map[key]*worker{}}
+	m := &Manager{cfg: cfg, workers: map[key]*worker{}, member: -1, drained: make(chan struct{})}
 	for name := range cfg.Roles {
 		m.roles = append(m.roles, name)
 	}
@@ -167,6 +174,26 @@ func (m *Manager) heldLocked() ([]int, []string) {
 	slices.Sort(parts)
 	slices.Sort(roles)
 	return parts, roles
+}
+
+// Drain makes the node give everything up for good (until the process
+// starts again): on its next round it stops every partition and role it
+// runs, then unlocks them (the order of the balance: never two nodes at
+// once), and releases its member lock, so the others count one node less
+// and take its share; it takes nothing again. The channel is closed when
+// that is done.
+func (m *Manager) Drain() <-chan struct{} {
+	m.mu.Lock()
+	m.draining = true
+	m.view.Draining = true
+	m.mu.Unlock()
+	return m.drained
+}
+
+func (m *Manager) isDraining() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.draining
 }
 
 // Run holds and balances the node's leases until ctx ends. It returns nil
@@ -219,12 +246,15 @@ func (m *Manager) session(ctx context.Context) (err error) {
 	if _, err := conn.Exec(ctx, `SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3`); err != nil {
 		return fmt.Errorf("lease connection keepalives: %w", err)
 	}
-	var ns int64
-	if err := conn.QueryRow(ctx, `SELECT (hashtext(current_database() || '/' || current_schema()) & 2147483647)::int8`).Scan(&ns); err != nil {
-		return fmt.Errorf("lease namespace: %w", err)
+	ns, err := namespace(ctx, conn)
+	if err != nil {
+		return err
 	}
 	member := -1
 	for k := range maxMembers {
+		if m.isDraining() {
+			break // a draining node is no member
+		}
 		ok, err := tryLock(ctx, conn, ns, kindMember, k)
 		if err != nil {
 			return err
@@ -234,9 +264,12 @@ func (m *Manager) session(ctx context.Context) (err error) {
 			break
 		}
 	}
-	if member < 0 {
+	if member < 0 && !m.isDraining() {
 		return fmt.Errorf("lease: more than %d nodes", maxMembers)
 	}
+	m.mu.Lock()
+	m.member = member
+	m.mu.Unlock()
 	m.cfg.Logger.Info("lease connection up", "node", m.cfg.Node, "member_slot", member)
 	for {
 		// A round that cannot finish (the server unreachable) ends the
@@ -298,8 +331,44 @@ func unlock(ctx context.Context, conn *pgx.Conn, ns int64, k key) error {
 	return nil
 }
 
+// namespace is the first key of the cluster's advisory locks: a hash of
+// the database and schema, so that clusters sharing a server do not meet.
+func namespace(ctx context.Context, conn *pgx.Conn) (int64, error) {
+	var ns int64
+	if err := conn.QueryRow(ctx, `SELECT (hashtext(current_database() || '/' || current_schema()) & 2147483647)::int8`).Scan(&ns); err != nil {
+		return 0, fmt.Errorf("lease namespace: %w", err)
+	}
+	return ns, nil
+}
+
+// Members lists the nodes that hold a member lock now — running and not
+// draining — sorted; conn is any connection to the cluster's database and
+// schema (the operator's 'cluster drain').
+func Members(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	ns, err := namespace(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	locks, err := readLocks(ctx, conn, ns)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for k, owner := range locks {
+		if k.kind == kindMember {
+			out = append(out, owner)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
 // locks reads every lock of the namespace and its holder's node name.
 func (m *Manager) locks(ctx context.Context, conn *pgx.Conn, ns int64) (map[key]string, error) {
+	return readLocks(ctx, conn, ns)
+}
+
+func readLocks(ctx context.Context, conn *pgx.Conn, ns int64) (map[key]string, error) {
 	rows, err := conn.Query(ctx, `SELECT l.objid::int8, coalesce(a.application_name, '')
 		FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
 		WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid::int8 = $1
@@ -341,6 +410,14 @@ func (m *Manager) round(ctx context.Context, conn *pgx.Conn, ns int64) error {
 			delete(locks, k)
 		default:
 		}
+	}
+	if m.isDraining() {
+		if err := m.release(ctx, conn, ns, locks); err != nil {
+			return err
+		}
+		m.publish(locks)
+		m.once.Do(func() { close(m.drained) })
+		return nil
 	}
 	members := 0
 	for k := range locks {
@@ -404,6 +481,40 @@ func (m *Manager) round(ctx context.Context, conn *pgx.Conn, ns int64) error {
 		m.start(k, m.cfg.Roles[name])
 		m.cfg.Logger.Info("lease: role taken", "node", m.cfg.Node, "role", name)
 	}
+	m.publish(locks)
+	return nil
+}
+
+// release stops and unlocks everything a draining node runs, then its
+// member lock.
+func (m *Manager) release(ctx context.Context, conn *pgx.Conn, ns int64, locks map[key]string) error {
+	for k := range m.snapshotWorkers() {
+		m.stop(k)
+		if err := unlock(ctx, conn, ns, k); err != nil {
+			return err
+		}
+		delete(locks, k)
+		m.cfg.Logger.Info("lease: released to drain", "node", m.cfg.Node, "what", m.name(k))
+	}
+	m.mu.Lock()
+	member := m.member
+	m.mu.Unlock()
+	if member >= 0 {
+		k := key{kindMember, member}
+		if err := unlock(ctx, conn, ns, k); err != nil {
+			return err
+		}
+		delete(locks, k)
+		m.mu.Lock()
+		m.member = -1
+		m.mu.Unlock()
+		m.cfg.Logger.Info("lease: drained: this node runs nothing and is no member", "node", m.cfg.Node)
+	}
+	return nil
+}
+
+// publish makes the round's view of the locks the manager's view.
+func (m *Manager) publish(locks map[key]string) {
 	v := View{Node: m.cfg.Node, Connected: true, Partitions: map[int]string{}, Roles: map[string]string{}, At: time.Now()}
 	for k, owner := range locks {
 		switch k.kind {
@@ -419,13 +530,13 @@ func (m *Manager) round(ctx context.Context, conn *pgx.Conn, ns int64) error {
 	}
 	slices.Sort(v.Members)
 	m.mu.Lock()
+	v.Draining = m.draining
 	m.view = v
 	v.Held, v.HeldRoles = m.heldLocked()
 	m.mu.Unlock()
 	if m.cfg.Rounds != nil {
 		m.cfg.Rounds(v)
 	}
-	return nil
 }
 
 func (m *Manager) name(k key) string {

@@ -210,6 +210,58 @@ func TestLeaseConnectionLost(t *testing.T) {
 	}
 }
 
+// TestLeaseDrain: a drained node stops and releases everything it ran,
+// and its member lock: the others take all of it (4/4 of three nodes
+// becomes 4/4 of two), nothing runs twice at once, the drained node
+// takes nothing again even after its lease connection is lost, and its
+// view says draining.
+func TestLeaseDrain(t *testing.T) {
+	st := pgtest.Open(t)
+	r := &running{by: map[string][]string{}, idle: map[string]bool{}}
+	n1 := startNode(t, st, r, "n1")
+	startNode(t, st, r, "n2")
+	n3 := startNode(t, st, r, "n3")
+	eventually(t, "3 members, everything owned", func() bool {
+		return r.owned(things()) && len(n1.m.View().Members) == 3 && r.count("n3") > 0
+	})
+	select {
+	case <-n3.m.Drain():
+	case <-time.After(20 * time.Second):
+		t.Fatal("n3 did not drain within 20 s")
+	}
+	if c := r.count("n3"); c != 0 {
+		t.Errorf("n3 runs %d things after draining", c)
+	}
+	v := n3.m.View()
+	if !v.Draining || len(v.Held) != 0 || len(v.HeldRoles) != 0 || slices.Contains(v.Members, "n3") {
+		t.Errorf("n3's view after draining: %+v", v)
+	}
+	eventually(t, "4/4 on n1 and n2", shares(r, map[string]int{"n1": 4, "n2": 4}))
+	if !r.owned(things()) {
+		t.Error("not everything owned once after the drain")
+	}
+	// A lost lease connection does not bring the drained node back.
+	ctx := context.Background()
+	admin, err := st.LeaseConn(ctx, "test-admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1`, lease.ApplicationPrefix+"n3"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "n3 back on a lease connection, still draining", func() bool {
+		v := n3.m.View()
+		return v.Connected && v.Draining && len(v.Members) == 2
+	})
+	if c := r.count("n3"); c != 0 {
+		t.Errorf("n3 runs %d things after reconnecting", c)
+	}
+	if len(r.violations) > 0 {
+		t.Errorf("ran twice at once: %v", r.violations)
+	}
+}
+
 func TestPartitionOf(t *testing.T) {
 	seen := map[int]bool{}
 	for i := range 200 {

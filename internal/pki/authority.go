@@ -27,6 +27,7 @@
 package pki
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/elliptic"
@@ -98,11 +99,37 @@ type PathRecords interface {
 	RevocationVersion(ctx context.Context, domain string) (int64, error)
 }
 
+// KeyVault keeps the master and account CAs, their keys sealed, in the
+// database the nodes of a multi-node cluster share, so that a CA one node
+// made issues on every node, and two nodes never make two CAs for one path
+// (docs/scale.md "CA keys on several nodes"). The PostgreSQL store has it.
+type KeyVault interface {
+	// PutCAKey stores a CA's certificate and sealed key unless the domain
+	// holds one of that name already, and returns the one stored then.
+	PutCAKey(ctx context.Context, domain, name string, certDER, sealedKey []byte) (storedDER, storedKey []byte, err error)
+	// CAKey returns a stored CA's certificate and sealed key, or
+	// store.ErrNotFound.
+	CAKey(ctx context.Context, domain, name string) (certDER, sealedKey []byte, err error)
+}
+
+// Sealer seals the CA keys a KeyVault keeps, bound to their names
+// (secretbox.Box: the passphrase, or the data directory's secrets key that
+// 'fieldtrust cluster add-node' copies to every node).
+type Sealer interface {
+	Seal(name string, secret []byte) ([]byte, error)
+	Open(name string, sealed []byte) ([]byte, error)
+}
+
 // Options configure an Authority.
 type Options struct {
 	// Passphrase encrypts CA keys created from now on and decrypts
 	// encrypted ones. Empty leaves new keys unencrypted.
 	Passphrase []byte
+	// Vault and Sealer, both set, share master and account CAs with the
+	// other data directories on the same database (the nodes of a
+	// cluster). Without them a CA lives in this directory only.
+	Vault  KeyVault
+	Sealer Sealer
 	// Logger receives one line per CA created and certificate issued or
 	// revoked. Never key material.
 	Logger *slog.Logger
@@ -116,6 +143,8 @@ type Authority struct {
 	dir      string
 	records  Records
 	pass     []byte
+	vault    KeyVault // nil: CAs in this directory only
+	sealer   Sealer
 	log      *slog.Logger
 	root     *x509.Certificate // non-nil after Open
 	services *x509.Certificate // non-nil after Open
@@ -134,6 +163,10 @@ func Open(ctx context.Context, dataDir string, domain Domain, records Records, o
 		pass:    opts.Passphrase,
 		log:     opts.Logger,
 	}
+	if (opts.Vault == nil) != (opts.Sealer == nil) {
+		return nil, errors.New("pki: a key vault needs a sealer, and a sealer a vault")
+	}
+	a.vault, a.sealer = opts.Vault, opts.Sealer
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -476,6 +509,19 @@ func (a *Authority) loadOrCreateCA(ctx context.Context, name string, parent *x50
 	if _, err := os.Stat(keyFile); err == nil {
 		return nil, fmt.Errorf("%s PKI is damaged: key %s has no certificate; restore %s from a backup", a.domain, keyFile, a.dir)
 	}
+	shared := path != nil && a.vault != nil
+	if shared {
+		der, sealed, err := a.vault.CAKey(ctx, string(a.domain), name)
+		switch {
+		case err == nil:
+			return a.adoptCA(name, parent, der, sealed)
+		case !errors.Is(err, store.ErrNotFound):
+			return nil, fmt.Errorf("%s CA %s: look it up in the shared store: %w", a.domain, name, err)
+		}
+	}
+	if err := a.notMadeElsewhere(ctx, path, kind); err != nil {
+		return nil, err
+	}
 	curve := elliptic.P384()
 	key, err := GenerateKey(curve)
 	if err != nil {
@@ -524,8 +570,28 @@ func (a *Authority) loadOrCreateCA(ctx context.Context, name string, parent *x50
 	if err != nil {
 		return nil, fmt.Errorf("create %s CA %s: %w", kind, name, err)
 	}
+	keyPEM, err := MarshalKeyPEM(key, a.pass)
+	if err != nil {
+		return nil, fmt.Errorf("create CA %s: %w", name, err)
+	}
+	if shared {
+		// The store decides which of the nodes that made a CA for this
+		// path at the same time made the one: the others adopt it.
+		sealed, err := a.sealer.Seal(vaultName(a.domain, name), keyPEM)
+		if err != nil {
+			return nil, fmt.Errorf("create CA %s: seal its key for the shared store: %w", name, err)
+		}
+		der, stored, err := a.vault.PutCAKey(ctx, string(a.domain), name, cert.Raw, sealed)
+		if err != nil {
+			return nil, fmt.Errorf("create CA %s: store it for the other nodes: %w", name, err)
+		}
+		if !bytes.Equal(der, cert.Raw) {
+			a.log.Info("CA made by another node at the same time; using that one", "name", name)
+			return a.adoptCA(name, parent, der, stored)
+		}
+	}
 	// Key first: a certificate without its key marks a damaged directory.
-	if err := WriteKeyFile(keyFile, key, a.pass); err != nil {
+	if err := writeNew(keyFile, keyPEM, 0o600); err != nil {
 		return nil, fmt.Errorf("create CA %s: %w", name, err)
 	}
 	if err := writeNew(certFile, EncodeCertsPEM(cert), 0o644); err != nil {
@@ -544,6 +610,92 @@ func (a *Authority) loadOrCreateCA(ctx context.Context, name string, parent *x50
 	}
 	a.log.Info("CA created", "kind", kind, "name", recName, "serial", SerialHex(cert.SerialNumber))
 	return cert, nil
+}
+
+// vaultName binds a sealed CA key to its domain and CA (the sealer's
+// additional data): a sealed key moved to another row does not open.
+func vaultName(d Domain, name string) string { return "pki-ca-key:" + string(d) + ":" + name }
+
+// openVaultCA opens a CA the shared store holds and checks it: the key
+// must open with this directory's sealer and passphrase and be the key of
+// the certificate, and the certificate must be a CA signed by parent (nil:
+// any of this domain's; the caller then checks the issuer), so that whoever
+// can write the database but holds no CA key cannot plant a CA.
+func (a *Authority) openVaultCA(name string, parent *x509.Certificate, der, sealed []byte) (*x509.Certificate, []byte, crypto.Signer, error) {
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%s CA %s in the shared store: %w", a.domain, name, err)
+	}
+	if !cert.IsCA {
+		return nil, nil, nil, fmt.Errorf("%s CA %s in the shared store is not a CA certificate", a.domain, name)
+	}
+	if parent != nil {
+		if err := cert.CheckSignatureFrom(parent); err != nil {
+			return nil, nil, nil, fmt.Errorf("%s CA %s in the shared store is not signed by its parent CA: %w", a.domain, name, err)
+		}
+	}
+	keyPEM, err := a.sealer.Open(vaultName(a.domain, name), sealed)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%s CA %s in the shared store: %w (every node needs the first node's DIR/platform/secrets.key, or the same %s)", a.domain, name, err, PassphraseEnv)
+	}
+	key, err := ParseKeyPEM(keyPEM, a.pass)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%s CA %s in the shared store: %w", a.domain, name, err)
+	}
+	if !publicKeysEqual(key.Public(), cert.PublicKey) {
+		return nil, nil, nil, fmt.Errorf("%s CA %s in the shared store: the key is not the certificate's", a.domain, name)
+	}
+	return cert, keyPEM, key, nil
+}
+
+// adoptCA writes a CA the shared store holds (made by another node) into
+// this directory. The caller holds the lock.
+func (a *Authority) adoptCA(name string, parent *x509.Certificate, der, sealed []byte) (*x509.Certificate, error) {
+	cert, keyPEM, _, err := a.openVaultCA(name, parent, der, sealed)
+	if err != nil {
+		return nil, err
+	}
+	certFile, keyFile := a.caFiles(name)
+	if err := writeNew(keyFile, keyPEM, 0o600); err != nil {
+		return nil, fmt.Errorf("adopt CA %s: %w", name, err)
+	}
+	if err := writeNew(certFile, EncodeCertsPEM(cert), 0o644); err != nil {
+		return nil, fmt.Errorf("adopt CA %s: %w", name, err)
+	}
+	a.log.Info("CA adopted from the shared store", "name", name, "serial", SerialHex(cert.SerialNumber))
+	return cert, nil
+}
+
+// publicKeysEqual compares two public keys of the kinds the PKI uses.
+func publicKeysEqual(a, b crypto.PublicKey) bool {
+	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && k.Equal(b)
+}
+
+// ErrCAElsewhere refuses to make a master or account CA that the store
+// already holds, made by another data directory sharing the database (a
+// node of several): a second CA for one path would split the account's
+// identities between two issuers.
+var ErrCAElsewhere = errors.New("the CA exists in the store but its key is not in this data directory")
+
+// notMadeElsewhere fails with ErrCAElsewhere if the store holds a valid,
+// unrevoked CA of this kind for path.
+func (a *Authority) notMadeElsewhere(ctx context.Context, path Path, kind string) error {
+	if path == nil {
+		return nil // root and services CAs: made by Open, per directory
+	}
+	recs, err := a.records.ListCertificates(ctx, store.CertFilter{Domain: string(a.domain), Name: path.String(), Kinds: []string{kind}})
+	if err != nil {
+		return fmt.Errorf("create CA %s: look for an existing one: %w", path, err)
+	}
+	now := time.Now()
+	for _, r := range recs {
+		if !r.Revoked() && now.Before(r.NotAfter) {
+			return fmt.Errorf("create %s CA %s: %w (serial %s): on a cluster of several nodes, share DIR/pki between the nodes or issue through the node that made it (docs/scale.md)",
+				a.domain, path, ErrCAElsewhere, r.Serial)
+		}
+	}
+	return nil
 }
 
 // sign fills serial and key identifiers and signs t.
@@ -592,9 +744,24 @@ func (a *Authority) caKey(name string) (crypto.Signer, error) {
 	return k, nil
 }
 
-// caPathKey loads the key of the CA that issued the certificate.
-func (a *Authority) issuerKey(rec store.Certificate) (crypto.Signer, error) {
-	return a.caKey(a.caNameOfRecord(rec))
+// issuerKey loads the key of the CA record rec: from this directory, or
+// (a CA another node made and this one has not used yet) from the shared
+// store.
+func (a *Authority) issuerKey(ctx context.Context, rec store.Certificate) (crypto.Signer, error) {
+	name := a.caNameOfRecord(rec)
+	k, err := a.caKey(name)
+	if err == nil || a.vault == nil || !errors.Is(err, fs.ErrNotExist) || (rec.Kind != KindMasterCA && rec.Kind != KindAccountCA) {
+		return k, err
+	}
+	der, sealed, verr := a.vault.CAKey(ctx, string(a.domain), name)
+	if verr != nil {
+		return nil, fmt.Errorf("%w (and from the shared store: %w)", err, verr)
+	}
+	if !bytes.Equal(der, rec.DER) {
+		return nil, fmt.Errorf("%s CA %s: the shared store holds another certificate than the record %s", a.domain, name, rec.Serial)
+	}
+	_, _, key, err := a.openVaultCA(name, nil, der, sealed)
+	return key, err
 }
 
 // caNameOfRecord maps a CA record to its file name.

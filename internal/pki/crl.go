@@ -211,7 +211,7 @@ func (a *Authority) issueCRLFor(ctx context.Context, caSerial string) (*x509.Rev
 	if err != nil {
 		return nil, err
 	}
-	key, err := a.issuerKey(caRec)
+	key, err := a.issuerKey(ctx, caRec)
 	if err != nil {
 		return nil, err
 	}

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/store/sqlite"
 )
 
@@ -790,5 +791,44 @@ func TestIdentifyVerifiedChain(t *testing.T) {
 		if err != nil || id.String() != tt.want {
 			t.Errorf("%s: %q, %v; want %q", tt.name, id, err, tt.want)
 		}
+	}
+}
+
+// TestCAOfAnotherDirectory: two data directories on one store (the nodes
+// of a cluster): the second does not make a second CA for a master or
+// account the first made; it refuses, naming the fix. A new master still
+// works there.
+func TestCAOfAnotherDirectory(t *testing.T) {
+	p := newTestPKI(t, Options{})
+	issue(t, p.t, "ms-1/acc-1/gw-1")
+	other := t.TempDir()
+	// What 'cluster add-node' copies before any account exists.
+	if err := os.MkdirAll(filepath.Join(other, "pki", "transport"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"root.crt", "root.key", "services.crt", "services.key"} {
+		b, err := os.ReadFile(filepath.Join(p.dir, "pki", "transport", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(other, "pki", "transport", f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := Open(t.Context(), other, Transport, p.db, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := GenerateKey(elliptic.P256())
+	for _, path := range []string{"ms-1/acc-1/gw-2", "ms-1/acc-2/gw-1"} {
+		_, err = b.Issue(t.Context(), LeafRequest{Path: mustPath(t, path), PublicKey: key.Public()})
+		if !errors.Is(err, ErrCAElsewhere) || !strings.Contains(err.Error(), "share DIR/pki") {
+			t.Errorf("issue %s in another directory: %v, want ErrCAElsewhere", path, err)
+		}
+	}
+	issue(t, b, "ms-2/acc-1/gw-1")
+	cas, err := p.db.ListCertificates(t.Context(), store.CertFilter{Domain: string(Transport), Name: "ms-1", Kinds: []string{KindMasterCA}})
+	if err != nil || len(cas) != 1 {
+		t.Errorf("master CAs of ms-1: %d (%v), want 1", len(cas), err)
 	}
 }

@@ -10,11 +10,15 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/cluster"
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
+	"github.com/fieldtrust/fieldtrust/internal/drain"
+	"github.com/fieldtrust/fieldtrust/internal/lease"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
+	"github.com/fieldtrust/fieldtrust/internal/supervisor"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/tlspolicy"
 )
@@ -92,8 +96,9 @@ func nodeCert(d *datadir.Dir, cfg Config, dns []string, ips []net.IP, log *slog.
 // it is a cluster node: publishing through an MQTT client, revalidation
 // by the node's hook.
 type clusterTier struct {
-	node *cluster.Node
-	pub  *cluster.Publisher
+	node    *cluster.Node
+	pub     *cluster.Publisher
+	drained atomic.Bool // the node was drained on purpose (drain)
 }
 
 func (c *clusterTier) Publish(topic string, payload []byte, retain bool, qos byte) error {
@@ -130,11 +135,20 @@ func startClusterTier(ctx context.Context, cfg Config, d *datadir.Dir, node, pub
 	if len(cfg.Cluster.Routes) == 0 {
 		clusterAddr = ""
 	}
+	var admit func(context.Context, tacs.Subject) error
+	if cfg.Cluster.multiNode() {
+		cs, ok := d.Store.(coverageStore)
+		if !ok {
+			return nil, errMultiNodeSQLite
+		}
+		admit = newAdmission(cs).admit
+	}
 	n, err := cluster.Start(ctx, cluster.Config{
 		Name: cfg.Cluster.nodeName(), MQTTAddr: cfg.MQTTAddr, ClusterAddr: clusterAddr, Routes: cfg.Cluster.Routes,
 		StoreDir: filepath.Join(cfg.DataDir, "cluster", cfg.Cluster.nodeName()), Replicas: replicas,
 		Certificate: func() (*tls.Certificate, error) { return node.Current(), nil },
 		Roots:       roots, Identify: cluster.Identify(verifier, ids.subjectOf), Grants: grants,
+		Admit:  admit,
 		Logger: log.With("component", "cluster"),
 	})
 	if err != nil {
@@ -158,8 +172,26 @@ func (c *clusterTier) run(ctx context.Context) error {
 	case <-ctx.Done():
 		return nil
 	case <-c.node.Done():
+		if c.drained.Load() {
+			<-ctx.Done() // drained on purpose: the process stops
+			return nil
+		}
 		return errors.New("cluster node stopped")
 	}
+}
+
+// Drain implements drain.Engine.
+func (c *clusterTier) Drain(ctx context.Context, spread time.Duration) error {
+	c.drained.Store(true)
+	return c.node.Drain(ctx, spread)
+}
+
+// drainService is the service "drain" of a node of several: it drains
+// the node on an operator's request ('fieldtrust cluster drain') and then
+// stops the process (stop).
+func drainService(node string, st drain.Store, leases *lease.Manager, ct *clusterTier, stop func(), log *slog.Logger) supervisor.Service {
+	d := &drain.Node{Name: node, Store: st, Leases: leases, Engine: ct, Stop: stop, Logger: log.With("component", "drain")}
+	return supervisor.Service{Name: "drain", Run: d.Run, GiveUpAfter: -1}
 }
 
 // clusterFormTimeout bounds how long a node of several waits at start for

@@ -45,5 +45,9 @@ func health(services []supervisor.Status, in ingest.Health, cluster *lease.View)
 	if !ok {
 		h.Status = "unhealthy"
 	}
+	if cluster != nil && cluster.Draining {
+		// 'fieldtrust cluster drain': not to be sent new work.
+		ok, h.Status = false, "draining"
+	}
 	return ok, h
 }

@@ -57,15 +57,6 @@ func (ids *identities) Subject(cs tls.ConnectionState) (tacs.Subject, error) {
 }
 
 func (ids *identities) subjectOf(id pki.Identity) (tacs.Subject, error) {
-	if id.Site {
-		return tacs.SiteSubject(id.Path.String()), nil
-	}
-	if !id.IsService() {
-		return tacs.Account(id.Path.String()), nil
-	}
-	role, ok := (*ids.roles.Load())[id.Service]
-	if !ok {
-		return tacs.Subject{}, fmt.Errorf("service %q has no role; grant one with 'fieldtrust pki issue --service %s --role ROLE'", id.Service, id.Service)
-	}
-	return tacs.ServiceSubject(id.Service, role), nil
+	roles := *ids.roles.Load()
+	return tacs.SubjectOf(id, func(service string) (string, bool) { r, ok := roles[service]; return r, ok })
 }

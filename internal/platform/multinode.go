@@ -66,8 +66,11 @@ type partitionedIngest struct {
 	certs interface {
 		ListCertificates(ctx context.Context, f store.CertFilter) ([]store.Certificate, error)
 	}
-	base ingest.Config // everything but ClientID, Filters and Status
-	log  *slog.Logger
+	// cover records the accounts a partition session subscribed to: the
+	// nodes admit those accounts' gateways (admission).
+	cover coverageStore
+	base  ingest.Config // everything but ClientID, Filters, Status and Subscribed
+	log   *slog.Logger
 
 	mu       sync.Mutex
 	statuses map[int]*ingest.Status
@@ -126,6 +129,8 @@ func (pi *partitionedIngest) run(ctx context.Context, p int) error {
 		for _, a := range accts {
 			cfg.Filters = append(cfg.Filters, topic.Of(a+"/+", topic.Snapshots))
 		}
+		covers := slices.Clone(accts)
+		cfg.Subscribed = func(ctx context.Context) error { return pi.cover.CoverAccounts(ctx, covers) }
 		runCtx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { done <- ingest.Run(runCtx, cfg) }()

@@ -30,6 +30,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/console"
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/devicemsg"
+	"github.com/fieldtrust/fieldtrust/internal/drain"
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
 	"github.com/fieldtrust/fieldtrust/internal/est"
 	"github.com/fieldtrust/fieldtrust/internal/firmware/campaignapi"
@@ -498,17 +499,21 @@ func Run(ctx context.Context, cfg Config) error {
 	if ct != nil {
 		services[0] = supervisor.Service{Name: "broker", Run: ct.run}
 	}
+	// runCtx ends the services; a drained node of several ends it itself.
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
 	if ct != nil && cfg.Cluster.multiNode() {
 		// Several nodes: ingest by partitions, the singletons by lease.
 		// Partition sessions keep their metrics private (a partition
 		// moves between nodes; the store's counts are the totals).
-		pi := &partitionedIngest{certs: d.Store, statuses: map[int]*ingest.Status{}, log: log.With("component", "ingest"),
+		pi := &partitionedIngest{certs: d.Store, cover: d.Store.(coverageStore), statuses: map[int]*ingest.Status{}, log: log.With("component", "ingest"),
 			base: ingest.Config{Broker: mqttAddr, TLS: ingestClient, Opener: opener, Store: ingestStore, Ledger: lg,
 				Logger: log.With("component", "ingest"), Committed: rp.committed}}
 		if services, leases, err = splitForCluster(cfg.Cluster.nodeName(), d.Store.(leaseStore), services, pi, log); err != nil {
 			return err
 		}
 		ingestHealth = pi.health
+		services = append(services, drainService(cfg.Cluster.nodeName(), d.Store.(drain.Store), leases, ct, stopRun, log))
 		if len(cfg.BrokerURLs) < 2 {
 			log.Warn("a node of several without a --broker-url per node: gateways bootstrapped here learn only this node and cannot fail over (docs/scale.md)")
 		}
@@ -520,7 +525,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Ready != nil {
 		cfg.Ready(httpAddr, mqttAddr)
 	}
-	runErr := sup.Run(ctx, services...)
+	runErr := sup.Run(runCtx, services...)
 	if runErr != nil {
 		log.Error("platform stopping: a service keeps failing", "err", runErr)
 	}

@@ -13,6 +13,8 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/fieldtrust/fieldtrust/internal/pahotoken"
+	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
 
@@ -69,8 +71,8 @@ func (b *BrokerClient) connection(ctx context.Context) error {
 			}
 		})
 	c := mqtt.NewClient(opts)
-	if tok := c.Connect(); !wait(ctx, tok) {
-		return fmt.Errorf("connect to %s: %w", b.Addr, tokErr(tok))
+	if err := pahotoken.Wait(ctx, c.Connect(), tokenWait); err != nil {
+		return fmt.Errorf("connect to %s: %w", b.Addr, err)
 	}
 	defer c.Disconnect(250)
 	tok := c.Subscribe(filter, 1, func(_ mqtt.Client, m mqtt.Message) {
@@ -91,11 +93,11 @@ func (b *BrokerClient) connection(ctx context.Context) error {
 			b.Status(gw, false)
 		}
 	})
-	if !wait(ctx, tok) {
-		return fmt.Errorf("subscribe %s: %w", filter, tokErr(tok))
+	if err := pahotoken.Wait(ctx, tok, tokenWait); err != nil {
+		return fmt.Errorf("subscribe %s: %w", filter, err)
 	}
-	if st, ok := tok.(*mqtt.SubscribeToken); ok && st.Result()[filter] >= 0x80 {
-		return fmt.Errorf("subscribe %s: refused by the broker; does the rules service have the role rules-engine?", filter)
+	if err := pahotoken.Granted(tok, tacs.RoleRulesEngine, filter); err != nil {
+		return err
 	}
 	b.mu.Lock()
 	b.c = c
@@ -126,27 +128,11 @@ func (b *BrokerClient) Publish(ctx context.Context, t string, payload []byte) er
 	if c == nil {
 		return ErrNotConnected
 	}
-	tok := c.Publish(t, 1, false, payload)
-	if !wait(ctx, tok) {
-		return fmt.Errorf("publish %s: %w", t, tokErr(tok))
+	if err := pahotoken.Wait(ctx, c.Publish(t, 1, false, payload), tokenWait); err != nil {
+		return fmt.Errorf("publish %s: %w", t, err)
 	}
 	return nil
 }
 
-func wait(ctx context.Context, tok mqtt.Token) bool {
-	select {
-	case <-tok.Done():
-		return tok.Error() == nil
-	case <-ctx.Done():
-		return false
-	case <-time.After(15 * time.Second):
-		return false
-	}
-}
-
-func tokErr(tok mqtt.Token) error {
-	if err := tok.Error(); err != nil {
-		return err
-	}
-	return errors.New("no answer")
-}
+// tokenWait bounds the wait for the broker's CONNACK, SUBACK and PUBACK.
+const tokenWait = 15 * time.Second

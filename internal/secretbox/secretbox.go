@@ -91,6 +91,18 @@ func aead(key []byte) (cipher.AEAD, error) {
 	return cipher.NewGCM(c)
 }
 
+// Ensure makes the data directory's key file now, unless a passphrase is
+// set, so that the directories copied from this one (the nodes of a
+// cluster, 'fieldtrust cluster add-node') share it before anything is
+// sealed.
+func (b *Box) Ensure() error {
+	if len(b.passphrase) > 0 {
+		return nil
+	}
+	_, err := b.key(modeKey, nil, true)
+	return err
+}
+
 // Seal encrypts secret, bound to name.
 func (b *Box) Seal(name string, secret []byte) ([]byte, error) {
 	mode := byte(modeKey)

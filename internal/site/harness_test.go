@@ -378,6 +378,17 @@ func startPlatform(t *testing.T) *platformtest.Env {
 	return platformtest.Start(t, platform.Config{})
 }
 
+// brokerTiers are the platform's broker tiers a site's upstream link is
+// tested against: the embedded broker and one node of the clustered tier
+// (NATS, docs/scale.md).
+var brokerTiers = []string{platform.BrokerEmbedded, platform.BrokerCluster}
+
+// startPlatformOn starts the platform on broker tier broker.
+func startPlatformOn(t *testing.T, broker string) *platformtest.Env {
+	t.Helper()
+	return platformtest.Start(t, platform.Config{Broker: broker})
+}
+
 // scaledClock is the site's backoff clock in the outage test: a wait of d
 // passes in d/scale of real time, and the clock adds up the simulated
 // waits, so a 2-minute outage runs in well under a second of waiting

@@ -19,7 +19,13 @@ import (
 // nothing is lost in the platform's store, every device's chain is
 // complete, and each arrived in order.
 func TestWANOutage(t *testing.T) {
-	e := startPlatform(t)
+	for _, broker := range brokerTiers {
+		t.Run(broker, func(t *testing.T) { testWANOutage(t, broker) })
+	}
+}
+
+func testWANOutage(t *testing.T, broker string) {
+	e := startPlatformOn(t, broker)
 	dir := issueSite(t, e, account)
 	link := startProxy(t, e.MQTTAddr)
 	clk := &scaledClock{scale: 40}

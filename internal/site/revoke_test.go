@@ -15,7 +15,13 @@ import (
 // every connection), refused when it tries again, and still refused after
 // the site restarts while the WAN is down (the bundle is kept on disk).
 func TestSiteRevocation(t *testing.T) {
-	e := startPlatform(t)
+	for _, broker := range brokerTiers {
+		t.Run(broker, func(t *testing.T) { testSiteRevocation(t, broker) })
+	}
+}
+
+func testSiteRevocation(t *testing.T, broker string) {
+	e := startPlatformOn(t, broker)
 	dir := issueSite(t, e, account)
 	link := startProxy(t, e.MQTTAddr)
 	ev := &events{}

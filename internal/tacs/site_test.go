@@ -1,6 +1,10 @@
 package tacs
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/fieldtrust/fieldtrust/internal/pki"
+)
 
 // TestSiteRights is rule 5: a customer site may publish the
 // gateway→platform channels and read the platform→gateway channels of its
@@ -104,5 +108,36 @@ func TestSiteSubject(t *testing.T) {
 	delete(g, RoleSite)
 	if d := Authorize(g, SiteSubject("a/b"), Publish, "a/b/c/snapshots"); d.Allowed || d.Reason != ReasonUnknownRole {
 		t.Errorf("site without grants: %+v", d)
+	}
+}
+
+func TestSubjectOf(t *testing.T) {
+	path := func(s string) pki.Path {
+		p, err := pki.ParsePath(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	roles := func(service string) (string, bool) {
+		return map[string]string{"ingest": RoleSnapshotReader}[service], service == "ingest"
+	}
+	for _, tc := range []struct {
+		name string
+		id   pki.Identity
+		want Subject
+		err  bool
+	}{
+		{"device", pki.Identity{Path: path("ms/acc/gw")}, Account("ms/acc/gw"), false},
+		{"site: the site's rights, not its account's", pki.Identity{Path: path("ms/acc"), Site: true}, SiteSubject("ms/acc"), false},
+		{"service with its role", pki.Identity{Service: "ingest"}, ServiceSubject("ingest", RoleSnapshotReader), false},
+		{"service without a role: refused", pki.Identity{Service: "stranger"}, Subject{}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := SubjectOf(tc.id, roles)
+			if (err != nil) != tc.err || got != tc.want {
+				t.Fatalf("SubjectOf(%+v) = %+v, %v; want %+v, error %v", tc.id, got, err, tc.want, tc.err)
+			}
+		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/fieldtrust/fieldtrust/internal/ident"
+	"github.com/fieldtrust/fieldtrust/internal/pki"
 )
 
 // MaxPathElements is the depth of the account hierarchy: master account,
@@ -112,4 +113,22 @@ func (s Subject) Validate() error {
 		return fmt.Errorf("%w: site %q: a site belongs to an account, master/account", ErrInvalidSubject, s.Path)
 	}
 	return nil
+}
+
+// SubjectOf is the subject of an identity the PKI verified from the
+// client's chain (pki.IdentityFromChain): a customer site, an account
+// identity, or a service with the role roleOf gives it. A service without
+// a role is refused: it has no rights to derive.
+func SubjectOf(id pki.Identity, roleOf func(service string) (role string, ok bool)) (Subject, error) {
+	switch {
+	case id.Site:
+		return SiteSubject(id.Path.String()), nil
+	case !id.IsService():
+		return Account(id.Path.String()), nil
+	}
+	role, ok := roleOf(id.Service)
+	if !ok {
+		return Subject{}, fmt.Errorf("service %q has no role; grant one with 'fieldtrust pki issue --service %s --role ROLE'", id.Service, id.Service)
+	}
+	return ServiceSubject(id.Service, role), nil
 }

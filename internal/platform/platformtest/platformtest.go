@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -126,6 +127,17 @@ func (e *Env) Service(t testing.TB, name, role string) Identity {
 		t.Fatal(err)
 	}
 	return Identity{TLS: e.issue(t, e.D.Transport, pki.LeafRequest{Service: name})}
+}
+
+// Site issues a site certificate of account (pki issue ACCOUNT --site)
+// serving 127.0.0.1.
+func (e *Env) Site(t testing.TB, account string) tls.Certificate {
+	t.Helper()
+	p, err := pki.ParsePath(account)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.issue(t, e.D.Transport, pki.LeafRequest{Path: p, Site: true, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}})
 }
 
 func (e *Env) issue(t testing.TB, a *pki.Authority, req pki.LeafRequest) tls.Certificate {

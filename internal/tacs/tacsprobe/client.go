@@ -41,6 +41,9 @@ type Target struct {
 	// Revoke revokes an identity path (pki revoke); the target's
 	// revocation service must end its sessions within 5 s.
 	Revoke func(t testing.TB, path string)
+	// Site issues a site certificate of an account (pki issue ACCOUNT
+	// --site); nil skips the site row.
+	Site func(t testing.TB, account string) tls.Certificate
 }
 
 // wait bounds every wait for an expected event (not a timing threshold:

@@ -35,6 +35,7 @@ func runUp(t *testing.T, cfg platform.Config) {
 			return env.Identity(t, path, false).TLS
 		},
 		Service: func(t testing.TB, name, role string) tls.Certificate { return admin },
+		Site:    func(t testing.TB, account string) tls.Certificate { return env.Site(t, account) },
 		Revoke: func(t testing.TB, path string) {
 			p, err := pki.ParsePath(path)
 			if err != nil {

@@ -2,6 +2,7 @@ package tacsprobe
 
 import (
 	"crypto/tls"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -245,6 +246,56 @@ var Rows = []Row{
 		adm := p.admin(t, 1)
 		fence(t, adm, reader, "pki/crl/fence")
 		reader.never(t, "forged")
+	}},
+	{"site_subtree", func(t *testing.T, p *probe) {
+		// A customer site's certificate (TACS rule 5): it forwards its
+		// account's gateway traffic upstream and reads what goes down
+		// to them, nothing else — not the account's snapshots, not
+		// another account, not the platform's direction.
+		if p.tg.Site == nil {
+			t.Skip("target has no site certificates")
+		}
+		const acc = "pr-site-1/acc"
+		cert := p.tg.Site(t, acc)
+		site := p.tg.mustConnect(t, 1, cert, "site", opts{clientID: "site:" + acc, clean: true})
+		for _, tc := range []struct {
+			filter string
+			ok     bool
+		}{
+			{acc + "/+/commands", true}, {"pki/crl/#", true},
+			{"#", false}, {acc + "/#", false}, {acc + "/+/snapshots", false}, {"pr-site-2/acc/+/commands", false},
+			{"pr-site-1/+/+/commands", false}, {"$SYS/#", false}, {"$share/g/" + acc + "/+/snapshots", false},
+		} {
+			if got := site.subscribe(t, tc.filter, 1); got != tc.ok {
+				t.Errorf("site subscribe %q: granted=%v, want %v", tc.filter, got, tc.ok)
+			}
+		}
+		owner := p.dev(t, 0, "pr-site-1")
+		owner.mustSubscribe(t, "pr-site-1/#", 1)
+		other := p.dev(t, 2, "pr-site-2")
+		other.mustSubscribe(t, "pr-site-2/#", 1)
+		site.publish(t, acc+"/gw-1/snapshots", "forwarded", 1, false)
+		owner.expect(t, acc+"/gw-1/snapshots", "forwarded")
+		// Each forgery on a fresh connection (a refused QoS 1 publish may
+		// end the connection in MQTT 3.1.1).
+		for _, f := range []struct {
+			topic string
+			qos   byte
+		}{
+			{"pr-site-2/acc/gw-1/snapshots", 1}, {"pr-site-2/acc/gw-1/snapshots", 0},
+			{acc + "/gw-1/commands", 1}, {acc + "/gw-1/events", 0}, {"pr-site-1/acc-2/gw-1/status", 1},
+		} {
+			att := p.tg.mustConnect(t, 1, cert, "site", opts{clientID: fmt.Sprintf("site:%s:forge-%d", acc, seq.Add(1)), clean: true})
+			att.publish(t, f.topic, "forged", f.qos, false)
+		}
+		if att, err := p.tg.connect(t, 1, cert, "site", opts{clientID: "site:" + acc + ":will", clean: true,
+			will: &msg{"pr-site-2/acc/gw-1/status", "forged"}, willQoS: 1}); err == nil {
+			att.abort()
+		}
+		fence(t, p.dev(t, 1, acc+"/gw-1"), owner, acc+"/gw-1/snapshots")
+		fence(t, p.dev(t, 1, "pr-site-2/acc/gw-1"), other, "pr-site-2/acc/gw-1/status")
+		owner.never(t, "forged")
+		other.never(t, "forged")
 	}},
 	{"revoked_reconnect", func(t *testing.T, p *probe) {
 		if p.tg.Revoke == nil {

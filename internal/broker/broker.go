@@ -214,7 +214,7 @@ func New(cfg Config) (*Broker, error) {
 		conns:         map[*conn]struct{}{},
 	}
 	b.timersCtx, b.cancelTimers = context.WithCancel(context.Background())
-	st, err := openStore(filepath.Join(cfg.StateDir, "broker.db"), b.log, storeTuning{})
+	st, err := openStore(filepath.Join(cfg.StateDir, "broker.db"), b.log, storeTuning{observe: m.store})
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -15,7 +16,12 @@ const (
 	// checkpointEvery is how often logged mutations are applied to bbolt.
 	// Longer gathers more per bbolt commit, and a delivery acknowledged
 	// within it costs no bbolt write at all (its put and delete cancel);
-	// the log then holds that much more to replay after a crash.
+	// the log then holds that much more to replay after a crash. Measured
+	// both ways (docs/benchmarks.md): at 100 ms, 2–10 % of the log's
+	// fdatasyncs overlap a bbolt commit and are slower (store_seconds
+	// {stage="sync",checkpoint="yes"}); at 1 s, a round applies ten times
+	// as much in one burst (20–56 ms of CPU on one of two cores), which
+	// delayed deliveries more. 100 ms stays.
 	checkpointEvery = 100 * time.Millisecond
 	// checkpointBacklog and checkpointBacklogBytes: a round starts at once
 	// when this many mutations, or bytes of them, wait.
@@ -32,6 +38,10 @@ type checkpointer struct {
 	log   *slog.Logger
 	every time.Duration
 	crash func(step string) // test hook, see wal.crash
+	obs   *storeMetrics     // nil: not measured
+	// rounds counts checkpoint transactions' starts and ends: odd while one
+	// runs (the log's sync is measured against it).
+	rounds atomic.Uint64
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -161,6 +171,14 @@ func (c *checkpointer) loop() {
 
 // apply writes muts to bbolt in one durable transaction with lsn.
 func (c *checkpointer) apply(muts []walMut, lsn uint64) error {
+	c.rounds.Add(1)
+	t0 := time.Now()
+	defer func() {
+		c.rounds.Add(1)
+		if c.obs != nil {
+			c.obs.checkpoint.Observe(time.Since(t0).Seconds())
+		}
+	}()
 	err := c.db.Update(func(tx *bbolt.Tx) error {
 		if err := applyMuts(tx.Bucket([]byte(bucketName)), muts, lsn); err != nil {
 			return err

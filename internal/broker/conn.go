@@ -56,10 +56,13 @@ type conn struct {
 
 	// Inbound QoS 1/2 publishes not yet acknowledged (their
 	// acknowledgement may wait for the journal), and their bytes.
-	inflightIn  atomic.Int32
-	inBytes     atomic.Int64
-	inWake      chan struct{} // signalled when an acknowledgement is sent
-	durableAcks atomic.Int32  // acknowledgements queued behind the journal
+	inflightIn atomic.Int32
+	inBytes    atomic.Int64
+	inWake     chan struct{} // signalled when an acknowledgement is sent
+
+	// Acknowledgements waiting (ackdelay.go), in arrival order.
+	ackMu sync.Mutex
+	acks  []*pendingAck // guarded by ackMu
 
 	logMu  sync.Mutex
 	logCap rateLimit
@@ -712,6 +715,9 @@ func (c *conn) handlePublish(p *packet.Publish) error {
 	c.b.messagesIn.Add(1)
 	now := time.Now()
 	m := newMessage(topic, p.Payload, p.QoS, p.Retain, p.Props, s.key, now)
+	if p.QoS == 1 && !p.Retain {
+		m.acked = newAckTracker() // the PUBACK may go once its persistent deliveries are acknowledged
+	}
 	durable := false
 	if p.Retain {
 		if err := c.b.retained.check(c.id, m); err != nil {
@@ -741,7 +747,7 @@ func (c *conn) handlePublish(p *packet.Publish) error {
 		}
 		s.mu.Unlock()
 	}
-	c.acknowledge(p, packet.Success, durable, size)
+	c.acknowledge(p, packet.Success, durable, size, m.acked)
 	return nil
 }
 
@@ -758,16 +764,17 @@ func (c *conn) refusePublish(p *packet.Publish, reason string, code byte) error 
 		c.terminate(code)
 		return errNotAllowed
 	}
-	c.acknowledge(p, code, false, len(p.Payload))
+	c.acknowledge(p, code, false, len(p.Payload), nil)
 	return nil
 }
 
 // acknowledge sends the PUBACK (QoS 1) or PUBREC (QoS 2) of an inbound
 // publish, after the journal has made durable what it depends on when
-// durable is set. Acknowledgements leave in the order the publishes
-// arrived (MQTT 5 §4.6): once one waits for the journal, the following
-// ones queue behind it, since the journal completes in order.
-func (c *conn) acknowledge(p *packet.Publish, reason byte, durable bool, size int) {
+// durable is set — or, with a tracker, once every persistent delivery of
+// it is acknowledged by its subscriber, if that comes first (ackdelay.go).
+// Acknowledgements leave in the order the publishes arrived (MQTT 5
+// §4.6): once one waits, the following ones queue behind it.
+func (c *conn) acknowledge(p *packet.Publish, reason byte, durable bool, size int, tr *ackTracker) {
 	t := packet.PUBACK
 	if p.QoS == 2 {
 		t = packet.PUBREC
@@ -791,22 +798,7 @@ func (c *conn) acknowledge(p *packet.Publish, reason byte, durable bool, size in
 		delete(s.inQoS2, pid)
 		s.mu.Unlock()
 	}
-	if !durable && c.durableAcks.Load() == 0 {
-		done()
-		return
-	}
-	c.durableAcks.Add(1)
-	c.b.store.afterDurable(func(err error) {
-		defer c.durableAcks.Add(-1)
-		if err != nil {
-			// The message may not survive a crash: do not acknowledge it.
-			// The client resends it after reconnecting.
-			c.b.log.Error("broker store write failed; closing the publisher's connection so it resends", "identity", c.subject.String(), "client", c.clientID, "error", err)
-			c.terminate(packet.UnspecifiedError)
-			return
-		}
-		done()
-	})
+	c.queueAck(done, durable, tr)
 }
 
 // handleSubscribe decides every filter, records the granted ones, answers

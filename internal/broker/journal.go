@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // maxJournalBatch bounds the operations logged in one batch, so a backlog
@@ -28,6 +29,7 @@ type journal struct {
 	log  *slog.Logger
 	wal  *wal
 	ckpt *checkpointer
+	obs  *storeMetrics // nil: not measured
 
 	mu     sync.Mutex
 	queue  []journalOp // guarded by mu
@@ -46,10 +48,11 @@ type journalOp struct {
 	resolve func(dst []walMut) []walMut
 	done    chan error  // nil for fire-and-forget
 	then    func(error) // called once durable (or failed); may be nil
+	at      time.Time   // when a barrier was queued (measured journals only)
 }
 
-func newJournal(w *wal, ckpt *checkpointer, log *slog.Logger) *journal {
-	j := &journal{log: log, wal: w, ckpt: ckpt, wake: make(chan struct{}, 1), done: make(chan struct{})}
+func newJournal(w *wal, ckpt *checkpointer, obs *storeMetrics, log *slog.Logger) *journal {
+	j := &journal{log: log, wal: w, ckpt: ckpt, obs: obs, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go j.loop()
 	return j
 }
@@ -67,7 +70,11 @@ func (j *journal) submit(what string, fn func(dst []walMut) []walMut, wait bool)
 // then queues a barrier whose callback runs, on the journal's goroutine,
 // once everything submitted before it is durable (or failed).
 func (j *journal) then(what string, cb func(error)) {
-	if err := j.enqueue(journalOp{what: what, then: cb}); err != nil {
+	op := journalOp{what: what, then: cb}
+	if j.obs != nil {
+		op.at = time.Now()
+	}
+	if err := j.enqueue(op); err != nil {
 		cb(err)
 	}
 }
@@ -137,6 +144,16 @@ func (j *journal) loop() {
 // checkpointer and completes its ops. An op whose mutations bbolt would
 // refuse fails alone; a failed log write fails the batch.
 func (j *journal) commit(batch []journalOp, muts []walMut, errs []error) ([]walMut, []error) {
+	var taken time.Time
+	if j.obs != nil {
+		taken = time.Now()
+		j.obs.batch.Observe(float64(len(batch)))
+		for _, op := range batch {
+			if !op.at.IsZero() {
+				j.obs.queue.Observe(taken.Sub(op.at).Seconds())
+			}
+		}
+	}
 	for _, op := range batch {
 		var err error
 		if op.resolve != nil {
@@ -154,6 +171,9 @@ func (j *journal) commit(batch []journalOp, muts []walMut, errs []error) ([]walM
 			}
 		}
 		errs = append(errs, err)
+	}
+	if j.obs != nil {
+		j.obs.resolve.Observe(time.Since(taken).Seconds())
 	}
 	var logErr error
 	if len(muts) > 0 { // else only barriers or cancelled writes: what they wait for is durable
@@ -179,6 +199,9 @@ func (j *journal) commit(batch []journalOp, muts []walMut, errs []error) ([]walM
 			err = failed
 		}
 		op.finish(err)
+		if j.obs != nil && !op.at.IsZero() {
+			j.obs.wait.Observe(time.Since(op.at).Seconds())
+		}
 	}
 	return muts, errs
 }

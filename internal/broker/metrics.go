@@ -17,6 +17,7 @@ type metrics struct {
 	messagesOut  *prometheus.CounterVec // qos
 	dropped      *prometheus.CounterVec // reason
 	backpressure *prometheus.CounterVec // publishes held back for a slow subscriber
+	store        *storeMetrics          // storemetrics.go
 
 	in, out [3]prometheus.Counter // by QoS; see resolve
 }
@@ -77,6 +78,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, err
 	}
 	if m.backpressure, err = register(reg, m.backpressure); err != nil {
+		return nil, err
+	}
+	if m.store, err = newStoreMetrics(reg); err != nil {
 		return nil, err
 	}
 	m.resolve()

@@ -64,6 +64,8 @@ type message struct {
 
 	mid  uint64 // storage id while persistent sessions hold it; guarded by store.pmu
 	refs int    // stored deliveries referring to it; guarded by store.pmu
+
+	acked *ackTracker // a QoS 1 publish's persistent deliveries not yet acknowledged; nil if its PUBACK waits for the journal only
 }
 
 func newMessage(topic string, payload []byte, qos byte, retain bool, props packet.Properties, origin string, now time.Time) *message {
@@ -96,6 +98,8 @@ type delivery struct {
 	state  uint8
 	seq    uint64 // order of arrival; storage key of persistent sessions
 	stored bool   // recorded in the store; guarded by store.pmu
+
+	tracked bool // counted in msg.acked until forgotten; guarded by the session's mu
 }
 
 // deliveryQueue is a FIFO of deliveries not yet sent.
@@ -239,6 +243,10 @@ func (s *session) enqueue(m *message, qos byte, retain bool, subIDs []uint32) (p
 	if s.persistent {
 		s.b.store.putDelivery(s, d)
 		persisted = true
+		if m.acked != nil {
+			m.acked.add()
+			d.tracked = true
+		}
 	}
 	s.queue.push(d)
 	s.fill()
@@ -348,6 +356,10 @@ func (s *session) forget(d *delivery) {
 	s.id.queued.Add(-size)
 	if s.persistent {
 		s.b.store.deleteDelivery(s, d)
+	}
+	if d.tracked {
+		d.tracked = false
+		d.msg.acked.done()
 	}
 }
 

@@ -130,9 +130,14 @@ type store struct {
 	nextMID uint64                 // last message id used; guarded by pmu
 }
 
+// pendingPut is a write waiting for the journal. Its record is encoded
+// only when the journal logs it, on the journal's goroutine: not on the
+// publisher's path under pmu (the CBOR of a message and of each delivery
+// was a fifth of the broker's CPU there, docs/benchmarks.md), and not at
+// all if it is replaced or cancelled first.
 type pendingPut struct {
-	data              []byte // guarded by store.pmu
-	applied, canceled bool   // guarded by store.pmu
+	rec               any  // *message or deliveryRecord (see encodePending); guarded by store.pmu
+	applied, canceled bool // guarded by store.pmu
 }
 
 // storeTuning is what tests change; the zero value is production.
@@ -140,6 +145,7 @@ type storeTuning struct {
 	walFileMax      int64             // walFileMax
 	checkpointEvery time.Duration     // checkpointEvery
 	crash           func(step string) // crash tests' hook (wal.crash)
+	observe         *storeMetrics     // the store's latency histograms; nil: not measured
 }
 
 // openStore opens the bbolt state at path and its write-ahead log
@@ -188,8 +194,9 @@ func openStore(path string, log *slog.Logger, tune storeTuning) (*store, error) 
 		return nil, fmt.Errorf("state %s: %w", path, err)
 	}
 	ckpt := newCheckpointer(db, applied, tune.checkpointEvery, tune.crash, log)
-	w.checkpointed = ckpt.waitApplied
-	return &store{log: log, db: db, wal: w, ckpt: ckpt, j: newJournal(w, ckpt, log), pending: map[string]*pendingPut{}}, nil
+	ckpt.obs = tune.observe
+	w.checkpointed, w.obs, w.rounds = ckpt.waitApplied, tune.observe, &ckpt.rounds
+	return &store{log: log, db: db, wal: w, ckpt: ckpt, j: newJournal(w, ckpt, tune.observe, log), pending: map[string]*pendingPut{}}, nil
 }
 
 func (s *store) close() error {
@@ -314,11 +321,7 @@ func (st *store) putDelivery(s *session, d *delivery) {
 	if m.mid == 0 {
 		st.nextMID++
 		m.mid = st.nextMID
-		rec := messageRecord{Publish: messagePublish(m), Origin: m.origin, Created: m.created.UnixMilli()}
-		if !m.expires.IsZero() {
-			rec.Expires = m.expires.UnixMilli()
-		}
-		st.putPendingLocked("put message", midKey(m.mid), rec)
+		st.putPendingLocked("put message", midKey(m.mid), m)
 	}
 	if !d.stored {
 		d.stored = true
@@ -349,30 +352,52 @@ func (st *store) deleteDelivery(s *session, d *delivery) {
 // putPendingLocked queues a write that a later write or delete of the same
 // key may still replace or cancel while it waits for the journal. The
 // caller holds pmu.
-func (st *store) putPendingLocked(what, key string, v any) {
-	data, err := encMode.Marshal(v)
-	if err != nil {
-		st.log.Error("broker store encode failed", "op", what, "error", err)
-		return
-	}
+func (st *store) putPendingLocked(what, key string, rec any) {
 	if pp := st.pending[key]; pp != nil && !pp.applied {
-		pp.data = data // the queued write carries the newest state
+		pp.rec = rec // the queued write carries the newest state
 		return
 	}
-	pp := &pendingPut{data: data}
+	pp := &pendingPut{rec: rec}
 	st.pending[key] = pp
 	_ = st.j.submit(what, func(dst []walMut) []walMut {
 		st.pmu.Lock()
-		defer st.pmu.Unlock()
 		if pp.canceled {
+			st.pmu.Unlock()
+			if st.j.obs != nil {
+				st.j.obs.cancelled.Inc()
+			}
 			return dst
 		}
 		pp.applied = true
 		if st.pending[key] == pp {
 			delete(st.pending, key)
 		}
-		return append(dst, walMut{op: mutPut, key: []byte(key), val: pp.data})
+		rec := pp.rec
+		st.pmu.Unlock()
+		if st.j.obs != nil {
+			st.j.obs.logged.Inc()
+		}
+		data, err := encodePending(rec)
+		if err != nil {
+			st.log.Error("broker store encode failed", "op", what, "error", err)
+			return dst
+		}
+		return append(dst, walMut{op: mutPut, key: []byte(key), val: data})
 	}, false)
+}
+
+// encodePending encodes a pending write's record: a message (read-only
+// once accepted, so it may be read here without its session's lock) as
+// its messageRecord, anything else as itself.
+func encodePending(rec any) ([]byte, error) {
+	if m, ok := rec.(*message); ok {
+		r := messageRecord{Publish: messagePublish(m), Origin: m.origin, Created: m.created.UnixMilli()}
+		if !m.expires.IsZero() {
+			r.Expires = m.expires.UnixMilli()
+		}
+		rec = r
+	}
+	return encMode.Marshal(rec)
 }
 
 // deletePendingLocked cancels a queued write of key, or queues its

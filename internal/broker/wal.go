@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"go.etcd.io/bbolt"
 )
@@ -213,6 +215,10 @@ type wal struct {
 
 	// checkpointed blocks until every record up to lsn is in bbolt.
 	checkpointed func(lsn uint64) error
+	// obs times the writes and syncs (nil: not measured); rounds tells
+	// whether a checkpoint ran during a sync (checkpointer.rounds).
+	obs    *storeMetrics
+	rounds *atomic.Uint64
 	// crash is a test hook: a crash test's child process kills itself at
 	// the named step. Nil in production.
 	crash func(step string)
@@ -317,6 +323,10 @@ func (w *wal) write(muts []walMut) (uint64, error) {
 
 func (w *wal) writeRecords(muts []walMut) (uint64, error) {
 	var last uint64
+	var t0 time.Time
+	if w.obs != nil {
+		t0 = time.Now()
+	}
 	for len(muts) > 0 {
 		// One record: mutations up to walRecordSoft bytes, at least one.
 		n, size := 0, 0
@@ -347,8 +357,22 @@ func (w *wal) writeRecords(muts []walMut) (uint64, error) {
 		muts = muts[n:]
 	}
 	w.hook("log:before-sync")
+	var t1 time.Time
+	var r0 uint64
+	if w.obs != nil {
+		t1 = time.Now()
+		w.obs.write.Observe(t1.Sub(t0).Seconds())
+		r0 = w.rounds.Load()
+	}
 	if err := datasync(w.files[w.cur].f); err != nil {
 		return 0, fmt.Errorf("sync log %s: %w", w.files[w.cur].path, err)
+	}
+	if w.obs != nil {
+		overlap := 0
+		if r1 := w.rounds.Load(); r0%2 == 1 || r1 != r0 {
+			overlap = 1
+		}
+		w.obs.sync[overlap].Observe(time.Since(t1).Seconds())
 	}
 	w.hook("log:after-sync")
 	if cap(w.buf) > 2*walRecordSoft {

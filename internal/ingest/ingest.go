@@ -58,14 +58,33 @@
 //
 // Opening and decoding, ingest's CPU-bound work (ECDH, AES-GCM, ECDSA and
 // the chain check, CBOR), runs on Workers goroutines, independently per
-// message, as soon as a message arrives. One committer takes the opened
-// messages in arrival order in batches (BatchSize, BatchWait), classifies
-// each batch against the chain heads in arrival order (so per-device
-// order and the gap, stale and fork judgement are those of a
-// single-threaded ingest), looks all its ledger leaves up in one query,
-// appends the new ones, and inserts the batch in one transaction. While
-// it commits a batch, the workers open what arrives, up to two batches
-// ahead (TestIngestOpensWhileCommitting).
+// message, as soon as a message arrives (each worker keeps the channel
+// names it decoded: snapshot.Decoder). The committer takes the opened
+// messages in arrival order in batches (BatchSize, BatchWait) and runs
+// them through three stages, one batch each at a time:
+//
+//   - prepare: classify the batch against the chain heads in arrival
+//     order (so per-device order and the gap, stale and fork judgement
+//     are those of a single-threaded ingest). The batch before it may be
+//     storing meanwhile: its staged heads and candidates count as if
+//     stored, and if it does not commit as prepared (a failed attempt, a
+//     fork found at insert) the batch is classified again before it is
+//     stored.
+//   - store: look all the batch's ledger leaves up in one query, append
+//     the new ones, insert the batch in one transaction, record its
+//     events and rejects. With a store that takes concurrent writers
+//     (PostgreSQL: ConcurrentWrites) the lookup and append run in prepare
+//     instead, while the batch before is inserted, as long as that
+//     batch's leaves are in: leaves stay in arrival order. With SQLite
+//     they stay here, on the write transaction's connection.
+//   - ack: acknowledge the stored batch's messages, in arrival order
+//     (paho writes a packet per acknowledgement).
+//
+// A message is acknowledged only after its batch's commit; batches are
+// stored one at a time, in order. While the committer works, the workers
+// open what arrives (TestIngestOpensOnArrival, TestIngestPreparesWhileStoring).
+// fieldtrust_ingest_committer_seconds_total{stage} is the committer's
+// wall time by stage: what its serial path waits for.
 //
 // # Failures
 //

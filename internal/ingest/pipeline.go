@@ -128,6 +128,15 @@ type item struct {
 // batch is what is committed in one go.
 type batch struct {
 	items []*item
+	// prep is the batch's classification, set by the committer before the
+	// store stage takes the batch (nil: classify when storing).
+	prep *prepared
+	// merged is the classification whose heads the batch's commit kept
+	// (nil after a fork found at insert, which drops the cached heads);
+	// headsDone is set once the heads are kept, so a batch prepared later
+	// sees them in the cache.
+	merged    *prepared
+	headsDone atomic.Bool
 	// stored: the snapshots are stored and the classification final;
 	// what is left are events and rejects.
 	stored bool
@@ -177,9 +186,10 @@ func (p *processor) pipeline(ctx, connCtx context.Context, q *queue) {
 	})
 	for range p.cfg.Workers {
 		wg.Go(func() {
+			var dc snapshot.Decoder // the worker's channel names
 			for it := range work {
 				if connCtx.Err() == nil {
-					p.open(ctx, it)
+					p.open(ctx, it, &dc)
 				} else {
 					it.unopened = true // never committed: nextBatch ends first
 				}
@@ -188,24 +198,95 @@ func (p *processor) pipeline(ctx, connCtx context.Context, q *queue) {
 		})
 	}
 	defer wg.Wait()
+	// The committer is three stages: this goroutine takes each batch and
+	// prepares it (classification against the chain heads the batch
+	// before it leaves, and the ledger lookup) while the store stage
+	// writes the batch before it (ledger append, insert, events and
+	// rejects), and the ack stage acknowledges the batches stored (paho
+	// writes a packet per acknowledgement: 256 writes per batch, which
+	// held the store stage up). Batches are stored one at a time, in
+	// order, and a batch is acknowledged only after its own commit.
+	toStore := make(chan *batch)
+	toAck := make(chan *batch, 2)
+	var sg sync.WaitGroup
+	sg.Go(func() {
+		defer close(toAck)
+		p.storeStage(ctx, connCtx, toStore, toAck)
+	})
+	sg.Go(func() { p.ackStage(q, toAck) })
+	defer sg.Wait()
+	defer close(toStore)
+	var prev *batch        // the batch handed to the store stage last
+	var prevPrep *prepared // its classification (the store stage owns prev.prep)
+	prevAppended := true   // its new leaves were in the ledger when handed over
 	for {
 		b := p.nextBatch(connCtx, order)
 		if b == nil {
-			break
+			return
+		}
+		// A batch that cannot be prepared now is prepared again by the
+		// store stage, in order (its error is that stage's to retry).
+		// With a store that takes concurrent writers, the batch's new
+		// leaves are appended now, while the one before is inserted, if
+		// that one's leaves are in the ledger already: leaves stay in
+		// arrival order.
+		ahead := p.appendAhead && (prevAppended || prev.headsDone.Load())
+		if err := p.prepare(ctx, b, prev, prevPrep, ahead); err != nil {
+			b.prep = nil
+		}
+		t, pr := time.Now(), b.prep
+		appended := pr != nil && pr.appended
+		select {
+		case toStore <- b:
+			prev, prevPrep, prevAppended = b, pr, appended
+			p.m.stage(stageHandoff, t)
+		case <-connCtx.Done():
+			return
+		}
+	}
+	// What is left is not acknowledged on this connection (the broker
+	// redelivers it); the feeder and the workers end with connCtx.
+}
+
+// storeStage stores the prepared batches in order, and acknowledges each
+// once its outcome is durable. A batch prepared against the chain heads
+// of a batch before it that did not commit as prepared (a failed attempt,
+// a fork found at insert) is classified again.
+func (p *processor) storeStage(ctx, connCtx context.Context, in <-chan *batch, acks chan<- *batch) {
+	var prev *batch
+	t := time.Now()
+	for b := range in {
+		p.m.stage(stageStoreWait, t)
+		if prev != nil && b.prep != nil && !b.prep.sawDone && (b.prep.afterID == 0 || prev.merged == nil || b.prep.afterID != prev.merged.id) {
+			// Prepared against heads the batch before did not keep.
+			b.prep = nil
 		}
 		if !p.commitWithRetry(ctx, connCtx, b) {
-			break
+			for range in { // the committer stops with connCtx
+			}
+			return
 		}
+		t = time.Now()
 		p.committed(b)
+		t = p.m.stage(stageCommitted, t)
+		acks <- b // the ack stage never waits for anything but paho
+		t = p.m.stage(stageAckHandoff, t)
+		prev = b
+	}
+}
+
+// ackStage acknowledges the stored batches, in order.
+func (p *processor) ackStage(q *queue, in <-chan *batch) {
+	for b := range in {
+		t := time.Now()
 		for _, it := range b.items {
 			if !it.held { // held: the broker delivers it again
 				it.msg.ack() // a no-op for QoS 0, and on a lost connection (the broker redelivers)
 			}
 		}
 		q.done(len(b.items))
+		p.m.stage(stageAck, t)
 	}
-	// What is left is not acknowledged on this connection (the broker
-	// redelivers it); the feeder and the workers end with connCtx.
 }
 
 // nextBatch takes up to BatchSize opened messages in arrival order,
@@ -228,6 +309,7 @@ func (p *processor) nextBatch(connCtx context.Context, order <-chan *item) *batc
 		items = append(items, it)
 		return true
 	}
+	t := time.Now()
 	select {
 	case it, ok := <-order:
 		if !take(it, ok) {
@@ -236,6 +318,8 @@ func (p *processor) nextBatch(connCtx context.Context, order <-chan *item) *batc
 	case <-connCtx.Done():
 		return nil
 	}
+	t = p.m.stage(stageIdle, t)
+	defer p.m.stage(stageWait, t)
 	timer := time.NewTimer(p.cfg.BatchWait)
 	defer timer.Stop()
 	for len(items) < p.cfg.BatchSize {
@@ -271,7 +355,7 @@ func (p *processor) committed(b *batch) {
 
 // open is the per-message work that needs no state: topic, envelope,
 // signer, snapshot decoding.
-func (p *processor) open(ctx context.Context, it *item) {
+func (p *processor) open(ctx context.Context, it *item, dc *snapshot.Decoder) {
 	reject := func(reason, gw string, err error) { it.rerr = &rejectErr{reason, gw, err} }
 	gw, err := gatewayOf(it.msg.topic)
 	if err != nil {
@@ -288,7 +372,7 @@ func (p *processor) open(ctx context.Context, it *item) {
 		reject(ReasonWrongDevice, gw, fmt.Errorf("signed by %q but published on %s's topic", opened.Signer, gw))
 		return
 	}
-	s, err := snapshot.Decode(opened.Content)
+	s, err := dc.Decode(opened.Content)
 	if err != nil {
 		reject(ReasonMalformedSnapshot, gw, err)
 		return
@@ -330,22 +414,38 @@ type deviceKey struct{ gateway, device string }
 
 // processor holds what lives across batches and connections: the chain
 // heads (a cache of the store's), the reject budgets and the metrics. It
-// is used by one committer at a time.
+// is used by one committer at a time, whose two stages share the heads
+// (headsMu): the stage that prepares a batch reads them while the one
+// that stores the batch before it moves them.
 type processor struct {
-	cfg     Config
-	log     *slog.Logger
-	m       *metrics
-	heads   map[deviceKey]*snapshot.Head
-	budget  *rejectBudget
-	dropLog sync.Once
+	cfg      Config
+	log      *slog.Logger
+	m        *metrics
+	headsMu  sync.Mutex
+	heads    map[deviceKey]*snapshot.Head
+	headsGen uint64 // counts clearHeads: a head read before is not cached
+	budget   *rejectBudget
+	dropLog  sync.Once
+	// appendAhead: the store takes concurrent writers (ConcurrentWrites),
+	// so a batch's ledger append may run while the batch before it is
+	// inserted.
+	appendAhead bool
+	preps       atomic.Uint64 // numbers the classifications (prepared.id)
 	// holdUntil ends the current connection's Config.HoldGaps; set by
 	// the connection before its pipeline runs, read by its committer.
 	holdUntil time.Time
 }
 
+// ConcurrentWrites is what a Store implements that runs write
+// transactions concurrently (PostgreSQL; SQLite has one writer, where a
+// second waits for the first's lock).
+type ConcurrentWrites interface{ ConcurrentWrites() bool }
+
 func newProcessor(cfg Config) *processor {
+	cw, ok := cfg.Store.(ConcurrentWrites)
 	return &processor{
-		cfg: cfg, log: cfg.Logger, m: newMetrics(cfg.Registerer, cfg.Status),
+		appendAhead: ok && cw.ConcurrentWrites(),
+		cfg:         cfg, log: cfg.Logger, m: newMetrics(cfg.Registerer, cfg.Status),
 		heads:  map[deviceKey]*snapshot.Head{},
 		budget: newRejectBudget(cfg.RejectBurst, cfg.RejectEvery),
 	}
@@ -358,6 +458,7 @@ func (p *processor) commit(ctx context.Context, b *batch) error {
 	if err := p.storeSnapshots(ctx, b); err != nil {
 		return err
 	}
+	defer p.m.stage(stageRecord, time.Now())
 	now := p.cfg.Now()
 	recorded := false
 	for _, it := range b.items {
@@ -403,47 +504,113 @@ func (p *processor) commit(ctx context.Context, b *batch) error {
 	return nil
 }
 
-// storeSnapshots classifies the batch's messages that are not yet
-// classified, records the new snapshots in the ledger and stores them, in
-// one transaction. Until it succeeds its classification does not count:
-// the chain heads it moves are staged and kept only then, and a retry
-// classifies again.
-func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
-	if b.stored {
-		return nil
+// prepared is a batch's classification, before it is stored: the chain
+// heads it moves (staged), its candidates to store and the ledger
+// indexes of those already in the log.
+type prepared struct {
+	staged  map[deviceKey]*snapshot.Head
+	inBatch map[snapshotKey]bool // the candidates
+	cands   []*item
+	found   map[string]uint64
+	// appended: the candidates' ledger indexes are set (the new leaves
+	// appended).
+	appended bool
+	// id names the classification (processor.preps). after is the
+	// classification of the batch before, which was not stored yet when
+	// this one was prepared, while it is prepared (then nil: a chain of
+	// them would keep every batch); afterID names it. sawDone: the batch
+	// before was stored, and its heads were in the cache.
+	id, afterID uint64
+	after       *prepared
+	sawDone     bool
+}
+
+// headOf is the chain head of a device as the batch sees it: moved by
+// the batch itself, by the batch before it, or the stored (cached) one.
+func (p *processor) headOf(ctx context.Context, pr *prepared, key deviceKey) (*snapshot.Head, error) {
+	if h := pr.staged[key]; h != nil {
+		return h, nil
 	}
-	staged := map[deviceKey]*snapshot.Head{}
-	inBatch := map[snapshotKey]bool{} // the batch's candidates so far
-	var cands []*item
+	if pr.after != nil {
+		if h := pr.after.staged[key]; h != nil {
+			return h, nil
+		}
+	}
+	return p.head(ctx, key)
+}
+
+// candidate reports whether a snapshot is to be stored by the batch or
+// by the one before it (the store does not have it yet).
+func (pr *prepared) candidate(k snapshotKey) bool {
+	return pr.inBatch[k] || (pr.after != nil && pr.after.inBatch[k])
+}
+
+// prepare classifies the batch's messages that are not yet classified
+// and looks their ledger leaves up. prev is the batch before it, which may
+// be committing meanwhile (prevPrep its classification): its staged heads
+// and candidates count as if stored. The classification counts only once
+// the batch is stored.
+//
+// If ledgerAhead, it also looks the batch's leaves up in the ledger and
+// appends the new ones. Otherwise the store stage does, on the connection
+// of its write transaction: with SQLite, whose page cache is per
+// connection and dropped when another connection commits, a lookup on a
+// second connection read the index pages again for every batch.
+func (p *processor) prepare(ctx context.Context, b, prev *batch, prevPrep *prepared, ledgerAhead bool) error {
+	pr := &prepared{staged: map[deviceKey]*snapshot.Head{}, inBatch: map[snapshotKey]bool{}, id: p.preps.Add(1)}
+	switch {
+	case prev == nil:
+		pr.sawDone = true // the store stage has nothing before it
+	case prev.headsDone.Load():
+		pr.sawDone = true
+	case prevPrep != nil: // else it could not be prepared: then this is never valid
+		pr.after, pr.afterID = prevPrep, prevPrep.id
+	}
+	defer func() { pr.after = nil }()
+	b.prep = pr
+	t := time.Now()
 	for _, it := range b.items {
 		if it.stored || it.snap == nil {
 			continue // stored by an earlier attempt, or rejected before classification
 		}
 		it.rec, it.dup, it.rerr, it.events, it.held = nil, false, nil, nil, false
-		if err := p.classify(ctx, it, staged, inBatch); err != nil {
+		if err := p.classify(ctx, it, pr); err != nil {
 			return err
 		}
 		if it.rec != nil {
-			cands = append(cands, it)
+			pr.cands = append(pr.cands, it)
 		}
 	}
-	if len(cands) == 0 {
-		b.stored = true
+	p.m.stage(stageClassify, t)
+	if ledgerAhead {
+		return p.ledger(ctx, pr)
+	}
+	return nil
+}
+
+// ledger looks the candidates' leaves up in the ledger, appends those
+// that are not in it yet, and sets every candidate's ledger index.
+func (p *processor) ledger(ctx context.Context, pr *prepared) error {
+	if len(pr.cands) == 0 {
+		pr.appended = true
 		return nil
 	}
 	// Ledger first, idempotently: a redelivered snapshot finds its leaf.
-	leaves := make([][]byte, len(cands))
-	for i, it := range cands {
+	t := time.Now()
+	leaves := make([][]byte, len(pr.cands))
+	for i, it := range pr.cands {
 		leaves[i] = it.leaf
 	}
 	found, err := p.cfg.Ledger.FindAll(ctx, leaves)
+	t = p.m.stage(stageLedgerLookup, t)
 	if err != nil {
 		return fmt.Errorf("ledger lookup: %w", err)
 	}
+	pr.found = found
 	var fresh [][]byte
 	var freshItems []*item
-	for _, it := range cands {
-		if idx, ok := found[string(it.leaf)]; ok {
+	for _, it := range pr.cands {
+		if idx, ok := pr.found[string(it.leaf)]; ok {
 			it.rec.LedgerIndex = idx
 		} else {
 			fresh = append(fresh, it.leaf)
@@ -451,41 +618,81 @@ func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
 		}
 	}
 	if len(fresh) > 0 {
-		first, _, _, err := p.cfg.Ledger.Append(ctx, fresh)
+		at, _, _, err := p.cfg.Ledger.Append(ctx, fresh)
+		p.m.stage(stageLedgerAppend, t)
 		if err != nil {
 			return fmt.Errorf("ledger append: %w", err)
 		}
 		for k, it := range freshItems {
-			it.rec.LedgerIndex = first + uint64(k)
+			it.rec.LedgerIndex = at + uint64(k)
 		}
 	}
-	recs := make([]store.SnapshotRecord, len(cands))
-	for i, it := range cands {
+	pr.appended = true
+	return nil
+}
+
+// storeSnapshots records the batch's new snapshots in the ledger and
+// stores them, in one transaction, classifying the batch first unless it
+// was prepared. Until it succeeds its classification does not count: the
+// chain heads it moves are staged and kept only then, and a retry
+// classifies again.
+func (p *processor) storeSnapshots(ctx context.Context, b *batch) error {
+	if b.stored {
+		return nil
+	}
+	pr := b.prep
+	b.prep = nil // a retry classifies again
+	if pr == nil {
+		if err := p.prepare(ctx, b, nil, nil, false); err != nil {
+			return err
+		}
+		pr, b.prep = b.prep, nil
+	}
+	if len(pr.cands) == 0 {
+		p.keep(b, pr)
+		return nil
+	}
+	if !pr.appended {
+		if err := p.ledger(ctx, pr); err != nil {
+			return err
+		}
+	}
+	t := time.Now()
+	recs := make([]store.SnapshotRecord, len(pr.cands))
+	for i, it := range pr.cands {
 		recs[i] = *it.rec
 	}
-	_, err = p.cfg.Store.InsertSnapshots(ctx, recs)
+	_, err := p.cfg.Store.InsertSnapshots(ctx, recs)
+	p.m.stage(stageInsert, t)
 	if errors.Is(err, store.ErrExists) {
 		// Some snapshot conflicts with a stored one of the same seq (a
 		// fork the chain check could not see, e.g. below the head): store
 		// the rest one by one and reject the conflicting ones.
-		clear(p.heads)
-		if err := p.insertEach(ctx, cands); err != nil {
+		p.clearHeads()
+		if err := p.insertEach(ctx, pr.cands); err != nil {
 			return err
 		}
-		b.stored = true
+		p.keep(b, nil)
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("store snapshots: %w", err)
 	}
-	for _, it := range cands {
+	for _, it := range pr.cands {
 		it.stored = true
 	}
-	for k, h := range staged {
-		p.heads[k] = h
-	}
-	b.stored = true
+	p.keep(b, pr)
 	return nil
+}
+
+// keep ends a batch's storing: the heads its classification moved are
+// cached (pr nil: the cache was dropped instead).
+func (p *processor) keep(b *batch, pr *prepared) {
+	if pr != nil {
+		p.mergeHeads(pr.staged)
+	}
+	b.stored, b.merged = true, pr
+	b.headsDone.Store(true)
 }
 
 // insertEach stores candidates one by one; one that conflicts with a
@@ -514,17 +721,15 @@ func (p *processor) insertEach(ctx context.Context, cands []*item) error {
 
 // classify relates a decoded snapshot to its device's chain: it becomes a
 // candidate to store (it.rec), a redelivery (it.dup) or a fork reject, with
-// the integrity events to record. inBatch holds the candidates classified
-// before it in the same batch, which the store does not have yet.
-func (p *processor) classify(ctx context.Context, it *item, staged map[deviceKey]*snapshot.Head, inBatch map[snapshotKey]bool) error {
+// the integrity events to record. pr holds the candidates classified
+// before it in the same batch and the one before, which the store does
+// not have yet.
+func (p *processor) classify(ctx context.Context, it *item, pr *prepared) error {
 	s, gw, hash := it.snap, it.gw, it.hash
 	key := deviceKey{gw, s.Device}
-	head := staged[key]
-	if head == nil {
-		var err error
-		if head, err = p.head(ctx, key); err != nil {
-			return err
-		}
+	head, err := p.headOf(ctx, pr, key)
+	if err != nil {
+		return err
 	}
 	now := p.cfg.Now()
 	event := func(kind string, expected uint64, detail string) {
@@ -556,7 +761,7 @@ func (p *processor) classify(ctx context.Context, it *item, staged map[deviceKey
 		// Below the head: a redelivery of a stored snapshot, or a late one
 		// that fills a gap (a conflicting one fails at insert: a fork).
 		// The original may be earlier in this very batch.
-		if inBatch[snapshotKey{gw, hash}] {
+		if pr.candidate(snapshotKey{gw, hash}) {
 			it.dup = true
 			return nil
 		}
@@ -569,7 +774,7 @@ func (p *processor) classify(ctx context.Context, it *item, staged map[deviceKey
 		event(store.EventStale, expectedAfter(head), "arrived after a later snapshot")
 	}
 	if link != snapshot.LinkStale {
-		staged[key] = &snapshot.Head{Seq: s.Seq, Hash: hash}
+		pr.staged[key] = &snapshot.Head{Seq: s.Seq, Hash: hash}
 	}
 	it.rec = &store.SnapshotRecord{
 		Gateway: gw, Device: s.Device, DeviceType: s.DeviceType, Seq: s.Seq, Time: s.Time(),
@@ -577,7 +782,7 @@ func (p *processor) classify(ctx context.Context, it *item, staged map[deviceKey
 		Signer: it.signer, SignedAt: it.signedAt, ReceivedAt: it.msg.at,
 	}
 	it.leaf = ledger.LeafData(gw, hash)
-	inBatch[snapshotKey{gw, hash}] = true
+	pr.inBatch[snapshotKey{gw, hash}] = true
 	return nil
 }
 
@@ -595,8 +800,13 @@ func expectedAfter(h *snapshot.Head) uint64 {
 	return h.Seq + 1
 }
 
+// head is a device's stored chain head, through the cache.
 func (p *processor) head(ctx context.Context, key deviceKey) (*snapshot.Head, error) {
-	if h, ok := p.heads[key]; ok {
+	p.headsMu.Lock()
+	h, ok := p.heads[key]
+	gen := p.headsGen
+	p.headsMu.Unlock()
+	if ok {
 		return h, nil
 	}
 	seq, hash, err := p.cfg.Store.DeviceHead(ctx, key.gateway, key.device)
@@ -606,10 +816,31 @@ func (p *processor) head(ctx context.Context, key deviceKey) (*snapshot.Head, er
 	if err != nil {
 		return nil, fmt.Errorf("device head: %w", err)
 	}
-	h := &snapshot.Head{Seq: seq}
+	h = &snapshot.Head{Seq: seq}
 	copy(h.Hash[:], hash)
-	p.heads[key] = h
+	p.headsMu.Lock()
+	if _, moved := p.heads[key]; !moved && gen == p.headsGen {
+		p.heads[key] = h
+	}
+	p.headsMu.Unlock()
 	return h, nil
+}
+
+// mergeHeads keeps the chain heads a stored batch moved.
+func (p *processor) mergeHeads(staged map[deviceKey]*snapshot.Head) {
+	p.headsMu.Lock()
+	defer p.headsMu.Unlock()
+	for k, h := range staged {
+		p.heads[k] = h
+	}
+}
+
+// clearHeads forgets the cached heads: the store is the truth again.
+func (p *processor) clearHeads() {
+	p.headsMu.Lock()
+	defer p.headsMu.Unlock()
+	clear(p.heads)
+	p.headsGen++
 }
 
 // rejectErr carries a reject's reason.
@@ -674,6 +905,36 @@ func gatewayOf(t string) (string, error) { return topic.ParseChannel(t, topic.Sn
 type metrics struct {
 	received, accepted, duplicates, dropped, batchFailures, held prometheus.Counter
 	rejected, events                                             *prometheus.CounterVec
+	// stages is the committer's wall time by stage (stageWait …), the
+	// view that shows what its serial path waits for.
+	stages *prometheus.CounterVec
+	stageC [numStages]prometheus.Counter
+}
+
+// The committer's stages, in the order of a batch.
+const (
+	stageIdle         = iota // for a batch's first message (to arrive and be opened)
+	stageWait                // for the rest of the batch's messages
+	stageClassify            // against the chain heads (device head and stale lookups)
+	stageLedgerLookup        // FindAll
+	stageHandoff             // for the store stage to take the prepared batch
+	stageStoreWait           // the store stage, for the next prepared batch
+	stageLedgerAppend        // Append
+	stageInsert              // InsertSnapshots
+	stageRecord              // integrity events, rejects, summaries
+	stageCommitted           // Config.Committed
+	stageAckHandoff          // for the ack stage to take the batch
+	stageAck                 // the ack stage: acknowledgements
+	numStages
+)
+
+var stageNames = [numStages]string{"idle", "wait", "classify", "ledger_lookup", "handoff", "store_wait", "ledger_append", "insert", "record", "committed", "ack_handoff", "ack"}
+
+// stage adds the time since start to the stage's counter and returns now.
+func (m *metrics) stage(s int, start time.Time) time.Time {
+	now := time.Now()
+	m.stageC[s].Add(now.Sub(start).Seconds())
+	return now
 }
 
 func newMetrics(reg prometheus.Registerer, st *Status) *metrics {
@@ -689,7 +950,14 @@ func newMetrics(reg prometheus.Registerer, st *Status) *metrics {
 		held:          counter("gaps_held_total", "Snapshots that would open a gap, left unacknowledged for redelivery (Config.HoldGaps)."),
 		rejected:      prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "rejects_total", Help: "Messages rejected, by reason."}, []string{"reason"}),
 		events:        prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "integrity_events_total", Help: "Hash-chain integrity events, by kind."}, []string{"kind"}),
+		stages: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "committer_seconds_total",
+			Help: "Wall time of ingest's committer, by stage: the preparing stage waits for a batch's first opened message (idle) and the rest (wait), classifies (classify), looks the ledger up (ledger_lookup) and hands the batch over (handoff); the store stage waits for it (store_wait), appends to the ledger (ledger_append), inserts (insert), records events and rejects (record), runs the rules' hook (committed) and hands the batch to the ack stage (ack_handoff), which acknowledges it (ack)."}, []string{"stage"}),
 	}
+	defer func() {
+		for i, n := range stageNames {
+			m.stageC[i] = m.stages.WithLabelValues(n)
+		}
+	}()
 	lag := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "fieldtrust", Subsystem: "ingest", Name: "lag_seconds",
 		Help: "Age of the oldest snapshot message received and not yet acknowledged (0 when none)."},
 		func() float64 { return st.Health().Lag.Seconds() })
@@ -716,6 +984,7 @@ func newMetrics(reg prometheus.Registerer, st *Status) *metrics {
 	m.batchFailures = register(m.batchFailures).(prometheus.Counter)
 	m.rejected = register(m.rejected).(*prometheus.CounterVec)
 	m.events = register(m.events).(*prometheus.CounterVec)
+	m.stages = register(m.stages).(*prometheus.CounterVec)
 	register(lag)
 	return m
 }

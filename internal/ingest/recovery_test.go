@@ -34,14 +34,54 @@ type failing struct {
 	*sqlite.Store
 	inserts, appends atomic.Bool
 	failed           atomic.Int64 // calls failed on purpose
+	// hold, if set, makes InsertSnapshots wait until it is closed (after
+	// telling holding); failNext makes that many inserts fail first.
+	hold        chan struct{}
+	holding     chan struct{}
+	failNext    atomic.Int64
+	lookups     atomic.Int64 // LedgerLeafIndexes calls (a batch's ledger lookup)
+	callsMu     sync.Mutex
+	headLookups []string // the devices of DeviceHead calls
 }
 
 func (f *failing) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord) ([]bool, error) {
-	if f.inserts.Load() {
+	if f.hold != nil {
+		select {
+		case f.holding <- struct{}{}:
+		default:
+		}
+		<-f.hold
+	}
+	if f.inserts.Load() || f.failNext.Add(-1) >= 0 {
 		f.failed.Add(1)
 		return nil, errors.New("store failing on purpose")
 	}
 	return f.Store.InsertSnapshots(ctx, recs)
+}
+
+func (f *failing) DeviceHead(ctx context.Context, gateway, device string) (uint64, []byte, error) {
+	f.callsMu.Lock()
+	f.headLookups = append(f.headLookups, device)
+	f.callsMu.Unlock()
+	return f.Store.DeviceHead(ctx, gateway, device)
+}
+
+// headLookupsOf counts the DeviceHead calls for a device.
+func (f *failing) headLookupsOf(device string) int {
+	f.callsMu.Lock()
+	defer f.callsMu.Unlock()
+	n := 0
+	for _, d := range f.headLookups {
+		if d == device {
+			n++
+		}
+	}
+	return n
+}
+
+func (f *failing) LedgerLeafIndexes(ctx context.Context, hashes [][]byte) (map[string]uint64, error) {
+	f.lookups.Add(1)
+	return f.Store.LedgerLeafIndexes(ctx, hashes)
 }
 
 func (f *failing) AppendLedger(ctx context.Context, start uint64, leaves [][]byte, nodes []store.LedgerNode) error {

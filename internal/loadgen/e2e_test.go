@@ -292,6 +292,13 @@ func TestEndToEnd(t *testing.T) {
 		stored, total, elapsed.Round(time.Millisecond), pubTime.Round(time.Millisecond), snapRate, snapRate*float64(shape.Channels),
 		delta(loadgen.MetricReceived), delta(loadgen.MetricDuplicates), delta(loadgen.MetricRejects), delta(loadgen.MetricEvents),
 		delta(loadgen.MetricBrokerIn), delta(loadgen.MetricBrokerOut), rssKiB("VmHWM")/1024, rssBefore/1024)
+	// Where ingest's one committer spent its wall time (the serial path).
+	var stages []string
+	for _, st := range []string{"idle", "wait", "classify", "ledger_lookup", "handoff", "store_wait", "ledger_append", "insert", "record", "committed", "ack_handoff", "ack"} {
+		d := delta(`fieldtrust_ingest_committer_seconds_total{stage="` + st + `"}`)
+		stages = append(stages, fmt.Sprintf("%s %.1f s (%.0f µs per snapshot)", st, d, d*1e6/stored))
+	}
+	t.Logf("committer: %s", strings.Join(stages, ", "))
 	// The machine is shared: the CPU the process used (platform, and the
 	// publishers unless they had their own process) bounds the wall time
 	// on GOMAXPROCS idle cores.

@@ -27,7 +27,9 @@ func (l Latencies) Quantile(q float64) time.Duration {
 func Ms(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 1, 64) }
 
 // Metrics is a Prometheus text exposition reduced to sums per metric
-// name (labels summed over), e.g. "fieldtrust_ingest_rejects_total".
+// name (labels summed over), e.g. "fieldtrust_ingest_rejects_total",
+// and each labelled series as written, e.g.
+// `fieldtrust_ingest_committer_seconds_total{stage="insert"}`.
 type Metrics map[string]float64
 
 // ParseMetrics reads the Prometheus text format.
@@ -45,12 +47,13 @@ func ParseMetrics(r io.Reader) (Metrics, error) {
 			continue
 		}
 		name := line[:sp]
-		if i := strings.IndexByte(name, '{'); i >= 0 {
-			name = name[:i]
-		}
 		v, err := strconv.ParseFloat(line[sp+1:], 64)
 		if err != nil {
 			continue
+		}
+		if i := strings.IndexByte(name, '{'); i >= 0 {
+			m[name] += v
+			name = name[:i]
 		}
 		m[name] += v
 	}

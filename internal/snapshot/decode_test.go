@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/fxamacker/cbor/v2"
 )
@@ -266,4 +267,99 @@ func BenchmarkDecodeReflect(b *testing.B) {
 			}
 		})
 	}
+}
+
+// workloadSnapshot is a snapshot of the benchmark workload's shape.
+func workloadSnapshot(tb testing.TB, seq int64, names func(i int) string) []byte {
+	tb.Helper()
+	vals := make([]Value, 340)
+	for i := range vals {
+		vals[i] = Value{Channel: names(i), Value: float64(i) / 3, Unit: []string{"Cel", "bar", "V"}[i%3], Group: fmt.Sprintf("group-%02d", i%12)}
+	}
+	enc, _, err := (&Builder{Device: "dev-1", DeviceType: "bench"}).Next(seq, vals)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return enc
+}
+
+// TestDecoderSharesChannelNames: a Decoder makes a snapshot's channel
+// names once and shares them with the snapshots after (before, each
+// decode made a string per value); the result is Decode's.
+func TestDecoderSharesChannelNames(t *testing.T) {
+	enc := workloadSnapshot(t, 1, func(i int) string { return fmt.Sprintf("ch-%03d", i) })
+	var dc Decoder
+	first, err := dc.Decode(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allocs := testing.AllocsPerRun(20, func() {
+		s, err := dc.Decode(enc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if unsafe.StringData(s.Values[7].Channel) != unsafe.StringData(first.Values[7].Channel) {
+			t.Fatal("a channel name was made again")
+		}
+	})
+	if allocs > 40 {
+		t.Errorf("Decoder.Decode of 340 known channels made %.0f allocations; want at most 40", allocs)
+	}
+	want, err := Decode(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := dc.Decode(enc); !reflect.DeepEqual(got, want) {
+		t.Fatalf("Decoder.Decode = %+v, Decode = %+v", got, want)
+	}
+}
+
+// TestDecoderCacheIsBounded: snapshots with ever new channel names (what
+// a hostile gateway can send) fill a Decoder's cache only up to its
+// bound, and names longer than MaxCachedName are not kept; beyond the
+// bound decoding still works, making the names as Decode does.
+func TestDecoderCacheIsBounded(t *testing.T) {
+	var dc Decoder
+	for n := 0; n*340 < 2*MaxCachedNames; n++ {
+		enc := workloadSnapshot(t, int64(n), func(i int) string { return fmt.Sprintf("n%d-c%d", n, i) })
+		s, err := dc.Decode(enc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("n%d-c%d", n, 339); s.Values[339].Channel != want {
+			t.Fatalf("channel %q, want %q", s.Values[339].Channel, want)
+		}
+	}
+	if len(dc.names) != MaxCachedNames {
+		t.Errorf("%d names cached, want the bound %d", len(dc.names), MaxCachedNames)
+	}
+	// A name too long to be valid (the decoder reads it before Validate
+	// refuses it) is not kept, even with room in the cache.
+	dc = Decoder{}
+	if long := strings.Repeat("x", MaxCachedName+1); dc.name([]byte(long)) != long || len(dc.names) != 0 {
+		t.Errorf("a name of %d bytes is cached (at most %d)", MaxCachedName+1, MaxCachedName)
+	}
+}
+
+// FuzzDecoderMatchesDecode: a Decoder that has decoded other snapshots
+// before (its cache warm) accepts and returns exactly what Decode does.
+func FuzzDecoderMatchesDecode(f *testing.F) {
+	seeds := decodeSeeds(f)
+	for _, s := range seeds {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var dc Decoder
+		for _, s := range seeds {
+			dc.Decode(s) // some seeds are malformed on purpose
+		}
+		got, err := dc.Decode(data)
+		want, wantErr := Decode(data)
+		if (err == nil) != (wantErr == nil) || (err != nil && err.Error() != wantErr.Error()) {
+			t.Fatalf("%x: Decoder err = %v, Decode err = %v", data, err, wantErr)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("%x: Decoder = %+v, Decode = %+v", data, got, want)
+		}
+	})
 }

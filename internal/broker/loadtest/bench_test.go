@@ -7,9 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,12 +41,14 @@ func benchEnv(t *testing.T, name string, def int) int {
 // (FIELDTRUST_BROKER_BENCH_*): PUBLISHERS, SUBSCRIBERS, MESSAGES_QOS0 and
 // MESSAGES_QOS1 (per publisher; QoS 2 uses the QoS 1 count), WINDOW,
 // PACED_PERCENT (paced rate as a percentage of the slower broker's
-// measured throughput), PACED_SECONDS, FANOUT (subscribers of the fan-out
+// measured throughput), PACED_RATE (publishes per second instead, the same
+// in every scenario), PACED_SECONDS, FANOUT (subscribers of the fan-out
 // case), RESUME (messages per publisher queued across a restart), IDLE
 // (connections), READERS (our broker's reader model: parked or
-// goroutine), ONLY (a substring: run only matching scenarios), OUT
+// goroutine), ONLY (a regular expression: run only matching scenarios), OUT
 // (file for the markdown tables), PROFILES (directory for brokerd CPU
-// profiles). It never checks timings: it reports them.
+// profiles), BASE (a brokerd binary of another version, run after ours in
+// each scenario; before it with BASE_FIRST=1). It never checks timings: it reports them.
 func TestBrokerBench(t *testing.T) {
 	if os.Getenv("FIELDTRUST_BROKER_BENCH") == "" {
 		t.Skip("set FIELDTRUST_BROKER_BENCH=1 (see scripts/bench-broker.sh)")
@@ -91,15 +95,28 @@ func TestBrokerBench(t *testing.T) {
 	resume := benchEnv(t, "RESUME", 200)
 	idleN := benchEnv(t, "IDLE", 10_000)
 	only := os.Getenv("FIELDTRUST_BROKER_BENCH_ONLY")
+	onlyRE, err := regexp.Compile(only)
+	if err != nil {
+		t.Fatalf("FIELDTRUST_BROKER_BENCH_ONLY=%q: want a regular expression: %v", only, err)
+	}
+	pacedRate := benchEnv(t, "PACED_RATE", 0)
 
 	const (
 		ours      = "fieldtrust"
+		baseName  = "fieldtrust (base)"
 		mosquitto = "mosquitto"
 		persist   = "mosquitto (persistence true)"
 	)
+	// BASE: another build of brokerd (e.g. of main) run right after ours
+	// in every scenario, to compare two versions in one run.
+	baseBin := os.Getenv("FIELDTRUST_BROKER_BENCH_BASE")
 	n := 0
 	start := func(name, tag string) *Broker {
 		t.Helper()
+		// The previous broker's writes (a persistent run writes hundreds
+		// of MiB) would otherwise be flushed by the kernel during this
+		// one's run and stall its fdatasyncs: each starts on a clean disk.
+		syscall.Sync()
 		n++
 		d := filepath.Join(dir, fmt.Sprintf("%s-%d", tag, n))
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -109,7 +126,13 @@ func TestBrokerBench(t *testing.T) {
 		var err error
 		switch name {
 		case ours:
-			b, err = StartFieldtrust(ctx, bin, p, d, profile(tag), readerArgs(t, "FIELDTRUST_BROKER_BENCH_READERS")...)
+			// -debug-addr: the paced runs' stage histograms (StageTable).
+			b, err = StartFieldtrust(ctx, bin, p, d, profile(tag), append([]string{"-debug-addr", "127.0.0.1:0"}, readerArgs(t, "FIELDTRUST_BROKER_BENCH_READERS")...)...)
+		case baseName:
+			// Profiled like ours (the profiler's cost on both).
+			if b, err = StartFieldtrust(ctx, baseBin, p, d, profile(tag+"-base"), "-debug-addr", "127.0.0.1:0"); err == nil {
+				b.Name = baseName
+			}
 		case mosquitto:
 			b, err = StartMosquitto(ctx, mosq, p, d, MosquittoOptions{})
 		default:
@@ -146,9 +169,18 @@ func TestBrokerBench(t *testing.T) {
 		{"QoS 1, persistent sessions resumed after a restart", "resume", with(func(w *Workload) { w.QoS, w.Messages = 1, resume }), []string{ours, persist}, false, true},
 	}
 	var scenarios []Scenario
+	var stages []string  // attribution tables of our broker's paced runs
+	var cpuRows []string // each broker's CPU time in the paced runs
 	for _, c := range cases {
-		if only != "" && !strings.Contains(c.name, only) {
+		if only != "" && !onlyRE.MatchString(c.name) {
 			continue
+		}
+		if baseBin != "" && c.brokers[0] == ours {
+			first, second := ours, baseName
+			if os.Getenv("FIELDTRUST_BROKER_BENCH_BASE_FIRST") != "" {
+				first, second = baseName, ours
+			}
+			c.brokers = append([]string{first, second}, c.brokers[1:]...)
 		}
 		for i := range c.w.Subscribers * btoi(c.w.FanOut) { // fan-out subscribers are device identities
 			if _, err := p.Identity(ctx, DevicePath(i)); err != nil {
@@ -189,12 +221,27 @@ func TestBrokerBench(t *testing.T) {
 		// one sustained, so latency is not queueing.
 		w := c.w
 		w.Rate = slowest / float64(w.Subscribers) * float64(pacedPct) / 100
+		if pacedRate > 0 {
+			w.Rate = float64(pacedRate)
+		}
 		w.Messages = max(1, min(w.Messages, int(w.Rate*float64(pacedSeconds))/w.Publishers))
 		w.Warmup = max(1, w.Messages/10)
 		ps := Scenario{Name: fmt.Sprintf("%s, paced %.0f pub/s", c.name, w.Rate)}
 		for _, name := range c.brokers {
 			b := start(name, c.tag+"-paced")
+			cpu0, cerr0 := cpuTime(b)
 			r, err := w.Run(ctx, b.Name, b.Addr, p)
+			if cpu1, cerr1 := cpuTime(b); err == nil && cerr0 == nil && cerr1 == nil {
+				published := (w.Messages + w.Warmup) * w.Publishers
+				cpuRows = append(cpuRows, fmt.Sprintf("| %s | %s | %.2f s | %.1f µs |\n", ps.Name, name, (cpu1-cpu0).Seconds(), float64((cpu1-cpu0).Microseconds())/float64(published)))
+			}
+			if err == nil && name == ours {
+				if fams, merr := b.Metrics(ctx); merr != nil {
+					t.Errorf("%s: %v", ps.Name, merr)
+				} else {
+					stages = append(stages, StageTable(fmt.Sprintf("%s, %s; publishes that waited for a PUBACK: %d", name, ps.Name, r.WindowWaits), fams, (w.Messages+w.Warmup)*w.Publishers))
+				}
+			}
 			stop(b)
 			if err != nil {
 				t.Fatalf("%s %s: %v", name, ps.Name, err)
@@ -231,6 +278,13 @@ func TestBrokerBench(t *testing.T) {
 	fmt.Fprintf(&out, "Workload: %d publishers (devices), %d subscribers (account, `%s/+/snapshots`), max rate: %d (QoS 0) / %d (QoS 1 and 2) measured messages per publisher after 10%% warm-up, paced: %d%% of the slower broker's rate for ~%d s; fan-out: one admin publisher on `%s`, %d device subscribers; resume: %d messages per publisher queued for offline persistent sessions across a clean restart; 1 KiB payload, window %d; harness client `loadtest.Client` (MQTT 3.1.1 unless marked MQTT 5); %s, GOMAXPROCS %d, %s.\n\n",
 		pubs, subs, Account, msgs0, msgs1, pacedPct, pacedSeconds, FanOutTopic, fanout, resume, window, runtime.Version(), runtime.GOMAXPROCS(0), MosquittoVersion(mosq))
 	out.WriteString(ThroughputTable(scenarios))
+	if len(cpuRows) > 0 {
+		out.WriteString("\nBroker CPU (user + system) during each paced run, connections and warm-up included:\n\n| scenario | broker | CPU | per published message |\n|---|---|---:|---:|\n")
+		out.WriteString(strings.Join(cpuRows, ""))
+	}
+	for _, s := range stages {
+		out.WriteString("\n" + s)
+	}
 	if len(idle) > 0 {
 		out.WriteString("\n" + IdleTable(idle))
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/broker/packet"
@@ -29,7 +30,8 @@ type Client struct {
 	w       *bufio.Writer
 	pending int // publishes written but not flushed (QoS 0 window)
 
-	window chan struct{} // one token per unacknowledged QoS 1/2 publish
+	window     chan struct{} // one token per unacknowledged QoS 1/2 publish
+	windowFull atomic.Int64  // publishes that waited for a token (the broker's acknowledgements held the sender back)
 
 	mu       sync.Mutex
 	nextPID  uint16
@@ -218,12 +220,18 @@ func (c *Client) Subscribe(filter string, qos byte) (byte, error) {
 // (flushing first, so the broker sees what it must acknowledge); QoS 0
 // publishes are flushed every Window messages. flush forces a write now
 // (paced publishing).
+// WindowWaits is how many publishes waited because Window publishes were
+// unacknowledged: only then does an acknowledgement's latency delay a
+// message.
+func (c *Client) WindowWaits() int64 { return c.windowFull.Load() }
+
 func (c *Client) Publish(topic string, qos byte, payload []byte, flush bool) error {
 	p := packet.Publish{Topic: topic, QoS: qos, Payload: payload}
 	if qos > 0 {
 		select {
 		case c.window <- struct{}{}:
 		default:
+			c.windowFull.Add(1)
 			if err := c.Flush(); err != nil {
 				return err
 			}

@@ -73,6 +73,9 @@ type Result struct {
 	// from the first measured publish to the last measured delivery.
 	Throughput         float64
 	P50, P90, P99, Max time.Duration
+	// WindowWaits: measured publishes that waited for an acknowledgement
+	// (Client.WindowWaits); 0 means acknowledgement latency delayed none.
+	WindowWaits int64
 }
 
 // Lost is the number of expected deliveries that never arrived.
@@ -232,10 +235,18 @@ func (w Workload) Run(ctx context.Context, name, addr string, p *PKI) (Result, e
 		})
 	}
 
+	var waits0 int64
+	for _, c := range pubs {
+		waits0 += c.WindowWaits()
+	}
 	start := now()
 	if err := publishAll(w.Messages, 0, w.Rate); err != nil {
 		return res, err
 	}
+	for _, c := range pubs {
+		res.WindowWaits += c.WindowWaits()
+	}
+	res.WindowWaits -= waits0
 	// Wait for every delivery, or until deliveries stop making progress
 	// for Drain (lost QoS 0 messages).
 	waitDeliveries(ctx, subs, res.Expected, w.Drain)

@@ -69,6 +69,11 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 }
 
 // Close closes the connections.
+// ConcurrentWrites reports that write transactions run concurrently (row
+// locks, the ledger's advisory lock): ingest appends a batch's ledger
+// leaves while the batch before it is inserted.
+func (s *Store) ConcurrentWrites() bool { return true }
+
 func (s *Store) Close() error {
 	s.pool.Close()
 	return nil

@@ -35,6 +35,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/fieldtrust/fieldtrust/internal/broker"
 	"github.com/fieldtrust/fieldtrust/internal/broker/loadtest"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
@@ -106,7 +110,14 @@ func run() error {
 		return err
 	}
 	getCert := func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }
+	// The broker's series and the runtime's GC pauses and scheduling
+	// latencies, served on -debug-addr at /metrics: the harness attributes
+	// a run's latency with them (loadtest.Broker.Metrics).
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsGC, collectors.MetricsScheduler)),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	b, err := broker.New(broker.Config{
+		Registerer:             reg,
 		Addr:                   *addr,
 		TLS:                    tlsConfig(getCert, verifier, verifyClient != nil),
 		VerifyClient:           verifyClient,
@@ -141,6 +152,7 @@ func run() error {
 			return fmt.Errorf("-debug-addr %s: loopback only", *debugAddr)
 		}
 		http.HandleFunc("/debug/memory", memoryClasses)
+		http.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		go func() { _ = http.Serve(ln, nil) }() // net/http/pprof registers on the default mux
 		fmt.Fprintf(os.Stderr, "pprof on http://%s/debug/pprof/\n", ln.Addr())
 		fmt.Printf("DEBUG %s\n", ln.Addr())

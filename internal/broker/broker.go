@@ -106,6 +106,12 @@ type Config struct {
 	// ServiceLimits to platform services; zero fields take
 	// DefaultAccountLimits and DefaultServiceLimits.
 	AccountLimits, ServiceLimits Limits
+
+	// GoroutinePerConnection keeps one blocked reader goroutine per
+	// connection instead of parking idle readers on the shared poller
+	// (park.go; Linux). It is the model of other systems, kept for
+	// comparison and as a fallback.
+	GoroutinePerConnection bool
 }
 
 // Broker is a running or runnable MQTT broker. Create it with New, run it
@@ -123,7 +129,9 @@ type Broker struct {
 	started        time.Time
 	closing        atomic.Bool
 	serveOnce      sync.Once
-	connWG         sync.WaitGroup // connection goroutines
+	connWG         sync.WaitGroup // connections (a parked one has no goroutine)
+	parker         *parker        // nil: one reader goroutine per connection; set before accepting
+	readers        atomic.Int64   // reader goroutines running (parked connections have none)
 	timersCtx      context.Context
 	cancelTimers   context.CancelFunc
 	subs           *subscriptions
@@ -238,6 +246,9 @@ func (b *Broker) Serve(ctx context.Context) error {
 func (b *Broker) serve(ctx context.Context) error {
 	b.log.InfoContext(ctx, "broker serving", "addr", b.Addr())
 	go b.sysLoop(ctx)
+	if !b.cfg.GoroutinePerConnection {
+		b.parker = newParker(b.log)
+	}
 	acceptErr := make(chan error, 1)
 	go func() { acceptErr <- b.ln.serve() }()
 	var runErr error
@@ -262,6 +273,9 @@ func (b *Broker) serve(ctx context.Context) error {
 		c.shutdown()
 	}
 	b.connWG.Wait()
+	if b.parker != nil {
+		b.parker.close()
+	}
 	if err := b.store.close(); err != nil && runErr == nil {
 		runErr = fmt.Errorf("broker: close state: %w", err)
 	}

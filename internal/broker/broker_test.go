@@ -160,6 +160,8 @@ func breakConn(t *testing.T, e *env, identity string) {
 	defer e.b.mu.Unlock()
 	for c := range e.b.conns {
 		if c.subject.String() == identity && !c.closed.Load() {
+			c.closed.Store(true) // its reader must not park again on the dead socket
+			c.unpark()
 			_ = c.nc.NetConn().Close()
 			return
 		}

@@ -20,12 +20,14 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 )
 
-// conn is one client connection. Its reader goroutine (serve) reads and
-// handles packets one at a time, in order; everything it writes goes
-// through the outbox.
+// conn is one client connection. Its reader (serve) reads and handles
+// packets one at a time, in order; everything it writes goes through the
+// outbox. While the client sends nothing the reader may be parked
+// (park.go): then no goroutine runs for the connection.
 type conn struct {
 	b        *Broker
 	nc       *tls.Conn
+	pc       *pollConn // nc's socket when the connection may park; else nil
 	cs       tls.ConnectionState
 	subject  tacs.Subject
 	id       *identity
@@ -64,10 +66,20 @@ type conn struct {
 
 	logMu  sync.Mutex
 	logCap rateLimit
+
+	// Reader state; it survives parking (reader goroutine, or the parker
+	// while parked).
+	deadline    time.Time // the read deadline: keepalive or certificate expiry
+	deadlineSet time.Time // when deadline was last moved
+	first       [1]byte   // the next packet's first byte, taken by probe
+	hasFirst    bool
+	parked      bool // guarded by parker.mu
+	registered  bool // the socket is in the parker's pollset; guarded by parker.mu
+	heapIdx     int  // in parker.heap; guarded by parker.mu
 }
 
-func newConn(b *Broker, nc *tls.Conn) *conn {
-	return &conn{b: b, nc: nc, inWake: make(chan struct{}, 1)}
+func newConn(b *Broker, nc *tls.Conn, pc *pollConn) *conn {
+	return &conn{b: b, nc: nc, pc: pc, inWake: make(chan struct{}, 1)}
 }
 
 // refuse counts a refusal on this connection and logs it, at most one line
@@ -89,11 +101,22 @@ func (c *conn) refuse(stage, reason string, attrs ...any) {
 	c.b.log.Warn("mqtt refused", args...)
 }
 
-// fail closes the connection at once (I/O error, broken peer).
+// fail closes the connection at once (I/O error, broken peer). A parked
+// connection is unregistered before its socket closes and resumes, so its
+// end reaches the session.
 func (c *conn) fail(error) {
 	c.closed.Store(true)
 	c.closeOut()
+	c.unpark()
 	_ = c.nc.Close()
+}
+
+// unpark resumes the connection's reader if it is parked (after closed
+// was set, so it does not park again).
+func (c *conn) unpark() {
+	if c.b.parker != nil && c.pc != nil {
+		c.b.parker.unpark(c)
+	}
 }
 
 // terminate ends the connection from the server side after what is queued
@@ -107,8 +130,10 @@ func (c *conn) terminate(reason byte) {
 	}
 	c.closed.Store(true)
 	// Wake the reader (readLoop checks closed after moving its deadline),
-	// so the connection ends for its session now and the reader lingers.
+	// so the connection ends for its session now and the reader lingers;
+	// a parked reader is resumed.
 	_ = c.nc.SetReadDeadline(time.Now())
+	c.unpark()
 	var final []byte
 	if c.version == packet.V5 && reason != packet.Success {
 		final = packet.AppendDisconnect(nil, packet.V5, &packet.Disconnect{Reason: reason})
@@ -183,9 +208,17 @@ func (c *conn) accept() bool {
 }
 
 // serve reads packets until the connection ends, then handles the end for
-// the session and the will.
+// the session and the will. When the reader parks, serve returns early;
+// the parker calls it again (resume) on one of its workers. The connection
+// counts in connWG from accept until serve really ends.
 func (c *conn) serve() {
+	c.b.readers.Add(1)
 	err := c.readLoop()
+	c.b.readers.Add(-1)
+	if err == errParked {
+		return
+	}
+	defer c.b.connWG.Done()
 	closing := c.closing.Load() // then terminate's writer half-closes once its last bytes are out
 	if !closing {
 		c.fail(err)
@@ -198,28 +231,28 @@ func (c *conn) serve() {
 
 // readLoop reads and handles packets until an error ends the connection.
 func (c *conn) readLoop() error {
-	var lastDeadline time.Time
-	limit := c.keepAlive + c.keepAlive/2
+	if c.deadline.IsZero() {
+		c.moveDeadline() // the first time; a resumed reader keeps its deadline
+	}
 	for {
-		// Keepalive: the client must send something within 1.5 × its
-		// keepalive (MQTT 5 §3.1.2.10). The deadline is moved at most every
-		// quarter keepalive, which still leaves the client more than its
-		// keepalive after any packet.
-		if now := time.Now(); now.Sub(lastDeadline) > c.keepAlive/4 {
-			d := now.Add(limit)
-			if !c.notAfter.IsZero() && c.notAfter.Before(d) {
-				d = c.notAfter
-			}
-			_ = c.nc.SetReadDeadline(d)
-			lastDeadline = now
-		}
 		if err := c.waitInbound(); err != nil {
 			return err
 		}
 		if c.closed.Load() { // terminate set the deadline to now, maybe before we moved it
 			return errConnClosed
 		}
-		h, err := packet.ReadHeader(c.nc, c.b.maxPacket)
+		if c.pc != nil {
+			parked, err := c.probe()
+			switch {
+			case parked:
+				return errParked
+			case errors.Is(err, errConnClosed):
+				return err
+			case err != nil:
+				return c.readError(packet.Header{}, err)
+			}
+		}
+		h, err := packet.ReadHeader((*connReader)(c), c.b.maxPacket)
 		if err != nil {
 			return c.readError(h, err)
 		}
@@ -237,11 +270,31 @@ func (c *conn) readLoop() error {
 		if c.closed.Load() {
 			return errConnClosed
 		}
+		c.moveDeadline()
 	}
+}
+
+// moveDeadline moves the read deadline after a packet. Keepalive: the
+// client must send something within 1.5 × its keepalive (MQTT 5
+// §3.1.2.10); the deadline is moved at most every quarter keepalive,
+// which still leaves the client more than its keepalive after any packet.
+// It never passes the chain's expiry.
+func (c *conn) moveDeadline() {
+	now := time.Now()
+	if now.Sub(c.deadlineSet) <= c.keepAlive/4 {
+		return
+	}
+	d := now.Add(c.keepAlive + c.keepAlive/2)
+	if !c.notAfter.IsZero() && c.notAfter.Before(d) {
+		d = c.notAfter
+	}
+	_ = c.nc.SetReadDeadline(d)
+	c.deadline, c.deadlineSet = d, now
 }
 
 var (
 	errConnClosed  = errors.New("connection closed")
+	errParked      = errors.New("reader parked") // not an end: the parker resumes it
 	errDisconnect  = errors.New("client disconnected")
 	errKeepAlive   = errors.New("keepalive timeout")
 	errCertExpired = errors.New("client certificate expired")

@@ -56,6 +56,17 @@ func (l *tlsListener) serve() error {
 
 func (l *tlsListener) handle(nc net.Conn) {
 	defer l.b.connWG.Done()
+	// With a parker, the TLS layer reads through a pollConn, so the reader
+	// can probe without blocking and park (park.go).
+	var pc *pollConn
+	if tcp, ok := nc.(*net.TCPConn); ok && l.b.parker != nil {
+		var err error
+		if pc, err = newPollConn(tcp); err != nil {
+			l.b.log.Warn("broker: connection cannot park; its reader blocks", "remote", nc.RemoteAddr().String(), "error", err)
+		} else {
+			nc = pc
+		}
+	}
 	tc := tls.Server(nc, l.cfg)
 	_ = nc.SetDeadline(time.Now().Add(l.timeout))
 	ctx, cancel := context.WithTimeout(l.b.timersCtx, l.timeout)
@@ -68,18 +79,17 @@ func (l *tlsListener) handle(nc net.Conn) {
 		return
 	}
 	_ = nc.SetWriteDeadline(time.Time{})
-	c := newConn(l.b, tc)
+	c := newConn(l.b, tc, pc)
 	if !c.accept() {
 		return
 	}
 	// The connection lives on a fresh goroutine: the handshake and CONNECT
 	// (ECDSA, chain building, identification) grew this one's stack to
-	// tens of KiB, which an idle connection would otherwise keep.
+	// tens of KiB, which an idle connection would otherwise keep. serve
+	// calls connWG.Done when the connection ends (it may park and resume
+	// on other goroutines in between).
 	l.b.connWG.Add(1)
-	go func() {
-		defer l.b.connWG.Done()
-		c.serve()
-	}()
+	go c.serve()
 }
 
 func (l *tlsListener) close() {

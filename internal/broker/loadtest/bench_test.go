@@ -44,7 +44,8 @@ func benchEnv(t *testing.T, name string, def int) int {
 // measured throughput), PACED_RATE (publishes per second instead, the same
 // in every scenario), PACED_SECONDS, FANOUT (subscribers of the fan-out
 // case), RESUME (messages per publisher queued across a restart), IDLE
-// (connections), ONLY (a regular expression: run only matching scenarios), OUT
+// (connections), READERS (our broker's reader model: parked or
+// goroutine), ONLY (a regular expression: run only matching scenarios), OUT
 // (file for the markdown tables), PROFILES (directory for brokerd CPU
 // profiles), BASE (a brokerd binary of another version, run after ours in
 // each scenario; before it with BASE_FIRST=1). It never checks timings: it reports them.
@@ -126,7 +127,7 @@ func TestBrokerBench(t *testing.T) {
 		switch name {
 		case ours:
 			// -debug-addr: the paced runs' stage histograms (StageTable).
-			b, err = StartFieldtrust(ctx, bin, p, d, profile(tag), "-debug-addr", "127.0.0.1:0")
+			b, err = StartFieldtrust(ctx, bin, p, d, profile(tag), append([]string{"-debug-addr", "127.0.0.1:0"}, readerArgs(t, "FIELDTRUST_BROKER_BENCH_READERS")...)...)
 		case baseName:
 			// Profiled like ours (the profiler's cost on both).
 			if b, err = StartFieldtrust(ctx, baseBin, p, d, profile(tag+"-base"), "-debug-addr", "127.0.0.1:0"); err == nil {

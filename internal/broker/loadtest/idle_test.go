@@ -29,7 +29,9 @@ import (
 // of this process and the broker's, which each need one descriptor per
 // connection), HOLD (seconds idle, 60), KEEPALIVE (seconds, 30), SOURCES
 // (source addresses, 8), OUT (markdown file), GOGC and MEMLIMIT (bytes)
-// for our broker's runtime (0: defaults), ONLY (one run: fieldtrust,
+// for our broker's runtime (0: defaults), READERS ("goroutine": one
+// blocked reader goroutine per connection instead of parked readers,
+// for comparison), ONLY (one run: fieldtrust,
 // fieldtrust-leaf or mosquitto). Bounded: every step has a
 // deadline, and the run stops by itself.
 func TestIdleConnections(t *testing.T) {
@@ -104,8 +106,9 @@ func TestIdleConnections(t *testing.T) {
 		}
 		var b *Broker
 		if run.name == "fieldtrust" {
-			b, err = StartFieldtrust(ctx, bin, p, d, "", "-intermediates", inter, "-debug-addr", "127.0.0.1:0",
-				"-gogc", strconv.Itoa(env("GOGC", 0)), "-memlimit", strconv.Itoa(env("MEMLIMIT", 0)))
+			args := []string{"-intermediates", inter, "-debug-addr", "127.0.0.1:0",
+				"-gogc", strconv.Itoa(env("GOGC", 0)), "-memlimit", strconv.Itoa(env("MEMLIMIT", 0))}
+			b, err = StartFieldtrust(ctx, bin, p, d, "", append(args, readerArgs(t, "FIELDTRUST_IDLE_READERS")...)...)
 		} else {
 			b, err = StartMosquitto(ctx, mosq, p, d, MosquittoOptions{})
 		}
@@ -166,5 +169,20 @@ func TestIdleConnections(t *testing.T) {
 		if err := os.WriteFile(f, []byte(out.String()), 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// readerArgs are brokerd's flags for the reader model the environment
+// variable names: "parked" (the default) or "goroutine" (one blocked
+// reader goroutine per connection).
+func readerArgs(t *testing.T, name string) []string {
+	switch m := os.Getenv(name); m {
+	case "", "parked":
+		return nil
+	case "goroutine":
+		return []string{"-goroutine-per-conn"}
+	default:
+		t.Fatalf("%s=%q: want parked or goroutine", name, m)
+		return nil
 	}
 }

@@ -65,6 +65,7 @@ func run() error {
 	debugAddr := flag.String("debug-addr", "", "serve net/http/pprof on this loopback address (memory and goroutine profiles of a run)")
 	gogc := flag.Int("gogc", 0, "GC percent (0: the runtime's default or $GOGC; as debug.SetGCPercent)")
 	memLimit := flag.Int64("memlimit", 0, "soft memory limit in bytes (0: none or $GOMEMLIMIT; as debug.SetMemoryLimit)")
+	perConn := flag.Bool("goroutine-per-conn", false, "keep one blocked reader goroutine per connection instead of parking idle readers (broker.Config.GoroutinePerConnection)")
 	flag.Parse()
 	if *gogc != 0 {
 		debug.SetGCPercent(*gogc)
@@ -116,14 +117,15 @@ func run() error {
 	reg.MustRegister(collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsGC, collectors.MetricsScheduler)),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	b, err := broker.New(broker.Config{
-		Registerer:   reg,
-		Addr:         *addr,
-		TLS:          tlsConfig(getCert, verifier, verifyClient != nil),
-		VerifyClient: verifyClient,
-		Identify:     loadtest.Identify(verifier),
-		Grants:       tacs.DefaultGrants(),
-		StateDir:     *stateDir,
-		Logger:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
+		Registerer:             reg,
+		Addr:                   *addr,
+		TLS:                    tlsConfig(getCert, verifier, verifyClient != nil),
+		VerifyClient:           verifyClient,
+		Identify:               loadtest.Identify(verifier),
+		Grants:                 tacs.DefaultGrants(),
+		StateDir:               *stateDir,
+		GoroutinePerConnection: *perConn,
+		Logger:                 slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,438 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/fieldtrust/fieldtrust/internal/broker/packet"
+)
+
+// until polls cond until it holds or wait passes (a condition with a
+// deadline, never a sleep as synchronisation).
+func until(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		runtime.Gosched()
+		time.Sleep(time.Millisecond) // polling interval, not synchronisation
+	}
+}
+
+// connOf returns the live connection of client ID id.
+func (e *env) connOf(id string) *conn {
+	e.b.mu.Lock()
+	defer e.b.mu.Unlock()
+	for c := range e.b.conns {
+		if c.clientID == id && !c.closed.Load() {
+			return c
+		}
+	}
+	return nil
+}
+
+// isParked reports whether c's reader is parked (no goroutine).
+func (e *env) isParked(c *conn) bool {
+	p := e.b.parker
+	if p == nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return c.parked
+}
+
+// idle waits until client id's reader is idle: parked in the parking
+// model; in the goroutine model there is nothing to wait for.
+func (e *env) idle(t *testing.T, id string, parking bool) {
+	t.Helper()
+	if !parking {
+		return
+	}
+	until(t, "connection "+id+" parked", func() bool {
+		c := e.connOf(id)
+		return c != nil && e.isParked(c)
+	})
+}
+
+var readerModels = []struct {
+	name    string
+	parking bool
+}{
+	{"parked", true},
+	{"goroutine per connection", false},
+}
+
+// TestParkedConnection: everything a blocked reader did, a parked
+// connection does too — in both reader models.
+func TestParkedConnection(t *testing.T) {
+	tests := []struct {
+		name string
+		tune func(*Config)
+		run  func(t *testing.T, e *env, parking bool)
+	}{
+		{"answers PINGREQ and parks again", nil, func(t *testing.T, e *env, parking bool) {
+			r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{ClientID: "p", KeepAlive: 30})
+			for range 3 {
+				e.idle(t, "p", parking)
+				r.ping()
+			}
+			e.idle(t, "p", parking)
+		}},
+		{"receives a publish routed to it", nil, func(t *testing.T, e *env, parking bool) {
+			sub, _ := e.dialRaw(e.pki.service("admin"), packet.Connect{ClientID: "sub", KeepAlive: 30})
+			if ack := sub.subscribe("ms-acc-1/acc-1/dev-1/status", 1, packet.Properties{}); ack.Reasons[0] != 1 {
+				t.Fatalf("SUBACK %v", ack.Reasons)
+			}
+			e.idle(t, "sub", parking)
+			pub, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{ClientID: "pub", KeepAlive: 30})
+			pub.publish("ms-acc-1/acc-1/dev-1/status", 0, false, []byte("up"), packet.Properties{})
+			p := expect[packet.Publish](sub)
+			if string(p.Payload) != "up" {
+				t.Fatalf("payload %q", p.Payload)
+			}
+			if parking && !e.isParked(e.connOf("sub")) {
+				t.Fatal("the write path woke the parked reader")
+			}
+			sub.ping()
+		}},
+		{"disconnected on revocation", nil, func(t *testing.T, e *env, parking bool) {
+			cert := e.pki.identity("ms-acc-1/acc-1/dev-1")
+			r, _ := e.dialRaw(cert, packet.Connect{ClientID: "rev", KeepAlive: 30})
+			e.idle(t, "rev", parking)
+			e.id.revoke(cert)
+			if n := e.b.Revalidate(context.Background()); n != 1 {
+				t.Fatalf("Revalidate = %d; want 1", n)
+			}
+			r.expectClosed(packet.NotAuthorized)
+		}},
+		{"keepalive timeout", func(c *Config) { c.MaxKeepAlive = time.Second }, func(t *testing.T, e *env, parking bool) {
+			r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{ClientID: "ka", KeepAlive: 1})
+			e.idle(t, "ka", parking)
+			r.expectClosed(packet.KeepAliveTimeout)
+			if n := counter(t, e, "revalidate", "certificate_expired"); n != 0 {
+				t.Fatalf("keepalive counted as expiry: %v", n)
+			}
+		}},
+		{"certificate expiry closes it", nil, func(t *testing.T, e *env, parking bool) {
+			short := e.pki.identityUntil("ms-acc-1/acc-1/dev-1", time.Now().Add(2*time.Second))
+			r, _ := e.dialRaw(short, packet.Connect{ClientID: "exp", KeepAlive: 30})
+			e.idle(t, "exp", parking)
+			r.expectClosed(packet.NotAuthorized)
+			if n := counter(t, e, "revalidate", "certificate_expired"); n != 1 {
+				t.Fatalf("refusals{revalidate,certificate_expired} = %v", n)
+			}
+		}},
+		{"taken over by the same client ID", nil, func(t *testing.T, e *env, parking bool) {
+			cert := e.pki.identity("ms-acc-1/acc-1/dev-1")
+			old, _ := e.dialRaw(cert, packet.Connect{ClientID: "same", KeepAlive: 30})
+			e.idle(t, "same", parking)
+			repl, _ := e.dialRaw(cert, packet.Connect{ClientID: "same", KeepAlive: 30})
+			old.expectClosed(packet.SessionTakenOver)
+			repl.ping()
+		}},
+		{"will sent when the peer vanishes", nil, func(t *testing.T, e *env, parking bool) {
+			obs, _ := e.dialRaw(e.pki.service("admin"), packet.Connect{ClientID: "obs", KeepAlive: 30})
+			obs.subscribe("ms-acc-1/acc-1/dev-1/status", 0, packet.Properties{})
+			r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{ClientID: "w", KeepAlive: 30,
+				Will: &packet.Will{Topic: "ms-acc-1/acc-1/dev-1/status", Payload: []byte("gone")}})
+			e.idle(t, "w", parking)
+			_ = r.conn.NetConn().Close() // no DISCONNECT: a dead link
+			if p := expect[packet.Publish](obs); string(p.Payload) != "gone" {
+				t.Fatalf("will %q", p.Payload)
+			}
+		}},
+		{"server shutdown reaches it", nil, func(t *testing.T, e *env, parking bool) {
+			r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{ClientID: "sd", KeepAlive: 30})
+			e.idle(t, "sd", parking)
+			done := make(chan struct{})
+			go func() { e.shutdown(); close(done) }()
+			r.expectClosed(packet.ServerShuttingDown)
+			<-done
+		}},
+		{"closed when the broker fails a write", nil, func(t *testing.T, e *env, parking bool) {
+			r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{ClientID: "f", KeepAlive: 30})
+			e.idle(t, "f", parking)
+			c := e.connOf("f")
+			c.fail(errors.New("test: write failed"))
+			r.expectClosed(0)
+			until(t, "connection ended", func() bool { return e.b.metricConns() == 0 })
+		}},
+	}
+	for _, m := range readerModels {
+		t.Run(m.name, func(t *testing.T) {
+			for _, tc := range tests {
+				t.Run(tc.name, func(t *testing.T) {
+					e := newEnvWith(t, func(c *Config) {
+						c.GoroutinePerConnection = !m.parking
+						if tc.tune != nil {
+							tc.tune(c)
+						}
+					})
+					tc.run(t, e, m.parking)
+				})
+			}
+		})
+	}
+}
+
+// metricConns is the number of attached connections.
+func (b *Broker) metricConns() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.conns)
+}
+
+// TestIdleConnectionsHoldNoReaders: N idle connections are all parked and
+// no reader goroutine runs (counted by the broker's own hook); after the
+// clients leave and the broker stops, no goroutine is left behind. The
+// goroutine-per-connection model holds N readers.
+func TestIdleConnectionsHoldNoReaders(t *testing.T) {
+	const n = 40
+	for _, m := range readerModels {
+		t.Run(m.name, func(t *testing.T) {
+			base := runtime.NumGoroutine()
+			e := newEnvWith(t, func(c *Config) { c.GoroutinePerConnection = !m.parking })
+			var clients []*raw
+			for i := range n {
+				r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-"+itoaInt(i)), packet.Connect{ClientID: "c", KeepAlive: 30})
+				clients = append(clients, r)
+			}
+			if m.parking {
+				// A reader that just parked counts until its goroutine returns.
+				until(t, "all connections parked, no reader running", func() bool {
+					return e.b.parker.parkedCount() == n && e.b.readers.Load() == 0
+				})
+				if g := runtime.NumGoroutine() - base; g >= n {
+					t.Fatalf("%d goroutines more than before for %d idle connections", g, n)
+				}
+			} else {
+				until(t, "all readers running", func() bool { return e.b.readers.Load() == n })
+			}
+			for _, r := range clients {
+				_ = r.conn.Close()
+			}
+			until(t, "all connections ended", func() bool { return e.b.metricConns() == 0 })
+			if m.parking {
+				until(t, "none parked", func() bool { return e.b.parker.parkedCount() == 0 })
+			}
+			e.shutdown()
+			until(t, "goroutines back to where they were", func() bool { return runtime.NumGoroutine() <= base })
+		})
+	}
+}
+
+// flushConn holds a client's writes once armed and sends them in one
+// write, so several TLS records reach the server's socket together.
+type flushConn struct {
+	net.Conn
+	hold bool
+	buf  bytes.Buffer
+}
+
+func (f *flushConn) Write(b []byte) (int, error) {
+	if f.hold {
+		return f.buf.Write(b)
+	}
+	return f.Conn.Write(b)
+}
+
+func (f *flushConn) flush() error {
+	f.hold = false
+	_, err := f.Conn.Write(f.buf.Bytes())
+	f.buf.Reset()
+	return err
+}
+
+// tlsPair is a handshaken TLS connection over loopback whose server side
+// reads through a pollConn.
+func tlsPair(t *testing.T) (srv *tls.Conn, pc *pollConn, cli *tls.Conn, fc *flushConn) {
+	t.Helper()
+	e := &env{t: t, pki: newTestPKI(t)}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type accepted struct {
+		c   *tls.Conn
+		pc  *pollConn
+		err error
+	}
+	ch := make(chan accepted, 1)
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			ch <- accepted{err: err}
+			return
+		}
+		pc, err := newPollConn(nc.(*net.TCPConn))
+		if err != nil {
+			ch <- accepted{err: err}
+			return
+		}
+		c := tls.Server(pc, &tls.Config{Certificates: []tls.Certificate{e.pki.server()}})
+		ch <- accepted{c, pc, c.HandshakeContext(context.Background())}
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc = &flushConn{Conn: nc}
+	cli = tls.Client(fc, &tls.Config{RootCAs: e.pki.pool, ServerName: "127.0.0.1"})
+	if err := cli.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	a := <-ch
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	t.Cleanup(func() { _ = a.c.Close(); _ = cli.Close() })
+	return a.c, a.pc, cli, fc
+}
+
+// TestTLSReadsBufferedRecordsFirst pins what parking relies on in this
+// Go version's crypto/tls: after one socket read took several records, a
+// read that cannot touch the socket (an already-expired deadline, or the
+// pollConn's non-blocking probe) still returns the buffered records'
+// data; a timeout or "would block" is temporary, and the connection
+// works after it.
+func TestTLSReadsBufferedRecordsFirst(t *testing.T) {
+	for _, mode := range []string{"expired deadline", "probe"} {
+		t.Run(mode, func(t *testing.T) {
+			srv, pc, cli, fc := tlsPair(t)
+			fc.hold = true
+			for _, rec := range []string{"one", "two", "three"} {
+				if _, err := cli.Write([]byte(rec)); err != nil { // a record each
+					t.Fatal(err)
+				}
+			}
+			if err := fc.flush(); err != nil {
+				t.Fatal(err)
+			}
+			// A blocking read: crypto/tls reads all three records' bytes
+			// from the socket in one go and returns the first record.
+			b := make([]byte, 16)
+			_ = srv.SetReadDeadline(time.Now().Add(wait))
+			n, err := srv.Read(b)
+			if err != nil || string(b[:n]) != "one" {
+				t.Fatalf("first read %q, %v", b[:n], err)
+			}
+			// Now the socket is empty: whatever comes must come from
+			// crypto/tls's buffer.
+			read := func() (int, error) {
+				if mode == "probe" {
+					pc.probing = true
+					defer func() { pc.probing = false }()
+					return srv.Read(b)
+				}
+				_ = srv.SetReadDeadline(time.Unix(1, 0))
+				return srv.Read(b)
+			}
+			for _, want := range []string{"two", "three"} {
+				n, err := read()
+				if err != nil || string(b[:n]) != want {
+					t.Fatalf("buffered read %q, %v; want %q", b[:n], err, want)
+				}
+			}
+			n, err = read()
+			var ne net.Error
+			if n != 0 || !errors.As(err, &ne) || !ne.Timeout() {
+				t.Fatalf("read with nothing buffered: %d, %v; want a timeout", n, err)
+			}
+			if mode == "probe" && !errors.Is(err, errWouldBlock) {
+				t.Fatalf("probe error %v; want errWouldBlock", err)
+			}
+			if mode == "expired deadline" && !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("error %v; want os.ErrDeadlineExceeded", err)
+			}
+			// The connection still works, both ways.
+			if _, err := cli.Write([]byte("four")); err != nil {
+				t.Fatal(err)
+			}
+			_ = srv.SetReadDeadline(time.Now().Add(wait))
+			if n, err := io.ReadAtLeast(srv, b, 4); err != nil || string(b[:n]) != "four" {
+				t.Fatalf("read after the timeout: %q, %v", b[:n], err)
+			}
+			if _, err := srv.Write([]byte("back")); err != nil {
+				t.Fatal(err)
+			}
+			_ = cli.SetReadDeadline(time.Now().Add(wait))
+			if n, err := io.ReadAtLeast(cli, b, 4); err != nil || string(b[:n]) != "back" {
+				t.Fatalf("client read %q, %v", b[:n], err)
+			}
+		})
+	}
+}
+
+// TestProbeSeesTheSocket: unlike a read under an expired deadline, the
+// probe reads what is in the socket, so a busy connection does not park
+// (and go through the poller) every time crypto/tls's buffer runs dry;
+// and a peer's close is reported, not mistaken for "nothing yet".
+func TestProbeSeesTheSocket(t *testing.T) {
+	srv, pc, cli, _ := tlsPair(t)
+	if _, err := cli.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 4)
+	until(t, "the record in the server's socket", func() bool {
+		pc.probing = true
+		n, err := srv.Read(b)
+		pc.probing = false
+		if n == 1 && b[0] == 'x' {
+			return true
+		}
+		if err != nil && !errors.Is(err, errWouldBlock) {
+			t.Fatalf("probe: %v", err)
+		}
+		return false
+	})
+	_ = cli.Close()
+	until(t, "the close reported", func() bool {
+		pc.probing = true
+		_, err := srv.Read(b)
+		pc.probing = false
+		return err != nil && !errors.Is(err, errWouldBlock)
+	})
+}
+
+// TestPollerFailureResumesParked: if the poller's wait loop fails (here:
+// its epoll descriptor is closed under it), parked connections resume,
+// nothing parks any more, and connections keep working with blocking
+// reads — pings answered, revocation still reaches them.
+func TestPollerFailureResumesParked(t *testing.T) {
+	e := newEnv(t)
+	cert := e.pki.identity("ms-acc-1/acc-1/dev-1")
+	r, _ := e.dialRaw(cert, packet.Connect{ClientID: "pf", KeepAlive: 30})
+	e.idle(t, "pf", true)
+	es, ok := e.b.parker.ps.(*epollSet)
+	if !ok {
+		t.Skip("no epoll on this system")
+	}
+	_ = es.f.Close() // not through interrupt: the wait loop sees a failure
+	<-e.b.parker.done
+	until(t, "the parked reader resumed", func() bool {
+		return !e.isParked(e.connOf("pf")) && e.b.readers.Load() == 1
+	})
+	for range 3 {
+		r.ping()
+	}
+	if e.isParked(e.connOf("pf")) || e.b.readers.Load() != 1 {
+		t.Fatal("parked after the poller failed")
+	}
+	e.id.revoke(cert)
+	if n := e.b.Revalidate(context.Background()); n != 1 {
+		t.Fatalf("Revalidate = %d; want 1", n)
+	}
+	r.expectClosed(packet.NotAuthorized)
+}

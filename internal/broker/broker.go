@@ -112,6 +112,11 @@ type Config struct {
 	// (park.go; Linux). It is the model of other systems, kept for
 	// comparison and as a fallback.
 	GoroutinePerConnection bool
+	// ParkAfter is how long a reader that found nothing to read waits for
+	// the next packet before it parks (default 250 ms; negative: at once):
+	// a connection that is busy keeps its reader, so parking costs nothing
+	// per packet, and an idle one gives its goroutine up after it.
+	ParkAfter time.Duration
 }
 
 // Broker is a running or runnable MQTT broker. Create it with New, run it

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -62,6 +63,7 @@ type parker struct {
 
 	mu      sync.Mutex
 	byFD    map[int]*conn // parked connections by descriptor; guarded by mu
+	parks   atomic.Uint64 // connections that went to park (tests)
 	heap    parkHeap      // parked connections by read deadline; guarded by mu
 	timer   *time.Timer   // fires at heap[0]'s deadline; guarded by mu
 	timerAt time.Time     // when timer fires; guarded by mu
@@ -415,6 +417,33 @@ func (c *conn) probe() (parked bool, err error) {
 	if !time.Now().Before(c.deadline) {
 		return false, os.ErrDeadlineExceeded // as the blocked read would have
 	}
+	if wait := min(c.b.parkAfter(), time.Until(c.deadline)); wait > 0 {
+		// Busy connections keep their reader: wait a moment for the next
+		// packet, blocking, before parking. A timed-out read leaves
+		// crypto/tls usable (a timeout is temporary there).
+		_ = c.nc.SetReadDeadline(time.Now().Add(wait))
+		if c.closed.Load() { // terminate's deadline came before ours
+			return false, errConnClosed
+		}
+		n, err := c.nc.Read(c.first[:])
+		if n == 1 {
+			c.hasFirst = true
+			_ = c.nc.SetReadDeadline(c.deadline)
+			return false, nil
+		}
+		switch {
+		case c.closed.Load():
+			return false, errConnClosed
+		case !errors.Is(err, os.ErrDeadlineExceeded):
+			if err == nil {
+				err = io.EOF
+			}
+			return false, err
+		case !time.Now().Before(c.deadline):
+			return false, os.ErrDeadlineExceeded
+		}
+	}
+	c.b.parker.parks.Add(1)
 	// Parked, the one deadline that counts is the heap's: the socket's
 	// runtime timer is disarmed until the reader resumes.
 	_ = c.nc.SetReadDeadline(time.Time{})
@@ -426,6 +455,17 @@ func (c *conn) probe() (parked bool, err error) {
 		return false, errConnClosed
 	}
 	return false, nil
+}
+
+// parkAfter is Config.ParkAfter with its default.
+func (b *Broker) parkAfter() time.Duration {
+	switch {
+	case b.cfg.ParkAfter < 0:
+		return 0
+	case b.cfg.ParkAfter == 0:
+		return 250 * time.Millisecond
+	}
+	return b.cfg.ParkAfter
 }
 
 // resume continues a parked connection's reader (on a parker worker).

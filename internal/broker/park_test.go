@@ -436,3 +436,36 @@ func TestPollerFailureResumesParked(t *testing.T) {
 	}
 	r.expectClosed(packet.NotAuthorized)
 }
+
+// TestBusyConnectionKeepsItsReader: a reader that finds nothing to read
+// waits Config.ParkAfter for the next packet before parking, so a
+// connection in a conversation does not park between its packets; with no
+// wait it parks after each one.
+func TestBusyConnectionKeepsItsReader(t *testing.T) {
+	const rounds = 20
+	for _, tc := range []struct {
+		name      string
+		parkAfter time.Duration
+		parksMin  uint64
+		parksMax  uint64
+	}{
+		{"waits before parking", time.Minute, 0, 0},
+		{"parks at once", -1, rounds, 2 * rounds},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnvWith(t, func(c *Config) { c.ParkAfter = tc.parkAfter })
+			r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{ClientID: "c", KeepAlive: 30})
+			r.ping() // the connection is up and its reader past CONNECT
+			if e.b.parker == nil {
+				t.Fatal("no poller: this test needs Linux's")
+			}
+			before := e.b.parker.parks.Load()
+			for range rounds {
+				r.ping() // a PINGREQ, and its PINGRESP before the next one
+			}
+			if got := e.b.parker.parks.Load() - before; got < tc.parksMin || got > tc.parksMax {
+				t.Fatalf("%d parks in %d request/response rounds; want %d to %d", got, rounds, tc.parksMin, tc.parksMax)
+			}
+		})
+	}
+}

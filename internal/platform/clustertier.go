@@ -219,6 +219,28 @@ func dialPublisher(ctx context.Context, cfg Config, n *cluster.Node, client *tls
 	}
 }
 
+// publishFirstCRLs publishes the CRL bundles before the platform says it
+// is up. A node of several may be accepting connections before its engine
+// can store a retained message (the streams' leaders are still being
+// elected: "unable to store retained message ... timeout"); such a node
+// tries again until the cluster has formed (clusterFormTimeout) instead of
+// exiting. Anywhere else the first failure is the answer.
+func publishFirstCRLs(ctx context.Context, rev *revocation, forming bool, log *slog.Logger) error {
+	deadline := time.Now().Add(clusterFormTimeout)
+	for {
+		err := rev.publishCRLs(ctx)
+		if err == nil || !forming || time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		log.Info("waiting for the cluster's streams before the first CRL publication", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // rereadRolesUntil rereads the service roles (and revocations) once a
 // second until done is closed, while the node waits for the cluster to
 // form.

@@ -518,7 +518,7 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Warn("a node of several without a --broker-url per node: gateways bootstrapped here learn only this node and cannot fail over (docs/scale.md)")
 		}
 	}
-	if err := rev.publishCRLs(ctx); err != nil {
+	if err := publishFirstCRLs(ctx, rev, cfg.Cluster.multiNode(), log); err != nil {
 		return err
 	}
 	log.Info("platform up", "https", "https://"+httpAddr, "mqtt", "mqtts://"+mqttAddr)

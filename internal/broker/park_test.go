@@ -450,7 +450,10 @@ func TestBusyConnectionKeepsItsReader(t *testing.T) {
 		parksMax  uint64
 	}{
 		{"waits before parking", time.Minute, 0, 0},
-		{"parks at once", -1, rounds, 2 * rounds},
+		// The next PINGREQ may already be there when the reader looks
+		// (the client sends it as soon as the PINGRESP is out): at once
+		// means some parks, at most one per round and its PINGRESP write.
+		{"parks at once", -1, 1, 2 * rounds},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnvWith(t, func(c *Config) { c.ParkAfter = tc.parkAfter })

@@ -34,6 +34,7 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/gateway"
 	"github.com/fieldtrust/fieldtrust/internal/lease"
 	"github.com/fieldtrust/fieldtrust/internal/loadgen"
+	"github.com/fieldtrust/fieldtrust/internal/logbuf"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/platform"
 	"github.com/fieldtrust/fieldtrust/internal/store/postgres/pgtest"
@@ -1009,9 +1010,9 @@ func TestClusterDrain(t *testing.T) {
 	defer gcancel()
 	var gwg sync.WaitGroup
 	defer gwg.Wait()
-	logs := map[string]*lockedBuffer{}
+	logs := map[string]*logbuf.Buffer{}
 	for _, g := range fleet.Gateways {
-		buf := &lockedBuffer{}
+		buf := &logbuf.Buffer{}
 		logs[g.Path] = buf
 		onb := g.Onboarding
 		cfg := gateway.Config{Platform: "https://" + live.http, CA: []*x509.Certificate{c.d.Transport.Root()}, Onboarding: &onb,
@@ -1082,22 +1083,4 @@ func TestClusterDrain(t *testing.T) {
 	if got := c.counts(t); got.events != 0 || got.rejects != 0 {
 		t.Errorf("after the rebalance: %d integrity events, %d rejects, want none: %s", got.events, got.rejects, c.events(t))
 	}
-}
-
-// lockedBuffer is a log sink read while it is written.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

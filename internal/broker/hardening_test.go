@@ -5,7 +5,6 @@ package broker
 // the mochi-based broker.
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -15,13 +14,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/fieldtrust/fieldtrust/internal/broker/packet"
+	"github.com/fieldtrust/fieldtrust/internal/logbuf"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 )
 
@@ -476,7 +475,7 @@ func fileSize(t *testing.T, f string) int64 {
 // (topic, size), not the packet (item 5), and a flood of refusals from one
 // connection is logged at most once a second with a count.
 func TestRefusalLogBounded(t *testing.T) {
-	var buf syncBuffer
+	var buf logbuf.Buffer
 	e := newEnvWith(t, func(c *Config) {
 		c.Logger = slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	})
@@ -503,23 +502,6 @@ func TestRefusalLogBounded(t *testing.T) {
 	if !strings.Contains(logs, "bytes=900000") {
 		t.Fatalf("refusal log does not name the size:\n%s", logs)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestCertificateExpiryEndsSession: a live session ends when its

@@ -20,34 +20,16 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/est"
+	"github.com/fieldtrust/fieldtrust/internal/logbuf"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
 	"github.com/fieldtrust/fieldtrust/internal/tlspolicy"
 )
-
-// lockedBuffer collects log output from server goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // platform is a data directory with an EST server on loopback, configured
 // as the real platform is: TLS policy from tlspolicy, client certificates
@@ -58,7 +40,7 @@ type platform struct {
 	srv      *httptest.Server
 	url      string
 	roots    *x509.CertPool
-	logs     *lockedBuffer
+	logs     *logbuf.Buffer
 	// guarded is a non-EST route behind est.GuardOperational.
 	guarded string
 }
@@ -75,7 +57,7 @@ func newPlatform(t testing.TB, policy est.Policy) *platform {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuffer{}
+	logs := &logbuf.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s, err := est.New(est.Options{Transport: d.Transport, E2E: d.E2E, Verifier: v, Records: d.Store, Policy: policy, Logger: log})
 	if err != nil {

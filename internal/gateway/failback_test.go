@@ -1,14 +1,12 @@
 package gateway_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"io"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,26 +14,9 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/datadir"
 	"github.com/fieldtrust/fieldtrust/internal/demo"
 	"github.com/fieldtrust/fieldtrust/internal/gateway"
+	"github.com/fieldtrust/fieldtrust/internal/logbuf"
 	"github.com/fieldtrust/fieldtrust/internal/platform"
 )
-
-// syncBuffer is a log sink the test reads while the gateway writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func freePort(t *testing.T) string {
 	t.Helper()
@@ -128,7 +109,7 @@ func TestFailback(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := &env{httpAddr: httpAddr, mqttAddr: second, d: d, fleet: fleet}
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	e.runGateway(t, t.TempDir(), func(c *gateway.Config) {
 		c.Failback = 200 * time.Millisecond
 		c.Logger = slog.New(slog.NewTextHandler(logs, nil))

@@ -1,13 +1,11 @@
 package site_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +14,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/fieldtrust/fieldtrust/internal/envelope"
+	"github.com/fieldtrust/fieldtrust/internal/logbuf"
 	"github.com/fieldtrust/fieldtrust/internal/platform"
 	"github.com/fieldtrust/fieldtrust/internal/platform/platformtest"
 	"github.com/fieldtrust/fieldtrust/internal/site"
@@ -81,24 +80,6 @@ func TestSiteLocalAccess(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink the test reads while the platform writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // connectV5 connects an MQTT 5 client with cert to addr (MQTT 5 answers
 // each refused publish with a reason code instead of closing).
 func connectV5(t *testing.T, addr string, roots *x509.CertPool, cert tls.Certificate, clientID string, will *paho.WillMessage) (*paho.Client, error) {
@@ -125,7 +106,7 @@ func connectV5(t *testing.T, addr string, roots *x509.CertPool, cert tls.Certifi
 // not per message. Ingest stores what a site forwards when the gateway
 // signed it, and refuses what the site forged.
 func TestSiteAtThePlatform(t *testing.T) {
-	var logs syncBuffer
+	var logs logbuf.Buffer
 	e := platformtest.Start(t, platform.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	dir := issueSite(t, e, account)
 	cert := siteTLS(t, dir)

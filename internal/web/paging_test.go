@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
+	"github.com/fieldtrust/fieldtrust/internal/logbuf"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/web"
 )
@@ -164,7 +165,7 @@ func TestExportLimits(t *testing.T) {
 	now := time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
-	var logs syncBuffer
+	var logs logbuf.Buffer
 	api := &web.API{Data: f.data, Proofs: f.lg, Grants: tacs.DefaultGrants(), Identify: identifyByHeader, Now: clock,
 		ExportLimits: web.ExportLimits{Concurrent: 1, Every: 2 * time.Second, Burst: 2}, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 	srv := httptest.NewServer(web.New(web.Options{API: api}))
@@ -228,22 +229,4 @@ func TestExportLimits(t *testing.T) {
 	if n := strings.Count(out, "refused_meanwhile=2"); n != 2 {
 		t.Errorf("%d admissions logged with 2 refusals before, want 2:\n%s", n, out)
 	}
-}
-
-// syncBuffer is a bytes.Buffer the server's goroutines may log to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

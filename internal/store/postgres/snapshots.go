@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,80 +20,137 @@ import (
 // The snapshot tables are described in migrations/0004_snapshots.sql.
 //
 // Names (device types, units, groups, channels, devices) map to ids that
-// never change once committed, so the Store caches them (package idcache). Ids
-// created inside a transaction enter the cache only after it commits.
+// never change once committed, so the Store caches them (package idcache).
+//
+// A batch's new names are made before its snapshot transaction begins
+// (makeNames), each in a statement of its own that commits at once, in one
+// order every writer follows (table by table, names sorted). Made inside the
+// transaction, a new name's index entry was held until the commit, so two
+// concurrent inserts that met the same new names in opposite orders could
+// each wait for the other (a deadlock, SQLSTATE 40P01). The snapshot
+// transaction only reads ids, from the cache.
 
-type inserter struct {
-	ctx   context.Context
-	tx    pgx.Tx
-	names *idcache.Cache[int32]
-	st    *idcache.Staged[int32]
-}
+// nameTables are the name tables in the order makeNames fills them.
+var nameTables = [...]string{idcache.DeviceTypes, "units", "channel_groups"}
 
-func (in *inserter) nameID(table, name string) (int32, error) {
-	k := idcache.Name{Table: table, Name: name}
-	if id, ok := in.st.Names[k]; ok {
-		return id, nil
-	}
-	id, ok := in.names.Name(k)
-	if !ok {
-		// table is one of three constants, never input.
-		if _, err := in.tx.Exec(in.ctx, `INSERT INTO `+table+` (name) VALUES ($1) ON CONFLICT (name) DO NOTHING`, name); err != nil {
-			return 0, fmt.Errorf("%s %q: %w", table, name, err)
+// makeNames makes the names of recs that are not cached yet and caches
+// them. A made name stays even if the batch is not stored: names are only
+// names, and every one of them came with a verified snapshot.
+func (s *Store) makeNames(ctx context.Context, recs []store.SnapshotRecord) error {
+	var names []idcache.Name
+	var chans []idcache.Channel
+	var devs []idcache.Device
+	seen := map[any]bool{}
+	want := func(k any) bool {
+		if seen[k] {
+			return false
 		}
-		if err := in.tx.QueryRow(in.ctx, `SELECT id FROM `+table+` WHERE name = $1`, name).Scan(&id); err != nil {
-			return 0, fmt.Errorf("%s %q: %w", table, name, err)
+		seen[k] = true
+		return true
+	}
+	for _, r := range recs {
+		if k := (idcache.Name{Table: idcache.DeviceTypes, Name: r.DeviceType}); want(k) {
+			if _, ok := s.names.Name(k); !ok {
+				names = append(names, k)
+			}
+		}
+		if k := (idcache.Device{Gateway: r.Gateway, Device: r.Device}); want(k) {
+			if _, ok := s.names.Device(k); !ok {
+				devs = append(devs, k)
+			}
+		}
+		for _, v := range r.Values {
+			k := idcache.Channel{Name: v.Channel, Unit: v.Unit, Group: v.Group}
+			if !want(k) {
+				continue
+			}
+			if _, ok := s.names.Channel(k); ok {
+				continue
+			}
+			chans = append(chans, k)
+			for _, n := range []idcache.Name{{Table: "units", Name: v.Unit}, {Table: "channel_groups", Name: v.Group}} {
+				if want(n) {
+					if _, ok := s.names.Name(n); !ok {
+						names = append(names, n)
+					}
+				}
+			}
 		}
 	}
-	in.st.Names[k] = id
-	return id, nil
-}
-
-func (in *inserter) channelID(v snapshot.Value) (int32, error) {
-	k := idcache.Channel{Name: v.Channel, Unit: v.Unit, Group: v.Group}
-	if id, ok := in.st.Channels[k]; ok {
-		return id, nil
+	if len(names)+len(chans)+len(devs) == 0 {
+		return nil
 	}
-	id, ok := in.names.Channel(k)
-	if !ok {
-		unit, err := in.nameID("units", v.Unit)
+	tableOrder := func(t string) int { return slices.Index(nameTables[:], t) }
+	slices.SortFunc(names, func(a, b idcache.Name) int {
+		return cmp.Or(cmp.Compare(tableOrder(a.Table), tableOrder(b.Table)), strings.Compare(a.Name, b.Name))
+	})
+	slices.SortFunc(chans, func(a, b idcache.Channel) int {
+		return cmp.Or(strings.Compare(a.Name, b.Name), strings.Compare(a.Unit, b.Unit), strings.Compare(a.Group, b.Group))
+	})
+	slices.SortFunc(devs, func(a, b idcache.Device) int {
+		return cmp.Or(strings.Compare(a.Gateway, b.Gateway), strings.Compare(a.Device, b.Device))
+	})
+	made := idcache.NewStaged[int32]()
+	defer s.names.Merge(made) // what was made is committed, even after an error
+	for _, k := range names {
+		// k.Table is one of nameTables, never input.
+		id, err := s.makeName(ctx, `INSERT INTO `+k.Table+` (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id`,
+			`SELECT id FROM `+k.Table+` WHERE name = $1`, 1, k.Name)
 		if err != nil {
-			return 0, err
+			return fmt.Errorf("%s %q: %w", k.Table, k.Name, err)
 		}
-		group, err := in.nameID("channel_groups", v.Group)
+		made.Names[k] = id
+	}
+	nameID := func(table, name string) int32 {
+		k := idcache.Name{Table: table, Name: name}
+		if id, ok := made.Names[k]; ok {
+			return id
+		}
+		id, _ := s.names.Name(k) // cached: made above otherwise
+		return id
+	}
+	for _, k := range chans {
+		id, err := s.makeName(ctx, `INSERT INTO channels (name, unit_id, group_id) VALUES ($1, $2, $3)
+			ON CONFLICT (name, unit_id, group_id) DO NOTHING RETURNING id`,
+			`SELECT id FROM channels WHERE name = $1 AND unit_id = $2 AND group_id = $3`, 3,
+			k.Name, nameID("units", k.Unit), nameID("channel_groups", k.Group))
 		if err != nil {
-			return 0, err
+			return fmt.Errorf("channel %q: %w", k.Name, err)
 		}
-		if _, err := in.tx.Exec(in.ctx, `INSERT INTO channels (name, unit_id, group_id) VALUES ($1, $2, $3)
-			ON CONFLICT (name, unit_id, group_id) DO NOTHING`, v.Channel, unit, group); err != nil {
-			return 0, fmt.Errorf("channel %q: %w", v.Channel, err)
-		}
-		if err := in.tx.QueryRow(in.ctx, `SELECT id FROM channels WHERE name = $1 AND unit_id = $2 AND group_id = $3`,
-			v.Channel, unit, group).Scan(&id); err != nil {
-			return 0, fmt.Errorf("channel %q: %w", v.Channel, err)
+		made.Channels[k] = id
+	}
+	types := map[idcache.Device]string{}
+	for _, r := range recs {
+		k := idcache.Device{Gateway: r.Gateway, Device: r.Device}
+		if _, ok := types[k]; !ok {
+			types[k] = r.DeviceType // the first snapshot's; the insert sets the head's
 		}
 	}
-	in.st.Channels[k] = id
-	return id, nil
+	for _, k := range devs {
+		id, err := s.makeName(ctx, `INSERT INTO devices (gateway, device, type_id) VALUES ($1, $2, $3)
+			ON CONFLICT (gateway, device) DO NOTHING RETURNING id`,
+			`SELECT id FROM devices WHERE gateway = $1 AND device = $2`, 2,
+			k.Gateway, k.Device, nameID(idcache.DeviceTypes, types[k]))
+		if err != nil {
+			return fmt.Errorf("device %s/%s: %w", k.Gateway, k.Device, err)
+		}
+		made.Devices[k] = id
+	}
+	return nil
 }
 
-func (in *inserter) deviceID(gateway, device string, typeID int32) (int32, error) {
-	k := idcache.Device{Gateway: gateway, Device: device}
-	if id, ok := in.st.Devices[k]; ok {
-		return id, nil
+// makeName runs insert, a statement of its own that commits at once, and
+// returns the id it made, or the id reread finds if the row was there (or
+// was committed by another writer the insert waited for). The reread is a
+// statement of its own: the insert's snapshot predates that writer's commit.
+// The reread takes the first n of args.
+func (s *Store) makeName(ctx context.Context, insert, reread string, n int, args ...any) (int32, error) {
+	var id int32
+	err := s.pool.QueryRow(ctx, insert, args...).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = s.pool.QueryRow(ctx, reread, args[:n]...).Scan(&id)
 	}
-	id, ok := in.names.Device(k)
-	if !ok {
-		if _, err := in.tx.Exec(in.ctx, `INSERT INTO devices (gateway, device, type_id) VALUES ($1, $2, $3)
-			ON CONFLICT (gateway, device) DO NOTHING`, gateway, device, typeID); err != nil {
-			return 0, fmt.Errorf("device %s/%s: %w", gateway, device, err)
-		}
-		if err := in.tx.QueryRow(in.ctx, `SELECT id FROM devices WHERE gateway = $1 AND device = $2`, gateway, device).Scan(&id); err != nil {
-			return 0, fmt.Errorf("device %s/%s: %w", gateway, device, err)
-		}
-	}
-	in.st.Devices[k] = id
-	return id, nil
+	return id, err
 }
 
 type headUpdate struct {
@@ -105,37 +163,44 @@ type headUpdate struct {
 }
 
 // InsertSnapshots implements store.Snapshots. Names are resolved first
-// (from the cache, almost always); then every snapshot row, values
-// included, goes to the server in one pipelined batch.
+// (from the cache, almost always; new ones are made before the transaction:
+// makeNames); then every snapshot row, values included, goes to the server
+// in one pipelined batch.
 func (s *Store) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord) ([]bool, error) {
 	inserted := make([]bool, len(recs))
 	if len(recs) == 0 {
 		return inserted, nil
+	}
+	for _, r := range recs {
+		if r.Seq == 0 || r.Seq > math.MaxInt64 || r.LedgerIndex > math.MaxInt64 {
+			return nil, fmt.Errorf("snapshot %s seq %d: seq or ledger index out of range", r.Path(), r.Seq)
+		}
+	}
+	if err := s.makeNames(ctx, recs); err != nil {
+		return nil, fmt.Errorf("insert snapshots: names: %w", err)
 	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("insert snapshots: %w", err)
 	}
 	defer tx.Rollback(ctx)
-	in := &inserter{ctx: ctx, tx: tx, names: s.names, st: idcache.NewStaged[int32]()}
 	devIDs := make([]int32, len(recs))
 	typeIDs := make([]int32, len(recs))
 	var b pgx.Batch
 	for i, r := range recs {
-		if r.Seq == 0 || r.Seq > math.MaxInt64 || r.LedgerIndex > math.MaxInt64 {
-			return nil, fmt.Errorf("snapshot %s seq %d: seq or ledger index out of range", r.Path(), r.Seq)
+		var ok bool
+		typeIDs[i], ok = s.names.Name(idcache.Name{Table: idcache.DeviceTypes, Name: r.DeviceType})
+		if !ok {
+			return nil, fmt.Errorf("insert snapshot %s seq %d: device type %q not made", r.Path(), r.Seq, r.DeviceType)
 		}
-		if typeIDs[i], err = in.nameID("device_types", r.DeviceType); err != nil {
-			return nil, fmt.Errorf("insert snapshot %s seq %d: %w", r.Path(), r.Seq, err)
-		}
-		if devIDs[i], err = in.deviceID(r.Gateway, r.Device, typeIDs[i]); err != nil {
-			return nil, fmt.Errorf("insert snapshot %s seq %d: %w", r.Path(), r.Seq, err)
+		if devIDs[i], ok = s.names.Device(idcache.Device{Gateway: r.Gateway, Device: r.Device}); !ok {
+			return nil, fmt.Errorf("insert snapshot %s seq %d: device not made", r.Path(), r.Seq)
 		}
 		chIDs := make([]int32, len(r.Values))
 		vals := make([]float64, len(r.Values))
 		for j, v := range r.Values {
-			if chIDs[j], err = in.channelID(v); err != nil {
-				return nil, fmt.Errorf("insert snapshot %s seq %d: %w", r.Path(), r.Seq, err)
+			if chIDs[j], ok = s.names.Channel(idcache.Channel{Name: v.Channel, Unit: v.Unit, Group: v.Group}); !ok {
+				return nil, fmt.Errorf("insert snapshot %s seq %d: channel %q not made", r.Path(), r.Seq, v.Channel)
 			}
 			vals[j] = v.Value
 		}
@@ -215,7 +280,6 @@ func (s *Store) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord
 	if err := tx.Commit(ctx); err != nil {
 		return nil, fmt.Errorf("insert snapshots: %w", err)
 	}
-	s.names.Merge(in.st)
 	return inserted, nil
 }
 

@@ -32,8 +32,16 @@ func Decode(b []byte) (*Snapshot, error) { return (*Decoder)(nil).Decode(b) }
 // ever new names cost it no more memory than a few snapshots do. It holds
 // only names, never a decision: a cached string is used only when its
 // bytes equal the encoding's.
+//
+// It also keeps the channel, unit and group strings of the last snapshot
+// it decoded, by value index: snapshots of one device type list the same
+// channels in the same order, so comparing a value's bytes with the string
+// at its index usually finds the string without a hash lookup (a third of
+// decoding's time went to those lookups). Again only strings whose bytes
+// equal the encoding's are used, and the last snapshot's are all it keeps.
 type Decoder struct {
 	names map[string]string
+	last  []Value // by value index, the strings of the last snapshots decoded
 }
 
 // The bounds of a Decoder's name cache: about 1 MiB at most.
@@ -111,6 +119,26 @@ func (dc *Decoder) name(c []byte) string {
 		dc.names[s] = s
 	}
 	return s
+}
+
+// remember keeps the strings of value i of the snapshot being decoded.
+// They are mostly the ones it has at i already (found there): comparing
+// before writing spares the garbage collector's write barriers.
+func (dc *Decoder) remember(i int, v Value) {
+	if i >= len(dc.last) {
+		dc.last = append(dc.last, Value{Channel: v.Channel, Unit: v.Unit, Group: v.Group})
+		return
+	}
+	p := &dc.last[i]
+	if p.Channel != v.Channel {
+		p.Channel = v.Channel
+	}
+	if p.Unit != v.Unit {
+		p.Unit = v.Unit
+	}
+	if p.Group != v.Group {
+		p.Group = v.Group
+	}
 }
 
 const sharedBits = 6
@@ -211,11 +239,16 @@ func (d *decoder) string(what string, optional bool) (string, error) {
 }
 
 // sharedString reads an optional text string, sharing the string with
-// earlier values that had the same one.
-func (d *decoder) sharedString(what string) (string, error) {
+// earlier values that had the same one: last, the string at this value's
+// index in the Decoder's last snapshot, if its bytes are the same, or one
+// of this snapshot's.
+func (d *decoder) sharedString(what, last string) (string, error) {
 	c, err := d.text(what, true)
 	if err != nil || len(c) == 0 {
 		return "", err
+	}
+	if last == string(c) { // no allocation for the comparison
+		return last, nil
 	}
 	// A cheap hash: a collision only costs an allocation.
 	n := len(c)
@@ -347,17 +380,31 @@ func (d *decoder) values() ([]Value, error) {
 		return nil, fmt.Errorf("array of %d values exceeded max number of elements %d", n, MaxValues)
 	}
 	vals := make([]Value, 0, min(int(n), (len(d.b)-d.off)/minValueBytes))
-	for range n {
-		v, err := d.value()
+	var last []Value
+	if d.names != nil {
+		last = d.names.last
+	}
+	for i := range n {
+		var prev Value // the strings at this index in the last snapshot
+		if i < uint64(len(last)) {
+			prev = last[i]
+		}
+		v, err := d.value(&prev)
 		if err != nil {
 			return nil, err
+		}
+		if d.names != nil {
+			d.names.remember(int(i), v)
 		}
 		vals = append(vals, v)
 	}
 	return vals, nil
 }
 
-func (d *decoder) value() (Value, error) {
+// value reads a value; prev holds the strings of the value at the same
+// index in the Decoder's last snapshot (empty if none), used when the bytes
+// match.
+func (d *decoder) value(prev *Value) (Value, error) {
 	var v Value
 	pairs, err := d.expect(majorMap, "a value")
 	if err != nil {
@@ -373,13 +420,17 @@ func (d *decoder) value() (Value, error) {
 		case 1:
 			var c []byte
 			c, err = d.text("channel", false)
-			v.Channel = d.names.name(c)
+			if prev.Channel == string(c) {
+				v.Channel = prev.Channel
+			} else {
+				v.Channel = d.names.name(c)
+			}
 		case 2:
 			v.Value, err = d.float()
 		case 3:
-			v.Unit, err = d.sharedString("unit")
+			v.Unit, err = d.sharedString("unit", prev.Unit)
 		case 4:
-			v.Group, err = d.sharedString("group")
+			v.Group, err = d.sharedString("group", prev.Group)
 		}
 		if err != nil {
 			return v, err

@@ -361,5 +361,71 @@ func FuzzDecoderMatchesDecode(f *testing.F) {
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("%x: Decoder = %+v, Decode = %+v", data, got, want)
 		}
+		// Again, after itself (the strings of the last snapshot at
+		// each index are its own now), then a seed after it.
+		if again, err := dc.Decode(data); (err == nil) != (wantErr == nil) || !reflect.DeepEqual(again, want) {
+			t.Fatalf("%x: Decoder again = %+v, %v; Decode = %+v, %v", data, again, err, want, wantErr)
+		}
+		for _, s := range seeds {
+			got, err := dc.Decode(s)
+			want, wantErr := Decode(s)
+			if (err == nil) != (wantErr == nil) || !reflect.DeepEqual(got, want) {
+				t.Fatalf("%x after %x: Decoder = %+v, %v; Decode = %+v, %v", s, data, got, err, want, wantErr)
+			}
+		}
 	})
+}
+
+// TestDecoderReusesTheLastSnapshotsStrings: the snapshot after another of
+// the same channels takes its channel, unit and group strings from the one
+// before, by index, with no allocation per value (main: 79 allocations per
+// snapshot, a unit and a group string per distinct one and a hash lookup
+// for each); a snapshot whose strings differ at the same indexes still
+// decodes as Decode does, and so does the one after it.
+func TestDecoderReusesTheLastSnapshotsStrings(t *testing.T) {
+	names := func(i int) string { return fmt.Sprintf("ch-%03d", i) }
+	enc := workloadSnapshot(t, 1, names)
+	var dc Decoder
+	first, err := dc.Decode(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allocs := testing.AllocsPerRun(20, func() {
+		s, err := dc.Decode(enc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, i := range []int{0, 7, 339} {
+			a, b := s.Values[i], first.Values[i]
+			if unsafe.StringData(a.Unit) != unsafe.StringData(b.Unit) || unsafe.StringData(a.Group) != unsafe.StringData(b.Group) {
+				t.Fatalf("value %d: unit or group made again", i)
+			}
+		}
+	})
+	if allocs > 8 {
+		t.Errorf("Decoder.Decode of a snapshot like the one before made %.0f allocations; want at most 8", allocs)
+	}
+	// Other strings at the same indexes, then the first snapshot again.
+	other := func(i int) string { return fmt.Sprintf("x-%03d", (i+1)%340) }
+	vals := make([]Value, 340)
+	for i := range vals {
+		vals[i] = Value{Channel: other(i), Value: 1, Unit: []string{"K", "", "mbar"}[i%3], Group: fmt.Sprintf("g%d", i%5)}
+	}
+	encOther, _, err := (&Builder{Device: "dev-2"}).Next(2, vals)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range [][]byte{encOther, enc, encOther} {
+		got, err := dc.Decode(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := Decode(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("Decoder.Decode = %+v, Decode = %+v", got, want)
+		}
+	}
 }

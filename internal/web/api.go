@@ -17,7 +17,6 @@ import (
 	"github.com/fieldtrust/fieldtrust/internal/ledger"
 	"github.com/fieldtrust/fieldtrust/internal/pki"
 	"github.com/fieldtrust/fieldtrust/internal/store"
-	"github.com/fieldtrust/fieldtrust/internal/store/registrystore"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
@@ -164,11 +163,7 @@ func (a *API) devices(w http.ResponseWriter, r *http.Request, _ tacs.Subject, sc
 		return
 	}
 	out := make([]deviceJSON, 0, len(list))
-	keys := make([]registrystore.Device, len(list))
-	for i, d := range list {
-		keys[i] = registrystore.Device{Gateway: d.Gateway, Device: d.Device}
-	}
-	flag, err := a.flagger(r.Context(), keys)
+	flag, err := flaggerOf(a, r.Context(), list, func(d store.Device) (string, string) { return d.Gateway, d.Device })
 	if err != nil {
 		a.serverError(w, r, err)
 		return
@@ -303,11 +298,7 @@ func (a *API) status(w http.ResponseWriter, r *http.Request, _ tacs.Subject, sco
 // snapshotsJSON converts records, each flagged by its calibration.
 func (a *API) snapshotsJSON(w http.ResponseWriter, r *http.Request, recs []store.SnapshotRecord) ([]snapshotJSON, bool) {
 	out := make([]snapshotJSON, 0, len(recs))
-	keys := make([]registrystore.Device, len(recs))
-	for i, rec := range recs {
-		keys[i] = registrystore.Device{Gateway: rec.Gateway, Device: rec.Device}
-	}
-	flag, err := a.flagger(r.Context(), keys)
+	flag, err := flaggerOf(a, r.Context(), recs, func(rec store.SnapshotRecord) (string, string) { return rec.Gateway, rec.Device })
 	if err != nil {
 		a.serverError(w, r, err)
 		return nil, false

@@ -26,13 +26,17 @@ type Calibration interface {
 	Bind(ctx context.Context, gateway, device string, e dcc.EquipmentID, since time.Time, by string) error
 }
 
-// flagger returns the calibration flag of a device's measurement at t for
-// the devices a response lists, reading their bindings at once and each
+// flaggerOf returns the calibration flag of a device's measurement at t
+// for the devices of a response's items, reading their bindings at once and each
 // bound instrument's history once per request; a nil flag when the API
 // has no fleet link or the device no instrument.
-func (a *API) flagger(ctx context.Context, devices []registrystore.Device) (func(gateway, device string, t time.Time) *calibration.Flag, error) {
+func flaggerOf[T any](a *API, ctx context.Context, items []T, device func(T) (gateway, device string)) (func(gateway, device string, t time.Time) *calibration.Flag, error) {
 	if a.Calibration == nil {
 		return func(string, string, time.Time) *calibration.Flag { return nil }, nil
+	}
+	devices := make([]registrystore.Device, len(items))
+	for i, it := range items {
+		devices[i].Gateway, devices[i].Device = device(it)
 	}
 	byDevice, err := a.Calibration.FlagsOf(ctx, slices.Compact(devices))
 	if err != nil {

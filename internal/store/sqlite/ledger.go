@@ -6,7 +6,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/fieldtrust/fieldtrust/internal/store"
 )
@@ -40,48 +39,27 @@ func (s *Store) AppendLedger(ctx context.Context, start uint64, leafData [][]byt
 	if uint64(n) != start {
 		return fmt.Errorf("append ledger at %d: the ledger has %d leaves: %w", start, n, store.ErrLedgerMoved)
 	}
-	// Many rows per statement: a statement per row was most of the
-	// append's time outside SQLite's own work (BenchmarkAppendLedger).
-	args := make([]any, 0, 3*ledgerRowsPerInsert)
-	for lo := 0; lo < len(leafData); lo += ledgerRowsPerInsert {
-		chunk := leafData[lo:min(lo+ledgerRowsPerInsert, len(leafData))]
-		args = args[:0]
-		for i, d := range chunk {
-			args = append(args, int64(start)+int64(lo+i), leafHash(d), d)
-		}
-		if _, err := tx.ExecContext(ctx, multiRowInsert(`INSERT INTO ledger_leaves (idx, leaf_hash, data) VALUES `, len(chunk)), args...); err != nil {
-			return fmt.Errorf("append ledger leaves %d to %d: %w", start+uint64(lo), start+uint64(lo+len(chunk)-1), err)
+	leafStmt, err := tx.PrepareContext(ctx, `INSERT INTO ledger_leaves (idx, leaf_hash, data) VALUES (?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	defer leafStmt.Close()
+	for i, d := range leafData {
+		if _, err := leafStmt.ExecContext(ctx, int64(start)+int64(i), leafHash(d), d); err != nil {
+			return fmt.Errorf("append ledger leaf %d: %w", start+uint64(i), err)
 		}
 	}
-	for lo := 0; lo < len(nodes); lo += ledgerRowsPerInsert {
-		chunk := nodes[lo:min(lo+ledgerRowsPerInsert, len(nodes))]
-		args = args[:0]
-		for _, nd := range chunk {
-			args = append(args, nd.Level, int64(nd.Index), nd.Hash)
-		}
-		if _, err := tx.ExecContext(ctx, multiRowInsert(`INSERT INTO ledger_nodes (level, idx, hash) VALUES `, len(chunk)), args...); err != nil {
-			return fmt.Errorf("append ledger nodes %d/%d and after: %w", chunk[0].Level, chunk[0].Index, err)
+	nodeStmt, err := tx.PrepareContext(ctx, `INSERT INTO ledger_nodes (level, idx, hash) VALUES (?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	defer nodeStmt.Close()
+	for _, nd := range nodes {
+		if _, err := nodeStmt.ExecContext(ctx, nd.Level, int64(nd.Index), nd.Hash); err != nil {
+			return fmt.Errorf("append ledger node %d/%d: %w", nd.Level, nd.Index, err)
 		}
 	}
 	return tx.Commit()
-}
-
-// ledgerRowsPerInsert bounds the rows of one INSERT of AppendLedger (3
-// parameters each, far below SQLite's limit of 32,766).
-const ledgerRowsPerInsert = 256
-
-// multiRowInsert returns insert followed by n rows of three parameters.
-func multiRowInsert(insert string, n int) string {
-	var b strings.Builder
-	b.Grow(len(insert) + 10*n)
-	b.WriteString(insert)
-	for i := range n {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString("(?, ?, ?)")
-	}
-	return b.String()
 }
 
 // leafHash is the RFC 6962 leaf hash, SHA-256(0x00 || data), kept in the

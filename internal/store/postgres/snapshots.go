@@ -33,6 +33,34 @@ import (
 // nameTables are the name tables in the order makeNames fills them.
 var nameTables = [...]string{idcache.DeviceTypes, "units", "channel_groups"}
 
+// batchIDs are the ids of a batch's names, by record (and value).
+type batchIDs struct {
+	types, devs []int32
+	chans       [][]int32
+}
+
+// cachedIDs looks the names of recs up in the cache; ok is false if one
+// is not there (makeNames makes it).
+func (s *Store) cachedIDs(recs []store.SnapshotRecord) (ids batchIDs, ok bool) {
+	ids = batchIDs{types: make([]int32, len(recs)), devs: make([]int32, len(recs)), chans: make([][]int32, len(recs))}
+	for i, r := range recs {
+		if ids.types[i], ok = s.names.Name(idcache.Name{Table: idcache.DeviceTypes, Name: r.DeviceType}); !ok {
+			return ids, false
+		}
+		if ids.devs[i], ok = s.names.Device(idcache.Device{Gateway: r.Gateway, Device: r.Device}); !ok {
+			return ids, false
+		}
+		ch := make([]int32, len(r.Values))
+		for j, v := range r.Values {
+			if ch[j], ok = s.names.Channel(idcache.Channel{Name: v.Channel, Unit: v.Unit, Group: v.Group}); !ok {
+				return ids, false
+			}
+		}
+		ids.chans[i] = ch
+	}
+	return ids, true
+}
+
 // makeNames makes the names of recs that are not cached yet and caches
 // them. A made name stays even if the batch is not stored: names are only
 // names, and every one of them came with a verified snapshot.
@@ -40,41 +68,32 @@ func (s *Store) makeNames(ctx context.Context, recs []store.SnapshotRecord) erro
 	var names []idcache.Name
 	var chans []idcache.Channel
 	var devs []idcache.Device
-	seen := map[any]bool{}
-	want := func(k any) bool {
-		if seen[k] {
-			return false
+	seen := map[idcache.Name]bool{}
+	newName := func(k idcache.Name) {
+		if _, ok := s.names.Name(k); !ok && !seen[k] {
+			seen[k] = true
+			names = append(names, k)
 		}
-		seen[k] = true
-		return true
 	}
+	seenChan := map[idcache.Channel]bool{}
+	seenDev := map[idcache.Device]bool{}
 	for _, r := range recs {
-		if k := (idcache.Name{Table: idcache.DeviceTypes, Name: r.DeviceType}); want(k) {
-			if _, ok := s.names.Name(k); !ok {
-				names = append(names, k)
-			}
-		}
-		if k := (idcache.Device{Gateway: r.Gateway, Device: r.Device}); want(k) {
+		newName(idcache.Name{Table: idcache.DeviceTypes, Name: r.DeviceType})
+		if k := (idcache.Device{Gateway: r.Gateway, Device: r.Device}); !seenDev[k] {
 			if _, ok := s.names.Device(k); !ok {
+				seenDev[k] = true
 				devs = append(devs, k)
 			}
 		}
 		for _, v := range r.Values {
 			k := idcache.Channel{Name: v.Channel, Unit: v.Unit, Group: v.Group}
-			if !want(k) {
+			if _, ok := s.names.Channel(k); ok || seenChan[k] {
 				continue
 			}
-			if _, ok := s.names.Channel(k); ok {
-				continue
-			}
+			seenChan[k] = true
 			chans = append(chans, k)
-			for _, n := range []idcache.Name{{Table: "units", Name: v.Unit}, {Table: "channel_groups", Name: v.Group}} {
-				if want(n) {
-					if _, ok := s.names.Name(n); !ok {
-						names = append(names, n)
-					}
-				}
-			}
+			newName(idcache.Name{Table: "units", Name: v.Unit})
+			newName(idcache.Name{Table: "channel_groups", Name: v.Group})
 		}
 	}
 	if len(names)+len(chans)+len(devs) == 0 {
@@ -101,19 +120,28 @@ func (s *Store) makeNames(ctx context.Context, recs []store.SnapshotRecord) erro
 		}
 		made.Names[k] = id
 	}
-	nameID := func(table, name string) int32 {
+	nameID := func(table, name string) (int32, error) {
 		k := idcache.Name{Table: table, Name: name}
 		if id, ok := made.Names[k]; ok {
-			return id
+			return id, nil
 		}
-		id, _ := s.names.Name(k) // cached: made above otherwise
-		return id
+		if id, ok := s.names.Name(k); ok {
+			return id, nil
+		}
+		return 0, fmt.Errorf("%s %q: neither cached nor made", table, name) // cannot happen: collected above
 	}
 	for _, k := range chans {
+		unit, err := nameID("units", k.Unit)
+		if err != nil {
+			return err
+		}
+		group, err := nameID("channel_groups", k.Group)
+		if err != nil {
+			return err
+		}
 		id, err := s.makeName(ctx, `INSERT INTO channels (name, unit_id, group_id) VALUES ($1, $2, $3)
 			ON CONFLICT (name, unit_id, group_id) DO NOTHING RETURNING id`,
-			`SELECT id FROM channels WHERE name = $1 AND unit_id = $2 AND group_id = $3`, 3,
-			k.Name, nameID("units", k.Unit), nameID("channel_groups", k.Group))
+			`SELECT id FROM channels WHERE name = $1 AND unit_id = $2 AND group_id = $3`, 3, k.Name, unit, group)
 		if err != nil {
 			return fmt.Errorf("channel %q: %w", k.Name, err)
 		}
@@ -127,10 +155,13 @@ func (s *Store) makeNames(ctx context.Context, recs []store.SnapshotRecord) erro
 		}
 	}
 	for _, k := range devs {
+		typeID, err := nameID(idcache.DeviceTypes, types[k])
+		if err != nil {
+			return err
+		}
 		id, err := s.makeName(ctx, `INSERT INTO devices (gateway, device, type_id) VALUES ($1, $2, $3)
 			ON CONFLICT (gateway, device) DO NOTHING RETURNING id`,
-			`SELECT id FROM devices WHERE gateway = $1 AND device = $2`, 2,
-			k.Gateway, k.Device, nameID(idcache.DeviceTypes, types[k]))
+			`SELECT id FROM devices WHERE gateway = $1 AND device = $2`, 2, k.Gateway, k.Device, typeID)
 		if err != nil {
 			return fmt.Errorf("device %s/%s: %w", k.Gateway, k.Device, err)
 		}
@@ -176,38 +207,31 @@ func (s *Store) InsertSnapshots(ctx context.Context, recs []store.SnapshotRecord
 			return nil, fmt.Errorf("snapshot %s seq %d: seq or ledger index out of range", r.Path(), r.Seq)
 		}
 	}
-	if err := s.makeNames(ctx, recs); err != nil {
-		return nil, fmt.Errorf("insert snapshots: names: %w", err)
+	nid, ok := s.cachedIDs(recs)
+	if !ok {
+		if err := s.makeNames(ctx, recs); err != nil {
+			return nil, fmt.Errorf("insert snapshots: names: %w", err)
+		}
+		if nid, ok = s.cachedIDs(recs); !ok {
+			return nil, errors.New("insert snapshots: a name was made but is not cached") // cannot happen
+		}
 	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("insert snapshots: %w", err)
 	}
 	defer tx.Rollback(ctx)
-	devIDs := make([]int32, len(recs))
-	typeIDs := make([]int32, len(recs))
+	devIDs, typeIDs := nid.devs, nid.types
 	var b pgx.Batch
 	for i, r := range recs {
-		var ok bool
-		typeIDs[i], ok = s.names.Name(idcache.Name{Table: idcache.DeviceTypes, Name: r.DeviceType})
-		if !ok {
-			return nil, fmt.Errorf("insert snapshot %s seq %d: device type %q not made", r.Path(), r.Seq, r.DeviceType)
-		}
-		if devIDs[i], ok = s.names.Device(idcache.Device{Gateway: r.Gateway, Device: r.Device}); !ok {
-			return nil, fmt.Errorf("insert snapshot %s seq %d: device not made", r.Path(), r.Seq)
-		}
-		chIDs := make([]int32, len(r.Values))
 		vals := make([]float64, len(r.Values))
 		for j, v := range r.Values {
-			if chIDs[j], ok = s.names.Channel(idcache.Channel{Name: v.Channel, Unit: v.Unit, Group: v.Group}); !ok {
-				return nil, fmt.Errorf("insert snapshot %s seq %d: channel %q not made", r.Path(), r.Seq, v.Channel)
-			}
 			vals[j] = v.Value
 		}
 		b.Queue(`INSERT INTO snapshots (device_id, seq, time, type_id, hash, prev, signer, signed_at, received_at, ledger_index, channel_ids, vals)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (device_id, seq) DO NOTHING RETURNING id`,
 			devIDs[i], int64(r.Seq), millis(r.Time), typeIDs[i], r.Hash, nullBytes(r.Prev), r.Signer,
-			millis(r.SignedAt), millis(r.ReceivedAt), int64(r.LedgerIndex), chIDs, vals)
+			millis(r.SignedAt), millis(r.ReceivedAt), int64(r.LedgerIndex), nid.chans[i], vals)
 	}
 	ids := make([]int64, len(recs))
 	br := tx.SendBatch(ctx, &b)

@@ -125,6 +125,9 @@ type follower struct {
 	// pass messages deleted meanwhile, which are never delivered).
 	lastCons    string
 	lastConsSeq uint64
+	// synced: the view caught up with the stream once (a node starting
+	// replays the whole stream first; until then its view undercounts).
+	synced bool
 }
 
 // errNotFollowing: the view cannot be trusted now.
@@ -134,7 +137,13 @@ var errNotFollowing = errors.New("engine state not followed")
 // appears later, a consumer that failed).
 func (f *follower) run(ctx context.Context) {
 	for {
-		if err := f.start(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		err := f.start(ctx)
+		if err == nil && !f.following() {
+			sctx, cancel := context.WithTimeout(ctx, time.Minute)
+			err = f.sync(sctx)
+			cancel()
+		}
+		if err != nil && ctx.Err() == nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			f.log.Warn("cluster limits: following the engine's state failed; retrying", "stream", f.stream, "err", err)
 		}
 		select {
@@ -199,7 +208,7 @@ func (f *follower) stop() {
 func (f *follower) sync(ctx context.Context) error {
 	if err := f.start(ctx); err != nil {
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			return nil // no stream, no state: the empty view is exact
+			return nil // no stream, no state: the empty view is exact (not synced: the stream may appear)
 		}
 		return fmt.Errorf("%w: %w", errNotFollowing, err)
 	}
@@ -216,6 +225,9 @@ func (f *follower) sync(ctx context.Context) error {
 			(info.Delivered.Consumer == 0 || f.lastCons == info.Name && f.lastConsSeq >= info.Delivered.Consumer)
 		f.mu.Unlock()
 		if done {
+			f.mu.Lock()
+			f.synced = true
+			f.mu.Unlock()
 			return nil
 		}
 		select {

@@ -158,12 +158,13 @@ func (a *authenticator) following() bool {
 	return a.sessFollower != nil && a.sessFollower.following()
 }
 
-// following reports whether the consumer runs (or the stream does not
-// exist yet, which start tells).
+// following reports whether the consumer runs and the view caught up
+// with the stream once; if not, a CONNECT with a new client ID waits for
+// it (sync).
 func (f *follower) following() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.cc != nil
+	return f.cc != nil && f.synced
 }
 
 // sessionIndex is the node's view of the engine's persistent sessions, by

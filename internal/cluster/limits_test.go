@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -358,4 +359,41 @@ func FuzzSessionRecord(f *testing.F) {
 			t.Fatalf("a session saved clean is still held: %v", x.byOwner)
 		}
 	})
+}
+
+// TestClusterSessionLimitAfterRestart: a node started again on its
+// JetStream state knows the sessions the identity holds there before it
+// takes a new client ID (its view replays the engine's session stream
+// first), and still takes the identity's own.
+func TestClusterSessionLimitAfterRestart(t *testing.T) {
+	e := newEnv(t)
+	nodes := e.startCluster(t, 1)
+	limit := broker.DefaultAccountLimits.PersistentSessions
+	path := "ms-acc-1/acc-1/gw-restart"
+	cert := e.device(t, path)
+	for i := range limit {
+		c, err := e.dial(t, nodes[0].MQTTAddr(), cert, fmt.Sprintf("%s:%d", path, i), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Disconnect(50)
+	}
+	cfg := nodes[0].cfg
+	nodes[0].Shutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	n, err := Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Shutdown)
+	if c, err := e.dial(t, n.MQTTAddr(), cert, path+":new", false); err == nil {
+		c.Disconnect(0)
+		t.Fatalf("session %d taken right after the node's restart", limit+1)
+	}
+	if c, err := e.dial(t, n.MQTTAddr(), cert, path+":0", false); err != nil {
+		t.Fatalf("the identity's own session refused after the restart: %v", err)
+	} else {
+		c.Disconnect(50)
+	}
 }

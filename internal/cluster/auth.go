@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -34,7 +35,7 @@ type authenticator struct {
 	// node's own engine client.
 	engine       engineClient
 	sessions     sessionIndex
-	sessFollower *follower
+	sessFollower atomic.Pointer[follower] // nil until the node's engine client runs
 	retained     retainedIndex
 }
 

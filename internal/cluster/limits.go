@@ -39,6 +39,7 @@ import (
 var (
 	errTooManyConnections = errors.New("too many connections of this identity on this node")
 	errTooManySessions    = errors.New("too many persistent sessions of this identity: end one with a clean CONNECT under its client ID")
+	errNodeStarting       = errors.New("node starting: try again")
 )
 
 // limitCheckTimeout bounds how long a CONNECT at a limit waits for the
@@ -84,7 +85,10 @@ func (a *authenticator) admitLimits(id uint64, cn *conn) error {
 	}
 	if n, known := a.sessionCount(name, cn.clientID); !known && (n >= lim.PersistentSessions || !a.following()) {
 		ctx, cancel := context.WithTimeout(context.Background(), limitCheckTimeout)
-		err := a.sessFollower.sync(ctx)
+		err := errNodeStarting
+		if f := a.sessFollower.Load(); f != nil {
+			err = f.sync(ctx)
+		}
 		cancel()
 		if err != nil {
 			return fmt.Errorf("cannot count the identity's sessions: %w", err)
@@ -155,7 +159,8 @@ func (a *authenticator) sessionCountLocked(name, clientID string) (int, bool) {
 }
 
 func (a *authenticator) following() bool {
-	return a.sessFollower != nil && a.sessFollower.following()
+	f := a.sessFollower.Load()
+	return f != nil && f.following()
 }
 
 // following reports whether the consumer runs and the view caught up

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -395,5 +396,23 @@ func TestClusterSessionLimitAfterRestart(t *testing.T) {
 		t.Fatalf("the identity's own session refused after the restart: %v", err)
 	} else {
 		c.Disconnect(50)
+	}
+}
+
+// TestAdmitLimitsBeforeTheEngineClient: a CONNECT the engine hands the
+// hook while the node is starting (before its engine client follows the
+// session stream) is refused for a new client ID, not a panic of the
+// engine's read loop, and not taken unchecked.
+func TestAdmitLimitsBeforeTheEngineClient(t *testing.T) {
+	a := &authenticator{
+		cfg:   Config{AccountLimits: broker.DefaultAccountLimits, ServiceLimits: broker.DefaultServiceLimits},
+		conns: map[uint64]*conn{}, bySubject: map[string]map[uint64]*conn{}, byClientID: map[string]uint64{},
+	}
+	err := a.admitLimits(1, &conn{subject: tacs.Subject{Path: "ms/acc/gw"}, clientID: "ms/acc/gw"})
+	if !errors.Is(err, errNodeStarting) {
+		t.Fatalf("admitLimits before the engine client: %v, want %v", err, errNodeStarting)
+	}
+	if len(a.conns) != 0 {
+		t.Fatal("a refused connection was recorded")
 	}
 }

@@ -245,11 +245,12 @@ func (n *Node) followLimits() error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	log := n.cfg.Logger.With("node", n.cfg.Name)
-	a.sessFollower = &follower{js: a.engine.js, stream: sessStream, filter: sessSubjects, apply: a.applySession, log: log}
+	sf := &follower{js: a.engine.js, stream: sessStream, filter: sessSubjects, apply: a.applySession, log: log}
 	rf := &follower{js: a.engine.js, stream: rmsgsStream, filter: rmsgsSubjects, apply: a.applyRetained, log: log,
 		headersOnly: true}
+	a.sessFollower.Store(sf)
 	done := make(chan struct{}, 2)
-	for _, f := range []*follower{a.sessFollower, rf} {
+	for _, f := range []*follower{sf, rf} {
 		go func() { f.run(ctx); done <- struct{}{} }()
 	}
 	n.stopLimits = func() {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -415,4 +416,43 @@ func TestAdmitLimitsBeforeTheEngineClient(t *testing.T) {
 	if len(a.conns) != 0 {
 		t.Fatal("a refused connection was recorded")
 	}
+}
+
+// BenchmarkPersistentSessionCost measures what one offline persistent
+// session with one QoS 1 subscription costs three nodes (one process):
+// heap and JetStream bytes per session, and durable consumers (go test
+// -run X -bench PersistentSessionCost -benchtime 1x ./internal/cluster/; docs/scale.md
+// "Limits on the cluster tier").
+func BenchmarkPersistentSessionCost(b *testing.B) {
+	e := newEnv(b)
+	nodes := e.startCluster(b, 3)
+	const sessions = 60 // within a service's limit of 64
+	svc := e.service(b, "bench", "snapshot-reader")
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	_, sb0, _ := streamState(b, nodes[0], "$MQTT_sess")
+	_, _, c0 := streamState(b, nodes[0], "$MQTT_msgs")
+	h0 := heap()
+	b.ResetTimer()
+	for i := range sessions {
+		c, err := e.dial(b, nodes[i%3].MQTTAddr(), svc, fmt.Sprintf("service:bench:%d", i), false)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if tok := c.Subscribe("ms-bench/+/+/snapshots", 1, nil); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+			b.Fatalf("subscribe: %v", tok.Error())
+		}
+		c.Disconnect(50)
+	}
+	b.StopTimer()
+	h1 := heap()
+	_, sb1, _ := streamState(b, nodes[0], "$MQTT_sess")
+	_, _, c1 := streamState(b, nodes[0], "$MQTT_msgs")
+	b.ReportMetric(float64(int64(h1)-int64(h0))/sessions, "heap-B/session")
+	b.ReportMetric(float64(sb1-sb0)/sessions, "sess-stream-B/session")
+	b.ReportMetric(float64(c1-c0)/sessions, "consumers/session")
 }

@@ -241,6 +241,13 @@ func TestBrokerBench(t *testing.T) {
 				} else {
 					stages = append(stages, StageTable(fmt.Sprintf("%s, %s; publishes that waited for a PUBACK: %d", name, ps.Name, r.WindowWaits), fams, (w.Messages+w.Warmup)*w.Publishers))
 				}
+				// The paced broker started for this run: its allocations
+				// since start are this phase's (go tool pprof -sample_index=alloc_objects).
+				if path := profile(c.tag + "-paced-allocs"); path != "" {
+					if perr := b.SaveProfile(ctx, "allocs", path); perr != nil {
+						t.Errorf("%s: %v", ps.Name, perr)
+					}
+				}
 			}
 			stop(b)
 			if err != nil {

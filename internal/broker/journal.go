@@ -90,7 +90,7 @@ func (a *walArena) take(n int) []byte {
 	}
 	l := len(a.chunk)
 	a.chunk = a.chunk[:l+n]
-	return a.chunk[l:l:l+n]
+	return a.chunk[l : l : l+n]
 }
 
 // reset drops scratch buffers a huge record grew.

@@ -129,7 +129,7 @@ type store struct {
 	// PUBACK still waits only for what is not yet delivered.
 	pmu     sync.Mutex
 	pending map[pendingKey]*pendingPut // guarded by pmu
-	nextMID uint64                 // last message id used; guarded by pmu
+	nextMID uint64                     // last message id used; guarded by pmu
 }
 
 // pendingPut is a write waiting for the journal (its resolver). Its record

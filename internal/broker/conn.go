@@ -716,7 +716,7 @@ func (c *conn) handlePublish(p *packet.Publish) error {
 	now := time.Now()
 	m := newMessage(topic, p.Payload, p.QoS, p.Retain, p.Props, s.key, now)
 	if p.QoS == 1 && !p.Retain {
-		m.acked = newAckTracker() // the PUBACK may go once its persistent deliveries are acknowledged
+		m.trackAcks() // the PUBACK may go once its persistent deliveries are acknowledged
 	}
 	durable := false
 	if p.Retain {
@@ -779,26 +779,13 @@ func (c *conn) acknowledge(p *packet.Publish, reason byte, durable bool, size in
 	if p.QoS == 2 {
 		t = packet.PUBREC
 	}
-	pid, qos := p.PacketID, p.QoS
-	done := func() {
-		c.writeAck(t, pid, reason)
-		if qos == 1 || reason >= 0x80 {
-			c.releaseInbound(size)
-		} else {
-			c.inBytes.Add(-int64(size)) // QoS 2 stays inflight until PUBREL
-			select {
-			case c.inWake <- struct{}{}:
-			default:
-			}
-		}
-	}
-	if qos == 2 && reason >= 0x80 {
+	if p.QoS == 2 && reason >= 0x80 {
 		s := c.sess.Load()
 		s.mu.Lock()
-		delete(s.inQoS2, pid)
+		delete(s.inQoS2, p.PacketID)
 		s.mu.Unlock()
 	}
-	c.queueAck(done, durable, tr)
+	c.queueAck(pendingAck{c: c, tr: tr, size: size, pid: p.PacketID, t: t, reason: reason}, durable)
 }
 
 // handleSubscribe decides every filter, records the granted ones, answers

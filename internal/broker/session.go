@@ -66,6 +66,7 @@ type message struct {
 	refs int    // stored deliveries referring to it; guarded by store.pmu
 
 	acked *ackTracker // a QoS 1 publish's persistent deliveries not yet acknowledged; nil if its PUBACK waits for the journal only
+	ack   ackTracker  // what acked points to (trackAcks)
 }
 
 func newMessage(topic string, payload []byte, qos byte, retain bool, props packet.Properties, origin string, now time.Time) *message {

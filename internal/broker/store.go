@@ -267,6 +267,9 @@ func (s *store) barrier() error { return s.j.submit("barrier", nil, true) }
 // afterDurable runs cb once everything written before it is durable.
 func (s *store) afterDurable(cb func(error)) { s.j.then("acknowledge", cb) }
 
+// notifyDurable is afterDurable for a notifier (no closure per PUBACK).
+func (s *store) notifyDurable(n notifier) { s.j.notify("acknowledge", n) }
+
 func (s *store) put(what, key string, v any) {
 	data, err := encMode.Marshal(v)
 	if err != nil {

@@ -42,6 +42,9 @@ type conn struct {
 	aliasMax   uint16        // topic aliases the client accepts from us
 	outAliases map[string]uint16
 	inAliases  map[uint16]string // reader goroutine only
+	pubOK      tacs.Decision     // the publish decision for pubTopic under grants generation pubGen (mayPublish); reader only
+	pubTopic   string
+	pubGen     uint64
 
 	out outbox
 
@@ -704,7 +707,7 @@ func (c *conn) handlePublish(p *packet.Publish) error {
 	if p.Props.Has(packet.PropPayloadFormat) && p.Props.PayloadFormat == 1 && !utf8.Valid(p.Payload) {
 		return c.refusePublish(p, "payload_format_invalid", packet.PayloadFormatInvalid)
 	}
-	if d := tacs.Authorize(c.b.grants, c.subject, tacs.Publish, topic); !d.Allowed || strings.HasPrefix(topic, "$") {
+	if d := c.mayPublish(topic); !d.Allowed || strings.HasPrefix(topic, "$") {
 		reason := string(d.Reason)
 		if d.Allowed {
 			reason = string(tacs.ReasonSystemTopic) // $SYS belongs to the broker, even for admin

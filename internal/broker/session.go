@@ -175,13 +175,20 @@ type session struct {
 	load           atomic.Int64  // bytes, readable without mu
 	limMu          sync.Mutex    // guards drops and the read cache; taken with or without mu
 	drops          rateLimit
-	readOK         [readCache]string // topics mayRead allowed under grants generation readGen
+	readOK         map[string]struct{} // topics mayRead allowed under grants generation readGen; nil until one is
+	readBytes      int                 // of the topics in readOK
 	readGen        uint64
-	readNext       int
 }
 
-// readCache is how many allowed topics a session remembers (see mayRead).
-const readCache = 8
+// A session remembers at most readCacheTopics allowed topics of at most
+// readCacheBytes in all (see mayRead), then starts afresh. A fixed eight
+// missed on every delivery to a subscriber of more topics than that — an
+// account's or the ingest's, of each of its devices' — and each miss was a
+// full TACS decision (docs/benchmarks.md).
+const (
+	readCacheTopics = 1024
+	readCacheBytes  = 64 << 10
+)
 
 func newSession(b *Broker, key, clientID string, subj tacs.Subject, id *identity) *session {
 	// Maps are made on first use: most sessions of a fleet have one

@@ -268,10 +268,10 @@ func (j *journal) commit(batch []journalOp, muts []walMut, errs []error) ([]walM
 		} else if op.resolve == nil {
 			err = failed
 		}
-		op.finish(err)
-		if j.obs != nil && !op.at.IsZero() {
+		if j.obs != nil && !op.at.IsZero() { // before the op's PUBACK can leave
 			j.obs.wait.Observe(time.Since(op.at).Seconds())
 		}
+		op.finish(err)
 	}
 	return muts, errs
 }

@@ -249,7 +249,6 @@ func (s *session) enqueue(m *message, qos byte, retain bool, subIDs []uint32) (p
 	s.load.Store(s.bytes)
 	s.id.queued.Add(size)
 	if s.persistent {
-		s.b.store.putDelivery(s, d)
 		persisted = true
 		if m.acked != nil {
 			m.acked.add()
@@ -258,6 +257,12 @@ func (s *session) enqueue(m *message, qos byte, retain bool, subIDs []uint32) (p
 	}
 	s.queue.push(d)
 	s.fill()
+	// A delivery fill sent is recorded (as sent) already: one store write
+	// instead of a queued one it replaces at once. One still queued — still
+	// the queue's last, as fill takes from the front — is recorded here.
+	if s.persistent && !d.stored && s.queue.len() > 0 && s.queue.items[len(s.queue.items)-1] == d {
+		s.b.store.putDelivery(s, d)
+	}
 	return persisted, s.pressure()
 }
 

@@ -1,3 +1,5 @@
+//go:build unix
+
 package broker
 
 import (
@@ -6,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,7 +21,9 @@ import (
 // `+/snapshots`, each acknowledging every delivery, like
 // scripts/bench-broker.sh's paced phase (docs/benchmarks.md). allocs/op
 // is per published message, the clients' own (a few fixed ones: the
-// decoded packets) included; compare builds in the same run:
+// decoded packets) included, and so is cpu-µs/op (the process's CPU
+// time: ns/op is latency, the window's round trips, not work); compare
+// builds in the same run:
 //
 //	go test -run '^$' -bench BenchmarkDeliver -benchmem -count 5 ./internal/broker
 func BenchmarkDeliver(b *testing.B) {
@@ -146,6 +151,7 @@ func benchDeliver(b *testing.B, persistent bool, nsubs int) {
 	}()
 	b.ReportAllocs()
 	b.SetBytes(int64(len(payload)))
+	cpu0 := processCPU(b)
 	b.ResetTimer()
 	var buf []byte
 	timeout := time.NewTimer(time.Minute)
@@ -171,4 +177,14 @@ func benchDeliver(b *testing.B, persistent bool, nsubs int) {
 		b.Fatal(err)
 	}
 	b.StopTimer()
+	b.ReportMetric(float64((processCPU(b)-cpu0).Microseconds())/float64(n), "cpu-µs/op")
+}
+
+// processCPU is the process's user and system CPU time so far.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -130,8 +130,11 @@ func (c *conn) sendMax(max int, fill func([]byte) []byte) bool {
 // one packet, and that was 5 % of the broker's CPU (docs/benchmarks.md).
 // An idle writer waits on its own channel for the next outbox and exits
 // after writerIdle without one, so a quiet broker holds no writer
-// goroutine, and at most maxIdleWriters wait at any time. The zero value is
-// ready.
+// goroutine, and at most maxIdleWriters wait at any time. The pool's lock
+// is only ever tried on the hot path: when many outboxes start at once (a
+// fan-out to a thousand subscribers), a writer that cannot have it at once
+// is simply a new goroutine, as before, rather than a queue on one mutex.
+// The zero value is ready.
 type writerPool struct {
 	mu   sync.Mutex
 	idle []chan *conn // waiting writers, most recent last; guarded by mu
@@ -146,7 +149,10 @@ const (
 
 // run hands c's outbox to an idle writer, or starts one.
 func (w *writerPool) run(c *conn) {
-	w.mu.Lock()
+	if !w.mu.TryLock() {
+		w.start(c)
+		return
+	}
 	if n := len(w.idle); n > 0 {
 		ch := w.idle[n-1]
 		w.idle[n-1] = nil
@@ -156,6 +162,10 @@ func (w *writerPool) run(c *conn) {
 		return
 	}
 	w.mu.Unlock()
+	w.start(c)
+}
+
+func (w *writerPool) start(c *conn) {
 	w.live.Add(1)
 	w.made.Add(1)
 	go w.work(c)
@@ -171,7 +181,9 @@ func (w *writerPool) work(c *conn) {
 	for {
 		batch = c.flush(batch)
 		c = nil
-		w.mu.Lock()
+		if !w.mu.TryLock() {
+			return
+		}
 		if len(w.idle) >= maxIdleWriters {
 			w.mu.Unlock()
 			return

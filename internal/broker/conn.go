@@ -42,6 +42,9 @@ type conn struct {
 	aliasMax   uint16        // topic aliases the client accepts from us
 	outAliases map[string]uint16
 	inAliases  map[uint16]string // reader goroutine only
+	pubOK      tacs.Decision     // the publish decision for pubTopic under grants generation pubGen (mayPublish); reader only
+	pubTopic   string
+	pubGen     uint64
 
 	out outbox
 
@@ -704,7 +707,7 @@ func (c *conn) handlePublish(p *packet.Publish) error {
 	if p.Props.Has(packet.PropPayloadFormat) && p.Props.PayloadFormat == 1 && !utf8.Valid(p.Payload) {
 		return c.refusePublish(p, "payload_format_invalid", packet.PayloadFormatInvalid)
 	}
-	if d := tacs.Authorize(c.b.grants, c.subject, tacs.Publish, topic); !d.Allowed || strings.HasPrefix(topic, "$") {
+	if d := c.mayPublish(topic); !d.Allowed || strings.HasPrefix(topic, "$") {
 		reason := string(d.Reason)
 		if d.Allowed {
 			reason = string(tacs.ReasonSystemTopic) // $SYS belongs to the broker, even for admin
@@ -716,7 +719,7 @@ func (c *conn) handlePublish(p *packet.Publish) error {
 	now := time.Now()
 	m := newMessage(topic, p.Payload, p.QoS, p.Retain, p.Props, s.key, now)
 	if p.QoS == 1 && !p.Retain {
-		m.acked = newAckTracker() // the PUBACK may go once its persistent deliveries are acknowledged
+		m.trackAcks() // the PUBACK may go once its persistent deliveries are acknowledged
 	}
 	durable := false
 	if p.Retain {
@@ -779,26 +782,13 @@ func (c *conn) acknowledge(p *packet.Publish, reason byte, durable bool, size in
 	if p.QoS == 2 {
 		t = packet.PUBREC
 	}
-	pid, qos := p.PacketID, p.QoS
-	done := func() {
-		c.writeAck(t, pid, reason)
-		if qos == 1 || reason >= 0x80 {
-			c.releaseInbound(size)
-		} else {
-			c.inBytes.Add(-int64(size)) // QoS 2 stays inflight until PUBREL
-			select {
-			case c.inWake <- struct{}{}:
-			default:
-			}
-		}
-	}
-	if qos == 2 && reason >= 0x80 {
+	if p.QoS == 2 && reason >= 0x80 {
 		s := c.sess.Load()
 		s.mu.Lock()
-		delete(s.inQoS2, pid)
+		delete(s.inQoS2, p.PacketID)
 		s.mu.Unlock()
 	}
-	c.queueAck(done, durable, tr)
+	c.queueAck(pendingAck{c: c, tr: tr, size: size, pid: p.PacketID, t: t, reason: reason}, durable)
 }
 
 // handleSubscribe decides every filter, records the granted ones, answers

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -32,7 +33,9 @@ import (
 // for our broker's runtime (0: defaults), READERS ("goroutine": one
 // blocked reader goroutine per connection instead of parked readers,
 // for comparison), ONLY (one run: fieldtrust,
-// fieldtrust-leaf or mosquitto). Bounded: every step has a
+// fieldtrust-leaf or mosquitto), PROFILES (a directory: our broker's heap
+// profile after a GC with every connection open, heap-NAME.pprof, and its
+// CPU profile over the hold, cpu-NAME.pprof). Bounded: every step has a
 // deadline, and the run stops by itself.
 func TestIdleConnections(t *testing.T) {
 	if os.Getenv("FIELDTRUST_IDLE_BENCH") == "" {
@@ -117,6 +120,8 @@ func TestIdleConnections(t *testing.T) {
 		}
 		var mem [3]MemoryClasses // before, after, after a forced GC
 		var rssFreed int64       // RSS after the memory the runtime holds free went back to the OS
+		var cpuProfile sync.WaitGroup
+		profiles := os.Getenv("FIELDTRUST_IDLE_PROFILES")
 		inspect := func(stage string) error {
 			if b.DebugAddr == "" {
 				return nil
@@ -132,6 +137,19 @@ func TestIdleConnections(t *testing.T) {
 			if mem[2], err = b.Memory(ctx, "gc=1"); err != nil {
 				return err
 			}
+			if profiles != "" {
+				name := fmt.Sprintf("%s-%v", run.name, run.leafOnly)
+				if err := b.SaveProfile(ctx, "/debug/pprof/heap?gc=1", filepath.Join(profiles, "heap-"+name+".pprof")); err != nil {
+					return err
+				}
+				if secs := int(hold/time.Second) - 2; secs > 0 {
+					cpuProfile.Go(func() {
+						if err := b.SaveProfile(ctx, fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), filepath.Join(profiles, "cpu-"+name+".pprof")); err != nil {
+							t.Errorf("CPU profile: %v", err)
+						}
+					})
+				}
+			}
 			if _, err = b.Memory(ctx, "free=1"); err != nil {
 				return err
 			}
@@ -141,6 +159,7 @@ func TestIdleConnections(t *testing.T) {
 		r, err := Idle(ctx, b, p, certs, IdleOptions{Conns: conns, Workers: 4 * runtime.GOMAXPROCS(0), LeafOnly: run.leafOnly,
 			SourceIPs: sources, KeepAlive: keepAlive, Settle: 5 * time.Second, Hold: hold, Progress: func(s string) { t.Log(s) },
 			Inspect: inspect})
+		cpuProfile.Wait()
 		if stopErr := b.Stop(60 * time.Second); stopErr != nil {
 			t.Errorf("stop %s: %v", b.Name, stopErr)
 		}

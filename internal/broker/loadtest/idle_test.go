@@ -35,7 +35,8 @@ import (
 // for comparison), ONLY (one run: fieldtrust,
 // fieldtrust-leaf or mosquitto), PROFILES (a directory: our broker's heap
 // profile after a GC with every connection open, heap-NAME.pprof, and its
-// CPU profile over the hold, cpu-NAME.pprof). Bounded: every step has a
+// CPU profile over the hold, cpu-NAME.pprof; MEMPROFILERATE, e.g. 1, makes
+// the heap profile exact at some cost to the run's own figures). Bounded: every step has a
 // deadline, and the run stops by itself.
 func TestIdleConnections(t *testing.T) {
 	if os.Getenv("FIELDTRUST_IDLE_BENCH") == "" {
@@ -110,7 +111,8 @@ func TestIdleConnections(t *testing.T) {
 		var b *Broker
 		if run.name == "fieldtrust" {
 			args := []string{"-intermediates", inter, "-debug-addr", "127.0.0.1:0",
-				"-gogc", strconv.Itoa(env("GOGC", 0)), "-memlimit", strconv.Itoa(env("MEMLIMIT", 0))}
+				"-gogc", strconv.Itoa(env("GOGC", 0)), "-memlimit", strconv.Itoa(env("MEMLIMIT", 0)),
+				"-memprofilerate", strconv.Itoa(env("MEMPROFILERATE", 0))}
 			b, err = StartFieldtrust(ctx, bin, p, d, "", append(args, readerArgs(t, "FIELDTRUST_IDLE_READERS")...)...)
 		} else {
 			b, err = StartMosquitto(ctx, mosq, p, d, MosquittoOptions{})

@@ -64,6 +64,7 @@ type parker struct {
 	mu      sync.Mutex
 	byFD    map[int]*conn // parked connections by descriptor; guarded by mu
 	parks   atomic.Uint64 // connections that went to park (tests)
+	resumes atomic.Uint64 // parked connections whose reader resumed (tests)
 	heap    parkHeap      // parked connections by read deadline; guarded by mu
 	timer   *time.Timer   // fires at heap[0]'s deadline; guarded by mu
 	timerAt time.Time     // when timer fires; guarded by mu
@@ -133,6 +134,7 @@ func (p *parker) close() {
 // resume runs a woken connection's reader: on an idle worker if one is
 // waiting, else on a new one.
 func (p *parker) resume(c *conn) {
+	p.resumes.Add(1)
 	select {
 	case p.work <- c:
 	default:

@@ -472,3 +472,102 @@ func TestBusyConnectionKeepsItsReader(t *testing.T) {
 		})
 	}
 }
+
+// TestParkedPingsAnsweredByThePoller: a keepalive PINGREQ to a parked
+// connection is answered by the poller itself, which parks the connection
+// again at once: no reader resumes, no goroutine hand-off and no
+// Config.ParkAfter wait per ping (that was most of an idle connection's
+// CPU). Anything else (a packet after the ping, a malformed PINGREQ, a
+// ping split over records, a ping after the deadline) still goes to the
+// reader, which handles it exactly as before.
+func TestParkedPingsAnsweredByThePoller(t *testing.T) {
+	e := newEnvWith(t, func(c *Config) { c.ParkAfter = -1 })
+	parked := func(t *testing.T, id string) *conn {
+		t.Helper()
+		if e.b.parker == nil {
+			t.Fatal("no poller: this test needs Linux's")
+		}
+		var c *conn
+		until(t, "connection "+id+" parked, no reader running", func() bool {
+			c = e.connOf(id)
+			return c != nil && e.isParked(c) && e.b.readers.Load() == 0
+		})
+		return c
+	}
+	t.Run("pings", func(t *testing.T) {
+		r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{ClientID: "pings", KeepAlive: 30})
+		parked(t, "pings")
+		resumes, parks := e.b.parker.resumes.Load(), e.b.parker.parks.Load()
+		for range 20 {
+			r.ping()
+			parked(t, "pings")
+		}
+		if got := e.b.parker.resumes.Load() - resumes; got != 0 {
+			t.Fatalf("%d readers resumed for 20 pings to a parked connection; want 0 (answered by the poller)", got)
+		}
+		if got := e.b.parker.parks.Load() - parks; got != 20 {
+			t.Fatalf("%d parks after 20 pings; want 20 (one re-park each)", got)
+		}
+	})
+	t.Run("two pings in one record", func(t *testing.T) {
+		r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-2"), packet.Connect{ClientID: "two", KeepAlive: 30})
+		parked(t, "two")
+		resumes := e.b.parker.resumes.Load()
+		r.send(append(packet.AppendPingreq(nil), packet.AppendPingreq(nil)...))
+		expect[packet.Pingresp](r)
+		expect[packet.Pingresp](r)
+		parked(t, "two")
+		if got := e.b.parker.resumes.Load() - resumes; got != 0 {
+			t.Fatalf("%d readers resumed; want 0", got)
+		}
+	})
+	t.Run("a publish after the ping goes to the reader", func(t *testing.T) {
+		r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-3"), packet.Connect{ClientID: "mixed", KeepAlive: 30})
+		r.subscribe("ms-acc-1/acc-1/dev-3/t", 1, packet.Properties{})
+		parked(t, "mixed")
+		resumes := e.b.parker.resumes.Load()
+		pub := packet.AppendPublish(nil, packet.V5, &packet.Publish{Topic: "ms-acc-1/acc-1/dev-3/t", QoS: 1, PacketID: 7, Payload: []byte("after the ping")})
+		r.send(append(packet.AppendPingreq(nil), pub...))
+		var gotPing, gotAck, gotMsg bool
+		for !(gotPing && gotAck && gotMsg) {
+			p, err := r.next()
+			if err != nil {
+				t.Fatalf("after PINGREQ+PUBLISH: %v (PINGRESP %v, PUBACK %v, message %v)", err, gotPing, gotAck, gotMsg)
+			}
+			switch p := p.(type) {
+			case *packet.Pingresp:
+				gotPing = true
+			case *packet.Ack:
+				gotAck = gotAck || (p.Type == packet.PUBACK && p.PacketID == 7)
+			case *packet.Publish:
+				if string(p.Payload) != "after the ping" {
+					t.Fatalf("delivered %q", p.Payload)
+				}
+				gotMsg = true
+				if p.QoS > 0 {
+					r.send(packet.AppendAck(nil, packet.V5, &packet.Ack{Type: packet.PUBACK, PacketID: p.PacketID}))
+				}
+			}
+		}
+		if got := e.b.parker.resumes.Load() - resumes; got != 1 {
+			t.Fatalf("%d readers resumed; want 1 (for the publish)", got)
+		}
+		r.ping()
+	})
+	t.Run("a malformed PINGREQ is the reader's protocol error", func(t *testing.T) {
+		r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-4"), packet.Connect{ClientID: "bad", KeepAlive: 30})
+		parked(t, "bad")
+		r.send([]byte{0xc0, 0x01, 0x00}) // a PINGREQ has no body
+		r.expectClosed(packet.MalformedPacket)
+	})
+	t.Run("a ping split over two records", func(t *testing.T) {
+		r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-5"), packet.Connect{ClientID: "split", KeepAlive: 30})
+		parked(t, "split")
+		r.send([]byte{0xc0})
+		until(t, "the first half read", func() bool { return e.b.parker.resumes.Load() > 0 || !e.isParked(e.connOf("split")) })
+		r.send([]byte{0x00})
+		expect[packet.Pingresp](r)
+		parked(t, "split")
+		r.ping()
+	})
+}

@@ -71,8 +71,8 @@ type conn struct {
 	// while parked).
 	deadline    time.Time // the read deadline: keepalive or certificate expiry
 	deadlineSet time.Time // when deadline was last moved
-	first       [1]byte   // the next packet's first byte, taken by probe
-	hasFirst    bool
+	ahead       [2]byte   // the next packet's first bytes, taken by probe or answerPings
+	nAhead      uint8     // how many of ahead are taken
 	parked      bool // guarded by parker.mu
 	registered  bool // the socket is in the parker's pollset; guarded by parker.mu
 	heapIdx     int  // in parker.heap; guarded by parker.mu
@@ -280,16 +280,25 @@ func (c *conn) readLoop() error {
 // which still leaves the client more than its keepalive after any packet.
 // It never passes the chain's expiry.
 func (c *conn) moveDeadline() {
+	if c.advanceDeadline() {
+		_ = c.nc.SetReadDeadline(c.deadline)
+	}
+}
+
+// advanceDeadline is moveDeadline's rule without the socket: it moves
+// c.deadline and reports whether it did. A parked connection's socket has
+// no deadline of its own (the parker's heap holds it).
+func (c *conn) advanceDeadline() bool {
 	now := time.Now()
 	if now.Sub(c.deadlineSet) <= c.keepAlive/4 {
-		return
+		return false
 	}
 	d := now.Add(c.keepAlive + c.keepAlive/2)
 	if !c.notAfter.IsZero() && c.notAfter.Before(d) {
 		d = c.notAfter
 	}
-	_ = c.nc.SetReadDeadline(d)
 	c.deadline, c.deadlineSet = d, now
+	return true
 }
 
 var (
@@ -350,11 +359,7 @@ func reasonOfPacketError(code byte) string {
 // itself (exceeding it is its protocol error), so only bytes count there.
 func (c *conn) waitInbound() error {
 	for {
-		over := c.inBytes.Load() >= maxInboundBytes
-		if c.version != packet.V5 && c.inflightIn.Load() >= receiveMaximum {
-			over = true
-		}
-		if !over || c.closed.Load() {
+		if !c.inboundFull() || c.closed.Load() {
 			return nil
 		}
 		select {
@@ -362,6 +367,14 @@ func (c *conn) waitInbound() error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// inboundFull reports whether the reader must hold back (waitInbound).
+func (c *conn) inboundFull() bool {
+	if c.inBytes.Load() >= maxInboundBytes {
+		return true
+	}
+	return c.version != packet.V5 && c.inflightIn.Load() >= receiveMaximum
 }
 
 // handle dispatches one packet.

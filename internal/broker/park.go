@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/fieldtrust/fieldtrust/internal/broker/packet"
 )
 
 // Parked readers: an idle connection holds no goroutine.
@@ -245,6 +247,9 @@ func (p *parker) ready(fd int) {
 	}
 	p.removeLocked(c)
 	p.mu.Unlock()
+	if c.answerPings() {
+		return
+	}
 	p.resume(c)
 }
 
@@ -337,9 +342,16 @@ func (h *parkHeap) Pop() any {
 // or the socket has anything for it without blocking.
 type pollConn struct {
 	*net.TCPConn
-	raw     syscall.RawConn
-	fd      int
-	probing bool // reader goroutine only
+	raw syscall.RawConn
+	fd  int
+	// The fields below belong to the connection's reader, or to the poller
+	// while it answers pings (answerPings).
+	probing bool
+	// drained: a probing read came back short, so the socket was empty a
+	// moment ago; while set, a probing read reports errWouldBlock without
+	// a system call (answerPings only: a re-armed level-triggered epoll
+	// registration reports whatever arrives after that moment).
+	drained, skipDrained bool
 }
 
 // newPollConn wraps an accepted TCP connection.
@@ -369,6 +381,9 @@ func (pc *pollConn) Read(b []byte) (int, error) {
 	if !pc.probing {
 		return pc.TCPConn.Read(b)
 	}
+	if pc.drained {
+		return 0, errWouldBlock
+	}
 	var n int
 	var rerr error
 	err := pc.raw.Read(func(fd uintptr) bool {
@@ -387,6 +402,7 @@ func (pc *pollConn) Read(b []byte) (int, error) {
 	case n == 0 && len(b) > 0:
 		return 0, io.EOF
 	}
+	pc.drained = pc.skipDrained && n < len(b)
 	return n, nil
 }
 
@@ -397,17 +413,17 @@ func (pc *pollConn) Read(b []byte) (int, error) {
 // error, the next byte is in c.first or c's socket must be read blocking
 // (parking was refused).
 func (c *conn) probe() (parked bool, err error) {
-	if c.hasFirst {
+	if c.nAhead > 0 {
 		return false, nil
 	}
 	c.pc.probing = true
-	n, err := c.nc.Read(c.first[:])
+	n, err := c.nc.Read(c.ahead[:1])
 	c.pc.probing = false
 	if n == 1 {
 		// A byte came (with it, crypto/tls may report an error found while
 		// looking ahead, e.g. a close_notify: the next read reports it
 		// again).
-		c.hasFirst = true
+		c.nAhead = 1
 		return false, nil
 	}
 	if !errors.Is(err, errWouldBlock) {
@@ -427,9 +443,9 @@ func (c *conn) probe() (parked bool, err error) {
 		if c.closed.Load() { // terminate's deadline came before ours
 			return false, errConnClosed
 		}
-		n, err := c.nc.Read(c.first[:])
+		n, err := c.nc.Read(c.ahead[:1])
 		if n == 1 {
-			c.hasFirst = true
+			c.nAhead = 1
 			_ = c.nc.SetReadDeadline(c.deadline)
 			return false, nil
 		}
@@ -476,16 +492,75 @@ func (c *conn) resume() {
 	c.serve()
 }
 
-// connReader is the reader's view of the connection: the byte the probe
-// took, then the TLS stream.
+// connReader is the reader's view of the connection: the bytes the probe
+// or answerPings took, then the TLS stream.
 type connReader conn
 
 func (r *connReader) Read(b []byte) (int, error) {
 	c := (*conn)(r)
-	if c.hasFirst && len(b) > 0 {
-		b[0] = c.first[0]
-		c.hasFirst = false
-		return 1, nil
+	if c.nAhead > 0 && len(b) > 0 {
+		n := copy(b, c.ahead[:c.nAhead])
+		copy(c.ahead[:], c.ahead[n:c.nAhead])
+		c.nAhead -= uint8(n)
+		return n, nil
 	}
 	return c.nc.Read(b)
+}
+
+// pingsPerWake bounds how many PINGREQs the poller answers for one
+// connection per wake-up; a client that sends more goes to its reader,
+// so one client cannot hold the poller.
+const pingsPerWake = 4
+
+// pingreq is a PINGREQ on the wire, both protocol versions: type 12, no
+// flags, no body.
+var pingreq = [2]byte{byte(packet.PINGREQ) << 4, 0}
+
+// answerPings runs on the poller's goroutine for a connection that has
+// just been woken by input (it is no longer parked, and no reader runs
+// for it). Keepalive PINGREQs, what an idle connection sends, are
+// answered here and the connection parks again at once: no reader
+// goroutine, no hand-off to a worker, no Config.ParkAfter wait and no
+// socket deadline per ping. It reports whether c is parked again; on
+// false the caller resumes c's reader, which finds in c.ahead what was
+// read here (the first bytes of a packet that is not a ping) and reads
+// any error again from crypto/tls. Only what a reader would do with a
+// ping happens here: the same handle, the same deadline rule.
+func (c *conn) answerPings() bool {
+	if c.pc == nil || c.nAhead > 0 || c.closed.Load() || c.inboundFull() || !time.Now().Before(c.deadline) {
+		return false
+	}
+	idle := c.readPings()
+	c.pc.probing, c.pc.skipDrained, c.pc.drained = false, false, false
+	if !idle {
+		return false
+	}
+	c.b.parker.parks.Add(1)
+	return c.b.parker.park(c) // from here on c is not ours to touch
+}
+
+// readPings answers the PINGREQs that are there (at most pingsPerWake)
+// and reports whether nothing else is: then c may park again.
+func (c *conn) readPings() bool {
+	c.pc.probing, c.pc.skipDrained = true, true
+	for range pingsPerWake {
+		for c.nAhead < 2 {
+			n, err := c.nc.Read(c.ahead[c.nAhead:2])
+			c.nAhead += uint8(n)
+			if err != nil {
+				// Nothing more at a packet boundary: idle again. Anything
+				// else (half a packet, an error) is the reader's.
+				return c.nAhead == 0 && errors.Is(err, errWouldBlock)
+			}
+		}
+		if c.ahead != pingreq || c.closed.Load() {
+			return false
+		}
+		c.nAhead = 0
+		if err := c.handle(&packet.Pingreq{}); err != nil {
+			return false
+		}
+		c.advanceDeadline()
+	}
+	return false
 }

@@ -73,9 +73,9 @@ type conn struct {
 	deadlineSet time.Time // when deadline was last moved
 	ahead       [2]byte   // the next packet's first bytes, taken by probe or answerPings
 	nAhead      uint8     // how many of ahead are taken
-	parked      bool // guarded by parker.mu
-	registered  bool // the socket is in the parker's pollset; guarded by parker.mu
-	heapIdx     int  // in parker.heap; guarded by parker.mu
+	parked      bool      // guarded by parker.mu
+	registered  bool      // the socket is in the parker's pollset; guarded by parker.mu
+	heapIdx     int       // in parker.heap; guarded by parker.mu
 }
 
 func newConn(b *Broker, nc *tls.Conn, pc *pollConn) *conn {

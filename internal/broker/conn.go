@@ -28,7 +28,11 @@ type conn struct {
 	b        *Broker
 	nc       *tls.Conn
 	pc       *pollConn // nc's socket when the connection may park; else nil
-	cs       tls.ConnectionState
+	// What Identify decides on again (Revalidate, wills, retained
+	// messages): the certificates, not the whole tls.ConnectionState
+	// (tlsState).
+	peerCerts []*x509.Certificate
+	chains    [][]*x509.Certificate
 	subject  tacs.Subject
 	id       *identity
 	sess     atomic.Pointer[session]
@@ -529,7 +533,7 @@ func (c *conn) connect() (bool, error) {
 	if err := subj.Validate(); err != nil {
 		return refuse("invalid_subject", packet.NotAuthorized, "error", err)
 	}
-	c.subject, c.cs = subj, cs
+	c.subject, c.peerCerts, c.chains = subj, cs.PeerCertificates, cs.VerifiedChains
 	if subj.IsService() {
 		if _, ok := c.b.grants[subj.Role]; !ok {
 			return refuse(string(tacs.ReasonUnknownRole), packet.NotAuthorized, "role", subj.Role)
@@ -630,6 +634,18 @@ func (c *conn) connect() (bool, error) {
 	// never lies beyond it).
 	c.notAfter = chainNotAfter(cs)
 	return true, nil
+}
+
+// tlsState is the connection's TLS state as Identify sees it after
+// CONNECT: a fresh value, so whatever keeps it (a retained message, a
+// pending will) keeps the certificates, never the connection.
+func (c *conn) tlsState() tls.ConnectionState { return identityState(c.peerCerts, c.chains) }
+
+// identityState is the TLS state Identify needs, for a live connection
+// (tlsState) and for a chain read back from the store (chainState): what
+// Identify decides again is revocation and identity.
+func identityState(peer []*x509.Certificate, chains [][]*x509.Certificate) tls.ConnectionState {
+	return tls.ConnectionState{HandshakeComplete: true, PeerCertificates: peer, VerifiedChains: chains}
 }
 
 func (c *conn) connack(present bool, reason byte, props *packet.Properties) {

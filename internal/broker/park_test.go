@@ -11,6 +11,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+	"unsafe"
+	"weak"
 
 	"github.com/fieldtrust/fieldtrust/internal/broker/packet"
 )
@@ -570,4 +572,46 @@ func TestParkedPingsAnsweredByThePoller(t *testing.T) {
 		parked(t, "split")
 		r.ping()
 	})
+}
+
+// TestConnRecordSize: the connection record stays in the 480-byte size
+// class (it held a whole tls.ConnectionState, 624 bytes in the 640
+// class). Every idle connection has one, and with the default GC a byte
+// of it costs about two of RSS.
+func TestConnRecordSize(t *testing.T) {
+	if got := unsafe.Sizeof(conn{}); got > 480 {
+		t.Fatalf("conn is %d bytes; want at most 480 (runtime size class)", got)
+	}
+}
+
+// TestRetainedKeepsNoConnection: a retained message keeps its publisher's
+// certificates (Revalidate identifies it again), not its connection —
+// which holds the TLS connection, its buffers and cipher state.
+func TestRetainedKeepsNoConnection(t *testing.T) {
+	e := newEnv(t)
+	r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{ClientID: "retainer", KeepAlive: 30})
+	r.publish("ms-acc-1/acc-1/dev-1/state", 1, true, []byte("kept"), packet.Properties{})
+	expect[packet.Ack](r)
+	c := e.connOf("retainer")
+	if c == nil {
+		t.Fatal("no connection")
+	}
+	wc := weak.Make(c)
+	c = nil
+	r.send(packet.AppendDisconnect(nil, packet.V5, &packet.Disconnect{}))
+	until(t, "the connection ended", func() bool { return e.b.metricConns() == 0 })
+	until(t, "the connection collected", func() bool {
+		runtime.GC()
+		return wc.Value() == nil
+	})
+	// The retained message is still there, and its publisher still
+	// identifies (Revalidate keeps it).
+	if n := e.b.Revalidate(context.Background()); n != 0 {
+		t.Fatalf("Revalidate ended %d connections", n)
+	}
+	s, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{ClientID: "reader", KeepAlive: 30})
+	s.subscribe("ms-acc-1/acc-1/dev-1/state", 0, packet.Properties{})
+	if p := expect[packet.Publish](s); string(p.Payload) != "kept" || !p.Retain {
+		t.Fatalf("retained %q (retain %v)", p.Payload, p.Retain)
+	}
 }

@@ -25,18 +25,18 @@ import (
 // outbox. While the client sends nothing the reader may be parked
 // (park.go): then no goroutine runs for the connection.
 type conn struct {
-	b        *Broker
-	nc       *tls.Conn
-	pc       *pollConn // nc's socket when the connection may park; else nil
+	b  *Broker
+	nc *tls.Conn
+	pc *pollConn // nc's socket when the connection may park; else nil
 	// What Identify decides on again (Revalidate, wills, retained
 	// messages): the certificates, not the whole tls.ConnectionState
 	// (tlsState).
 	peerCerts []*x509.Certificate
 	chains    [][]*x509.Certificate
-	subject  tacs.Subject
-	id       *identity
-	sess     atomic.Pointer[session]
-	clientID string // the client's own ID (without the identity namespace)
+	subject   tacs.Subject
+	id        *identity
+	sess      atomic.Pointer[session]
+	clientID  string // the client's own ID (without the identity namespace)
 
 	// Fixed after CONNECT.
 	version    byte

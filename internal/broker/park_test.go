@@ -9,10 +9,13 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 	"unsafe"
 	"weak"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fieldtrust/fieldtrust/internal/broker/packet"
 )
@@ -614,4 +617,89 @@ func TestRetainedKeepsNoConnection(t *testing.T) {
 	if p := expect[packet.Publish](s); string(p.Payload) != "kept" || !p.Retain {
 		t.Fatalf("retained %q (retain %v)", p.Payload, p.Retain)
 	}
+}
+
+var (
+	fuzzParkOnce sync.Once
+	fuzzParkE    *env
+)
+
+// FuzzParkedInput sends whatever bytes the fuzzer makes up to a parked
+// connection, in two writes split where the fuzzer says (so the poller
+// sees pings whole, split, followed by other packets, or garbage), and
+// checks: input that is only PINGREQs gets exactly one PINGRESP each and
+// the connection parks again; anything else leaves the broker serving a
+// fresh client (connect, subscribe, publish, receive).
+func FuzzParkedInput(f *testing.F) {
+	ping := packet.AppendPingreq(nil)
+	pub := packet.AppendPublish(nil, packet.V5, &packet.Publish{Topic: "ms-acc-1/acc-1/dev-1/x", QoS: 1, PacketID: 3, Payload: []byte("p")})
+	for _, seed := range [][]byte{ping, bytes.Repeat(ping, 9), append(append([]byte{}, ping...), pub...), {0xc0}, {0xc0, 0x01, 0x00}, {0xc0, 0x80, 0x00}, {0xd0, 0x00}, {0x00, 0x00}} {
+		f.Add(seed, uint8(1))
+		f.Add(seed, uint8(0))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, split uint8) {
+		fuzzParkOnce.Do(func() {
+			e := &env{t: t, pki: newTestPKI(t), id: &testIdentify{roles: map[string]string{"admin": "admin"}}, dir: mustTempDir(t),
+				tune: func(c *Config) { c.ParkAfter = -1 }}
+			e.reg = prometheus.NewRegistry()
+			e.srvTL = e.pki.server()
+			e.start() // never shut down: the fuzz process ends with it
+			fuzzParkE = e
+		})
+		e := fuzzParkE
+		r, _ := e.dialRawT(t, e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{Version: packet.V5, ClientID: "fuzz-parked", CleanStart: true, KeepAlive: 30})
+		if e.b.parker == nil {
+			t.Fatal("no poller: this test needs Linux's")
+		}
+		until(t, "parked", func() bool {
+			c := e.connOf("fuzz-parked")
+			return c != nil && e.isParked(c)
+		})
+		cut := int(split) % (len(data) + 1)
+		_ = r.conn.SetWriteDeadline(time.Now().Add(wait))
+		for _, part := range [][]byte{data[:cut], data[cut:]} {
+			if len(part) > 0 {
+				if _, err := r.conn.Write(part); err != nil {
+					return
+				}
+			}
+		}
+		if pings := len(data) / 2; len(data) > 0 && bytes.Equal(data, bytes.Repeat(ping, pings)) {
+			for i := range pings {
+				if _, err := r.next(); err != nil {
+					t.Fatalf("PINGRESP %d of %d: %v", i+1, pings, err)
+				}
+			}
+			until(t, "parked again", func() bool {
+				c := e.connOf("fuzz-parked")
+				return c != nil && e.isParked(c)
+			})
+		} else {
+			// Read until the broker is done with what we sent (or closes).
+			_ = r.conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			buf := make([]byte, 64<<10)
+			for {
+				if _, err := r.conn.Read(buf); err != nil {
+					break
+				}
+			}
+		}
+		_ = r.conn.Close()
+		s, ack := e.dialRawT(t, e.pki.identity("ms-acc-1/acc-1/dev-2"), packet.Connect{Version: packet.V5, ClientID: "probe", CleanStart: true, KeepAlive: 30})
+		if ack.Reason != 0 {
+			t.Fatalf("probe CONNACK 0x%02x", ack.Reason)
+		}
+		s.subscribe("ms-acc-1/acc-1/dev-2/p", 1, packet.Properties{})
+		s.publish("ms-acc-1/acc-1/dev-2/p", 1, false, []byte("alive"), packet.Properties{})
+		for {
+			p, err := s.next()
+			if err != nil {
+				t.Fatalf("probe: %v", err)
+			}
+			if pub, ok := p.(*packet.Publish); ok && string(pub.Payload) == "alive" {
+				break
+			}
+		}
+		_ = s.conn.Close()
+	})
 }

@@ -122,6 +122,7 @@ func TestIdleConnections(t *testing.T) {
 		}
 		var mem [3]MemoryClasses // before, after, after a forced GC
 		var rssFreed int64       // RSS after the memory the runtime holds free went back to the OS
+		var freeTook time.Duration // what the forced GC and FreeOSMemory took (wall time, over the HTTP call)
 		var cpuProfile sync.WaitGroup
 		profiles := os.Getenv("FIELDTRUST_IDLE_PROFILES")
 		inspect := func(stage string) error {
@@ -152,9 +153,11 @@ func TestIdleConnections(t *testing.T) {
 					})
 				}
 			}
+			freeStart := time.Now()
 			if _, err = b.Memory(ctx, "free=1"); err != nil {
 				return err
 			}
+			freeTook = time.Since(freeStart)
 			rssFreed, err = b.RSS()
 			return err
 		}
@@ -176,8 +179,8 @@ func TestIdleConnections(t *testing.T) {
 				chain = "leaf only"
 			}
 			memTables.WriteString("\n" + MemoryTable(fmt.Sprintf("%s, %s", b.Name, chain), r.Conns, mem[0], mem[1], mem[2]))
-			memTables.WriteString(fmt.Sprintf("\nRSS after a forced GC and returning free memory to the OS (debug.FreeOSMemory): %.0f bytes per connection (measured: %.0f).\n",
-				float64(rssFreed-r.RSSBefore)/float64(r.Conns), r.PerConn()))
+			memTables.WriteString(fmt.Sprintf("\nRSS after a forced GC and returning free memory to the OS (debug.FreeOSMemory, %v): %.0f bytes per connection (measured: %.0f).\n",
+				freeTook.Round(time.Millisecond), float64(rssFreed-r.RSSBefore)/float64(r.Conns), r.PerConn()))
 		}
 	}
 	var out strings.Builder

@@ -67,6 +67,7 @@ type parker struct {
 	byFD    map[int]*conn // parked connections by descriptor; guarded by mu
 	parks   atomic.Uint64 // connections that went to park (tests)
 	resumes atomic.Uint64 // parked connections whose reader resumed (tests)
+	pongs   atomic.Uint64 // PINGRESPs the poller wrote itself (tests)
 	heap    parkHeap      // parked connections by read deadline; guarded by mu
 	timer   *time.Timer   // fires at heap[0]'s deadline; guarded by mu
 	timerAt time.Time     // when timer fires; guarded by mu
@@ -507,6 +508,39 @@ func (r *connReader) Read(b []byte) (int, error) {
 	return c.nc.Read(b)
 }
 
+// pong answers a PINGREQ for answerPings. When nothing else is queued or
+// being written and the socket's send queue is empty, the poller writes
+// the PINGRESP itself: one small TLS record into an empty send buffer
+// does not block, and starting a writer goroutine (and waking a thread
+// for it) cost more than the write. Otherwise the answer goes through
+// the outbox like any packet (handle), so a client that does not read
+// what it is sent can never hold the poller in a write.
+func (c *conn) pong() {
+	o := &c.out
+	o.mu.Lock()
+	if o.closed || o.closing || o.flushing || len(o.chunks) > 0 || !c.pc.sendQueueEmpty() {
+		o.mu.Unlock()
+		_ = c.handle(&packet.Pingreq{}) // never fails for a PINGREQ
+		return
+	}
+	o.appendLocked(smallPacket, packet.AppendPingresp)
+	o.flushing = true
+	o.mu.Unlock()
+	c.b.parker.pongs.Add(1)
+	c.flush()
+}
+
+// sendQueueEmpty reports whether the kernel holds no unsent or
+// unacknowledged bytes of the socket (SIOCOUTQ), so a small write cannot
+// wait for the peer. On error it answers false.
+func (pc *pollConn) sendQueueEmpty() bool {
+	n, qerr := -1, error(nil)
+	if err := pc.raw.Control(func(fd uintptr) { n, qerr = sendQueued(int(fd)) }); err != nil || qerr != nil {
+		return false
+	}
+	return n == 0
+}
+
 // pingsPerWake bounds how many PINGREQs the poller answers for one
 // connection per wake-up; a client that sends more goes to its reader,
 // so one client cannot hold the poller.
@@ -557,9 +591,7 @@ func (c *conn) readPings() bool {
 			return false
 		}
 		c.nAhead = 0
-		if err := c.handle(&packet.Pingreq{}); err != nil {
-			return false
-		}
+		c.pong()
 		c.advanceDeadline()
 	}
 	return false

@@ -411,6 +411,31 @@ func TestProbeSeesTheSocket(t *testing.T) {
 	})
 }
 
+// TestSendQueueEmpty: the guard that lets the poller write a PINGRESP
+// itself (pong) sees bytes the peer has not taken: while a client does
+// not read, the poller never writes (a write could wait for it) and the
+// answer goes to a writer goroutine.
+func TestSendQueueEmpty(t *testing.T) {
+	srv, pc, cli, _ := tlsPair(t)
+	if !pc.sendQueueEmpty() {
+		t.Fatal("send queue not empty before anything was written")
+	}
+	const total = 8 << 20 // more than both socket buffers hold: the write blocks until the client reads
+	written := make(chan error, 1)
+	go func() {
+		_, err := srv.Write(make([]byte, total))
+		written <- err
+	}()
+	until(t, "the send queue holds what the client does not read", func() bool { return !pc.sendQueueEmpty() })
+	if _, err := io.CopyN(io.Discard, cli, total); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-written; err != nil {
+		t.Fatal(err)
+	}
+	until(t, "the send queue empty once the client read everything", pc.sendQueueEmpty)
+}
+
 // TestPollerFailureResumesParked: if the poller's wait loop fails (here:
 // its epoll descriptor is closed under it), parked connections resume,
 // nothing parks any more, and connections keep working with blocking
@@ -513,6 +538,9 @@ func TestParkedPingsAnsweredByThePoller(t *testing.T) {
 		if got := e.b.parker.parks.Load() - parks; got != 20 {
 			t.Fatalf("%d parks after 20 pings; want 20 (one re-park each)", got)
 		}
+		if e.b.parker.pongs.Load() == 0 {
+			t.Fatal("no PINGRESP written by the poller itself (each went to a writer goroutine)")
+		}
 	})
 	t.Run("two pings in one record", func(t *testing.T) {
 		r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-2"), packet.Connect{ClientID: "two", KeepAlive: 30})
@@ -528,7 +556,7 @@ func TestParkedPingsAnsweredByThePoller(t *testing.T) {
 	})
 	t.Run("a publish after the ping goes to the reader", func(t *testing.T) {
 		r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-3"), packet.Connect{ClientID: "mixed", KeepAlive: 30})
-		r.subscribe("ms-acc-1/acc-1/dev-3/t", 1, packet.Properties{})
+		r.subscribe("ms-acc-1/acc-1/dev-3/t", 0, packet.Properties{}) // QoS 0: the client sends nothing back
 		parked(t, "mixed")
 		resumes := e.b.parker.resumes.Load()
 		pub := packet.AppendPublish(nil, packet.V5, &packet.Publish{Topic: "ms-acc-1/acc-1/dev-3/t", QoS: 1, PacketID: 7, Payload: []byte("after the ping")})
@@ -549,9 +577,6 @@ func TestParkedPingsAnsweredByThePoller(t *testing.T) {
 					t.Fatalf("delivered %q", p.Payload)
 				}
 				gotMsg = true
-				if p.QoS > 0 {
-					r.send(packet.AppendAck(nil, packet.V5, &packet.Ack{Type: packet.PUBACK, PacketID: p.PacketID}))
-				}
 			}
 		}
 		if got := e.b.parker.resumes.Load() - resumes; got != 1 {

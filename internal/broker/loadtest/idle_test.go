@@ -120,8 +120,8 @@ func TestIdleConnections(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var mem [3]MemoryClasses // before, after, after a forced GC
-		var rssFreed int64       // RSS after the memory the runtime holds free went back to the OS
+		var mem [3]MemoryClasses   // before, after, after a forced GC
+		var rssFreed int64         // RSS after the memory the runtime holds free went back to the OS
 		var freeTook time.Duration // what the forced GC and FreeOSMemory took (wall time, over the HTTP call)
 		var cpuProfile sync.WaitGroup
 		profiles := os.Getenv("FIELDTRUST_IDLE_PROFILES")

@@ -68,6 +68,7 @@ type parker struct {
 	parks   atomic.Uint64 // connections that went to park (tests)
 	resumes atomic.Uint64 // parked connections whose reader resumed (tests)
 	pongs   atomic.Uint64 // PINGRESPs the poller wrote itself (tests)
+	rearms  atomic.Uint64 // times the deadline timer was set (tests)
 	heap    parkHeap      // parked connections by read deadline; guarded by mu
 	timer   *time.Timer   // fires at heap[0]'s deadline; guarded by mu
 	timerAt time.Time     // when timer fires; guarded by mu
@@ -284,8 +285,13 @@ func (p *parker) removeLocked(c *conn) {
 	p.rearmLocked()
 }
 
-// rearmLocked points the one timer at the earliest deadline. The caller
-// holds mu.
+// rearmLocked makes sure the one timer fires no later than the earliest
+// deadline. It only ever moves the timer earlier: when the earliest
+// connection leaves (what nearly every keepalive ping does: the
+// connection that pinged longest ago has the earliest deadline), the
+// timer stays where it was, fires early, finds nothing due and moves to
+// the heap's new earliest deadline (expire) — one timer change per fire
+// instead of one per ping. The caller holds mu.
 func (p *parker) rearmLocked() {
 	if len(p.heap) == 0 {
 		if p.timer != nil && !p.timerAt.IsZero() {
@@ -295,10 +301,11 @@ func (p *parker) rearmLocked() {
 		return
 	}
 	next := p.heap[0].deadline
-	if next.Equal(p.timerAt) {
+	if !p.timerAt.IsZero() && !next.Before(p.timerAt) {
 		return
 	}
 	p.timerAt = next
+	p.rearms.Add(1)
 	if p.timer == nil {
 		p.timer = time.AfterFunc(time.Until(next), p.expire)
 		return

@@ -411,6 +411,34 @@ func TestProbeSeesTheSocket(t *testing.T) {
 	})
 }
 
+// TestPingsDoNotMoveTheTimer: a keepalive ping takes the connection with
+// the earliest deadline out of the heap and puts it back with a later
+// one; the parker's one timer is not moved for that (it fires early once
+// and moves then), only for an earlier deadline.
+func TestPingsDoNotMoveTheTimer(t *testing.T) {
+	e := newEnvWith(t, func(c *Config) { c.ParkAfter = -1 })
+	first, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{ClientID: "first", KeepAlive: 30})
+	e.idle(t, "first", true)
+	second, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-2"), packet.Connect{ClientID: "second", KeepAlive: 30})
+	e.idle(t, "second", true)
+	rearms := e.b.parker.rearms.Load()
+	for range 5 {
+		first.ping()
+		e.idle(t, "first", true)
+		second.ping()
+		e.idle(t, "second", true)
+	}
+	if got := e.b.parker.rearms.Load() - rearms; got != 0 {
+		t.Fatalf("the deadline timer was set %d times for 10 pings; want 0", got)
+	}
+	// An earlier deadline still moves it: a client with a short keepalive.
+	_, _ = e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-3"), packet.Connect{ClientID: "short", KeepAlive: 1})
+	e.idle(t, "short", true)
+	if e.b.parker.rearms.Load() == rearms {
+		t.Fatal("an earlier deadline did not set the timer")
+	}
+}
+
 // TestSendQueueEmpty: the guard that lets the poller write a PINGRESP
 // itself (pong) sees bytes the peer has not taken: while a client does
 // not read, the poller never writes (a write could wait for it) and the

@@ -613,7 +613,10 @@ func TestVerifyClientLeafOnly(t *testing.T) {
 	}
 	// The leaf-only client has its identity and rights.
 	c := e.v5(leafOnly)
-	c.subscribe(t, "ms-acc-1/acc-1/dev-1/#", 1)
+	// QoS 0: paho.golang would write the delivery's PUBACK from its reader
+	// while this goroutine writes the next PUBLISH, unlocked (see
+	// TestSharedSubscriptions).
+	c.subscribe(t, "ms-acc-1/acc-1/dev-1/#", 0)
 	c.publish(t, "ms-acc-1/acc-1/dev-1/events", "hello", 1, false)
 	c.expect(t, "ms-acc-1/acc-1/dev-1/events", "hello")
 	if code := c.publish(t, "ms-acc-1/acc-1/dev-2/events", "x", 1, false); code != 0x87 {

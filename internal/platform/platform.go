@@ -305,7 +305,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	api := &web.API{Calibration: dccReg.link(),
+	calLink := dccReg.link()
+	api := &web.API{Calibration: calLink,
 		Data: d.Store, Proofs: lg, Grants: grants, Logger: log.With("component", "api"), Rules: d.Store, Messages: d.Store,
 		Identify: func(r *http.Request) (tacs.Subject, bool) {
 			id, ok := est.IdentityFromContext(r.Context())
@@ -431,7 +432,7 @@ func Run(ctx context.Context, cfg Config) error {
 	rulesClient.GetClientCertificate = rulesTLS.GetClientCertificate
 	rp := newRulesPlatform(cfg.Notifications, d.Store, cfg.DataDir, mqttAddr, rulesClient, reg, log)
 	// Rules read the DCC fleet link (docs/rules.md, calibration).
-	rp.svc.Calibration = api.Calibration
+	rp.svc.Calibration = calLink
 	ingestClientID := "" // ingest's default
 	if ct != nil {
 		// The cluster binds sessions to identities by client ID.

@@ -163,14 +163,15 @@ func (a *API) devices(w http.ResponseWriter, r *http.Request, _ tacs.Subject, sc
 		return
 	}
 	out := make([]deviceJSON, 0, len(list))
-	flag, now := a.flagger(r.Context()), a.now()
+	flag, err := flaggerOf(a, r.Context(), list, func(d store.Device) (string, string) { return d.Gateway, d.Device })
+	if err != nil {
+		a.serverError(w, r, err)
+		return
+	}
+	now := a.now()
 	for _, d := range list {
-		c, err := flag(d.Gateway, d.Device, now)
-		if err != nil {
-			a.serverError(w, r, err)
-			return
-		}
-		out = append(out, deviceJSON{Path: d.Path(), Gateway: d.Gateway, Device: d.Device, Type: d.DeviceType, LastSeq: d.LastSeq, LastSnapshotTime: d.LastTime, Snapshots: d.Snapshots, Calibration: c})
+		out = append(out, deviceJSON{Path: d.Path(), Gateway: d.Gateway, Device: d.Device, Type: d.DeviceType, LastSeq: d.LastSeq, LastSnapshotTime: d.LastTime, Snapshots: d.Snapshots,
+			Calibration: flag(d.Gateway, d.Device, now)})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"devices": out})
 }
@@ -272,8 +273,11 @@ type snapshotJSON struct {
 func toJSON(r store.SnapshotRecord) snapshotJSON {
 	s := snapshotJSON{Path: r.Path(), Seq: r.Seq, Time: r.Time, Hash: hex.EncodeToString(r.Hash), Prev: hex.EncodeToString(r.Prev),
 		Type: r.DeviceType, Signer: r.Signer, Provenance: r.Provenance(), SignedAt: r.SignedAt, ReceivedAt: r.ReceivedAt, LedgerIndex: r.LedgerIndex}
-	for _, v := range r.Values {
-		s.Values = append(s.Values, valueJSON(v))
+	if len(r.Values) > 0 {
+		s.Values = make([]valueJSON, len(r.Values))
+	}
+	for i, v := range r.Values {
+		s.Values[i] = valueJSON(v)
 	}
 	return s
 }
@@ -294,14 +298,14 @@ func (a *API) status(w http.ResponseWriter, r *http.Request, _ tacs.Subject, sco
 // snapshotsJSON converts records, each flagged by its calibration.
 func (a *API) snapshotsJSON(w http.ResponseWriter, r *http.Request, recs []store.SnapshotRecord) ([]snapshotJSON, bool) {
 	out := make([]snapshotJSON, 0, len(recs))
-	flag := a.flagger(r.Context())
+	flag, err := flaggerOf(a, r.Context(), recs, func(rec store.SnapshotRecord) (string, string) { return rec.Gateway, rec.Device })
+	if err != nil {
+		a.serverError(w, r, err)
+		return nil, false
+	}
 	for _, rec := range recs {
 		j := toJSON(rec)
-		var err error
-		if j.Calibration, err = flag(rec.Gateway, rec.Device, rec.Time); err != nil {
-			a.serverError(w, r, err)
-			return nil, false
-		}
+		j.Calibration = flag(rec.Gateway, rec.Device, rec.Time)
 		out = append(out, j)
 	}
 	return out, true

@@ -7,10 +7,12 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/dcc"
 	"github.com/fieldtrust/fieldtrust/internal/dcc/calibration"
+	"github.com/fieldtrust/fieldtrust/internal/store/registrystore"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/topic"
 )
@@ -19,31 +21,33 @@ import (
 // a device is, and whether its measurements were taken under a valid
 // calibration (docs/dcc.md "The fleet link").
 type Calibration interface {
-	Flags(ctx context.Context, gateway, device string) (func(time.Time) *calibration.Flag, error)
+	FlagsOf(ctx context.Context, devices []registrystore.Device) (map[registrystore.Device]func(time.Time) *calibration.Flag, error)
 	Report(ctx context.Context, gateway, device string) (*calibration.Report, error)
 	Bind(ctx context.Context, gateway, device string, e dcc.EquipmentID, since time.Time, by string) error
 }
 
-// flagger returns the calibration flag of a device's measurement at t,
-// loading each device's bindings and instrument history once per request;
-// a nil flag when the API has no fleet link or the device no instrument.
-func (a *API) flagger(ctx context.Context) func(gateway, device string, t time.Time) (*calibration.Flag, error) {
+// flaggerOf returns the calibration flag of a device's measurement at t
+// for the devices of a response's items, reading their bindings at once and each
+// bound instrument's history once per request; a nil flag when the API
+// has no fleet link or the device no instrument.
+func flaggerOf[T any](a *API, ctx context.Context, items []T, device func(T) (gateway, device string)) (func(gateway, device string, t time.Time) *calibration.Flag, error) {
 	if a.Calibration == nil {
-		return func(string, string, time.Time) (*calibration.Flag, error) { return nil, nil }
+		return func(string, string, time.Time) *calibration.Flag { return nil }, nil
 	}
-	byDevice := map[[2]string]func(time.Time) *calibration.Flag{}
-	return func(gateway, device string, t time.Time) (*calibration.Flag, error) {
-		k := [2]string{gateway, device}
-		f, ok := byDevice[k]
-		if !ok {
-			var err error
-			if f, err = a.Calibration.Flags(ctx, gateway, device); err != nil {
-				return nil, err
-			}
-			byDevice[k] = f
+	devices := make([]registrystore.Device, len(items))
+	for i, it := range items {
+		devices[i].Gateway, devices[i].Device = device(it)
+	}
+	byDevice, err := a.Calibration.FlagsOf(ctx, slices.Compact(devices))
+	if err != nil {
+		return nil, err
+	}
+	return func(gateway, device string, t time.Time) *calibration.Flag {
+		if f := byDevice[registrystore.Device{Gateway: gateway, Device: device}]; f != nil {
+			return f(t)
 		}
-		return f(t), nil
-	}
+		return nil
+	}, nil
 }
 
 // calibration serves GET /api/v1/devices/{path}/calibration: the device's

@@ -86,6 +86,7 @@ type Report struct {
 // Bindings is the storage of bindings (registrystore.Store).
 type Bindings interface {
 	Bindings(ctx context.Context, gateway, device string) ([]registrystore.Binding, error)
+	BindingsOf(ctx context.Context, devices []registrystore.Device) (map[registrystore.Device][]registrystore.Binding, error)
 	PutBinding(ctx context.Context, b registrystore.Binding) error
 }
 
@@ -203,8 +204,28 @@ func (l *Link) Flags(ctx context.Context, gateway, device string) (func(t time.T
 	if err != nil {
 		return nil, err
 	}
+	return l.flags(ctx, gateway, device, bs), nil
+}
+
+// FlagsOf is Flags for several devices, with one read of their bindings
+// for up to 200 of them: a fleet view flags every device it lists. The
+// map holds every device asked for.
+func (l *Link) FlagsOf(ctx context.Context, devices []registrystore.Device) (map[registrystore.Device]func(t time.Time) *Flag, error) {
+	all, err := l.Bindings.BindingsOf(ctx, devices)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[registrystore.Device]func(t time.Time) *Flag, len(devices))
+	for _, d := range devices {
+		out[d] = l.flags(ctx, d.Gateway, d.Device, all[d])
+	}
+	return out, nil
+}
+
+// flags is the flag function of a device with bindings bs.
+func (l *Link) flags(ctx context.Context, gateway, device string, bs []registrystore.Binding) func(t time.Time) *Flag {
 	if len(bs) == 0 {
-		return func(time.Time) *Flag { return nil }, nil
+		return func(time.Time) *Flag { return nil }
 	}
 	reg := l.registry()
 	hist := map[dcc.EquipmentID][]registry.Record{}
@@ -238,7 +259,7 @@ func (l *Link) Flags(ctx context.Context, gateway, device string) (func(t time.T
 		f := flagAt(e, hist[e], t)
 		f.Proven = b.Proof != ""
 		return f
-	}, nil
+	}
 }
 
 // Report is a device's calibration now, with the bound instrument's

@@ -116,49 +116,85 @@ func fleet(t *testing.T, st *registrystore.Store) (*Link, *x509.Certificate) {
 
 // TestFlagRule: which binding and which DCC apply to a measurement, at
 // the edges of performance days, due dates, a revocation and bindings.
+// bindingsChunkForTest is registrystore's devices per read (200).
+const bindingsChunkForTest = 200
+
 func TestFlagRule(t *testing.T) {
 	for name, open := range stores(t) {
 		t.Run(name, func(t *testing.T) {
 			l, _ := fleet(t, open(t))
-			flags, err := l.Flags(context.Background(), "ms/acc/gw", "dev-1")
+			ctx := context.Background()
+			// Another device, bound to the same instrument later on: FlagsOf
+			// keeps each device's bindings apart.
+			if err := l.Bind(ctx, "ms/acc/gw-2", "dev-1", dcc.EquipmentID{Issuer: "manufacturer", Value: "SN-CAL"}, day("2022-12-01"), "ms/acc/gw-2"); err != nil {
+				t.Fatal(err)
+			}
+			one, err := l.Flags(ctx, "ms/acc/gw", "dev-1")
 			if err != nil {
 				t.Fatal(err)
 			}
-			tests := []struct {
-				at, status, dcc string // status "": no flag
-				overdue         bool
-			}{
-				{"2019-12-31T23:59:59Z", "", "", false},           // before any binding
-				{"2020-01-05T00:00:00Z", Uncalibrated, "", false}, // bound, no DCC performed yet
-				{"2020-01-09T23:59:59Z", Uncalibrated, "", false}, // the day before D1's calibration
-				{"2020-01-10T00:00:00Z", Valid, "D1", false},      // D1's performance day
-				{"2021-01-10T23:59:59Z", Valid, "D1", false},      // the last second of D1's due date
-				{"2021-01-11T00:00:00Z", Overdue, "D1", true},     // the first overdue instant
-				{"2021-03-01T08:00:00Z", Revoked, "D2", false},    // D2 applies and was revoked
-				{"2022-05-31T12:00:00Z", Revoked, "D2", true},     // revoked wins over overdue
-				{"2022-06-01T00:00:00Z", Valid, "D3", false},      // D3 supersedes
-				{"2023-01-01T00:00:00Z", "", "", false},           // unbound
-				{"2023-03-01T00:00:00Z", Uncalibrated, "", false}, // another instrument, no DCCs
-				{"2022-12-31T23:59:59.999Z", Valid, "D3", false},  // the millisecond before unbinding
-				{"2020-01-01T00:00:00Z", Uncalibrated, "", false}, // the binding's first millisecond
-				{"1970-01-01T00:00:00Z", "", "", false},           // long before
-				{"2023-06-01T23:59:59Z", Uncalibrated, "", false}, // SN-OTHER: D3 is not its DCC
-				{"2022-06-01T00:00:00.001Z", Valid, "D3", false},
+			// FlagsOf must give the same flags, for the device among more
+			// devices than one read asks for (and a device with no bindings).
+			var devices []registrystore.Device
+			for i := range 2*bindingsChunkForTest + 7 {
+				devices = append(devices, registrystore.Device{Gateway: "ms/acc/gw", Device: fmt.Sprintf("other-%d", i)})
 			}
-			for _, tt := range tests {
-				f := flags(day(tt.at))
-				if tt.status == "" {
-					if f != nil {
-						t.Errorf("%s: %+v, want no flag", tt.at, f)
+			devices = append(devices, registrystore.Device{Gateway: "ms/acc/gw-2", Device: "dev-1"}, registrystore.Device{Gateway: "ms/acc/gw", Device: "dev-1"})
+			many, err := l.FlagsOf(ctx, devices)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(many) != len(devices) {
+				t.Fatalf("FlagsOf returned %d devices of %d", len(many), len(devices))
+			}
+			for _, d := range devices[:len(devices)-2] {
+				if f := many[d](day("2022-06-01T00:00:00Z")); f != nil {
+					t.Fatalf("%v has no bindings, flagged %+v", d, f)
+				}
+			}
+			if f := many[registrystore.Device{Gateway: "ms/acc/gw-2", Device: "dev-1"}](day("2022-11-30T00:00:00Z")); f != nil {
+				t.Fatalf("gw-2/dev-1 before its binding: %+v", f)
+			}
+			if f := many[registrystore.Device{Gateway: "ms/acc/gw-2", Device: "dev-1"}](day("2023-03-01T00:00:00Z")); f == nil || f.DCCID != "D3" {
+				t.Fatalf("gw-2/dev-1 after its binding: %+v", f)
+			}
+			for way, flags := range map[string]func(time.Time) *Flag{"Flags": one, "FlagsOf": many[registrystore.Device{Gateway: "ms/acc/gw", Device: "dev-1"}]} {
+				tests := []struct {
+					at, status, dcc string // status "": no flag
+					overdue         bool
+				}{
+					{"2019-12-31T23:59:59Z", "", "", false},           // before any binding
+					{"2020-01-05T00:00:00Z", Uncalibrated, "", false}, // bound, no DCC performed yet
+					{"2020-01-09T23:59:59Z", Uncalibrated, "", false}, // the day before D1's calibration
+					{"2020-01-10T00:00:00Z", Valid, "D1", false},      // D1's performance day
+					{"2021-01-10T23:59:59Z", Valid, "D1", false},      // the last second of D1's due date
+					{"2021-01-11T00:00:00Z", Overdue, "D1", true},     // the first overdue instant
+					{"2021-03-01T08:00:00Z", Revoked, "D2", false},    // D2 applies and was revoked
+					{"2022-05-31T12:00:00Z", Revoked, "D2", true},     // revoked wins over overdue
+					{"2022-06-01T00:00:00Z", Valid, "D3", false},      // D3 supersedes
+					{"2023-01-01T00:00:00Z", "", "", false},           // unbound
+					{"2023-03-01T00:00:00Z", Uncalibrated, "", false}, // another instrument, no DCCs
+					{"2022-12-31T23:59:59.999Z", Valid, "D3", false},  // the millisecond before unbinding
+					{"2020-01-01T00:00:00Z", Uncalibrated, "", false}, // the binding's first millisecond
+					{"1970-01-01T00:00:00Z", "", "", false},           // long before
+					{"2023-06-01T23:59:59Z", Uncalibrated, "", false}, // SN-OTHER: D3 is not its DCC
+					{"2022-06-01T00:00:00.001Z", Valid, "D3", false},
+				}
+				for _, tt := range tests {
+					f := flags(day(tt.at))
+					if tt.status == "" {
+						if f != nil {
+							t.Errorf("%s %s: %+v, want no flag", way, tt.at, f)
+						}
+						continue
 					}
-					continue
+					if f == nil || f.Status != tt.status || f.DCCID != tt.dcc || f.Overdue != tt.overdue || f.Flagged != (tt.status != Valid) {
+						t.Errorf("%s %s: %+v, want %s %s overdue=%v", way, tt.at, f, tt.status, tt.dcc, tt.overdue)
+					}
 				}
-				if f == nil || f.Status != tt.status || f.DCCID != tt.dcc || f.Overdue != tt.overdue || f.Flagged != (tt.status != Valid) {
-					t.Errorf("%s: %+v, want %s %s overdue=%v", tt.at, f, tt.status, tt.dcc, tt.overdue)
+				if f := flags(day("2021-01-11T00:00:00Z")); f.DueDate != "2021-01-10" || f.DueUnix != day("2021-01-11T00:00:00Z").Unix() || f.Lab != "Lab A" {
+					t.Errorf("%s: due fields: %+v", way, f)
 				}
-			}
-			if f := flags(day("2021-01-11T00:00:00Z")); f.DueDate != "2021-01-10" || f.DueUnix != day("2021-01-11T00:00:00Z").Unix() || f.Lab != "Lab A" {
-				t.Errorf("due fields: %+v", f)
 			}
 		})
 	}

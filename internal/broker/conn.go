@@ -62,7 +62,7 @@ type conn struct {
 	// acknowledgement may wait for the journal), and their bytes.
 	inflightIn atomic.Int32
 	inBytes    atomic.Int64
-	inWake     chan struct{} // signalled when an acknowledgement is sent
+	inWake     atomic.Pointer[chan struct{}] // signalled when an acknowledgement is sent; made when the reader first waits (inboundWaker)
 
 	// Acknowledgements waiting (ackdelay.go), in arrival order.
 	ackMu sync.Mutex
@@ -83,7 +83,7 @@ type conn struct {
 }
 
 func newConn(b *Broker, nc *tls.Conn, pc *pollConn) *conn {
-	return &conn{b: b, nc: nc, pc: pc, inWake: make(chan struct{}, 1)}
+	return &conn{b: b, nc: nc, pc: pc}
 }
 
 // refuse counts a refusal on this connection and logs it, at most one line
@@ -366,9 +366,36 @@ func (c *conn) waitInbound() error {
 		if !c.inboundFull() || c.closed.Load() {
 			return nil
 		}
+		wake := c.inboundWaker()
+		if !c.inboundFull() || c.closed.Load() { // released before the channel existed
+			return nil
+		}
 		select {
-		case <-c.inWake:
+		case <-wake:
 		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// inboundWaker is the channel waitInbound waits on, made the first time
+// the reader has to wait: most connections never do, and an unused
+// channel cost 96 bytes each. Reader goroutine only.
+func (c *conn) inboundWaker() chan struct{} {
+	if w := c.inWake.Load(); w != nil {
+		return *w
+	}
+	w := make(chan struct{}, 1)
+	c.inWake.Store(&w)
+	return w
+}
+
+// wakeInbound wakes the reader if it waits in waitInbound (or will look
+// again: the channel keeps one signal).
+func (c *conn) wakeInbound() {
+	if w := c.inWake.Load(); w != nil {
+		select {
+		case *w <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -441,10 +468,7 @@ func (c *conn) handleAck(a *packet.Ack) error {
 func (c *conn) releaseInbound(bytes int) {
 	c.inflightIn.Add(-1)
 	c.inBytes.Add(-int64(bytes))
-	select {
-	case c.inWake <- struct{}{}:
-	default:
-	}
+	c.wakeInbound()
 }
 
 func (c *conn) handleDisconnect(d *packet.Disconnect) error {
@@ -815,10 +839,7 @@ func (c *conn) acknowledge(p *packet.Publish, reason byte, durable bool, size in
 			c.releaseInbound(size)
 		} else {
 			c.inBytes.Add(-int64(size)) // QoS 2 stays inflight until PUBREL
-			select {
-			case c.inWake <- struct{}{}:
-			default:
-			}
+			c.wakeInbound()
 		}
 	}
 	if qos == 2 && reason >= 0x80 {

@@ -640,6 +640,16 @@ func TestConnRecordSize(t *testing.T) {
 	}
 }
 
+// TestConnAllocatesOnlyItself: a new connection's record is one
+// allocation; what only some connections need (the channel a reader held
+// back by inbound limits waits on) is made when it is needed.
+func TestConnAllocatesOnlyItself(t *testing.T) {
+	var kept *conn // the record escapes, as a real connection's does
+	if n := testing.AllocsPerRun(100, func() { kept = newConn(nil, nil, nil) }); n != 1 || kept == nil {
+		t.Fatalf("newConn makes %v allocations; want 1", n)
+	}
+}
+
 // TestRetainedKeepsNoConnection: a retained message keeps its publisher's
 // certificates (Revalidate identifies it again), not its connection —
 // which holds the TLS connection, its buffers and cipher state.

@@ -130,6 +130,7 @@ type Broker struct {
 	metrics        *metrics
 	ln             *tlsListener
 	store          *store
+	writers        writerPool // connections' outbox writers (out.go)
 	accountLimits  Limits
 	serviceLimits  Limits
 	maxPacket      int

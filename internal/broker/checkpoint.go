@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -197,23 +198,33 @@ func (c *checkpointer) apply(muts []walMut, lsn uint64) error {
 // delete that a later put or delete of the same key overrides is skipped:
 // the key's final state does not depend on it (a prefix deletion in
 // between could only delete it too).
+//
+// The overrides are found by the keys' hashes (a string key per mutation
+// was one allocation each): a mutation is skipped only if the last one
+// with its hash has its very key, so a collision costs a redundant write,
+// never a lost one.
 func applyMuts(b *bbolt.Bucket, muts []walMut, lsn uint64) error {
-	last := make(map[string]int, len(muts))
+	seed := maphash.MakeSeed()
+	last := make(map[uint64]int, len(muts))
 	for i, m := range muts {
 		if m.op != mutDeletePrefix {
-			last[string(m.key)] = i
+			last[maphash.Bytes(seed, m.key)] = i
 		}
+	}
+	overridden := func(i int, key []byte) bool {
+		j := last[maphash.Bytes(seed, key)]
+		return j != i && bytes.Equal(muts[j].key, key)
 	}
 	for i, m := range muts {
 		var err error
 		switch m.op {
 		case mutPut:
-			if last[string(m.key)] != i {
+			if overridden(i, m.key) {
 				continue
 			}
 			err = b.Put(m.key, m.val)
 		case mutDelete:
-			if last[string(m.key)] != i {
+			if overridden(i, m.key) {
 				continue
 			}
 			err = b.Delete(m.key)

@@ -39,13 +39,14 @@ type conn struct {
 	clientID  string // the client's own ID (without the identity namespace)
 
 	// Fixed after CONNECT.
-	version    byte
 	keepAlive  time.Duration // 0 never happens after CONNECT: capped and defaulted
 	sendWindow int           // QoS 1/2 messages the client accepts unacknowledged
 	maxOut     int           // client's Maximum Packet Size, 0 if none
-	aliasMax   uint16        // topic aliases the client accepts from us
 	outAliases map[string]uint16
 	inAliases  map[uint16]string // reader goroutine only
+	pubOK      tacs.Decision     // the publish decision for pubTopic under grants generation pubGen (mayPublish); reader only
+	pubTopic   string
+	pubGen     uint64
 
 	out outbox
 
@@ -61,6 +62,7 @@ type conn struct {
 	// Inbound QoS 1/2 publishes not yet acknowledged (their
 	// acknowledgement may wait for the journal), and their bytes.
 	inflightIn atomic.Int32
+	heapIdx    int32 // in parker.heap; guarded by parker.mu (here: no padding)
 	inBytes    atomic.Int64
 	inWake     atomic.Pointer[chan struct{}] // signalled when an acknowledgement is sent; made when the reader first waits (inboundWaker)
 
@@ -79,7 +81,10 @@ type conn struct {
 	nAhead      uint8     // how many of ahead are taken
 	parked      bool      // guarded by parker.mu
 	registered  bool      // the socket is in the parker's pollset; guarded by parker.mu
-	heapIdx     int       // in parker.heap; guarded by parker.mu
+	// Fixed after CONNECT, like keepAlive and the rest (placed here, they
+	// fill what would be padding: TestConnRecordSize).
+	version  byte
+	aliasMax uint16 // topic aliases the client accepts from us
 }
 
 func newConn(b *Broker, nc *tls.Conn, pc *pollConn) *conn {
@@ -757,7 +762,7 @@ func (c *conn) handlePublish(p *packet.Publish) error {
 	if p.Props.Has(packet.PropPayloadFormat) && p.Props.PayloadFormat == 1 && !utf8.Valid(p.Payload) {
 		return c.refusePublish(p, "payload_format_invalid", packet.PayloadFormatInvalid)
 	}
-	if d := tacs.Authorize(c.b.grants, c.subject, tacs.Publish, topic); !d.Allowed || strings.HasPrefix(topic, "$") {
+	if d := c.mayPublish(topic); !d.Allowed || strings.HasPrefix(topic, "$") {
 		reason := string(d.Reason)
 		if d.Allowed {
 			reason = string(tacs.ReasonSystemTopic) // $SYS belongs to the broker, even for admin
@@ -769,7 +774,7 @@ func (c *conn) handlePublish(p *packet.Publish) error {
 	now := time.Now()
 	m := newMessage(topic, p.Payload, p.QoS, p.Retain, p.Props, s.key, now)
 	if p.QoS == 1 && !p.Retain {
-		m.acked = newAckTracker() // the PUBACK may go once its persistent deliveries are acknowledged
+		m.trackAcks() // the PUBACK may go once its persistent deliveries are acknowledged
 	}
 	durable := false
 	if p.Retain {
@@ -832,23 +837,13 @@ func (c *conn) acknowledge(p *packet.Publish, reason byte, durable bool, size in
 	if p.QoS == 2 {
 		t = packet.PUBREC
 	}
-	pid, qos := p.PacketID, p.QoS
-	done := func() {
-		c.writeAck(t, pid, reason)
-		if qos == 1 || reason >= 0x80 {
-			c.releaseInbound(size)
-		} else {
-			c.inBytes.Add(-int64(size)) // QoS 2 stays inflight until PUBREL
-			c.wakeInbound()
-		}
-	}
-	if qos == 2 && reason >= 0x80 {
+	if p.QoS == 2 && reason >= 0x80 {
 		s := c.sess.Load()
 		s.mu.Lock()
-		delete(s.inQoS2, pid)
+		delete(s.inQoS2, p.PacketID)
 		s.mu.Unlock()
 	}
-	c.queueAck(done, durable, tr)
+	c.queueAck(pendingAck{c: c, tr: tr, size: size, pid: p.PacketID, t: t, reason: reason}, durable)
 }
 
 // handleSubscribe decides every filter, records the granted ones, answers

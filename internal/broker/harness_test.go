@@ -57,7 +57,7 @@ func (ti *testIdentify) revoke(c tls.Certificate) {
 }
 
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	tune  func(*Config) // applied to every broker the env starts
 	pki   *testPKI
 	id    *testIdentify
@@ -97,7 +97,7 @@ func (e *env) config(addr string) Config {
 }
 
 // newEnvWith starts a broker whose config tune adjusts.
-func newEnvWith(t *testing.T, tune func(*Config)) *env {
+func newEnvWith(t testing.TB, tune func(*Config)) *env {
 	t.Helper()
 	e := &env{
 		t:    t,

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"errors"
 	"log/slog"
 	"sync"
@@ -38,17 +39,76 @@ type journal struct {
 	done   chan struct{} // closed when the loop has drained and exited
 
 	logged atomic.Uint64 // LSN of the last record made durable
+
+	arena walArena // the current batch's keys and values; the loop's only
+}
+
+// resolver appends an operation's mutations to dst at the moment its batch
+// is logged (so a write cancelled before then costs nothing), building
+// their keys and values in a.
+type resolver interface {
+	resolve(dst []walMut, a *walArena) []walMut
+}
+
+// resolveFunc is a resolver that allocates its own bytes (submit's).
+type resolveFunc func(dst []walMut) []walMut
+
+func (f resolveFunc) resolve(dst []walMut, _ *walArena) []walMut { return f(dst) }
+
+// notifier is told once everything queued before it is durable (or failed).
+type notifier interface{ durable(err error) }
+
+// notifyFunc is a notifier calling a function (then's).
+type notifyFunc func(error)
+
+func (f notifyFunc) durable(err error) { f(err) }
+
+// walArena holds the keys and values a batch's mutations refer to, so the
+// journal allocates one chunk per arenaChunk bytes instead of a key and a
+// value per mutation. The mutations (and the checkpointer, until it has
+// applied them) keep a chunk alive; none is ever overwritten or reused.
+// The record scratch fields are reused across records (the journal's
+// goroutine only).
+type walArena struct {
+	chunk    []byte
+	enc      bytes.Buffer   // a record's CBOR
+	publish  []byte         // a message's PUBLISH
+	message  messageRecord  // the record being encoded (pointers, not boxed copies, go to the encoder)
+	delivery deliveryRecord // the record being encoded
+}
+
+const arenaChunk = 64 << 10
+
+// take returns an empty slice with room for n bytes that nothing else
+// refers to.
+func (a *walArena) take(n int) []byte {
+	if n > arenaChunk/8 {
+		return make([]byte, 0, n)
+	}
+	if cap(a.chunk)-len(a.chunk) < n {
+		a.chunk = make([]byte, 0, arenaChunk)
+	}
+	l := len(a.chunk)
+	a.chunk = a.chunk[:l+n]
+	return a.chunk[l : l : l+n]
+}
+
+// reset drops scratch buffers a huge record grew.
+func (a *walArena) reset() {
+	if a.enc.Cap() > 1<<20 {
+		a.enc = bytes.Buffer{}
+	}
+	if cap(a.publish) > 1<<20 {
+		a.publish = nil
+	}
 }
 
 type journalOp struct {
-	what string
-	// resolve appends the op's mutations to dst, at the moment its batch
-	// is logged (so a write cancelled before then costs nothing); nil for
-	// a barrier.
-	resolve func(dst []walMut) []walMut
-	done    chan error  // nil for fire-and-forget
-	then    func(error) // called once durable (or failed); may be nil
-	at      time.Time   // when a barrier was queued (measured journals only)
+	what    string
+	resolve resolver   // nil for a barrier
+	done    chan error // nil for fire-and-forget
+	then    notifier   // told once durable (or failed); may be nil
+	at      time.Time  // when a barrier was queued (measured journals only)
 }
 
 func newJournal(w *wal, ckpt *checkpointer, obs *storeMetrics, log *slog.Logger) *journal {
@@ -60,7 +120,10 @@ func newJournal(w *wal, ckpt *checkpointer, obs *storeMetrics, log *slog.Logger)
 // submit queues fn. With wait it returns once fn is durable (or failed);
 // without, it returns at once and failures are only logged.
 func (j *journal) submit(what string, fn func(dst []walMut) []walMut, wait bool) error {
-	op := journalOp{what: what, resolve: fn}
+	op := journalOp{what: what}
+	if fn != nil {
+		op.resolve = resolveFunc(fn)
+	}
 	if wait {
 		op.done = make(chan error, 1)
 	}
@@ -69,15 +132,21 @@ func (j *journal) submit(what string, fn func(dst []walMut) []walMut, wait bool)
 
 // then queues a barrier whose callback runs, on the journal's goroutine,
 // once everything submitted before it is durable (or failed).
-func (j *journal) then(what string, cb func(error)) {
-	op := journalOp{what: what, then: cb}
+func (j *journal) then(what string, cb func(error)) { j.notify(what, notifyFunc(cb)) }
+
+// notify is then for a notifier (no closure per barrier).
+func (j *journal) notify(what string, n notifier) {
+	op := journalOp{what: what, then: n}
 	if j.obs != nil {
 		op.at = time.Now()
 	}
 	if err := j.enqueue(op); err != nil {
-		cb(err)
+		n.durable(err)
 	}
 }
+
+// push queues r without waiting; failures are only logged.
+func (j *journal) push(what string, r resolver) { _ = j.enqueue(journalOp{what: what, resolve: r}) }
 
 func (j *journal) enqueue(op journalOp) error {
 	what := op.what
@@ -136,6 +205,7 @@ func (j *journal) loop() {
 			muts, errs = j.commit(batch, muts[:0], errs[:0])
 			clear(batch) // drop references to payloads
 			clear(muts)
+			j.arena.reset()
 		}
 	}
 }
@@ -158,7 +228,7 @@ func (j *journal) commit(batch []journalOp, muts []walMut, errs []error) ([]walM
 		var err error
 		if op.resolve != nil {
 			n0 := len(muts)
-			muts = op.resolve(muts)
+			muts = op.resolve.resolve(muts, &j.arena)
 			for _, m := range muts[n0:] {
 				if err = validMut(m); err != nil {
 					break
@@ -198,10 +268,10 @@ func (j *journal) commit(batch []journalOp, muts []walMut, errs []error) ([]walM
 		} else if op.resolve == nil {
 			err = failed
 		}
-		op.finish(err)
-		if j.obs != nil && !op.at.IsZero() {
+		if j.obs != nil && !op.at.IsZero() { // before the op's PUBACK can leave
 			j.obs.wait.Observe(time.Since(op.at).Seconds())
 		}
+		op.finish(err)
 	}
 	return muts, errs
 }
@@ -211,6 +281,6 @@ func (op journalOp) finish(err error) {
 		op.done <- err
 	}
 	if op.then != nil {
-		op.then(err)
+		op.then.durable(err)
 	}
 }

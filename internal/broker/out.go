@@ -1,7 +1,9 @@
 package broker
 
 import (
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fieldtrust/fieldtrust/internal/broker/packet"
@@ -116,15 +118,98 @@ func (c *conn) sendMax(max int, fill func([]byte) []byte) bool {
 	o.flushing = true
 	o.mu.Unlock()
 	if start {
-		go c.flush()
+		c.b.writers.run(c)
 	}
 	return true
 }
 
-// flush writes until the outbox is empty.
-func (c *conn) flush() {
-	o := &c.out
+// writerPool runs outboxes' writers on reused goroutines. A goroutine per
+// burst (started when bytes arrive, ending when the outbox is empty) cost
+// its creation, its exit and, on its first TLS write, the growth of its
+// fresh stack, every time: at the paced benchmark's rates most bursts are
+// one packet, and that was 5 % of the broker's CPU (docs/benchmarks.md).
+// An idle writer waits on its own channel for the next outbox and exits
+// after writerIdle without one, so a quiet broker holds no writer
+// goroutine, and at most maxIdleWriters wait at any time. The pool's lock
+// is only ever tried on the hot path: when many outboxes start at once (a
+// fan-out to a thousand subscribers), a writer that cannot have it at once
+// is simply a new goroutine, as before, rather than a queue on one mutex.
+// The zero value is ready.
+type writerPool struct {
+	mu   sync.Mutex
+	idle []chan *conn // waiting writers, most recent last; guarded by mu
+	live atomic.Int32 // writer goroutines (tests)
+	made atomic.Int64 // writer goroutines started (tests)
+}
+
+const (
+	writerIdle     = 200 * time.Millisecond
+	maxIdleWriters = 64
+)
+
+// run hands c's outbox to an idle writer, or starts one.
+func (w *writerPool) run(c *conn) {
+	if !w.mu.TryLock() {
+		w.start(c)
+		return
+	}
+	if n := len(w.idle); n > 0 {
+		ch := w.idle[n-1]
+		w.idle[n-1] = nil
+		w.idle = w.idle[:n-1]
+		w.mu.Unlock()
+		ch <- c // buffered: never blocks
+		return
+	}
+	w.mu.Unlock()
+	w.start(c)
+}
+
+func (w *writerPool) start(c *conn) {
+	w.live.Add(1)
+	w.made.Add(1)
+	go w.work(c)
+}
+
+// work flushes c, then whatever outbox run hands it next.
+func (w *writerPool) work(c *conn) {
+	defer w.live.Add(-1)
+	ch := make(chan *conn, 1)
+	idle := time.NewTimer(writerIdle)
+	defer idle.Stop()
 	var batch [][]byte
+	for {
+		batch = c.flush(batch)
+		c = nil
+		if !w.mu.TryLock() {
+			return
+		}
+		if len(w.idle) >= maxIdleWriters {
+			w.mu.Unlock()
+			return
+		}
+		w.idle = append(w.idle, ch)
+		w.mu.Unlock()
+		idle.Reset(writerIdle)
+		select {
+		case c = <-ch:
+			idle.Stop()
+		case <-idle.C:
+			w.mu.Lock()
+			if i := slices.Index(w.idle, ch); i >= 0 {
+				w.idle = slices.Delete(w.idle, i, i+1)
+				w.mu.Unlock()
+				return
+			}
+			w.mu.Unlock()
+			c = <-ch // run took this writer just now: its outbox is coming
+		}
+	}
+}
+
+// flush writes until the outbox is empty; batch is the caller's scratch.
+func (c *conn) flush(batch [][]byte) [][]byte {
+	o := &c.out
 	for {
 		o.mu.Lock()
 		if o.closed || len(o.chunks) == 0 {
@@ -133,10 +218,10 @@ func (c *conn) flush() {
 			o.mu.Unlock()
 			if closing {
 				c.closeWrite() // the reader lingers, then closes
-				return
+				return batch
 			}
 			c.written()
-			return
+			return batch
 		}
 		batch = append(batch[:0], o.chunks...)
 		clear(o.chunks)
@@ -159,7 +244,7 @@ func (c *conn) flush() {
 		o.mu.Unlock()
 		if err != nil {
 			c.fail(err)
-			return
+			return batch
 		}
 		c.written()
 	}
@@ -186,7 +271,7 @@ func (c *conn) finish(final []byte) bool {
 		return false
 	}
 	o.flushing = true
-	go c.flush()
+	c.b.writers.run(c)
 	return true
 }
 

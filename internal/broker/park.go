@@ -69,10 +69,13 @@ type parker struct {
 	resumes atomic.Uint64 // parked connections whose reader resumed (tests)
 	pongs   atomic.Uint64 // PINGRESPs the poller wrote itself (tests)
 	rearms  atomic.Uint64 // times the deadline timer was set (tests)
-	heap    parkHeap      // parked connections by read deadline; guarded by mu
-	timer   *time.Timer   // fires at heap[0]'s deadline; guarded by mu
-	timerAt time.Time     // when timer fires; guarded by mu
-	closed  bool          // guarded by mu
+	// pongBatch is the write batch of the PINGRESPs the poller writes
+	// itself (pong); the poller's goroutine only.
+	pongBatch [][]byte
+	heap      parkHeap    // parked connections by read deadline; guarded by mu
+	timer     *time.Timer // fires at heap[0]'s deadline; guarded by mu
+	timerAt   time.Time   // when timer fires; guarded by mu
+	closed    bool        // guarded by mu
 
 	done chan struct{} // closed when the wait loop returned
 
@@ -280,7 +283,7 @@ func (p *parker) expire() {
 // caller holds mu.
 func (p *parker) removeLocked(c *conn) {
 	delete(p.byFD, c.pc.fd)
-	heap.Remove(&p.heap, c.heapIdx)
+	heap.Remove(&p.heap, int(c.heapIdx))
 	c.parked = false
 	p.rearmLocked()
 }
@@ -327,12 +330,12 @@ func (h parkHeap) Len() int           { return len(h) }
 func (h parkHeap) Less(i, j int) bool { return h[i].deadline.Before(h[j].deadline) }
 func (h parkHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].heapIdx = i
-	h[j].heapIdx = j
+	h[i].heapIdx = int32(i)
+	h[j].heapIdx = int32(j)
 }
 func (h *parkHeap) Push(x any) {
 	c := x.(*conn)
-	c.heapIdx = len(*h)
+	c.heapIdx = int32(len(*h))
 	*h = append(*h, c)
 }
 func (h *parkHeap) Pop() any {
@@ -533,8 +536,9 @@ func (c *conn) pong() {
 	o.appendLocked(smallPacket, packet.AppendPingresp)
 	o.flushing = true
 	o.mu.Unlock()
-	c.b.parker.pongs.Add(1)
-	c.flush()
+	p := c.b.parker
+	p.pongs.Add(1)
+	p.pongBatch = c.flush(p.pongBatch)
 }
 
 // sendQueueEmpty reports whether the kernel holds no unsent or

@@ -630,13 +630,13 @@ func TestParkedPingsAnsweredByThePoller(t *testing.T) {
 	})
 }
 
-// TestConnRecordSize: the connection record stays in the 480-byte size
-// class (it held a whole tls.ConnectionState, 624 bytes in the 640
-// class). Every idle connection has one, and with the default GC a byte
-// of it costs about two of RSS.
+// TestConnRecordSize: the connection record stays in the 512-byte size
+// class (it held a whole tls.ConnectionState and padding: 672 bytes in
+// the 704 class). Every idle connection has one, and with the default GC
+// a byte of it costs about two of RSS.
 func TestConnRecordSize(t *testing.T) {
-	if got := unsafe.Sizeof(conn{}); got > 480 {
-		t.Fatalf("conn is %d bytes; want at most 480 (runtime size class)", got)
+	if got := unsafe.Sizeof(conn{}); got > 512 {
+		t.Fatalf("conn is %d bytes; want at most 512 (runtime size class)", got)
 	}
 }
 

@@ -14,7 +14,7 @@ import (
 // must control or observe every byte: refusals, reason codes, what a
 // 3.1.1 client must never receive.
 type raw struct {
-	t       *testing.T
+	t       testing.TB
 	conn    *tls.Conn
 	version byte
 }
@@ -30,7 +30,7 @@ func (e *env) dialRaw(cert tls.Certificate, c packet.Connect) (*raw, *packet.Con
 }
 
 // dialRawT is dialRaw for test t (the env may outlive it: fuzzing).
-func (e *env) dialRawT(t *testing.T, cert tls.Certificate, c packet.Connect) (*raw, *packet.Connack) {
+func (e *env) dialRawT(t testing.TB, cert tls.Certificate, c packet.Connect) (*raw, *packet.Connack) {
 	t.Helper()
 	conn, err := tls.DialWithDialer(&netDialer, "tcp", e.b.Addr(), e.clientTLS(cert))
 	if err != nil {

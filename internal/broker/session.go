@@ -66,6 +66,7 @@ type message struct {
 	refs int    // stored deliveries referring to it; guarded by store.pmu
 
 	acked *ackTracker // a QoS 1 publish's persistent deliveries not yet acknowledged; nil if its PUBACK waits for the journal only
+	ack   ackTracker  // what acked points to (trackAcks)
 }
 
 func newMessage(topic string, payload []byte, qos byte, retain bool, props packet.Properties, origin string, now time.Time) *message {
@@ -174,13 +175,20 @@ type session struct {
 	load           atomic.Int64  // bytes, readable without mu
 	limMu          sync.Mutex    // guards drops and the read cache; taken with or without mu
 	drops          rateLimit
-	readOK         [readCache]string // topics mayRead allowed under grants generation readGen
+	readOK         map[string]struct{} // topics mayRead allowed under grants generation readGen; nil until one is
+	readBytes      int                 // of the topics in readOK
 	readGen        uint64
-	readNext       int
 }
 
-// readCache is how many allowed topics a session remembers (see mayRead).
-const readCache = 8
+// A session remembers at most readCacheTopics allowed topics of at most
+// readCacheBytes in all (see mayRead), then starts afresh. A fixed eight
+// missed on every delivery to a subscriber of more topics than that — an
+// account's or the ingest's, of each of its devices' — and each miss was a
+// full TACS decision (docs/benchmarks.md).
+const (
+	readCacheTopics = 1024
+	readCacheBytes  = 64 << 10
+)
 
 func newSession(b *Broker, key, clientID string, subj tacs.Subject, id *identity) *session {
 	// Maps are made on first use: most sessions of a fleet have one
@@ -241,7 +249,6 @@ func (s *session) enqueue(m *message, qos byte, retain bool, subIDs []uint32) (p
 	s.load.Store(s.bytes)
 	s.id.queued.Add(size)
 	if s.persistent {
-		s.b.store.putDelivery(s, d)
 		persisted = true
 		if m.acked != nil {
 			m.acked.add()
@@ -250,6 +257,12 @@ func (s *session) enqueue(m *message, qos byte, retain bool, subIDs []uint32) (p
 	}
 	s.queue.push(d)
 	s.fill()
+	// A delivery fill sent is recorded (as sent) already: one store write
+	// instead of a queued one it replaces at once. One still queued — still
+	// the queue's last, as fill takes from the front — is recorded here.
+	if s.persistent && !d.stored && s.queue.len() > 0 && s.queue.items[len(s.queue.items)-1] == d {
+		s.b.store.putDelivery(s, d)
+	}
 	return persisted, s.pressure()
 }
 

@@ -104,7 +104,9 @@ type retainedRecord struct {
 }
 
 var (
-	encMode, _ = cbor.CoreDetEncOptions().EncMode()
+	// encMode also encodes into a caller's buffer: the journal reuses one
+	// for every record it logs (MarshalToBuffer).
+	encMode, _ = cbor.CoreDetEncOptions().UserBufferEncMode()
 	decMode, _ = cbor.DecOptions{DupMapKey: cbor.DupMapKeyEnforcedAPF, ExtraReturnErrors: cbor.ExtraDecErrorUnknownField}.DecMode()
 )
 
@@ -126,18 +128,53 @@ type store struct {
 	// subscriber that keeps up thus costs no disk write at all, and a
 	// PUBACK still waits only for what is not yet delivered.
 	pmu     sync.Mutex
-	pending map[string]*pendingPut // guarded by pmu
-	nextMID uint64                 // last message id used; guarded by pmu
+	pending map[pendingKey]*pendingPut // guarded by pmu
+	nextMID uint64                     // last message id used; guarded by pmu
 }
 
-// pendingPut is a write waiting for the journal. Its record is encoded
-// only when the journal logs it, on the journal's goroutine: not on the
-// publisher's path under pmu (the CBOR of a message and of each delivery
-// was a fifth of the broker's CPU there, docs/benchmarks.md), and not at
-// all if it is replaced or cancelled first.
+// pendingPut is a write waiting for the journal (its resolver). Its record
+// is encoded only when the journal logs it, on the journal's goroutine: not
+// on the publisher's path under pmu (the CBOR of a message and of each
+// delivery was a fifth of the broker's CPU there, docs/benchmarks.md), and
+// not at all if it is replaced or cancelled first. It is one allocation
+// per write: the key is a pendingKey (its bytes are built only if it is
+// logged), the record a typed field, and it is its own resolver — no
+// closure, no boxed record, no key string on the publish path.
 type pendingPut struct {
-	rec               any  // *message or deliveryRecord (see encodePending); guarded by store.pmu
-	applied, canceled bool // guarded by store.pmu
+	st                *store
+	key               pendingKey
+	msg               *message       // a message's write; nil for a delivery's
+	rec               deliveryRecord // a delivery's newest state; guarded by store.pmu
+	del               bool           // the deletion of a logged record (never in pending)
+	applied, canceled bool           // guarded by store.pmu
+}
+
+// pendingKey names a record that a queued write may still replace or
+// cancel: a message (sess "") or one delivery of a session (a session key
+// is never empty).
+type pendingKey struct {
+	sess string // session key; "" for a message
+	n    uint64 // the delivery's seq or the message's id
+}
+
+// appendTo appends the record's store key (seqKey or midKey).
+func (k pendingKey) appendTo(dst []byte) []byte {
+	if k.sess == "" {
+		dst = append(dst, keyMessage...)
+	} else {
+		dst = append(dst, keyQueued...)
+		dst = append(dst, k.sess...)
+		dst = append(dst, sep...)
+	}
+	return binary.BigEndian.AppendUint64(dst, k.n)
+}
+
+// size is the length of the store key.
+func (k pendingKey) size() int {
+	if k.sess == "" {
+		return len(keyMessage) + 8
+	}
+	return len(keyQueued) + len(k.sess) + len(sep) + 8
 }
 
 // storeTuning is what tests change; the zero value is production.
@@ -196,7 +233,7 @@ func openStore(path string, log *slog.Logger, tune storeTuning) (*store, error) 
 	ckpt := newCheckpointer(db, applied, tune.checkpointEvery, tune.crash, log)
 	ckpt.obs = tune.observe
 	w.checkpointed, w.obs, w.rounds = ckpt.waitApplied, tune.observe, &ckpt.rounds
-	return &store{log: log, db: db, wal: w, ckpt: ckpt, j: newJournal(w, ckpt, tune.observe, log), pending: map[string]*pendingPut{}}, nil
+	return &store{log: log, db: db, wal: w, ckpt: ckpt, j: newJournal(w, ckpt, tune.observe, log), pending: map[pendingKey]*pendingPut{}}, nil
 }
 
 func (s *store) close() error {
@@ -230,6 +267,9 @@ func (s *store) barrier() error { return s.j.submit("barrier", nil, true) }
 // afterDurable runs cb once everything written before it is durable.
 func (s *store) afterDurable(cb func(error)) { s.j.then("acknowledge", cb) }
 
+// notifyDurable is afterDurable for a notifier (no closure per PUBACK).
+func (s *store) notifyDurable(n notifier) { s.j.notify("acknowledge", n) }
+
 func (s *store) put(what, key string, v any) {
 	data, err := encMode.Marshal(v)
 	if err != nil {
@@ -259,17 +299,9 @@ func (s *store) delPrefix(what string, prefixes ...string) {
 	}, false)
 }
 
-func seqKey(sess string, seq uint64) string {
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], seq)
-	return keyQueued + sess + sep + string(b[:])
-}
+func seqKey(sess string, seq uint64) string { return string(pendingKey{sess, seq}.appendTo(nil)) }
 
-func midKey(mid uint64) string {
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], mid)
-	return keyMessage + string(b[:])
-}
+func midKey(mid uint64) string { return string(pendingKey{"", mid}.appendTo(nil)) }
 
 func pidKey(sess string, pid uint16) string {
 	return keyInbound + sess + sep + string([]byte{byte(pid >> 8), byte(pid)})
@@ -321,13 +353,13 @@ func (st *store) putDelivery(s *session, d *delivery) {
 	if m.mid == 0 {
 		st.nextMID++
 		m.mid = st.nextMID
-		st.putPendingLocked("put message", midKey(m.mid), m)
+		st.putPendingLocked("put message", pendingKey{"", m.mid}, m, deliveryRecord{})
 	}
 	if !d.stored {
 		d.stored = true
 		m.refs++
 	}
-	st.putPendingLocked("put delivery", seqKey(s.key, d.seq), deliveryRecord{MID: m.mid, QoS: d.qos, Retain: d.retain,
+	st.putPendingLocked("put delivery", pendingKey{s.key, d.seq}, nil, deliveryRecord{MID: m.mid, QoS: d.qos, Retain: d.retain,
 		SubIDs: d.subIDs, PID: d.pid, State: d.state})
 	st.pmu.Unlock()
 }
@@ -341,74 +373,93 @@ func (st *store) deleteDelivery(s *session, d *delivery) {
 		return
 	}
 	d.stored = false
-	st.deletePendingLocked("delete delivery", seqKey(s.key, d.seq))
+	st.deletePendingLocked("delete delivery", pendingKey{s.key, d.seq})
 	m := d.msg
 	if m.refs--; m.refs == 0 {
-		st.deletePendingLocked("delete message", midKey(m.mid))
+		st.deletePendingLocked("delete message", pendingKey{"", m.mid})
 		m.mid = 0
 	}
 }
 
-// putPendingLocked queues a write that a later write or delete of the same
-// key may still replace or cancel while it waits for the journal. The
-// caller holds pmu.
-func (st *store) putPendingLocked(what, key string, rec any) {
+// putPendingLocked queues a write of msg's record (msg set) or of rec
+// that a later write or delete of the same key may still replace or
+// cancel while it waits for the journal. The caller holds pmu.
+func (st *store) putPendingLocked(what string, key pendingKey, msg *message, rec deliveryRecord) {
 	if pp := st.pending[key]; pp != nil && !pp.applied {
-		pp.rec = rec // the queued write carries the newest state
+		pp.msg, pp.rec = msg, rec // the queued write carries the newest state
 		return
 	}
-	pp := &pendingPut{rec: rec}
+	pp := &pendingPut{st: st, key: key, msg: msg, rec: rec}
 	st.pending[key] = pp
-	_ = st.j.submit(what, func(dst []walMut) []walMut {
-		st.pmu.Lock()
-		if pp.canceled {
-			st.pmu.Unlock()
-			if st.j.obs != nil {
-				st.j.obs.cancelled.Inc()
-			}
-			return dst
-		}
-		pp.applied = true
-		if st.pending[key] == pp {
-			delete(st.pending, key)
-		}
-		rec := pp.rec
-		st.pmu.Unlock()
-		if st.j.obs != nil {
-			st.j.obs.logged.Inc()
-		}
-		data, err := encodePending(rec)
-		if err != nil {
-			st.log.Error("broker store encode failed", "op", what, "error", err)
-			return dst
-		}
-		return append(dst, walMut{op: mutPut, key: []byte(key), val: data})
-	}, false)
+	st.j.push(what, pp)
 }
 
-// encodePending encodes a pending write's record: a message (read-only
-// once accepted, so it may be read here without its session's lock) as
-// its messageRecord, anything else as itself.
-func encodePending(rec any) ([]byte, error) {
-	if m, ok := rec.(*message); ok {
-		r := messageRecord{Publish: messagePublish(m), Origin: m.origin, Created: m.created.UnixMilli()}
-		if !m.expires.IsZero() {
-			r.Expires = m.expires.UnixMilli()
-		}
-		rec = r
+// resolve is the journal's resolver of a pending write: the record's
+// newest state, unless cancelled, encoded into the batch's arena.
+func (pp *pendingPut) resolve(dst []walMut, a *walArena) []walMut {
+	if pp.del {
+		return append(dst, walMut{op: mutDelete, key: pp.key.appendTo(a.take(pp.key.size()))})
 	}
-	return encMode.Marshal(rec)
+	st := pp.st
+	st.pmu.Lock()
+	if pp.canceled {
+		st.pmu.Unlock()
+		if st.j.obs != nil {
+			st.j.obs.cancelled.Inc()
+		}
+		return dst
+	}
+	pp.applied = true
+	if st.pending[pp.key] == pp {
+		delete(st.pending, pp.key)
+	}
+	m := pp.msg
+	a.delivery = pp.rec
+	st.pmu.Unlock()
+	if st.j.obs != nil {
+		st.j.obs.logged.Inc()
+	}
+	val, err := a.encodePending(m)
+	if err != nil {
+		st.log.Error("broker store encode failed", "op", "put", "key", pp.key.sess, "error", err)
+		return dst
+	}
+	return append(dst, walMut{op: mutPut, key: pp.key.appendTo(a.take(pp.key.size())), val: val})
+}
+
+// encodePending encodes a pending write's record into the arena: a message
+// (read-only once accepted, so it may be read here without its session's
+// lock) as its messageRecord, else a.delivery.
+func (a *walArena) encodePending(m *message) ([]byte, error) {
+	a.enc.Reset()
+	var err error
+	if m != nil {
+		a.publish = appendMessagePublish(a.publish[:0], m)
+		a.message = messageRecord{Publish: a.publish, Origin: m.origin, Created: m.created.UnixMilli()}
+		if !m.expires.IsZero() {
+			a.message.Expires = m.expires.UnixMilli()
+		}
+		err = encMode.MarshalToBuffer(&a.message, &a.enc)
+		a.message = messageRecord{}
+	} else {
+		err = encMode.MarshalToBuffer(&a.delivery, &a.enc)
+		a.delivery = deliveryRecord{} // drop the subscription ids' reference
+	}
+	if err != nil {
+		return nil, err
+	}
+	return append(a.take(a.enc.Len()), a.enc.Bytes()...), nil
 }
 
 // deletePendingLocked cancels a queued write of key, or queues its
 // deletion. The caller holds pmu.
-func (st *store) deletePendingLocked(what, key string) {
+func (st *store) deletePendingLocked(what string, key pendingKey) {
 	if pp := st.pending[key]; pp != nil && !pp.applied {
 		pp.canceled = true
 		delete(st.pending, key)
 		return
 	}
-	st.del(what, key)
+	st.j.push(what, &pendingPut{st: st, key: key, del: true})
 }
 
 func (st *store) putInbound(s *session, pid uint16) {
@@ -445,12 +496,14 @@ func (st *store) putRetainedFor(m *message, owner string, cs *tls.ConnectionStat
 }
 
 // messagePublish encodes a message as an MQTT 5 PUBLISH.
-func messagePublish(m *message) []byte {
+func messagePublish(m *message) []byte { return appendMessagePublish(nil, m) }
+
+func appendMessagePublish(dst []byte, m *message) []byte {
 	p := packet.Publish{QoS: m.qos, Retain: m.retain, Topic: m.topic, Props: m.props, Payload: m.payload}
 	if p.QoS > 0 {
 		p.PacketID = 1
 	}
-	return packet.AppendPublish(nil, packet.V5, &p)
+	return packet.AppendPublish(dst, packet.V5, &p)
 }
 
 // willPublish encodes a will as an MQTT 5 PUBLISH (its delay is kept as

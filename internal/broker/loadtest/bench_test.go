@@ -235,11 +235,18 @@ func TestBrokerBench(t *testing.T) {
 				published := (w.Messages + w.Warmup) * w.Publishers
 				cpuRows = append(cpuRows, fmt.Sprintf("| %s | %s | %.2f s | %.1f µs |\n", ps.Name, name, (cpu1-cpu0).Seconds(), float64((cpu1-cpu0).Microseconds())/float64(published)))
 			}
-			if err == nil && name == ours {
+			if err == nil && (name == ours || name == baseName) {
 				if fams, merr := b.Metrics(ctx); merr != nil {
 					t.Errorf("%s: %v", ps.Name, merr)
 				} else {
 					stages = append(stages, StageTable(fmt.Sprintf("%s, %s; publishes that waited for a PUBACK: %d", name, ps.Name, r.WindowWaits), fams, (w.Messages+w.Warmup)*w.Publishers))
+				}
+				// The paced broker started for this run: its allocations
+				// since start are this phase's (go tool pprof -sample_index=alloc_objects).
+				if path := profile(c.tag + "-paced-allocs" + map[bool]string{true: "-base"}[name == baseName]); path != "" {
+					if perr := b.SaveProfile(ctx, "allocs", path); perr != nil {
+						t.Errorf("%s: %v", ps.Name, perr)
+					}
 				}
 			}
 			stop(b)

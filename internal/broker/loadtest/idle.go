@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -293,34 +292,4 @@ func connectPacket(clientID string, keepalive uint16) []byte {
 	pk := append([]byte{0x10, byte(rem)}, vh...)
 	pk = append(pk, byte(len(clientID)>>8), byte(len(clientID)))
 	return append(pk, clientID...)
-}
-
-// SaveProfile writes brokerd's pprof profile at path (e.g.
-// "/debug/pprof/heap?gc=1", "/debug/pprof/profile?seconds=30") to file.
-// It needs -debug-addr.
-func (b *Broker) SaveProfile(ctx context.Context, path, file string) error {
-	if b.DebugAddr == "" {
-		return errors.New(b.Name + ": started without -debug-addr")
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.DebugAddr+path, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s profile %s: %w", b.Name, path, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s profile %s: %s", b.Name, path, resp.Status)
-	}
-	f, err := os.Create(file)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, io.LimitReader(resp.Body, 256<<20)); err != nil {
-		_ = f.Close()
-		return fmt.Errorf("%s profile %s: %w", b.Name, path, err)
-	}
-	return f.Close()
 }

@@ -142,12 +142,12 @@ func TestIdleConnections(t *testing.T) {
 			}
 			if profiles != "" {
 				name := fmt.Sprintf("%s-%v", run.name, run.leafOnly)
-				if err := b.SaveProfile(ctx, "/debug/pprof/heap?gc=1", filepath.Join(profiles, "heap-"+name+".pprof")); err != nil {
+				if err := b.SaveProfile(ctx, "heap?gc=1", filepath.Join(profiles, "heap-"+name+".pprof")); err != nil {
 					return err
 				}
 				if secs := int(hold/time.Second) - 2; secs > 0 {
 					cpuProfile.Go(func() {
-						if err := b.SaveProfile(ctx, fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), filepath.Join(profiles, "cpu-"+name+".pprof")); err != nil {
+						if err := b.SaveProfile(ctx, fmt.Sprintf("profile?seconds=%d", secs), filepath.Join(profiles, "cpu-"+name+".pprof")); err != nil {
 							t.Errorf("CPU profile: %v", err)
 						}
 					})

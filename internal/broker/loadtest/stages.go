@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -15,6 +16,35 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
+
+// SaveProfile writes brokerd's runtime profile name (-debug-addr
+// /debug/pprof/NAME, e.g. "allocs": every allocation since the broker
+// started) to path, for go tool pprof.
+func (b *Broker) SaveProfile(ctx context.Context, name, path string) error {
+	if b.DebugAddr == "" {
+		return errors.New(b.Name + ": started without -debug-addr")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.DebugAddr+"/debug/pprof/"+name, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s profile: %w", b.Name, name, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s %s profile: %s", b.Name, name, resp.Status)
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s profile: %w", b.Name, name, err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		return fmt.Errorf("%s %s profile: %w", b.Name, name, err)
+	}
+	return nil
+}
 
 // Metrics reads brokerd's Prometheus series (-debug-addr /metrics): the
 // broker's own and the runtime's GC and scheduler histograms.

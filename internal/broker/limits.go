@@ -136,12 +136,17 @@ const (
 	writeTimeout = 30 * time.Second
 )
 
-// limitsFor picks the limits of a subject: a customer site forwards for
-// all the gateways of its account (their retained status messages, their
-// queues), so it gets the service limits rather than one device's.
+// limitsFor picks the limits of a subject (ServiceLimited).
 func (b *Broker) limitsFor(subj tacs.Subject) *Limits {
-	if subj.IsService() || subj.Site {
+	if ServiceLimited(subj) {
 		return &b.serviceLimits
 	}
 	return &b.accountLimits
 }
+
+// ServiceLimited reports whether the service limits apply to a subject
+// rather than the accounts': services, and customer sites, which forward
+// for all the gateways of their account (their retained status messages,
+// their queues) rather than for one device. The cluster tier applies the
+// same choice (internal/cluster).
+func ServiceLimited(subj tacs.Subject) bool { return subj.IsService() || subj.Site }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -24,16 +25,27 @@ type authenticator struct {
 	cfg Config
 	s   *server.Server
 
-	mu       sync.Mutex
-	conns    map[uint64]*conn // accepted and maybe still open, by engine client id
-	draining bool             // Node.Drain: every CONNECT is refused
+	mu         sync.Mutex
+	conns      map[uint64]*conn // accepted and maybe still open, by engine client id
+	bySubject  map[string]map[uint64]*conn
+	byClientID map[string]uint64
+	draining   bool // Node.Drain: every CONNECT is refused
+
+	// The limits' views of the engine's state (limits.go), through the
+	// node's own engine client.
+	engine       engineClient
+	sessions     sessionIndex
+	sessFollower atomic.Pointer[follower] // nil until the node's engine client runs
+	retained     retainedIndex
 }
 
-// conn is what revalidation needs of an accepted connection.
+// conn is what revalidation and the limits need of an accepted connection.
 type conn struct {
-	chain   []*x509.Certificate
-	subject tacs.Subject
-	expiry  *time.Timer
+	chain    []*x509.Certificate
+	subject  tacs.Subject
+	clientID string
+	clean    bool // its session is a clean one (seen in the engine's session stream)
+	expiry   *time.Timer
 }
 
 // admitTimeout bounds Config.Admit: the engine waits for its hook (the
@@ -51,7 +63,11 @@ var (
 
 // Check implements server.Authentication.
 func (a *authenticator) Check(c server.ClientAuthentication) bool {
-	subj, chain, err := a.check(c)
+	if a.engine.isEngineClient(c) {
+		c.RegisterUser(&server.User{Username: "fieldtrust-limits", Permissions: enginePermissions()})
+		return true
+	}
+	subj, chain, cid, err := a.check(c)
 	if err != nil {
 		a.cfg.Logger.Warn("mqtt refused", "stage", "connect", "node", a.cfg.Name, "reason", err.Error(),
 			"identity", subj.String(), "remote", remote(c))
@@ -62,56 +78,75 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 		a.cfg.Logger.Warn("mqtt refused", "stage", "connect", "node", a.cfg.Name, "reason", err.Error(), "remote", remote(c))
 		return false
 	}
-	c.RegisterUser(&server.User{Username: subj.String(), Permissions: permissions(rights)})
 	id := c.GetID()
-	cn := &conn{chain: chain, subject: subj}
+	cn := &conn{chain: chain, subject: subj, clientID: cid}
+	if err := a.admitLimits(id, cn); err != nil {
+		a.cfg.Logger.Warn("mqtt refused", "stage", "connect", "node", a.cfg.Name, "reason", err.Error(),
+			"identity", subj.String(), "client_id", cid, "remote", remote(c))
+		return false
+	}
+	// The username is the verified identity: the engine records it as the
+	// source of the client's retained messages, which the retained limit
+	// counts.
+	c.RegisterUser(&server.User{Username: subj.String(), Permissions: permissions(rights)})
 	// The connection ends when its first certificate expires, as on the
 	// embedded broker.
 	if exp := firstExpiry(chain); !exp.IsZero() {
-		cn.expiry = time.AfterFunc(exp.Sub(a.cfg.now()), func() {
+		t := time.AfterFunc(exp.Sub(a.cfg.now()), func() {
 			a.cfg.Logger.Warn("mqtt session ended", "stage", "revalidate", "reason", "certificate_expired", "identity", subj.String())
 			a.s.DisconnectClientByID(id)
 		})
+		a.mu.Lock()
+		cn.expiry = t
+		a.mu.Unlock()
 	}
-	a.mu.Lock()
-	a.conns[id] = cn
-	a.mu.Unlock()
 	return true
 }
 
-func (a *authenticator) check(c server.ClientAuthentication) (tacs.Subject, []*x509.Certificate, error) {
+// addLocked records an accepted connection. a.mu held.
+func (a *authenticator) addLocked(id uint64, cn *conn) {
+	a.conns[id] = cn
+	name := cn.subject.String()
+	if a.bySubject[name] == nil {
+		a.bySubject[name] = map[uint64]*conn{}
+	}
+	a.bySubject[name][id] = cn
+	a.byClientID[cn.clientID] = id
+}
+
+func (a *authenticator) check(c server.ClientAuthentication) (tacs.Subject, []*x509.Certificate, string, error) {
 	if c.Kind() != server.CLIENT {
-		return tacs.Subject{}, nil, errNotMQTT
+		return tacs.Subject{}, nil, "", errNotMQTT
 	}
 	a.mu.Lock()
 	draining := a.draining
 	a.mu.Unlock()
 	if draining {
-		return tacs.Subject{}, nil, errDraining
+		return tacs.Subject{}, nil, "", errDraining
 	}
 	cs := c.GetTLSConnectionState()
 	if cs == nil || len(cs.PeerCertificates) == 0 {
-		return tacs.Subject{}, nil, errNoCert
+		return tacs.Subject{}, nil, "", errNoCert
 	}
 	subj, err := a.cfg.Identify(cs.PeerCertificates)
 	if err != nil {
-		return tacs.Subject{}, nil, fmt.Errorf("identify: %w", err)
+		return tacs.Subject{}, nil, "", fmt.Errorf("identify: %w", err)
 	}
 	cid, err := a.mqttClientID(c.GetID())
 	if err != nil {
-		return subj, nil, err
+		return subj, nil, "", err
 	}
 	if !ClientIDAllowed(subj, cid) {
-		return subj, nil, fmt.Errorf("%w (identity %s, client ID %q)", errBadClientID, subj, cid)
+		return subj, nil, "", fmt.Errorf("%w (identity %s, client ID %q)", errBadClientID, subj, cid)
 	}
 	if a.cfg.Admit != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), admitTimeout)
 		defer cancel()
 		if err := a.cfg.Admit(ctx, subj); err != nil {
-			return subj, nil, fmt.Errorf("not admitted yet: %w", err)
+			return subj, nil, "", fmt.Errorf("not admitted yet: %w", err)
 		}
 	}
-	return subj, cs.PeerCertificates, nil
+	return subj, cs.PeerCertificates, cid, nil
 }
 
 // ClientIDAllowed is the session-binding rule of the cluster tier: the
@@ -252,6 +287,14 @@ func (a *authenticator) forget(id uint64) {
 			c.expiry.Stop()
 		}
 		delete(a.conns, id)
+		name := c.subject.String()
+		delete(a.bySubject[name], id)
+		if len(a.bySubject[name]) == 0 {
+			delete(a.bySubject, name)
+		}
+		if a.byClientID[c.clientID] == id {
+			delete(a.byClientID, c.clientID)
+		}
 	}
 }
 

@@ -38,10 +38,12 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/fieldtrust/fieldtrust/internal/broker"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/tlspolicy"
 )
@@ -105,7 +107,12 @@ type Config struct {
 	JSAPITimeout time.Duration
 	// MaxStore bounds the node's JetStream disk use (default 8 GiB).
 	MaxStore int64
-	Logger   *slog.Logger
+	// AccountLimits and ServiceLimits bound what one identity makes the
+	// engine hold (connections per node, persistent sessions cluster-wide,
+	// retained messages and bytes; limits.go); zero: the embedded broker's
+	// defaults (broker.DefaultAccountLimits, DefaultServiceLimits).
+	AccountLimits, ServiceLimits broker.Limits
+	Logger                       *slog.Logger
 	// now is the clock for certificate expiry (tests).
 	now func() time.Time
 }
@@ -120,10 +127,12 @@ const DefaultJSAPITimeout = 15 * time.Second
 
 // Node is a running broker node.
 type Node struct {
-	cfg  Config
-	s    *server.Server
-	opts *server.Options
-	auth *authenticator
+	cfg        Config
+	s          *server.Server
+	opts       *server.Options
+	auth       *authenticator
+	stopLimits func()
+	stopOnce   sync.Once
 }
 
 // Start starts a node and waits until it accepts MQTT connections (in a
@@ -147,6 +156,12 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.MaxStore <= 0 {
 		cfg.MaxStore = 8 << 30
 	}
+	if cfg.AccountLimits == (broker.Limits{}) {
+		cfg.AccountLimits = broker.DefaultAccountLimits
+	}
+	if cfg.ServiceLimits == (broker.Limits{}) {
+		cfg.ServiceLimits = broker.DefaultServiceLimits
+	}
 	if cfg.Identify == nil || cfg.Certificate == nil || cfg.Roots == nil {
 		return nil, errors.New("cluster node: Identify, Certificate and Roots are required")
 	}
@@ -158,7 +173,15 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("cluster node: --mqtt-addr: %w", err)
 	}
 	getCert := func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cfg.Certificate() }
-	a := &authenticator{cfg: cfg, conns: map[uint64]*conn{}}
+	token, err := newEngineToken()
+	if err != nil {
+		return nil, fmt.Errorf("cluster node: %w", err)
+	}
+	a := &authenticator{cfg: cfg, conns: map[uint64]*conn{}, bySubject: map[string]map[uint64]*conn{},
+		byClientID: map[string]uint64{}, engine: engineClient{token: token},
+		sessions: sessionIndex{byOwner: map[string]map[string]struct{}{}},
+		retained: retainedIndex{bySubject: map[string]retained{}, bySource: map[string]map[string]struct{}{},
+			warned: map[string]time.Time{}, removed: map[string]int{}}}
 	// Devices may present their leaf alone (as with the embedded broker):
 	// the TLS layer asks for a certificate, the hook verifies it with the
 	// platform's verifier, which knows every account CA.
@@ -205,7 +228,38 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		s.Shutdown()
 		return nil, err
 	}
+	if err := n.followLimits(); err != nil {
+		s.Shutdown()
+		s.WaitForShutdown()
+		return nil, fmt.Errorf("cluster node %s: %w", cfg.Name, err)
+	}
 	return n, nil
+}
+
+// followLimits connects the node's engine client and starts following the
+// engine's session and retained streams for the limits (limits.go).
+func (n *Node) followLimits() error {
+	a := n.auth
+	if err := a.engine.connect(n.s); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	log := n.cfg.Logger.With("node", n.cfg.Name)
+	sf := &follower{js: a.engine.js, stream: sessStream, filter: sessSubjects, apply: a.applySession, log: log}
+	rf := &follower{js: a.engine.js, stream: rmsgsStream, filter: rmsgsSubjects, apply: a.applyRetained, log: log,
+		headersOnly: true}
+	a.sessFollower.Store(sf)
+	done := make(chan struct{}, 2)
+	for _, f := range []*follower{sf, rf} {
+		go func() { f.run(ctx); done <- struct{}{} }()
+	}
+	n.stopLimits = func() {
+		cancel()
+		<-done
+		<-done
+		a.engine.nc.Close()
+	}
+	return nil
 }
 
 // waitReady waits for the listeners and, in a cluster, for JetStream to be
@@ -281,6 +335,7 @@ func (n *Node) Drain(ctx context.Context, spread time.Duration) error {
 		case <-time.After(step):
 		}
 	}
+	n.stopOnce.Do(n.stopLimits)
 	go n.s.LameDuckShutdown()
 	select {
 	case <-ctx.Done():
@@ -292,6 +347,7 @@ func (n *Node) Drain(ctx context.Context, spread time.Duration) error {
 
 // Shutdown stops the node.
 func (n *Node) Shutdown() {
+	n.stopOnce.Do(n.stopLimits)
 	n.s.Shutdown()
 	n.s.WaitForShutdown()
 	n.auth.stopTimers()

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fieldtrust/fieldtrust/internal/broker"
 	"github.com/fieldtrust/fieldtrust/internal/tacs"
 	"github.com/fieldtrust/fieldtrust/internal/tacs/tacstest"
 )
@@ -296,6 +297,66 @@ var Rows = []Row{
 		fence(t, p.dev(t, 1, "pr-site-2/acc/gw-1"), other, "pr-site-2/acc/gw-1/status")
 		owner.never(t, "forged")
 		other.never(t, "forged")
+	}},
+	{"identity_limits", func(t *testing.T, p *probe) {
+		// One stolen gateway credential against the per-identity limits
+		// (broker.DefaultAccountLimits, on both tiers): connections on
+		// one node, persistent sessions over all nodes, retained messages.
+		lim := broker.DefaultAccountLimits
+		conns := "pr-lim/acc/gw-c"
+		for range lim.Connections {
+			p.tg.mustConnect(t, 0, p.account(t, conns), conns, opts{clean: true})
+		}
+		if c, err := p.tg.connect(t, 0, p.account(t, conns), conns, opts{clean: true}); err == nil {
+			c.c.Disconnect(0)
+			t.Errorf("connection %d of one identity on one node taken", lim.Connections+1)
+		}
+		p.dev(t, 0, "pr-lim/acc/gw-other") // another identity is not affected
+
+		sess := "pr-lim/acc/gw-s"
+		for i := range lim.PersistentSessions {
+			p.tg.mustConnect(t, i, p.account(t, sess), sess, opts{clientID: fmt.Sprintf("%s:s%d", sess, i)}).c.Disconnect(50)
+		}
+		for i := range p.tg.Addrs {
+			if c, err := p.tg.connect(t, i, p.account(t, sess), sess, opts{clientID: sess + ":one-too-many"}); err == nil {
+				c.c.Disconnect(0)
+				t.Errorf("persistent session %d of one identity taken on node %d", lim.PersistentSessions+1, i)
+			}
+		}
+		// Its own sessions are taken again, on another node.
+		p.tg.mustConnect(t, 1, p.account(t, sess), sess, opts{clientID: sess + ":s0"}).c.Disconnect(50)
+
+		// Retained: beyond the limit refused (embedded) or removed
+		// (cluster); an observer ends up with the limit, not more.
+		ret := "pr-lim/acc/gw-r"
+		pub := p.dev(t, 0, ret)
+		for i := range lim.Retained + 6 {
+			select {
+			case <-pub.lost: // the embedded broker closes a 3.1.1 client at the limit
+				pub = p.dev(t, 0, ret)
+			default:
+			}
+			pub.publish(t, fmt.Sprintf("%s/r/%d", ret, i), "retained", 1, true)
+		}
+		deadline := time.Now().Add(wait)
+		for n := 0; ; n++ {
+			obs := p.dev(t, n, "pr-lim/acc")
+			obs.mustSubscribe(t, ret+"/r/#", 1)
+			fence(t, p.dev(t, n+1, ret), obs, ret+"/r/fence")
+			got := 0
+			for _, m := range obs.received() {
+				if m.payload == "retained" {
+					got++
+				}
+			}
+			obs.c.Disconnect(0)
+			if got == lim.Retained {
+				break
+			}
+			if got < lim.Retained || time.Now().After(deadline) {
+				t.Fatalf("an observer received %d retained messages of one identity, want %d", got, lim.Retained)
+			}
+		}
 	}},
 	{"revoked_reconnect", func(t *testing.T, p *probe) {
 		if p.tg.Revoke == nil {

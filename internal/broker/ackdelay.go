@@ -67,10 +67,7 @@ func (a *pendingAck) send() {
 		return
 	}
 	c.inBytes.Add(-int64(a.size)) // QoS 2 stays inflight until PUBREL
-	select {
-	case c.inWake <- struct{}{}:
-	default:
-	}
+	c.wakeInbound()
 }
 
 // durable is the journal's notification.

@@ -63,7 +63,9 @@ const (
 
 // IdentifyFunc derives the subject from a connection's verified chain. It
 // is called once per connection, again by Revalidate, and before a will
-// is sent. Returning an error refuses (or ends) the connection.
+// is sent. Returning an error refuses (or ends) the connection. After
+// CONNECT it sees only what identityState keeps: HandshakeComplete,
+// PeerCertificates and VerifiedChains.
 type IdentifyFunc func(cs tls.ConnectionState) (tacs.Subject, error)
 
 // VerifyClientFunc verifies a client certificate and the intermediates it
@@ -343,7 +345,7 @@ func (b *Broker) Revalidate(ctx context.Context) int {
 		if c.closed.Load() {
 			continue
 		}
-		subj, err := b.cfg.Identify(c.cs)
+		subj, err := b.cfg.Identify(c.tlsState())
 		reason := "identify_failed"
 		if err == nil {
 			if subj == c.subject {

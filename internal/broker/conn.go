@@ -25,21 +25,23 @@ import (
 // outbox. While the client sends nothing the reader may be parked
 // (park.go): then no goroutine runs for the connection.
 type conn struct {
-	b        *Broker
-	nc       *tls.Conn
-	pc       *pollConn // nc's socket when the connection may park; else nil
-	cs       tls.ConnectionState
-	subject  tacs.Subject
-	id       *identity
-	sess     atomic.Pointer[session]
-	clientID string // the client's own ID (without the identity namespace)
+	b  *Broker
+	nc *tls.Conn
+	pc *pollConn // nc's socket when the connection may park; else nil
+	// What Identify decides on again (Revalidate, wills, retained
+	// messages): the certificates, not the whole tls.ConnectionState
+	// (tlsState).
+	peerCerts []*x509.Certificate
+	chains    [][]*x509.Certificate
+	subject   tacs.Subject
+	id        *identity
+	sess      atomic.Pointer[session]
+	clientID  string // the client's own ID (without the identity namespace)
 
 	// Fixed after CONNECT.
-	version    byte
 	keepAlive  time.Duration // 0 never happens after CONNECT: capped and defaulted
 	sendWindow int           // QoS 1/2 messages the client accepts unacknowledged
 	maxOut     int           // client's Maximum Packet Size, 0 if none
-	aliasMax   uint16        // topic aliases the client accepts from us
 	outAliases map[string]uint16
 	inAliases  map[uint16]string // reader goroutine only
 	pubOK      tacs.Decision     // the publish decision for pubTopic under grants generation pubGen (mayPublish); reader only
@@ -60,8 +62,9 @@ type conn struct {
 	// Inbound QoS 1/2 publishes not yet acknowledged (their
 	// acknowledgement may wait for the journal), and their bytes.
 	inflightIn atomic.Int32
+	heapIdx    int32 // in parker.heap; guarded by parker.mu (here: no padding)
 	inBytes    atomic.Int64
-	inWake     chan struct{} // signalled when an acknowledgement is sent
+	inWake     atomic.Pointer[chan struct{}] // signalled when an acknowledgement is sent; made when the reader first waits (inboundWaker)
 
 	// Acknowledgements waiting (ackdelay.go), in arrival order.
 	ackMu sync.Mutex
@@ -74,15 +77,18 @@ type conn struct {
 	// while parked).
 	deadline    time.Time // the read deadline: keepalive or certificate expiry
 	deadlineSet time.Time // when deadline was last moved
-	first       [1]byte   // the next packet's first byte, taken by probe
-	hasFirst    bool
-	parked      bool // guarded by parker.mu
-	registered  bool // the socket is in the parker's pollset; guarded by parker.mu
-	heapIdx     int  // in parker.heap; guarded by parker.mu
+	ahead       [2]byte   // the next packet's first bytes, taken by probe or answerPings
+	nAhead      uint8     // how many of ahead are taken
+	parked      bool      // guarded by parker.mu
+	registered  bool      // the socket is in the parker's pollset; guarded by parker.mu
+	// Fixed after CONNECT, like keepAlive and the rest (placed here, they
+	// fill what would be padding: TestConnRecordSize).
+	version  byte
+	aliasMax uint16 // topic aliases the client accepts from us
 }
 
 func newConn(b *Broker, nc *tls.Conn, pc *pollConn) *conn {
-	return &conn{b: b, nc: nc, pc: pc, inWake: make(chan struct{}, 1)}
+	return &conn{b: b, nc: nc, pc: pc}
 }
 
 // refuse counts a refusal on this connection and logs it, at most one line
@@ -283,16 +289,25 @@ func (c *conn) readLoop() error {
 // which still leaves the client more than its keepalive after any packet.
 // It never passes the chain's expiry.
 func (c *conn) moveDeadline() {
+	if c.advanceDeadline() {
+		_ = c.nc.SetReadDeadline(c.deadline)
+	}
+}
+
+// advanceDeadline is moveDeadline's rule without the socket: it moves
+// c.deadline and reports whether it did. A parked connection's socket has
+// no deadline of its own (the parker's heap holds it).
+func (c *conn) advanceDeadline() bool {
 	now := time.Now()
 	if now.Sub(c.deadlineSet) <= c.keepAlive/4 {
-		return
+		return false
 	}
 	d := now.Add(c.keepAlive + c.keepAlive/2)
 	if !c.notAfter.IsZero() && c.notAfter.Before(d) {
 		d = c.notAfter
 	}
-	_ = c.nc.SetReadDeadline(d)
 	c.deadline, c.deadlineSet = d, now
+	return true
 }
 
 var (
@@ -353,18 +368,49 @@ func reasonOfPacketError(code byte) string {
 // itself (exceeding it is its protocol error), so only bytes count there.
 func (c *conn) waitInbound() error {
 	for {
-		over := c.inBytes.Load() >= maxInboundBytes
-		if c.version != packet.V5 && c.inflightIn.Load() >= receiveMaximum {
-			over = true
+		if !c.inboundFull() || c.closed.Load() {
+			return nil
 		}
-		if !over || c.closed.Load() {
+		wake := c.inboundWaker()
+		if !c.inboundFull() || c.closed.Load() { // released before the channel existed
 			return nil
 		}
 		select {
-		case <-c.inWake:
+		case <-wake:
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// inboundWaker is the channel waitInbound waits on, made the first time
+// the reader has to wait: most connections never do, and an unused
+// channel cost 96 bytes each. Reader goroutine only.
+func (c *conn) inboundWaker() chan struct{} {
+	if w := c.inWake.Load(); w != nil {
+		return *w
+	}
+	w := make(chan struct{}, 1)
+	c.inWake.Store(&w)
+	return w
+}
+
+// wakeInbound wakes the reader if it waits in waitInbound (or will look
+// again: the channel keeps one signal).
+func (c *conn) wakeInbound() {
+	if w := c.inWake.Load(); w != nil {
+		select {
+		case *w <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// inboundFull reports whether the reader must hold back (waitInbound).
+func (c *conn) inboundFull() bool {
+	if c.inBytes.Load() >= maxInboundBytes {
+		return true
+	}
+	return c.version != packet.V5 && c.inflightIn.Load() >= receiveMaximum
 }
 
 // handle dispatches one packet.
@@ -427,10 +473,7 @@ func (c *conn) handleAck(a *packet.Ack) error {
 func (c *conn) releaseInbound(bytes int) {
 	c.inflightIn.Add(-1)
 	c.inBytes.Add(-int64(bytes))
-	select {
-	case c.inWake <- struct{}{}:
-	default:
-	}
+	c.wakeInbound()
 }
 
 func (c *conn) handleDisconnect(d *packet.Disconnect) error {
@@ -519,7 +562,7 @@ func (c *conn) connect() (bool, error) {
 	if err := subj.Validate(); err != nil {
 		return refuse("invalid_subject", packet.NotAuthorized, "error", err)
 	}
-	c.subject, c.cs = subj, cs
+	c.subject, c.peerCerts, c.chains = subj, cs.PeerCertificates, cs.VerifiedChains
 	if subj.IsService() {
 		if _, ok := c.b.grants[subj.Role]; !ok {
 			return refuse(string(tacs.ReasonUnknownRole), packet.NotAuthorized, "role", subj.Role)
@@ -620,6 +663,18 @@ func (c *conn) connect() (bool, error) {
 	// never lies beyond it).
 	c.notAfter = chainNotAfter(cs)
 	return true, nil
+}
+
+// tlsState is the connection's TLS state as Identify sees it after
+// CONNECT: a fresh value, so whatever keeps it (a retained message, a
+// pending will) keeps the certificates, never the connection.
+func (c *conn) tlsState() tls.ConnectionState { return identityState(c.peerCerts, c.chains) }
+
+// identityState is the TLS state Identify needs, for a live connection
+// (tlsState) and for a chain read back from the store (chainState): what
+// Identify decides again is revocation and identity.
+func identityState(peer []*x509.Certificate, chains [][]*x509.Certificate) tls.ConnectionState {
+	return tls.ConnectionState{HandshakeComplete: true, PeerCertificates: peer, VerifiedChains: chains}
 }
 
 func (c *conn) connack(present bool, reason byte, props *packet.Properties) {

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/fieldtrust/fieldtrust/internal/broker/packet"
 )
 
 // Parked readers: an idle connection holds no goroutine.
@@ -64,10 +66,16 @@ type parker struct {
 	mu      sync.Mutex
 	byFD    map[int]*conn // parked connections by descriptor; guarded by mu
 	parks   atomic.Uint64 // connections that went to park (tests)
-	heap    parkHeap      // parked connections by read deadline; guarded by mu
-	timer   *time.Timer   // fires at heap[0]'s deadline; guarded by mu
-	timerAt time.Time     // when timer fires; guarded by mu
-	closed  bool          // guarded by mu
+	resumes atomic.Uint64 // parked connections whose reader resumed (tests)
+	pongs   atomic.Uint64 // PINGRESPs the poller wrote itself (tests)
+	rearms  atomic.Uint64 // times the deadline timer was set (tests)
+	// pongBatch is the write batch of the PINGRESPs the poller writes
+	// itself (pong); the poller's goroutine only.
+	pongBatch [][]byte
+	heap      parkHeap    // parked connections by read deadline; guarded by mu
+	timer     *time.Timer // fires at heap[0]'s deadline; guarded by mu
+	timerAt   time.Time   // when timer fires; guarded by mu
+	closed    bool        // guarded by mu
 
 	done chan struct{} // closed when the wait loop returned
 
@@ -133,6 +141,7 @@ func (p *parker) close() {
 // resume runs a woken connection's reader: on an idle worker if one is
 // waiting, else on a new one.
 func (p *parker) resume(c *conn) {
+	p.resumes.Add(1)
 	select {
 	case p.work <- c:
 	default:
@@ -243,6 +252,9 @@ func (p *parker) ready(fd int) {
 	}
 	p.removeLocked(c)
 	p.mu.Unlock()
+	if c.answerPings() {
+		return
+	}
 	p.resume(c)
 }
 
@@ -271,13 +283,18 @@ func (p *parker) expire() {
 // caller holds mu.
 func (p *parker) removeLocked(c *conn) {
 	delete(p.byFD, c.pc.fd)
-	heap.Remove(&p.heap, c.heapIdx)
+	heap.Remove(&p.heap, int(c.heapIdx))
 	c.parked = false
 	p.rearmLocked()
 }
 
-// rearmLocked points the one timer at the earliest deadline. The caller
-// holds mu.
+// rearmLocked makes sure the one timer fires no later than the earliest
+// deadline. It only ever moves the timer earlier: when the earliest
+// connection leaves (what nearly every keepalive ping does: the
+// connection that pinged longest ago has the earliest deadline), the
+// timer stays where it was, fires early, finds nothing due and moves to
+// the heap's new earliest deadline (expire) — one timer change per fire
+// instead of one per ping. The caller holds mu.
 func (p *parker) rearmLocked() {
 	if len(p.heap) == 0 {
 		if p.timer != nil && !p.timerAt.IsZero() {
@@ -287,10 +304,11 @@ func (p *parker) rearmLocked() {
 		return
 	}
 	next := p.heap[0].deadline
-	if next.Equal(p.timerAt) {
+	if !p.timerAt.IsZero() && !next.Before(p.timerAt) {
 		return
 	}
 	p.timerAt = next
+	p.rearms.Add(1)
 	if p.timer == nil {
 		p.timer = time.AfterFunc(time.Until(next), p.expire)
 		return
@@ -312,12 +330,12 @@ func (h parkHeap) Len() int           { return len(h) }
 func (h parkHeap) Less(i, j int) bool { return h[i].deadline.Before(h[j].deadline) }
 func (h parkHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].heapIdx = i
-	h[j].heapIdx = j
+	h[i].heapIdx = int32(i)
+	h[j].heapIdx = int32(j)
 }
 func (h *parkHeap) Push(x any) {
 	c := x.(*conn)
-	c.heapIdx = len(*h)
+	c.heapIdx = int32(len(*h))
 	*h = append(*h, c)
 }
 func (h *parkHeap) Pop() any {
@@ -335,9 +353,16 @@ func (h *parkHeap) Pop() any {
 // or the socket has anything for it without blocking.
 type pollConn struct {
 	*net.TCPConn
-	raw     syscall.RawConn
-	fd      int
-	probing bool // reader goroutine only
+	raw syscall.RawConn
+	fd  int
+	// The fields below belong to the connection's reader, or to the poller
+	// while it answers pings (answerPings).
+	probing bool
+	// drained: a probing read came back short, so the socket was empty a
+	// moment ago; while set, a probing read reports errWouldBlock without
+	// a system call (answerPings only: a re-armed level-triggered epoll
+	// registration reports whatever arrives after that moment).
+	drained, skipDrained bool
 }
 
 // newPollConn wraps an accepted TCP connection.
@@ -367,6 +392,9 @@ func (pc *pollConn) Read(b []byte) (int, error) {
 	if !pc.probing {
 		return pc.TCPConn.Read(b)
 	}
+	if pc.drained {
+		return 0, errWouldBlock
+	}
 	var n int
 	var rerr error
 	err := pc.raw.Read(func(fd uintptr) bool {
@@ -385,6 +413,7 @@ func (pc *pollConn) Read(b []byte) (int, error) {
 	case n == 0 && len(b) > 0:
 		return 0, io.EOF
 	}
+	pc.drained = pc.skipDrained && n < len(b)
 	return n, nil
 }
 
@@ -395,17 +424,17 @@ func (pc *pollConn) Read(b []byte) (int, error) {
 // error, the next byte is in c.first or c's socket must be read blocking
 // (parking was refused).
 func (c *conn) probe() (parked bool, err error) {
-	if c.hasFirst {
+	if c.nAhead > 0 {
 		return false, nil
 	}
 	c.pc.probing = true
-	n, err := c.nc.Read(c.first[:])
+	n, err := c.nc.Read(c.ahead[:1])
 	c.pc.probing = false
 	if n == 1 {
 		// A byte came (with it, crypto/tls may report an error found while
 		// looking ahead, e.g. a close_notify: the next read reports it
 		// again).
-		c.hasFirst = true
+		c.nAhead = 1
 		return false, nil
 	}
 	if !errors.Is(err, errWouldBlock) {
@@ -425,9 +454,9 @@ func (c *conn) probe() (parked bool, err error) {
 		if c.closed.Load() { // terminate's deadline came before ours
 			return false, errConnClosed
 		}
-		n, err := c.nc.Read(c.first[:])
+		n, err := c.nc.Read(c.ahead[:1])
 		if n == 1 {
-			c.hasFirst = true
+			c.nAhead = 1
 			_ = c.nc.SetReadDeadline(c.deadline)
 			return false, nil
 		}
@@ -474,16 +503,107 @@ func (c *conn) resume() {
 	c.serve()
 }
 
-// connReader is the reader's view of the connection: the byte the probe
-// took, then the TLS stream.
+// connReader is the reader's view of the connection: the bytes the probe
+// or answerPings took, then the TLS stream.
 type connReader conn
 
 func (r *connReader) Read(b []byte) (int, error) {
 	c := (*conn)(r)
-	if c.hasFirst && len(b) > 0 {
-		b[0] = c.first[0]
-		c.hasFirst = false
-		return 1, nil
+	if c.nAhead > 0 && len(b) > 0 {
+		n := copy(b, c.ahead[:c.nAhead])
+		copy(c.ahead[:], c.ahead[n:c.nAhead])
+		c.nAhead -= uint8(n)
+		return n, nil
 	}
 	return c.nc.Read(b)
+}
+
+// pong answers a PINGREQ for answerPings. When nothing else is queued or
+// being written and the socket's send queue is empty, the poller writes
+// the PINGRESP itself: one small TLS record into an empty send buffer
+// does not block, and starting a writer goroutine (and waking a thread
+// for it) cost more than the write. Otherwise the answer goes through
+// the outbox like any packet (handle), so a client that does not read
+// what it is sent can never hold the poller in a write.
+func (c *conn) pong() {
+	o := &c.out
+	o.mu.Lock()
+	if o.closed || o.closing || o.flushing || len(o.chunks) > 0 || !c.pc.sendQueueEmpty() {
+		o.mu.Unlock()
+		_ = c.handle(&packet.Pingreq{}) // never fails for a PINGREQ
+		return
+	}
+	o.appendLocked(smallPacket, packet.AppendPingresp)
+	o.flushing = true
+	o.mu.Unlock()
+	p := c.b.parker
+	p.pongs.Add(1)
+	p.pongBatch = c.flush(p.pongBatch)
+}
+
+// sendQueueEmpty reports whether the kernel holds no unsent or
+// unacknowledged bytes of the socket (SIOCOUTQ), so a small write cannot
+// wait for the peer. On error it answers false.
+func (pc *pollConn) sendQueueEmpty() bool {
+	n, qerr := -1, error(nil)
+	if err := pc.raw.Control(func(fd uintptr) { n, qerr = sendQueued(int(fd)) }); err != nil || qerr != nil {
+		return false
+	}
+	return n == 0
+}
+
+// pingsPerWake bounds how many PINGREQs the poller answers for one
+// connection per wake-up; a client that sends more goes to its reader,
+// so one client cannot hold the poller.
+const pingsPerWake = 4
+
+// pingreq is a PINGREQ on the wire, both protocol versions: type 12, no
+// flags, no body.
+var pingreq = [2]byte{byte(packet.PINGREQ) << 4, 0}
+
+// answerPings runs on the poller's goroutine for a connection that has
+// just been woken by input (it is no longer parked, and no reader runs
+// for it). Keepalive PINGREQs, what an idle connection sends, are
+// answered here and the connection parks again at once: no reader
+// goroutine, no hand-off to a worker, no Config.ParkAfter wait and no
+// socket deadline per ping. It reports whether c is parked again; on
+// false the caller resumes c's reader, which finds in c.ahead what was
+// read here (the first bytes of a packet that is not a ping) and reads
+// any error again from crypto/tls. Only what a reader would do with a
+// ping happens here: the same handle, the same deadline rule.
+func (c *conn) answerPings() bool {
+	if c.pc == nil || c.nAhead > 0 || c.closed.Load() || c.inboundFull() || !time.Now().Before(c.deadline) {
+		return false
+	}
+	idle := c.readPings()
+	c.pc.probing, c.pc.skipDrained, c.pc.drained = false, false, false
+	if !idle {
+		return false
+	}
+	c.b.parker.parks.Add(1)
+	return c.b.parker.park(c) // from here on c is not ours to touch
+}
+
+// readPings answers the PINGREQs that are there (at most pingsPerWake)
+// and reports whether nothing else is: then c may park again.
+func (c *conn) readPings() bool {
+	c.pc.probing, c.pc.skipDrained = true, true
+	for range pingsPerWake {
+		for c.nAhead < 2 {
+			n, err := c.nc.Read(c.ahead[c.nAhead:2])
+			c.nAhead += uint8(n)
+			if err != nil {
+				// Nothing more at a packet boundary: idle again. Anything
+				// else (half a packet, an error) is the reader's.
+				return c.nAhead == 0 && errors.Is(err, errWouldBlock)
+			}
+		}
+		if c.ahead != pingreq || c.closed.Load() {
+			return false
+		}
+		c.nAhead = 0
+		c.pong()
+		c.advanceDeadline()
+	}
+	return false
 }

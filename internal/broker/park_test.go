@@ -9,8 +9,13 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
+	"unsafe"
+	"weak"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fieldtrust/fieldtrust/internal/broker/packet"
 )
@@ -406,6 +411,59 @@ func TestProbeSeesTheSocket(t *testing.T) {
 	})
 }
 
+// TestPingsDoNotMoveTheTimer: a keepalive ping takes the connection with
+// the earliest deadline out of the heap and puts it back with a later
+// one; the parker's one timer is not moved for that (it fires early once
+// and moves then), only for an earlier deadline.
+func TestPingsDoNotMoveTheTimer(t *testing.T) {
+	e := newEnvWith(t, func(c *Config) { c.ParkAfter = -1 })
+	first, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{ClientID: "first", KeepAlive: 30})
+	e.idle(t, "first", true)
+	second, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-2"), packet.Connect{ClientID: "second", KeepAlive: 30})
+	e.idle(t, "second", true)
+	rearms := e.b.parker.rearms.Load()
+	for range 5 {
+		first.ping()
+		e.idle(t, "first", true)
+		second.ping()
+		e.idle(t, "second", true)
+	}
+	if got := e.b.parker.rearms.Load() - rearms; got != 0 {
+		t.Fatalf("the deadline timer was set %d times for 10 pings; want 0", got)
+	}
+	// An earlier deadline still moves it: a client with a short keepalive.
+	_, _ = e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-3"), packet.Connect{ClientID: "short", KeepAlive: 1})
+	e.idle(t, "short", true)
+	if e.b.parker.rearms.Load() == rearms {
+		t.Fatal("an earlier deadline did not set the timer")
+	}
+}
+
+// TestSendQueueEmpty: the guard that lets the poller write a PINGRESP
+// itself (pong) sees bytes the peer has not taken: while a client does
+// not read, the poller never writes (a write could wait for it) and the
+// answer goes to a writer goroutine.
+func TestSendQueueEmpty(t *testing.T) {
+	srv, pc, cli, _ := tlsPair(t)
+	if !pc.sendQueueEmpty() {
+		t.Fatal("send queue not empty before anything was written")
+	}
+	const total = 8 << 20 // more than both socket buffers hold: the write blocks until the client reads
+	written := make(chan error, 1)
+	go func() {
+		_, err := srv.Write(make([]byte, total))
+		written <- err
+	}()
+	until(t, "the send queue holds what the client does not read", func() bool { return !pc.sendQueueEmpty() })
+	if _, err := io.CopyN(io.Discard, cli, total); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-written; err != nil {
+		t.Fatal(err)
+	}
+	until(t, "the send queue empty once the client read everything", pc.sendQueueEmpty)
+}
+
 // TestPollerFailureResumesParked: if the poller's wait loop fails (here:
 // its epoll descriptor is closed under it), parked connections resume,
 // nothing parks any more, and connections keep working with blocking
@@ -471,4 +529,240 @@ func TestBusyConnectionKeepsItsReader(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestParkedPingsAnsweredByThePoller: a keepalive PINGREQ to a parked
+// connection is answered by the poller itself, which parks the connection
+// again at once: no reader resumes, no goroutine hand-off and no
+// Config.ParkAfter wait per ping (that was most of an idle connection's
+// CPU). Anything else (a packet after the ping, a malformed PINGREQ, a
+// ping split over records, a ping after the deadline) still goes to the
+// reader, which handles it exactly as before.
+func TestParkedPingsAnsweredByThePoller(t *testing.T) {
+	e := newEnvWith(t, func(c *Config) { c.ParkAfter = -1 })
+	parked := func(t *testing.T, id string) *conn {
+		t.Helper()
+		if e.b.parker == nil {
+			t.Fatal("no poller: this test needs Linux's")
+		}
+		var c *conn
+		until(t, "connection "+id+" parked, no reader running", func() bool {
+			c = e.connOf(id)
+			return c != nil && e.isParked(c) && e.b.readers.Load() == 0
+		})
+		return c
+	}
+	t.Run("pings", func(t *testing.T) {
+		r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{ClientID: "pings", KeepAlive: 30})
+		parked(t, "pings")
+		resumes, parks := e.b.parker.resumes.Load(), e.b.parker.parks.Load()
+		for range 20 {
+			r.ping()
+			parked(t, "pings")
+		}
+		if got := e.b.parker.resumes.Load() - resumes; got != 0 {
+			t.Fatalf("%d readers resumed for 20 pings to a parked connection; want 0 (answered by the poller)", got)
+		}
+		if got := e.b.parker.parks.Load() - parks; got != 20 {
+			t.Fatalf("%d parks after 20 pings; want 20 (one re-park each)", got)
+		}
+		if e.b.parker.pongs.Load() == 0 {
+			t.Fatal("no PINGRESP written by the poller itself (each went to a writer goroutine)")
+		}
+	})
+	t.Run("two pings in one record", func(t *testing.T) {
+		r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-2"), packet.Connect{ClientID: "two", KeepAlive: 30})
+		parked(t, "two")
+		resumes := e.b.parker.resumes.Load()
+		r.send(append(packet.AppendPingreq(nil), packet.AppendPingreq(nil)...))
+		expect[packet.Pingresp](r)
+		expect[packet.Pingresp](r)
+		parked(t, "two")
+		if got := e.b.parker.resumes.Load() - resumes; got != 0 {
+			t.Fatalf("%d readers resumed; want 0", got)
+		}
+	})
+	t.Run("a publish after the ping goes to the reader", func(t *testing.T) {
+		r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-3"), packet.Connect{ClientID: "mixed", KeepAlive: 30})
+		r.subscribe("ms-acc-1/acc-1/dev-3/t", 0, packet.Properties{}) // QoS 0: the client sends nothing back
+		parked(t, "mixed")
+		resumes := e.b.parker.resumes.Load()
+		pub := packet.AppendPublish(nil, packet.V5, &packet.Publish{Topic: "ms-acc-1/acc-1/dev-3/t", QoS: 1, PacketID: 7, Payload: []byte("after the ping")})
+		r.send(append(packet.AppendPingreq(nil), pub...))
+		var gotPing, gotAck, gotMsg bool
+		for !(gotPing && gotAck && gotMsg) {
+			p, err := r.next()
+			if err != nil {
+				t.Fatalf("after PINGREQ+PUBLISH: %v (PINGRESP %v, PUBACK %v, message %v)", err, gotPing, gotAck, gotMsg)
+			}
+			switch p := p.(type) {
+			case *packet.Pingresp:
+				gotPing = true
+			case *packet.Ack:
+				gotAck = gotAck || (p.Type == packet.PUBACK && p.PacketID == 7)
+			case *packet.Publish:
+				if string(p.Payload) != "after the ping" {
+					t.Fatalf("delivered %q", p.Payload)
+				}
+				gotMsg = true
+			}
+		}
+		if got := e.b.parker.resumes.Load() - resumes; got != 1 {
+			t.Fatalf("%d readers resumed; want 1 (for the publish)", got)
+		}
+		r.ping()
+	})
+	t.Run("a malformed PINGREQ is the reader's protocol error", func(t *testing.T) {
+		r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-4"), packet.Connect{ClientID: "bad", KeepAlive: 30})
+		parked(t, "bad")
+		r.send([]byte{0xc0, 0x01, 0x00}) // a PINGREQ has no body
+		r.expectClosed(packet.MalformedPacket)
+	})
+	t.Run("a ping split over two records", func(t *testing.T) {
+		r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-5"), packet.Connect{ClientID: "split", KeepAlive: 30})
+		parked(t, "split")
+		r.send([]byte{0xc0})
+		until(t, "the first half read", func() bool { return e.b.parker.resumes.Load() > 0 || !e.isParked(e.connOf("split")) })
+		r.send([]byte{0x00})
+		expect[packet.Pingresp](r)
+		parked(t, "split")
+		r.ping()
+	})
+}
+
+// TestConnRecordSize: the connection record stays in the 512-byte size
+// class (it held a whole tls.ConnectionState and padding: 672 bytes in
+// the 704 class). Every idle connection has one, and with the default GC
+// a byte of it costs about two of RSS.
+func TestConnRecordSize(t *testing.T) {
+	if got := unsafe.Sizeof(conn{}); got > 512 {
+		t.Fatalf("conn is %d bytes; want at most 512 (runtime size class)", got)
+	}
+}
+
+// TestConnAllocatesOnlyItself: a new connection's record is one
+// allocation; what only some connections need (the channel a reader held
+// back by inbound limits waits on) is made when it is needed.
+func TestConnAllocatesOnlyItself(t *testing.T) {
+	var kept *conn // the record escapes, as a real connection's does
+	if n := testing.AllocsPerRun(100, func() { kept = newConn(nil, nil, nil) }); n != 1 || kept == nil {
+		t.Fatalf("newConn makes %v allocations; want 1", n)
+	}
+}
+
+// TestRetainedKeepsNoConnection: a retained message keeps its publisher's
+// certificates (Revalidate identifies it again), not its connection —
+// which holds the TLS connection, its buffers and cipher state.
+func TestRetainedKeepsNoConnection(t *testing.T) {
+	e := newEnv(t)
+	r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{ClientID: "retainer", KeepAlive: 30})
+	r.publish("ms-acc-1/acc-1/dev-1/state", 1, true, []byte("kept"), packet.Properties{})
+	expect[packet.Ack](r)
+	c := e.connOf("retainer")
+	if c == nil {
+		t.Fatal("no connection")
+	}
+	wc := weak.Make(c)
+	c = nil
+	r.send(packet.AppendDisconnect(nil, packet.V5, &packet.Disconnect{}))
+	until(t, "the connection ended", func() bool { return e.b.metricConns() == 0 })
+	until(t, "the connection collected", func() bool {
+		runtime.GC()
+		return wc.Value() == nil
+	})
+	// The retained message is still there, and its publisher still
+	// identifies (Revalidate keeps it).
+	if n := e.b.Revalidate(context.Background()); n != 0 {
+		t.Fatalf("Revalidate ended %d connections", n)
+	}
+	s, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{ClientID: "reader", KeepAlive: 30})
+	s.subscribe("ms-acc-1/acc-1/dev-1/state", 0, packet.Properties{})
+	if p := expect[packet.Publish](s); string(p.Payload) != "kept" || !p.Retain {
+		t.Fatalf("retained %q (retain %v)", p.Payload, p.Retain)
+	}
+}
+
+var (
+	fuzzParkOnce sync.Once
+	fuzzParkE    *env
+)
+
+// FuzzParkedInput sends whatever bytes the fuzzer makes up to a parked
+// connection, in two writes split where the fuzzer says (so the poller
+// sees pings whole, split, followed by other packets, or garbage), and
+// checks: input that is only PINGREQs gets exactly one PINGRESP each and
+// the connection parks again; anything else leaves the broker serving a
+// fresh client (connect, subscribe, publish, receive).
+func FuzzParkedInput(f *testing.F) {
+	ping := packet.AppendPingreq(nil)
+	pub := packet.AppendPublish(nil, packet.V5, &packet.Publish{Topic: "ms-acc-1/acc-1/dev-1/x", QoS: 1, PacketID: 3, Payload: []byte("p")})
+	for _, seed := range [][]byte{ping, bytes.Repeat(ping, 9), append(append([]byte{}, ping...), pub...), {0xc0}, {0xc0, 0x01, 0x00}, {0xc0, 0x80, 0x00}, {0xd0, 0x00}, {0x00, 0x00}} {
+		f.Add(seed, uint8(1))
+		f.Add(seed, uint8(0))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, split uint8) {
+		fuzzParkOnce.Do(func() {
+			e := &env{t: t, pki: newTestPKI(t), id: &testIdentify{roles: map[string]string{"admin": "admin"}}, dir: mustTempDir(t),
+				tune: func(c *Config) { c.ParkAfter = -1 }}
+			e.reg = prometheus.NewRegistry()
+			e.srvTL = e.pki.server()
+			e.start() // never shut down: the fuzz process ends with it
+			fuzzParkE = e
+		})
+		e := fuzzParkE
+		r, _ := e.dialRawT(t, e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{Version: packet.V5, ClientID: "fuzz-parked", CleanStart: true, KeepAlive: 30})
+		if e.b.parker == nil {
+			t.Fatal("no poller: this test needs Linux's")
+		}
+		until(t, "parked", func() bool {
+			c := e.connOf("fuzz-parked")
+			return c != nil && e.isParked(c)
+		})
+		cut := int(split) % (len(data) + 1)
+		_ = r.conn.SetWriteDeadline(time.Now().Add(wait))
+		for _, part := range [][]byte{data[:cut], data[cut:]} {
+			if len(part) > 0 {
+				if _, err := r.conn.Write(part); err != nil {
+					return
+				}
+			}
+		}
+		if pings := len(data) / 2; len(data) > 0 && bytes.Equal(data, bytes.Repeat(ping, pings)) {
+			for i := range pings {
+				if _, err := r.next(); err != nil {
+					t.Fatalf("PINGRESP %d of %d: %v", i+1, pings, err)
+				}
+			}
+			until(t, "parked again", func() bool {
+				c := e.connOf("fuzz-parked")
+				return c != nil && e.isParked(c)
+			})
+		} else {
+			// Read until the broker is done with what we sent (or closes).
+			_ = r.conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			buf := make([]byte, 64<<10)
+			for {
+				if _, err := r.conn.Read(buf); err != nil {
+					break
+				}
+			}
+		}
+		_ = r.conn.Close()
+		s, ack := e.dialRawT(t, e.pki.identity("ms-acc-1/acc-1/dev-2"), packet.Connect{Version: packet.V5, ClientID: "probe", CleanStart: true, KeepAlive: 30})
+		if ack.Reason != 0 {
+			t.Fatalf("probe CONNACK 0x%02x", ack.Reason)
+		}
+		s.subscribe("ms-acc-1/acc-1/dev-2/p", 1, packet.Properties{})
+		s.publish("ms-acc-1/acc-1/dev-2/p", 1, false, []byte("alive"), packet.Properties{})
+		for {
+			p, err := s.next()
+			if err != nil {
+				t.Fatalf("probe: %v", err)
+			}
+			if pub, ok := p.(*packet.Publish); ok && string(pub.Payload) == "alive" {
+				break
+			}
+		}
+		_ = s.conn.Close()
+	})
 }

@@ -121,3 +121,13 @@ func (s *epollSet) release() error {
 	}
 	return s.f.Close()
 }
+
+// sendQueued is the socket's send queue length in bytes (SIOCOUTQ:
+// written, not yet acknowledged by the peer).
+func sendQueued(fd int) (int, error) {
+	n, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	if err != nil {
+		return 0, fmt.Errorf("ioctl SIOCOUTQ: %w", err)
+	}
+	return n, nil
+}

@@ -413,7 +413,8 @@ func (r *retainedStore) set(m *message, c *conn) bool {
 	if c == nil {
 		return r.setFor(m, "", nil)
 	}
-	return r.setFor(m, c.id.key, &c.cs)
+	cs := c.tlsState()
+	return r.setFor(m, c.id.key, &cs)
 }
 
 func (r *retainedStore) setFor(m *message, owner string, cs *tls.ConnectionState) bool {

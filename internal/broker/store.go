@@ -476,7 +476,8 @@ func (st *store) putRetained(m *message, c *conn) {
 		st.putRetainedFor(m, "", nil)
 		return
 	}
-	st.putRetainedFor(m, c.id.key, &c.cs)
+	cs := c.tlsState()
+	st.putRetainedFor(m, c.id.key, &cs)
 }
 
 func (st *store) putRetainedFor(m *message, owner string, cs *tls.ConnectionState) {
@@ -566,7 +567,7 @@ func chainState(ders [][]byte) (tls.ConnectionState, error) {
 		}
 		chain[i] = c
 	}
-	return tls.ConnectionState{HandshakeComplete: true, PeerCertificates: chain[:1], VerifiedChains: [][]*x509.Certificate{chain}}, nil
+	return identityState(chain[:1], [][]*x509.Certificate{chain}), nil
 }
 
 // subjectKey encodes a subject in a stored record: "PATH",

@@ -29,7 +29,7 @@ type pendingWill struct {
 // the will goes now (MQTT 5 §3.1.2.5: the will is sent when the delay
 // elapses or the session ends, whichever is first).
 func (b *Broker) scheduleWill(s *session, c *conn, w *packet.Will, sessionEnds bool) {
-	pw := &pendingWill{will: w, subject: c.subject, origin: s.key, cs: c.cs}
+	pw := &pendingWill{will: w, subject: c.subject, origin: s.key, cs: c.tlsState()}
 	delay := time.Duration(w.Props.WillDelay) * time.Second
 	if c.version != packet.V5 {
 		delay = 0

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -32,7 +33,10 @@ import (
 // for our broker's runtime (0: defaults), READERS ("goroutine": one
 // blocked reader goroutine per connection instead of parked readers,
 // for comparison), ONLY (one run: fieldtrust,
-// fieldtrust-leaf or mosquitto). Bounded: every step has a
+// fieldtrust-leaf or mosquitto), PROFILES (a directory: our broker's heap
+// profile after a GC with every connection open, heap-NAME.pprof, and its
+// CPU profile over the hold, cpu-NAME.pprof; MEMPROFILERATE, e.g. 1, makes
+// the heap profile exact at some cost to the run's own figures). Bounded: every step has a
 // deadline, and the run stops by itself.
 func TestIdleConnections(t *testing.T) {
 	if os.Getenv("FIELDTRUST_IDLE_BENCH") == "" {
@@ -107,7 +111,8 @@ func TestIdleConnections(t *testing.T) {
 		var b *Broker
 		if run.name == "fieldtrust" {
 			args := []string{"-intermediates", inter, "-debug-addr", "127.0.0.1:0",
-				"-gogc", strconv.Itoa(env("GOGC", 0)), "-memlimit", strconv.Itoa(env("MEMLIMIT", 0))}
+				"-gogc", strconv.Itoa(env("GOGC", 0)), "-memlimit", strconv.Itoa(env("MEMLIMIT", 0)),
+				"-memprofilerate", strconv.Itoa(env("MEMPROFILERATE", 0))}
 			b, err = StartFieldtrust(ctx, bin, p, d, "", append(args, readerArgs(t, "FIELDTRUST_IDLE_READERS")...)...)
 		} else {
 			b, err = StartMosquitto(ctx, mosq, p, d, MosquittoOptions{})
@@ -115,8 +120,11 @@ func TestIdleConnections(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var mem [3]MemoryClasses // before, after, after a forced GC
-		var rssFreed int64       // RSS after the memory the runtime holds free went back to the OS
+		var mem [3]MemoryClasses   // before, after, after a forced GC
+		var rssFreed int64         // RSS after the memory the runtime holds free went back to the OS
+		var freeTook time.Duration // what the forced GC and FreeOSMemory took (wall time, over the HTTP call)
+		var cpuProfile sync.WaitGroup
+		profiles := os.Getenv("FIELDTRUST_IDLE_PROFILES")
 		inspect := func(stage string) error {
 			if b.DebugAddr == "" {
 				return nil
@@ -132,15 +140,31 @@ func TestIdleConnections(t *testing.T) {
 			if mem[2], err = b.Memory(ctx, "gc=1"); err != nil {
 				return err
 			}
+			if profiles != "" {
+				name := fmt.Sprintf("%s-%v", run.name, run.leafOnly)
+				if err := b.SaveProfile(ctx, "heap?gc=1", filepath.Join(profiles, "heap-"+name+".pprof")); err != nil {
+					return err
+				}
+				if secs := int(hold/time.Second) - 2; secs > 0 {
+					cpuProfile.Go(func() {
+						if err := b.SaveProfile(ctx, fmt.Sprintf("profile?seconds=%d", secs), filepath.Join(profiles, "cpu-"+name+".pprof")); err != nil {
+							t.Errorf("CPU profile: %v", err)
+						}
+					})
+				}
+			}
+			freeStart := time.Now()
 			if _, err = b.Memory(ctx, "free=1"); err != nil {
 				return err
 			}
+			freeTook = time.Since(freeStart)
 			rssFreed, err = b.RSS()
 			return err
 		}
 		r, err := Idle(ctx, b, p, certs, IdleOptions{Conns: conns, Workers: 4 * runtime.GOMAXPROCS(0), LeafOnly: run.leafOnly,
 			SourceIPs: sources, KeepAlive: keepAlive, Settle: 5 * time.Second, Hold: hold, Progress: func(s string) { t.Log(s) },
 			Inspect: inspect})
+		cpuProfile.Wait()
 		if stopErr := b.Stop(60 * time.Second); stopErr != nil {
 			t.Errorf("stop %s: %v", b.Name, stopErr)
 		}
@@ -155,8 +179,8 @@ func TestIdleConnections(t *testing.T) {
 				chain = "leaf only"
 			}
 			memTables.WriteString("\n" + MemoryTable(fmt.Sprintf("%s, %s", b.Name, chain), r.Conns, mem[0], mem[1], mem[2]))
-			memTables.WriteString(fmt.Sprintf("\nRSS after a forced GC and returning free memory to the OS (debug.FreeOSMemory): %.0f bytes per connection (measured: %.0f).\n",
-				float64(rssFreed-r.RSSBefore)/float64(r.Conns), r.PerConn()))
+			memTables.WriteString(fmt.Sprintf("\nRSS after a forced GC and returning free memory to the OS (debug.FreeOSMemory, %v): %.0f bytes per connection (measured: %.0f).\n",
+				freeTook.Round(time.Millisecond), float64(rssFreed-r.RSSBefore)/float64(r.Conns), r.PerConn()))
 		}
 	}
 	var out strings.Builder

@@ -65,8 +65,12 @@ func run() error {
 	debugAddr := flag.String("debug-addr", "", "serve net/http/pprof on this loopback address (memory and goroutine profiles of a run)")
 	gogc := flag.Int("gogc", 0, "GC percent (0: the runtime's default or $GOGC; as debug.SetGCPercent)")
 	memLimit := flag.Int64("memlimit", 0, "soft memory limit in bytes (0: none or $GOMEMLIMIT; as debug.SetMemoryLimit)")
+	memProfileRate := flag.Int("memprofilerate", 0, "runtime.MemProfileRate (0: the runtime's default; 1 records every allocation, for an exact heap profile by allocation site)")
 	perConn := flag.Bool("goroutine-per-conn", false, "keep one blocked reader goroutine per connection instead of parking idle readers (broker.Config.GoroutinePerConnection)")
 	flag.Parse()
+	if *memProfileRate > 0 {
+		runtime.MemProfileRate = *memProfileRate
+	}
 	if *gogc != 0 {
 		debug.SetGCPercent(*gogc)
 	}

@@ -227,27 +227,36 @@ func (c *conn) flush(batch [][]byte) [][]byte {
 		clear(o.chunks)
 		o.chunks = o.chunks[:0]
 		o.mu.Unlock()
-
-		_ = c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-		var err error
-		written := 0
-		for _, ch := range batch {
-			if err == nil {
-				_, err = c.nc.Write(ch)
-			}
-			written += len(ch)
-			putChunk(ch)
-		}
-		clear(batch)
-		o.mu.Lock()
-		o.size -= written
-		o.mu.Unlock()
-		if err != nil {
-			c.fail(err)
+		if !c.writeBatch(batch) {
 			return batch
 		}
-		c.written()
 	}
+}
+
+// writeBatch writes chunks taken from the outbox and returns them to the
+// pool; it reports false if the write failed (the connection is ended).
+func (c *conn) writeBatch(batch [][]byte) bool {
+	o := &c.out
+	_ = c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	var err error
+	written := 0
+	for _, ch := range batch {
+		if err == nil {
+			_, err = c.nc.Write(ch)
+		}
+		written += len(ch)
+		putChunk(ch)
+	}
+	clear(batch)
+	o.mu.Lock()
+	o.size -= written
+	o.mu.Unlock()
+	if err != nil {
+		c.fail(err)
+		return false
+	}
+	c.written()
+	return true
 }
 
 // finish appends final (may be empty), refuses further sends and lets the

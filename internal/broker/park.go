@@ -72,10 +72,14 @@ type parker struct {
 	// pongBatch is the write batch of the PINGRESPs the poller writes
 	// itself (pong); the poller's goroutine only.
 	pongBatch [][]byte
-	heap      parkHeap    // parked connections by read deadline; guarded by mu
-	timer     *time.Timer // fires at heap[0]'s deadline; guarded by mu
-	timerAt   time.Time   // when timer fires; guarded by mu
-	closed    bool        // guarded by mu
+	// beforePong runs in pong between taking the PINGRESP from the
+	// outbox and writing it (tests: what other goroutines append in
+	// that moment).
+	beforePong atomic.Pointer[func(*conn)]
+	heap       parkHeap    // parked connections by read deadline; guarded by mu
+	timer      *time.Timer // fires at heap[0]'s deadline; guarded by mu
+	timerAt    time.Time   // when timer fires; guarded by mu
+	closed     bool        // guarded by mu
 
 	done chan struct{} // closed when the wait loop returned
 
@@ -534,11 +538,32 @@ func (c *conn) pong() {
 		return
 	}
 	o.appendLocked(smallPacket, packet.AppendPingresp)
+	// The poller writes only the PINGRESP: what other goroutines append
+	// while it writes (deliveries, a DISCONNECT) goes to a writer.
+	p := c.b.parker
+	batch := append(p.pongBatch[:0], o.chunks...)
+	clear(o.chunks)
+	o.chunks = o.chunks[:0]
 	o.flushing = true
 	o.mu.Unlock()
-	p := c.b.parker
 	p.pongs.Add(1)
-	p.pongBatch = c.flush(p.pongBatch)
+	if h := p.beforePong.Load(); h != nil {
+		(*h)(c)
+	}
+	ok := c.writeBatch(batch)
+	p.pongBatch = batch[:0]
+	if !ok {
+		return
+	}
+	o.mu.Lock()
+	more := o.closed || o.closing || len(o.chunks) > 0
+	if !more {
+		o.flushing = false
+	}
+	o.mu.Unlock()
+	if more {
+		c.b.writers.run(c) // its flush writes the rest, or closes
+	}
 }
 
 // sendQueueEmpty reports whether the kernel holds no unsent or

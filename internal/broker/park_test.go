@@ -766,3 +766,61 @@ func FuzzParkedInput(f *testing.F) {
 		_ = s.conn.Close()
 	})
 }
+
+// TestPollerNeverWaitsForAPeer: when the poller writes a parked
+// connection's PINGRESP itself (pong), deliveries that other goroutines
+// append to that connection's outbox while it writes go to a writer
+// goroutine; they are never written on the poller. A client that pings
+// and does not read what it is sent would otherwise hold the poller in a
+// write (up to writeTimeout), and no other parked connection would be
+// read or answered meanwhile.
+func TestPollerNeverWaitsForAPeer(t *testing.T) {
+	e := newEnvWith(t, func(c *Config) { c.ParkAfter = -1 })
+	stuck, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-1"), packet.Connect{ClientID: "stuck", KeepAlive: 30})
+	other, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1/dev-2"), packet.Connect{ClientID: "other", KeepAlive: 30})
+	if e.b.parker == nil {
+		t.Fatal("no poller: this test needs Linux's")
+	}
+	e.idle(t, "stuck", true)
+	e.idle(t, "other", true)
+
+	// More than both socket buffers hold, in valid PUBLISH packets: what
+	// a burst of deliveries routed to "stuck" at that moment appends.
+	const n, size = 128, 64 << 10
+	pub := packet.AppendPublish(nil, packet.V5, &packet.Publish{Topic: "ms-acc-1/acc-1/dev-1/t", Payload: make([]byte, size)})
+	appended := make(chan struct{})
+	hook := func(c *conn) {
+		if c.clientID != "stuck" {
+			return
+		}
+		c.out.mu.Lock()
+		for range n {
+			c.out.spill(pub)
+		}
+		c.out.mu.Unlock()
+		close(appended)
+	}
+	e.b.parker.beforePong.Store(&hook)
+	pongs := e.b.parker.pongs.Load()
+	stuck.send(packet.AppendPingreq(nil)) // and reads nothing for now
+	<-appended
+	e.b.parker.beforePong.Store(nil)
+	if e.b.parker.pongs.Load() == pongs {
+		t.Fatal("the poller did not write the PINGRESP itself")
+	}
+
+	// The poller is free: another parked connection's ping is answered.
+	other.send(packet.AppendPingreq(nil))
+	expect[packet.Pingresp](other)
+
+	// Nothing was lost or interleaved: the PINGRESP, then every delivery.
+	expect[packet.Pingresp](stuck)
+	for i := range n {
+		p := expect[packet.Publish](stuck)
+		if len(p.Payload) != size {
+			t.Fatalf("delivery %d: %d bytes; want %d", i, len(p.Payload), size)
+		}
+	}
+	stuck.send(packet.AppendPingreq(nil))
+	expect[packet.Pingresp](stuck)
+}

@@ -38,7 +38,11 @@ func (b *Broker) attach(c *conn, persistent bool, expiry time.Duration, clean bo
 		return false, packet.QuotaExceeded, errConnectionQuota
 	}
 	old := b.sessions[key]
-	resumable := old != nil && !clean && old.persistent
+	// The key names the identity, not a service's role: a session kept
+	// under another role (changed in the store) is not resumed, as if
+	// clean, since its subscriptions and delivery checks (s.subject,
+	// fixed for a session) hold the old role's rights.
+	resumable := old != nil && !clean && old.persistent && old.subject == c.subject
 	wasPersistent := old != nil && old.persistent
 	if persistent && !wasPersistent && id.persistent >= id.limits.PersistentSessions {
 		b.releaseIdentity(id)

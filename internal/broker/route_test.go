@@ -1,7 +1,9 @@
 package broker
 
 import (
+	"crypto/tls"
 	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"github.com/fieldtrust/fieldtrust/internal/broker/packet"
@@ -82,5 +84,60 @@ func TestPublishCheckFollowsGrants(t *testing.T) {
 	t.Cleanup(func() { e.b.setGrants(tacs.DefaultGrants()) })
 	if r := pubAck(3); r != packet.NotAuthorized {
 		t.Fatalf("publish after the grant narrowed: reason 0x%02x; want 0x%02x", r, packet.NotAuthorized)
+	}
+}
+
+// TestRoleChangeReachesAResumedSession: a service whose role changed (a
+// demotion in the store) and that reconnects to its persistent session is
+// checked with its new rights. The session key names the service, not its
+// role: resuming the old session kept its subject, so its subscriptions
+// and every delivery check (mayRead and its cache) kept the old role's
+// rights. The old session is not resumed (as a clean start).
+func TestRoleChangeReachesAResumedSession(t *testing.T) {
+	var role atomic.Pointer[string]
+	reader := tacs.RoleSnapshotReader
+	role.Store(&reader)
+	e := newEnvWith(t, func(c *Config) {
+		inner := c.Identify
+		c.Identify = func(cs tls.ConnectionState) (tacs.Subject, error) {
+			subj, err := inner(cs)
+			if err == nil && subj.Service == "ingest" {
+				subj.Role = *role.Load()
+			}
+			return subj, err
+		}
+	})
+	const topic = "ms-acc-1/acc-1/dev-1/snapshots"
+	persistent := packet.Connect{ClientID: "ingest:p1", KeepAlive: 30,
+		Props: props(func(p *packet.Properties) { p.SessionExpiry = 600; p.Set(packet.PropSessionExpiry) })}
+	r, _ := e.dialRaw(e.pki.service("ingest"), persistent)
+	if ack := r.subscribe(topic, 1, packet.Properties{}); ack.Reasons[0] > 2 {
+		t.Fatalf("SUBACK 0x%02x as %s", ack.Reasons[0], tacs.RoleSnapshotReader)
+	}
+	s := findClient(t, e, "service:ingest")
+	if !e.b.mayRead(s, topic) { // and the decision is cached
+		t.Fatal("snapshot reader may not read snapshots")
+	}
+	r.send(packet.AppendDisconnect(nil, packet.V5, &packet.Disconnect{}))
+	until(t, "the session offline", func() bool { return !s.online.Load() })
+
+	writer := tacs.RoleFirmwareWriter
+	role.Store(&writer)
+	_, ack := e.dialRaw(e.pki.service("ingest"), persistent)
+	if ack.Reason != packet.Success {
+		t.Fatalf("CONNACK 0x%02x after the role change", ack.Reason)
+	}
+	s = findClient(t, e, "service:ingest")
+	s.mu.Lock()
+	subj, subs := s.subject, len(s.subs)
+	s.mu.Unlock()
+	if subj.Role != tacs.RoleFirmwareWriter {
+		t.Errorf("resumed session checked as role %q; want %q", subj.Role, tacs.RoleFirmwareWriter)
+	}
+	if subs != 0 {
+		t.Errorf("%d subscriptions kept across the demotion to %s; want 0", subs, tacs.RoleFirmwareWriter)
+	}
+	if e.b.mayRead(s, topic) {
+		t.Errorf("delivery of %s allowed to a %s", topic, tacs.RoleFirmwareWriter)
 	}
 }

@@ -8,6 +8,9 @@ import (
 	"time"
 
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/fieldtrust/fieldtrust/internal/broker/packet"
 )
 
 // TestSlowSubscriberLosesNothing: a persistent-session QoS 1 subscriber that
@@ -169,4 +172,106 @@ func droppedTotal(t *testing.T, e *env) float64 {
 		}
 	}
 	return sum
+}
+
+// TestWindowIsNotBacklog: messages a subscriber has been sent within its
+// window (its Receive Maximum) and not yet acknowledged do not hold its
+// publishers back; messages queued beyond the window do. The ingest
+// service acknowledges a batch of 256 sealed snapshots (≈ 3 MB) once the
+// batch is stored: when unacknowledged deliveries counted against the
+// 512 KiB backlog bound, every publisher waited for every batch, and
+// ingest sat idle a quarter of the time (docs/benchmarks.md, "Sixth
+// round").
+func TestWindowIsNotBacklog(t *testing.T) {
+	const (
+		size  = 8 << 10
+		count = 100 // 800 KiB: above highWater, within a window of 512
+	)
+	for _, tc := range []struct {
+		name           string
+		receiveMaximum uint16
+		wantWaits      bool
+	}{
+		{"all within the window", 512, false},
+		{"queued beyond a window of 4", 4, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			cp := packet.Connect{Version: packet.V5, ClientID: "sub", CleanStart: true}
+			cp.Props.ReceiveMaximum = tc.receiveMaximum
+			cp.Props.Set(packet.PropReceiveMaximum)
+			sub, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1"), cp)
+			if ack := sub.subscribe("ms-acc-1/acc-1/+/snapshots", 1, packet.Properties{}); ack.Reasons[0] != 1 {
+				t.Fatalf("SUBACK %v", ack.Reasons)
+			}
+			// The subscriber reads everything sent to it (nothing stays
+			// unwritten in the broker) and acknowledges nothing until
+			// release is closed.
+			release := make(chan struct{})
+			got := make(chan int, count)
+			readErr := make(chan error, 1)
+			go func() {
+				var pids []uint16
+				for n := 0; n < count; n++ {
+					p, err := sub.next()
+					if err != nil {
+						readErr <- err
+						return
+					}
+					pub, ok := p.(*packet.Publish)
+					if !ok {
+						readErr <- fmt.Errorf("got %T; want PUBLISH", p)
+						return
+					}
+					got <- n
+					pids = append(pids, pub.PacketID)
+					if len(pids) == int(tc.receiveMaximum) || n == count-1 {
+						<-release
+						for _, pid := range pids {
+							sub.send(packet.AppendAck(nil, packet.V5, &packet.Ack{Type: packet.PUBACK, PacketID: pid}))
+						}
+						pids = pids[:0]
+					}
+				}
+				readErr <- nil
+			}()
+			pub := e.v3(e.pki.identity("ms-acc-1/acc-1/dev-1"), v3opts{clean: true})
+			payload := make([]byte, size)
+			toks := make([]pahov3.Token, 0, count)
+			for i := range count {
+				tok := pub.Publish("ms-acc-1/acc-1/dev-1/snapshots", 1, false, payload)
+				toks = append(toks, tok)
+				// Within the window one at a time, so that the broker's
+				// unwritten output (which does count) stays one message.
+				if !tc.wantWaits && (!tok.WaitTimeout(wait) || tok.Error() != nil) {
+					t.Fatalf("publish %d: no PUBACK while the subscriber holds %d unacknowledged (within its window of %d): %v", i, len(got), tc.receiveMaximum, tok.Error())
+				}
+			}
+			if tc.wantWaits {
+				eventually(func() bool { return backpressured(e) })
+				if !backpressured(e) {
+					t.Fatalf("no publisher waits while %d messages are queued beyond a window of %d", count-int(tc.receiveMaximum), tc.receiveMaximum)
+				}
+			}
+			close(release)
+			for i, tok := range toks {
+				if !tok.WaitTimeout(wait) || tok.Error() != nil {
+					t.Fatalf("publish %d: no PUBACK: %v", i, tok.Error())
+				}
+			}
+			if err := <-readErr; err != nil {
+				t.Fatalf("subscriber: %v", err)
+			}
+			if n := len(got); n != count {
+				t.Fatalf("subscriber received %d of %d", n, count)
+			}
+			waits := testutil.ToFloat64(e.b.metrics.backpressure.WithLabelValues())
+			if tc.wantWaits != (waits > 0) {
+				t.Errorf("backpressure_waits_total = %v; want waits: %v", waits, tc.wantWaits)
+			}
+			if d := droppedTotal(t, e); d != 0 {
+				t.Errorf("dropped_total = %v; want 0", d)
+			}
+		})
+	}
 }

@@ -107,15 +107,20 @@ type delivery struct {
 type deliveryQueue struct {
 	items []*delivery
 	head  int
+	bytes int64 // of the messages in it
 }
 
 func (q *deliveryQueue) len() int { return len(q.items) - q.head }
 
-func (q *deliveryQueue) push(d *delivery) { q.items = append(q.items, d) }
+func (q *deliveryQueue) push(d *delivery) {
+	q.items = append(q.items, d)
+	q.bytes += int64(d.msg.size)
+}
 
 func (q *deliveryQueue) pop() *delivery {
 	d := q.items[q.head]
 	q.items[q.head] = nil
+	q.bytes -= int64(d.msg.size)
 	q.head++
 	if q.head == len(q.items) {
 		q.items, q.head = q.items[:0], 0
@@ -128,7 +133,7 @@ func (q *deliveryQueue) pop() *delivery {
 
 func (q *deliveryQueue) all() []*delivery { return q.items[q.head:] }
 
-func (q *deliveryQueue) reset() { q.items, q.head = nil, 0 }
+func (q *deliveryQueue) reset() { q.items, q.head, q.bytes = nil, 0, 0 }
 
 // subscription is one granted filter of one session.
 type subscription struct {
@@ -205,10 +210,16 @@ func (s *session) window() int {
 	return s.conn.sendWindow
 }
 
-// backlog is the session's unsent and unacknowledged bytes, including its
-// connection's unwritten output. The caller holds s.mu.
+// backlog is what the session's publishers wait for (highWater): the
+// bytes of its messages not yet sent, because its window is full, and its
+// connection's unwritten output. Messages sent within the window and not
+// yet acknowledged are not counted: the client said it takes that many
+// (Receive Maximum, or the 3.1.1 default) and may acknowledge them in
+// batches, as ingest does once a batch is stored. They stay bounded by the
+// window and by the session's and identity's queued-bytes limits. The
+// caller holds s.mu.
 func (s *session) backlog() int64 {
-	n := s.bytes
+	n := s.queue.bytes
 	if s.conn != nil {
 		n += int64(s.conn.out.pending())
 	}

@@ -82,7 +82,7 @@ type conn struct {
 	parked      bool      // guarded by parker.mu
 	registered  bool      // the socket is in the parker's pollset; guarded by parker.mu
 	// Fixed after CONNECT, like keepAlive and the rest (placed here, they
-	// fill what would be padding: TestConnRecordSize).
+	// fill what would be padding: TestRecordSizes).
 	version  byte
 	aliasMax uint16 // topic aliases the client accepts from us
 }

@@ -243,7 +243,8 @@ func (b *Broker) endSessionLocked(s *session, replaced bool) {
 	for _, d := range s.queue.all() {
 		s.id.queued.Add(-int64(d.msg.size))
 	}
-	s.inflight, s.bytes = nil, 0
+	s.inflight = nil
+	s.load.Store(0)
 	s.queue.reset()
 	if s.expiryTimer != nil {
 		s.expiryTimer.Stop()

@@ -166,7 +166,6 @@ type session struct {
 	queue          deliveryQueue        // not yet sent
 	nextPID        uint16
 	nextSeq        uint64
-	bytes          int64               // of inflight + queue, also counted in id.queued
 	inQoS2         map[uint16]struct{} // inbound QoS 2 packet ids awaiting PUBREL
 	will           *pendingWill        // will of the last connection, if pending
 	willTimer      *time.Timer
@@ -177,7 +176,7 @@ type session struct {
 	drained        chan struct{} // closed when the backlog falls below lowWater; nil if nobody waits
 	relief         atomic.Bool   // drained != nil || stalled: writers must call relieve
 	online         atomic.Bool   // conn != nil, readable without mu (shared-group choice)
-	load           atomic.Int64  // bytes, readable without mu
+	load           atomic.Int64  // bytes of inflight + queue, also counted in id.queued; changed under mu, read without it (shared-group choice)
 	limMu          sync.Mutex    // guards drops and the read cache; taken with or without mu
 	drops          rateLimit
 	readOK         map[string]struct{} // topics mayRead allowed under grants generation readGen; nil until one is
@@ -250,14 +249,13 @@ func (s *session) enqueue(m *message, qos byte, retain bool, subIDs []uint32) (p
 	}
 	lim := s.id.limits
 	size := int64(m.size)
-	if s.bytes+size > lim.QueuedBytesPerSession || s.id.queued.Load()+size > lim.QueuedBytes {
+	if s.load.Load()+size > lim.QueuedBytesPerSession || s.id.queued.Load()+size > lim.QueuedBytes {
 		s.dropped(m, "queue_full")
 		return false, nil
 	}
 	d := &delivery{msg: m, qos: qos, retain: retain, subIDs: subIDs, seq: s.nextSeq}
 	s.nextSeq++
-	s.bytes += size
-	s.load.Store(s.bytes)
+	s.load.Add(size)
 	s.id.queued.Add(size)
 	if s.persistent {
 		persisted = true
@@ -375,8 +373,7 @@ func (s *session) newPID() uint16 {
 // stored copy. The caller holds s.mu.
 func (s *session) forget(d *delivery) {
 	size := int64(d.msg.size)
-	s.bytes -= size
-	s.load.Store(s.bytes)
+	s.load.Add(-size)
 	s.id.queued.Add(-size)
 	if s.persistent {
 		s.b.store.deleteDelivery(s, d)
@@ -442,7 +439,7 @@ func (s *session) dropped(m *message, reason string) {
 	s.limMu.Unlock()
 	if ok {
 		s.b.log.Warn("mqtt message dropped", "reason", reason, "identity", s.subject.String(),
-			"client", s.clientID, "topic", logTopic(m.topic), "bytes", len(m.payload), "queued_bytes", s.bytes,
+			"client", s.clientID, "topic", logTopic(m.topic), "bytes", len(m.payload), "queued_bytes", s.load.Load(),
 			"offline", s.conn == nil, "suppressed_since_last_log", n)
 	}
 }

@@ -767,7 +767,7 @@ func (b *Broker) restore() error {
 			if d.seq >= s.nextSeq {
 				s.nextSeq = d.seq + 1
 			}
-			s.bytes += int64(d.msg.size)
+			s.load.Add(int64(d.msg.size))
 			s.id.queued.Add(int64(d.msg.size))
 			if d.state == stateQueued {
 				s.queue.push(d)
@@ -778,7 +778,6 @@ func (b *Broker) restore() error {
 				s.inflight[d.pid] = d
 			}
 		}
-		s.load.Store(s.bytes)
 		for _, sub := range s.subs {
 			b.subs.add(s, sub)
 		}

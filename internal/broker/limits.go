@@ -104,13 +104,16 @@ func orDefault[T int | int64 | time.Duration](v *T, def T) {
 // guarantees and flow control").
 const (
 	// highWater: a publisher whose message takes a live subscriber's
-	// backlog (bytes written but not yet sent, plus QoS 1/2 messages not
-	// yet acknowledged) above this waits until the subscriber is back
-	// below lowWater. This is backpressure, for every QoS: the
-	// subscriber's slowness reaches the publisher's socket, and nothing
-	// is dropped.
+	// backlog (bytes written but not yet sent, QoS 1/2 messages queued
+	// behind a full window, and those sent but not yet acknowledged
+	// beyond the session's in-flight credit: session.backlog) above this
+	// waits until the subscriber is back below lowWater. This is
+	// backpressure, for every QoS: the subscriber's slowness reaches the
+	// publisher's socket, and nothing is dropped.
 	highWater = 512 << 10
 	lowWater  = highWater / 2
+	// maxInflightCredit bounds session.inflightCredit.
+	maxInflightCredit = 8 << 20
 	// stallAfter bounds one publisher's wait for one subscriber. A
 	// subscriber that does not drain for this long is marked stalled:
 	// publishers stop waiting for it (one stuck client must not halt

@@ -210,19 +210,32 @@ func (s *session) window() int {
 }
 
 // backlog is what the session's publishers wait for (highWater): the
-// bytes of its messages not yet sent, because its window is full, and its
-// connection's unwritten output. Messages sent within the window and not
-// yet acknowledged are not counted: the client said it takes that many
+// bytes of its messages not yet sent because its window is full, of those
+// sent and not yet acknowledged beyond its in-flight credit, and its
+// connection's unwritten output. Up to the credit, messages sent within
+// the window are not counted: the client said it takes that many
 // (Receive Maximum, or the 3.1.1 default) and may acknowledge them in
-// batches, as ingest does once a batch is stored. They stay bounded by the
-// window and by the session's and identity's queued-bytes limits. The
-// caller holds s.mu.
+// batches, as ingest does once a batch is stored. The credit is in bytes
+// because the window is in messages: 512 of 1 MiB would otherwise fill
+// the session's byte limit before any publisher waited, and the limit
+// drops what is beyond it. The caller holds s.mu.
 func (s *session) backlog() int64 {
 	n := s.queue.bytes
+	if over := s.load.Load() - n - s.inflightCredit(); over > 0 {
+		n += over
+	}
 	if s.conn != nil {
 		n += int64(s.conn.out.pending())
 	}
 	return n
+}
+
+// inflightCredit is how many bytes sent and not yet acknowledged the
+// session's backlog leaves out: an eighth of its byte limit, at most
+// maxInflightCredit (an account 1 MiB, a service 8 MiB: ingest's stored
+// batch of 256 sealed snapshots is about 3 MB).
+func (s *session) inflightCredit() int64 {
+	return min(maxInflightCredit, s.id.limits.QueuedBytesPerSession/8)
 }
 
 // enqueue hands one message to the session at the given QoS. It reports

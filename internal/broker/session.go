@@ -233,9 +233,14 @@ func (s *session) backlog() int64 {
 // inflightCredit is how many bytes sent and not yet acknowledged the
 // session's backlog leaves out: an eighth of its byte limit, at most
 // maxInflightCredit (an account 1 MiB, a service 8 MiB: ingest's stored
-// batch of 256 sealed snapshots is about 3 MB).
+// batch of 256 sealed snapshots is about 3 MB), and never more than the
+// identity has left of QueuedBytes: the credit is per session, the limit
+// also per identity (an account's 16 MiB is two sessions' worth), and
+// its live sessions' publishers must be held back before that limit
+// drops what they were acknowledged (TestCreditWithinIdentityLimit).
 func (s *session) inflightCredit() int64 {
-	return min(maxInflightCredit, s.id.limits.QueuedBytesPerSession/8)
+	room := s.id.limits.QueuedBytes - s.id.queued.Load()
+	return max(0, min(maxInflightCredit, s.id.limits.QueuedBytesPerSession/8, room))
 }
 
 // enqueue hands one message to the session at the given QoS. It reports

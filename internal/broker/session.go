@@ -233,14 +233,19 @@ func (s *session) backlog() int64 {
 // inflightCredit is how many bytes sent and not yet acknowledged the
 // session's backlog leaves out: an eighth of its byte limit, at most
 // maxInflightCredit (an account 1 MiB, a service 8 MiB: ingest's stored
-// batch of 256 sealed snapshots is about 3 MB), and never more than the
-// identity has left of QueuedBytes: the credit is per session, the limit
-// also per identity (an account's 16 MiB is two sessions' worth), and
-// its live sessions' publishers must be held back before that limit
-// drops what they were acknowledged (TestCreditWithinIdentityLimit).
+// batch of 256 sealed snapshots is about 3 MB), and at most a live
+// session's share of what the identity has left of QueuedBytes (split
+// over as many connections as it may have). The credit is per session,
+// that limit per identity (an account's 16 MiB is two sessions' worth):
+// without the share, the credits of an account's live sessions could
+// spend its room, and the limit drop what their publishers were
+// acknowledged, before any publisher waited (TestCreditWithinIdentityLimit).
+// With it, publishers are held back with half the room left that they
+// were before the credit.
 func (s *session) inflightCredit() int64 {
-	room := s.id.limits.QueuedBytes - s.id.queued.Load()
-	return max(0, min(maxInflightCredit, s.id.limits.QueuedBytesPerSession/8, room))
+	lim := s.id.limits
+	share := (lim.QueuedBytes - s.id.queued.Load()) / int64(max(1, lim.Connections))
+	return max(0, min(maxInflightCredit, lim.QueuedBytesPerSession/8, share))
 }
 
 // enqueue hands one message to the session at the given QoS. It reports

@@ -240,7 +240,8 @@ func (s *session) backlog() int64 {
 // without the share, the credits of an account's live sessions could
 // spend its room, and the limit drop what their publishers were
 // acknowledged, before any publisher waited (TestCreditWithinIdentityLimit).
-// With it, publishers are held back with half the room left that they
+// With it, an account's publishers are held back (equally loaded live
+// sessions) with half the room left that they
 // were before the credit.
 func (s *session) inflightCredit() int64 {
 	lim := s.id.limits

@@ -241,8 +241,7 @@ func (s *session) backlog() int64 {
 // spend its room, and the limit drop what their publishers were
 // acknowledged, before any publisher waited (TestCreditWithinIdentityLimit).
 // With it, an account's publishers are held back (equally loaded live
-// sessions) with half the room left that they
-// were before the credit.
+// sessions) with half the room left that they were before the credit.
 func (s *session) inflightCredit() int64 {
 	lim := s.id.limits
 	share := (lim.QueuedBytes - s.id.queued.Load()) / int64(max(1, lim.Connections))

@@ -114,6 +114,13 @@ func TestClusterAdversarial(t *testing.T) {
 		Roots:   e.roots,
 		Account: func(t testing.TB, path string) tls.Certificate { return e.device(t, path) },
 		Service: func(t testing.TB, name, role string) tls.Certificate { return e.service(t, name, role) },
+		// The harness's revocation loop (watchRevocations) rereads the
+		// roles, as the platform's does.
+		SetRole: func(t testing.TB, name, role string) {
+			if err := e.d.Store.SetServiceRole(context.Background(), name, role); err != nil {
+				t.Fatal(err)
+			}
+		},
 		Site: func(t testing.TB, account string) tls.Certificate {
 			p, err := pki.ParsePath(account)
 			if err != nil {
@@ -309,7 +316,7 @@ func TestClusterRefusesNonNodes(t *testing.T) {
 			t.Errorf("%s certificate opened a route (read %q)", name, got)
 		}
 	}
-	e.setRole("node-x", RoleNode)
+	e.setRole(t, "node-x", RoleNode)
 	nodeCert := e.issue(t, pki.LeafRequest{Service: "node-x", IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}})
 	if got, err := try(nodeCert); err != nil || got != "INFO" {
 		t.Fatalf("node certificate refused on the route port: %q, %v", got, err)

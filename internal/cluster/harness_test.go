@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -32,6 +33,10 @@ type env struct {
 	// startCluster.
 	admit func(context.Context, tacs.Subject) error
 
+	// roles is the nodes' view of the store's service roles, as the
+	// platform's: loaded by setRole and by refresh (the revocation loop),
+	// so a role changed in the store reaches the nodes only through
+	// refresh, as on `up --broker cluster`.
 	mu    sync.Mutex
 	roles map[string]string
 }
@@ -90,14 +95,46 @@ func (e *env) device(t testing.TB, path string) tls.Certificate {
 }
 
 func (e *env) service(t testing.TB, name, role string) tls.Certificate {
-	e.setRole(name, role)
+	e.setRole(t, name, role)
 	return e.issue(t, pki.LeafRequest{Service: name})
 }
 
-func (e *env) setRole(name, role string) {
+// setRole records a service's role in the store and loads it at once (a
+// service granted before the nodes meet it).
+func (e *env) setRole(t testing.TB, name, role string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := e.d.Store.SetServiceRole(ctx, name, role); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.loadRoles(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// loadRoles rereads the store's service roles and reports whether they
+// changed.
+func (e *env) loadRoles(ctx context.Context) (bool, error) {
+	roles, err := e.d.Store.ServiceRoles(ctx)
+	if err != nil {
+		return false, fmt.Errorf("load service roles: %w", err)
+	}
 	e.mu.Lock()
-	e.roles[name] = role
-	e.mu.Unlock()
+	defer e.mu.Unlock()
+	changed := !maps.Equal(e.roles, roles)
+	e.roles = roles
+	return changed, nil
+}
+
+// refresh is the platform's poll (platform.identities.refresh): revocation
+// state and service roles; either changing revalidates the nodes.
+func (e *env) refresh(ctx context.Context) (bool, error) {
+	revoked, err := e.verifier.Refresh(ctx)
+	if err != nil {
+		return false, err
+	}
+	roles, err := e.loadRoles(ctx)
+	return revoked || roles, err
 }
 
 // freeAddr returns a loopback address with a port that was free a moment
@@ -124,7 +161,7 @@ func (e *env) startCluster(t testing.TB, n int) []*Node {
 	var wg sync.WaitGroup
 	for i := range n {
 		name := fmt.Sprintf("n%d", i)
-		e.setRole("node-"+name, RoleNode)
+		e.setRole(t, "node-"+name, RoleNode)
 		// Node certificates need the loopback IP for their peers.
 		cert := e.issue(t, pki.LeafRequest{Service: "node-" + name, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}})
 		var routes []string
@@ -214,7 +251,8 @@ func tlsConfig(e *env, cert tls.Certificate) *tls.Config {
 }
 
 // watchRevocations runs WatchRevocations as every node's process would;
-// here one verifier serves the three nodes.
+// here one verifier and one view of the service roles serve the three
+// nodes.
 func (e *env) watchRevocations(t testing.TB, nodes []*Node) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -224,5 +262,5 @@ func (e *env) watchRevocations(t testing.TB, nodes []*Node) {
 			t.Errorf("revocation loop: %v", err)
 		}
 	})
-	go func() { done <- WatchRevocations(ctx, time.Second, e.verifier.Refresh, nodes...) }()
+	go func() { done <- WatchRevocations(ctx, time.Second, e.refresh, nodes...) }()
 }

@@ -38,6 +38,11 @@ type Target struct {
 	Account func(t testing.TB, path string) tls.Certificate
 	// Service issues a transport service certificate with a role.
 	Service func(t testing.TB, name, role string) tls.Certificate
+	// SetRole changes a service's role in the store (SetServiceRole) and
+	// lets the tier notice as it does in production (its revocation loop
+	// rereads the roles); it does not wait — the row waits until a fresh
+	// connection of the service has the new rights.
+	SetRole func(t testing.TB, name, role string)
 	// Revoke revokes an identity path (pki revoke); the target's
 	// revocation service must end its sessions within 5 s.
 	Revoke func(t testing.TB, path string)

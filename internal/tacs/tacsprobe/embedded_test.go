@@ -34,8 +34,15 @@ func runUp(t *testing.T, cfg platform.Config) {
 		Account: func(t testing.TB, path string) tls.Certificate {
 			return env.Identity(t, path, false).TLS
 		},
-		Service: func(t testing.TB, name, role string) tls.Certificate { return admin },
-		Site:    func(t testing.TB, account string) tls.Certificate { return env.Site(t, account) },
+		Service: func(t testing.TB, name, role string) tls.Certificate { return env.Service(t, name, role).TLS },
+		// The platform rereads the roles once a second and revalidates
+		// the broker's connections when they changed.
+		SetRole: func(t testing.TB, name, role string) {
+			if err := env.D.Store.SetServiceRole(context.Background(), name, role); err != nil {
+				t.Fatal(err)
+			}
+		},
+		Site: func(t testing.TB, account string) tls.Certificate { return env.Site(t, account) },
 		Revoke: func(t testing.TB, path string) {
 			p, err := pki.ParsePath(path)
 			if err != nil {

@@ -66,6 +66,46 @@ func (p *probe) admin(t testing.TB, node int) *client {
 	return p.tg.mustConnect(t, node, c, "service:admin", opts{clean: true})
 }
 
+// untilRights waits until a fresh clean connection of cert to node gets
+// (want) or is refused (!want) a subscription to filter: the tier has
+// picked up a role set in the store.
+func (p *probe) untilRights(t testing.TB, node int, cert tls.Certificate, name, filter string, want bool) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for {
+		c, err := p.tg.connect(t, node, cert, name, opts{clean: true})
+		if err == nil {
+			got := c.subscribe(t, filter, 1)
+			c.c.Disconnect(0)
+			if got == want {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: subscribe %q granted=%v not reached within %v (connect: %v)", name, filter, want, wait, err)
+		}
+		time.Sleep(100 * time.Millisecond) // polling a condition with a deadline
+	}
+}
+
+// resume connects to node with the persistent session cid, retrying
+// until the deadline: a CONNECT right after the session's DISCONNECT on
+// another node may be refused until that node has let the session go.
+func (p *probe) resume(t testing.TB, node int, cert tls.Certificate, name, cid string) (*client, error) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for refused := 0; ; refused++ {
+		c, err := p.tg.connect(t, node, cert, name, opts{clientID: cid})
+		if err == nil && refused > 0 {
+			t.Logf("%s resumed on node %d after %d refusals", cid, node, refused)
+		}
+		if err == nil || time.Now().After(deadline) {
+			return c, err
+		}
+		time.Sleep(100 * time.Millisecond) // polling a condition with a deadline
+	}
+}
+
 // Rows is the adversarial table.
 var Rows = []Row{
 	{"thesis_table_subscribe", func(t *testing.T, p *probe) {
@@ -356,6 +396,71 @@ var Rows = []Row{
 			if got < lim.Retained || time.Now().After(deadline) {
 				t.Fatalf("an observer received %d retained messages of one identity, want %d", got, lim.Retained)
 			}
+		}
+	}},
+	{"role_change_resumed_session", func(t *testing.T, p *probe) {
+		// A service's rights are its role's (the store's, not the
+		// certificate's). Demoted from snapshot-reader to status-reader,
+		// it must not read snapshots through a persistent session made
+		// under the old role: neither one queued while it was offline
+		// nor one published after it resumed the session, whether the
+		// role changed while it was offline or while it was connected
+		// (then the tier ends the connection within the revalidation
+		// bound, as for a revocation). Control: the same session with the
+		// role unchanged receives both.
+		if p.tg.SetRole == nil {
+			t.Skip("target cannot change a service's role")
+		}
+		const dev = "pr-rc/acc/dev"
+		snap, status := dev+"/snapshots", dev+"/status"
+		device := p.dev(t, 1, dev)
+		for _, tc := range []struct {
+			name      string
+			connected bool // the role changes while the session is connected
+		}{{"pr-rc-offline", false}, {"pr-rc-connected", true}} {
+			id := "service:" + tc.name
+			cid := id + ":probe-session"
+			cert := p.tg.Service(t, tc.name, tacs.RoleSnapshotReader)
+			p.untilRights(t, 0, cert, id, snap, true)
+			s := p.tg.mustConnect(t, 0, cert, id, opts{clientID: cid})
+			s.mustSubscribe(t, snap, 1)
+			s.c.Disconnect(50)
+			device.publish(t, snap, "queued-same-role", 1, false)
+			s, err := p.resume(t, 2, cert, id, cid)
+			if err != nil {
+				t.Fatalf("resume with the role unchanged: %v", err)
+			}
+			s.expect(t, snap, "queued-same-role")
+			fence(t, device, s, snap)
+			if tc.connected {
+				p.tg.SetRole(t, tc.name, tacs.RoleStatusReader)
+				if !s.disconnected(5 * time.Second) {
+					t.Fatalf("%s still connected 5 s after its role changed", id)
+				}
+			} else {
+				s.c.Disconnect(50)
+				p.tg.SetRole(t, tc.name, tacs.RoleStatusReader)
+			}
+			p.untilRights(t, 1, cert, id, snap, false) // the tier has the new role
+			queued := "queued-after-demotion-" + tc.name
+			device.publish(t, snap, queued, 1, false)
+			for i := range p.tg.Addrs { // resumed on each node
+				r, err := p.resume(t, i, cert, id, cid)
+				if err != nil {
+					t.Logf("resumption refused on node %d: %v", i, err) // closed too
+					continue
+				}
+				live := fmt.Sprintf("live-after-demotion-%s-%d", tc.name, i)
+				if r.subscribe(t, status, 1) { // what the new role may read
+					device.publish(t, snap, live, 1, false)
+					fence(t, device, r, status)
+				}
+				r.never(t, queued)
+				r.never(t, live)
+				r.c.Disconnect(50)
+			}
+			// Leave no persistent session behind.
+			p.tg.mustConnect(t, 0, cert, id, opts{clientID: cid, clean: true}).c.Disconnect(50)
 		}
 	}},
 	{"revoked_reconnect", func(t *testing.T, p *probe) {

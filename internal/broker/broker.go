@@ -119,6 +119,10 @@ type Config struct {
 	// a connection that is busy keeps its reader, so parking costs nothing
 	// per packet, and an idle one gives its goroutine up after it.
 	ParkAfter time.Duration
+	// StallTimer, if set, replaces the timer of stallAfter a publisher
+	// held back by slow subscribers waits on before it marks them
+	// stalled (tests fire it).
+	StallTimer func() <-chan time.Time
 }
 
 // Broker is a running or runnable MQTT broker. Create it with New, run it

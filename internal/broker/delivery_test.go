@@ -289,3 +289,91 @@ func TestWindowIsNotBacklog(t *testing.T) {
 		})
 	}
 }
+
+// TestOneStallBoundPerPublish: a publish held back by several slow
+// subscribers waits at most one stallAfter in all, then every one of them
+// still above its bound is marked stalled. It used to wait stallAfter for
+// each in turn: k stuck subscribers (k connections of one customer, say)
+// held every publisher on their topics k × 5 s, the platform's CRL
+// publication included (review of the in-flight credit).
+func TestOneStallBoundPerPublish(t *testing.T) {
+	const subscribers = 3
+	timers := make(chan chan time.Time, 16)
+	e := newEnvWith(t, func(c *Config) {
+		c.StallTimer = func() <-chan time.Time {
+			ch := make(chan time.Time, 1)
+			timers <- ch
+			return ch
+		}
+	})
+	// Each subscriber reads what it is sent (nothing stays unwritten) and
+	// acknowledges nothing: with a window of 4, the same messages queue
+	// for all three, which cross highWater on the same publish.
+	var subs []*session
+	for i := range subscribers {
+		cp := packet.Connect{Version: packet.V5, ClientID: fmt.Sprintf("stuck-%d", i), CleanStart: true}
+		cp.Props.ReceiveMaximum = 4
+		cp.Props.Set(packet.PropReceiveMaximum)
+		r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1"), cp)
+		if ack := r.subscribe("ms-acc-1/acc-1/+/snapshots", 1, packet.Properties{}); ack.Reasons[0] != 1 {
+			t.Fatalf("SUBACK %v", ack.Reasons)
+		}
+		go func() {
+			for {
+				if _, err := r.next(); err != nil {
+					return
+				}
+			}
+		}()
+		subs = append(subs, sessionNamed(t, e, cp.ClientID))
+	}
+	pub := e.v3(e.pki.identity("ms-acc-1/acc-1/dev-1"), v3opts{clean: true})
+	payload := make([]byte, 8<<10)
+	published := make(chan error, 1)
+	go func() {
+		for i := range 200 { // 4 + 64 of 8 KiB cross highWater; the rest waits
+			tok := pub.Publish("ms-acc-1/acc-1/dev-1/snapshots", 1, false, payload)
+			if !tok.WaitTimeout(2*wait) || tok.Error() != nil {
+				published <- fmt.Errorf("publish %d: no PUBACK: %v", i, tok.Error())
+				return
+			}
+		}
+		published <- nil
+	}()
+	var first chan time.Time
+	select {
+	case first = <-timers:
+	case <-time.After(wait):
+		t.Fatal("the publisher was never held back")
+	}
+	for _, s := range subs {
+		s.mu.Lock()
+		over := s.backlog() > highWater
+		s.mu.Unlock()
+		if !over {
+			t.Fatalf("%s is not above highWater while the publisher waits", s.clientID)
+		}
+	}
+	first <- time.Now() // stallAfter has passed
+	until(t, "every slow subscriber marked stalled", func() bool {
+		for _, s := range subs {
+			s.mu.Lock()
+			stalled := s.stalled
+			s.mu.Unlock()
+			if !stalled {
+				return false
+			}
+		}
+		return true
+	})
+	select {
+	case err := <-published:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-timers:
+		t.Fatal("the publisher waits a second stallAfter for the same publish")
+	case <-time.After(2 * wait):
+		t.Fatal("the publisher still waits after stallAfter")
+	}
+}

@@ -1,0 +1,121 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
+
+// TestClusterRevokedSessionsRemoved: an account's offline persistent
+// session with a QoS 1 subscription to its subtree is removed from the
+// engine once the account's certificate is revoked — its record leaves
+// $MQTT_sess, its durable consumer leaves $MQTT_msgs, and the QoS 1
+// messages its gateway (not revoked) publishes afterwards are not kept
+// for it — while another account's offline session, not revoked, keeps
+// its consumer and receives the messages when it resumes.
+func TestClusterRevokedSessionsRemoved(t *testing.T) {
+	e := newEnv(t)
+	nodes := e.startCluster(t, 3)
+	e.watchRevocations(t, nodes)
+	ctx := context.Background()
+	const revoked, kept = "ms-rev/acc-r", "ms-rev/acc-k"
+	revCert, keptCert := e.device(t, revoked), e.device(t, kept)
+	_, _, c0 := streamState(t, nodes[0], "$MQTT_msgs")
+	s0, _, _ := streamState(t, nodes[0], "$MQTT_sess")
+	for _, s := range []struct {
+		node int
+		cid  string
+	}{{0, revoked}, {1, kept}} {
+		cert := revCert
+		if s.cid == kept {
+			cert = keptCert
+		}
+		c, err := e.dial(t, nodes[s.node].MQTTAddr(), cert, s.cid, false)
+		if err != nil {
+			t.Fatalf("persistent session %s: %v", s.cid, err)
+		}
+		if tok := c.Subscribe(s.cid+"/#", 1, nil); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+			t.Fatalf("subscribe %s: %v", s.cid, tok.Error())
+		}
+		c.Disconnect(50)
+	}
+	// The engine makes two durable consumers of "acc/#": one for the
+	// subtree, one for the account's own topic (MQTT's '#' matches it).
+	const perSession = 2
+	waitFor(t, 20*time.Second, "two offline sessions with a durable consumer each", func() bool {
+		s, _, _ := streamState(t, nodes[0], "$MQTT_sess")
+		_, _, mc := streamState(t, nodes[0], "$MQTT_msgs")
+		return s == s0+2 && mc == c0+2*perSession
+	})
+
+	if _, err := e.d.Transport.Revoke(ctx, revCert.Leaf.SerialNumber, 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		waitFor(t, 20*time.Second, "the revoked account's session record and consumer removed, seen on node "+n.cfg.Name, func() bool {
+			s, _, _ := streamState(t, n, "$MQTT_sess")
+			_, _, mc := streamState(t, n, "$MQTT_msgs")
+			return s == s0+1 && mc == c0+perSession
+		})
+	}
+	// The node that removed it no longer counts it against the account.
+	if _, ok := nodes[0].auth.sessions.of(revoked)[revoked]; ok {
+		t.Errorf("node %s still counts the removed session of %s", nodes[0].cfg.Name, revoked)
+	}
+
+	// Their gateways, not revoked, publish QoS 1 to both subtrees.
+	const msgs = 5
+	for _, acc := range []string{revoked, kept} {
+		path := acc + "/gw"
+		gw := e.mustDial(t, nodes[2].MQTTAddr(), e.device(t, path), path)
+		for i := range msgs {
+			if tok := gw.Publish(path+"/snapshots", 1, false, fmt.Sprint(i)); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+				t.Fatalf("publish %s: %v", path, tok.Error())
+			}
+		}
+	}
+	// Only the kept session's messages are held (the stream keeps a
+	// message while a consumer is interested in it).
+	waitFor(t, 20*time.Second, "the messages held for the kept session only", func() bool {
+		m, _, _ := streamState(t, nodes[0], "$MQTT_msgs")
+		return m == msgs
+	})
+	for _, n := range nodes {
+		if m, _, mc := streamState(t, n, "$MQTT_msgs"); m != msgs || mc != c0+perSession {
+			t.Errorf("node %s: $MQTT_msgs holds %d messages, %d consumers; want %d, %d", n.cfg.Name, m, mc, msgs, c0+perSession)
+		}
+	}
+	// Still refused, on every node.
+	for _, n := range nodes {
+		if c, err := e.dial(t, n.MQTTAddr(), revCert, revoked, false); err == nil {
+			c.Disconnect(0)
+			t.Fatalf("revoked account resumed its session on node %s", n.cfg.Name)
+		}
+	}
+
+	// The kept account resumes (on another node) and receives them all.
+	got := make(chan string, 2*msgs)
+	opts := mqtt.NewClientOptions().AddBroker("ssl://" + nodes[2].MQTTAddr()).SetClientID(kept).
+		SetCleanSession(false).SetAutoReconnect(false).SetTLSConfig(tlsConfig(e, keptCert)).
+		SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { got <- string(m.Payload()) })
+	var c mqtt.Client
+	waitFor(t, 20*time.Second, "the kept account resumes its session", func() bool {
+		c = mqtt.NewClient(opts)
+		tok := c.Connect()
+		return tok.WaitTimeout(20*time.Second) && tok.Error() == nil
+	})
+	t.Cleanup(func() { c.Disconnect(50) })
+	seen := map[string]bool{}
+	deadline := time.After(20 * time.Second)
+	for len(seen) < msgs {
+		select {
+		case p := <-got:
+			seen[p] = true
+		case <-deadline:
+			t.Fatalf("the kept session received %d of %d messages", len(seen), msgs)
+		}
+	}
+}

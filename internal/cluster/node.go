@@ -178,7 +178,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("cluster node: %w", err)
 	}
 	a := &authenticator{cfg: cfg, conns: map[uint64]*conn{}, bySubject: map[string]map[uint64]*conn{},
-		byClientID: map[string]uint64{}, engine: engineClient{token: token},
+		byClientID: map[string]uint64{}, held: map[string]*heldChain{}, engine: engineClient{token: token},
 		sessions: sessionIndex{byOwner: map[string]map[string]struct{}{}},
 		retained: retainedIndex{bySubject: map[string]retained{}, bySource: map[string]map[string]struct{}{},
 			warned: map[string]time.Time{}, removed: map[string]int{}}}

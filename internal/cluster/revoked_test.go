@@ -9,9 +9,9 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 )
 
-// TestClusterRevokedSessionsRemoved: an account's offline persistent
-// session with a QoS 1 subscription to its subtree is removed from the
-// engine once the account's certificate is revoked — its record leaves
+// TestClusterRevokedSessionsRemoved: an account's persistent sessions
+// with a QoS 1 subscription to its subtree, one offline, one connected,
+// are removed from the engine once the account's certificate is revoked — its record leaves
 // $MQTT_sess, its durable consumer leaves $MQTT_msgs, and the QoS 1
 // messages its gateway (not revoked) publishes afterwards are not kept
 // for it — while another account's offline session, not revoked, keeps
@@ -21,14 +21,16 @@ func TestClusterRevokedSessionsRemoved(t *testing.T) {
 	nodes := e.startCluster(t, 3)
 	e.watchRevocations(t, nodes)
 	ctx := context.Background()
-	const revoked, kept = "ms-rev/acc-r", "ms-rev/acc-k"
+	// live: a second session of the revoked account, connected when the
+	// revocation comes (revalidation ends the connection, then the session).
+	const revoked, kept, live = "ms-rev/acc-r", "ms-rev/acc-k", "ms-rev/acc-r:live"
 	revCert, keptCert := e.device(t, revoked), e.device(t, kept)
 	_, _, c0 := streamState(t, nodes[0], "$MQTT_msgs")
 	s0, _, _ := streamState(t, nodes[0], "$MQTT_sess")
 	for _, s := range []struct {
 		node int
 		cid  string
-	}{{0, revoked}, {1, kept}} {
+	}{{0, revoked}, {1, kept}, {2, live}} {
 		cert := revCert
 		if s.cid == kept {
 			cert = keptCert
@@ -37,33 +39,41 @@ func TestClusterRevokedSessionsRemoved(t *testing.T) {
 		if err != nil {
 			t.Fatalf("persistent session %s: %v", s.cid, err)
 		}
-		if tok := c.Subscribe(s.cid+"/#", 1, nil); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		if tok := c.Subscribe(clientIDOwner(s.cid)+"/#", 1, nil); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
 			t.Fatalf("subscribe %s: %v", s.cid, tok.Error())
 		}
-		c.Disconnect(50)
+		if s.cid != live {
+			c.Disconnect(50)
+		}
 	}
 	// The engine makes two durable consumers of "acc/#": one for the
 	// subtree, one for the account's own topic (MQTT's '#' matches it).
 	const perSession = 2
-	waitFor(t, 20*time.Second, "two offline sessions with a durable consumer each", func() bool {
+	waitFor(t, 20*time.Second, "three persistent sessions with their durable consumers", func() bool {
 		s, _, _ := streamState(t, nodes[0], "$MQTT_sess")
 		_, _, mc := streamState(t, nodes[0], "$MQTT_msgs")
-		return s == s0+2 && mc == c0+2*perSession
+		return s == s0+3 && mc == c0+3*perSession
 	})
 
 	if _, err := e.d.Transport.Revoke(ctx, revCert.Leaf.SerialNumber, 1); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range nodes {
-		waitFor(t, 20*time.Second, "the revoked account's session record and consumer removed, seen on node "+n.cfg.Name, func() bool {
+		waitFor(t, 20*time.Second, "the revoked account's session records and consumers removed, seen on node "+n.cfg.Name, func() bool {
 			s, _, _ := streamState(t, n, "$MQTT_sess")
 			_, _, mc := streamState(t, n, "$MQTT_msgs")
 			return s == s0+1 && mc == c0+perSession
 		})
 	}
-	// The node that removed it no longer counts it against the account.
-	if _, ok := nodes[0].auth.sessions.of(revoked)[revoked]; ok {
-		t.Errorf("node %s still counts the removed session of %s", nodes[0].cfg.Name, revoked)
+	// The node that accepted a session and removed it no longer counts it
+	// against the account (the engine tells the others nothing).
+	for _, s := range []struct {
+		node int
+		cid  string
+	}{{0, revoked}, {2, live}} {
+		if _, ok := nodes[s.node].auth.sessions.of(revoked)[s.cid]; ok {
+			t.Errorf("node %s still counts the removed session %s", nodes[s.node].cfg.Name, s.cid)
+		}
 	}
 
 	// Their gateways, not revoked, publish QoS 1 to both subtrees.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -145,16 +146,40 @@ func (a *authenticator) sessionRecord(ctx context.Context, clientID, subject str
 	if err != nil {
 		return persistedSession{}, 0, fmt.Errorf("read session record: %w", err)
 	}
-	var ps persistedSession
-	if err := json.Unmarshal(m.Data, &ps); err != nil {
-		return persistedSession{}, 0, fmt.Errorf("parse session record: %w", err)
-	}
-	if ps.ID != clientID || ps.Clean {
-		// Another client ID's session (the subject is a hash) or one
-		// saved clean since: not the session to remove.
-		return persistedSession{}, 0, errSessionNotFound
+	ps, err := parseSessionRecord(m.Data, clientID)
+	if err != nil {
+		return persistedSession{}, 0, err
 	}
 	return ps, m.Sequence, nil
+}
+
+// parseSessionRecord reads the engine's record of clientID's session:
+// errSessionNotFound if it is another client ID's (the subject is a
+// hash) or was saved clean since; an error if a consumer name it gives is
+// not a single subject token (then nothing is deleted).
+func parseSessionRecord(data []byte, clientID string) (persistedSession, error) {
+	var ps persistedSession
+	if err := json.Unmarshal(data, &ps); err != nil {
+		return persistedSession{}, fmt.Errorf("parse session record: %w", err)
+	}
+	if ps.ID != clientID || ps.Clean {
+		return persistedSession{}, errSessionNotFound
+	}
+	names := make([]string, 0, len(ps.Cons)+1)
+	for _, cc := range ps.Cons {
+		if cc != nil {
+			names = append(names, cc.Durable)
+		}
+	}
+	if ps.PubRel != nil {
+		names = append(names, ps.PubRel.Durable)
+	}
+	for _, n := range names {
+		if strings.ContainsAny(n, ".*> \t\r\n") {
+			return persistedSession{}, fmt.Errorf("session record of %s: consumer name %q is not a subject token", clientID, n)
+		}
+	}
+	return ps, nil
 }
 
 // deleteSession removes a persistent session from the engine as

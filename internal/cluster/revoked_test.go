@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -128,4 +129,33 @@ func TestClusterRevokedSessionsRemoved(t *testing.T) {
 			t.Fatalf("the kept session received %d of %d messages", len(seen), msgs)
 		}
 	}
+}
+
+// FuzzSessionRecordConsumers: whatever the record read back under a
+// client ID holds, parseSessionRecord never panics, returns only the
+// client ID's own persistent session, and only consumer names that are
+// one subject token (the engine client deletes them by name).
+func FuzzSessionRecordConsumers(f *testing.F) {
+	f.Add([]byte(`{"id":"ms/acc","cons":{"1":{"durable_name":"abc_XYZ"}},"pubrel":{"durable_name":"def"}}`), "ms/acc")
+	f.Add([]byte(`{"id":"ms/acc","clean":true}`), "ms/acc")
+	f.Add([]byte(`{"id":"ms/other","cons":{"1":{"durable_name":"x"}}}`), "ms/acc")
+	f.Add([]byte(`{"id":"ms/acc","cons":{"1":{"durable_name":"a.>"},"2":null}}`), "ms/acc")
+	f.Add([]byte(`not json`), "ms/acc")
+	f.Fuzz(func(t *testing.T, data []byte, cid string) {
+		ps, err := parseSessionRecord(data, cid)
+		if err != nil {
+			return
+		}
+		if ps.ID != cid || ps.Clean {
+			t.Fatalf("record of %q clean=%v returned for %q", ps.ID, ps.Clean, cid)
+		}
+		for _, cc := range ps.Cons {
+			if cc != nil && strings.ContainsAny(cc.Durable, ".*> \t\r\n") {
+				t.Fatalf("consumer name %q returned", cc.Durable)
+			}
+		}
+		if ps.PubRel != nil && strings.ContainsAny(ps.PubRel.Durable, ".*> \t\r\n") {
+			t.Fatalf("PUBREL consumer name %q returned", ps.PubRel.Durable)
+		}
+	})
 }

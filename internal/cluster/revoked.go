@@ -29,7 +29,10 @@ import (
 // The decision is the hook's own check, Config.Identify on the chain the
 // identity presented: each node remembers the chain of every client ID it
 // accepted while the engine holds a persistent session under it. Only an
-// error wrapping pki.ErrRevoked removes anything: an expired certificate
+// error wrapping pki.ErrRevoked removes anything, and only if the
+// identity holds no other valid certificate (Config.Credentialed: a
+// renewed gateway whose old certificate is revoked keeps its session, and
+// its chain on another node may be the old one): an expired certificate
 // (the device renews and resumes) or a check that cannot be made keeps
 // the session. A node restarted forgets the chains it had: a session last
 // used on it before is removed by another node that accepted the identity
@@ -102,6 +105,17 @@ func (a *authenticator) removeRevokedSessions(ctx context.Context) int {
 			if warn {
 				a.cfg.Logger.Info("mqtt persistent session kept: its identity no longer verifies, but is not revoked",
 					"stage", "revalidate", "node", a.cfg.Name, "identity", c.h.subject.String(), "client_id", c.cid, "err", err)
+			}
+			continue
+		}
+		if keep, why := a.stillCredentialed(ctx, c.h); keep {
+			a.mu.Lock()
+			warn := !c.h.warned
+			c.h.warned = true
+			a.mu.Unlock()
+			if warn {
+				a.cfg.Logger.Info("mqtt persistent session kept: the chain it was accepted under is revoked, but its identity "+why,
+					"stage", "revalidate", "node", a.cfg.Name, "identity", c.h.subject.String(), "client_id", c.cid)
 			}
 			continue
 		}
@@ -230,4 +244,26 @@ func (a *authenticator) deleteSession(ctx context.Context, clientID, subject str
 		return fmt.Errorf("session %s: delete record %d: %w", clientID, seq, err)
 	}
 	return nil
+}
+
+// stillCredentialed reports whether the identity of a revoked chain may
+// still connect (a valid certificate of its name, e.g. renewed), and why
+// the session is kept; a check that cannot be made keeps it (fail closed).
+func (a *authenticator) stillCredentialed(ctx context.Context, h *heldChain) (bool, string) {
+	if a.cfg.Credentialed == nil {
+		return true, "cannot be checked for other certificates (no Credentialed)"
+	}
+	if len(h.chain) == 0 {
+		return true, "has no chain"
+	}
+	ok, err := a.cfg.Credentialed(ctx, h.chain[0].Subject.CommonName)
+	if err != nil {
+		a.cfg.Logger.Warn("mqtt persistent session kept: cannot check the identity's certificates", "stage", "revalidate",
+			"node", a.cfg.Name, "identity", h.subject.String(), "err", err)
+		return true, "cannot be checked"
+	}
+	if ok {
+		return true, "holds another valid certificate"
+	}
+	return false, ""
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"strings"
 	"testing"
@@ -16,7 +17,9 @@ import (
 // $MQTT_sess, its durable consumer leaves $MQTT_msgs, and the QoS 1
 // messages its gateway (not revoked) publishes afterwards are not kept
 // for it — while another account's offline session, not revoked, keeps
-// its consumer and receives the messages when it resumes.
+// its consumer and receives the messages when it resumes, and an
+// account whose old certificate is revoked after a renewal keeps its
+// session.
 func TestClusterRevokedSessionsRemoved(t *testing.T) {
 	e := newEnv(t)
 	nodes := e.startCluster(t, 3)
@@ -24,19 +27,20 @@ func TestClusterRevokedSessionsRemoved(t *testing.T) {
 	ctx := context.Background()
 	// live: a second session of the revoked account, connected when the
 	// revocation comes (revalidation ends the connection, then the session).
-	const revoked, kept, live = "ms-rev/acc-r", "ms-rev/acc-k", "ms-rev/acc-r:live"
+	// renewed: an account whose first certificate is revoked after it
+	// resumed its session with a renewed one, on another node (that node
+	// still holds the old chain): its session stays.
+	const revoked, kept, live, renewed = "ms-rev/acc-r", "ms-rev/acc-k", "ms-rev/acc-r:live", "ms-rev/acc-n"
 	revCert, keptCert := e.device(t, revoked), e.device(t, kept)
+	oldCert, newCert := e.device(t, renewed), e.device(t, renewed)
 	_, _, c0 := streamState(t, nodes[0], "$MQTT_msgs")
 	s0, _, _ := streamState(t, nodes[0], "$MQTT_sess")
 	for _, s := range []struct {
 		node int
 		cid  string
-	}{{0, revoked}, {1, kept}, {2, live}} {
-		cert := revCert
-		if s.cid == kept {
-			cert = keptCert
-		}
-		c, err := e.dial(t, nodes[s.node].MQTTAddr(), cert, s.cid, false)
+		cert tls.Certificate
+	}{{0, revoked, revCert}, {1, kept, keptCert}, {2, live, revCert}, {0, renewed, oldCert}} {
+		c, err := e.dial(t, nodes[s.node].MQTTAddr(), s.cert, s.cid, false)
 		if err != nil {
 			t.Fatalf("persistent session %s: %v", s.cid, err)
 		}
@@ -47,23 +51,32 @@ func TestClusterRevokedSessionsRemoved(t *testing.T) {
 			c.Disconnect(50)
 		}
 	}
+	waitFor(t, 20*time.Second, "the renewed certificate resumes the session on another node", func() bool {
+		c, err := e.dial(t, nodes[1].MQTTAddr(), newCert, renewed, false)
+		if err == nil {
+			c.Disconnect(50)
+		}
+		return err == nil
+	})
 	// The engine makes two durable consumers of "acc/#": one for the
 	// subtree, one for the account's own topic (MQTT's '#' matches it).
 	const perSession = 2
-	waitFor(t, 20*time.Second, "three persistent sessions with their durable consumers", func() bool {
+	waitFor(t, 20*time.Second, "four persistent sessions with their durable consumers", func() bool {
 		s, _, _ := streamState(t, nodes[0], "$MQTT_sess")
 		_, _, mc := streamState(t, nodes[0], "$MQTT_msgs")
-		return s == s0+3 && mc == c0+3*perSession
+		return s == s0+4 && mc == c0+4*perSession
 	})
 
-	if _, err := e.d.Transport.Revoke(ctx, revCert.Leaf.SerialNumber, 1); err != nil {
-		t.Fatal(err)
+	for _, c := range []tls.Certificate{revCert, oldCert} {
+		if _, err := e.d.Transport.Revoke(ctx, c.Leaf.SerialNumber, 1); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, n := range nodes {
 		waitFor(t, 20*time.Second, "the revoked account's session records and consumers removed, seen on node "+n.cfg.Name, func() bool {
 			s, _, _ := streamState(t, n, "$MQTT_sess")
 			_, _, mc := streamState(t, n, "$MQTT_msgs")
-			return s == s0+1 && mc == c0+perSession
+			return s == s0+2 && mc == c0+2*perSession
 		})
 	}
 	// The node that accepted a session and removed it no longer counts it
@@ -91,9 +104,9 @@ func TestClusterRevokedSessionsRemoved(t *testing.T) {
 	// Only the kept session's messages are held (the stream keeps a
 	// message while a consumer is interested in it).
 	for _, n := range nodes {
-		waitFor(t, 20*time.Second, "the messages held for the kept session only, on node "+n.cfg.Name, func() bool {
+		waitFor(t, 20*time.Second, "the kept and renewed sessions' consumers and the kept session's messages only, on node "+n.cfg.Name, func() bool {
 			m, _, mc := streamState(t, n, "$MQTT_msgs")
-			return m == msgs && mc == c0+perSession
+			return m == msgs && mc == c0+2*perSession
 		})
 	}
 	// Still refused, on every node.

@@ -132,6 +132,25 @@ func (a *Authority) RevokePath(ctx context.Context, p Path, reason int) ([]store
 	return done, nil
 }
 
+// HasValidLeaf reports whether name (an identity path or service name)
+// holds a leaf certificate that is neither revoked nor expired: whether
+// its holder can still connect, e.g. with a certificate renewed after an
+// older one was revoked. The cluster tier removes a revoked identity's
+// persistent sessions only when it holds none (cluster.Config.Credentialed).
+func (a *Authority) HasValidLeaf(ctx context.Context, name string) (bool, error) {
+	list, err := a.records.ListCertificates(ctx, store.CertFilter{Domain: string(a.domain), Name: name, Kinds: []string{KindLeaf}})
+	if err != nil {
+		return false, fmt.Errorf("certificates of %s: %w", name, err)
+	}
+	now := time.Now()
+	for _, c := range list {
+		if !c.Revoked() && now.Before(c.NotAfter) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // RevokeName revokes the valid (unrevoked, unexpired) certificates of an
 // identity or service name: leaves, or with ca set, the CA of that path.
 // For an identity path's leaves, RevokePath is what cuts a holder off.

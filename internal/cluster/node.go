@@ -94,13 +94,14 @@ type Config struct {
 	// covers the account, so nothing they publish is acknowledged and
 	// dropped (docs/scale.md "The window of a brand-new account").
 	Admit func(ctx context.Context, s tacs.Subject) error
-	// Credentialed reports whether an identity name (a leaf certificate's
-	// common name: path or service name) still holds a valid certificate
-	// (pki.Authority.HasValidLeaf). A persistent session accepted under a
-	// chain now revoked is removed from the engine only when it holds
-	// none: a gateway whose older certificate was revoked after a renewal
-	// keeps its session. Nil: no session is removed (revoked.go).
-	Credentialed func(ctx context.Context, name string) (bool, error)
+	// IdentityCerts returns the leaf certificates recorded for an
+	// identity name (a leaf's common name: path or service name), not
+	// revoked nor expired (pki.Authority.ValidLeaves). A persistent
+	// session accepted under a chain now revoked is removed from the
+	// engine only if none of them passes Identify: a gateway whose older
+	// certificate was revoked after a renewal keeps its session. Nil: no
+	// session is removed (revoked.go).
+	IdentityCerts func(ctx context.Context, name string) ([]*x509.Certificate, error)
 	// AckWait is how long a QoS 1/2 delivery waits for its acknowledgement
 	// before the engine redelivers it (default 10 s).
 	AckWait time.Duration

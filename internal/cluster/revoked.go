@@ -30,7 +30,7 @@ import (
 // identity presented: each node remembers the chain of every client ID it
 // accepted while the engine holds a persistent session under it. Only an
 // error wrapping pki.ErrRevoked removes anything, and only if the
-// identity holds no other valid certificate (Config.Credentialed: a
+// identity holds no other valid certificate (Config.IdentityCerts, verified with Identify: a
 // renewed gateway whose old certificate is revoked keeps its session, and
 // its chain on another node may be the old one): an expired certificate
 // (the device renews and resumes) or a check that cannot be made keeps
@@ -247,23 +247,26 @@ func (a *authenticator) deleteSession(ctx context.Context, clientID, subject str
 }
 
 // stillCredentialed reports whether the identity of a revoked chain may
-// still connect (a valid certificate of its name, e.g. renewed), and why
-// the session is kept; a check that cannot be made keeps it (fail closed).
+// still connect — one of its recorded certificates passes the hook's
+// check, Identify, as the same identity (renewed) — and why the session is
+// kept; a check that cannot be made keeps it (fail closed).
 func (a *authenticator) stillCredentialed(ctx context.Context, h *heldChain) (bool, string) {
-	if a.cfg.Credentialed == nil {
-		return true, "cannot be checked for other certificates (no Credentialed)"
+	if a.cfg.IdentityCerts == nil {
+		return true, "cannot be checked for other certificates (no IdentityCerts)"
 	}
 	if len(h.chain) == 0 {
 		return true, "has no chain"
 	}
-	ok, err := a.cfg.Credentialed(ctx, h.chain[0].Subject.CommonName)
+	certs, err := a.cfg.IdentityCerts(ctx, h.chain[0].Subject.CommonName)
 	if err != nil {
 		a.cfg.Logger.Warn("mqtt persistent session kept: cannot check the identity's certificates", "stage", "revalidate",
 			"node", a.cfg.Name, "identity", h.subject.String(), "err", err)
 		return true, "cannot be checked"
 	}
-	if ok {
-		return true, "holds another valid certificate"
+	for _, c := range certs {
+		if subj, err := a.cfg.Identify([]*x509.Certificate{c}); err == nil && subj.String() == h.subject.String() {
+			return true, "holds another valid certificate"
+		}
 	}
 	return false, ""
 }

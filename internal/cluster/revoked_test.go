@@ -33,13 +33,17 @@ func TestClusterRevokedSessionsRemoved(t *testing.T) {
 	const revoked, kept, live, renewed = "ms-rev/acc-r", "ms-rev/acc-k", "ms-rev/acc-r:live", "ms-rev/acc-n"
 	revCert, keptCert := e.device(t, revoked), e.device(t, kept)
 	oldCert, newCert := e.device(t, renewed), e.device(t, renewed)
+	// underCA: a gateway whose own certificate stays unrevoked, but whose
+	// account CA is revoked: no certificate of it verifies any more.
+	const underCA = "ms-rev/acc-c/gw"
+	caGwCert := e.device(t, underCA)
 	_, _, c0 := streamState(t, nodes[0], "$MQTT_msgs")
 	s0, _, _ := streamState(t, nodes[0], "$MQTT_sess")
 	for _, s := range []struct {
 		node int
 		cid  string
 		cert tls.Certificate
-	}{{0, revoked, revCert}, {1, kept, keptCert}, {2, live, revCert}, {0, renewed, oldCert}} {
+	}{{0, revoked, revCert}, {1, kept, keptCert}, {2, live, revCert}, {0, renewed, oldCert}, {1, underCA, caGwCert}} {
 		c, err := e.dial(t, nodes[s.node].MQTTAddr(), s.cert, s.cid, false)
 		if err != nil {
 			t.Fatalf("persistent session %s: %v", s.cid, err)
@@ -61,16 +65,19 @@ func TestClusterRevokedSessionsRemoved(t *testing.T) {
 	// The engine makes two durable consumers of "acc/#": one for the
 	// subtree, one for the account's own topic (MQTT's '#' matches it).
 	const perSession = 2
-	waitFor(t, 20*time.Second, "four persistent sessions with their durable consumers", func() bool {
+	waitFor(t, 20*time.Second, "five persistent sessions with their durable consumers", func() bool {
 		s, _, _ := streamState(t, nodes[0], "$MQTT_sess")
 		_, _, mc := streamState(t, nodes[0], "$MQTT_msgs")
-		return s == s0+4 && mc == c0+4*perSession
+		return s == s0+5 && mc == c0+5*perSession
 	})
 
 	for _, c := range []tls.Certificate{revCert, oldCert} {
 		if _, err := e.d.Transport.Revoke(ctx, c.Leaf.SerialNumber, 1); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if _, err := e.d.Transport.RevokeName(ctx, "ms-rev/acc-c", true, 1); err != nil {
+		t.Fatal(err)
 	}
 	for _, n := range nodes {
 		waitFor(t, 20*time.Second, "the revoked account's session records and consumers removed, seen on node "+n.cfg.Name, func() bool {
@@ -84,8 +91,8 @@ func TestClusterRevokedSessionsRemoved(t *testing.T) {
 	for _, s := range []struct {
 		node int
 		cid  string
-	}{{0, revoked}, {2, live}} {
-		if _, ok := nodes[s.node].auth.sessions.of(revoked)[s.cid]; ok {
+	}{{0, revoked}, {2, live}, {1, underCA}} {
+		if _, ok := nodes[s.node].auth.sessions.of(clientIDOwner(s.cid))[s.cid]; ok {
 			t.Errorf("node %s still counts the removed session %s", nodes[s.node].cfg.Name, s.cid)
 		}
 	}

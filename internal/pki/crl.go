@@ -132,23 +132,30 @@ func (a *Authority) RevokePath(ctx context.Context, p Path, reason int) ([]store
 	return done, nil
 }
 
-// HasValidLeaf reports whether name (an identity path or service name)
-// holds a leaf certificate that is neither revoked nor expired: whether
-// its holder can still connect, e.g. with a certificate renewed after an
-// older one was revoked. The cluster tier removes a revoked identity's
-// persistent sessions only when it holds none (cluster.Config.Credentialed).
-func (a *Authority) HasValidLeaf(ctx context.Context, name string) (bool, error) {
+// ValidLeaves returns the leaf certificates recorded for name (an
+// identity path or service name) that are neither revoked nor expired, as
+// parsed certificates: what its holder may still connect with, e.g. a
+// certificate renewed after an older one was revoked. The cluster tier
+// verifies them again before it removes a revoked identity's persistent
+// sessions (cluster.Config.IdentityCerts).
+func (a *Authority) ValidLeaves(ctx context.Context, name string) ([]*x509.Certificate, error) {
 	list, err := a.records.ListCertificates(ctx, store.CertFilter{Domain: string(a.domain), Name: name, Kinds: []string{KindLeaf}})
 	if err != nil {
-		return false, fmt.Errorf("certificates of %s: %w", name, err)
+		return nil, fmt.Errorf("certificates of %s: %w", name, err)
 	}
 	now := time.Now()
+	var out []*x509.Certificate
 	for _, c := range list {
-		if !c.Revoked() && now.Before(c.NotAfter) {
-			return true, nil
+		if c.Revoked() || !now.Before(c.NotAfter) {
+			continue
 		}
+		cert, err := x509.ParseCertificate(c.DER)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %s of %s: %w", c.Serial, name, err)
+		}
+		out = append(out, cert)
 	}
-	return false, nil
+	return out, nil
 }
 
 // RevokeName revokes the valid (unrevoked, unexpired) certificates of an

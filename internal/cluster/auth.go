@@ -30,6 +30,9 @@ type authenticator struct {
 	bySubject  map[string]map[uint64]*conn
 	byClientID map[string]uint64
 	draining   bool // Node.Drain: every CONNECT is refused
+	// held: the chain accepted under each client ID, kept while the
+	// engine holds a persistent session under it (revoked.go).
+	held map[string]*heldChain
 
 	// The limits' views of the engine's state (limits.go), through the
 	// node's own engine client.
@@ -112,6 +115,9 @@ func (a *authenticator) addLocked(id uint64, cn *conn) {
 	}
 	a.bySubject[name][id] = cn
 	a.byClientID[cn.clientID] = id
+	if a.held != nil {
+		a.held[cn.clientID] = &heldChain{chain: cn.chain, subject: cn.subject}
+	}
 }
 
 func (a *authenticator) check(c server.ClientAuthentication) (tacs.Subject, []*x509.Certificate, string, error) {
@@ -211,7 +217,8 @@ func (a *authenticator) verifyRoute(cs tls.ConnectionState) error {
 }
 
 // revalidate re-identifies every accepted connection and disconnects the
-// ones that fail or changed subject.
+// ones that fail or changed subject, then removes the revoked identities'
+// persistent sessions from the engine (revoked.go).
 func (a *authenticator) revalidate(ctx context.Context) int {
 	a.prune()
 	a.mu.Lock()
@@ -240,6 +247,7 @@ func (a *authenticator) revalidate(ctx context.Context) int {
 		}
 		a.forget(id)
 	}
+	a.removeRevokedSessions(ctx)
 	return ended
 }
 
@@ -286,6 +294,12 @@ func (a *authenticator) forget(id uint64) {
 		}
 		if a.byClientID[c.clientID] == id {
 			delete(a.byClientID, c.clientID)
+			// The chain is kept only while it may be needed to remove a
+			// persistent session (revoked.go): held stays as small as
+			// the connections and persistent sessions.
+			if _, persistent := a.sessions.subject(c.clientID); !persistent {
+				delete(a.held, c.clientID)
+			}
 		}
 	}
 }

@@ -84,7 +84,10 @@ func (e *engineClient) isEngineClient(c server.ClientAuthentication) bool {
 }
 
 // enginePermissions are the engine client's: read the two streams, follow
-// them with its own consumers, delete retained messages beyond a limit.
+// them with its own consumers, delete retained messages beyond a limit,
+// and remove a revoked identity's sessions (read a session record, delete
+// it and the session's durable consumers on the messages and PUBREL
+// streams, one token each: revoked.go).
 func enginePermissions() *server.Permissions {
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: []string{
@@ -93,6 +96,8 @@ func enginePermissions() *server.Permissions {
 			"$JS.API.CONSUMER.*." + sessStream + ".>", "$JS.API.CONSUMER.*." + rmsgsStream + ".>",
 			"$JS.API.CONSUMER.MSG.NEXT." + sessStream + ".*", "$JS.API.CONSUMER.MSG.NEXT." + rmsgsStream + ".*",
 			"$JS.API.STREAM.MSG.DELETE." + rmsgsStream,
+			"$JS.API.STREAM.MSG.GET." + sessStream, "$JS.API.STREAM.MSG.DELETE." + sessStream,
+			"$JS.API.CONSUMER.DELETE." + msgsStream + ".*", "$JS.API.CONSUMER.DELETE." + outStream + ".*",
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
 	}

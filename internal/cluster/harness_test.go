@@ -174,7 +174,7 @@ func (e *env) startCluster(t testing.TB, n int) []*Node {
 			Name: name, MQTTAddr: "127.0.0.1:0", StoreDir: filepath.Join(t.TempDir(), name),
 			Certificate: func() (*tls.Certificate, error) { return &cert, nil }, Roots: e.roots,
 			Identify: Identify(e.verifier, e.subjectOf), Grants: e.grants, Logger: e.log, Replicas: min(n, 3),
-			Admit: e.admit,
+			Admit: e.admit, IdentityCerts: e.d.Transport.ValidLeaves,
 		}
 		if n > 1 {
 			cfg.ClusterAddr, cfg.Routes = addrs[i], routes

@@ -177,6 +177,9 @@ func (f *follower) following() bool {
 type sessionIndex struct {
 	mu      sync.Mutex
 	byOwner map[string]map[string]struct{}
+	// subjects: each persistent client ID's subject in $MQTT_sess, where
+	// its record is read back to remove it (revoked.go).
+	subjects map[string]string
 }
 
 // of returns a copy of the identity's persistent client IDs.
@@ -190,8 +193,34 @@ func (x *sessionIndex) of(name string) map[string]struct{} {
 	return out
 }
 
-// set records what a saved session says; it reports the client ID.
-func (x *sessionIndex) set(data []byte) (clientID string, clean bool, ok bool) {
+// subject is a persistent client ID's subject in $MQTT_sess.
+func (x *sessionIndex) subject(clientID string) (string, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	s, ok := x.subjects[clientID]
+	return s, ok
+}
+
+// forget drops a session removed from the engine (the engine tells its
+// consumers nothing of a deleted record).
+func (x *sessionIndex) forget(clientID string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.forgetLocked(clientID)
+}
+
+func (x *sessionIndex) forgetLocked(clientID string) {
+	owner := clientIDOwner(clientID)
+	delete(x.byOwner[owner], clientID)
+	if len(x.byOwner[owner]) == 0 {
+		delete(x.byOwner, owner)
+	}
+	delete(x.subjects, clientID)
+}
+
+// set records what a saved session (the record data at subject) says; it
+// reports the client ID.
+func (x *sessionIndex) set(subject string, data []byte) (clientID string, clean bool, ok bool) {
 	var ps struct {
 		ID    string `json:"id"`
 		Clean bool   `json:"clean"`
@@ -203,22 +232,23 @@ func (x *sessionIndex) set(data []byte) (clientID string, clean bool, ok bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if ps.Clean {
-		delete(x.byOwner[owner], ps.ID)
-		if len(x.byOwner[owner]) == 0 {
-			delete(x.byOwner, owner)
-		}
+		x.forgetLocked(ps.ID)
 		return ps.ID, true, true
 	}
 	if x.byOwner[owner] == nil {
 		x.byOwner[owner] = map[string]struct{}{}
 	}
 	x.byOwner[owner][ps.ID] = struct{}{}
+	if x.subjects == nil {
+		x.subjects = map[string]string{}
+	}
+	x.subjects[ps.ID] = subject
 	return ps.ID, false, true
 }
 
 // applySession is the session follower's apply.
 func (a *authenticator) applySession(m jetstream.Msg) {
-	cid, clean, ok := a.sessions.set(m.Data())
+	cid, clean, ok := a.sessions.set(m.Subject(), m.Data())
 	if !ok || !clean {
 		return
 	}

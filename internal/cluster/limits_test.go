@@ -341,7 +341,7 @@ func FuzzSessionRecord(f *testing.F) {
 	f.Add([]byte(`not json`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		x := sessionIndex{byOwner: map[string]map[string]struct{}{}}
-		cid, clean, ok := x.set(data)
+		cid, clean, ok := x.set("$MQTT.sess.h", data)
 		if !ok {
 			if len(x.byOwner) != 0 {
 				t.Fatalf("a record not understood was filed: %v", x.byOwner)
@@ -356,9 +356,9 @@ func FuzzSessionRecord(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		x.set(rec)
-		if len(x.byOwner) != 0 {
-			t.Fatalf("a session saved clean is still held: %v", x.byOwner)
+		x.set("$MQTT.sess.h", rec)
+		if len(x.byOwner) != 0 || len(x.subjects) != 0 {
+			t.Fatalf("a session saved clean is still held: %v %v", x.byOwner, x.subjects)
 		}
 	})
 }

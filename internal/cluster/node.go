@@ -94,6 +94,14 @@ type Config struct {
 	// covers the account, so nothing they publish is acknowledged and
 	// dropped (docs/scale.md "The window of a brand-new account").
 	Admit func(ctx context.Context, s tacs.Subject) error
+	// IdentityCerts returns the leaf certificates recorded for an
+	// identity name (a leaf's common name: path or service name), not
+	// revoked nor expired (pki.Authority.ValidLeaves). A persistent
+	// session accepted under a chain now revoked is removed from the
+	// engine only if none of them passes Identify: a gateway whose older
+	// certificate was revoked after a renewal keeps its session. Nil: no
+	// session is removed (revoked.go).
+	IdentityCerts func(ctx context.Context, name string) ([]*x509.Certificate, error)
 	// AckWait is how long a QoS 1/2 delivery waits for its acknowledgement
 	// before the engine redelivers it (default 10 s).
 	AckWait time.Duration
@@ -178,7 +186,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("cluster node: %w", err)
 	}
 	a := &authenticator{cfg: cfg, conns: map[uint64]*conn{}, bySubject: map[string]map[uint64]*conn{},
-		byClientID: map[string]uint64{}, engine: engineClient{token: token},
+		byClientID: map[string]uint64{}, held: map[string]*heldChain{}, engine: engineClient{token: token},
 		sessions: sessionIndex{byOwner: map[string]map[string]struct{}{}},
 		retained: retainedIndex{bySubject: map[string]retained{}, bySource: map[string]map[string]struct{}{},
 			warned: map[string]time.Time{}, removed: map[string]int{}}}

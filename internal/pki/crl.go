@@ -132,6 +132,32 @@ func (a *Authority) RevokePath(ctx context.Context, p Path, reason int) ([]store
 	return done, nil
 }
 
+// ValidLeaves returns the leaf certificates recorded for name (an
+// identity path or service name) that are neither revoked nor expired, as
+// parsed certificates: what its holder may still connect with, e.g. a
+// certificate renewed after an older one was revoked. The cluster tier
+// verifies them again before it removes a revoked identity's persistent
+// sessions (cluster.Config.IdentityCerts).
+func (a *Authority) ValidLeaves(ctx context.Context, name string) ([]*x509.Certificate, error) {
+	list, err := a.records.ListCertificates(ctx, store.CertFilter{Domain: string(a.domain), Name: name, Kinds: []string{KindLeaf}})
+	if err != nil {
+		return nil, fmt.Errorf("certificates of %s: %w", name, err)
+	}
+	now := time.Now()
+	var out []*x509.Certificate
+	for _, c := range list {
+		if c.Revoked() || !now.Before(c.NotAfter) {
+			continue
+		}
+		cert, err := x509.ParseCertificate(c.DER)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %s of %s: %w", c.Serial, name, err)
+		}
+		out = append(out, cert)
+	}
+	return out, nil
+}
+
 // RevokeName revokes the valid (unrevoked, unexpired) certificates of an
 // identity or service name: leaves, or with ca set, the CA of that path.
 // For an identity path's leaves, RevokePath is what cuts a holder off.

@@ -148,7 +148,7 @@ func startClusterTier(ctx context.Context, cfg Config, d *datadir.Dir, node, pub
 		StoreDir: filepath.Join(cfg.DataDir, "cluster", cfg.Cluster.nodeName()), Replicas: replicas,
 		Certificate: func() (*tls.Certificate, error) { return node.Current(), nil },
 		Roots:       roots, Identify: cluster.Identify(verifier, ids.subjectOf), Grants: grants,
-		Admit:  admit,
+		Admit: admit, IdentityCerts: d.Transport.ValidLeaves,
 		Logger: log.With("component", "cluster"),
 	})
 	if err != nil {

@@ -35,13 +35,7 @@ func creditWithinIdentityLimit(t *testing.T, size, fill int) {
 
 	// One persistent session of the account, offline, filled to just
 	// under its 8 MiB by dev-2.
-	off, _ := e.dialRaw(acc, packet.Connect{Version: packet.V5, ClientID: "off", CleanStart: true, KeepAlive: 60,
-		Props: func() packet.Properties {
-			var p packet.Properties
-			p.SessionExpiry = 3600
-			p.Set(packet.PropSessionExpiry)
-			return p
-		}()})
+	off, _ := e.dialRaw(acc, subConnect("off", true, 3600, 0, 0))
 	off.subscribe("ms-acc-1/acc-1/dev-2/snapshots", 1, packet.Properties{})
 	off.send(packet.AppendDisconnect(nil, packet.V5, &packet.Disconnect{}))
 	off.expectClosed(0)
@@ -64,17 +58,7 @@ func creditWithinIdentityLimit(t *testing.T, size, fill int) {
 		if a := r.subscribe("ms-acc-1/acc-1/dev-1/snapshots", 1, packet.Properties{}); a.Reasons[0] != 1 {
 			t.Fatalf("SUBACK %v", a.Reasons)
 		}
-		go func() {
-			for {
-				p, err := r.next()
-				if err != nil {
-					return
-				}
-				if _, ok := p.(*packet.Publish); ok {
-					received.Add(1)
-				}
-			}
-		}()
+		go r.readPublishes(func(*packet.Publish) { received.Add(1) })
 	}
 
 	// One publisher, one message at a time, until it is held back.

@@ -201,10 +201,7 @@ func TestWindowIsNotBacklog(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
-			cp := packet.Connect{Version: packet.V5, ClientID: "sub", CleanStart: true}
-			cp.Props.ReceiveMaximum = tc.receiveMaximum
-			cp.Props.Set(packet.PropReceiveMaximum)
-			sub, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1"), cp)
+			sub, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1"), subConnect("sub", true, 0, tc.receiveMaximum, 0))
 			if ack := sub.subscribe("ms-acc-1/acc-1/+/snapshots", 1, packet.Properties{}); ack.Reasons[0] != 1 {
 				t.Fatalf("SUBACK %v", ack.Reasons)
 			}
@@ -311,20 +308,12 @@ func TestOneStallBoundPerPublish(t *testing.T) {
 	// for all three, which cross highWater on the same publish.
 	var subs []*session
 	for i := range subscribers {
-		cp := packet.Connect{Version: packet.V5, ClientID: fmt.Sprintf("stuck-%d", i), CleanStart: true}
-		cp.Props.ReceiveMaximum = 4
-		cp.Props.Set(packet.PropReceiveMaximum)
+		cp := subConnect(fmt.Sprintf("stuck-%d", i), true, 0, 4, 0)
 		r, _ := e.dialRaw(e.pki.identity("ms-acc-1/acc-1"), cp)
 		if ack := r.subscribe("ms-acc-1/acc-1/+/snapshots", 1, packet.Properties{}); ack.Reasons[0] != 1 {
 			t.Fatalf("SUBACK %v", ack.Reasons)
 		}
-		go func() {
-			for {
-				if _, err := r.next(); err != nil {
-					return
-				}
-			}
-		}()
+		go r.readPublishes(func(*packet.Publish) {})
 		subs = append(subs, sessionNamed(t, e, cp.ClientID))
 	}
 	pub := e.v3(e.pki.identity("ms-acc-1/acc-1/dev-1"), v3opts{clean: true})

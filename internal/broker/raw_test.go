@@ -141,6 +141,22 @@ func (r *raw) ping() {
 	}
 }
 
+// readPublishes reads until the connection ends, calling f for each
+// PUBLISH and acknowledging nothing: a subscriber that takes everything
+// sent to it (the broker keeps no unwritten output for it) but holds its
+// acknowledgements. Run it on its own goroutine.
+func (r *raw) readPublishes(f func(*packet.Publish)) {
+	for {
+		p, err := r.next()
+		if err != nil {
+			return
+		}
+		if pub, ok := p.(*packet.Publish); ok {
+			f(pub)
+		}
+	}
+}
+
 func (r *raw) publish(topic string, qos byte, retain bool, payload []byte, props packet.Properties) {
 	r.t.Helper()
 	p := packet.Publish{Topic: topic, QoS: qos, Retain: retain, Payload: payload, Props: props}
